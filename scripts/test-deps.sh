@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Prepares what the integration tests need; safe to run again (does only what is missing):
+#   - .venv with scim2-server (a Python SCIM 2.0 server)
+#   - scim-fixtures/node_modules (SCIMMY server, OAuth2 issuer, fault proxy)
+#   - the local PostgreSQL 15 cluster, running, with password "postgres" for user postgres
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+say() { printf 'test-deps: %s\n' "$*"; }
+
+# --- scim2-server -------------------------------------------------------------------------------
+if [[ -x "$ROOT/.venv/bin/scim2-server" ]]; then
+    say "scim2-server present ($ROOT/.venv/bin/scim2-server)"
+else
+    if [[ ! -x "$ROOT/.venv/bin/pip" ]]; then
+        say "creating $ROOT/.venv"
+        python3 -m venv "$ROOT/.venv"
+    fi
+    say "installing scim2-server into $ROOT/.venv"
+    "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check scim2-server
+    say "installed $("$ROOT/.venv/bin/pip" show scim2-server 2>/dev/null | sed -n 's/^Version: /scim2-server /p')"
+fi
+
+# --- Node fixtures --------------------------------------------------------------------------------
+FIX="$ROOT/scim-fixtures"
+if [[ ! -d "$FIX/node_modules" || "$FIX/package-lock.json" -nt "$FIX/node_modules" ]]; then
+    say "running npm ci in $FIX"
+    (cd "$FIX" && npm ci --no-audit --no-fund --loglevel=error)
+    touch "$FIX/node_modules"
+else
+    say "scim-fixtures/node_modules up to date"
+fi
+
+# --- PostgreSQL -----------------------------------------------------------------------------------
+if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    say "pg_ctlcluster not found: PostgreSQL not started (PostgreSQL tests need DATABASE_URL to a server)"
+elif [[ "$(id -u)" -ne 0 ]]; then
+    say "not root: PostgreSQL cluster left as it is"
+else
+    if pg_ctlcluster 15 main status >/dev/null 2>&1; then
+        say "PostgreSQL 15/main already running"
+    else
+        say "starting PostgreSQL 15/main"
+        pg_ctlcluster 15 main start || say "pg_ctlcluster 15 main start failed (PostgreSQL tests will fail)"
+    fi
+    if (cd / && runuser -u postgres -- psql -q -c "ALTER USER postgres PASSWORD 'postgres'") >/dev/null; then
+        say "PostgreSQL ready: postgres://postgres:postgres@127.0.0.1/postgres"
+    else
+        say "could not set the postgres password (PostgreSQL tests may fail)"
+    fi
+fi

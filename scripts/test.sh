@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, including the tests that need real SCIM servers and PostgreSQL.
+#   scripts/test.sh [extra cargo test arguments]
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$ROOT/scripts/test-deps.sh"
+
+export SCIM_BRIDGE_TEST_DEPS=1
+cd "$ROOT"
+exec cargo test --all-targets "$@"

@@ -1,0 +1,238 @@
+//! One `Config`: defaults, then the environment. Secrets are generated into the data dir on first
+//! start and wrapped so they never print.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+
+use crate::clock::Millis;
+use crate::crypto;
+
+/// A value that must never reach a log line, an answer or an error message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RateLimit {
+    pub requests: u32,
+    #[serde(rename = "windowSeconds")]
+    pub window_seconds: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            requests: 5,
+            window_seconds: 10,
+        }
+    }
+}
+
+impl std::str::FromStr for RateLimit {
+    type Err = anyhow::Error;
+    /// `5/10s`
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let (n, w) = s.split_once('/').context("expected <requests>/<window>, like 5/10s")?;
+        let requests: u32 = n.trim().parse().context("requests must be a whole number")?;
+        let window_ms = parse_duration_ms(w)?;
+        if requests == 0 || window_ms < 1000 {
+            bail!("a rate limit needs at least 1 request and a window of at least 1s");
+        }
+        Ok(Self {
+            requests,
+            window_seconds: (window_ms / 1000) as u32,
+        })
+    }
+}
+
+/// `40m`, `10s`, `30d`, `2h`, `500ms`, or plain seconds.
+pub fn parse_duration_ms(s: &str) -> anyhow::Result<Millis> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: i64 = digits
+        .parse()
+        .with_context(|| format!("`{s}` is not a duration like 40m"))?;
+    let factor = match unit {
+        "" | "s" => 1_000,
+        "ms" => 1,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => bail!("`{s}`: unknown unit `{unit}` (use ms, s, m, h or d)"),
+    };
+    Ok(n * factor)
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    /// Current secret first, then the previous one during a rotation.
+    pub webhook_secrets: Vec<Secret>,
+    pub admin_token: Secret,
+    pub encryption_key: Secret,
+    pub sync_interval_ms: Millis,
+    pub rate_limit: RateLimit,
+    pub allow_private_targets: bool,
+    pub log_retention_ms: Millis,
+    pub log_json: bool,
+}
+
+impl Config {
+    /// Defaults for a data dir, with fixed secrets: what tests and `migrate` start from.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            database_url: default_database_url(&data_dir),
+            data_dir,
+            webhook_secrets: vec![Secret::new(crypto::random_hex(32))],
+            admin_token: Secret::new(crypto::random_hex(32)),
+            encryption_key: Secret::new(base64::engine::general_purpose::STANDARD.encode(crypto::random_bytes::<32>())),
+            sync_interval_ms: 40 * 60_000,
+            rate_limit: RateLimit::default(),
+            allow_private_targets: false,
+            log_retention_ms: 30 * 86_400_000,
+            log_json: false,
+        }
+    }
+
+    /// Reads the environment; generates missing secrets into the data dir and says where.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let data_dir = PathBuf::from(var("SCIM_BRIDGE_DATA_DIR").unwrap_or_else(|| "./data".into()));
+        std::fs::create_dir_all(&data_dir).with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+        let mut config = Self::with_data_dir(&data_dir);
+        if let Some(v) = var("SCIM_BRIDGE_LISTEN") {
+            config.listen = v;
+        }
+        if let Some(v) = var("SCIM_BRIDGE_DATABASE_URL") {
+            config.database_url = v;
+        }
+        let secrets = match var("SCIM_BRIDGE_WEBHOOK_SECRET") {
+            Some(v) => v,
+            None => secret_file(&data_dir, "webhook-secret", || crypto::random_hex(32))?,
+        };
+        config.webhook_secrets = secrets
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(Secret::new)
+            .collect();
+        if config.webhook_secrets.is_empty() || config.webhook_secrets.len() > 2 {
+            bail!("SCIM_BRIDGE_WEBHOOK_SECRET takes one secret, or `current,previous` during rotation");
+        }
+        config.admin_token = Secret::new(match var("SCIM_BRIDGE_ADMIN_TOKEN") {
+            Some(v) => v,
+            None => secret_file(&data_dir, "admin-token", || crypto::random_hex(32))?,
+        });
+        config.encryption_key = Secret::new(match var("SCIM_BRIDGE_ENCRYPTION_KEY") {
+            Some(v) => v,
+            None => secret_file(&data_dir, "encryption-key", || {
+                base64::engine::general_purpose::STANDARD.encode(crypto::random_bytes::<32>())
+            })?,
+        });
+        config.encryption_key_bytes()?;
+        if let Some(v) = var("SCIM_BRIDGE_SYNC_INTERVAL") {
+            config.sync_interval_ms = parse_duration_ms(&v).context("SCIM_BRIDGE_SYNC_INTERVAL")?;
+            if config.sync_interval_ms < 1_000 {
+                bail!("SCIM_BRIDGE_SYNC_INTERVAL must be at least 1s");
+            }
+        }
+        if let Some(v) = var("SCIM_BRIDGE_RATE_LIMIT") {
+            config.rate_limit = v.parse().context("SCIM_BRIDGE_RATE_LIMIT")?;
+        }
+        if let Some(v) = var("SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS") {
+            config.allow_private_targets = matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = var("SCIM_BRIDGE_LOG_RETENTION") {
+            config.log_retention_ms = parse_duration_ms(&v).context("SCIM_BRIDGE_LOG_RETENTION")?;
+        }
+        config.log_json = var("SCIM_BRIDGE_LOG_FORMAT").is_some_and(|v| v == "json");
+        Ok(config)
+    }
+
+    pub fn encryption_key_bytes(&self) -> anyhow::Result<[u8; 32]> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(self.encryption_key.expose().trim())
+            .map_err(|_| anyhow::anyhow!("SCIM_BRIDGE_ENCRYPTION_KEY is not base64"))?;
+        bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("SCIM_BRIDGE_ENCRYPTION_KEY must decode to 32 bytes"))
+    }
+}
+
+fn default_database_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("scim-bridge.db").display())
+}
+
+/// Reads `<data dir>/<name>`, creating it (owner-only) with a fresh value on first start.
+fn secret_file(data_dir: &Path, name: &str, make: impl FnOnce() -> String) -> anyhow::Result<String> {
+    let path = data_dir.join(name);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(existing.trim().to_string());
+    }
+    let value = make();
+    write_owner_only(&path, &value).with_context(|| format!("writing {}", path.display()))?;
+    println!("generated {name} into {}", path.display());
+    Ok(value)
+}
+
+fn write_owner_only(path: &Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(value.as_bytes())?;
+    file.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_rate_limits_parse_as_documented() {
+        assert_eq!(parse_duration_ms("40m").unwrap(), 2_400_000);
+        assert_eq!(parse_duration_ms("30d").unwrap(), 2_592_000_000);
+        assert_eq!(parse_duration_ms("90").unwrap(), 90_000);
+        assert!(parse_duration_ms("5 parsecs").is_err());
+        let limit: RateLimit = "5/10s".parse().unwrap();
+        assert_eq!(
+            limit,
+            RateLimit {
+                requests: 5,
+                window_seconds: 10
+            }
+        );
+        assert!("0/10s".parse::<RateLimit>().is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "[redacted]");
+    }
+}

@@ -1,0 +1,644 @@
+//! Apps, their group assignments, connection tests, cycles, on-demand provisioning, quarantine.
+
+use std::net::IpAddr;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::ApiContext;
+use super::auth::{Caller, Role};
+use super::error::{ApiError, ApiResult};
+use crate::clock::to_rfc3339;
+use crate::store::{AppRecord, AppSettings, Assignment, Job, LogFilter, TargetMember};
+
+const SETTINGS_KEYS: &[&str] = &[
+    "syncIntervalSeconds",
+    "rateLimit",
+    "pacing",
+    "overflow",
+    "patchStyle",
+    "driftRepair",
+    "outOfScope",
+    "membersPerPatch",
+];
+
+fn settings_from(base: &AppSettings, input: &Map<String, Value>) -> ApiResult<AppSettings> {
+    let mut merged = serde_json::to_value(base).expect("settings serialize");
+    for key in SETTINGS_KEYS {
+        if let Some(v) = input.get(*key) {
+            merged[*key] = v.clone();
+        }
+    }
+    let settings: AppSettings = serde_json::from_value(merged).map_err(|e| {
+        let text = e.to_string();
+        let field = SETTINGS_KEYS
+            .iter()
+            .find(|k| input.contains_key(**k) && text.contains(**k))
+            .copied()
+            .unwrap_or("settings");
+        ApiError::bad(field, text)
+    })?;
+    if settings.sync_interval_seconds == Some(0) {
+        return Err(ApiError::bad("syncIntervalSeconds", "must be at least 1"));
+    }
+    if let Some(r) = settings.rate_limit
+        && (r.requests == 0 || r.window_seconds == 0)
+    {
+        return Err(ApiError::bad(
+            "rateLimit",
+            "requests and windowSeconds must be at least 1",
+        ));
+    }
+    if settings.pacing.requests_per_second == 0 {
+        return Err(ApiError::bad("pacing.requestsPerSecond", "must be at least 1"));
+    }
+    Ok(settings)
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// Refuses URLs that are not http(s), and (unless allowed) ones that resolve to private addresses.
+async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult<()> {
+    let url = url::Url::parse(raw).map_err(|_| ApiError::bad(field, "is not a URL"))?;
+    if url.scheme() != "https" && url.scheme() != "http" {
+        return Err(ApiError::bad(field, "must be an http or https URL"));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| ApiError::bad(field, "has no host"))?
+        .to_string();
+    if ctx.engine.ctx.config.allow_private_targets {
+        return Ok(());
+    }
+    let port = url.port_or_known_default().unwrap_or(443);
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|_| ApiError::unprocessable(field, "the host does not resolve"))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    if addrs.iter().any(|ip| is_private(*ip)) {
+        return Err(ApiError::unprocessable(
+            field,
+            "resolves to a loopback, private or link-local address (set SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS=true to allow)",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn app_json(ctx: &ApiContext, app: &AppRecord) -> ApiResult<Value> {
+    let engine = &ctx.engine.ctx;
+    let (requests, window_ms) = engine.rate_limit(app);
+    let last_cycle = ctx
+        .engine
+        .ctx
+        .store
+        .list_cycles(&app.id, 1)
+        .await?
+        .into_iter()
+        .next()
+        .map(|c| cycle_json(&c));
+    let mut body = json!({
+        "id": app.id,
+        "name": app.name,
+        "scimBaseUrl": app.scim_base_url,
+        "auth": {"type": app.auth_type},
+        "syncIntervalSeconds": engine.sync_interval_ms(app) / 1000,
+        "rateLimit": {"requests": requests, "windowSeconds": window_ms / 1000},
+        "pacing": app.settings.pacing,
+        "overflow": app.settings.overflow,
+        "patchStyle": app.settings.patch_style,
+        "driftRepair": app.settings.drift_repair,
+        "outOfScope": app.settings.out_of_scope,
+        "owners": app.owners,
+        "status": app.status,
+        "statusReason": app.status_reason,
+        "nextSyncAt": to_rfc3339(app.next_sync_at),
+        "lastCycle": last_cycle,
+        "createdAt": to_rfc3339(app.created_at),
+    });
+    if let Some(n) = app.settings.members_per_patch {
+        body["membersPerPatch"] = json!(n);
+    }
+    Ok(body)
+}
+
+pub(super) fn cycle_json(c: &crate::store::CycleRecord) -> Value {
+    json!({
+        "id": c.id,
+        "appId": c.app_id,
+        "trigger": c.trigger,
+        "dryRun": c.dry_run,
+        "startedAt": to_rfc3339(c.started_at),
+        "endedAt": c.ended_at.map(to_rfc3339),
+        "status": c.status,
+        "counts": c.counts,
+        "progress": c.progress,
+        "report": c.report,
+    })
+}
+
+/// The app if the caller may see it; 404 otherwise, as if it did not exist.
+pub(super) async fn visible_app(ctx: &ApiContext, caller: &Caller, id: &str) -> ApiResult<AppRecord> {
+    match ctx.engine.ctx.store.get_app(id).await? {
+        Some(app) if caller.sees(&app) => Ok(app),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn object(body: Option<Json<Value>>) -> ApiResult<Map<String, Value>> {
+    match body {
+        Some(Json(Value::Object(m))) => Ok(m),
+        _ => Err(ApiError::bad("(body)", "must be a JSON object")),
+    }
+}
+
+fn check_keys(input: &Map<String, Value>, allowed: &[&str]) -> ApiResult<()> {
+    for key in input.keys() {
+        if !allowed.contains(&key.as_str()) && !SETTINGS_KEYS.contains(&key.as_str()) {
+            return Err(ApiError::bad(key, "is not a known field"));
+        }
+    }
+    Ok(())
+}
+
+fn text_field(input: &Map<String, Value>, field: &str) -> ApiResult<Option<String>> {
+    match input.get(field) {
+        None => Ok(None),
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+        Some(_) => Err(ApiError::bad(field, "must be a non-empty string")),
+    }
+}
+
+fn seal_auth(ctx: &ApiContext, auth: &Value) -> ApiResult<(String, Vec<u8>)> {
+    crate::provisioning::parse_auth(auth).map_err(|(field, detail)| ApiError::bad(&field, detail))?;
+    let kind = auth["type"].as_str().unwrap_or_default().to_string();
+    Ok((kind, ctx.engine.ctx.sealer.seal(auth.to_string().as_bytes())))
+}
+
+fn owners_field(input: &Map<String, Value>) -> ApiResult<Option<Vec<String>>> {
+    match input.get("owners") {
+        None => Ok(None),
+        Some(v) => serde_json::from_value::<Vec<String>>(v.clone())
+            .map(Some)
+            .map_err(|_| ApiError::bad("owners", "must be an array of names")),
+    }
+}
+
+pub async fn create(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    body: Option<Json<Value>>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(&[Role::Admin, Role::AppOwner])?;
+    let input = object(body)?;
+    check_keys(&input, &["name", "scimBaseUrl", "auth", "owners"])?;
+    let name = text_field(&input, "name")?.ok_or_else(|| ApiError::bad("name", "is required"))?;
+    let url = text_field(&input, "scimBaseUrl")?.ok_or_else(|| ApiError::bad("scimBaseUrl", "is required"))?;
+    check_target_url(&ctx, "scimBaseUrl", &url).await?;
+    let auth = input.get("auth").ok_or_else(|| ApiError::bad("auth", "is required"))?;
+    let (auth_type, sealed) = seal_auth(&ctx, auth)?;
+    let settings = settings_from(&AppSettings::default(), &input)?;
+    let mut owners = vec![caller.name.clone()];
+    if caller.role == Role::Admin {
+        for o in owners_field(&input)?.unwrap_or_default() {
+            if !owners.contains(&o) {
+                owners.push(o);
+            }
+        }
+    }
+    let engine = &ctx.engine.ctx;
+    let now = engine.now();
+    let mut app = AppRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        name,
+        scim_base_url: url,
+        auth_type,
+        auth_sealed: sealed,
+        settings,
+        owners,
+        status: "active".into(),
+        status_reason: None,
+        legacy_remove: false,
+        next_sync_at: 0,
+        quarantine_level: 0,
+        created_at: now,
+        deleted_at: None,
+    };
+    // Spread first cycles so that many apps registered together do not fire at once.
+    let interval = engine.sync_interval_ms(&app);
+    let jitter = i64::from(u16::from_le_bytes(crate::crypto::random_bytes::<2>())) * (interval / 8) / 65_535;
+    app.next_sync_at = now + interval + jitter;
+    engine.store.insert_app(&app).await?;
+    ctx.audit(
+        &caller,
+        "app.create",
+        &app.id,
+        json!({"name": app.name, "scimBaseUrl": app.scim_base_url}),
+    )
+    .await?;
+    ctx.engine.ensure_dispatcher(&app.id);
+    Ok((StatusCode::CREATED, Json(app_json(&ctx, &app).await?)))
+}
+
+pub async fn list(State(ctx): State<ApiContext>, caller: Caller) -> ApiResult<Json<Value>> {
+    let mut items = Vec::new();
+    for app in ctx.engine.ctx.store.list_apps().await? {
+        if caller.sees(&app) {
+            items.push(app_json(&ctx, &app).await?);
+        }
+    }
+    Ok(Json(json!({"items": items})))
+}
+
+pub async fn get(State(ctx): State<ApiContext>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    Ok(Json(app_json(&ctx, &app).await?))
+}
+
+pub async fn update(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Option<Json<Value>>,
+) -> ApiResult<Json<Value>> {
+    let mut app = visible_app(&ctx, &caller, &id).await?;
+    if !caller.owns(&app) {
+        return Err(ApiError::Forbidden("only the app's owners and admins change it".into()));
+    }
+    let input = object(body)?;
+    check_keys(&input, &["name", "scimBaseUrl", "auth", "owners", "status"])?;
+    let mut changed: Vec<&str> = input.keys().map(String::as_str).collect();
+    changed.sort();
+    if let Some(name) = text_field(&input, "name")? {
+        app.name = name;
+    }
+    if let Some(url) = text_field(&input, "scimBaseUrl")? {
+        check_target_url(&ctx, "scimBaseUrl", &url).await?;
+        app.scim_base_url = url;
+    }
+    if let Some(auth) = input.get("auth") {
+        let (kind, sealed) = seal_auth(&ctx, auth)?;
+        app.auth_type = kind;
+        app.auth_sealed = sealed;
+    }
+    if let Some(owners) = owners_field(&input)? {
+        if caller.role != Role::Admin {
+            return Err(ApiError::Forbidden("only admins change owners".into()));
+        }
+        app.owners = owners;
+    }
+    app.settings = settings_from(&app.settings, &input)?;
+    match text_field(&input, "status")?.as_deref() {
+        None => {}
+        Some("paused") => {
+            app.status = "paused".into();
+            app.status_reason = Some(format!("paused by {}", caller.name));
+        }
+        Some("active") if app.status == "paused" => {
+            app.status = "active".into();
+            app.status_reason = None;
+        }
+        Some("active") => {}
+        Some(_) => {
+            return Err(ApiError::bad(
+                "status",
+                "can be set to `paused` or `active` (quarantine is cleared with POST .../quarantine/clear)",
+            ));
+        }
+    }
+    ctx.engine.ctx.store.update_app(&app).await?;
+    ctx.audit(
+        &caller,
+        "app.update",
+        &app.id,
+        json!({"fields": changed, "status": app.status}),
+    )
+    .await?;
+    ctx.engine.wake(&app.id);
+    Ok(Json(app_json(&ctx, &app).await?))
+}
+
+#[derive(Deserialize)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    deprovision: bool,
+}
+
+pub async fn delete(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<StatusCode> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    if !caller.owns(&app) {
+        return Err(ApiError::Forbidden("only the app's owners and admins delete it".into()));
+    }
+    let engine = &ctx.engine.ctx;
+    let mut removed = 0;
+    if q.deprovision {
+        engine
+            .store
+            .set_app_status(&app.id, "paused", Some("being deleted"), app.quarantine_level)
+            .await?;
+        let client = engine.client_for(&app)?;
+        for member in engine.store.provisioned_members(&app.id).await? {
+            let mut steps = Vec::new();
+            match crate::provisioning::deprovision(engine, &app, &client, &member, &mut steps).await {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!(app_id = %app.id, error = %e, "deprovisioning a member failed"),
+            }
+        }
+    }
+    engine.store.delete_app(&app.id, engine.now()).await?;
+    ctx.audit(
+        &caller,
+        "app.delete",
+        &app.id,
+        json!({"deprovision": q.deprovision, "membersRemoved": removed}),
+    )
+    .await?;
+    ctx.engine.wake(&app.id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn put_group(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path((id, group_id)): Path<(String, String)>,
+    body: Option<Json<Value>>,
+) -> ApiResult<Json<Value>> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    caller.require(&[Role::Admin])?;
+    let input = object(body)?;
+    let target =
+        text_field(&input, "targetDisplayName")?.ok_or_else(|| ApiError::bad("targetDisplayName", "is required"))?;
+    let engine = &ctx.engine.ctx;
+    let a = Assignment {
+        app_id: app.id.clone(),
+        group_id: group_id.clone(),
+        target_display_name: target.clone(),
+        created_at: engine.now(),
+    };
+    engine.store.put_assignment(&a).await?;
+    ctx.audit(
+        &caller,
+        "group.assign",
+        &app.id,
+        json!({"groupId": group_id, "targetDisplayName": target}),
+    )
+    .await?;
+    Ok(Json(
+        json!({"appId": app.id, "groupId": group_id, "targetDisplayName": target}),
+    ))
+}
+
+pub async fn list_groups(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    let items: Vec<Value> = ctx
+        .engine
+        .ctx
+        .store
+        .list_assignments(&app.id)
+        .await?
+        .iter()
+        .map(|a| json!({"groupId": a.group_id, "targetDisplayName": a.target_display_name, "assignedAt": to_rfc3339(a.created_at)}))
+        .collect();
+    Ok(Json(json!({"items": items})))
+}
+
+pub async fn delete_group(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path((id, group_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    caller.require(&[Role::Admin])?;
+    if !ctx.engine.ctx.store.delete_assignment(&app.id, &group_id).await? {
+        return Err(ApiError::NotFound);
+    }
+    ctx.audit(&caller, "group.unassign", &app.id, json!({"groupId": group_id}))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn test_connection(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    if caller.role == Role::AppOwner && !caller.owns(&app) {
+        return Err(ApiError::NotFound);
+    }
+    let client = ctx.engine.ctx.client_for(&app)?;
+    let mut steps = Vec::new();
+    let outcome = client.test_connection(&mut steps).await;
+    Ok(Json(json!({
+        "ok": outcome.is_ok(),
+        "error": outcome.err().map(|e| e.to_string()),
+        "steps": steps,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct SyncQuery {
+    #[serde(default, rename = "dryRun")]
+    dry_run: bool,
+}
+
+pub async fn sync_now(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<SyncQuery>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    let cycle_id = uuid::Uuid::now_v7().to_string();
+    let engine = &ctx.engine.ctx;
+    engine
+        .store
+        .request_cycle(&app.id, &cycle_id, q.dry_run, engine.now())
+        .await?;
+    ctx.audit(
+        &caller,
+        "app.sync",
+        &app.id,
+        json!({"cycleId": cycle_id, "dryRun": q.dry_run}),
+    )
+    .await?;
+    ctx.engine.wake(&app.id);
+    Ok((StatusCode::ACCEPTED, Json(json!({"cycleId": cycle_id}))))
+}
+
+pub async fn cycles(State(ctx): State<ApiContext>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    let items: Vec<Value> = ctx
+        .engine
+        .ctx
+        .store
+        .list_cycles(&app.id, 100)
+        .await?
+        .iter()
+        .map(cycle_json)
+        .collect();
+    Ok(Json(json!({"items": items})))
+}
+
+pub async fn provision_on_demand(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Option<Json<Value>>,
+) -> ApiResult<Json<Value>> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    caller.require(&[Role::Admin, Role::Operator])?;
+    let input = object(body)?;
+    let principal_id = text_field(&input, "principalId")?.ok_or_else(|| ApiError::bad("principalId", "is required"))?;
+    let group_id = text_field(&input, "groupId")?.ok_or_else(|| ApiError::bad("groupId", "is required"))?;
+    let engine = &ctx.engine.ctx;
+    let target = engine
+        .store
+        .list_assignments(&app.id)
+        .await?
+        .into_iter()
+        .find(|a| a.group_id == group_id)
+        .map(|a| a.target_display_name)
+        .ok_or_else(|| ApiError::unprocessable("groupId", "the group is not assigned to this app"))?;
+    if engine.store.principal(&principal_id).await?.is_none() {
+        return Err(ApiError::unprocessable(
+            "principalId",
+            "no user attributes are known for this principal",
+        ));
+    }
+    let now = engine.now();
+    let entitled = engine
+        .store
+        .entitled_via(&app.id, &target, &principal_id, now)
+        .await?
+        .is_some();
+    let member = TargetMember {
+        target_display_name: target,
+        principal_id: principal_id.clone(),
+    };
+    if !entitled && !engine.store.is_provisioned(&app.id, &member).await? {
+        return Err(ApiError::unprocessable(
+            "principalId",
+            "the principal is not entitled to this group, and the bridge provisioned nothing to remove",
+        ));
+    }
+    let job = Job {
+        seq: 0,
+        id: uuid::Uuid::now_v7().to_string(),
+        app_id: app.id.clone(),
+        event_id: None,
+        principal_id,
+        group_id,
+        kind: if entitled { "add".into() } else { "remove".into() },
+        trigger: "on_demand".into(),
+        state: "pending".into(),
+        not_before: now,
+        received_at: now,
+        deferred_until: None,
+        attempt: 0,
+        flag: None,
+    };
+    engine.store.insert_job(&job, now).await?;
+    ctx.audit(
+        &caller,
+        "app.provision_on_demand",
+        &app.id,
+        json!({"principalId": job.principal_id, "groupId": job.group_id, "jobId": job.id}),
+    )
+    .await?;
+    ctx.engine.wake(&app.id);
+    // The app's dispatcher makes the push (one pusher per app); wait for its log entry.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let filter = LogFilter {
+            app_id: Some(app.id.clone()),
+            principal_id: Some(job.principal_id.clone()),
+            limit: 20,
+            ..Default::default()
+        };
+        let entries = engine.store.query_logs(&filter).await?;
+        if let Some(entry) = entries.iter().find(|e| e.job_id.as_deref() == Some(job.id.as_str())) {
+            return Ok(Json(entry.to_json()));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "the push did not finish within 60 s; see the provisioning logs"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+pub async fn clear_quarantine(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    caller.require(&[Role::Admin, Role::Operator])?;
+    let engine = &ctx.engine.ctx;
+    if app.status == "quarantined" {
+        engine.store.set_app_status(&app.id, "active", None, 0).await?;
+        // Deferred work goes at the next cycle; bring it forward to now.
+        engine.store.set_next_sync(&app.id, engine.now()).await?;
+    }
+    ctx.audit(
+        &caller,
+        "app.quarantine_clear",
+        &app.id,
+        json!({"previousStatus": app.status}),
+    )
+    .await?;
+    ctx.engine.wake(&app.id);
+    let app = visible_app(&ctx, &caller, &id).await?;
+    Ok(Json(app_json(&ctx, &app).await?))
+}
+
+pub async fn list_groups_one(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path((id, group_id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    let a = ctx
+        .engine
+        .ctx
+        .store
+        .list_assignments(&app.id)
+        .await?
+        .into_iter()
+        .find(|a| a.group_id == group_id)
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(
+        json!({"appId": app.id, "groupId": a.group_id, "targetDisplayName": a.target_display_name}),
+    ))
+}

@@ -1,0 +1,73 @@
+//! The directory feed: standing (non-activation) memberships, provisioned by the next cycle.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::ApiContext;
+use super::auth::{Caller, Role};
+use super::error::{ApiError, ApiResult};
+use crate::activation::Principal;
+
+pub async fn put_member(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path((group_id, principal_id)): Path<(String, String)>,
+    body: Option<Json<Value>>,
+) -> ApiResult<Json<Value>> {
+    caller.require(&[Role::Admin])?;
+    let principal = match body.as_ref().and_then(|Json(b)| b.get("principal")) {
+        Some(p) => Some(
+            serde_json::from_value::<Principal>(p.clone())
+                .map_err(|e| ApiError::bad("principal", format!("must hold userPrincipalName: {e}")))?,
+        ),
+        None => None,
+    };
+    let engine = &ctx.engine.ctx;
+    if principal.is_none() && engine.store.principal(&principal_id).await?.is_none() {
+        return Err(ApiError::bad(
+            "principal",
+            "is required the first time a principal is seen",
+        ));
+    }
+    engine
+        .store
+        .put_standing_member(&group_id, &principal_id, principal.as_ref(), engine.now())
+        .await?;
+    ctx.audit(
+        &caller,
+        "directory.put_member",
+        &group_id,
+        json!({"principalId": principal_id}),
+    )
+    .await?;
+    Ok(Json(
+        json!({"groupId": group_id, "principalId": principal_id, "provisionedBy": "next synchronization cycle"}),
+    ))
+}
+
+pub async fn delete_member(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path((group_id, principal_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    caller.require(&[Role::Admin])?;
+    if !ctx
+        .engine
+        .ctx
+        .store
+        .delete_standing_member(&group_id, &principal_id)
+        .await?
+    {
+        return Err(ApiError::NotFound);
+    }
+    ctx.audit(
+        &caller,
+        "directory.delete_member",
+        &group_id,
+        json!({"principalId": principal_id}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

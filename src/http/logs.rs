@@ -1,0 +1,271 @@
+//! Provisioning logs, their export, the per-activation view and the audit trail.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiContext;
+use super::auth::{Caller, Role};
+use super::error::{ApiError, ApiResult};
+use crate::clock::{parse_rfc3339, to_rfc3339};
+use crate::store::{LogEntry, LogFilter};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LogQuery {
+    app_id: Option<String>,
+    principal_id: Option<String>,
+    group_id: Option<String>,
+    event_id: Option<String>,
+    status: Option<String>,
+    action: Option<String>,
+    trigger: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+    format: Option<String>,
+}
+
+fn encode_cursor(seq: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("s{seq}"))
+}
+
+fn decode_cursor(c: &str) -> ApiResult<i64> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix('s').and_then(|n| n.parse().ok()))
+        .ok_or_else(|| ApiError::bad("cursor", "is not a cursor this API gave out"))
+}
+
+fn time_param(field: &str, v: &Option<String>) -> ApiResult<Option<i64>> {
+    v.as_deref()
+        .map(|s| parse_rfc3339(s).ok_or_else(|| ApiError::bad(field, "must be an RFC 3339 date-time")))
+        .transpose()
+}
+
+async fn filter_for(ctx: &ApiContext, caller: &Caller, q: &LogQuery) -> ApiResult<LogFilter> {
+    let app_ids = if caller.role == Role::AppOwner {
+        let apps = ctx.engine.ctx.store.list_apps().await?;
+        Some(apps.into_iter().filter(|a| caller.sees(a)).map(|a| a.id).collect())
+    } else {
+        None
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad("limit", "must be between 1 and 500"));
+    }
+    Ok(LogFilter {
+        app_ids,
+        app_id: q.app_id.clone(),
+        principal_id: q.principal_id.clone(),
+        group_id: q.group_id.clone(),
+        event_id: q.event_id.clone(),
+        status: q.status.clone(),
+        action: q.action.clone(),
+        trigger: q.trigger.clone(),
+        since: time_param("since", &q.since)?,
+        until: time_param("until", &q.until)?,
+        before_seq: q.cursor.as_deref().map(decode_cursor).transpose()?,
+        limit,
+    })
+}
+
+pub async fn list(State(ctx): State<ApiContext>, caller: Caller, Query(q): Query<LogQuery>) -> ApiResult<Json<Value>> {
+    let filter = filter_for(&ctx, &caller, &q).await?;
+    let items = ctx.engine.ctx.store.query_logs(&filter).await?;
+    let next = (items.len() as i64 == filter.limit)
+        .then(|| items.last().map(|e| encode_cursor(e.seq)))
+        .flatten();
+    Ok(Json(
+        json!({"items": items.iter().map(LogEntry::to_json).collect::<Vec<_>>(), "nextCursor": next}),
+    ))
+}
+
+pub async fn get(State(ctx): State<ApiContext>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let entry = ctx.engine.ctx.store.get_log(&id).await?.ok_or(ApiError::NotFound)?;
+    if caller.role == Role::AppOwner {
+        super::apps::visible_app(&ctx, &caller, &entry.app_id).await?;
+    }
+    Ok(Json(entry.to_json()))
+}
+
+const CSV_COLUMNS: &[&str] = &[
+    "id",
+    "time",
+    "appId",
+    "appName",
+    "trigger",
+    "cycleId",
+    "eventId",
+    "principalId",
+    "userPrincipalName",
+    "groupId",
+    "action",
+    "status",
+    "reason",
+    "deferredUntil",
+    "targetUserId",
+    "targetGroupId",
+    "attempt",
+    "durationMs",
+    "latencyMs",
+];
+
+fn csv_field(v: &Value) -> String {
+    let s = match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+/// Streams every matching entry, page by page, so memory stays flat however many there are.
+pub async fn export(State(ctx): State<ApiContext>, caller: Caller, Query(q): Query<LogQuery>) -> ApiResult<Response> {
+    let csv = match q.format.as_deref() {
+        Some("csv") => true,
+        Some("jsonl") | None => false,
+        Some(_) => return Err(ApiError::bad("format", "must be csv or jsonl")),
+    };
+    let mut filter = filter_for(&ctx, &caller, &LogQuery { limit: Some(500), ..q }).await?;
+    let store = ctx.engine.ctx.store.clone();
+    let stream = async_stream(
+        move |tx: tokio::sync::mpsc::Sender<Result<String, std::io::Error>>| async move {
+            if csv && tx.send(Ok(format!("{}\n", CSV_COLUMNS.join(",")))).await.is_err() {
+                return;
+            }
+            loop {
+                let page = match store.query_logs(&filter).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                        return;
+                    }
+                };
+                let mut chunk = String::new();
+                for entry in &page {
+                    let v = entry.to_json();
+                    if csv {
+                        let row: Vec<String> = CSV_COLUMNS.iter().map(|c| csv_field(&v[*c])).collect();
+                        chunk.push_str(&row.join(","));
+                    } else {
+                        chunk.push_str(&v.to_string());
+                    }
+                    chunk.push('\n');
+                }
+                if !chunk.is_empty() && tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+                if (page.len() as i64) < filter.limit {
+                    return;
+                }
+                filter.before_seq = page.last().map(|e| e.seq);
+            }
+        },
+    );
+    let content_type = if csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
+    let name = if csv {
+        "provisioning-logs.csv"
+    } else {
+        "provisioning-logs.jsonl"
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// A channel-backed stream fed by a producer task.
+fn async_stream<F, Fut>(produce: F) -> impl futures::Stream<Item = Result<String, std::io::Error>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<String, std::io::Error>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(produce(tx));
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+pub async fn activation(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(event_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(&[Role::Admin, Role::Operator])?;
+    let store = &ctx.engine.ctx.store;
+    let events = store.get_event(&event_id).await?;
+    if events.is_empty() {
+        return Err(ApiError::NotFound);
+    }
+    let filter = LogFilter {
+        event_id: Some(event_id.clone()),
+        limit: 500,
+        ..Default::default()
+    };
+    let mut entries = store.query_logs(&filter).await?;
+    entries.reverse();
+    let mut apps: Vec<(String, Vec<&LogEntry>)> = Vec::new();
+    for e in &entries {
+        match apps.iter_mut().find(|(id, _)| *id == e.app_id) {
+            Some((_, list)) => list.push(e),
+            None => apps.push((e.app_id.clone(), vec![e])),
+        }
+    }
+    let outcomes: Vec<Value> = apps
+        .iter()
+        .map(|(app_id, list)| {
+            let last = list.last().expect("non-empty");
+            let latency = list.iter().rev().find_map(|e| e.latency_ms);
+            json!({
+                "appId": app_id,
+                "appName": last.app_name,
+                "status": last.status,
+                "action": last.action,
+                "reason": last.reason,
+                "deferredUntil": last.deferred_until.map(to_rfc3339),
+                "latencyMs": latency,
+                "time": to_rfc3339(last.time),
+                "entries": list.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let events: Vec<Value> = events
+        .iter()
+        .map(|e| json!({"id": e.id, "status": e.status, "receivedAt": to_rfc3339(e.received_at), "outcome": e.outcome, "reason": e.reason, "body": e.body}))
+        .collect();
+    Ok(Json(json!({"eventId": event_id, "events": events, "apps": outcomes})))
+}
+
+pub async fn audit(State(ctx): State<ApiContext>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require(&[Role::Admin])?;
+    let items: Vec<Value> = ctx
+        .engine
+        .ctx
+        .store
+        .list_audit(500)
+        .await?
+        .iter()
+        .map(|a| json!({"time": to_rfc3339(a.time), "actor": a.actor, "action": a.action, "target": a.target, "detail": a.detail}))
+        .collect();
+    Ok(Json(json!({"items": items})))
+}

@@ -1,0 +1,166 @@
+//! `POST /v1/webhooks/pim`: verify the signature over the raw body, judge each event, commit it
+//! with its jobs, answer 202, then wake the dispatchers.
+
+use axum::Json;
+use axum::body::{Body, to_bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::ApiContext;
+use super::error::{ApiError, ApiResult, problem_body};
+use crate::activation;
+use crate::crypto::verify_signature;
+use crate::store::Acceptance;
+
+pub const MAX_BODY: usize = 1024 * 1024;
+pub const MAX_BATCH: usize = 100;
+
+/// The verdict on one event of a body.
+enum Verdict {
+    Accepted(Vec<(String, String)>),
+    Duplicate(Vec<(String, String)>),
+    Conflict(String),
+    Rejected {
+        status: StatusCode,
+        field: String,
+        detail: String,
+    },
+}
+
+impl Verdict {
+    fn to_json(&self, id: Option<&str>) -> Value {
+        let jobs = |jobs: &[(String, String)]| -> Value {
+            jobs.iter().map(|(id, app)| json!({"id": id, "appId": app})).collect()
+        };
+        match self {
+            Self::Accepted(j) => json!({"id": id, "status": "accepted", "jobs": jobs(j)}),
+            Self::Duplicate(j) => json!({"id": id, "status": "duplicate", "jobs": jobs(j)}),
+            Self::Conflict(detail) => json!({"id": id, "status": "conflict", "jobs": [],
+                "problem": problem_body(StatusCode::CONFLICT, detail, Some("id"))}),
+            Self::Rejected { status, field, detail } => json!({"id": id, "status": "rejected", "jobs": [],
+                "problem": problem_body(*status, &format!("{field}: {detail}"), Some(field))}),
+        }
+    }
+}
+
+async fn judge_one(ctx: &ApiContext, raw: &Value) -> ApiResult<Verdict> {
+    let event = match activation::parse(raw) {
+        Ok(e) => e,
+        Err(e) => {
+            return Ok(Verdict::Rejected {
+                status: StatusCode::BAD_REQUEST,
+                field: e.field,
+                detail: e.detail,
+            });
+        }
+    };
+    let now = ctx.engine.ctx.now();
+    let effect = match activation::judge(&event, now) {
+        Ok(effect) => effect,
+        Err(v) => {
+            return Ok(Verdict::Rejected {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                field: v.field,
+                detail: format!("{} ({})", v.detail, v.rule),
+            });
+        }
+    };
+    let acceptance = ctx.engine.ctx.store.accept_event(&event, &effect, now).await?;
+    Ok(match acceptance {
+        Acceptance::Accepted { jobs } => {
+            tracing::info!(event_id = %event.id, status = %event.status, action = %event.action_name, jobs = jobs.len(), "event accepted");
+            Verdict::Accepted(jobs)
+        }
+        Acceptance::Duplicate { jobs } => Verdict::Duplicate(jobs),
+        Acceptance::Conflict => Verdict::Conflict(format!(
+            "an event with id `{}` and status `{}` was already received with different content",
+            event.id, event.status
+        )),
+    })
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| v == "application/json" || (v.starts_with("application/") && v.ends_with("+json")))
+}
+
+pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let bytes = to_bytes(body, MAX_BODY).await.map_err(|_| ApiError::PayloadTooLarge)?;
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType(
+            "the body must be application/json".into(),
+        ));
+    }
+    let signature = headers.get("x-bridge-signature").and_then(|v| v.to_str().ok());
+    let secrets: Vec<String> = ctx
+        .engine
+        .ctx
+        .config
+        .webhook_secrets
+        .iter()
+        .map(|s| s.expose().to_string())
+        .collect();
+    let now_secs = ctx.engine.ctx.now() / 1000;
+    verify_signature(signature, &bytes, &secrets, now_secs).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+
+    let parsed: Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad("(body)", format!("malformed JSON: {e}")))?;
+    let batch = match parsed.get("value") {
+        Some(Value::Array(items)) if parsed.get("id").is_none() => Some(items.clone()),
+        Some(_) if parsed.get("id").is_none() => return Err(ApiError::bad("value", "must be an array of events")),
+        _ => None,
+    };
+
+    let answer = match batch {
+        Some(items) => {
+            if items.is_empty() || items.len() > MAX_BATCH {
+                return Err(ApiError::bad("value", format!("a batch holds 1 to {MAX_BATCH} events")));
+            }
+            let mut answers = Vec::with_capacity(items.len());
+            for raw in &items {
+                let verdict = judge_one(&ctx, raw).await?;
+                wake_for(&ctx, &verdict);
+                answers.push(verdict.to_json(raw.get("id").and_then(Value::as_str)));
+            }
+            (StatusCode::ACCEPTED, Json(json!({"events": answers}))).into_response()
+        }
+        None => {
+            let verdict = judge_one(&ctx, &parsed).await?;
+            wake_for(&ctx, &verdict);
+            match verdict {
+                Verdict::Rejected { status, field, detail } if status == StatusCode::BAD_REQUEST => {
+                    return Err(ApiError::BadRequest { field, detail });
+                }
+                Verdict::Rejected { field, detail, .. } => return Err(ApiError::Unprocessable { field, detail }),
+                Verdict::Conflict(detail) => return Err(ApiError::Conflict(detail)),
+                ok => {
+                    let id = parsed.get("id").and_then(Value::as_str);
+                    (StatusCode::ACCEPTED, Json(json!({"events": [ok.to_json(id)]}))).into_response()
+                }
+            }
+        }
+    };
+    Ok(answer)
+}
+
+fn wake_for(ctx: &ApiContext, verdict: &Verdict) {
+    if let Verdict::Accepted(jobs) = verdict {
+        for (_, app_id) in jobs {
+            ctx.engine.wake(app_id);
+        }
+        ctx.engine.wake_expiry();
+    }
+}

@@ -1,0 +1,61 @@
+//! scim-bridge: turns privileged-access activations into SCIM 2.0 group membership.
+
+pub mod activation;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod http;
+pub mod provisioning;
+pub mod scim;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Config;
+use crate::crypto::Sealer;
+use crate::provisioning::{Ctx, Engine};
+
+/// Opens the store, applies migrations and starts the provisioning engine.
+pub async fn start_engine(config: Config, clock: SharedClock) -> anyhow::Result<Arc<Engine>> {
+    let store = store::open(&config.database_url).await?;
+    store.migrate().await.context("applying migrations")?;
+    let sealer = Sealer::new(&config.encryption_key_bytes()?);
+    let ctx = Arc::new(Ctx {
+        store,
+        clock,
+        config,
+        sealer,
+    });
+    Engine::start(ctx).await
+}
+
+/// Serves the bridge on `listener` until `shutdown` resolves, then drains in-flight pushes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_clock(config, Arc::new(SystemClock), listener, shutdown).await
+}
+
+pub async fn run_with_clock(
+    config: Config,
+    clock: SharedClock,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let engine = start_engine(config, clock).await?;
+    let router = http::router(http::ApiContext { engine: engine.clone() });
+    let addr = listener.local_addr()?;
+    println!("scim-bridge listening on http://{addr}");
+    tracing::info!(%addr, "serving");
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    tracing::info!("draining in-flight pushes");
+    engine.shutdown().await;
+    Ok(())
+}

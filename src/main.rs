@@ -1,0 +1,204 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use scim_bridge::config::Config;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "scim-bridge",
+    version,
+    about = "Turns privileged-access activations into SCIM 2.0 group membership"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge (SCIM_BRIDGE_* variables configure it).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Print the X-Bridge-Signature header for a payload file.
+    Sign {
+        /// The payload file, signed byte for byte.
+        file: PathBuf,
+        /// Unix time to sign with (default: now).
+        #[arg(long)]
+        timestamp: Option<i64>,
+    },
+    /// Send a signed test event to a running bridge.
+    Send {
+        /// The bridge's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Send this payload file instead of a generated event.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, default_value = "selfActivate")]
+        action: String,
+        #[arg(long, default_value = "Provisioned")]
+        status: String,
+        #[arg(long)]
+        event_id: Option<String>,
+        #[arg(long, default_value = "00000000-0000-0000-0000-0000000000a1")]
+        principal_id: String,
+        #[arg(long, default_value = "ada@contoso.com")]
+        upn: String,
+        #[arg(long, default_value = "Ada Lovelace")]
+        display_name: String,
+        #[arg(long)]
+        group_id: String,
+        #[arg(long, default_value = "PT2H")]
+        duration: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; it is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// admin, operator or app_owner
+        #[arg(long)]
+        role: String,
+    },
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::from_env()?;
+    init_tracing(config.log_json);
+    match cli.command {
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(&config.listen)
+                .await
+                .with_context(|| format!("binding {}", config.listen))?;
+            println!(
+                "data dir: {} (webhook secret, admin token and encryption key are read from there unless set in the environment)",
+                config.data_dir.display()
+            );
+            scim_bridge::run(config, listener, shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let store = scim_bridge::store::open(&config.database_url).await?;
+            store.migrate().await?;
+            println!("migrations applied to {}", config.database_url);
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Create { name, role },
+        } => {
+            let store = scim_bridge::store::open(&config.database_url).await?;
+            store.migrate().await?;
+            let now = chrono::Utc::now().timestamp_millis();
+            let (record, token) = scim_bridge::http::issue_token(&store, &name, &role, now)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "{}",
+                json!({"id": record.id, "name": record.name, "role": record.role, "token": token})
+            );
+            Ok(())
+        }
+        Command::Sign { file, timestamp } => {
+            let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let t = timestamp.unwrap_or_else(|| chrono::Utc::now().timestamp());
+            let secret = config.webhook_secrets[0].expose();
+            println!(
+                "X-Bridge-Signature: {}",
+                scim_bridge::crypto::signature_header(secret, t, &body)
+            );
+            Ok(())
+        }
+        Command::Send {
+            url,
+            file,
+            action,
+            status,
+            event_id,
+            principal_id,
+            upn,
+            display_name,
+            group_id,
+            duration,
+        } => {
+            let body = match file {
+                Some(file) => std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+                None => {
+                    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    let (given, surname) = display_name.split_once(' ').unwrap_or((display_name.as_str(), ""));
+                    serde_json::to_vec(&json!({
+                        "id": event_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                        "action": action,
+                        "accessId": "member",
+                        "principalId": principal_id,
+                        "groupId": group_id,
+                        "status": status,
+                        "createdDateTime": now,
+                        "justification": "test event sent with scim-bridge send",
+                        "scheduleInfo": {"startDateTime": now, "expiration": {"type": "afterDuration", "duration": duration}},
+                        "principal": {"userPrincipalName": upn, "displayName": display_name, "givenName": given,
+                                      "surname": surname, "mail": upn},
+                        "group": {"displayName": group_id, "membershipRule": null, "onPremisesSyncEnabled": false}
+                    }))?
+                }
+            };
+            let t = chrono::Utc::now().timestamp();
+            let signature = scim_bridge::crypto::signature_header(config.webhook_secrets[0].expose(), t, &body);
+            let answer = reqwest::Client::new()
+                .post(format!("{}/v1/webhooks/pim", url.trim_end_matches('/')))
+                .header("content-type", "application/json")
+                .header("x-bridge-signature", signature)
+                .body(body)
+                .send()
+                .await
+                .context("sending the event")?;
+            let status = answer.status();
+            println!("{status}\n{}", answer.text().await.unwrap_or_default());
+            if !status.is_success() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}

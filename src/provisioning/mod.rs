@@ -1,0 +1,328 @@
+//! The provisioning engine: one dispatcher task per app owns that app's window, pacing, SCIM
+//! client, timers and cycle, so none of them needs a lock. Besides the dispatchers, one task
+//! turns ended memberships into removals, and one purges old log entries.
+
+mod cycle;
+mod dispatcher;
+mod push;
+pub mod window;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{Millis, SharedClock};
+use crate::config::{Config, Secret};
+use crate::crypto::Sealer;
+use crate::scim::{Auth, ClientOptions, ScimClient};
+use crate::store::{AppRecord, Job, LogEntry, SharedStore, Step};
+
+pub use push::PushResult;
+
+/// Removes one member the bridge provisioned, outside the dispatcher (the app is paused for
+/// deletion), and logs it.
+pub async fn deprovision(
+    ctx: &Ctx,
+    app: &AppRecord,
+    client: &ScimClient,
+    member: &crate::store::TargetMember,
+    steps: &mut Vec<Step>,
+) -> anyhow::Result<()> {
+    let started = ctx.now();
+    let outcome = push::remove_member(
+        ctx,
+        app,
+        client,
+        &member.principal_id,
+        &member.target_display_name,
+        steps,
+    )
+    .await;
+    let now = ctx.now();
+    let mut entry = LogEntry {
+        id: uuid::Uuid::now_v7().to_string(),
+        time: now,
+        app_id: app.id.clone(),
+        app_name: app.name.clone(),
+        trigger: "deprovision".into(),
+        principal_id: Some(member.principal_id.clone()),
+        user_principal_name: ctx
+            .store
+            .principal(&member.principal_id)
+            .await?
+            .map(|p| p.user_principal_name),
+        action: "remove_member".into(),
+        status: "success".into(),
+        attempt: 1,
+        duration_ms: Some(now - started),
+        steps: steps.clone(),
+        reason: Some("the app is being deleted with deprovision=true".into()),
+        ..Default::default()
+    };
+    let result = match outcome {
+        Ok(done) => {
+            ctx.store.unmark_provisioned(&app.id, member).await?;
+            entry.target_user_id = done.target_user_id;
+            entry.target_group_id = done.target_group_id;
+            Ok(())
+        }
+        Err(e) => {
+            entry.status = "failure".into();
+            entry.reason = Some(e.to_string());
+            Err(anyhow::anyhow!(e))
+        }
+    };
+    ctx.store.insert_log(&entry).await?;
+    result
+}
+
+/// What every part of the engine shares.
+pub struct Ctx {
+    pub store: SharedStore,
+    pub clock: SharedClock,
+    pub config: Config,
+    pub sealer: Sealer,
+}
+
+impl Ctx {
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    /// The app's credentials, decrypted.
+    pub fn auth_of(&self, app: &AppRecord) -> anyhow::Result<Auth> {
+        let plain = self
+            .sealer
+            .open(&app.auth_sealed)
+            .ok_or_else(|| anyhow::anyhow!("the app's credentials cannot be decrypted with this encryption key"))?;
+        let value: Value = serde_json::from_slice(&plain)?;
+        parse_auth(&value).map_err(|(field, detail)| anyhow::anyhow!("stored auth: {field} {detail}"))
+    }
+
+    pub fn client_for(&self, app: &AppRecord) -> anyhow::Result<ScimClient> {
+        let options = ClientOptions {
+            requests_per_second: app.settings.pacing.requests_per_second,
+            ..ClientOptions::default()
+        };
+        ScimClient::new(&app.scim_base_url, self.auth_of(app)?, options)
+    }
+
+    pub fn sync_interval_ms(&self, app: &AppRecord) -> Millis {
+        app.settings
+            .sync_interval_seconds
+            .map(|s| s as Millis * 1000)
+            .unwrap_or(self.config.sync_interval_ms)
+    }
+
+    pub fn rate_limit(&self, app: &AppRecord) -> (u32, Millis) {
+        let limit = app.settings.rate_limit.unwrap_or(self.config.rate_limit);
+        (limit.requests, limit.window_seconds as Millis * 1000)
+    }
+}
+
+/// Parses the `auth` object of an app registration. Errors name the field.
+pub fn parse_auth(v: &Value) -> Result<Auth, (String, String)> {
+    let text = |field: &str| -> Result<String, (String, String)> {
+        v.get(field)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .ok_or_else(|| (format!("auth.{field}"), "is required".to_string()))
+    };
+    match v.get("type").and_then(Value::as_str) {
+        Some("bearer") => Ok(Auth::Bearer {
+            token: Secret::new(text("token")?),
+        }),
+        Some("oauth2ClientCredentials") => {
+            let token_url = text("tokenUrl")?;
+            url::Url::parse(&token_url).map_err(|_| ("auth.tokenUrl".to_string(), "is not a URL".to_string()))?;
+            Ok(Auth::OAuth2 {
+                token_url,
+                client_id: text("clientId")?,
+                client_secret: Secret::new(text("clientSecret")?),
+                scope: v.get("scope").and_then(Value::as_str).map(String::from),
+            })
+        }
+        _ => Err((
+            "auth.type".into(),
+            "must be `bearer` or `oauth2ClientCredentials`".into(),
+        )),
+    }
+}
+
+/// A log entry for one job, filled with what the job knows.
+pub(crate) fn job_log(app: &AppRecord, job: &Job, action: &str, status: &str, now: Millis) -> LogEntry {
+    LogEntry {
+        id: uuid::Uuid::now_v7().to_string(),
+        time: now,
+        app_id: app.id.clone(),
+        app_name: app.name.clone(),
+        trigger: job.trigger.clone(),
+        event_id: job.event_id.clone(),
+        job_id: Some(job.id.clone()),
+        principal_id: Some(job.principal_id.clone()),
+        group_id: Some(job.group_id.clone()),
+        action: action.into(),
+        status: status.into(),
+        attempt: job.attempt,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn steps_note(step: &str, status: &str, detail: impl Into<String>) -> Step {
+    Step {
+        step: step.into(),
+        status: status.into(),
+        detail: Some(detail.into()),
+        http: None,
+    }
+}
+
+struct DispatcherHandle {
+    wake: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+pub struct Engine {
+    pub ctx: Arc<Ctx>,
+    dispatchers: Mutex<HashMap<String, DispatcherHandle>>,
+    expiry_wake: Arc<Notify>,
+    stop: CancellationToken,
+    background: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Starts a dispatcher for every app, the expiry task and the retention task.
+    pub async fn start(ctx: Arc<Ctx>) -> anyhow::Result<Arc<Self>> {
+        let engine = Arc::new(Self {
+            ctx,
+            dispatchers: Mutex::new(HashMap::new()),
+            expiry_wake: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
+            background: Mutex::new(Vec::new()),
+        });
+        for app in engine.ctx.store.list_apps().await? {
+            engine.ensure_dispatcher(&app.id);
+        }
+        let expiry = tokio::spawn(expiry_loop(
+            engine.ctx.clone(),
+            engine.clone_weak(),
+            engine.expiry_wake.clone(),
+            engine.stop.clone(),
+        ));
+        let retention = tokio::spawn(retention_loop(engine.ctx.clone(), engine.stop.clone()));
+        engine.background.lock().expect("lock").extend([expiry, retention]);
+        Ok(engine)
+    }
+
+    fn clone_weak(self: &Arc<Self>) -> std::sync::Weak<Self> {
+        Arc::downgrade(self)
+    }
+
+    /// Starts the app's dispatcher if it is not running.
+    pub fn ensure_dispatcher(&self, app_id: &str) {
+        let mut map = self.dispatchers.lock().expect("lock");
+        if map.get(app_id).is_some_and(|h| !h.task.is_finished()) {
+            return;
+        }
+        let wake = Arc::new(Notify::new());
+        let task = tokio::spawn(dispatcher::run(
+            self.ctx.clone(),
+            app_id.to_string(),
+            wake.clone(),
+            self.stop.clone(),
+        ));
+        map.insert(app_id.to_string(), DispatcherHandle { wake, task });
+    }
+
+    /// Tells the app's dispatcher to look at its work again. Carries no data: a lost wake-up
+    /// only delays, never loses.
+    pub fn wake(&self, app_id: &str) {
+        let map = self.dispatchers.lock().expect("lock");
+        match map.get(app_id) {
+            Some(h) if !h.task.is_finished() => h.wake.notify_one(),
+            _ => {
+                drop(map);
+                self.ensure_dispatcher(app_id);
+            }
+        }
+    }
+
+    /// A membership with an end time changed: the expiry task recomputes its timer.
+    pub fn wake_expiry(&self) {
+        self.expiry_wake.notify_one();
+    }
+
+    /// Drains: every dispatcher finishes the push it is making, then stops.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut map = self.dispatchers.lock().expect("lock");
+            map.drain().map(|(_, h)| h.task).collect()
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+        let background: Vec<JoinHandle<()>> = self.background.lock().expect("lock").drain(..).collect();
+        for task in background {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Turns memberships whose end has come into removal jobs, at the end time.
+async fn expiry_loop(ctx: Arc<Ctx>, engine: std::sync::Weak<Engine>, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        let now = ctx.now();
+        match ctx.store.expire_due(now).await {
+            Ok(apps) => {
+                if let Some(engine) = engine.upgrade() {
+                    for app in apps {
+                        engine.wake(&app);
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "expiry scan failed"),
+        }
+        let next = match ctx.store.next_expiry().await {
+            Ok(Some(t)) => t.min(now + 60_000),
+            _ => now + 60_000,
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = ctx.clock.sleep_until(next) => {}
+        }
+    }
+}
+
+/// Purges log entries older than the retention, in small batches that never hold the database long.
+async fn retention_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
+    loop {
+        let cutoff = ctx.now() - ctx.config.log_retention_ms;
+        loop {
+            match ctx.store.purge_logs(cutoff, 500).await {
+                Ok(500) => tokio::task::yield_now().await,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(purged = n, "purged provisioning log entries past retention");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "log retention purge failed");
+                    break;
+                }
+            }
+        }
+        let next = ctx.now() + 3_600_000;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ctx.clock.sleep_until(next) => {}
+        }
+    }
+}

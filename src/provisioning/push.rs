@@ -1,0 +1,262 @@
+//! One membership change at one target: match or create the user, resolve or create the group,
+//! then add or remove the member. Shared by the immediate path and the cycle.
+
+use crate::activation::Principal;
+use crate::scim::{ScimClient, ScimError, ScimResult, fingerprint};
+use crate::store::{AppRecord, PatchStyle, Step, TargetUser};
+
+use super::Ctx;
+
+#[derive(Debug, Default, Clone)]
+pub struct PushResult {
+    pub target_user_id: Option<String>,
+    pub target_group_id: Option<String>,
+    pub user_created: bool,
+    pub user_updated: bool,
+    /// Set when nothing had to be sent (already there, already gone).
+    pub note: Option<String>,
+}
+
+/// The target's id for the principal: the stored one, else matched, else created. Changed
+/// attributes are replaced; an account the bridge disabled is enabled again.
+pub async fn ensure_user(
+    ctx: &Ctx,
+    app: &AppRecord,
+    client: &ScimClient,
+    principal_id: &str,
+    steps: &mut Vec<Step>,
+    result: &mut PushResult,
+) -> ScimResult<String> {
+    let store = &ctx.store;
+    let principal: Principal = store
+        .principal(principal_id)
+        .await
+        .map_err(|e| ScimError::Protocol(e.to_string()))?
+        .ok_or_else(|| ScimError::Protocol("no user attributes known for this principal yet".into()))?;
+    let print = fingerprint(&principal);
+    let persist = |user: TargetUser| async move {
+        store
+            .put_target_user(&app.id, principal_id, &user)
+            .await
+            .map_err(|e| ScimError::Protocol(e.to_string()))
+    };
+
+    if let Some(mut known) = store
+        .target_user(&app.id, principal_id)
+        .await
+        .map_err(|e| ScimError::Protocol(e.to_string()))?
+    {
+        if known.fingerprint != print {
+            client
+                .update_user(&known.target_user_id, principal_id, &principal, steps)
+                .await?;
+            known.fingerprint = print.clone();
+            result.user_updated = true;
+        }
+        if known.disabled {
+            client.set_user_active(&known.target_user_id, true, steps).await?;
+            known.disabled = false;
+        }
+        let id = known.target_user_id.clone();
+        persist(known).await?;
+        return Ok(id);
+    }
+
+    match client
+        .find_user(principal_id, &principal.user_principal_name, steps)
+        .await?
+    {
+        Some(found) => {
+            let id = found
+                .get("id")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| ScimError::Protocol("matched user has no id".into()))?
+                .to_string();
+            let differs = found.get("userName").and_then(|v| v.as_str())
+                != Some(principal.user_principal_name.as_str())
+                || (principal.display_name.is_some()
+                    && found.get("displayName").and_then(|v| v.as_str()) != principal.display_name.as_deref());
+            if differs {
+                client.update_user(&id, principal_id, &principal, steps).await?;
+                result.user_updated = true;
+            }
+            persist(TargetUser {
+                target_user_id: id.clone(),
+                fingerprint: print,
+                created_by_us: false,
+                disabled: false,
+            })
+            .await?;
+            Ok(id)
+        }
+        None => {
+            let (id, created) = client.create_user(principal_id, &principal, steps).await?;
+            result.user_created = created;
+            persist(TargetUser {
+                target_user_id: id.clone(),
+                fingerprint: print,
+                created_by_us: created,
+                disabled: false,
+            })
+            .await?;
+            Ok(id)
+        }
+    }
+}
+
+/// The target's id for a target group: stored, else found by displayName, else created.
+pub async fn ensure_group(
+    ctx: &Ctx,
+    app: &AppRecord,
+    client: &ScimClient,
+    display_name: &str,
+    source_group_id: &str,
+    steps: &mut Vec<Step>,
+) -> ScimResult<String> {
+    let store = &ctx.store;
+    if let Some(id) = store
+        .target_group(&app.id, display_name)
+        .await
+        .map_err(|e| ScimError::Protocol(e.to_string()))?
+    {
+        return Ok(id);
+    }
+    let id = match client.find_group(display_name, steps).await? {
+        Some(id) => id,
+        None => client.create_group(display_name, source_group_id, steps).await?,
+    };
+    store
+        .put_target_group(&app.id, display_name, &id)
+        .await
+        .map_err(|e| ScimError::Protocol(e.to_string()))?;
+    Ok(id)
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Adds one principal to one target group. `in_doubt`: an earlier attempt may have reached the
+/// target, so read the group first (some servers keep a member twice).
+pub async fn add_member(
+    ctx: &Ctx,
+    app: &AppRecord,
+    client: &ScimClient,
+    principal_id: &str,
+    source_group_id: &str,
+    target_display_name: &str,
+    in_doubt: bool,
+    steps: &mut Vec<Step>,
+) -> ScimResult<PushResult> {
+    let mut result = PushResult::default();
+    let user_id = ensure_user(ctx, app, client, principal_id, steps, &mut result).await?;
+    result.target_user_id = Some(user_id.clone());
+    let mut resolved_again = false;
+    loop {
+        let group_id = ensure_group(ctx, app, client, target_display_name, source_group_id, steps).await?;
+        result.target_group_id = Some(group_id.clone());
+        let outcome = async {
+            if in_doubt && client.group_member_ids(&group_id, steps).await?.contains(&user_id) {
+                return Ok(Some(
+                    "already a member at the target (an earlier attempt reached it)".to_string(),
+                ));
+            }
+            client
+                .add_members(&group_id, std::slice::from_ref(&user_id), steps)
+                .await
+                .map(|_| None)
+        }
+        .await;
+        match outcome {
+            Ok(note) => {
+                result.note = note;
+                return Ok(result);
+            }
+            Err(e) if e.status() == Some(404) && !resolved_again => {
+                // The stored group id is stale: resolve once more.
+                resolved_again = true;
+                let _ = ctx.store.forget_target_group(&app.id, target_display_name).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Removes one principal from one target group. Absent users, groups and members are successes.
+pub async fn remove_member(
+    ctx: &Ctx,
+    app: &AppRecord,
+    client: &ScimClient,
+    principal_id: &str,
+    target_display_name: &str,
+    steps: &mut Vec<Step>,
+) -> ScimResult<PushResult> {
+    let store = &ctx.store;
+    let mut result = PushResult::default();
+    let user_id = match store
+        .target_user(&app.id, principal_id)
+        .await
+        .map_err(|e| ScimError::Protocol(e.to_string()))?
+    {
+        Some(u) => u.target_user_id,
+        None => {
+            let upn = store
+                .principal(principal_id)
+                .await
+                .map_err(|e| ScimError::Protocol(e.to_string()))?
+                .map(|p| p.user_principal_name)
+                .unwrap_or_default();
+            match client.find_user(principal_id, &upn, steps).await? {
+                Some(found) => found.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
+                None => {
+                    result.note = Some("the user does not exist at the target: nothing to remove".into());
+                    return Ok(result);
+                }
+            }
+        }
+    };
+    result.target_user_id = Some(user_id.clone());
+    let group_id = match store
+        .target_group(&app.id, target_display_name)
+        .await
+        .map_err(|e| ScimError::Protocol(e.to_string()))?
+    {
+        Some(id) => id,
+        None => match client.find_group(target_display_name, steps).await? {
+            Some(id) => id,
+            None => {
+                result.note = Some("the group does not exist at the target: nothing to remove".into());
+                return Ok(result);
+            }
+        },
+    };
+    result.target_group_id = Some(group_id.clone());
+    let legacy = app.settings.patch_style == PatchStyle::Legacy
+        || (app.settings.patch_style == PatchStyle::Auto && app.legacy_remove);
+    match client.remove_member(&group_id, &user_id, legacy, steps).await {
+        Ok(()) => Ok(result),
+        Err(e) if e.status() == Some(404) => {
+            let _ = store.forget_target_group(&app.id, target_display_name).await;
+            result.note = Some("the group is gone at the target: nothing to remove".into());
+            Ok(result)
+        }
+        Err(e) if e.status() == Some(400) => {
+            // Either the member is already absent (some targets answer noTarget) or the target
+            // only takes the legacy removal form.
+            let members = client.group_member_ids(&group_id, steps).await?;
+            if !members.contains(&user_id) {
+                result.note = Some("the member was already absent at the target".into());
+                return Ok(result);
+            }
+            if app.settings.patch_style == PatchStyle::Auto && !legacy {
+                client.remove_member(&group_id, &user_id, true, steps).await?;
+                let _ = store.set_legacy_remove(&app.id).await;
+                steps.push(super::steps_note(
+                    "detect_patch_style",
+                    "success",
+                    "the target takes only the legacy removal form: remembered",
+                ));
+                return Ok(result);
+            }
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,656 @@
+//! The SCIM 2.0 client: users, groups, PatchOp, filter escaping, retries and target quirks. It
+//! never sees the database: callers pass ids in and get ids and a trace of every call back.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::activation::Principal;
+use crate::config::Secret;
+use crate::store::{HttpTrace, Step};
+
+const SCHEMA_USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+const SCHEMA_GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+const SCHEMA_PATCH: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+/// Longest `Retry-After` obeyed inside one push; longer ones fail the attempt (the cycle retries).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone)]
+pub enum Auth {
+    Bearer {
+        token: Secret,
+    },
+    OAuth2 {
+        token_url: String,
+        client_id: String,
+        client_secret: Secret,
+        scope: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ScimError {
+    #[error("target answered {status}: {detail}")]
+    Status {
+        status: u16,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("network error: {0}")]
+    Network(String),
+    #[error("could not get an access token: {0}")]
+    Token(String),
+    #[error("unexpected answer from the target: {0}")]
+    Protocol(String),
+}
+
+impl ScimError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+    /// 401 and 403 (and a token endpoint that refuses): the credentials are wrong.
+    pub fn is_auth_refusal(&self) -> bool {
+        matches!(self.status(), Some(401 | 403)) || matches!(self, Self::Token(_))
+    }
+    /// 429 and 503 never count as a failure of the app.
+    pub fn is_throttle(&self) -> bool {
+        matches!(self.status(), Some(429 | 503))
+    }
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::Network(_) => true,
+            Self::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+pub type ScimResult<T> = Result<T, ScimError>;
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub requests_per_second: u32,
+    pub max_attempts: u32,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 25,
+            max_attempts: 4,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct ScimClient {
+    http: reqwest::Client,
+    base: String,
+    auth: Auth,
+    access_token: Mutex<Option<(String, Instant)>>,
+    // Pacing of outgoing requests is GCRA (governor): smooth, with a small burst. It is not the
+    // admission window of R2, which must be exact and lives in the dispatcher.
+    pacer: DefaultDirectRateLimiter,
+    options: ClientOptions,
+}
+
+/// Escapes a value for a SCIM filter string literal.
+pub fn filter_literal(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn resources(body: &Value) -> Vec<&Value> {
+    body.get("Resources")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+fn id_of(v: &Value) -> Option<String> {
+    v.get("id").and_then(|id| match id {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+fn error_detail(body: &[u8]) -> String {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => {
+            let detail = v.get("detail").and_then(Value::as_str).unwrap_or("");
+            let scim_type = v.get("scimType").and_then(Value::as_str).unwrap_or("");
+            let text = format!("{scim_type} {detail}").trim().to_string();
+            if text.is_empty() {
+                "no detail given".into()
+            } else {
+                text.chars().take(300).collect()
+            }
+        }
+        Err(_) => String::from_utf8_lossy(body)
+            .chars()
+            .take(200)
+            .collect::<String>()
+            .trim()
+            .to_string(),
+    }
+}
+
+fn parse_retry_after(value: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
+    let s = value?.to_str().ok()?.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(s).ok()?;
+    let left = at.timestamp_millis() - chrono::Utc::now().timestamp_millis();
+    Some(Duration::from_millis(left.max(0) as u64))
+}
+
+/// A user resource as the bridge writes it.
+pub fn user_resource(principal_id: &str, p: &Principal, active: bool) -> Value {
+    let mut user = json!({
+        "schemas": [SCHEMA_USER],
+        "userName": p.user_principal_name,
+        "externalId": principal_id,
+        "active": active,
+    });
+    if let Some(d) = &p.display_name {
+        user["displayName"] = json!(d);
+    }
+    let mut name = serde_json::Map::new();
+    if let Some(g) = &p.given_name {
+        name.insert("givenName".into(), json!(g));
+    }
+    if let Some(s) = &p.surname {
+        name.insert("familyName".into(), json!(s));
+    }
+    if let Some(d) = &p.display_name {
+        name.insert("formatted".into(), json!(d));
+    }
+    if !name.is_empty() {
+        user["name"] = Value::Object(name);
+    }
+    if let Some(m) = &p.mail {
+        user["emails"] = json!([{"value": m, "type": "work", "primary": true}]);
+    }
+    user
+}
+
+/// What the bridge last pushed of a user, to notice changed attributes.
+pub fn fingerprint(p: &Principal) -> String {
+    serde_json::to_string(p).expect("principal serializes")
+}
+
+fn patch(operations: Value) -> Value {
+    json!({"schemas": [SCHEMA_PATCH], "Operations": operations})
+}
+
+impl ScimClient {
+    pub fn new(base_url: &str, auth: Auth, options: ClientOptions) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.request_timeout)
+            .user_agent(concat!("scim-bridge/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let rps = NonZeroU32::new(options.requests_per_second.max(1)).expect("non-zero");
+        Ok(Self {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+            auth,
+            access_token: Mutex::new(None),
+            pacer: RateLimiter::direct(Quota::per_second(rps)),
+            options,
+        })
+    }
+
+    async fn bearer(&self, refresh: bool) -> ScimResult<String> {
+        match &self.auth {
+            Auth::Bearer { token } => Ok(token.expose().to_string()),
+            Auth::OAuth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            } => {
+                let mut cached = self.access_token.lock().await;
+                if !refresh
+                    && let Some((token, until)) = cached.as_ref()
+                    && Instant::now() < *until
+                {
+                    return Ok(token.clone());
+                }
+                let mut form = vec![("grant_type", "client_credentials")];
+                if let Some(scope) = scope.as_deref().filter(|s| !s.is_empty()) {
+                    form.push(("scope", scope));
+                }
+                let answer = self
+                    .http
+                    .post(token_url)
+                    .basic_auth(client_id, Some(client_secret.expose()))
+                    .form(&form)
+                    .send()
+                    .await
+                    .map_err(|e| ScimError::Token(format!("token endpoint unreachable: {}", e.without_url())))?;
+                let status = answer.status();
+                let body: Value = answer
+                    .json()
+                    .await
+                    .map_err(|_| ScimError::Token(format!("token endpoint answered {status} without JSON")))?;
+                if !status.is_success() {
+                    let error = body.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+                    return Err(ScimError::Token(format!("token endpoint answered {status}: {error}")));
+                }
+                let token = body
+                    .get("access_token")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| ScimError::Token("token endpoint answered without access_token".into()))?
+                    .to_string();
+                let lifetime = body.get("expires_in").and_then(Value::as_u64).unwrap_or(300);
+                // Refresh a little early so a token never expires in flight.
+                let until = Instant::now() + Duration::from_secs(lifetime.saturating_sub(30).max(1));
+                *cached = Some((token.clone(), until));
+                Ok(token)
+            }
+        }
+    }
+
+    /// One SCIM call with pacing, retries (network, 5xx, 429; `Retry-After` obeyed) and a trace step
+    /// per attempt. Answers the status and the JSON body, if any.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        step: &str,
+        steps: &mut Vec<Step>,
+    ) -> ScimResult<(u16, Option<Value>)> {
+        let url = format!("{}{}", self.base, path);
+        let shown_path = if query.is_empty() {
+            path.to_string()
+        } else {
+            let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{path}?{}", q.join("&"))
+        };
+        let mut refreshed = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.pacer.until_ready().await;
+            let token = match self.bearer(false).await {
+                Ok(t) => t,
+                Err(e) => {
+                    steps.push(Step {
+                        step: step.into(),
+                        status: "failure".into(),
+                        detail: Some(e.to_string()),
+                        http: None,
+                    });
+                    return Err(e);
+                }
+            };
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(&token)
+                .header("accept", "application/scim+json, application/json");
+            if !query.is_empty() {
+                request = request.query(query);
+            }
+            if let Some(body) = body {
+                request = request
+                    .header("content-type", "application/scim+json")
+                    .body(serde_json::to_vec(body).expect("JSON body"));
+            }
+            let started = Instant::now();
+            let result = request.send().await;
+            let mut trace = HttpTrace {
+                method: method.to_string(),
+                path: shown_path.clone(),
+                status: None,
+                duration_ms: 0,
+            };
+            let outcome = match result {
+                Err(e) => Err(ScimError::Network(e.without_url().to_string())),
+                Ok(answer) => {
+                    let status = answer.status();
+                    let retry_after = parse_retry_after(answer.headers().get("retry-after"));
+                    trace.status = Some(status.as_u16());
+                    match answer.bytes().await {
+                        Err(e) => Err(ScimError::Network(e.without_url().to_string())),
+                        Ok(bytes) if status.is_success() => {
+                            let json = if bytes.is_empty() || status == StatusCode::NO_CONTENT {
+                                None
+                            } else {
+                                serde_json::from_slice(&bytes).ok()
+                            };
+                            Ok((status.as_u16(), json))
+                        }
+                        Ok(bytes) => Err(ScimError::Status {
+                            status: status.as_u16(),
+                            detail: error_detail(&bytes),
+                            retry_after,
+                        }),
+                    }
+                }
+            };
+            trace.duration_ms = started.elapsed().as_millis() as i64;
+            match outcome {
+                Ok(ok) => {
+                    steps.push(Step {
+                        step: step.into(),
+                        status: "success".into(),
+                        detail: None,
+                        http: Some(trace),
+                    });
+                    return Ok(ok);
+                }
+                Err(e) => {
+                    let oauth = matches!(self.auth, Auth::OAuth2 { .. });
+                    if e.status() == Some(401) && oauth && !refreshed {
+                        refreshed = true;
+                        steps.push(Step {
+                            step: step.into(),
+                            status: "retry".into(),
+                            detail: Some("401: fetching a new access token".into()),
+                            http: Some(trace),
+                        });
+                        self.bearer(true).await?;
+                        continue;
+                    }
+                    let wait = match &e {
+                        ScimError::Status {
+                            retry_after: Some(d), ..
+                        } => Some(*d),
+                        _ => None,
+                    };
+                    let retry = e.is_retryable()
+                        && attempt < self.options.max_attempts
+                        && wait.is_none_or(|w| w <= MAX_RETRY_AFTER);
+                    let detail = e.to_string();
+                    if !retry {
+                        steps.push(Step {
+                            step: step.into(),
+                            status: "failure".into(),
+                            detail: Some(detail),
+                            http: Some(trace),
+                        });
+                        return Err(e);
+                    }
+                    let backoff = wait.unwrap_or_else(|| {
+                        let base = 200u64 << (attempt - 1).min(6);
+                        let jitter = u64::from(crate::crypto::random_bytes::<2>()[0]) * base / 255;
+                        Duration::from_millis(base + jitter)
+                    });
+                    steps.push(Step {
+                        step: step.into(),
+                        status: "retry".into(),
+                        detail: Some(format!("{detail}; retrying in {} ms", backoff.as_millis())),
+                        http: Some(trace),
+                    });
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+
+    async fn find_one(
+        &self,
+        path: &str,
+        filter: String,
+        extra: &[(&str, &str)],
+        step: &str,
+        steps: &mut Vec<Step>,
+    ) -> ScimResult<Option<Value>> {
+        let mut query = vec![("filter", filter.as_str())];
+        query.extend_from_slice(extra);
+        match self.call(Method::GET, path, &query, None, step, steps).await {
+            Ok((_, Some(body))) => Ok(resources(&body).first().map(|v| (*v).clone())),
+            Ok((_, None)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Finds a user by `externalId` (the principal id), then by `userName`.
+    pub async fn find_user(
+        &self,
+        principal_id: &str,
+        user_name: &str,
+        steps: &mut Vec<Step>,
+    ) -> ScimResult<Option<Value>> {
+        let by_external = format!("externalId eq {}", filter_literal(principal_id));
+        match self.find_one("/Users", by_external, &[], "match_user", steps).await {
+            Ok(Some(user)) => return Ok(Some(user)),
+            Ok(None) => {}
+            // A target that cannot filter on externalId answers 400: go on with userName.
+            Err(e) if e.status() == Some(400) => {}
+            Err(e) => return Err(e),
+        }
+        let by_name = format!("userName eq {}", filter_literal(user_name));
+        self.find_one("/Users", by_name, &[], "match_user", steps).await
+    }
+
+    /// Creates a user; a 409 means it appeared meanwhile, so look it up again.
+    pub async fn create_user(
+        &self,
+        principal_id: &str,
+        p: &Principal,
+        steps: &mut Vec<Step>,
+    ) -> ScimResult<(String, bool)> {
+        let body = user_resource(principal_id, p, true);
+        match self
+            .call(Method::POST, "/Users", &[], Some(&body), "create_user", steps)
+            .await
+        {
+            Ok((_, Some(user))) => id_of(&user)
+                .map(|id| (id, true))
+                .ok_or_else(|| ScimError::Protocol("created user has no id".into())),
+            Ok((_, None)) => Err(ScimError::Protocol("user created without a body".into())),
+            Err(e) if e.status() == Some(409) => {
+                let user = self
+                    .find_user(principal_id, &p.user_principal_name, steps)
+                    .await?
+                    .ok_or_else(|| ScimError::Protocol("409 on create, yet no such user".into()))?;
+                id_of(&user)
+                    .map(|id| (id, false))
+                    .ok_or_else(|| ScimError::Protocol("user without id".into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces changed attributes (a renamed UPN included).
+    pub async fn update_user(
+        &self,
+        user_id: &str,
+        principal_id: &str,
+        p: &Principal,
+        steps: &mut Vec<Step>,
+    ) -> ScimResult<()> {
+        let resource = user_resource(principal_id, p, true);
+        let mut value = serde_json::Map::new();
+        for key in ["userName", "displayName", "name", "emails"] {
+            if let Some(v) = resource.get(key) {
+                value.insert(key.into(), v.clone());
+            }
+        }
+        let body = patch(json!([{"op": "replace", "value": value}]));
+        self.call(
+            Method::PATCH,
+            &format!("/Users/{user_id}"),
+            &[],
+            Some(&body),
+            "update_user",
+            steps,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_user_active(&self, user_id: &str, active: bool, steps: &mut Vec<Step>) -> ScimResult<()> {
+        let body = patch(json!([{"op": "replace", "path": "active", "value": active}]));
+        let step = if active { "enable_user" } else { "disable_user" };
+        self.call(
+            Method::PATCH,
+            &format!("/Users/{user_id}"),
+            &[],
+            Some(&body),
+            step,
+            steps,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn find_group(&self, display_name: &str, steps: &mut Vec<Step>) -> ScimResult<Option<String>> {
+        let filter = format!("displayName eq {}", filter_literal(display_name));
+        let found = self
+            .find_one(
+                "/Groups",
+                filter,
+                &[("excludedAttributes", "members")],
+                "resolve_group",
+                steps,
+            )
+            .await?;
+        Ok(found.as_ref().and_then(id_of))
+    }
+
+    pub async fn create_group(
+        &self,
+        display_name: &str,
+        external_id: &str,
+        steps: &mut Vec<Step>,
+    ) -> ScimResult<String> {
+        let body = json!({"schemas": [SCHEMA_GROUP], "displayName": display_name, "externalId": external_id});
+        match self
+            .call(Method::POST, "/Groups", &[], Some(&body), "create_group", steps)
+            .await
+        {
+            Ok((_, Some(group))) => id_of(&group).ok_or_else(|| ScimError::Protocol("created group has no id".into())),
+            Ok((_, None)) => Err(ScimError::Protocol("group created without a body".into())),
+            Err(e) if e.status() == Some(409) => self
+                .find_group(display_name, steps)
+                .await?
+                .ok_or_else(|| ScimError::Protocol("409 on group create, yet no such group".into())),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn add_members(&self, group_id: &str, user_ids: &[String], steps: &mut Vec<Step>) -> ScimResult<()> {
+        let value: Vec<Value> = user_ids.iter().map(|id| json!({"value": id})).collect();
+        let body = patch(json!([{"op": "add", "path": "members", "value": value}]));
+        self.call(
+            Method::PATCH,
+            &format!("/Groups/{group_id}"),
+            &[],
+            Some(&body),
+            "add_member",
+            steps,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Removes one member: the RFC 7644 filter path, or the legacy value-array form.
+    pub async fn remove_member(
+        &self,
+        group_id: &str,
+        user_id: &str,
+        legacy: bool,
+        steps: &mut Vec<Step>,
+    ) -> ScimResult<()> {
+        let op = if legacy {
+            json!({"op": "remove", "path": "members", "value": [{"value": user_id}]})
+        } else {
+            json!({"op": "remove", "path": format!("members[value eq {}]", filter_literal(user_id))})
+        };
+        let body = patch(json!([op]));
+        self.call(
+            Method::PATCH,
+            &format!("/Groups/{group_id}"),
+            &[],
+            Some(&body),
+            "remove_member",
+            steps,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The member ids of a group, read from the target.
+    pub async fn group_member_ids(&self, group_id: &str, steps: &mut Vec<Step>) -> ScimResult<HashSet<String>> {
+        let (_, body) = self
+            .call(
+                Method::GET,
+                &format!("/Groups/{group_id}"),
+                &[("attributes", "members")],
+                None,
+                "read_group",
+                steps,
+            )
+            .await?;
+        let body = body.ok_or_else(|| ScimError::Protocol("group read without a body".into()))?;
+        Ok(body
+            .get("members")
+            .and_then(Value::as_array)
+            .map(|members| {
+                members
+                    .iter()
+                    .filter_map(|m| m.get("value").and_then(Value::as_str).map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Probes the endpoint and the credentials.
+    pub async fn test_connection(&self, steps: &mut Vec<Step>) -> ScimResult<()> {
+        self.call(Method::GET, "/Users", &[("count", "1")], None, "test_connection", steps)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_values_are_escaped() {
+        assert_eq!(filter_literal(r#"a"b\c"#), r#""a\"b\\c""#);
+    }
+
+    #[test]
+    fn user_resources_omit_nulls_and_use_work_email() {
+        let p = Principal {
+            user_principal_name: "ada@contoso.com".into(),
+            mail: Some("ada@contoso.com".into()),
+            ..Default::default()
+        };
+        let user = user_resource("p1", &p, true);
+        assert_eq!(user["externalId"], "p1");
+        assert_eq!(user["active"], true);
+        assert!(user.get("displayName").is_none());
+        assert_eq!(user["emails"][0]["type"], "work");
+    }
+
+    #[test]
+    fn error_details_come_from_scim_or_plain_bodies() {
+        assert_eq!(
+            error_detail(br#"{"status":"409","scimType":"uniqueness","detail":"taken"}"#),
+            "uniqueness taken"
+        );
+        assert_eq!(error_detail(br#"{"status":400}"#), "no detail given");
+        assert_eq!(error_detail(b"Bad Gateway"), "Bad Gateway");
+    }
+}

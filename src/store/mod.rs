@@ -1,0 +1,428 @@
+//! Persistence. One trait, one implementation per backend (SQLite now), chosen from the URL.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::activation::{Effect, Event, Principal};
+use crate::clock::{Millis, to_rfc3339};
+use crate::config::RateLimit;
+
+pub use sqlite::SqliteStore;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum Overflow {
+    #[default]
+    NextCycle,
+    Drain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchStyle {
+    #[default]
+    Auto,
+    Rfc7644,
+    Legacy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftRepair {
+    #[default]
+    Report,
+    Repair,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutOfScope {
+    #[default]
+    Keep,
+    Disable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pacing {
+    pub requests_per_second: u32,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 25,
+        }
+    }
+}
+
+/// Per-app settings as the API shows them. `None` means "the global default".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_interval_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    pub pacing: Pacing,
+    #[serde(default)]
+    pub overflow: Overflow,
+    #[serde(default)]
+    pub patch_style: PatchStyle,
+    #[serde(default)]
+    pub drift_repair: DriftRepair,
+    #[serde(default)]
+    pub out_of_scope: OutOfScope,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members_per_patch: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppRecord {
+    pub id: String,
+    pub name: String,
+    pub scim_base_url: String,
+    pub auth_type: String,
+    pub auth_sealed: Vec<u8>,
+    pub settings: AppSettings,
+    pub owners: Vec<String>,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub legacy_remove: bool,
+    pub next_sync_at: Millis,
+    pub quarantine_level: i64,
+    pub created_at: Millis,
+    pub deleted_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub app_id: String,
+    pub group_id: String,
+    pub target_display_name: String,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub seq: i64,
+    pub id: String,
+    pub app_id: String,
+    pub event_id: Option<String>,
+    pub principal_id: String,
+    pub group_id: String,
+    pub kind: String,
+    pub trigger: String,
+    pub state: String,
+    pub not_before: Millis,
+    pub received_at: Millis,
+    pub deferred_until: Option<Millis>,
+    pub attempt: i64,
+    pub flag: Option<String>,
+}
+
+impl Job {
+    pub fn is_removal(&self) -> bool {
+        self.kind == "remove"
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct HttpTrace {
+    pub method: String,
+    pub path: String,
+    pub status: Option<u16>,
+    #[serde(rename = "durationMs")]
+    pub duration_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub step: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpTrace>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LogEntry {
+    pub seq: i64,
+    pub id: String,
+    pub time: Millis,
+    pub app_id: String,
+    pub app_name: String,
+    pub trigger: String,
+    pub cycle_id: Option<String>,
+    pub event_id: Option<String>,
+    pub job_id: Option<String>,
+    pub principal_id: Option<String>,
+    pub user_principal_name: Option<String>,
+    pub group_id: Option<String>,
+    pub action: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub deferred_until: Option<Millis>,
+    pub target_user_id: Option<String>,
+    pub target_group_id: Option<String>,
+    pub attempt: i64,
+    pub duration_ms: Option<i64>,
+    pub latency_ms: Option<i64>,
+    pub steps: Vec<Step>,
+}
+
+impl LogEntry {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "time": to_rfc3339(self.time),
+            "appId": self.app_id,
+            "appName": self.app_name,
+            "trigger": self.trigger,
+            "cycleId": self.cycle_id,
+            "eventId": self.event_id,
+            "principalId": self.principal_id,
+            "userPrincipalName": self.user_principal_name,
+            "groupId": self.group_id,
+            "action": self.action,
+            "status": self.status,
+            "reason": self.reason,
+            "deferredUntil": self.deferred_until.map(to_rfc3339),
+            "targetUserId": self.target_user_id,
+            "targetGroupId": self.target_group_id,
+            "attempt": self.attempt,
+            "durationMs": self.duration_ms,
+            "latencyMs": self.latency_ms,
+            "steps": self.steps,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub app_ids: Option<Vec<String>>,
+    pub app_id: Option<String>,
+    pub principal_id: Option<String>,
+    pub group_id: Option<String>,
+    pub event_id: Option<String>,
+    pub status: Option<String>,
+    pub action: Option<String>,
+    pub trigger: Option<String>,
+    pub since: Option<Millis>,
+    pub until: Option<Millis>,
+    /// Entries with a smaller sequence number than this (the cursor).
+    pub before_seq: Option<i64>,
+    pub limit: i64,
+}
+
+/// What the store made of one webhook event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acceptance {
+    Accepted { jobs: Vec<(String, String)> },
+    Duplicate { jobs: Vec<(String, String)> },
+    Conflict,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub id: String,
+    pub status: String,
+    pub body: Value,
+    pub received_at: Millis,
+    pub outcome: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetUser {
+    pub target_user_id: String,
+    pub fingerprint: String,
+    pub created_by_us: bool,
+    pub disabled: bool,
+}
+
+/// A membership the bridge wants at a target: one principal in one target group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetMember {
+    pub target_display_name: String,
+    pub principal_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CycleCounts {
+    pub added: i64,
+    pub removed: i64,
+    pub users_created: i64,
+    pub users_updated: i64,
+    pub users_disabled: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    pub drift_found: i64,
+    pub deferred_taken: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CycleRecord {
+    pub id: String,
+    pub app_id: String,
+    pub trigger: String,
+    pub dry_run: bool,
+    pub started_at: Millis,
+    pub ended_at: Option<Millis>,
+    pub status: String,
+    pub counts: CycleCounts,
+    pub progress: Option<String>,
+    pub report: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub time: Millis,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: Value,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn migrate(&self) -> StoreResult<()>;
+    async fn ping(&self) -> StoreResult<()>;
+
+    // tokens
+    async fn insert_token(&self, token: &TokenRecord, hash: &str) -> StoreResult<()>;
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>>;
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+    async fn revoke_token(&self, id: &str, now: Millis) -> StoreResult<bool>;
+
+    // apps and assignments
+    async fn insert_app(&self, app: &AppRecord) -> StoreResult<()>;
+    async fn update_app(&self, app: &AppRecord) -> StoreResult<()>;
+    async fn get_app(&self, id: &str) -> StoreResult<Option<AppRecord>>;
+    async fn list_apps(&self) -> StoreResult<Vec<AppRecord>>;
+    async fn set_app_status(
+        &self,
+        id: &str,
+        status: &str,
+        reason: Option<&str>,
+        quarantine_level: i64,
+    ) -> StoreResult<()>;
+    async fn set_next_sync(&self, id: &str, at: Millis) -> StoreResult<()>;
+    async fn set_legacy_remove(&self, id: &str) -> StoreResult<()>;
+    async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()>;
+    async fn put_assignment(&self, a: &Assignment) -> StoreResult<()>;
+    async fn delete_assignment(&self, app_id: &str, group_id: &str) -> StoreResult<bool>;
+    async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>>;
+
+    // webhook intake
+    async fn accept_event(&self, event: &Event, effect: &Effect, now: Millis) -> StoreResult<Acceptance>;
+    async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>>;
+    async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>>;
+    async fn put_standing_member(
+        &self,
+        group_id: &str,
+        principal: &str,
+        info: Option<&Principal>,
+        now: Millis,
+    ) -> StoreResult<()>;
+    async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool>;
+
+    // the dispatcher's work
+    async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>>;
+    async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>>;
+    async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>>;
+    async fn set_job_state(
+        &self,
+        job_id: &str,
+        state: &str,
+        deferred_until: Option<Millis>,
+        now: Millis,
+    ) -> StoreResult<()>;
+    async fn start_job(&self, job_id: &str, now: Millis) -> StoreResult<()>;
+    async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>>;
+    async fn open_adds_for(&self, app_id: &str, principal_id: &str, group_id: &str) -> StoreResult<Vec<Job>>;
+    async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()>;
+    async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool>;
+    async fn membership_start(&self, principal_id: &str, group_id: &str) -> StoreResult<Option<Millis>>;
+    /// A source group other than `excluding` still entitles the principal to the target group.
+    async fn entitled_via(
+        &self,
+        app_id: &str,
+        target_display_name: &str,
+        principal_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<String>>;
+    async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>>;
+    async fn next_expiry(&self) -> StoreResult<Option<Millis>>;
+
+    // what the bridge knows of targets
+    async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>>;
+    async fn put_target_user(&self, app_id: &str, principal_id: &str, user: &TargetUser) -> StoreResult<()>;
+    async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()>;
+    async fn target_users(&self, app_id: &str) -> StoreResult<Vec<(String, TargetUser)>>;
+    async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>>;
+    async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()>;
+    async fn forget_target_group(&self, app_id: &str, display_name: &str) -> StoreResult<()>;
+    async fn mark_provisioned(&self, app_id: &str, m: &TargetMember, now: Millis) -> StoreResult<()>;
+    async fn unmark_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<()>;
+    async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool>;
+    async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>>;
+    async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>>;
+
+    // logs, cycles, audit
+    async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()>;
+    async fn query_logs(&self, filter: &LogFilter) -> StoreResult<Vec<LogEntry>>;
+    async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>>;
+    async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
+    async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()>;
+    async fn update_cycle(&self, c: &CycleRecord) -> StoreResult<()>;
+    async fn list_cycles(&self, app_id: &str, limit: i64) -> StoreResult<Vec<CycleRecord>>;
+    async fn request_cycle(&self, app_id: &str, cycle_id: &str, dry_run: bool, now: Millis) -> StoreResult<()>;
+    async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>>;
+    async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()>;
+    async fn list_audit(&self, limit: i64) -> StoreResult<Vec<AuditEntry>>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store named by the URL.
+pub async fn open(url: &str) -> anyhow::Result<SharedStore> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        anyhow::bail!("PostgreSQL is not supported by this build yet: use the embedded SQLite store")
+    } else {
+        anyhow::bail!("SCIM_BRIDGE_DATABASE_URL must start with sqlite:// or postgres://")
+    }
+}
