@@ -193,7 +193,14 @@ pub fn parse(raw: &Value) -> Result<Event, FieldError> {
         }
     };
 
+    let grants = matches!(
+        action,
+        Action::SelfActivate | Action::AdminAssign | Action::AdminRenew | Action::SelfRenew
+    );
     let (start_at, end_at) = match raw.get("scheduleInfo") {
+        None | Some(Value::Null) if grants => {
+            return Err(field_err("scheduleInfo", "is required for an activation or assignment"));
+        }
         None | Some(Value::Null) => (None, None),
         Some(schedule) => {
             let start = time_field(schedule, "scheduleInfo.startDateTime", "startDateTime")?;

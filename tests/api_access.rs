@@ -1,0 +1,343 @@
+//! Who may do what with the API, and where credentials must never show (SPEC sections 3 and 6).
+
+mod common;
+
+use common::{Bridge, Event, Kind, Principal, SourceGroup, Stack, app_id};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn token_of(created: &Value) -> String {
+    created["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {created}"))
+        .to_string()
+}
+
+/// Registration bodies for apps on unreachable local URLs (nothing is pushed to them): one with
+/// a bearer token, one with client credentials; answers them with the secrets they carry.
+fn registrations_with_secrets() -> Vec<(Value, String)> {
+    let bearer = format!("scim-token-{}", common::random_hex());
+    let client_secret = format!("client-secret-{}", common::random_hex());
+    vec![
+        (
+            json!({
+                "name": format!("bearer-{}", common::short_id()),
+                "scimBaseUrl": "http://127.0.0.1:9/scim/v2",
+                "auth": {"type": "bearer", "token": bearer},
+            }),
+            bearer,
+        ),
+        (
+            json!({
+                "name": format!("oauth-{}", common::short_id()),
+                "scimBaseUrl": "http://127.0.0.1:9/scim/v2",
+                "auth": {
+                    "type": "oauth2ClientCredentials",
+                    "tokenUrl": "http://127.0.0.1:9/token",
+                    "clientId": "bridge",
+                    "clientSecret": client_secret,
+                    "scope": "scim",
+                },
+            }),
+            client_secret,
+        ),
+    ]
+}
+
+fn assert_hides(secret: &str, where_: &str, text: &str) {
+    assert!(
+        !text.contains(secret),
+        "{where_} contains the secret {secret:?}:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn admin_creates_a_token_that_is_shown_only_once() {
+    let bridge = Bridge::start().await;
+    let created = bridge.create_token("alice", "app_owner").await;
+    assert_eq!(created["name"], "alice", "{created}");
+    assert_eq!(created["role"], "app_owner", "{created}");
+    assert!(created["id"].is_string(), "{created}");
+    let token = token_of(&created);
+    assert!(token.len() >= 16, "a token worth its name: {token:?}");
+
+    let (status, list) = bridge.admin(Method::GET, "/v1/tokens", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert!(list.to_string().contains("alice"), "the list names the token: {list}");
+    assert_hides(&token, "GET /v1/tokens", &list.to_string());
+
+    let (status, _) = bridge.api(Method::GET, "/v1/apps", Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK, "the new token works");
+
+    let id = created["id"].as_str().unwrap();
+    let (status, body) = bridge.admin(Method::DELETE, &format!("/v1/tokens/{id}"), None).await;
+    assert!(status.is_success(), "DELETE /v1/tokens/{id}: {status} {body}");
+    let (status, _) = bridge.api(Method::GET, "/v1/apps", Some(&token), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a deleted token no longer works");
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_401() {
+    let bridge = Bridge::start().await;
+    for (method, path) in [
+        (Method::GET, "/v1/apps"),
+        (Method::POST, "/v1/apps"),
+        (Method::GET, "/v1/provisioning-logs"),
+        (Method::GET, "/v1/tokens"),
+        (Method::POST, "/v1/tokens"),
+    ] {
+        for token in [None, Some("not-a-token")] {
+            let body = (method == Method::POST).then(|| json!({}));
+            let (status, answer) = bridge.api(method.clone(), path, token, body).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with token {token:?}: {answer}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn only_admins_manage_tokens() {
+    let bridge = Bridge::start().await;
+    for role in ["operator", "app_owner"] {
+        let token = token_of(&bridge.create_token(&format!("{role}-1"), role).await);
+        let (status, body) = bridge
+            .api(
+                Method::POST,
+                "/v1/tokens",
+                Some(&token),
+                Some(json!({"name": "mallory", "role": "admin"})),
+            )
+            .await;
+        assert!(
+            status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND,
+            "{role} creating an admin token answered {status}: {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_owner_reaches_only_its_own_apps() {
+    let Some(target) = common::target(Kind::Scim2Server).await else {
+        return;
+    };
+    let bridge = Bridge::start().await;
+    let alice = token_of(&bridge.create_token("alice", "app_owner").await);
+    let bob = token_of(&bridge.create_token("bob", "app_owner").await);
+
+    let (status, app) = bridge
+        .api(
+            Method::POST,
+            "/v1/apps",
+            Some(&alice),
+            Some(target.app_registration("alice-app")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{app}");
+    assert!(
+        app["owners"].as_array().is_some_and(|o| o.contains(&json!("alice"))),
+        "the creator is an owner: {app}"
+    );
+    let id = app_id(&app);
+
+    // Give alice's app a log entry.
+    let group = SourceGroup::new();
+    bridge.assign_group(&id, &group.id, "Alice Target").await;
+    let activation = Event::activation(&Principal::new(), &group);
+    bridge.deliver(&[&activation]).await;
+    bridge
+        .wait_for_event_log(&activation, "success", Some("add_member"))
+        .await;
+
+    let (status, own) = bridge
+        .api(Method::GET, &format!("/v1/apps/{id}"), Some(&alice), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{own}");
+    let (status, own_logs) = bridge.logs_as(&alice, &[("appId", &id)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!own_logs.is_empty(), "an owner reads its app's logs");
+    let (status, groups) = bridge
+        .api(Method::GET, &format!("/v1/apps/{id}/groups"), Some(&alice), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "an owner may read the group list: {groups}");
+
+    // Bob sees nothing of it.
+    for (method, path) in [
+        (Method::GET, format!("/v1/apps/{id}")),
+        (Method::PATCH, format!("/v1/apps/{id}")),
+        (Method::DELETE, format!("/v1/apps/{id}")),
+        (Method::GET, format!("/v1/apps/{id}/groups")),
+        (Method::POST, format!("/v1/apps/{id}/test-connection")),
+    ] {
+        let body = (method == Method::PATCH).then(|| json!({"status": "paused"}));
+        let (status, answer) = bridge.api(method.clone(), &path, Some(&bob), body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "bob: {method} {path}: {answer}");
+    }
+    let (status, list) = bridge.api(Method::GET, "/v1/apps", Some(&bob), None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert!(
+        !list.to_string().contains(&id),
+        "bob's app list shows alice's app: {list}"
+    );
+    let (status, logs) = bridge.logs_as(&bob, &[("appId", &id)]).await;
+    assert!(
+        status == StatusCode::NOT_FOUND || (status == StatusCode::OK && logs.is_empty()),
+        "bob reads alice's logs: {status} {logs:?}"
+    );
+    let (_, all_logs) = bridge.logs_as(&bob, &[]).await;
+    assert!(
+        all_logs.iter().all(|e| e["appId"] != id.as_str()),
+        "bob's unfiltered logs show alice's app: {all_logs:?}"
+    );
+
+    // Alice may not change who activates into her app.
+    let (status, answer) = bridge
+        .api(
+            Method::PUT,
+            &format!("/v1/apps/{id}/groups/{}", SourceGroup::new().id),
+            Some(&alice),
+            Some(json!({"targetDisplayName": "Sneaky"})),
+        )
+        .await;
+    assert!(
+        status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND,
+        "an owner assigning a group answered {status}: {answer}"
+    );
+}
+
+#[tokio::test]
+async fn operator_reads_apps_without_credentials() {
+    let bridge = Bridge::start().await;
+    let operator = token_of(&bridge.create_token("olga", "operator").await);
+    for (registration, secret) in registrations_with_secrets() {
+        let (status, app) = bridge.admin(Method::POST, "/v1/apps", Some(registration)).await;
+        assert_eq!(status, StatusCode::CREATED, "{app}");
+        let id = app_id(&app);
+
+        let (status, one) = bridge
+            .api(Method::GET, &format!("/v1/apps/{id}"), Some(&operator), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{one}");
+        assert_hides(&secret, "operator's GET /v1/apps/{id}", &one.to_string());
+        let (status, list) = bridge.api(Method::GET, "/v1/apps", Some(&operator), None).await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert!(list.to_string().contains(&id), "operator lists the app: {list}");
+        assert_hides(&secret, "operator's GET /v1/apps", &list.to_string());
+
+        let (status, answer) = bridge
+            .api(
+                Method::PUT,
+                &format!("/v1/apps/{id}/groups/{}", SourceGroup::new().id),
+                Some(&operator),
+                Some(json!({"targetDisplayName": "Ops"})),
+            )
+            .await;
+        assert!(
+            status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND,
+            "an operator assigning a group answered {status}: {answer}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_api_answer_contains_a_scim_credential() {
+    let bridge = Bridge::start().await;
+    for (registration, secret) in registrations_with_secrets() {
+        let (status, created) = bridge.admin(Method::POST, "/v1/apps", Some(registration)).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        assert_hides(&secret, "POST /v1/apps answer", &created.to_string());
+        assert!(created["auth"]["type"].is_string(), "auth.type is shown: {created}");
+        let id = app_id(&created);
+
+        let (_, one) = bridge.admin(Method::GET, &format!("/v1/apps/{id}"), None).await;
+        assert_hides(&secret, "GET /v1/apps/{id}", &one.to_string());
+        let (_, list) = bridge.admin(Method::GET, "/v1/apps", None).await;
+        assert_hides(&secret, "GET /v1/apps", &list.to_string());
+        let (_, patched) = bridge
+            .admin(
+                Method::PATCH,
+                &format!("/v1/apps/{id}"),
+                Some(json!({"status": "paused"})),
+            )
+            .await;
+        assert_hides(&secret, "PATCH /v1/apps/{id}", &patched.to_string());
+        let (_, probe) = bridge
+            .admin(Method::POST, &format!("/v1/apps/{id}/test-connection"), None)
+            .await;
+        assert_hides(&secret, "test-connection answer", &probe.to_string());
+    }
+}
+
+#[tokio::test]
+async fn database_holds_no_credential_in_plain_text() {
+    let bridge = Bridge::start().await;
+    let mut secrets = Vec::new();
+    for (registration, secret) in registrations_with_secrets() {
+        let (status, app) = bridge.admin(Method::POST, "/v1/apps", Some(registration)).await;
+        assert_eq!(status, StatusCode::CREATED, "{app}");
+        secrets.push(secret);
+    }
+    secrets.push(token_of(&bridge.create_token("alice", "app_owner").await));
+
+    let files: Vec<_> = std::fs::read_dir(&bridge.data_dir)
+        .expect("data dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("scim-bridge.db"))
+        .collect();
+    assert!(
+        files.iter().any(|f| f.file_name() == "scim-bridge.db"),
+        "scim-bridge.db in the data dir {}",
+        bridge.data_dir.display()
+    );
+    for file in files {
+        let bytes = std::fs::read(file.path()).expect("read database file");
+        for secret in &secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds {secret:?} in plain text",
+                file.path().display()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_output_holds_no_secret() {
+    let Some(stack) = Stack::start_with(Kind::Scim2Server, &[("RUST_LOG", "debug")]).await else {
+        return;
+    };
+    let bridge = &stack.bridge;
+    let api_token = token_of(&bridge.create_token("alice", "app_owner").await);
+    let (_, _) = bridge.api(Method::GET, "/v1/apps", Some(&api_token), None).await;
+    let (group, _) = stack.assigned_group().await;
+    let activation = Event::activation(&Principal::new(), &group);
+    bridge.deliver(&[&activation]).await;
+    bridge
+        .wait_for_event_log(&activation, "success", Some("add_member"))
+        .await;
+    bridge
+        .admin(
+            Method::POST,
+            &format!("/v1/apps/{}/test-connection", stack.app_id),
+            None,
+        )
+        .await;
+    // A refused webhook must not log what it expected.
+    let body = Event::activation(&Principal::new(), &group).body();
+    let wrong = Bridge::sign(&common::random_hex(), chrono::Utc::now().timestamp(), &body);
+    bridge.post_webhook(body, Some("application/json"), Some(wrong)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let output = bridge.output();
+    for (what, secret) in [
+        ("SCIM bearer token", stack.target.credential()),
+        ("webhook secret", bridge.secret.as_str()),
+        ("previous webhook secret", bridge.previous_secret.as_str()),
+        ("admin token", bridge.admin_token.as_str()),
+        ("API token", api_token.as_str()),
+    ] {
+        assert!(!output.contains(secret), "the bridge's output shows the {what}");
+    }
+}

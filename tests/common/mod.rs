@@ -1,0 +1,1148 @@
+//! Black-box harness: spawns the real `scim-bridge` binary and real SCIM targets on free ports.
+//!
+//! A target whose runtime is not installed (see `scripts/test-deps.sh`) makes the test print what
+//! is missing and pass, except under `CI=true` (or `SCIM_BRIDGE_TEST_DEPS=1`, which
+//! `scripts/test.sh` sets after installing them), where a missing part is a failure.
+
+#![allow(dead_code)] // every test binary uses a different part of the harness
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use hmac::{Hmac, KeyInit, Mac};
+use reqwest::{Method, StatusCode, Url};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a push may take to show on the target after the webhook was answered.
+pub const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+const TARGET_START_TIMEOUT: Duration = Duration::from_secs(15);
+const BRIDGE_START_TIMEOUT: Duration = Duration::from_secs(20);
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+pub fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A random lowercase hex string of 32 characters.
+pub fn random_hex() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Eight random hex characters, to keep names unique between tests sharing nothing.
+pub fn short_id() -> String {
+    random_hex()[..8].to_string()
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Polls `check` until it holds or `timeout` passes; answers whether it held.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// Turns an HTTP answer into (status, JSON); a body that is not JSON becomes a JSON string, an
+/// empty body `null`.
+async fn read_answer(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let body = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
+
+/// An HTTP answer kept whole: status, content type and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Answer {
+    pub async fn read(response: reqwest::Response) -> Answer {
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let (status, body) = read_answer(response).await;
+        Answer {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    /// Asserts an RFC 9457 problem with that status whose text mentions one of `mentions`
+    /// (case-insensitive; the field it is about, or why).
+    #[track_caller]
+    pub fn assert_problem(&self, status: StatusCode, mentions: &[&str]) {
+        assert_eq!(self.status, status, "answer: {}", self.body);
+        assert!(
+            self.content_type.starts_with("application/problem+json"),
+            "content type of a {status} answer is {:?}, not application/problem+json; body: {}",
+            self.content_type,
+            self.body
+        );
+        assert!(
+            self.body.is_object(),
+            "problem body is not a JSON object: {}",
+            self.body
+        );
+        let text = self.body.to_string().to_lowercase();
+        assert!(
+            mentions.is_empty() || mentions.iter().any(|m| text.contains(&m.to_lowercase())),
+            "problem does not mention any of {mentions:?}: {}",
+            self.body
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+
+/// A spawned child whose stdout and stderr are drained into one buffer, so the pipes never fill
+/// and a test can read what it printed. Killed on drop; its output is shown if the test failed.
+pub struct Proc {
+    name: String,
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut command: Command) -> Proc {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let output = Arc::new(Mutex::new(String::new()));
+        drain(child.stdout.take().expect("stdout"), output.clone());
+        drain(child.stderr.take().expect("stderr"), output.clone());
+        Proc {
+            name: name.to_string(),
+            child,
+            output,
+        }
+    }
+
+    /// Everything the process printed so far, stdout and stderr interleaved by line.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits until a printed line contains `needle`, and answers that line.
+    async fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.output().lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            if let Some(status) = self.exited() {
+                // Give the drain tasks a moment to collect the last words.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                panic!(
+                    "{} exited ({status}) before printing {needle:?}; output:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} did not print {needle:?} within {timeout:?}; output:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.exited() {
+            panic!("{} exited ({status}); output:\n{}", self.name, self.output());
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let output = self.output();
+            let lines: Vec<&str> = output.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(200)..];
+            eprintln!("----- output of {} -----\n{}", self.name, tail.join("\n"));
+        }
+    }
+}
+
+fn drain(pipe: impl AsyncRead + Unpin + Send + 'static, into: Arc<Mutex<String>>) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut out = into.lock().unwrap();
+            out.push_str(&line);
+            out.push('\n');
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Skip rule
+
+/// Answers whether every part exists; otherwise says what is missing and how to install it, and
+/// fails under `CI=true`.
+fn require(parts: &[(&str, PathBuf)]) -> bool {
+    let missing: Vec<String> = parts
+        .iter()
+        .filter(|(_, path)| !path.exists())
+        .map(|(what, path)| format!("{what} ({})", path.display()))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!(
+        "missing: {}; install the test dependencies with `scripts/test-deps.sh`",
+        missing.join(", ")
+    );
+    // Under CI, and when `scripts/test.sh` installed the parts, a missing one is a failure.
+    let required = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("SCIM_BRIDGE_TEST_DEPS").is_ok_and(|v| v == "1");
+    if required {
+        panic!("{message}");
+    }
+    eprintln!("skipping test: {message}");
+    false
+}
+
+fn scim2_server_bin() -> PathBuf {
+    manifest_dir().join(".venv/bin/scim2-server")
+}
+
+fn fixtures_dir() -> PathBuf {
+    manifest_dir().join("scim-fixtures")
+}
+
+fn node_bin() -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("node"))
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from("$PATH"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// SCIM targets
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `scim2-server` from PyPI, bearer token.
+    Scim2Server,
+    /// The SCIMMY server in `scim-fixtures/server.mjs`, bearer token.
+    Scimmy,
+    /// The SCIMMY server accepting only JWTs issued by `scim-fixtures/oauth-server.mjs`.
+    ScimmyOAuth,
+}
+
+/// OAuth2 client credentials the bridge is given for a target.
+#[derive(Clone, Debug)]
+pub struct OAuthClient {
+    pub token_url: String,
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub scope: String,
+}
+
+/// A running SCIM target, read directly over SCIM by the tests.
+pub struct Target {
+    pub kind: Kind,
+    pub base_url: String,
+    /// The static bearer token (bearer targets) handed to the bridge.
+    pub bearer_token: Option<String>,
+    pub oauth: Option<OAuthClient>,
+    /// What the harness itself sends as `Authorization: Bearer` to read the target (for OAuth
+    /// targets, the token fetched at start; see `harness_token`).
+    access_token: String,
+    http: reqwest::Client,
+    procs: Vec<Proc>,
+}
+
+/// Starts a target of that kind, or answers `None` (after saying why) when its runtime is not
+/// installed: `let Some(target) = common::target(Kind::Scimmy).await else { return };`
+pub async fn target(kind: Kind) -> Option<Target> {
+    start_target(kind, None).await
+}
+
+/// An OAuth2-protected SCIMMY target whose issuer hands out tokens living that many seconds.
+pub async fn oauth_target_with_token_lifetime(seconds: u32) -> Option<Target> {
+    start_target(Kind::ScimmyOAuth, Some(seconds)).await
+}
+
+async fn start_target(kind: Kind, token_lifetime: Option<u32>) -> Option<Target> {
+    let ready = match kind {
+        Kind::Scim2Server => require(&[("scim2-server", scim2_server_bin())]),
+        Kind::Scimmy => require(&[
+            ("node", node_bin()),
+            ("SCIMMY server", fixtures_dir().join("server.mjs")),
+            ("npm packages", fixtures_dir().join("node_modules")),
+        ]),
+        Kind::ScimmyOAuth => require(&[
+            ("node", node_bin()),
+            ("SCIMMY server", fixtures_dir().join("server.mjs")),
+            ("OAuth2 server", fixtures_dir().join("oauth-server.mjs")),
+            ("npm packages", fixtures_dir().join("node_modules")),
+        ]),
+    };
+    if !ready {
+        return None;
+    }
+    Some(Target::start(kind, token_lifetime).await)
+}
+
+impl Target {
+    async fn start(kind: Kind, token_lifetime: Option<u32>) -> Target {
+        let http = http_client();
+        match kind {
+            Kind::Scim2Server => {
+                let port = free_port();
+                let token = format!("scim-token-{}", random_hex());
+                let mut command = Command::new(scim2_server_bin());
+                command.args(["--port", &port.to_string(), "--bearer-token", &token]);
+                let proc = Proc::spawn("scim2-server", command);
+                let target = Target {
+                    kind,
+                    base_url: format!("http://127.0.0.1:{port}/v2"),
+                    bearer_token: Some(token.clone()),
+                    oauth: None,
+                    access_token: token,
+                    http,
+                    procs: vec![proc],
+                };
+                target.wait_until_ready().await
+            }
+            Kind::Scimmy => {
+                let token = format!("scim-token-{}", random_hex());
+                let (proc, port) = spawn_scimmy(&["--bearer-token", &token]).await;
+                let target = Target {
+                    kind,
+                    base_url: format!("http://127.0.0.1:{port}/scim/v2"),
+                    bearer_token: Some(token.clone()),
+                    oauth: None,
+                    access_token: token,
+                    http,
+                    procs: vec![proc],
+                };
+                target.wait_until_ready().await
+            }
+            Kind::ScimmyOAuth => {
+                let oauth_port = free_port();
+                let issuer = format!("http://127.0.0.1:{oauth_port}");
+                let client = OAuthClient {
+                    token_url: format!("{issuer}/token"),
+                    issuer: issuer.clone(),
+                    client_id: format!("bridge-{}", short_id()),
+                    client_secret: format!("client-secret-{}", random_hex()),
+                    scope: "scim".to_string(),
+                };
+                let mut command = Command::new("node");
+                command.current_dir(fixtures_dir()).args([
+                    "oauth-server.mjs",
+                    "--port",
+                    &oauth_port.to_string(),
+                    "--client-id",
+                    &client.client_id,
+                    "--client-secret",
+                    &client.client_secret,
+                ]);
+                if let Some(seconds) = token_lifetime {
+                    command.args(["--expires-in", &seconds.to_string()]);
+                }
+                let mut oauth_proc = Proc::spawn("oauth-server", command);
+                oauth_proc.wait_for_line("listening on", TARGET_START_TIMEOUT).await;
+                let access_token = fetch_client_credentials_token(&http, &client)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "OAuth2 server refused the harness' client credentials: {e}\n{}",
+                            oauth_proc.output()
+                        )
+                    });
+                let (proc, port) = spawn_scimmy(&["--oauth-issuer", &issuer]).await;
+                let target = Target {
+                    kind,
+                    base_url: format!("http://127.0.0.1:{port}/scim/v2"),
+                    bearer_token: None,
+                    oauth: Some(client),
+                    access_token,
+                    http,
+                    procs: vec![proc, oauth_proc],
+                };
+                target.wait_until_ready().await
+            }
+        }
+    }
+
+    /// Polls an authenticated `GET /Users` until it answers 200.
+    async fn wait_until_ready(mut self) -> Target {
+        let deadline = Instant::now() + TARGET_START_TIMEOUT;
+        loop {
+            for proc in &mut self.procs {
+                proc.assert_running();
+            }
+            let answer = self
+                .http
+                .get(format!("{}/Users", self.base_url))
+                .bearer_auth(&self.access_token)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            match answer {
+                Ok(r) if r.status() == StatusCode::OK => return self,
+                Ok(r) if Instant::now() >= deadline => {
+                    panic!("{:?} target answers {} to GET /Users", self.kind, r.status())
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    panic!("{:?} target not reachable: {e}", self.kind)
+                }
+                _ => tokio::time::sleep(POLL_INTERVAL).await,
+            }
+        }
+    }
+
+    /// The harness' own token: OAuth tokens may be short-lived, so those are fetched anew.
+    async fn harness_token(&self) -> String {
+        match &self.oauth {
+            Some(client) => fetch_client_credentials_token(&self.http, client)
+                .await
+                .unwrap_or_else(|e| panic!("OAuth2 token for the harness: {e}")),
+            None => self.access_token.clone(),
+        }
+    }
+
+    /// The credential the bridge must never reveal: the bearer token or the client secret.
+    pub fn credential(&self) -> &str {
+        match (&self.bearer_token, &self.oauth) {
+            (Some(token), _) => token,
+            (None, Some(oauth)) => &oauth.client_secret,
+            (None, None) => unreachable!("a target has a credential"),
+        }
+    }
+
+    /// The `auth` object of an app registration for this target.
+    pub fn app_auth(&self) -> Value {
+        match (&self.bearer_token, &self.oauth) {
+            (Some(token), _) => json!({"type": "bearer", "token": token}),
+            (None, Some(o)) => json!({
+                "type": "oauth2ClientCredentials",
+                "tokenUrl": o.token_url,
+                "clientId": o.client_id,
+                "clientSecret": o.client_secret,
+                "scope": o.scope,
+            }),
+            (None, None) => unreachable!("a target has a credential"),
+        }
+    }
+
+    /// A `POST /v1/apps` body for this target.
+    pub fn app_registration(&self, name: &str) -> Value {
+        json!({"name": name, "scimBaseUrl": self.base_url, "auth": self.app_auth()})
+    }
+
+    /// `GET <base>/<path>` on the target, as (status, JSON).
+    pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> (StatusCode, Value) {
+        self.request(Method::GET, path, query, None).await
+    }
+
+    /// Any SCIM request on the target, as the harness (not the bridge), as (status, JSON).
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base_url))
+            .query(query)
+            .bearer_auth(self.harness_token().await)
+            .header("Accept", "application/scim+json");
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/scim+json")
+                .body(body.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path} on the {:?} target: {e}", self.kind));
+        read_answer(response).await
+    }
+
+    /// Creates a user directly in the target (as if it had been there before the bridge); answers
+    /// its target id.
+    pub async fn create_user(&self, user_name: &str, external_id: Option<&str>) -> String {
+        let mut user = json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": user_name,
+            "active": true,
+        });
+        if let Some(external_id) = external_id {
+            user["externalId"] = json!(external_id);
+        }
+        let (status, created) = self.request(Method::POST, "/Users", &[], Some(user)).await;
+        assert_eq!(status, StatusCode::CREATED, "POST /Users on the target: {created}");
+        created["id"].as_str().expect("user id").to_string()
+    }
+
+    async fn list(&self, resource: &str, filter: &str) -> Vec<Value> {
+        let (status, body) = self.get(resource, &[("filter", filter)]).await;
+        assert_eq!(status, StatusCode::OK, "GET {resource}?filter={filter}: {body}");
+        body["Resources"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Every target group with that display name (more than one would be a duplicate).
+    pub async fn groups_named(&self, display_name: &str) -> Vec<Value> {
+        self.list("/Groups", &format!("displayName eq \"{display_name}\""))
+            .await
+    }
+
+    /// The target user ids that are members of the group(s) with that display name, as often as
+    /// they are listed.
+    pub async fn group_member_ids(&self, display_name: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        for group in self.groups_named(display_name).await {
+            // Some servers leave members out of list answers: read the group itself.
+            let (status, group) = self
+                .get(&format!("/Groups/{}", group["id"].as_str().unwrap_or("")), &[])
+                .await;
+            assert_eq!(status, StatusCode::OK, "GET group: {group}");
+            for member in group["members"].as_array().into_iter().flatten() {
+                ids.push(member["value"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        ids
+    }
+
+    /// The `userName`s of the members of the target group(s) with that display name, sorted.
+    pub async fn group_member_user_names(&self, display_name: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        for id in self.group_member_ids(display_name).await {
+            let (status, user) = self.get(&format!("/Users/{id}"), &[]).await;
+            names.push(match user["userName"].as_str() {
+                Some(name) if status.is_success() => name.to_string(),
+                _ => format!("<member {id} not a user: {status}>"),
+            });
+        }
+        names.sort();
+        names
+    }
+
+    pub async fn users_with_user_name(&self, user_name: &str) -> Vec<Value> {
+        self.list("/Users", &format!("userName eq \"{user_name}\"")).await
+    }
+
+    pub async fn user_by_user_name(&self, user_name: &str) -> Option<Value> {
+        self.users_with_user_name(user_name).await.into_iter().next()
+    }
+
+    /// Waits (pushes follow the 202) until the group's members are exactly `expected`
+    /// (userNames, each once); panics with what the target holds otherwise.
+    pub async fn assert_members_eventually(&self, display_name: &str, expected: &[&str]) {
+        let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        let last = std::cell::RefCell::new(Vec::new());
+        let held = wait_until(PUSH_TIMEOUT, || {
+            let (expected, last) = (&expected, &last);
+            async move {
+                let names = self.group_member_user_names(display_name).await;
+                let matches = names == *expected;
+                *last.borrow_mut() = names;
+                matches
+            }
+        })
+        .await;
+        assert!(
+            held,
+            "target group {display_name:?} on {:?}: expected members {expected:?}, found {:?}",
+            self.kind,
+            last.borrow()
+        );
+    }
+}
+
+async fn spawn_scimmy(auth_args: &[&str]) -> (Proc, u16) {
+    let port = free_port();
+    let mut command = Command::new("node");
+    command
+        .current_dir(fixtures_dir())
+        .args(["server.mjs", "--port", &port.to_string()])
+        .args(auth_args);
+    let mut proc = Proc::spawn("scimmy", command);
+    proc.wait_for_line("listening on", TARGET_START_TIMEOUT).await;
+    (proc, port)
+}
+
+/// Fetches an access token with the client-credentials grant, trying HTTP Basic client
+/// authentication first and credentials in the form body second.
+async fn fetch_client_credentials_token(http: &reqwest::Client, client: &OAuthClient) -> Result<String, String> {
+    let secret = &client.client_secret;
+    let grant = [("grant_type", "client_credentials"), ("scope", &client.scope)];
+    let basic = http
+        .post(&client.token_url)
+        .basic_auth(&client.client_id, Some(secret))
+        .form(&grant);
+    let in_body = http.post(&client.token_url).form(&[
+        ("grant_type", "client_credentials"),
+        ("scope", &client.scope),
+        ("client_id", &client.client_id),
+        ("client_secret", secret),
+    ]);
+    let mut failures = Vec::new();
+    for request in [basic, in_body] {
+        match request.send().await {
+            Ok(response) => {
+                let (status, body) = read_answer(response).await;
+                match body["access_token"].as_str() {
+                    Some(token) if status.is_success() => return Ok(token.to_string()),
+                    _ => failures.push(format!("{status} {body}")),
+                }
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Err(failures.join("; "))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bridge
+
+pub struct Bridge {
+    pub url: String,
+    pub admin_token: String,
+    pub secret: String,
+    pub previous_secret: String,
+    pub data_dir: PathBuf,
+    http: reqwest::Client,
+    proc: Proc,
+    // Dropped after `proc` (fields drop in order), so the bridge dies before its files go.
+    _data_dir: TempDir,
+}
+
+impl Bridge {
+    pub async fn start() -> Bridge {
+        Bridge::start_with(&[]).await
+    }
+
+    /// Starts the bridge with extra (or overriding) environment variables.
+    pub async fn start_with(extra_env: &[(&str, &str)]) -> Bridge {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let secret = random_hex();
+        let previous_secret = random_hex();
+        let admin_token = format!("admin-{}", random_hex());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_scim-bridge"));
+        command
+            .arg("serve")
+            .current_dir(data_dir.path())
+            .env("SCIM_BRIDGE_LISTEN", "127.0.0.1:0")
+            .env("SCIM_BRIDGE_DATA_DIR", data_dir.path())
+            .env("SCIM_BRIDGE_WEBHOOK_SECRET", format!("{secret},{previous_secret}"))
+            .env("SCIM_BRIDGE_ADMIN_TOKEN", &admin_token)
+            .env("SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS", "true")
+            .env("RUST_LOG", "info")
+            .env_remove("SCIM_BRIDGE_DATABASE_URL")
+            .env_remove("SCIM_BRIDGE_ENCRYPTION_KEY");
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let mut proc = Proc::spawn("scim-bridge", command);
+        const READY: &str = "scim-bridge listening on ";
+        let line = proc.wait_for_line(READY, BRIDGE_START_TIMEOUT).await;
+        let url = line[line.find(READY).unwrap() + READY.len()..]
+            .split_whitespace()
+            .next()
+            .expect("listening URL")
+            // Whatever follows the port (a slash, a colour code) is not part of it.
+            .trim_end_matches(|c: char| !c.is_ascii_digit())
+            .to_string();
+        Bridge {
+            url,
+            admin_token,
+            secret,
+            previous_secret,
+            data_dir: data_dir.path().to_path_buf(),
+            http: http_client(),
+            proc,
+            _data_dir: data_dir,
+        }
+    }
+
+    /// Everything the bridge printed on stdout and stderr so far.
+    pub fn output(&self) -> String {
+        self.proc.output()
+    }
+
+    /// `X-Bridge-Signature` value: `t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+    pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key size");
+        mac.update(format!("{timestamp}.").as_bytes());
+        mac.update(body);
+        format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// Posts a webhook body with the given headers, none added.
+    pub async fn post_webhook(
+        &self,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+        signature: Option<String>,
+    ) -> reqwest::Response {
+        let mut request = self.http.post(format!("{}/v1/webhooks/pim", self.url)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("Content-Type", content_type);
+        }
+        if let Some(signature) = signature {
+            request = request.header("X-Bridge-Signature", signature);
+        }
+        request.send().await.expect("POST /v1/webhooks/pim")
+    }
+
+    /// Posts a body as JSON, signed now with the current secret.
+    pub async fn webhook(&self, body: Vec<u8>) -> reqwest::Response {
+        let signature = Bridge::sign(&self.secret, Utc::now().timestamp(), &body);
+        self.post_webhook(body, Some("application/json"), Some(signature)).await
+    }
+
+    /// Delivers events (one object, or a batch for several) and insists on 202; answers the body.
+    pub async fn deliver(&self, events: &[&Event]) -> Value {
+        let body = match events {
+            [one] => one.body(),
+            many => serde_json::to_vec(&batch(many)).unwrap(),
+        };
+        let (status, answer) = read_answer(self.webhook(body).await).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "webhook answer: {answer}");
+        answer
+    }
+
+    /// Any API call; a `None` token sends no `Authorization` header.
+    pub async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method.clone(), format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        read_answer(response).await
+    }
+
+    /// An API call with the admin token.
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.api(method, path, Some(&self.admin_token), body).await
+    }
+
+    /// Creates an API token (admin); answers the whole 201 body (`id`, `name`, `role`, `token`).
+    pub async fn create_token(&self, name: &str, role: &str) -> Value {
+        let (status, body) = self
+            .admin(Method::POST, "/v1/tokens", Some(json!({"name": name, "role": role})))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "POST /v1/tokens: {body}");
+        body
+    }
+
+    /// Registers an app for the target with the admin token; answers its id.
+    pub async fn register_app(&self, target: &Target) -> String {
+        let name = format!("app-{}", short_id());
+        let (status, app) = self
+            .admin(Method::POST, "/v1/apps", Some(target.app_registration(&name)))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "POST /v1/apps: {app}");
+        app_id(&app)
+    }
+
+    /// Assigns a source group to an app under a target display name (admin).
+    pub async fn assign_group(&self, app_id: &str, group_id: &str, target_display_name: &str) {
+        let (status, body) = self
+            .admin(
+                Method::PUT,
+                &format!("/v1/apps/{app_id}/groups/{group_id}"),
+                Some(json!({"targetDisplayName": target_display_name})),
+            )
+            .await;
+        assert!(
+            status.is_success(),
+            "PUT /v1/apps/{app_id}/groups/{group_id}: {status} {body}"
+        );
+    }
+
+    /// `GET /v1/provisioning-logs` with the filters, as the token sees it; answers its `items`.
+    pub async fn logs_as(&self, token: &str, filters: &[(&str, &str)]) -> (StatusCode, Vec<Value>) {
+        let url = Url::parse_with_params(&format!("{}/v1/provisioning-logs", self.url), filters).expect("log query");
+        let path = &url.as_str()[self.url.len()..];
+        let (status, body) = self.api(Method::GET, path, Some(token), None).await;
+        let items = body["items"].as_array().cloned().unwrap_or_default();
+        (status, items)
+    }
+
+    /// Polls the provisioning logs (admin) until an entry matching the filters satisfies `pred`.
+    pub async fn find_log(
+        &self,
+        filters: &[(&str, &str)],
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, items) = self.logs_as(&self.admin_token, filters).await;
+            assert_eq!(status, StatusCode::OK, "GET /v1/provisioning-logs {filters:?}");
+            if let Some(found) = items.into_iter().find(|item| pred(item)) {
+                return Some(found);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Like `find_log`, but a missing entry fails the test, showing what the log holds.
+    pub async fn wait_for_log(
+        &self,
+        filters: &[(&str, &str)],
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Value {
+        if let Some(found) = self.find_log(filters, pred, timeout).await {
+            return found;
+        }
+        let (_, items) = self.logs_as(&self.admin_token, filters).await;
+        panic!(
+            "no provisioning log entry as expected for {filters:?} within {timeout:?}; entries: {}",
+            serde_json::to_string_pretty(&items).unwrap()
+        );
+    }
+
+    /// Waits for the entry of an event with that status (and action, if given).
+    pub async fn wait_for_event_log(&self, event: &Event, status: &str, action: Option<&str>) -> Value {
+        self.wait_for_log(
+            &[("eventId", event.id())],
+            |e| e["status"] == status && action.is_none_or(|a| e["action"] == a),
+            PUSH_TIMEOUT,
+        )
+        .await
+    }
+}
+
+pub fn app_id(app: &Value) -> String {
+    app["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("app without id: {app}"))
+        .to_string()
+}
+
+/// Whether a `test-connection` answer says the probe succeeded.
+pub fn connection_test_succeeded(status: StatusCode, body: &Value) -> bool {
+    if !status.is_success() {
+        return false;
+    }
+    for key in ["ok", "success", "succeeded", "connected"] {
+        if let Some(ok) = body[key].as_bool() {
+            return ok;
+        }
+    }
+    if let Some(s) = body["status"].as_str().or(body["result"].as_str()) {
+        return matches!(
+            s.to_ascii_lowercase().as_str(),
+            "ok" | "success" | "succeeded" | "passed" | "connected"
+        );
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------------------------
+// A bridge with one app for one target
+
+/// A bridge, a target, and an app registered for that target.
+pub struct Stack {
+    pub bridge: Bridge,
+    pub target: Target,
+    pub app_id: String,
+}
+
+impl Stack {
+    pub async fn start(kind: Kind) -> Option<Stack> {
+        Stack::start_with(kind, &[]).await
+    }
+
+    /// With extra environment for the bridge (see `Bridge::start_with`).
+    pub async fn start_with(kind: Kind, bridge_env: &[(&str, &str)]) -> Option<Stack> {
+        let target = target(kind).await?;
+        let bridge = Bridge::start_with(bridge_env).await;
+        let app_id = bridge.register_app(&target).await;
+        Some(Stack { bridge, target, app_id })
+    }
+
+    /// A new source group assigned to the app under a new target display name.
+    pub async fn assigned_group(&self) -> (SourceGroup, String) {
+        let group = SourceGroup::new();
+        let target_name = format!("Target {}", short_id());
+        self.bridge.assign_group(&self.app_id, &group.id, &target_name).await;
+        (group, target_name)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhook events (SPEC section 2)
+
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub id: String,
+    pub user_principal_name: String,
+    pub display_name: String,
+    pub given_name: String,
+    pub surname: String,
+}
+
+impl Principal {
+    pub fn new() -> Principal {
+        let tag = short_id();
+        Principal {
+            id: uuid::Uuid::new_v4().to_string(),
+            user_principal_name: format!("ada.{tag}@contoso.test"),
+            display_name: format!("Ada Lovelace {tag}"),
+            given_name: "Ada".to_string(),
+            surname: format!("Lovelace {tag}"),
+        }
+    }
+
+    pub fn upn(&self) -> &str {
+        &self.user_principal_name
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SourceGroup {
+    pub id: String,
+    pub display_name: String,
+}
+
+impl SourceGroup {
+    pub fn new() -> SourceGroup {
+        SourceGroup {
+            id: uuid::Uuid::new_v4().to_string(),
+            display_name: format!("Exchange L3 {}", short_id()),
+        }
+    }
+}
+
+/// One `privilegedAccessGroupAssignmentScheduleRequest`, built from defaults and changed with
+/// the methods below.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub json: Value,
+}
+
+pub fn batch(events: &[&Event]) -> Value {
+    json!({"value": events.iter().map(|e| e.json.clone()).collect::<Vec<_>>()})
+}
+
+impl Event {
+    /// A self-activation of membership, provisioned, starting now, for two hours.
+    pub fn activation(principal: &Principal, group: &SourceGroup) -> Event {
+        let now = rfc3339(Utc::now());
+        Event {
+            json: json!({
+                "id": uuid::Uuid::new_v4().to_string(),
+                "action": "selfActivate",
+                "accessId": "member",
+                "principalId": principal.id,
+                "groupId": group.id,
+                "status": "Provisioned",
+                "createdDateTime": now,
+                "justification": "incident 4711",
+                "scheduleInfo": {
+                    "startDateTime": now,
+                    "expiration": {"type": "afterDuration", "duration": "PT2H"}
+                },
+                "principal": {
+                    "userPrincipalName": principal.user_principal_name,
+                    "displayName": principal.display_name,
+                    "givenName": principal.given_name,
+                    "surname": principal.surname,
+                    "mail": principal.user_principal_name,
+                },
+                "group": {
+                    "displayName": group.display_name,
+                    "membershipRule": null,
+                    "onPremisesSyncEnabled": false
+                }
+            }),
+        }
+    }
+
+    /// The deactivation of this activation: a new request, created after it.
+    pub fn deactivation(&self) -> Event {
+        let created: DateTime<Utc> = self.json["createdDateTime"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(Utc::now);
+        let later = Utc::now().max(created + chrono::Duration::seconds(1));
+        self.clone()
+            .new_id()
+            .action("selfDeactivate")
+            .set("/createdDateTime", json!(rfc3339(later)))
+            .set("/justification", json!("done"))
+    }
+
+    pub fn id(&self) -> &str {
+        self.json["id"].as_str().expect("event id")
+    }
+
+    pub fn upn(&self) -> &str {
+        self.json["principal"]["userPrincipalName"]
+            .as_str()
+            .expect("principal.userPrincipalName")
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.json).unwrap()
+    }
+
+    /// Sets the value at a JSON pointer, creating objects on the way.
+    pub fn set(mut self, pointer: &str, value: Value) -> Event {
+        let mut node = &mut self.json;
+        for key in pointer.trim_start_matches('/').split('/') {
+            if !node.is_object() {
+                *node = json!({});
+            }
+            node = node
+                .as_object_mut()
+                .unwrap()
+                .entry(key.to_string())
+                .or_insert(Value::Null);
+        }
+        *node = value;
+        self
+    }
+
+    /// Removes the field at a JSON pointer.
+    pub fn without(mut self, pointer: &str) -> Event {
+        let (parent, key) = pointer.rsplit_once('/').expect("pointer");
+        if let Some(object) = self.json.pointer_mut(parent).and_then(Value::as_object_mut) {
+            object.remove(key);
+        }
+        self
+    }
+
+    pub fn new_id(self) -> Event {
+        self.set("/id", json!(uuid::Uuid::new_v4().to_string()))
+    }
+
+    pub fn action(self, action: &str) -> Event {
+        self.set("/action", json!(action))
+    }
+
+    pub fn access(self, access_id: &str) -> Event {
+        self.set("/accessId", json!(access_id))
+    }
+
+    pub fn status(self, status: &str) -> Event {
+        self.set("/status", json!(status))
+    }
+
+    /// Starts (and was created) at that time.
+    pub fn starting(self, start: DateTime<Utc>) -> Event {
+        self.set("/createdDateTime", json!(rfc3339(start)))
+            .set("/scheduleInfo/startDateTime", json!(rfc3339(start)))
+    }
+
+    /// Ends after an ISO 8601 duration.
+    pub fn duration(self, duration: &str) -> Event {
+        self.set(
+            "/scheduleInfo/expiration",
+            json!({"type": "afterDuration", "duration": duration}),
+        )
+    }
+
+    pub fn ending_at(self, end: DateTime<Utc>) -> Event {
+        self.set(
+            "/scheduleInfo/expiration",
+            json!({"type": "afterDateTime", "endDateTime": rfc3339(end)}),
+        )
+    }
+}
+
+/// The per-event `status`es of a batch answer.
+pub fn batch_statuses(answer: &Value) -> Vec<String> {
+    answer["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("answer without events: {answer}"))
+        .iter()
+        .map(|e| e["status"].as_str().unwrap_or("<none>").to_string())
+        .collect()
+}
+
+/// The status of a single-event answer: `events[0].status`, or a top-level `status`.
+pub fn single_status(answer: &Value) -> String {
+    answer["events"][0]["status"]
+        .as_str()
+        .or(answer["status"].as_str())
+        .unwrap_or_else(|| panic!("answer without an event status: {answer}"))
+        .to_string()
+}

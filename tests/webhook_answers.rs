@@ -1,0 +1,292 @@
+//! Every answer of `POST /v1/webhooks/pim` (SPEC section 2).
+
+mod common;
+
+use chrono::Utc;
+use common::{Answer, Bridge, Event, Principal, SourceGroup, batch, batch_statuses, single_status};
+use reqwest::StatusCode;
+use serde_json::json;
+
+fn activation() -> Event {
+    Event::activation(&Principal::new(), &SourceGroup::new())
+}
+
+async fn send(bridge: &Bridge, event: &Event) -> Answer {
+    Answer::read(bridge.webhook(event.body()).await).await
+}
+
+#[tokio::test]
+async fn new_event_is_accepted_with_202() {
+    let bridge = Bridge::start().await;
+    let answer = send(&bridge, &activation()).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    assert_eq!(single_status(&answer.body), "accepted");
+}
+
+#[tokio::test]
+async fn resent_event_is_a_202_duplicate() {
+    let bridge = Bridge::start().await;
+    let event = activation();
+    assert_eq!(send(&bridge, &event).await.status, StatusCode::ACCEPTED);
+
+    let again = send(&bridge, &event).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
+    assert_eq!(single_status(&again.body), "duplicate");
+}
+
+#[tokio::test]
+async fn duplicate_is_judged_on_parsed_json_not_bytes() {
+    let bridge = Bridge::start().await;
+    let event = activation();
+    assert_eq!(send(&bridge, &event).await.status, StatusCode::ACCEPTED);
+
+    // Same content, other whitespace and key order.
+    let pretty = serde_json::to_vec_pretty(&event.json).unwrap();
+    let again = Answer::read(bridge.webhook(pretty).await).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
+    assert_eq!(single_status(&again.body), "duplicate");
+}
+
+#[tokio::test]
+async fn same_id_and_status_with_other_content_is_a_409_conflict() {
+    let bridge = Bridge::start().await;
+    let event = activation();
+    assert_eq!(send(&bridge, &event).await.status, StatusCode::ACCEPTED);
+
+    let changed = event.clone().set("/justification", json!("another reason"));
+    send(&bridge, &changed).await.assert_problem(StatusCode::CONFLICT, &[]);
+}
+
+#[tokio::test]
+async fn batch_judges_each_event_alone() {
+    let bridge = Bridge::start().await;
+    let known = activation();
+    assert_eq!(send(&bridge, &known).await.status, StatusCode::ACCEPTED);
+
+    let fresh = activation();
+    let conflicting = known.clone().set("/justification", json!("another reason"));
+    let too_short = activation().duration("PT1M");
+    let answer = bridge.deliver(&[&fresh, &known, &conflicting, &too_short]).await;
+
+    assert_eq!(
+        batch_statuses(&answer),
+        ["accepted", "duplicate", "conflict", "rejected"],
+        "{answer}"
+    );
+    let events = answer["events"].as_array().unwrap();
+    let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap_or("")).collect();
+    assert_eq!(
+        ids,
+        [fresh.id(), known.id(), conflicting.id(), too_short.id()],
+        "events answer in request order with their ids"
+    );
+    for (i, event) in events.iter().enumerate() {
+        let has_problem = event["problem"].is_object();
+        assert_eq!(
+            has_problem,
+            i >= 2,
+            "`problem` only on conflict and rejected events: {event}"
+        );
+    }
+
+    // The accepted one of the batch is now known; the rejected one was not recorded.
+    assert_eq!(single_status(&send(&bridge, &fresh).await.body), "duplicate");
+}
+
+#[tokio::test]
+async fn batch_rejects_an_incomplete_event_and_accepts_the_others() {
+    let bridge = Bridge::start().await;
+    let complete = activation();
+    let incomplete = activation().without("/principalId");
+    let answer = bridge.deliver(&[&complete, &incomplete]).await;
+
+    assert_eq!(batch_statuses(&answer), ["accepted", "rejected"], "{answer}");
+    let problem = answer["events"][1]["problem"].to_string();
+    assert!(problem.contains("principalId"), "problem names the field: {problem}");
+}
+
+#[tokio::test]
+async fn batch_of_more_than_100_events_is_refused() {
+    let bridge = Bridge::start().await;
+    let events: Vec<Event> = (0..101).map(|_| activation()).collect();
+    let refs: Vec<&Event> = events.iter().collect();
+    let body = serde_json::to_vec(&batch(&refs)).unwrap();
+    let answer = Answer::read(bridge.webhook(body).await).await;
+    assert!(
+        answer.status.is_client_error(),
+        "101 events answered {}: {}",
+        answer.status,
+        answer.body
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_problem() {
+    let bridge = Bridge::start().await;
+    let answer = Answer::read(bridge.webhook(br#"{"id": "x", "action": "#.to_vec()).await).await;
+    answer.assert_problem(StatusCode::BAD_REQUEST, &[]);
+}
+
+#[tokio::test]
+async fn missing_field_is_a_400_problem_naming_the_field() {
+    let bridge = Bridge::start().await;
+    for (pointer, field) in [
+        ("/principalId", "principalId"),
+        ("/groupId", "groupId"),
+        ("/status", "status"),
+        ("/createdDateTime", "createdDateTime"),
+        ("/scheduleInfo/expiration/duration", "duration"),
+    ] {
+        let answer = send(&bridge, &activation().without(pointer)).await;
+        answer.assert_problem(StatusCode::BAD_REQUEST, &[field]);
+    }
+}
+
+#[tokio::test]
+async fn activation_without_schedule_info_is_a_400_naming_it() {
+    let bridge = Bridge::start().await;
+    send(&bridge, &activation().without("/scheduleInfo"))
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, &["scheduleInfo"]);
+}
+
+#[tokio::test]
+async fn missing_signature_is_a_401() {
+    let bridge = Bridge::start().await;
+    let response = bridge
+        .post_webhook(activation().body(), Some("application/json"), None)
+        .await;
+    Answer::read(response)
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED, &[]);
+}
+
+#[tokio::test]
+async fn signature_with_a_wrong_secret_is_a_401() {
+    let bridge = Bridge::start().await;
+    let body = activation().body();
+    let signature = Bridge::sign(&common::random_hex(), Utc::now().timestamp(), &body);
+    let response = bridge
+        .post_webhook(body, Some("application/json"), Some(signature))
+        .await;
+    Answer::read(response)
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED, &[]);
+}
+
+#[tokio::test]
+async fn signature_over_another_body_is_a_401() {
+    let bridge = Bridge::start().await;
+    let signature = Bridge::sign(&bridge.secret, Utc::now().timestamp(), &activation().body());
+    let response = bridge
+        .post_webhook(activation().body(), Some("application/json"), Some(signature))
+        .await;
+    Answer::read(response)
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED, &[]);
+}
+
+#[tokio::test]
+async fn stale_or_future_signature_timestamp_is_a_401() {
+    let bridge = Bridge::start().await;
+    for offset in [-400, 400] {
+        let body = activation().body();
+        let signature = Bridge::sign(&bridge.secret, Utc::now().timestamp() + offset, &body);
+        let response = bridge
+            .post_webhook(body, Some("application/json"), Some(signature))
+            .await;
+        Answer::read(response)
+            .await
+            .assert_problem(StatusCode::UNAUTHORIZED, &[]);
+    }
+}
+
+#[tokio::test]
+async fn previous_secret_is_accepted_during_rotation() {
+    let bridge = Bridge::start().await;
+    let body = activation().body();
+    let signature = Bridge::sign(&bridge.previous_secret, Utc::now().timestamp(), &body);
+    let response = bridge
+        .post_webhook(body, Some("application/json"), Some(signature))
+        .await;
+    let answer = Answer::read(response).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+}
+
+#[tokio::test]
+async fn one_valid_among_several_v1_signatures_is_accepted() {
+    let bridge = Bridge::start().await;
+    let body = activation().body();
+    let t = Utc::now().timestamp();
+    let wrong = Bridge::sign(&common::random_hex(), t, &body);
+    let right = Bridge::sign(&bridge.secret, t, &body);
+    let right_v1 = right.split_once(",v1=").unwrap().1;
+    let header = format!("{wrong},v1={right_v1}");
+    let response = bridge.post_webhook(body, Some("application/json"), Some(header)).await;
+    let answer = Answer::read(response).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+}
+
+#[tokio::test]
+async fn body_over_one_mebibyte_is_a_413() {
+    let bridge = Bridge::start().await;
+    let huge = activation().set("/justification", json!("x".repeat(1024 * 1024 + 1)));
+    let answer = send(&bridge, &huge).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", answer.body);
+    assert!(
+        answer.content_type.starts_with("application/problem+json"),
+        "413 content type {:?}",
+        answer.content_type
+    );
+}
+
+#[tokio::test]
+async fn non_json_content_type_is_a_415() {
+    let bridge = Bridge::start().await;
+    let body = activation().body();
+    let signature = Bridge::sign(&bridge.secret, Utc::now().timestamp(), &body);
+    let response = bridge.post_webhook(body, Some("text/plain"), Some(signature)).await;
+    Answer::read(response)
+        .await
+        .assert_problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, &[]);
+}
+
+#[tokio::test]
+async fn activation_shorter_than_five_minutes_is_a_422() {
+    let bridge = Bridge::start().await;
+    for event in [
+        activation().duration("PT1M"),
+        activation().duration("PT4M59S"),
+        activation().ending_at(Utc::now() + chrono::Duration::minutes(3)),
+    ] {
+        send(&bridge, &event).await.assert_problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &["duration", "expiration", "endDateTime", "five minutes", "5 minutes"],
+        );
+    }
+}
+
+#[tokio::test]
+async fn activation_of_exactly_five_minutes_is_accepted() {
+    let bridge = Bridge::start().await;
+    let answer = send(&bridge, &activation().duration("PT5M")).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+}
+
+#[tokio::test]
+async fn dynamic_group_is_a_422() {
+    let bridge = Bridge::start().await;
+    let event = activation().set("/group/membershipRule", json!("user.department -eq \"Sales\""));
+    send(&bridge, &event)
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, &["membershipRule"]);
+}
+
+#[tokio::test]
+async fn on_premises_group_is_a_422() {
+    let bridge = Bridge::start().await;
+    let event = activation().set("/group/onPremisesSyncEnabled", json!(true));
+    send(&bridge, &event)
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, &["onPremisesSyncEnabled"]);
+}
