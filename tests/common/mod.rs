@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // every test binary uses a different part of the harness
 
+pub mod clocked;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -63,14 +65,14 @@ where
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind a free port")
         .port()
 }
 
-fn http_client() -> reqwest::Client {
+pub(crate) fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -79,7 +81,7 @@ fn http_client() -> reqwest::Client {
 
 /// Turns an HTTP answer into (status, JSON); a body that is not JSON becomes a JSON string, an
 /// empty body `null`.
-async fn read_answer(response: reqwest::Response) -> (StatusCode, Value) {
+pub(crate) async fn read_answer(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     let body = if text.trim().is_empty() {
@@ -238,7 +240,7 @@ fn drain(pipe: impl AsyncRead + Unpin + Send + 'static, into: Arc<Mutex<String>>
 
 /// Answers whether every part exists; otherwise says what is missing and how to install it, and
 /// fails under `CI=true`.
-fn require(parts: &[(&str, PathBuf)]) -> bool {
+pub(crate) fn require(parts: &[(&str, PathBuf)]) -> bool {
     let missing: Vec<String> = parts
         .iter()
         .filter(|(_, path)| !path.exists())
@@ -265,11 +267,11 @@ fn scim2_server_bin() -> PathBuf {
     manifest_dir().join(".venv/bin/scim2-server")
 }
 
-fn fixtures_dir() -> PathBuf {
+pub(crate) fn fixtures_dir() -> PathBuf {
     manifest_dir().join("scim-fixtures")
 }
 
-fn node_bin() -> PathBuf {
+pub(crate) fn node_bin() -> PathBuf {
     std::env::var_os("PATH")
         .and_then(|paths| {
             std::env::split_paths(&paths)
@@ -673,7 +675,10 @@ pub struct Bridge {
     pub previous_secret: String,
     pub data_dir: PathBuf,
     http: reqwest::Client,
-    proc: Proc,
+    /// The spawned binary; `None` for a bridge run in-process (see `clocked.rs`).
+    proc: Option<Proc>,
+    /// In-process bridges run on a manual clock: webhooks are signed with its time.
+    pub(crate) clocked: Option<clocked::InProcess>,
     // Dropped after `proc` (fields drop in order), so the bridge dies before its files go.
     _data_dir: TempDir,
 }
@@ -721,14 +726,23 @@ impl Bridge {
             previous_secret,
             data_dir: data_dir.path().to_path_buf(),
             http: http_client(),
-            proc,
+            proc: Some(proc),
+            clocked: None,
             _data_dir: data_dir,
         }
     }
 
-    /// Everything the bridge printed on stdout and stderr so far.
+    /// Everything the bridge printed on stdout and stderr so far (nothing for an in-process one).
     pub fn output(&self) -> String {
-        self.proc.output()
+        self.proc.as_ref().map(Proc::output).unwrap_or_default()
+    }
+
+    /// The time webhooks are signed with: the manual clock's for an in-process bridge.
+    fn signing_time(&self) -> i64 {
+        match &self.clocked {
+            Some(c) => scim_bridge::clock::Clock::now(c.clock.as_ref()) / 1000,
+            None => Utc::now().timestamp(),
+        }
     }
 
     /// `X-Bridge-Signature` value: `t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
@@ -758,7 +772,7 @@ impl Bridge {
 
     /// Posts a body as JSON, signed now with the current secret.
     pub async fn webhook(&self, body: Vec<u8>) -> reqwest::Response {
-        let signature = Bridge::sign(&self.secret, Utc::now().timestamp(), &body);
+        let signature = Bridge::sign(&self.secret, self.signing_time(), &body);
         self.post_webhook(body, Some("application/json"), Some(signature)).await
     }
 

@@ -1,0 +1,445 @@
+//! The per-app rate window, revocation, the synchronization cycle, expiry and quarantine (SPEC
+//! sections 1 and 5), against a real scim2-server, on a manual clock.
+
+mod common;
+
+use std::time::Duration;
+
+use common::clocked::FaultProxy;
+use common::{Event, Kind, PUSH_TIMEOUT, Principal, SourceGroup, Stack};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn principals(n: usize) -> Vec<Principal> {
+    (0..n).map(|_| Principal::new()).collect()
+}
+
+fn upns(ps: &[Principal]) -> Vec<&str> {
+    ps.iter().map(Principal::upn).collect()
+}
+
+/// Activations for each principal in the group, starting at the bridge's time.
+fn activations(stack: &Stack, ps: &[Principal], group: &SourceGroup) -> Vec<Event> {
+    ps.iter()
+        .map(|p| Event::activation(p, group).starting(stack.bridge.now()))
+        .collect()
+}
+
+async fn deliver_all(stack: &Stack, events: &[Event]) -> Value {
+    let refs: Vec<&Event> = events.iter().collect();
+    stack.bridge.deliver(&refs).await
+}
+
+fn next_sync(app: &Value) -> chrono::DateTime<chrono::Utc> {
+    app["nextSyncAt"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("nextSyncAt")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eight_activations_push_five_at_once_and_the_cycle_provisions_the_rest_even_after_a_restart() {
+    let Some(mut stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let ps = principals(8);
+    let events = activations(&stack, &ps, &group);
+    deliver_all(&stack, &events).await;
+
+    stack
+        .target
+        .assert_members_eventually(&target_name, &upns(&ps[..5]))
+        .await;
+    let app = stack.bridge.app(&stack.app_id).await;
+    for event in &events[5..] {
+        let log = stack
+            .bridge
+            .wait_for_event_log(event, "deferred", Some("add_member"))
+            .await;
+        assert_eq!(
+            log["deferredUntil"], app["nextSyncAt"],
+            "deferred to the app's next cycle: {log}"
+        );
+    }
+    for event in &events[..5] {
+        let log = stack
+            .bridge
+            .wait_for_event_log(event, "success", Some("add_member"))
+            .await;
+        assert!(log["latencyMs"].as_i64().is_some(), "latency recorded: {log}");
+    }
+
+    // A restart neither resets nor skips the cycle.
+    stack.bridge.restart().await;
+    let after = stack.bridge.app(&stack.app_id).await;
+    assert_eq!(after["nextSyncAt"], app["nextSyncAt"], "nextSyncAt survives a restart");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &upns(&ps[..5]))
+        .await;
+
+    stack
+        .bridge
+        .advance_to(next_sync(&app) + chrono::Duration::seconds(1))
+        .await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+    let cycle = stack
+        .bridge
+        .wait_for_cycle(&stack.app_id, |c| c["trigger"] == "schedule")
+        .await;
+    assert_eq!(cycle["counts"]["added"], 3, "{cycle}");
+    assert_eq!(cycle["counts"]["deferredTaken"], 3, "{cycle}");
+    let log = stack
+        .bridge
+        .wait_for_event_log(&events[7], "success", Some("add_member"))
+        .await;
+    assert_eq!(log["trigger"], "sync");
+    assert_eq!(log["cycleId"], cycle["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sixth_push_inside_ten_seconds_is_deferred_and_five_more_go_once_the_window_passes() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let ps = principals(11);
+    deliver_all(&stack, &activations(&stack, &ps[..5], &group)).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &upns(&ps[..5]))
+        .await;
+
+    stack.bridge.advance(Duration::from_secs(3)).await;
+    let sixth = activations(&stack, &ps[5..6], &group);
+    deliver_all(&stack, &sixth).await;
+    stack
+        .bridge
+        .wait_for_event_log(&sixth[0], "deferred", Some("add_member"))
+        .await;
+
+    stack.bridge.advance(Duration::from_millis(7_500)).await; // t = 10.5 s
+    let more = activations(&stack, &ps[6..], &group);
+    deliver_all(&stack, &more).await;
+    let mut expected = upns(&ps[..5]);
+    expected.extend(upns(&ps[6..]));
+    stack.target.assert_members_eventually(&target_name, &expected).await;
+    for event in &more {
+        stack
+            .bridge
+            .wait_for_event_log(event, "success", Some("add_member"))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_for_one_app_never_delays_another() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group_a, _) = stack.assigned_group().await;
+    let app_b = stack.bridge.register_app(&stack.target).await;
+    let group_b = SourceGroup::new();
+    let target_b = format!("B {}", common::short_id());
+    stack.bridge.assign_group(&app_b, &group_b.id, &target_b).await;
+
+    let burst = activations(&stack, &principals(7), &group_a);
+    deliver_all(&stack, &burst).await;
+    let lone = principals(1);
+    let for_b = activations(&stack, &lone, &group_b);
+    deliver_all(&stack, &for_b).await;
+
+    stack.target.assert_members_eventually(&target_b, &upns(&lone)).await;
+    let log = stack
+        .bridge
+        .wait_for_event_log(&for_b[0], "success", Some("add_member"))
+        .await;
+    assert_eq!(log["appId"], app_b.as_str());
+    stack.bridge.wait_for_event_log(&burst[6], "deferred", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removals_wait_only_for_the_window_and_cancel_a_still_deferred_activation() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let ps = principals(8);
+    let events = activations(&stack, &ps, &group);
+    deliver_all(&stack, &events).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &upns(&ps[..5]))
+        .await;
+    stack.bridge.wait_for_event_log(&events[7], "deferred", None).await;
+
+    // Three pushed members and one still-deferred activation end while the window is full.
+    let ends: Vec<Event> = [0, 1, 2, 6].iter().map(|&i| events[i].deactivation()).collect();
+    deliver_all(&stack, &ends).await;
+    let cancelled = stack
+        .bridge
+        .wait_for_event_log(&ends[3], "skipped", Some("remove_member"))
+        .await;
+    assert!(
+        cancelled["reason"].as_str().unwrap_or("").contains("deferred"),
+        "{cancelled}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        stack.target.group_member_user_names(&target_name).await.len(),
+        5,
+        "removals wait while the window is full"
+    );
+
+    // Ten seconds later the window has room: the removals go at once, long before the cycle.
+    stack.bridge.advance(Duration::from_secs(10)).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &upns(&ps[3..5]))
+        .await;
+    for end in &ends[..3] {
+        let log = stack
+            .bridge
+            .wait_for_event_log(end, "success", Some("remove_member"))
+            .await;
+        assert_eq!(log["trigger"], "deactivation");
+    }
+
+    // The cycle provisions the deferred activations that are still wanted, not the cancelled one.
+    let app = stack.bridge.app(&stack.app_id).await;
+    stack
+        .bridge
+        .advance_to(next_sync(&app) + chrono::Duration::seconds(1))
+        .await;
+    let mut expected = upns(&ps[3..6]);
+    expected.push(ps[7].upn());
+    stack.target.assert_members_eventually(&target_name, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_activation_ends_at_the_target_at_its_end_time_even_across_a_restart() {
+    let Some(mut stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let ps = principals(1);
+    let event = Event::activation(&ps[0], &group)
+        .starting(stack.bridge.now())
+        .duration("PT5M");
+    stack.bridge.deliver(&[&event]).await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+
+    stack.bridge.advance(Duration::from_secs(4 * 60)).await;
+    stack.bridge.restart().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+
+    stack.bridge.advance(Duration::from_secs(61)).await;
+    stack.target.assert_members_eventually(&target_name, &[]).await;
+    let log = stack
+        .bridge
+        .wait_for_event_log(&event, "success", Some("remove_member"))
+        .await;
+    assert_eq!(log["trigger"], "expiry");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_future_start_is_pushed_when_it_comes() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let ps = principals(1);
+    let start = stack.bridge.now() + chrono::Duration::minutes(10);
+    let event = Event::activation(&ps[0], &group)
+        .starting(start)
+        .set("/createdDateTime", json!(common::rfc3339(stack.bridge.now())));
+    stack.bridge.deliver(&[&event]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        stack.target.group_member_user_names(&target_name).await.is_empty(),
+        "not before its start"
+    );
+    stack.bridge.advance(Duration::from_secs(10 * 60 + 1)).await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_is_reported_then_repaired_and_a_dry_run_changes_nothing() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let ps = principals(2);
+    let event = Event::activation(&ps[0], &group).starting(stack.bridge.now());
+    stack.bridge.deliver(&[&event]).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &upns(&ps[..1]))
+        .await;
+
+    // Someone removes the member at the target behind the bridge's back.
+    let group_id = stack.target.groups_named(&target_name).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let user_id = stack.target.user_by_user_name(ps[0].upn()).await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = stack
+        .target
+        .request(
+            Method::PATCH,
+            &format!("/Groups/{group_id}"),
+            &[],
+            Some(json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "remove", "path": format!("members[value eq \"{user_id}\"]")}]})),
+        )
+        .await;
+    assert!(status.is_success());
+    // And a standing member arrives through the directory feed.
+    let (status, body) = stack
+        .bridge
+        .admin(
+            Method::PUT,
+            &format!("/v1/groups/{}/members/{}", group.id, ps[1].id),
+            Some(json!({"principal": {"userPrincipalName": ps[1].upn(), "displayName": ps[1].display_name}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let dry = stack.bridge.sync_and_wait(&stack.app_id, true).await;
+    assert_eq!(dry["dryRun"], true);
+    assert_eq!(dry["counts"]["driftFound"], 1, "{dry}");
+    let changes = dry["report"]["changes"].to_string();
+    assert!(
+        changes.contains(&ps[1].id),
+        "the dry run reports the pending add: {changes}"
+    );
+    assert!(
+        stack.target.group_member_user_names(&target_name).await.is_empty(),
+        "a dry run writes nothing"
+    );
+
+    let reported = stack.bridge.sync_and_wait(&stack.app_id, false).await;
+    assert_eq!(reported["counts"]["driftFound"], 1, "{reported}");
+    stack
+        .target
+        .assert_members_eventually(&target_name, &upns(&ps[1..]))
+        .await;
+    stack
+        .bridge
+        .wait_for_log(
+            &[("principalId", ps[0].id.as_str()), ("status", "skipped")],
+            |e| e["reason"].as_str().unwrap_or("").contains("drift"),
+            PUSH_TIMEOUT,
+        )
+        .await;
+
+    let (status, _) = stack
+        .bridge
+        .admin(
+            Method::PATCH,
+            &format!("/v1/apps/{}", stack.app_id),
+            Some(json!({"driftRepair": "repair"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let repaired = stack.bridge.sync_and_wait(&stack.app_id, false).await;
+    assert_eq!(repaired["counts"]["driftFound"], 1, "{repaired}");
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_refusing_the_credentials_is_quarantined_and_clears_on_request() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let mut registration = stack.target.app_registration("refused");
+    registration["auth"]["token"] = json!("not-the-token");
+    let (status, app) = stack.bridge.admin(Method::POST, "/v1/apps", Some(registration)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let app_id = common::app_id(&app);
+    let group = SourceGroup::new();
+    let target_name = format!("Q {}", common::short_id());
+    stack.bridge.assign_group(&app_id, &group.id, &target_name).await;
+    let ps = principals(2);
+    let (status, _) = stack
+        .bridge
+        .admin(
+            Method::PUT,
+            &format!("/v1/groups/{}/members/{}", group.id, ps[0].id),
+            Some(json!({"principal": {"userPrincipalName": ps[0].upn()}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let cycle = stack.bridge.sync_and_wait(&app_id, false).await;
+    assert_eq!(cycle["status"], "quarantined", "{cycle}");
+    let app = stack.bridge.app(&app_id).await;
+    assert_eq!(app["status"], "quarantined");
+    assert!(app["statusReason"].as_str().unwrap_or("").contains("401"), "{app}");
+
+    let event = Event::activation(&ps[1], &group).starting(stack.bridge.now());
+    stack.bridge.deliver(&[&event]).await;
+    let log = stack.bridge.wait_for_event_log(&event, "deferred", None).await;
+    assert_eq!(log["reason"], "app quarantined");
+
+    let (status, _) = stack
+        .bridge
+        .admin(
+            Method::PATCH,
+            &format!("/v1/apps/{app_id}"),
+            Some(json!({"auth": stack.target.app_auth()})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, cleared) = stack
+        .bridge
+        .admin(Method::POST, &format!("/v1/apps/{app_id}/quarantine/clear"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cleared}");
+    assert_eq!(cleared["status"], "active");
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_answering_429_is_never_quarantined() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let Some(proxy) = FaultProxy::start(&stack.target).await else {
+        return;
+    };
+    let app_id = stack
+        .bridge
+        .register_app_with(&stack.target, &proxy.base_url_for(&stack.target), json!({}))
+        .await;
+    let group = SourceGroup::new();
+    stack.bridge.assign_group(&app_id, &group.id, "Throttled").await;
+    for p in principals(3) {
+        let (status, _) = stack
+            .bridge
+            .admin(
+                Method::PUT,
+                &format!("/v1/groups/{}/members/{}", group.id, p.id),
+                Some(json!({"principal": {"userPrincipalName": p.upn()}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    proxy
+        .arm(json!({"mode": "status", "status": 429, "retryAfter": "0", "count": -1}))
+        .await;
+
+    let cycle = stack.bridge.sync_and_wait(&app_id, false).await;
+    assert_ne!(cycle["status"], "quarantined", "{cycle}");
+    assert_eq!(stack.bridge.app(&app_id).await["status"], "active");
+    assert!(
+        proxy.seen().await.iter().any(|r| r["status"] == 429),
+        "the target did answer 429"
+    );
+}
