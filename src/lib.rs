@@ -5,6 +5,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod http;
+pub mod metrics;
 pub mod provisioning;
 pub mod scim;
 pub mod store;
@@ -22,6 +23,7 @@ use crate::provisioning::{Ctx, Engine};
 
 /// Opens the store, applies migrations and starts the provisioning engine.
 pub async fn start_engine(config: Config, clock: SharedClock) -> anyhow::Result<Arc<Engine>> {
+    metrics::install();
     let store = store::open(&config.database_url).await?;
     store.migrate().await.context("applying migrations")?;
     let sealer = Sealer::new(&config.encryption_key_bytes()?);

@@ -443,3 +443,235 @@ async fn a_target_answering_429_is_never_quarantined() {
         "the target did answer 429"
     );
 }
+
+/// A second app on the stack's target with these settings, and a group assigned to it.
+async fn app_with(stack: &Stack, base_url: &str, settings: Value) -> (String, SourceGroup, String) {
+    let app_id = stack.bridge.register_app_with(&stack.target, base_url, settings).await;
+    let group = SourceGroup::new();
+    let target_name = format!("T {}", common::short_id());
+    stack.bridge.assign_group(&app_id, &group.id, &target_name).await;
+    (app_id, group, target_name)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_overflow_drain_deferred_activations_go_as_soon_as_the_window_has_room() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (_, group, target_name) = app_with(&stack, &stack.target.base_url, json!({"overflow": "drain"})).await;
+    let ps = principals(7);
+    let events = activations(&stack, &ps, &group);
+    deliver_all(&stack, &events).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &upns(&ps[..5]))
+        .await;
+    stack.bridge.wait_for_event_log(&events[6], "deferred", None).await;
+    stack.bridge.advance(Duration::from_secs(10)).await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_per_app_rate_limit_is_honoured() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let settings = json!({"rateLimit": {"requests": 2, "windowSeconds": 30}});
+    let (app_id, group, target_name) = app_with(&stack, &stack.target.base_url, settings).await;
+    assert_eq!(stack.bridge.app(&app_id).await["rateLimit"]["requests"], 2);
+    let ps = principals(3);
+    let events = activations(&stack, &ps, &group);
+    deliver_all(&stack, &events).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &upns(&ps[..2]))
+        .await;
+    stack.bridge.wait_for_event_log(&events[2], "deferred", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_app_gets_no_pushes_until_it_is_active_and_its_cycle_comes() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let path = format!("/v1/apps/{}", stack.app_id);
+    let (status, app) = stack
+        .bridge
+        .admin(Method::PATCH, &path, Some(json!({"status": "paused"})))
+        .await;
+    assert_eq!((status, app["status"].as_str()), (StatusCode::OK, Some("paused")));
+    let ps = principals(1);
+    let events = activations(&stack, &ps, &group);
+    deliver_all(&stack, &events).await;
+    let log = stack.bridge.wait_for_event_log(&events[0], "deferred", None).await;
+    assert_eq!(log["reason"], "app paused");
+    assert!(stack.target.group_member_user_names(&target_name).await.is_empty());
+
+    let (status, _) = stack
+        .bridge
+        .admin(Method::PATCH, &path, Some(json!({"status": "active"})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let app = stack.bridge.app(&stack.app_id).await;
+    stack
+        .bridge
+        .advance_to(next_sync(&app) + chrono::Duration::seconds(1))
+        .await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extension_moves_the_end_of_an_activation() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let ps = principals(1);
+    let start = stack.bridge.now();
+    let event = Event::activation(&ps[0], &group).starting(start).duration("PT5M");
+    stack.bridge.deliver(&[&event]).await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+
+    stack.bridge.advance(Duration::from_secs(60)).await;
+    let extend = event
+        .clone()
+        .new_id()
+        .action("selfExtend")
+        .duration("PT1H")
+        .set("/createdDateTime", json!(common::rfc3339(stack.bridge.now())));
+    stack.bridge.deliver(&[&extend]).await;
+    stack.bridge.advance(Duration::from_secs(5 * 60)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+
+    stack.bridge.advance(Duration::from_secs(55 * 60)).await;
+    stack.target.assert_members_eventually(&target_name, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn assigning_a_group_later_provisions_its_activations_at_the_next_cycle_and_unassigning_removes_them() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let group = SourceGroup::new();
+    let ps = principals(1);
+    let event = Event::activation(&ps[0], &group).starting(stack.bridge.now());
+    let answer = stack.bridge.deliver(&[&event]).await;
+    assert_eq!(answer["events"][0]["jobs"], json!([]), "no app has the group yet");
+
+    let target_name = format!("Later {}", common::short_id());
+    stack.bridge.assign_group(&stack.app_id, &group.id, &target_name).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        stack.target.groups_named(&target_name).await.is_empty(),
+        "assignment alone pushes nothing"
+    );
+    stack.bridge.sync_and_wait(&stack.app_id, false).await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+
+    let (status, _) = stack
+        .bridge
+        .admin(
+            Method::DELETE,
+            &format!("/v1/apps/{}/groups/{}", stack.app_id, group.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let cycle = stack.bridge.sync_and_wait(&stack.app_id, false).await;
+    assert_eq!(cycle["counts"]["removed"], 1, "{cycle}");
+    stack.target.assert_members_eventually(&target_name, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_scope_disable_disables_accounts_the_bridge_created_and_enables_them_again() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (app_id, group, target_name) = app_with(&stack, &stack.target.base_url, json!({"outOfScope": "disable"})).await;
+    let ps = principals(1);
+    let event = Event::activation(&ps[0], &group).starting(stack.bridge.now());
+    stack.bridge.deliver(&[&event]).await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+    stack.bridge.deliver(&[&event.deactivation()]).await;
+    stack.target.assert_members_eventually(&target_name, &[]).await;
+
+    let cycle = stack.bridge.sync_and_wait(&app_id, false).await;
+    assert_eq!(cycle["counts"]["usersDisabled"], 1, "{cycle}");
+    let user = stack.target.user_by_user_name(ps[0].upn()).await.expect("user kept");
+    assert_eq!(user["active"], false, "{user}");
+
+    stack.bridge.advance(Duration::from_secs(11)).await;
+    let again = Event::activation(&ps[0], &group).starting(stack.bridge.now());
+    stack.bridge.deliver(&[&again]).await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+    let user = stack.target.user_by_user_name(ps[0].upn()).await.expect("user");
+    assert_eq!(user["active"], true, "{user}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_is_obeyed_and_a_throttled_push_still_lands() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let Some(proxy) = FaultProxy::start(&stack.target).await else {
+        return;
+    };
+    let (_, group, target_name) = app_with(&stack, &proxy.base_url_for(&stack.target), json!({})).await;
+    proxy
+        .arm(json!({"mode": "status", "status": 429, "retryAfter": "1", "count": 2,
+                    "match": {"method": "PATCH", "pathContains": "/Groups"}}))
+        .await;
+    let ps = principals(1);
+    let events = activations(&stack, &ps, &group);
+    deliver_all(&stack, &events).await;
+    let log = stack
+        .bridge
+        .wait_for_log(
+            &[("eventId", events[0].id())],
+            |e| e["status"] == "success",
+            Duration::from_secs(10),
+        )
+        .await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+    let throttled = log["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["http"]["status"] == 429)
+        .count();
+    assert_eq!(throttled, 2, "{log}");
+    assert!(
+        log["durationMs"].as_i64().unwrap() >= 2_000,
+        "waited as Retry-After said: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_add_whose_answer_was_lost_is_checked_at_the_target_before_it_is_sent_again() {
+    // SCIMMY keeps a member added twice, so a blind resend would show.
+    let Some(stack) = Stack::start_clocked(Kind::Scimmy, |_| {}).await else {
+        return;
+    };
+    let Some(proxy) = FaultProxy::start(&stack.target).await else {
+        return;
+    };
+    let (_, group, target_name) = app_with(&stack, &proxy.base_url_for(&stack.target), json!({})).await;
+    proxy
+        .arm(json!({"mode": "drop", "when": "after", "count": 1,
+                    "match": {"method": "PATCH", "pathContains": "/Groups"}}))
+        .await;
+    let ps = principals(1);
+    let events = activations(&stack, &ps, &group);
+    deliver_all(&stack, &events).await;
+    let log = stack
+        .bridge
+        .wait_for_event_log(&events[0], "success", Some("add_member"))
+        .await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+    assert!(
+        log["steps"].to_string().contains("read_group"),
+        "the group was read before resending: {log}"
+    );
+}

@@ -12,6 +12,7 @@ use super::ApiContext;
 use super::error::{ApiError, ApiResult, problem_body};
 use crate::activation;
 use crate::crypto::verify_signature;
+use crate::metrics;
 use crate::store::Acceptance;
 
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -30,6 +31,19 @@ enum Verdict {
 }
 
 impl Verdict {
+    /// Counts the verdict in the webhook metrics.
+    fn record_metric(&self) {
+        match self {
+            Self::Accepted(_) => metrics::webhook_event("accepted"),
+            Self::Duplicate(_) => metrics::webhook_event("duplicate"),
+            Self::Conflict(_) => metrics::webhook_event("conflict"),
+            Self::Rejected { status, .. } if *status == StatusCode::BAD_REQUEST => {
+                metrics::webhook_rejected("malformed")
+            }
+            Self::Rejected { .. } => metrics::webhook_rejected("rule"),
+        }
+    }
+
     fn to_json(&self, id: Option<&str>) -> Value {
         let jobs = |jobs: &[(String, String)]| -> Value {
             jobs.iter().map(|(id, app)| json!({"id": id, "appId": app})).collect()
@@ -90,16 +104,23 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v == "application/json" || (v.starts_with("application/") && v.ends_with("+json")))
 }
 
+/// One span per webhook request; `event_ids` is filled once the body is parsed.
+#[tracing::instrument(name = "webhook", skip_all, fields(event_ids = tracing::field::Empty, events = tracing::field::Empty))]
 pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_BODY) {
+        metrics::webhook_rejected("too_large");
         return Err(ApiError::PayloadTooLarge);
     }
-    let bytes = to_bytes(body, MAX_BODY).await.map_err(|_| ApiError::PayloadTooLarge)?;
+    let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
+        metrics::webhook_rejected("too_large");
+        return Err(ApiError::PayloadTooLarge);
+    };
     if !is_json(&headers) {
+        metrics::webhook_rejected("media_type");
         return Err(ApiError::UnsupportedMediaType(
             "the body must be application/json".into(),
         ));
@@ -114,24 +135,44 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
         .map(|s| s.expose().to_string())
         .collect();
     let now_secs = ctx.engine.ctx.now() / 1000;
-    verify_signature(signature, &bytes, &secrets, now_secs).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    verify_signature(signature, &bytes, &secrets, now_secs).map_err(|e| {
+        metrics::webhook_rejected("signature");
+        ApiError::Unauthorized(e.to_string())
+    })?;
 
-    let parsed: Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad("(body)", format!("malformed JSON: {e}")))?;
+    let parsed: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        metrics::webhook_rejected("malformed");
+        ApiError::bad("(body)", format!("malformed JSON: {e}"))
+    })?;
     let batch = match parsed.get("value") {
         Some(Value::Array(items)) if parsed.get("id").is_none() => Some(items.clone()),
-        Some(_) if parsed.get("id").is_none() => return Err(ApiError::bad("value", "must be an array of events")),
+        Some(_) if parsed.get("id").is_none() => {
+            metrics::webhook_rejected("malformed");
+            return Err(ApiError::bad("value", "must be an array of events"));
+        }
         _ => None,
     };
+    let ids: Vec<&str> = match &batch {
+        Some(items) => items
+            .iter()
+            .filter_map(|e| e.get("id").and_then(Value::as_str))
+            .collect(),
+        None => parsed.get("id").and_then(Value::as_str).into_iter().collect(),
+    };
+    let span = tracing::Span::current();
+    span.record("event_ids", ids.join(",").as_str());
+    span.record("events", batch.as_ref().map_or(1, Vec::len));
 
     let answer = match batch {
         Some(items) => {
             if items.is_empty() || items.len() > MAX_BATCH {
+                metrics::webhook_rejected("malformed");
                 return Err(ApiError::bad("value", format!("a batch holds 1 to {MAX_BATCH} events")));
             }
             let mut answers = Vec::with_capacity(items.len());
             for raw in &items {
                 let verdict = judge_one(&ctx, raw).await?;
+                verdict.record_metric();
                 wake_for(&ctx, &verdict);
                 answers.push(verdict.to_json(raw.get("id").and_then(Value::as_str)));
             }
@@ -139,6 +180,7 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
         }
         None => {
             let verdict = judge_one(&ctx, &parsed).await?;
+            verdict.record_metric();
             wake_for(&ctx, &verdict);
             match verdict {
                 Verdict::Rejected { status, field, detail } if status == StatusCode::BAD_REQUEST => {

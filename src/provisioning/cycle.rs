@@ -165,8 +165,16 @@ impl CycleRun<'_> {
         for chunk in ready.chunks(per_patch) {
             let ids: Vec<String> = chunk.iter().map(|(_, id, _)| id.clone()).collect();
             let mut patch_steps = steps.clone();
-            let started = self.ctx.now();
-            let outcome = self.client.add_members(&group_id, &ids, &mut patch_steps).await;
+            let started = std::time::Instant::now();
+            let mut outcome = self.client.add_members(&group_id, &ids, &mut patch_steps).await;
+            if let Err(ScimError::Network(_)) = &outcome {
+                // The PATCH may have reached the target: read the group rather than send it again.
+                if let Ok(present) = self.client.group_member_ids(&group_id, &mut patch_steps).await
+                    && ids.iter().all(|id| present.contains(id))
+                {
+                    outcome = Ok(());
+                }
+            }
             let now = self.ctx.now();
             match &outcome {
                 Ok(()) => self.tally.ok(),
@@ -177,7 +185,7 @@ impl CycleRun<'_> {
                 let mut entry = self.entry(member, "add_member", status).await?;
                 entry.target_user_id = Some(user_id.clone());
                 entry.target_group_id = Some(group_id.clone());
-                entry.duration_ms = Some(now - started);
+                entry.duration_ms = Some(started.elapsed().as_millis() as i64);
                 entry.steps = patch_steps.clone();
                 match &outcome {
                     Ok(()) => {
@@ -198,7 +206,7 @@ impl CycleRun<'_> {
 
     async fn remove(&mut self, member: &TargetMember) -> anyhow::Result<()> {
         let mut steps = Vec::new();
-        let started = self.ctx.now();
+        let started = std::time::Instant::now();
         let outcome = push::remove_member(
             self.ctx,
             self.app,
@@ -208,10 +216,9 @@ impl CycleRun<'_> {
             &mut steps,
         )
         .await;
-        let now = self.ctx.now();
         let status = if outcome.is_ok() { "success" } else { "failure" };
         let mut entry = self.entry(member, "remove_member", status).await?;
-        entry.duration_ms = Some(now - started);
+        entry.duration_ms = Some(started.elapsed().as_millis() as i64);
         entry.steps = steps;
         match outcome {
             Ok(done) => {
@@ -512,6 +519,7 @@ pub(super) async fn run(
     record.counts = run.counts;
     record.report = Some(json!({"changes": report}));
     store.update_cycle(&record).await?;
+    crate::metrics::cycle_ended(&app.id, trigger, &record.status, now - started, &record.counts);
     tracing::info!(app_id = %app.id, cycle_id, status = %record.status, counts = ?record.counts, "cycle ended");
     Ok(())
 }

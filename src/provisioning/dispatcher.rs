@@ -201,6 +201,7 @@ impl Dispatcher {
             .map(|p| p.user_principal_name);
         entry.reason = Some(reason);
         self.ctx.store.insert_log(&entry).await?;
+        crate::metrics::push(&app.id, status);
         Ok(())
     }
 
@@ -226,6 +227,7 @@ impl Dispatcher {
         entry.reason = Some(reason.to_string());
         entry.deferred_until = Some(until);
         self.ctx.store.insert_log(&entry).await?;
+        crate::metrics::deferred(&app.id);
         tracing::info!(app_id = %app.id, job_id = %job.id, event_id = ?job.event_id, deferred_until = until, reason, "push deferred to the next cycle");
         Ok(())
     }
@@ -360,6 +362,7 @@ impl Dispatcher {
             return Ok(None);
         }
         if let Err(free_at) = self.window.try_admit(now) {
+            crate::metrics::window_rejected(&app.id);
             if job.is_removal() {
                 // Revocation never waits for a cycle: it stays first in line for the window.
                 return Ok(Some(free_at));
@@ -376,8 +379,8 @@ impl Dispatcher {
 
     async fn push(&mut self, app: &AppRecord, job: &Job, member: &TargetMember, in_doubt: bool) -> anyhow::Result<()> {
         let store = self.ctx.store.clone();
-        let started = self.ctx.now();
-        store.start_job(&job.id, started).await?;
+        let started = std::time::Instant::now();
+        store.start_job(&job.id, self.ctx.now()).await?;
         let client = self.client(app)?;
         let mut steps = Vec::new();
         let span =
@@ -416,7 +419,7 @@ impl Dispatcher {
         job_now.attempt += 1;
         let mut entry = job_log(app, &job_now, action, "success", now);
         entry.user_principal_name = store.principal(&job.principal_id).await?.map(|p| p.user_principal_name);
-        entry.duration_ms = Some(now - started);
+        entry.duration_ms = Some(started.elapsed().as_millis() as i64);
         entry.steps = steps;
         match result {
             Ok(done) => {
@@ -429,6 +432,7 @@ impl Dispatcher {
                 entry.target_user_id = done.target_user_id;
                 entry.target_group_id = done.target_group_id;
                 entry.latency_ms = Some((now - job.received_at).max(0));
+                crate::metrics::push_latency(&app.id, now - job.received_at);
                 entry.reason = match (&job.flag, done.note) {
                     (Some(flag), Some(note)) if flag != "outcome unknown" => Some(format!("{flag}; {note}")),
                     (Some(flag), None) if flag != "outcome unknown" => Some(flag.clone()),
@@ -447,6 +451,7 @@ impl Dispatcher {
             }
         }
         store.insert_log(&entry).await?;
+        crate::metrics::push(&app.id, &entry.status);
         Ok(())
     }
 }

@@ -32,7 +32,7 @@ pub async fn deprovision(
     member: &crate::store::TargetMember,
     steps: &mut Vec<Step>,
 ) -> anyhow::Result<()> {
-    let started = ctx.now();
+    let started = std::time::Instant::now();
     let outcome = push::remove_member(
         ctx,
         app,
@@ -58,7 +58,7 @@ pub async fn deprovision(
         action: "remove_member".into(),
         status: "success".into(),
         attempt: 1,
-        duration_ms: Some(now - started),
+        duration_ms: Some(started.elapsed().as_millis() as i64),
         steps: steps.clone(),
         reason: Some("the app is being deleted with deprovision=true".into()),
         ..Default::default()
@@ -108,7 +108,7 @@ impl Ctx {
             requests_per_second: app.settings.pacing.requests_per_second,
             ..ClientOptions::default()
         };
-        ScimClient::new(&app.scim_base_url, self.auth_of(app)?, options)
+        Ok(ScimClient::new(&app.scim_base_url, self.auth_of(app)?, options)?.for_app(&app.id))
     }
 
     pub fn sync_interval_ms(&self, app: &AppRecord) -> Millis {

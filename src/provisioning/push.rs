@@ -149,6 +149,8 @@ pub async fn add_member(
     let user_id = ensure_user(ctx, app, client, principal_id, steps, &mut result).await?;
     result.target_user_id = Some(user_id.clone());
     let mut resolved_again = false;
+    let mut in_doubt = in_doubt;
+    let mut unknown_outcomes = 0;
     loop {
         let group_id = ensure_group(ctx, app, client, target_display_name, source_group_id, steps).await?;
         result.target_group_id = Some(group_id.clone());
@@ -168,6 +170,11 @@ pub async fn add_member(
             Ok(note) => {
                 result.note = note;
                 return Ok(result);
+            }
+            // The add may have reached the target: look at the group before sending it again.
+            Err(ScimError::Network(_)) if unknown_outcomes < 3 => {
+                unknown_outcomes += 1;
+                in_doubt = true;
             }
             Err(e) if e.status() == Some(404) && !resolved_again => {
                 // The stored group id is stale: resolve once more.

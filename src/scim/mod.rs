@@ -103,6 +103,8 @@ pub struct ScimClient {
     // admission window of R2, which must be exact and lives in the dispatcher.
     pacer: DefaultDirectRateLimiter,
     options: ClientOptions,
+    /// The app this client talks to, as a metrics label (empty: not counted).
+    metrics_app: String,
 }
 
 /// Escapes a value for a SCIM filter string literal.
@@ -210,7 +212,14 @@ impl ScimClient {
             access_token: Mutex::new(None),
             pacer: RateLimiter::direct(Quota::per_second(rps)),
             options,
+            metrics_app: String::new(),
         })
+    }
+
+    /// Labels this client's request metrics with the app it serves.
+    pub fn for_app(mut self, app_id: &str) -> Self {
+        self.metrics_app = app_id.to_string();
+        self
     }
 
     async fn bearer(&self, refresh: bool) -> ScimResult<String> {
@@ -274,6 +283,22 @@ impl ScimClient {
         body: Option<&Value>,
         step: &str,
         steps: &mut Vec<Step>,
+    ) -> ScimResult<(u16, Option<Value>)> {
+        self.call_with(method, path, query, body, step, steps, true).await
+    }
+
+    /// Like `call`; with `retry_network` false a network error is returned at once, because the
+    /// request may have reached the target and must not be sent again blindly.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        step: &str,
+        steps: &mut Vec<Step>,
+        retry_network: bool,
     ) -> ScimResult<(u16, Option<Value>)> {
         let url = format!("{}{}", self.base, path);
         let shown_path = if query.is_empty() {
@@ -345,6 +370,7 @@ impl ScimClient {
                 }
             };
             trace.duration_ms = started.elapsed().as_millis() as i64;
+            crate::metrics::scim_request(&self.metrics_app, started.elapsed());
             match outcome {
                 Ok(ok) => {
                     steps.push(Step {
@@ -375,6 +401,7 @@ impl ScimClient {
                         _ => None,
                     };
                     let retry = e.is_retryable()
+                        && (retry_network || !matches!(e, ScimError::Network(_)))
                         && attempt < self.options.max_attempts
                         && wait.is_none_or(|w| w <= MAX_RETRY_AFTER);
                     let detail = e.to_string();
@@ -550,15 +577,10 @@ impl ScimClient {
     pub async fn add_members(&self, group_id: &str, user_ids: &[String], steps: &mut Vec<Step>) -> ScimResult<()> {
         let value: Vec<Value> = user_ids.iter().map(|id| json!({"value": id})).collect();
         let body = patch(json!([{"op": "add", "path": "members", "value": value}]));
-        self.call(
-            Method::PATCH,
-            &format!("/Groups/{group_id}"),
-            &[],
-            Some(&body),
-            "add_member",
-            steps,
-        )
-        .await?;
+        // Some servers keep a member twice: an add whose outcome is unknown is not resent here.
+        let path = format!("/Groups/{group_id}");
+        self.call_with(Method::PATCH, &path, &[], Some(&body), "add_member", steps, false)
+            .await?;
         Ok(())
     }
 

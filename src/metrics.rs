@@ -1,0 +1,207 @@
+//! Prometheus metrics. Every metric the bridge records goes through one of the helpers below, so a
+//! call site stays one line and the names live in one place (the README lists them). Gauges that
+//! describe stored state (apps by status, quarantine, deferred work) are computed from the store
+//! at scrape time instead of being kept in step with every write.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::store::{CycleCounts, SharedStore, StoreResult};
+
+pub const WEBHOOK_EVENTS: &str = "scim_bridge_webhook_events_total";
+pub const WEBHOOK_REJECTIONS: &str = "scim_bridge_webhook_rejections_total";
+pub const PUSHES: &str = "scim_bridge_pushes_total";
+pub const PUSH_LATENCY: &str = "scim_bridge_push_latency_seconds";
+pub const DEFERRALS: &str = "scim_bridge_deferrals_total";
+pub const WINDOW_REJECTIONS: &str = "scim_bridge_window_rejections_total";
+pub const SCIM_REQUEST_DURATION: &str = "scim_bridge_scim_request_duration_seconds";
+pub const CYCLES: &str = "scim_bridge_cycles_total";
+pub const CYCLE_DURATION: &str = "scim_bridge_cycle_duration_seconds";
+pub const CYCLE_CHANGES: &str = "scim_bridge_cycle_changes_total";
+pub const APPS: &str = "scim_bridge_apps";
+pub const APP_QUARANTINED: &str = "scim_bridge_app_quarantined";
+pub const DEFERRED_JOBS: &str = "scim_bridge_deferred_jobs";
+
+/// SCIM calls take milliseconds to a request timeout of 30 s.
+const REQUEST_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// Arrival to confirmation: immediate pushes take well under a second, deferred ones up to a cycle.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 2400.0, 3600.0, 86400.0,
+];
+const CYCLE_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder for the process (once; later calls return the same handle).
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(SCIM_REQUEST_DURATION.into()), REQUEST_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PUSH_LATENCY.into()), LATENCY_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CYCLE_DURATION.into()), CYCLE_BUCKETS))
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed: /metrics shows only the stored state");
+        }
+        describe();
+        // Histograms keep their samples until upkeep drains them into buckets.
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                }
+            })
+            .expect("spawn the metrics upkeep thread");
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!(
+        WEBHOOK_EVENTS,
+        "Webhook events by outcome: accepted, duplicate, conflict, rejected (a refused request counts one)."
+    );
+    describe_counter!(
+        WEBHOOK_REJECTIONS,
+        "Rejected webhook events by reason: signature, malformed, rule, too_large, media_type."
+    );
+    describe_counter!(
+        PUSHES,
+        "Immediate pushes (activations, removals, on-demand) by app and outcome: success, failure, skipped."
+    );
+    describe_histogram!(
+        PUSH_LATENCY,
+        Unit::Seconds,
+        "From the webhook's arrival to the target's confirmation, per app."
+    );
+    describe_counter!(
+        DEFERRALS,
+        "Pushes deferred to the app's next synchronization cycle, by app."
+    );
+    describe_counter!(
+        WINDOW_REJECTIONS,
+        "Pushes the app's rate window had no room for, by app."
+    );
+    describe_histogram!(
+        SCIM_REQUEST_DURATION,
+        Unit::Seconds,
+        "Duration of each SCIM request sent to a target (each attempt), by app."
+    );
+    describe_counter!(CYCLES, "Synchronization cycles ended, by app, trigger and status.");
+    describe_histogram!(
+        CYCLE_DURATION,
+        Unit::Seconds,
+        "Duration of synchronization cycles, by app."
+    );
+    describe_counter!(
+        CYCLE_CHANGES,
+        "What synchronization cycles did, by app and change (added, removed, users_created, ...)."
+    );
+}
+
+/// A webhook event the store took or judged: `accepted`, `duplicate` or `conflict`.
+pub fn webhook_event(outcome: &'static str) {
+    counter!(WEBHOOK_EVENTS, "outcome" => outcome).increment(1);
+}
+
+/// A webhook event or request refused: `signature`, `malformed`, `rule`, `too_large`, `media_type`.
+pub fn webhook_rejected(reason: &'static str) {
+    counter!(WEBHOOK_EVENTS, "outcome" => "rejected").increment(1);
+    counter!(WEBHOOK_REJECTIONS, "reason" => reason).increment(1);
+}
+
+/// A push the dispatcher decided: `success`, `failure` or `skipped`.
+pub fn push(app_id: &str, outcome: &str) {
+    counter!(PUSHES, "app_id" => app_id.to_string(), "outcome" => outcome.to_string()).increment(1);
+}
+
+/// A push confirmed by the target, `latency_ms` after its webhook arrived.
+pub fn push_latency(app_id: &str, latency_ms: i64) {
+    histogram!(PUSH_LATENCY, "app_id" => app_id.to_string()).record(latency_ms.max(0) as f64 / 1000.0);
+}
+
+pub fn deferred(app_id: &str) {
+    counter!(DEFERRALS, "app_id" => app_id.to_string()).increment(1);
+}
+
+pub fn window_rejected(app_id: &str) {
+    counter!(WINDOW_REJECTIONS, "app_id" => app_id.to_string()).increment(1);
+}
+
+/// One SCIM request (one attempt) to an app's target. Clients not bound to an app are not counted.
+pub fn scim_request(app_id: &str, elapsed: Duration) {
+    if !app_id.is_empty() {
+        histogram!(SCIM_REQUEST_DURATION, "app_id" => app_id.to_string()).record(elapsed.as_secs_f64());
+    }
+}
+
+/// A synchronization cycle that ended, with its duration and what it did.
+pub fn cycle_ended(app_id: &str, trigger: &str, status: &str, duration_ms: i64, counts: &CycleCounts) {
+    let app = app_id.to_string();
+    counter!(CYCLES, "app_id" => app.clone(), "trigger" => trigger.to_string(), "status" => status.to_string())
+        .increment(1);
+    histogram!(CYCLE_DURATION, "app_id" => app.clone()).record(duration_ms.max(0) as f64 / 1000.0);
+    let changes = [
+        ("added", counts.added),
+        ("removed", counts.removed),
+        ("users_created", counts.users_created),
+        ("users_updated", counts.users_updated),
+        ("users_disabled", counts.users_disabled),
+        ("failed", counts.failed),
+        ("skipped", counts.skipped),
+        ("drift_found", counts.drift_found),
+        ("deferred_taken", counts.deferred_taken),
+    ];
+    for (change, n) in changes {
+        counter!(CYCLE_CHANGES, "app_id" => app.clone(), "change" => change).increment(n.max(0) as u64);
+    }
+}
+
+/// The exposition text: what was recorded, then the gauges read from the store now.
+pub async fn render(store: &SharedStore) -> StoreResult<String> {
+    let mut out = install().render();
+    let apps = store.list_apps().await?;
+    gauge_header(&mut out, APPS, "Registered apps by status.");
+    for status in ["active", "paused", "quarantined"] {
+        let n = apps.iter().filter(|a| a.status == status).count();
+        out.push_str(&format!("{APPS}{{status=\"{status}\"}} {n}\n"));
+    }
+    gauge_header(&mut out, APP_QUARANTINED, "1 while the app is quarantined.");
+    for app in &apps {
+        let quarantined = u8::from(app.status == "quarantined");
+        out.push_str(&format!(
+            "{APP_QUARANTINED}{{app_id=\"{}\"}} {quarantined}\n",
+            label(&app.id)
+        ));
+    }
+    gauge_header(
+        &mut out,
+        DEFERRED_JOBS,
+        "Work deferred to the app's next synchronization cycle, waiting now.",
+    );
+    for app in &apps {
+        let n = store.deferred_jobs(&app.id).await?.len();
+        out.push_str(&format!("{DEFERRED_JOBS}{{app_id=\"{}\"}} {n}\n", label(&app.id)));
+    }
+    Ok(out)
+}
+
+fn gauge_header(out: &mut String, name: &str, help: &str) {
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+}
+
+/// Escapes a label value of the text format.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
