@@ -737,6 +737,22 @@ impl Bridge {
         self.proc.as_ref().map(Proc::output).unwrap_or_default()
     }
 
+    /// Sends SIGTERM to the bridge process and waits (up to `timeout`) for it to exit; answers
+    /// its exit status.
+    pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let proc = self.proc.as_mut().expect("a bridge process");
+        let pid = proc.child.id().expect("the bridge is running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        tokio::time::timeout(timeout, proc.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the bridge did not exit within {timeout:?} of SIGTERM"))
+            .expect("wait")
+    }
+
     /// The time webhooks are signed with: the manual clock's for an in-process bridge.
     fn signing_time(&self) -> i64 {
         match &self.clocked {
