@@ -341,3 +341,71 @@ async fn bridge_output_holds_no_secret() {
         assert!(!output.contains(secret), "the bridge's output shows the {what}");
     }
 }
+
+#[tokio::test]
+async fn bad_api_bodies_are_problems_naming_the_field() {
+    let bridge = Bridge::start().await;
+    let malformed = reqwest::Client::new()
+        .post(format!("{}/v1/apps", bridge.url))
+        .bearer_auth(&bridge.admin_token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    common::Answer::read(malformed)
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, &["malformed"]);
+
+    let (status, body) = bridge
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "x", "auth": {"type": "bearer", "token": "t"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "scimBaseUrl", "{body}");
+
+    let (status, body) = bridge
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "x", "scimBaseUrl": "http://127.0.0.1:1/v2", "auth": {"type": "basic"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "auth.type", "{body}");
+
+    let (status, body) = bridge
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "x", "scimBaseUrl": "http://127.0.0.1:1/v2",
+                        "auth": {"type": "bearer", "token": "t"}, "overflow": "sometimes"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "overflow", "{body}");
+}
+
+#[tokio::test]
+async fn private_scim_urls_are_refused_unless_allowed() {
+    let bridge = Bridge::start_with(&[("SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS", "false")]).await;
+    for url in [
+        "http://127.0.0.1:9/v2",
+        "http://10.0.0.8/scim",
+        "http://169.254.169.254/latest",
+        "http://localhost:9/v2",
+    ] {
+        let (status, body) = bridge
+            .admin(
+                Method::POST,
+                "/v1/apps",
+                Some(json!({"name": "x", "scimBaseUrl": url, "auth": {"type": "bearer", "token": "t"}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {body}");
+        assert_eq!(body["field"], "scimBaseUrl");
+    }
+}

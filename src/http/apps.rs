@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::ApiContext;
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, JsonBody};
 use crate::clock::to_rfc3339;
 use crate::store::{AppRecord, AppSettings, Assignment, Job, LogFilter, TargetMember};
 
@@ -33,13 +33,19 @@ fn settings_from(base: &AppSettings, input: &Map<String, Value>) -> ApiResult<Ap
         }
     }
     let settings: AppSettings = serde_json::from_value(merged).map_err(|e| {
-        let text = e.to_string();
+        // Name the field: try each given setting alone on top of the defaults.
         let field = SETTINGS_KEYS
             .iter()
-            .find(|k| input.contains_key(**k) && text.contains(**k))
+            .find(|k| {
+                input.get(**k).is_some_and(|v| {
+                    let mut alone = serde_json::to_value(AppSettings::default()).expect("settings serialize");
+                    alone[**k] = v.clone();
+                    serde_json::from_value::<AppSettings>(alone).is_err()
+                })
+            })
             .copied()
             .unwrap_or("settings");
-        ApiError::bad(field, text)
+        ApiError::bad(field, e.to_string())
     })?;
     if settings.sync_interval_seconds == Some(0) {
         return Err(ApiError::bad("syncIntervalSeconds", "must be at least 1"));
@@ -165,9 +171,9 @@ pub(super) async fn visible_app(ctx: &ApiContext, caller: &Caller, id: &str) -> 
     }
 }
 
-fn object(body: Option<Json<Value>>) -> ApiResult<Map<String, Value>> {
-    match body {
-        Some(Json(Value::Object(m))) => Ok(m),
+fn object(body: JsonBody) -> ApiResult<Map<String, Value>> {
+    match body.0 {
+        Some(Value::Object(m)) => Ok(m),
         _ => Err(ApiError::bad("(body)", "must be a JSON object")),
     }
 }
@@ -207,7 +213,7 @@ fn owners_field(input: &Map<String, Value>) -> ApiResult<Option<Vec<String>>> {
 pub async fn create(
     State(ctx): State<ApiContext>,
     caller: Caller,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(&[Role::Admin, Role::AppOwner])?;
     let input = object(body)?;
@@ -279,7 +285,7 @@ pub async fn update(
     State(ctx): State<ApiContext>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> ApiResult<Json<Value>> {
     let mut app = visible_app(&ctx, &caller, &id).await?;
     if !caller.owns(&app) {
@@ -386,7 +392,7 @@ pub async fn put_group(
     State(ctx): State<ApiContext>,
     caller: Caller,
     Path((id, group_id)): Path<(String, String)>,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> ApiResult<Json<Value>> {
     let app = visible_app(&ctx, &caller, &id).await?;
     caller.require(&[Role::Admin])?;
@@ -513,7 +519,7 @@ pub async fn provision_on_demand(
     State(ctx): State<ApiContext>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> ApiResult<Json<Value>> {
     let app = visible_app(&ctx, &caller, &id).await?;
     caller.require(&[Role::Admin, Role::Operator])?;

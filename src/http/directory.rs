@@ -7,17 +7,17 @@ use serde_json::{Value, json};
 
 use super::ApiContext;
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, JsonBody};
 use crate::activation::Principal;
 
 pub async fn put_member(
     State(ctx): State<ApiContext>,
     caller: Caller,
     Path((group_id, principal_id)): Path<(String, String)>,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> ApiResult<Json<Value>> {
     caller.require(&[Role::Admin])?;
-    let principal = match body.as_ref().and_then(|Json(b)| b.get("principal")) {
+    let principal = match body.0.as_ref().and_then(|b| b.get("principal")) {
         Some(p) => Some(
             serde_json::from_value::<Principal>(p.clone())
                 .map_err(|e| ApiError::bad("principal", format!("must hold userPrincipalName: {e}")))?,

@@ -110,3 +110,23 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// A JSON request body whose errors are answered as problem+json like every other error.
+/// An empty body is `None`.
+pub struct JsonBody(pub Option<serde_json::Value>);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge)?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(None));
+        }
+        serde_json::from_slice(&bytes)
+            .map(|v| Self(Some(v)))
+            .map_err(|e| ApiError::bad("(body)", format!("malformed JSON: {e}")))
+    }
+}

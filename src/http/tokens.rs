@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::ApiContext;
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, JsonBody};
 use crate::clock::to_rfc3339;
 use crate::store::TokenRecord;
 
@@ -38,10 +38,10 @@ pub async fn issue(
 pub async fn create(
     State(ctx): State<ApiContext>,
     caller: Caller,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(&[Role::Admin])?;
-    let Some(Json(body)) = body else {
+    let JsonBody(Some(body)) = body else {
         return Err(ApiError::bad("(body)", "must be a JSON object"));
     };
     let name = body
