@@ -1,0 +1,174 @@
+//! Deleting apps (with and without deprovisioning) and on-demand provisioning, against a real
+//! target; and the command-line helpers.
+
+mod common;
+
+use common::{Bridge, Event, Kind, Principal, Stack};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_an_app_leaves_the_target_as_it_is_unless_deprovision_is_asked() {
+    let Some(stack) = Stack::start(Kind::Scim2Server).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let principal = Principal::new();
+    stack.bridge.deliver(&[&Event::activation(&principal, &group)]).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[principal.upn()])
+        .await;
+
+    let (status, _) = stack
+        .bridge
+        .admin(Method::DELETE, &format!("/v1/apps/{}", stack.app_id), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = stack
+        .bridge
+        .admin(Method::GET, &format!("/v1/apps/{}", stack.app_id), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[principal.upn()])
+        .await;
+
+    // A second app for the same group, deleted with deprovision=true, removes what it provisioned.
+    let app_id = stack.bridge.register_app(&stack.target).await;
+    let second_target = format!("Second {}", common::short_id());
+    stack.bridge.assign_group(&app_id, &group.id, &second_target).await;
+    let other = Principal::new();
+    stack.bridge.deliver(&[&Event::activation(&other, &group)]).await;
+    stack
+        .target
+        .assert_members_eventually(&second_target, &[other.upn()])
+        .await;
+    let (status, _) = stack
+        .bridge
+        .admin(Method::DELETE, &format!("/v1/apps/{app_id}?deprovision=true"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    stack.target.assert_members_eventually(&second_target, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_demand_provisioning_answers_with_its_log_entry() {
+    let Some(stack) = Stack::start(Kind::Scim2Server).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let principal = Principal::new();
+    let (status, _) = stack
+        .bridge
+        .admin(
+            Method::PUT,
+            &format!("/v1/groups/{}/members/{}", group.id, principal.id),
+            Some(json!({"principal": {"userPrincipalName": principal.upn()}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, entry) = stack
+        .bridge
+        .admin(
+            Method::POST,
+            &format!("/v1/apps/{}/provision-on-demand", stack.app_id),
+            Some(json!({"principalId": principal.id, "groupId": group.id})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{entry}");
+    assert_eq!(entry["trigger"], "on_demand");
+    assert_eq!(entry["status"], "success", "{entry}");
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[principal.upn()])
+        .await;
+
+    let (status, body) = stack
+        .bridge
+        .admin(
+            Method::POST,
+            &format!("/v1/apps/{}/provision-on-demand", stack.app_id),
+            Some(json!({"principalId": principal.id, "groupId": "not-assigned"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
+fn cli(bridge: &Bridge, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_scim-bridge"))
+        .args(args)
+        .env("SCIM_BRIDGE_DATA_DIR", &bridge.data_dir)
+        .env("SCIM_BRIDGE_WEBHOOK_SECRET", &bridge.secret)
+        .env("SCIM_BRIDGE_ADMIN_TOKEN", &bridge.admin_token)
+        .output()
+        .expect("run scim-bridge")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_prints_the_header_and_send_delivers_a_signed_event() {
+    let Some(stack) = Stack::start(Kind::Scim2Server).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+
+    let payload = stack.bridge.data_dir.join("payload.json");
+    std::fs::write(&payload, br#"{"hello":"world"}"#).unwrap();
+    let out = cli(
+        &stack.bridge,
+        &["sign", payload.to_str().unwrap(), "--timestamp", "1700000000"],
+    );
+    assert!(out.status.success());
+    let expected = Bridge::sign(&stack.bridge.secret, 1_700_000_000, br#"{"hello":"world"}"#);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("X-Bridge-Signature: {expected}")
+    );
+
+    let url = stack.bridge.url.clone();
+    let out = cli(
+        &stack.bridge,
+        &[
+            "send",
+            "--url",
+            &url,
+            "--group-id",
+            &group.id,
+            "--event-id",
+            "cli-1",
+            "--upn",
+            "cli.user@contoso.test",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("202"));
+    stack
+        .target
+        .assert_members_eventually(&target_name, &["cli.user@contoso.test"])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_create_prints_a_token_the_api_accepts() {
+    let bridge = Bridge::start().await;
+    let out = cli(
+        &bridge,
+        &["token", "create", "--name", "ops-oncall", "--role", "operator"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON line");
+    assert_eq!(printed["role"], "operator");
+    let token = printed["token"].as_str().unwrap();
+    let (status, _) = bridge.api(Method::GET, "/v1/apps", Some(token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = bridge
+        .api(
+            Method::POST,
+            "/v1/tokens",
+            Some(token),
+            Some(json!({"name": "x", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
