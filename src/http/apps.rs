@@ -528,11 +528,8 @@ pub async fn provision_on_demand(
     let group_id = text_field(&input, "groupId")?.ok_or_else(|| ApiError::bad("groupId", "is required"))?;
     let engine = &ctx.engine.ctx;
     let target = engine
-        .store
-        .list_assignments(&app.id)
+        .assignment(&app.id, &group_id)
         .await?
-        .into_iter()
-        .find(|a| a.group_id == group_id)
         .map(|a| a.target_display_name)
         .ok_or_else(|| ApiError::unprocessable("groupId", "the group is not assigned to this app"))?;
     if engine.store.principal(&principal_id).await?.is_none() {
@@ -638,11 +635,8 @@ pub async fn list_groups_one(
     let a = ctx
         .engine
         .ctx
-        .store
-        .list_assignments(&app.id)
+        .assignment(&app.id, &group_id)
         .await?
-        .into_iter()
-        .find(|a| a.group_id == group_id)
         .ok_or(ApiError::NotFound)?;
     Ok(Json(
         json!({"appId": app.id, "groupId": a.group_id, "targetDisplayName": a.target_display_name}),

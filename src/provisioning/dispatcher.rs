@@ -173,11 +173,8 @@ impl Dispatcher {
     async fn target_of(&self, app: &AppRecord, group_id: &str) -> anyhow::Result<Option<String>> {
         Ok(self
             .ctx
-            .store
-            .list_assignments(&app.id)
+            .assignment(&app.id, group_id)
             .await?
-            .into_iter()
-            .find(|a| a.group_id == group_id)
             .map(|a| a.target_display_name))
     }
 

@@ -19,7 +19,7 @@ use crate::clock::{Millis, SharedClock};
 use crate::config::{Config, Secret};
 use crate::crypto::Sealer;
 use crate::scim::{Auth, ClientOptions, ScimClient};
-use crate::store::{AppRecord, Job, LogEntry, SharedStore, Step};
+use crate::store::{AppRecord, Assignment, Job, LogEntry, SharedStore, Step};
 
 pub use push::PushResult;
 
@@ -101,6 +101,16 @@ impl Ctx {
             .ok_or_else(|| anyhow::anyhow!("the app's credentials cannot be decrypted with this encryption key"))?;
         let value: Value = serde_json::from_slice(&plain)?;
         parse_auth(&value).map_err(|(field, detail)| anyhow::anyhow!("stored auth: {field} {detail}"))
+    }
+
+    /// The app's assignment of a source group, if the group is assigned to it.
+    pub async fn assignment(&self, app_id: &str, group_id: &str) -> crate::store::StoreResult<Option<Assignment>> {
+        Ok(self
+            .store
+            .list_assignments(app_id)
+            .await?
+            .into_iter()
+            .find(|a| a.group_id == group_id))
     }
 
     pub fn client_for(&self, app: &AppRecord) -> anyhow::Result<ScimClient> {
