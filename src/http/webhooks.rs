@@ -59,40 +59,57 @@ impl Verdict {
     }
 }
 
-async fn judge_one(ctx: &ApiContext, raw: &Value) -> ApiResult<Verdict> {
-    let event = match activation::parse(raw) {
-        Ok(e) => e,
-        Err(e) => {
-            return Ok(Verdict::Rejected {
-                status: StatusCode::BAD_REQUEST,
-                field: e.field,
-                detail: e.detail,
-            });
-        }
-    };
+/// Parses and judges one event without touching the store.
+fn judge(raw: &Value, now: i64) -> Result<(activation::Event, activation::Effect), Verdict> {
+    let event = activation::parse(raw).map_err(|e| Verdict::Rejected {
+        status: StatusCode::BAD_REQUEST,
+        field: e.field,
+        detail: e.detail,
+    })?;
+    let effect = activation::judge(&event, now).map_err(|v| Verdict::Rejected {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        field: v.field,
+        detail: format!("{} ({})", v.detail, v.rule),
+    })?;
+    Ok((event, effect))
+}
+
+/// Judges every event of a body alone, then commits the acceptable ones in one transaction.
+async fn judge_all(ctx: &ApiContext, raws: &[Value]) -> ApiResult<Vec<Verdict>> {
     let now = ctx.engine.ctx.now();
-    let effect = match activation::judge(&event, now) {
-        Ok(effect) => effect,
-        Err(v) => {
-            return Ok(Verdict::Rejected {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                field: v.field,
-                detail: format!("{} ({})", v.detail, v.rule),
+    let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(raws.len());
+    let mut acceptable = Vec::new();
+    let mut slots = Vec::new();
+    for raw in raws {
+        match judge(raw, now) {
+            Ok(judged) => {
+                slots.push(verdicts.len());
+                verdicts.push(None);
+                acceptable.push(judged);
+            }
+            Err(rejected) => verdicts.push(Some(rejected)),
+        }
+    }
+    if !acceptable.is_empty() {
+        let results = ctx.engine.ctx.store.accept_events(&acceptable, now).await?;
+        for ((slot, (event, _)), acceptance) in slots.iter().zip(&acceptable).zip(results) {
+            verdicts[*slot] = Some(match acceptance {
+                Acceptance::Accepted { jobs } => {
+                    tracing::info!(event_id = %event.id, status = %event.status, action = %event.action_name, jobs = jobs.len(), "event accepted");
+                    Verdict::Accepted(jobs)
+                }
+                Acceptance::Duplicate { jobs } => Verdict::Duplicate(jobs),
+                Acceptance::Conflict => Verdict::Conflict(format!(
+                    "an event with id `{}` and status `{}` was already received with different content",
+                    event.id, event.status
+                )),
             });
         }
-    };
-    let acceptance = ctx.engine.ctx.store.accept_event(&event, &effect, now).await?;
-    Ok(match acceptance {
-        Acceptance::Accepted { jobs } => {
-            tracing::info!(event_id = %event.id, status = %event.status, action = %event.action_name, jobs = jobs.len(), "event accepted");
-            Verdict::Accepted(jobs)
-        }
-        Acceptance::Duplicate { jobs } => Verdict::Duplicate(jobs),
-        Acceptance::Conflict => Verdict::Conflict(format!(
-            "an event with id `{}` and status `{}` was already received with different content",
-            event.id, event.status
-        )),
-    })
+    }
+    Ok(verdicts
+        .into_iter()
+        .map(|v| v.expect("every event is judged"))
+        .collect())
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -169,9 +186,9 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
                 metrics::webhook_rejected("malformed");
                 return Err(ApiError::bad("value", format!("a batch holds 1 to {MAX_BATCH} events")));
             }
+            let verdicts = judge_all(&ctx, &items).await?;
             let mut answers = Vec::with_capacity(items.len());
-            for raw in &items {
-                let verdict = judge_one(&ctx, raw).await?;
+            for (raw, verdict) in items.iter().zip(verdicts) {
                 verdict.record_metric();
                 wake_for(&ctx, &verdict);
                 answers.push(verdict.to_json(raw.get("id").and_then(Value::as_str)));
@@ -179,7 +196,10 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
             (StatusCode::ACCEPTED, Json(json!({"events": answers}))).into_response()
         }
         None => {
-            let verdict = judge_one(&ctx, &parsed).await?;
+            let verdict = judge_all(&ctx, std::slice::from_ref(&parsed))
+                .await?
+                .pop()
+                .expect("one verdict for one event");
             verdict.record_metric();
             wake_for(&ctx, &verdict);
             match verdict {

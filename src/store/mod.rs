@@ -346,7 +346,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>>;
 
     // webhook intake
-    async fn accept_event(&self, event: &Event, effect: &Effect, now: Millis) -> StoreResult<Acceptance>;
+    /// Records the events of one webhook in one transaction; answers each one's verdict.
+    async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>>;
     async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>>;
     async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>>;
     async fn put_standing_member(

@@ -213,6 +213,236 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Records one event, updates its membership and queues its jobs, inside the caller's
+    /// transaction.
+    async fn accept_in(
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        event: &Event,
+        effect: &Effect,
+        now: Millis,
+    ) -> StoreResult<Acceptance> {
+        let existing = sqlx::query("SELECT seq, body FROM events WHERE id = ? AND status = ?")
+            .bind(&event.id)
+            .bind(&event.status)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(row) = existing {
+            let body: String = row.try_get("body")?;
+            let seq: i64 = row.try_get("seq")?;
+            let stored: Value = serde_json::from_str(&body).map_err(|e| corrupt("event body", e))?;
+            if stored != event.raw {
+                return Ok(Acceptance::Conflict);
+            }
+            let jobs = sqlx::query("SELECT id, app_id FROM jobs WHERE event_seq = ? ORDER BY seq")
+                .bind(seq)
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("id")?, r.try_get("app_id")?)))
+                .collect::<StoreResult<Vec<_>>>()?;
+            return Ok(Acceptance::Duplicate { jobs });
+        }
+
+        if let Some(p) = &event.principal {
+            sqlx::query(
+                "INSERT INTO principals (principal_id, user_principal_name, display_name, given_name, surname, mail, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (principal_id) DO UPDATE SET user_principal_name = excluded.user_principal_name,
+                   display_name = excluded.display_name, given_name = excluded.given_name,
+                   surname = excluded.surname, mail = excluded.mail, updated_at = excluded.updated_at",
+            )
+            .bind(&event.principal_id)
+            .bind(&p.user_principal_name)
+            .bind(&p.display_name)
+            .bind(&p.given_name)
+            .bind(&p.surname)
+            .bind(&p.mail)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+
+        let state = sqlx::query(
+            "SELECT active, start_at, end_at, event_created FROM memberships
+             WHERE principal_id = ? AND group_id = ? AND access_id = ?",
+        )
+        .bind(&event.principal_id)
+        .bind(&event.group_id)
+        .bind(&event.access_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let newer_seen = match &state {
+            Some(row) => row.try_get::<i64, _>("event_created")? > event.created_at,
+            None => false,
+        };
+        let state_start: Option<Millis> = match &state {
+            Some(row) => row.try_get("start_at")?,
+            None => None,
+        };
+        let state_active = match &state {
+            Some(row) => row.try_get::<i64, _>("active")? != 0,
+            None => false,
+        };
+
+        let (outcome, reason): (&str, Option<String>) = match effect {
+            _ if newer_seen && !matches!(effect, Effect::Skip(_)) => (
+                "skipped",
+                Some("superseded: a newer event for this membership was already applied".into()),
+            ),
+            Effect::Skip(reason) => ("skipped", Some(reason.clone())),
+            Effect::Activate { .. } => ("activate", None),
+            Effect::Assign { .. } => ("assign", None),
+            Effect::Extend { .. } if !state_active => (
+                "skipped",
+                Some("nothing to extend: the membership is not active".into()),
+            ),
+            Effect::Extend { .. } => ("extend", None),
+            Effect::Remove => ("remove", None),
+        };
+
+        let inserted = sqlx::query(
+            "INSERT INTO events (id, status, body, action, access_id, principal_id, group_id, created_at, received_at,
+             start_at, end_at, outcome, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&event.id)
+        .bind(&event.status)
+        .bind(event.raw.to_string())
+        .bind(&event.action_name)
+        .bind(&event.access_id)
+        .bind(&event.principal_id)
+        .bind(&event.group_id)
+        .bind(event.created_at)
+        .bind(now)
+        .bind(event.start_at)
+        .bind(event.end_at)
+        .bind(outcome)
+        .bind(&reason)
+        .execute(&mut **tx)
+        .await?;
+        let event_seq = inserted.last_insert_rowid();
+
+        if outcome == "skipped" {
+            let reason = reason.unwrap_or_default();
+            Self::log_skips_for_group(tx, event, "skipped", &reason, false, now).await?;
+            return Ok(Acceptance::Accepted { jobs: vec![] });
+        }
+
+        let upsert_membership =
+            "INSERT INTO memberships (principal_id, group_id, access_id, active, source, start_at, end_at,
+               event_seq, event_created, expired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)
+             ON CONFLICT (principal_id, group_id, access_id) DO UPDATE SET active = excluded.active,
+               source = excluded.source, start_at = excluded.start_at, end_at = excluded.end_at,
+               event_seq = excluded.event_seq, event_created = excluded.event_created, expired_at = NULL";
+        let (kind, trigger, not_before, flag) = match effect {
+            Effect::Activate { start, end } | Effect::Assign { start, end } => {
+                let source = if matches!(effect, Effect::Activate { .. }) {
+                    "activation"
+                } else {
+                    "assignment"
+                };
+                sqlx::query(upsert_membership)
+                    .bind(&event.principal_id)
+                    .bind(&event.group_id)
+                    .bind(&event.access_id)
+                    .bind(1i64)
+                    .bind(source)
+                    .bind(start)
+                    .bind(end)
+                    .bind(event_seq)
+                    .bind(event.created_at)
+                    .execute(&mut **tx)
+                    .await?;
+                if source == "assignment" {
+                    Self::log_skips_for_group(
+                        tx,
+                        event,
+                        "deferred",
+                        "assignments are provisioned by the next synchronization cycle",
+                        true,
+                        now,
+                    )
+                    .await?;
+                    return Ok(Acceptance::Accepted { jobs: vec![] });
+                }
+                ("add", "activation", (*start).max(now), None)
+            }
+            Effect::Extend { end } => {
+                sqlx::query(
+                    "UPDATE memberships SET end_at = ?, event_seq = ?, event_created = ?,
+                       expired_at = CASE WHEN ? IS NULL OR ? > ? THEN NULL ELSE expired_at END
+                     WHERE principal_id = ? AND group_id = ? AND access_id = ?",
+                )
+                .bind(end)
+                .bind(event_seq)
+                .bind(event.created_at)
+                .bind(end)
+                .bind(end)
+                .bind(now)
+                .bind(&event.principal_id)
+                .bind(&event.group_id)
+                .bind(&event.access_id)
+                .execute(&mut **tx)
+                .await?;
+                return Ok(Acceptance::Accepted { jobs: vec![] });
+            }
+            Effect::Remove => {
+                let start = state_start.or(event.start_at);
+                let flag = start.filter(|s| event.created_at - s < crate::activation::MIN_DURATION_MS).map(|_| {
+                    "anomaly: removal within five minutes of the start (the source should never send this); applied anyway"
+                        .to_string()
+                });
+                sqlx::query(upsert_membership)
+                    .bind(&event.principal_id)
+                    .bind(&event.group_id)
+                    .bind(&event.access_id)
+                    .bind(0i64)
+                    .bind("activation")
+                    .bind(state_start)
+                    .bind(now)
+                    .bind(event_seq)
+                    .bind(event.created_at)
+                    .execute(&mut **tx)
+                    .await?;
+                ("remove", "deactivation", now, flag)
+            }
+            Effect::Skip(_) => unreachable!("handled above"),
+        };
+
+        let apps = sqlx::query(
+            "SELECT ga.app_id FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
+             WHERE ga.group_id = ? AND a.deleted_at IS NULL ORDER BY ga.app_id",
+        )
+        .bind(&event.group_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut jobs = Vec::new();
+        for app in apps {
+            let app_id: String = app.try_get("app_id")?;
+            let job_id = uuid::Uuid::now_v7().to_string();
+            sqlx::query(INSERT_JOB)
+                .bind(&job_id)
+                .bind(&app_id)
+                .bind(event_seq)
+                .bind(&event.id)
+                .bind(&event.principal_id)
+                .bind(&event.group_id)
+                .bind(kind)
+                .bind(trigger)
+                .bind("pending")
+                .bind(not_before)
+                .bind(now)
+                .bind(None::<i64>)
+                .bind(&flag)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            jobs.push((job_id, app_id));
+        }
+        Ok(Acceptance::Accepted { jobs })
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> StoreResult<()> {
@@ -427,231 +657,16 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    #[instrument(skip_all, fields(event_id = %event.id))]
-    async fn accept_event(&self, event: &Event, effect: &Effect, now: Millis) -> StoreResult<Acceptance> {
+    #[instrument(skip_all, fields(events = items.len()))]
+    async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
+        // One transaction per webhook: each event is still judged alone, and 202 means all committed.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let existing = sqlx::query("SELECT seq, body FROM events WHERE id = ? AND status = ?")
-            .bind(&event.id)
-            .bind(&event.status)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(row) = existing {
-            let body: String = row.try_get("body")?;
-            let seq: i64 = row.try_get("seq")?;
-            let stored: Value = serde_json::from_str(&body).map_err(|e| corrupt("event body", e))?;
-            if stored != event.raw {
-                return Ok(Acceptance::Conflict);
-            }
-            let jobs = sqlx::query("SELECT id, app_id FROM jobs WHERE event_seq = ? ORDER BY seq")
-                .bind(seq)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get("id")?, r.try_get("app_id")?)))
-                .collect::<StoreResult<Vec<_>>>()?;
-            return Ok(Acceptance::Duplicate { jobs });
-        }
-
-        if let Some(p) = &event.principal {
-            sqlx::query(
-                "INSERT INTO principals (principal_id, user_principal_name, display_name, given_name, surname, mail, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (principal_id) DO UPDATE SET user_principal_name = excluded.user_principal_name,
-                   display_name = excluded.display_name, given_name = excluded.given_name,
-                   surname = excluded.surname, mail = excluded.mail, updated_at = excluded.updated_at",
-            )
-            .bind(&event.principal_id)
-            .bind(&p.user_principal_name)
-            .bind(&p.display_name)
-            .bind(&p.given_name)
-            .bind(&p.surname)
-            .bind(&p.mail)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-
-        let state = sqlx::query(
-            "SELECT active, start_at, end_at, event_created FROM memberships
-             WHERE principal_id = ? AND group_id = ? AND access_id = ?",
-        )
-        .bind(&event.principal_id)
-        .bind(&event.group_id)
-        .bind(&event.access_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let newer_seen = match &state {
-            Some(row) => row.try_get::<i64, _>("event_created")? > event.created_at,
-            None => false,
-        };
-        let state_start: Option<Millis> = match &state {
-            Some(row) => row.try_get("start_at")?,
-            None => None,
-        };
-        let state_active = match &state {
-            Some(row) => row.try_get::<i64, _>("active")? != 0,
-            None => false,
-        };
-
-        let (outcome, reason): (&str, Option<String>) = match effect {
-            _ if newer_seen && !matches!(effect, Effect::Skip(_)) => (
-                "skipped",
-                Some("superseded: a newer event for this membership was already applied".into()),
-            ),
-            Effect::Skip(reason) => ("skipped", Some(reason.clone())),
-            Effect::Activate { .. } => ("activate", None),
-            Effect::Assign { .. } => ("assign", None),
-            Effect::Extend { .. } if !state_active => (
-                "skipped",
-                Some("nothing to extend: the membership is not active".into()),
-            ),
-            Effect::Extend { .. } => ("extend", None),
-            Effect::Remove => ("remove", None),
-        };
-
-        let inserted = sqlx::query(
-            "INSERT INTO events (id, status, body, action, access_id, principal_id, group_id, created_at, received_at,
-             start_at, end_at, outcome, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&event.id)
-        .bind(&event.status)
-        .bind(event.raw.to_string())
-        .bind(&event.action_name)
-        .bind(&event.access_id)
-        .bind(&event.principal_id)
-        .bind(&event.group_id)
-        .bind(event.created_at)
-        .bind(now)
-        .bind(event.start_at)
-        .bind(event.end_at)
-        .bind(outcome)
-        .bind(&reason)
-        .execute(&mut *tx)
-        .await?;
-        let event_seq = inserted.last_insert_rowid();
-
-        if outcome == "skipped" {
-            let reason = reason.unwrap_or_default();
-            Self::log_skips_for_group(&mut tx, event, "skipped", &reason, false, now).await?;
-            tx.commit().await?;
-            return Ok(Acceptance::Accepted { jobs: vec![] });
-        }
-
-        let upsert_membership =
-            "INSERT INTO memberships (principal_id, group_id, access_id, active, source, start_at, end_at,
-               event_seq, event_created, expired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)
-             ON CONFLICT (principal_id, group_id, access_id) DO UPDATE SET active = excluded.active,
-               source = excluded.source, start_at = excluded.start_at, end_at = excluded.end_at,
-               event_seq = excluded.event_seq, event_created = excluded.event_created, expired_at = NULL";
-        let (kind, trigger, not_before, flag) = match effect {
-            Effect::Activate { start, end } | Effect::Assign { start, end } => {
-                let source = if matches!(effect, Effect::Activate { .. }) {
-                    "activation"
-                } else {
-                    "assignment"
-                };
-                sqlx::query(upsert_membership)
-                    .bind(&event.principal_id)
-                    .bind(&event.group_id)
-                    .bind(&event.access_id)
-                    .bind(1i64)
-                    .bind(source)
-                    .bind(start)
-                    .bind(end)
-                    .bind(event_seq)
-                    .bind(event.created_at)
-                    .execute(&mut *tx)
-                    .await?;
-                if source == "assignment" {
-                    Self::log_skips_for_group(
-                        &mut tx,
-                        event,
-                        "deferred",
-                        "assignments are provisioned by the next synchronization cycle",
-                        true,
-                        now,
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    return Ok(Acceptance::Accepted { jobs: vec![] });
-                }
-                ("add", "activation", (*start).max(now), None)
-            }
-            Effect::Extend { end } => {
-                sqlx::query(
-                    "UPDATE memberships SET end_at = ?, event_seq = ?, event_created = ?,
-                       expired_at = CASE WHEN ? IS NULL OR ? > ? THEN NULL ELSE expired_at END
-                     WHERE principal_id = ? AND group_id = ? AND access_id = ?",
-                )
-                .bind(end)
-                .bind(event_seq)
-                .bind(event.created_at)
-                .bind(end)
-                .bind(end)
-                .bind(now)
-                .bind(&event.principal_id)
-                .bind(&event.group_id)
-                .bind(&event.access_id)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                return Ok(Acceptance::Accepted { jobs: vec![] });
-            }
-            Effect::Remove => {
-                let start = state_start.or(event.start_at);
-                let flag = start.filter(|s| event.created_at - s < crate::activation::MIN_DURATION_MS).map(|_| {
-                    "anomaly: removal within five minutes of the start (the source should never send this); applied anyway"
-                        .to_string()
-                });
-                sqlx::query(upsert_membership)
-                    .bind(&event.principal_id)
-                    .bind(&event.group_id)
-                    .bind(&event.access_id)
-                    .bind(0i64)
-                    .bind("activation")
-                    .bind(state_start)
-                    .bind(now)
-                    .bind(event_seq)
-                    .bind(event.created_at)
-                    .execute(&mut *tx)
-                    .await?;
-                ("remove", "deactivation", now, flag)
-            }
-            Effect::Skip(_) => unreachable!("handled above"),
-        };
-
-        let apps = sqlx::query(
-            "SELECT ga.app_id FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
-             WHERE ga.group_id = ? AND a.deleted_at IS NULL ORDER BY ga.app_id",
-        )
-        .bind(&event.group_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut jobs = Vec::new();
-        for app in apps {
-            let app_id: String = app.try_get("app_id")?;
-            let job_id = uuid::Uuid::now_v7().to_string();
-            sqlx::query(INSERT_JOB)
-                .bind(&job_id)
-                .bind(&app_id)
-                .bind(event_seq)
-                .bind(&event.id)
-                .bind(&event.principal_id)
-                .bind(&event.group_id)
-                .bind(kind)
-                .bind(trigger)
-                .bind("pending")
-                .bind(not_before)
-                .bind(now)
-                .bind(None::<i64>)
-                .bind(&flag)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            jobs.push((job_id, app_id));
+        let mut answers = Vec::with_capacity(items.len());
+        for (event, effect) in items {
+            answers.push(Self::accept_in(&mut tx, event, effect, now).await?);
         }
         tx.commit().await?;
-        Ok(Acceptance::Accepted { jobs })
+        Ok(answers)
     }
 
     async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
