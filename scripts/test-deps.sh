@@ -49,3 +49,24 @@ else
         say "could not set the postgres password (PostgreSQL tests may fail)"
     fi
 fi
+
+# --- Headless browser for the operator page test ---------------------------------------------------
+# Debian's chromium, driven by playwright-core (which never downloads a browser of its own).
+if [[ -x /usr/bin/chromium ]]; then
+    say "chromium present ($(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium))"
+elif [[ "$(id -u)" -ne 0 ]]; then
+    say "chromium missing and not root: install Debian's chromium for tests/page.rs"
+else
+    say "installing Debian's chromium"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    say "installed $(/usr/bin/chromium --version 2>/dev/null || echo chromium)"
+fi
+BROWSER="$ROOT/tests/browser"
+if [[ ! -d "$BROWSER/node_modules" || "$BROWSER/package-lock.json" -nt "$BROWSER/node_modules" ]]; then
+    say "running npm ci in $BROWSER"
+    (cd "$BROWSER" && npm ci --no-audit --no-fund --loglevel=error)
+    touch "$BROWSER/node_modules"
+else
+    say "tests/browser/node_modules up to date"
+fi

@@ -80,10 +80,15 @@ async fn filter_for(ctx: &ApiContext, caller: &Caller, q: &LogQuery) -> ApiResul
 
 pub async fn list(State(ctx): State<ApiContext>, caller: Caller, Query(q): Query<LogQuery>) -> ApiResult<Json<Value>> {
     let filter = filter_for(&ctx, &caller, &q).await?;
-    let items = ctx.engine.ctx.store.query_logs(&filter).await?;
-    let next = (items.len() as i64 == filter.limit)
-        .then(|| items.last().map(|e| encode_cursor(e.seq)))
-        .flatten();
+    // One more than asked tells whether an older page exists, so the last page has no cursor.
+    let probe = LogFilter {
+        limit: filter.limit + 1,
+        ..filter.clone()
+    };
+    let mut items = ctx.engine.ctx.store.query_logs(&probe).await?;
+    let more = items.len() as i64 > filter.limit;
+    items.truncate(filter.limit as usize);
+    let next = more.then(|| items.last().map(|e| encode_cursor(e.seq))).flatten();
     Ok(Json(
         json!({"items": items.iter().map(LogEntry::to_json).collect::<Vec<_>>(), "nextCursor": next}),
     ))
@@ -206,6 +211,20 @@ where
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// What an app's latest entry for an event says about it now.
+fn state_of(status: &str) -> &'static str {
+    match status {
+        "success" => "pushed",
+        "deferred" => "deferred",
+        "failure" => "failed",
+        "skipped" => "skipped",
+        _ => "pending",
+    }
+}
+
+/// The event (each status received for its id) and, per app it concerns, where it stands now:
+/// pushed (with the latency from arrival to confirmation), deferred until, failed with reason,
+/// skipped, or still pending.
 pub async fn activation(
     State(ctx): State<ApiContext>,
     caller: Caller,
@@ -231,7 +250,7 @@ pub async fn activation(
             None => apps.push((e.app_id.clone(), vec![e])),
         }
     }
-    let outcomes: Vec<Value> = apps
+    let mut outcomes: Vec<Value> = apps
         .iter()
         .map(|(app_id, list)| {
             let last = list.last().expect("non-empty");
@@ -239,6 +258,7 @@ pub async fn activation(
             json!({
                 "appId": app_id,
                 "appName": last.app_name,
+                "state": state_of(&last.status),
                 "status": last.status,
                 "action": last.action,
                 "reason": last.reason,
@@ -249,6 +269,28 @@ pub async fn activation(
             })
         })
         .collect();
+    // Apps the event concerns that have not logged anything for it yet.
+    let latest = events.last().expect("non-empty");
+    let waits = matches!(latest.outcome.as_str(), "activate" | "assign" | "remove");
+    if let Some(group_id) = latest.body.get("groupId").and_then(Value::as_str).filter(|_| waits) {
+        for app in store.list_apps().await? {
+            if apps.iter().any(|(id, _)| *id == app.id) {
+                continue;
+            }
+            if store
+                .list_assignments(&app.id)
+                .await?
+                .iter()
+                .any(|a| a.group_id == group_id)
+            {
+                let reason = (latest.outcome == "assign").then_some("provisioned by the next synchronization cycle");
+                outcomes.push(json!({
+                    "appId": app.id, "appName": app.name, "state": "pending", "status": null, "action": null,
+                    "reason": reason, "deferredUntil": null, "latencyMs": null, "time": null, "entries": [],
+                }));
+            }
+        }
+    }
     let events: Vec<Value> = events
         .iter()
         .map(|e| json!({"id": e.id, "status": e.status, "receivedAt": to_rfc3339(e.received_at), "outcome": e.outcome, "reason": e.reason, "body": e.body}))
@@ -256,13 +298,26 @@ pub async fn activation(
     Ok(Json(json!({"eventId": event_id, "events": events, "apps": outcomes})))
 }
 
-pub async fn audit(State(ctx): State<ApiContext>, caller: Caller) -> ApiResult<Json<Value>> {
+#[derive(Debug, Deserialize, Default)]
+pub struct AuditQuery {
+    limit: Option<i64>,
+}
+
+pub async fn audit(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Value>> {
     caller.require(&[Role::Admin])?;
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad("limit", "must be between 1 and 500"));
+    }
     let items: Vec<Value> = ctx
         .engine
         .ctx
         .store
-        .list_audit(500)
+        .list_audit(limit)
         .await?
         .iter()
         .map(|a| json!({"time": to_rfc3339(a.time), "actor": a.actor, "action": a.action, "target": a.target, "detail": a.detail}))

@@ -5,6 +5,7 @@ mod auth;
 mod directory;
 pub mod error;
 mod logs;
+mod openapi;
 mod tokens;
 mod ui;
 mod webhooks;
@@ -13,10 +14,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderName, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
-use serde_json::{Value, json};
+use axum::http::{HeaderName, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter, on};
+use serde_json::Value;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -47,82 +48,512 @@ impl ApiContext {
     }
 }
 
-/// Every route the bridge serves, with its method.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("post", "/v1/webhooks/pim"),
-    ("post", "/v1/apps"),
-    ("get", "/v1/apps"),
-    ("get", "/v1/apps/{appId}"),
-    ("patch", "/v1/apps/{appId}"),
-    ("delete", "/v1/apps/{appId}"),
-    ("get", "/v1/apps/{appId}/groups"),
-    ("put", "/v1/apps/{appId}/groups/{groupId}"),
-    ("delete", "/v1/apps/{appId}/groups/{groupId}"),
-    ("post", "/v1/apps/{appId}/test-connection"),
-    ("post", "/v1/apps/{appId}/sync"),
-    ("get", "/v1/apps/{appId}/sync-cycles"),
-    ("post", "/v1/apps/{appId}/provision-on-demand"),
-    ("post", "/v1/apps/{appId}/quarantine/clear"),
-    ("put", "/v1/groups/{groupId}/members/{principalId}"),
-    ("delete", "/v1/groups/{groupId}/members/{principalId}"),
-    ("get", "/v1/provisioning-logs"),
-    ("get", "/v1/provisioning-logs/export"),
-    ("get", "/v1/provisioning-logs/{id}"),
-    ("get", "/v1/activations/{eventId}"),
-    ("get", "/v1/audit"),
-    ("post", "/v1/tokens"),
-    ("get", "/v1/tokens"),
-    ("delete", "/v1/tokens/{id}"),
-    ("get", "/"),
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
-    ("get", "/openapi.json"),
+/// Who may call a route, as the OpenAPI document tells it.
+#[derive(Debug, Clone, Copy)]
+pub enum Access {
+    Public,
+    /// `X-Bridge-Signature` over the body.
+    Signed,
+    /// A bearer token; the text says which roles.
+    Roles(&'static str),
+}
+
+/// What a route answers on success.
+#[derive(Debug, Clone, Copy)]
+pub enum Body {
+    Empty,
+    /// A JSON body of that component schema.
+    Json(&'static str),
+    /// Other media types (text, HTML, an export).
+    Media(&'static [&'static str]),
+}
+
+/// One route: the router is built from this table and `/openapi.json` documents it, so what is
+/// served and what is documented cannot differ.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub tag: &'static str,
+    pub access: Access,
+    pub query: &'static [&'static str],
+    /// The request body's component schema.
+    pub request: Option<&'static str>,
+    /// The success status and its body.
+    pub ok: u16,
+    pub body: Body,
+    handler: fn(MethodFilter) -> MethodRouter<ApiContext>,
+}
+
+impl Route {
+    fn method_filter(&self) -> MethodFilter {
+        match self.method {
+            "get" => MethodFilter::GET,
+            "post" => MethodFilter::POST,
+            "put" => MethodFilter::PUT,
+            "patch" => MethodFilter::PATCH,
+            "delete" => MethodFilter::DELETE,
+            other => panic!("route {} has an unknown method {other}", self.path),
+        }
+    }
+
+    pub fn operation_id(&self) -> String {
+        let words: Vec<&str> = self
+            .path
+            .split(['/', '{', '}', '-'])
+            .filter(|w| !w.is_empty() && *w != "v1")
+            .collect();
+        if words.is_empty() {
+            format!("{}_page", self.method)
+        } else {
+            format!("{}_{}", self.method, words.join("_"))
+        }
+    }
+
+    fn ok_description(&self) -> String {
+        StatusCode::from_u16(self.ok)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("OK")
+            .to_string()
+    }
+}
+
+const LOG_QUERY: &[&str] = &[
+    "appId",
+    "principalId",
+    "groupId",
+    "eventId",
+    "status",
+    "action",
+    "trigger",
+    "since",
+    "until",
+    "limit",
+    "cursor",
+];
+const EXPORT_QUERY: &[&str] = &[
+    "appId",
+    "principalId",
+    "groupId",
+    "eventId",
+    "status",
+    "action",
+    "trigger",
+    "since",
+    "until",
+    "format",
+];
+const ADMIN: Access = Access::Roles("admin");
+const APP_READERS: Access = Access::Roles("admin, operator, the app's owners");
+const LOG_READERS: Access = Access::Roles("admin, operator, app owners (their apps' entries only)");
+
+/// Every route the bridge serves.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "post",
+        path: "/v1/webhooks/pim",
+        summary: "Receive one PIM event or a batch of up to 100",
+        tag: "webhook",
+        access: Access::Signed,
+        query: &[],
+        request: Some("WebhookBody"),
+        ok: 202,
+        body: Body::Json("WebhookAnswer"),
+        handler: |m| on(m, webhooks::receive),
+    },
+    Route {
+        method: "post",
+        path: "/v1/apps",
+        summary: "Register an app (the creator becomes an owner)",
+        tag: "apps",
+        access: Access::Roles("admin, app_owner"),
+        query: &[],
+        request: Some("AppRegistration"),
+        ok: 201,
+        body: Body::Json("App"),
+        handler: |m| on(m, apps::create),
+    },
+    Route {
+        method: "get",
+        path: "/v1/apps",
+        summary: "List the apps the token may see",
+        tag: "apps",
+        access: APP_READERS,
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Json("AppList"),
+        handler: |m| on(m, apps::list),
+    },
+    Route {
+        method: "get",
+        path: "/v1/apps/{appId}",
+        summary: "An app with its status, next sync and last cycle",
+        tag: "apps",
+        access: APP_READERS,
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Json("App"),
+        handler: |m| on(m, apps::get),
+    },
+    Route {
+        method: "patch",
+        path: "/v1/apps/{appId}",
+        summary: "Change an app; pause (`status: paused`) or resume it",
+        tag: "apps",
+        access: Access::Roles("admin, the app's owners"),
+        query: &[],
+        request: Some("AppUpdate"),
+        ok: 200,
+        body: Body::Json("App"),
+        handler: |m| on(m, apps::update),
+    },
+    Route {
+        method: "delete",
+        path: "/v1/apps/{appId}",
+        summary: "Stop provisioning an app; the target is left as it is unless `deprovision=true`",
+        tag: "apps",
+        access: Access::Roles("admin, the app's owners"),
+        query: &["deprovision"],
+        request: None,
+        ok: 204,
+        body: Body::Empty,
+        handler: |m| on(m, apps::delete),
+    },
+    Route {
+        method: "get",
+        path: "/v1/apps/{appId}/groups",
+        summary: "The source groups assigned to an app",
+        tag: "apps",
+        access: APP_READERS,
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Json("AssignmentList"),
+        handler: |m| on(m, apps::list_groups),
+    },
+    Route {
+        method: "get",
+        path: "/v1/apps/{appId}/groups/{groupId}",
+        summary: "One group assignment of an app",
+        tag: "apps",
+        access: APP_READERS,
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Json("Assignment"),
+        handler: |m| on(m, apps::list_groups_one),
+    },
+    Route {
+        method: "put",
+        path: "/v1/apps/{appId}/groups/{groupId}",
+        summary: "Assign a source group to an app under a target group name",
+        tag: "apps",
+        access: ADMIN,
+        query: &[],
+        request: Some("AssignmentRequest"),
+        ok: 200,
+        body: Body::Json("Assignment"),
+        handler: |m| on(m, apps::put_group),
+    },
+    Route {
+        method: "delete",
+        path: "/v1/apps/{appId}/groups/{groupId}",
+        summary: "Unassign a group (the next cycle removes what the bridge provisioned for it)",
+        tag: "apps",
+        access: ADMIN,
+        query: &[],
+        request: None,
+        ok: 204,
+        body: Body::Empty,
+        handler: |m| on(m, apps::delete_group),
+    },
+    Route {
+        method: "post",
+        path: "/v1/apps/{appId}/test-connection",
+        summary: "Probe the app's endpoint and credentials",
+        tag: "apps",
+        access: APP_READERS,
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Json("ConnectionTest"),
+        handler: |m| on(m, apps::test_connection),
+    },
+    Route {
+        method: "post",
+        path: "/v1/apps/{appId}/sync",
+        summary: "Run a synchronization cycle now",
+        tag: "apps",
+        access: APP_READERS,
+        query: &["dryRun"],
+        request: None,
+        ok: 202,
+        body: Body::Json("CycleStarted"),
+        handler: |m| on(m, apps::sync_now),
+    },
+    Route {
+        method: "get",
+        path: "/v1/apps/{appId}/sync-cycles",
+        summary: "The app's cycles, newest first, with a running cycle's progress",
+        tag: "apps",
+        access: APP_READERS,
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Json("CycleList"),
+        handler: |m| on(m, apps::cycles),
+    },
+    Route {
+        method: "post",
+        path: "/v1/apps/{appId}/provision-on-demand",
+        summary: "Provision one membership now; answers its log entry",
+        tag: "apps",
+        access: Access::Roles("admin, operator"),
+        query: &[],
+        request: Some("OnDemandRequest"),
+        ok: 200,
+        body: Body::Json("LogEntry"),
+        handler: |m| on(m, apps::provision_on_demand),
+    },
+    Route {
+        method: "post",
+        path: "/v1/apps/{appId}/quarantine/clear",
+        summary: "End an app's quarantine",
+        tag: "apps",
+        access: Access::Roles("admin, operator"),
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Json("App"),
+        handler: |m| on(m, apps::clear_quarantine),
+    },
+    Route {
+        method: "put",
+        path: "/v1/groups/{groupId}/members/{principalId}",
+        summary: "Directory feed: a standing membership, provisioned at the next cycle",
+        tag: "directory",
+        access: ADMIN,
+        query: &[],
+        request: Some("DirectoryMemberRequest"),
+        ok: 200,
+        body: Body::Json("DirectoryMember"),
+        handler: |m| on(m, directory::put_member),
+    },
+    Route {
+        method: "delete",
+        path: "/v1/groups/{groupId}/members/{principalId}",
+        summary: "Directory feed: end a standing membership",
+        tag: "directory",
+        access: ADMIN,
+        query: &[],
+        request: None,
+        ok: 204,
+        body: Body::Empty,
+        handler: |m| on(m, directory::delete_member),
+    },
+    Route {
+        method: "get",
+        path: "/v1/provisioning-logs",
+        summary: "Provisioning log entries, newest first, filtered and paged",
+        tag: "logs",
+        access: LOG_READERS,
+        query: LOG_QUERY,
+        request: None,
+        ok: 200,
+        body: Body::Json("LogPage"),
+        handler: |m| on(m, logs::list),
+    },
+    Route {
+        method: "get",
+        path: "/v1/provisioning-logs/export",
+        summary: "Every matching entry, streamed as CSV or JSON lines",
+        tag: "logs",
+        access: LOG_READERS,
+        query: EXPORT_QUERY,
+        request: None,
+        ok: 200,
+        body: Body::Media(&["text/csv", "application/x-ndjson"]),
+        handler: |m| on(m, logs::export),
+    },
+    Route {
+        method: "get",
+        path: "/v1/provisioning-logs/{id}",
+        summary: "One log entry with its steps",
+        tag: "logs",
+        access: LOG_READERS,
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Json("LogEntry"),
+        handler: |m| on(m, logs::get),
+    },
+    Route {
+        method: "get",
+        path: "/v1/activations/{eventId}",
+        summary: "An event and, per app, its outcome and latency",
+        tag: "logs",
+        access: Access::Roles("admin, operator"),
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Json("Activation"),
+        handler: |m| on(m, logs::activation),
+    },
+    Route {
+        method: "get",
+        path: "/v1/audit",
+        summary: "Who changed what through the API, newest first",
+        tag: "logs",
+        access: ADMIN,
+        query: &["limit"],
+        request: None,
+        ok: 200,
+        body: Body::Json("AuditPage"),
+        handler: |m| on(m, logs::audit),
+    },
+    Route {
+        method: "post",
+        path: "/v1/tokens",
+        summary: "Create an API token (shown once)",
+        tag: "tokens",
+        access: ADMIN,
+        query: &[],
+        request: Some("TokenRequest"),
+        ok: 201,
+        body: Body::Json("TokenCreated"),
+        handler: |m| on(m, tokens::create),
+    },
+    Route {
+        method: "get",
+        path: "/v1/tokens",
+        summary: "The API tokens (never their values)",
+        tag: "tokens",
+        access: ADMIN,
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Json("TokenList"),
+        handler: |m| on(m, tokens::list),
+    },
+    Route {
+        method: "delete",
+        path: "/v1/tokens/{id}",
+        summary: "Revoke a token",
+        tag: "tokens",
+        access: ADMIN,
+        query: &[],
+        request: None,
+        ok: 204,
+        body: Body::Empty,
+        handler: |m| on(m, tokens::revoke),
+    },
+    Route {
+        method: "get",
+        path: "/",
+        summary: "The operator page (signs in with a token held in the browser session)",
+        tag: "service",
+        access: Access::Public,
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Media(&["text/html"]),
+        handler: |m| on(m, ui::page),
+    },
+    Route {
+        method: "get",
+        path: "/healthz",
+        summary: "Liveness",
+        tag: "service",
+        access: Access::Public,
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Media(&["text/plain"]),
+        handler: |m| on(m, healthz),
+    },
+    Route {
+        method: "get",
+        path: "/readyz",
+        summary: "Readiness: the database is reachable",
+        tag: "service",
+        access: Access::Public,
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Media(&["text/plain"]),
+        handler: |m| on(m, readyz),
+    },
+    Route {
+        method: "get",
+        path: "/metrics",
+        summary: "Prometheus metrics (text format)",
+        tag: "service",
+        access: Access::Public,
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Media(&["text/plain; version=0.0.4"]),
+        handler: |m| on(m, metrics),
+    },
+    Route {
+        method: "get",
+        path: "/openapi.json",
+        summary: "This document (OpenAPI 3.1)",
+        tag: "service",
+        access: Access::Public,
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Media(&["application/json"]),
+        handler: |m| on(m, openapi),
+    },
 ];
 
 pub fn router(ctx: ApiContext) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/v1/webhooks/pim", post(webhooks::receive))
-        .route("/v1/apps", post(apps::create).get(apps::list))
-        .route(
-            "/v1/apps/{appId}",
-            get(apps::get).patch(apps::update).delete(apps::delete),
-        )
-        .route("/v1/apps/{appId}/groups", get(apps::list_groups))
-        .route(
-            "/v1/apps/{appId}/groups/{groupId}",
-            put(apps::put_group)
-                .delete(apps::delete_group)
-                .get(apps::list_groups_one),
-        )
-        .route("/v1/apps/{appId}/test-connection", post(apps::test_connection))
-        .route("/v1/apps/{appId}/sync", post(apps::sync_now))
-        .route("/v1/apps/{appId}/sync-cycles", get(apps::cycles))
-        .route("/v1/apps/{appId}/provision-on-demand", post(apps::provision_on_demand))
-        .route("/v1/apps/{appId}/quarantine/clear", post(apps::clear_quarantine))
-        .route(
-            "/v1/groups/{groupId}/members/{principalId}",
-            put(directory::put_member).delete(directory::delete_member),
-        )
-        .route("/v1/provisioning-logs", get(logs::list))
-        .route("/v1/provisioning-logs/export", get(logs::export))
-        .route("/v1/provisioning-logs/{id}", get(logs::get))
-        .route("/v1/activations/{eventId}", get(logs::activation))
-        .route("/v1/audit", get(logs::audit))
-        .route("/v1/tokens", post(tokens::create).get(tokens::list))
-        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
-        .route("/", get(ui::page))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
-        .fallback(|| async { error::ApiError::NotFound })
+    let mut router = Router::new();
+    for route in ROUTES {
+        router = router.route(route.path, (route.handler)(route.method_filter()));
+    }
+    router
+        .fallback(no_route)
         .layer(DefaultBodyLimit::max(webhooks::MAX_BODY))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(ctx)
+}
+
+/// The span of one request, with the request id the answer will carry.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id)
+}
+
+/// No route matches: a 404 that says so (a handler's 404 means "no such resource").
+async fn no_route(method: Method, uri: Uri) -> Response {
+    let body = error::problem_body(
+        StatusCode::NOT_FOUND,
+        &format!("no route for {method} {}", uri.path()),
+        None,
+    );
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 async fn readyz(State(ctx): State<ApiContext>) -> impl IntoResponse {
@@ -132,45 +563,15 @@ async fn readyz(State(ctx): State<ApiContext>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(ctx): State<ApiContext>) -> error::ApiResult<String> {
-    let apps = ctx.engine.ctx.store.list_apps().await?;
-    let mut out = String::new();
-    out.push_str("# HELP scim_bridge_apps Registered apps by status.\n# TYPE scim_bridge_apps gauge\n");
-    for status in ["active", "paused", "quarantined"] {
-        let n = apps.iter().filter(|a| a.status == status).count();
-        out.push_str(&format!("scim_bridge_apps{{status=\"{status}\"}} {n}\n"));
-    }
-    out.push_str("# HELP scim_bridge_app_quarantined 1 while the app is quarantined.\n# TYPE scim_bridge_app_quarantined gauge\n");
-    for app in &apps {
-        out.push_str(&format!(
-            "scim_bridge_app_quarantined{{app_id=\"{}\"}} {}\n",
-            app.id,
-            (app.status == "quarantined") as u8
-        ));
-    }
-    Ok(out)
+async fn metrics(State(ctx): State<ApiContext>) -> error::ApiResult<Response> {
+    let text = crate::metrics::render(&ctx.engine.ctx.store).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response())
 }
 
 async fn openapi() -> axum::Json<Value> {
-    let mut paths = serde_json::Map::new();
-    for (method, path) in ROUTES {
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        let params: Vec<Value> = path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        entry[*method] = json!({
-            "operationId": format!("{method}{}", path.replace(['/', '{', '}', '-'], "_")),
-            "parameters": params,
-            "responses": {"default": {"description": "see the contract"}},
-        });
-    }
-    axum::Json(json!({
-        "openapi": "3.1.0",
-        "info": {"title": "scim-bridge", "version": env!("CARGO_PKG_VERSION")},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "security": [{"bearer": []}],
-        "paths": paths,
-    }))
+    axum::Json(openapi::document())
 }

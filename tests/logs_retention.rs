@@ -1,0 +1,90 @@
+//! Retention: provisioning log entries older than `SCIM_BRIDGE_LOG_RETENTION` (30 days) are
+//! purged in the background, in batches, on the bridge's (here manual) clock.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Event, Kind, PUSH_TIMEOUT, Principal, SourceGroup, Stack, wait_until};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Ownership activations: each is logged `skipped` at once, without a SCIM call.
+async fn log_ownerships(stack: &Stack, group: &SourceGroup, n: usize) {
+    let events: Vec<Event> = (0..n)
+        .map(|_| {
+            Event::activation(&Principal::new(), group)
+                .access("owner")
+                .starting(stack.bridge.now())
+        })
+        .collect();
+    for chunk in events.chunks(100) {
+        stack.bridge.deliver(&chunk.iter().collect::<Vec<_>>()).await;
+    }
+}
+
+/// How many entries of the group's activations are listed (every page).
+async fn count(stack: &Stack, group: &SourceGroup) -> usize {
+    let mut total = 0;
+    let mut cursor = String::new();
+    loop {
+        let mut path = format!("/v1/provisioning-logs?groupId={}&limit=500", group.id);
+        if !cursor.is_empty() {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        let (status, body) = stack.bridge.admin(Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        total += body["items"].as_array().map_or(0, Vec::len);
+        match body["nextCursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => return total,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_older_than_thirty_days_are_purged_in_batches_and_newer_ones_kept() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (old_group, _) = stack.assigned_group().await;
+    let (new_group, _) = stack.assigned_group().await;
+    // More than two purge batches (500 each).
+    log_ownerships(&stack, &old_group, 1_200).await;
+    assert_eq!(count(&stack, &old_group).await, 1_200);
+
+    stack.bridge.advance(2 * DAY).await;
+    log_ownerships(&stack, &new_group, 10).await;
+    assert_eq!(count(&stack, &old_group).await, 1_200, "nothing is past retention yet");
+
+    // 29 days after the old entries: still kept.
+    stack.bridge.advance(27 * DAY).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        count(&stack, &old_group).await,
+        1_200,
+        "29 days old is within retention"
+    );
+
+    // 31 days after the old entries, 29 after the new ones.
+    stack.bridge.advance(2 * DAY).await;
+    let purged = wait_until(PUSH_TIMEOUT, || async { count(&stack, &old_group).await == 0 }).await;
+    assert!(purged, "{} old entries left", count(&stack, &old_group).await);
+    assert_eq!(count(&stack, &new_group).await, 10);
+
+    // The export agrees, and webhooks are taken as before.
+    let (status, body) = stack
+        .bridge
+        .admin(
+            Method::GET,
+            &format!("/v1/provisioning-logs/export?groupId={}", old_group.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, Value::Null, "an empty export");
+    log_ownerships(&stack, &old_group, 1).await;
+    assert_eq!(count(&stack, &old_group).await, 1);
+}
