@@ -44,6 +44,17 @@ async fn count(stack: &Stack, group: &SourceGroup) -> usize {
     }
 }
 
+async fn audit_actions(stack: &Stack) -> Vec<String> {
+    let (status, body) = stack.bridge.admin(Method::GET, "/v1/audit", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str().map(String::from))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn entries_older_than_thirty_days_are_purged_in_batches_and_newer_ones_kept() {
     let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
@@ -68,11 +79,21 @@ async fn entries_older_than_thirty_days_are_purged_in_batches_and_newer_ones_kep
         "29 days old is within retention"
     );
 
+    assert!(
+        audit_actions(&stack).await.contains(&"app.create".to_string()),
+        "audit kept within retention"
+    );
+
     // 31 days after the old entries, 29 after the new ones.
     stack.bridge.advance(2 * DAY).await;
     let purged = wait_until(PUSH_TIMEOUT, || async { count(&stack, &old_group).await == 0 }).await;
     assert!(purged, "{} old entries left", count(&stack, &old_group).await);
     assert_eq!(count(&stack, &new_group).await, 10);
+    // The audit trail is kept as long as the logs: the app's creation 31 days ago is gone.
+    assert!(
+        !audit_actions(&stack).await.contains(&"app.create".to_string()),
+        "audit purged with the logs"
+    );
 
     // The export agrees, and webhooks are taken as before.
     let (status, body) = stack

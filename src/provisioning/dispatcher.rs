@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::clock::Millis;
 use crate::scim::ScimClient;
@@ -375,14 +376,23 @@ impl Dispatcher {
     }
 
     async fn push(&mut self, app: &AppRecord, job: &Job, member: &TargetMember, in_doubt: bool) -> anyhow::Result<()> {
+        let span =
+            tracing::info_span!("push", app_id = %app.id, event_id = ?job.event_id, job_id = %job.id, kind = %job.kind);
+        self.push_in_span(app, job, member, in_doubt).instrument(span).await
+    }
+
+    async fn push_in_span(
+        &mut self,
+        app: &AppRecord,
+        job: &Job,
+        member: &TargetMember,
+        in_doubt: bool,
+    ) -> anyhow::Result<()> {
         let store = self.ctx.store.clone();
         let started = std::time::Instant::now();
         store.start_job(&job.id, self.ctx.now()).await?;
         let client = self.client(app)?;
         let mut steps = Vec::new();
-        let span =
-            tracing::info_span!("push", app_id = %app.id, event_id = ?job.event_id, job_id = %job.id, kind = %job.kind);
-        let _entered = span.enter();
         let result = if job.is_removal() {
             push::remove_member(
                 &self.ctx,

@@ -314,25 +314,41 @@ async fn expiry_loop(ctx: Arc<Ctx>, engine: std::sync::Weak<Engine>, wake: Arc<N
 async fn retention_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
     loop {
         let cutoff = ctx.now() - ctx.config.log_retention_ms;
-        loop {
-            match ctx.store.purge_logs(cutoff, 500).await {
-                Ok(500) => tokio::task::yield_now().await,
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::info!(purged = n, "purged provisioning log entries past retention");
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "log retention purge failed");
-                    break;
-                }
-            }
-        }
+        purge_in_batches("provisioning log entries", || ctx.store.purge_logs(cutoff, PURGE_BATCH)).await;
+        purge_in_batches("audit entries", || ctx.store.purge_audit(cutoff, PURGE_BATCH)).await;
         let next = ctx.now() + 3_600_000;
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ctx.clock.sleep_until(next) => {}
         }
+    }
+}
+
+const PURGE_BATCH: i64 = 500;
+
+/// Deletes in small batches, yielding between them, so webhooks never wait behind a purge.
+async fn purge_in_batches<F, Fut>(what: &str, mut purge: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::store::StoreResult<u64>>,
+{
+    let mut total = 0;
+    loop {
+        match purge().await {
+            Ok(n) => {
+                total += n;
+                if n < PURGE_BATCH as u64 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, what, "retention purge failed");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(purged = total, what, "purged entries past retention");
     }
 }

@@ -406,6 +406,8 @@ pub trait Store: Send + Sync + 'static {
     async fn query_logs(&self, filter: &LogFilter) -> StoreResult<Vec<LogEntry>>;
     async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>>;
     async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
+    /// The audit trail is kept as long as the logs.
+    async fn purge_audit(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
     async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()>;
     async fn update_cycle(&self, c: &CycleRecord) -> StoreResult<()>;
     async fn list_cycles(&self, app_id: &str, limit: i64) -> StoreResult<Vec<CycleRecord>>;

@@ -1208,6 +1208,16 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
+    async fn purge_audit(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
+        let done =
+            sqlx::query("DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE time < ? ORDER BY seq LIMIT ?)")
+                .bind(older_than)
+                .bind(batch)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO sync_cycles (id, app_id, trigger, dry_run, started_at, ended_at, status, counts, progress, report)
