@@ -197,14 +197,27 @@ pub fn parse(raw: &Value) -> Result<Event, FieldError> {
         action,
         Action::SelfActivate | Action::AdminAssign | Action::AdminRenew | Action::SelfRenew
     );
+    let extends = matches!(action, Action::SelfExtend | Action::AdminExtend | Action::AdminUpdate);
+    // A missing end must never turn a time-bound grant into a standing one: only an explicit
+    // `noExpiration` means "no end".
+    let needs_end = (grants || extends) && status != "Revoked";
     let (start_at, end_at) = match raw.get("scheduleInfo") {
-        None | Some(Value::Null) if grants => {
-            return Err(field_err("scheduleInfo", "is required for an activation or assignment"));
+        None | Some(Value::Null) if needs_end => {
+            return Err(field_err(
+                "scheduleInfo",
+                "is required for an activation, assignment or extension",
+            ));
         }
         None | Some(Value::Null) => (None, None),
         Some(schedule) => {
             let start = time_field(schedule, "scheduleInfo.startDateTime", "startDateTime")?;
             let end = match schedule.get("expiration") {
+                None | Some(Value::Null) if needs_end => {
+                    return Err(field_err(
+                        "scheduleInfo.expiration",
+                        "is required (use type noExpiration for no end)",
+                    ));
+                }
                 None | Some(Value::Null) => None,
                 Some(exp) => match exp.get("type").and_then(Value::as_str) {
                     Some("afterDuration") => {
@@ -261,28 +274,6 @@ fn violation(rule: &'static str, field: &str, detail: impl Into<String>) -> Rule
 
 /// Judges an event against the rules; `now` decides "already expired".
 pub fn judge(event: &Event, now: Millis) -> Result<Effect, RuleViolation> {
-    let group = event.raw.get("group");
-    if let Some(rule) = group.and_then(|g| g.get("membershipRule")).filter(|r| !r.is_null())
-        && rule.as_str().is_none_or(|r| !r.trim().is_empty())
-    {
-        return Err(violation(
-            "R6",
-            "group.membershipRule",
-            "dynamic groups can't be managed: their membership comes from a rule",
-        ));
-    }
-    if group
-        .and_then(|g| g.get("onPremisesSyncEnabled"))
-        .and_then(Value::as_bool)
-        == Some(true)
-    {
-        return Err(violation(
-            "R6",
-            "group.onPremisesSyncEnabled",
-            "groups synchronized from on-premises can't be managed",
-        ));
-    }
-
     let removal = matches!(event.action, Action::SelfDeactivate | Action::AdminRemove);
     let grants = matches!(
         event.action,
@@ -292,6 +283,32 @@ pub fn judge(event: &Event, now: Millis) -> Result<Effect, RuleViolation> {
         event.action,
         Action::SelfExtend | Action::AdminExtend | Action::AdminUpdate
     );
+    let revokes = removal || event.status == "Revoked";
+
+    // R6 refuses what would grant membership of an unmanageable group; revocation is never refused.
+    let group = event.raw.get("group");
+    if !revokes
+        && let Some(rule) = group.and_then(|g| g.get("membershipRule")).filter(|r| !r.is_null())
+        && rule.as_str().is_none_or(|r| !r.trim().is_empty())
+    {
+        return Err(violation(
+            "R6",
+            "group.membershipRule",
+            "dynamic groups can't be managed: their membership comes from a rule",
+        ));
+    }
+    if !revokes
+        && group
+            .and_then(|g| g.get("onPremisesSyncEnabled"))
+            .and_then(Value::as_bool)
+            == Some(true)
+    {
+        return Err(violation(
+            "R6",
+            "group.onPremisesSyncEnabled",
+            "groups synchronized from on-premises can't be managed",
+        ));
+    }
 
     // Revocation is never refused (R5): check durations only on what grants or extends.
     if (grants || extends)
@@ -306,6 +323,12 @@ pub fn judge(event: &Event, now: Millis) -> Result<Effect, RuleViolation> {
         ));
     }
 
+    // R4 first: ownership is never pushed, not even its revocation.
+    if event.access_id == "owner" {
+        return Ok(Effect::Skip(
+            "ownership is recorded but never pushed: SCIM groups have no owners".into(),
+        ));
+    }
     if event.status == "Revoked" {
         return Ok(Effect::Remove);
     }
@@ -314,11 +337,6 @@ pub fn judge(event: &Event, now: Millis) -> Result<Effect, RuleViolation> {
             "status `{}` does not change membership",
             event.status
         )));
-    }
-    if event.access_id == "owner" {
-        return Ok(Effect::Skip(
-            "ownership is recorded but never pushed: SCIM groups have no owners".into(),
-        ));
     }
     if removal {
         return Ok(Effect::Remove);
@@ -433,6 +451,32 @@ mod tests {
         ));
         let expired = judge(&parse(&event(json!({}))).unwrap(), at("2026-11-22T12:00:00Z")).unwrap();
         assert_eq!(expired, Effect::Skip("already expired".into()));
+    }
+
+    #[test]
+    fn revocations_of_unmanageable_groups_and_ownership_revocations_are_not_refused_or_pushed() {
+        let now = at("2026-11-22T09:10:00Z");
+        let revoked_dynamic = event(json!({"status": "Revoked", "group": {"membershipRule": "x"}}));
+        assert_eq!(judge(&parse(&revoked_dynamic).unwrap(), now).unwrap(), Effect::Remove);
+        let deactivate_onprem = event(json!({"action": "selfDeactivate", "group": {"onPremisesSyncEnabled": true}}));
+        assert_eq!(judge(&parse(&deactivate_onprem).unwrap(), now).unwrap(), Effect::Remove);
+        let owner_revoked = event(json!({"status": "Revoked", "accessId": "owner"}));
+        assert!(matches!(
+            judge(&parse(&owner_revoked).unwrap(), now).unwrap(),
+            Effect::Skip(_)
+        ));
+    }
+
+    #[test]
+    fn a_grant_or_extension_without_an_end_is_a_field_error() {
+        let no_expiration = event(json!({"scheduleInfo": {"startDateTime": "2026-11-22T09:00:00Z"}}));
+        assert_eq!(parse(&no_expiration).unwrap_err().field, "scheduleInfo.expiration");
+        let mut extend = event(json!({"action": "adminUpdate"}));
+        extend.as_object_mut().unwrap().remove("scheduleInfo");
+        assert_eq!(parse(&extend).unwrap_err().field, "scheduleInfo");
+        let forever = event(json!({"scheduleInfo": {"startDateTime": "2026-11-22T09:00:00Z",
+            "expiration": {"type": "noExpiration"}}}));
+        assert_eq!(parse(&forever).unwrap().end_at, None);
     }
 
     #[test]
