@@ -123,7 +123,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => {
             let store = scim_bridge::store::open(&config.database_url).await?;
             store.migrate().await?;
-            println!("migrations applied to {}", config.database_url);
+            // The URL may hold a password: name only the kind of store.
+            let kind = config.database_url.split(':').next().unwrap_or("database");
+            println!("migrations applied ({kind})");
             Ok(())
         }
         Command::Token {

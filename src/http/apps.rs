@@ -67,14 +67,26 @@ fn settings_from(base: &AppSettings, input: &Map<String, Value>) -> ApiResult<Ap
 fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)) // shared address space (carrier NAT)
+                || (a == 198 && (b == 18 || b == 19)) // benchmarking
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                // IPv4-mapped, IPv4-compatible and NAT64 forms of a private IPv4 address
                 || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+                || (s[..6] == [0; 6] && is_private(IpAddr::V4(std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8))))
+                || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && is_private(IpAddr::V4(std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8))))
         }
     }
 }
@@ -195,8 +207,12 @@ fn text_field(input: &Map<String, Value>, field: &str) -> ApiResult<Option<Strin
     }
 }
 
-fn seal_auth(ctx: &ApiContext, auth: &Value) -> ApiResult<(String, Vec<u8>)> {
+async fn seal_auth(ctx: &ApiContext, auth: &Value) -> ApiResult<(String, Vec<u8>)> {
     crate::provisioning::parse_auth(auth).map_err(|(field, detail)| ApiError::bad(&field, detail))?;
+    // The token endpoint receives the client secret: it is held to the same rule as the SCIM URL.
+    if let Some(token_url) = auth.get("tokenUrl").and_then(Value::as_str) {
+        check_target_url(ctx, "auth.tokenUrl", token_url).await?;
+    }
     let kind = auth["type"].as_str().unwrap_or_default().to_string();
     Ok((kind, ctx.engine.ctx.sealer.seal(auth.to_string().as_bytes())))
 }
@@ -222,7 +238,7 @@ pub async fn create(
     let url = text_field(&input, "scimBaseUrl")?.ok_or_else(|| ApiError::bad("scimBaseUrl", "is required"))?;
     check_target_url(&ctx, "scimBaseUrl", &url).await?;
     let auth = input.get("auth").ok_or_else(|| ApiError::bad("auth", "is required"))?;
-    let (auth_type, sealed) = seal_auth(&ctx, auth)?;
+    let (auth_type, sealed) = seal_auth(&ctx, auth).await?;
     let settings = settings_from(&AppSettings::default(), &input)?;
     let mut owners = vec![caller.name.clone()];
     if caller.role == Role::Admin {
@@ -303,7 +319,7 @@ pub async fn update(
         app.scim_base_url = url;
     }
     if let Some(auth) = input.get("auth") {
-        let (kind, sealed) = seal_auth(&ctx, auth)?;
+        let (kind, sealed) = seal_auth(&ctx, auth).await?;
         app.auth_type = kind;
         app.auth_sealed = sealed;
     }
@@ -484,6 +500,11 @@ pub async fn sync_now(
     Query(q): Query<SyncQuery>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let app = visible_app(&ctx, &caller, &id).await?;
+    if app.status == "paused" && !q.dry_run {
+        return Err(ApiError::Conflict(
+            "the app is paused: no pushes until it is active again (a dryRun cycle is allowed)".into(),
+        ));
+    }
     let cycle_id = uuid::Uuid::now_v7().to_string();
     let engine = &ctx.engine.ctx;
     engine

@@ -106,25 +106,25 @@ impl CycleRun<'_> {
         reason: Option<&str>,
     ) -> anyhow::Result<()> {
         let mut steps = Vec::new();
-        let group_id = match push::ensure_group(self.ctx, self.app, self.client, target, source_group, &mut steps).await
-        {
-            Ok(id) => id,
-            Err(e) => {
-                self.tally.failed(&e);
-                for p in principals {
-                    let member = TargetMember {
-                        target_display_name: target.into(),
-                        principal_id: p.clone(),
-                    };
-                    let mut entry = self.entry(&member, "add_member", "failure").await?;
-                    entry.reason = Some(e.to_string());
-                    entry.steps = steps.clone();
-                    self.ctx.store.insert_log(&entry).await?;
-                    self.counts.failed += 1;
+        let mut group_id =
+            match push::ensure_group(self.ctx, self.app, self.client, target, source_group, &mut steps).await {
+                Ok(id) => id,
+                Err(e) => {
+                    self.tally.failed(&e);
+                    for p in principals {
+                        let member = TargetMember {
+                            target_display_name: target.into(),
+                            principal_id: p.clone(),
+                        };
+                        let mut entry = self.entry(&member, "add_member", "failure").await?;
+                        entry.reason = Some(e.to_string());
+                        entry.steps = steps.clone();
+                        self.ctx.store.insert_log(&entry).await?;
+                        self.counts.failed += 1;
+                    }
+                    return Ok(());
                 }
-                return Ok(());
-            }
-        };
+            };
         let mut ready: Vec<(TargetMember, String, push::PushResult)> = Vec::new();
         for p in principals {
             let member = TargetMember {
@@ -167,6 +167,20 @@ impl CycleRun<'_> {
             let mut patch_steps = steps.clone();
             let started = std::time::Instant::now();
             let mut outcome = self.client.add_members(&group_id, &ids, &mut patch_steps).await;
+            if matches!(&outcome, Err(e) if e.status() == Some(404)) {
+                // The stored group id is stale: resolve once more and send again.
+                self.ctx.store.forget_target_group(&self.app.id, target).await?;
+                outcome =
+                    match push::ensure_group(self.ctx, self.app, self.client, target, source_group, &mut patch_steps)
+                        .await
+                    {
+                        Ok(fresh) => {
+                            group_id = fresh;
+                            self.client.add_members(&group_id, &ids, &mut patch_steps).await
+                        }
+                        Err(e) => Err(e),
+                    };
+            }
             if let Err(ScimError::Network(_)) = &outcome {
                 // The PATCH may have reached the target: read the group rather than send it again.
                 if let Ok(present) = self.client.group_member_ids(&group_id, &mut patch_steps).await
@@ -387,7 +401,86 @@ impl CycleRun<'_> {
     }
 }
 
+/// Runs one cycle. A cycle that breaks off is recorded as failed and, if scheduled, tried again
+/// a little later, so the app's immediate pushes are never starved by a failing cycle.
 pub(super) async fn run(
+    ctx: &Ctx,
+    app: &AppRecord,
+    client: &ScimClient,
+    cycle_id: &str,
+    trigger: &str,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let Err(e) = run_recorded(ctx, app, client, cycle_id, trigger, dry_run).await else {
+        return Ok(());
+    };
+    tracing::error!(app_id = %app.id, cycle_id, error = %e, "cycle broke off");
+    let now = ctx.now();
+    if let Some(mut cycle) = ctx
+        .store
+        .list_cycles(&app.id, 20)
+        .await?
+        .into_iter()
+        .find(|c| c.id == cycle_id)
+    {
+        cycle.status = "failed".into();
+        cycle.ended_at = Some(now);
+        cycle.progress = Some(format!("broke off: {e}"));
+        ctx.store.update_cycle(&cycle).await?;
+    }
+    if trigger == "schedule" {
+        ctx.store
+            .set_next_sync(&app.id, now + ctx.sync_interval_ms(app).min(RETRY_BROKEN_CYCLE_MS))
+            .await?;
+    }
+    Ok(())
+}
+
+const RETRY_BROKEN_CYCLE_MS: Millis = 5 * 60_000;
+
+/// Settles adds whose outcome was unknown: the target says whether the member is there.
+async fn settle_in_doubt(ctx: &Ctx, app: &AppRecord, client: &ScimClient) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let doubtful = store.in_doubt_members(&app.id).await?;
+    if doubtful.is_empty() {
+        return Ok(());
+    }
+    let users: HashMap<String, String> = store
+        .target_users(&app.id)
+        .await?
+        .into_iter()
+        .map(|(p, u)| (p, u.target_user_id))
+        .collect();
+    let mut by_target: BTreeMap<String, Vec<TargetMember>> = BTreeMap::new();
+    for m in doubtful {
+        by_target.entry(m.target_display_name.clone()).or_default().push(m);
+    }
+    for (target, members) in by_target {
+        let mut steps = Vec::new();
+        let group_id = match store.target_group(&app.id, &target).await? {
+            Some(id) => Some(id),
+            None => client.find_group(&target, &mut steps).await.ok().flatten(),
+        };
+        let present = match &group_id {
+            Some(id) => match client.group_member_ids(id, &mut steps).await {
+                Ok(present) => present,
+                Err(_) => continue, // still unknown: try again next cycle
+            },
+            None => Default::default(),
+        };
+        let now = ctx.now();
+        for m in members {
+            if users.get(&m.principal_id).is_some_and(|id| present.contains(id)) {
+                store.mark_provisioned(&app.id, &m, now).await?;
+            } else {
+                store.unmark_provisioned(&app.id, &m).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_recorded(
     ctx: &Ctx,
     app: &AppRecord,
     client: &ScimClient,
@@ -417,6 +510,9 @@ pub(super) async fn run(
         .iter()
         .map(|a| (a.group_id.as_str(), a.target_display_name.as_str()))
         .collect();
+    if !dry_run {
+        settle_in_doubt(ctx, app, client).await?;
+    }
     let deferred = store.deferred_jobs(&app.id).await?;
     let desired: BTreeSet<TargetMember> = store.desired_members(&app.id, started).await?.into_iter().collect();
     let provisioned: BTreeSet<TargetMember> = store.provisioned_members(&app.id).await?.into_iter().collect();

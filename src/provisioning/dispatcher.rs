@@ -19,11 +19,17 @@ use super::{Ctx, job_log, push};
 const BATCH: i64 = 100;
 /// Re-read the store at least this often, whatever the timers say.
 const IDLE_POLL_MS: Millis = 30_000;
+/// Attempts of one push (each with the client's own quick retries) before it is left to the cycle.
+const MAX_PUSH_ATTEMPTS: i64 = 5;
+const RETRY_BASE_MS: Millis = 5_000;
+const MAX_RETRY_DELAY_MS: Millis = 300_000;
 
 struct Dispatcher {
     ctx: Arc<Ctx>,
     app_id: String,
     window: Window,
+    /// A removal is waiting for the window in this pass.
+    removal_waiting: bool,
     client: Option<(Vec<u8>, String, u32, Arc<ScimClient>)>,
 }
 
@@ -40,6 +46,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         ctx: ctx.clone(),
         app_id: app_id.clone(),
         window,
+        removal_waiting: false,
         client: None,
     };
     match ctx.store.recover_in_flight(&app_id, now).await {
@@ -98,9 +105,19 @@ impl Dispatcher {
         };
         let (limit, span) = self.ctx.rate_limit(&app);
         self.window.reconfigure(limit, span);
+        self.removal_waiting = false;
+        let client = match self.client(&app) {
+            Ok(client) => client,
+            Err(e) => {
+                // Nothing can be pushed; the work stays queued and is retried, never lost.
+                tracing::error!(app_id = %app.id, error = %e, "cannot talk to the app: its work waits");
+                return Ok(Some(self.ctx.now() + IDLE_POLL_MS));
+            }
+        };
 
         if let Some((cycle_id, dry_run)) = store.take_cycle_request(&app.id).await? {
-            let client = self.client(&app)?;
+            // A paused app gets no pushes, not even from a cycle asked for before the pause.
+            let dry_run = dry_run || app.status == "paused";
             super::cycle::run(&self.ctx, &app, &client, &cycle_id, "manual", dry_run).await?;
             return Ok(Some(self.ctx.now()));
         }
@@ -109,7 +126,6 @@ impl Dispatcher {
                 let next = self.ctx.now() + self.ctx.sync_interval_ms(&app);
                 store.set_next_sync(&app.id, next).await?;
             } else {
-                let client = self.client(&app)?;
                 let cycle_id = uuid::Uuid::now_v7().to_string();
                 super::cycle::run(&self.ctx, &app, &client, &cycle_id, "schedule", false).await?;
             }
@@ -197,7 +213,11 @@ impl Dispatcher {
             .principal(&job.principal_id)
             .await?
             .map(|p| p.user_principal_name);
-        entry.reason = Some(reason);
+        // The anomaly noted at intake (R5) stays visible whatever became of the job.
+        entry.reason = Some(match job.flag.as_deref().filter(|f| *f != "outcome unknown") {
+            Some(flag) => format!("{flag}; {reason}"),
+            None => reason,
+        });
         self.ctx.store.insert_log(&entry).await?;
         crate::metrics::push(&app.id, status);
         Ok(())
@@ -277,9 +297,27 @@ impl Dispatcher {
         let in_doubt = job.flag.as_deref() == Some("outcome unknown");
 
         if job.is_removal() {
-            // A removal that finds its activation not yet pushed cancels it: nothing goes out.
-            let open_adds = store.open_adds_for(&app.id, &job.principal_id, &job.group_id).await?;
+            if let Some(via) = store.entitled_via(&app.id, &target, &job.principal_id, now).await? {
+                self.finish(
+                    app,
+                    job,
+                    "done",
+                    "skipped",
+                    action,
+                    format!("still entitled to `{target}` through group {via}: membership kept"),
+                )
+                .await?;
+                return Ok(None);
+            }
+            // A removal that finds its (earlier) activation not yet pushed cancels it.
+            let open_adds = store
+                .open_adds_for(&app.id, &job.principal_id, &job.group_id, job.seq)
+                .await?;
             for add in &open_adds {
+                if add.flag.as_deref() == Some("outcome unknown") {
+                    // That add may have reached the target before a stop: remove it there too.
+                    store.mark_in_doubt(&app.id, &member, now).await?;
+                }
                 self.finish(
                     app,
                     add,
@@ -298,18 +336,6 @@ impl Dispatcher {
                     "skipped",
                     action,
                     "the activation was still deferred: cancelled, nothing pushed".into(),
-                )
-                .await?;
-                return Ok(None);
-            }
-            if let Some(via) = store.entitled_via(&app.id, &target, &job.principal_id, now).await? {
-                self.finish(
-                    app,
-                    job,
-                    "done",
-                    "skipped",
-                    action,
-                    format!("still entitled to `{target}` through group {via}: membership kept"),
                 )
                 .await?;
                 return Ok(None);
@@ -340,7 +366,7 @@ impl Dispatcher {
                 .await?;
                 return Ok(None);
             }
-            if !in_doubt && store.is_provisioned(&app.id, &member).await? {
+            if !in_doubt && store.is_confirmed(&app.id, &member).await? {
                 self.finish(
                     app,
                     job,
@@ -353,16 +379,26 @@ impl Dispatcher {
                 return Ok(None);
             }
         }
+        // An earlier add of this pair has an unknown outcome: read the target before adding.
+        let in_doubt = in_doubt || (!job.is_removal() && store.is_provisioned(&app.id, &member).await?);
 
-        // On-demand provisioning is paced, not windowed (SPEC: what counts against the window).
-        if job.trigger == "on_demand" {
+        // On-demand provisioning is paced, not windowed, and a retry of an admitted push is not
+        // a new push (SPEC: what counts against the window).
+        if job.trigger == "on_demand" || job.attempt > 0 {
             self.push(app, job, &member, in_doubt).await?;
             return Ok(None);
         }
-        if let Err(free_at) = self.window.try_admit(now) {
+        // Once a removal waits for the window, no activation may take the room before it.
+        let admitted = if !job.is_removal() && self.removal_waiting {
+            Err(self.window.next_free_at(now))
+        } else {
+            self.window.try_admit(now)
+        };
+        if let Err(free_at) = admitted {
             crate::metrics::window_rejected(&app.id);
             if job.is_removal() {
                 // Revocation never waits for a cycle: it stays first in line for the window.
+                self.removal_waiting = true;
                 return Ok(Some(free_at));
             }
             if job.state != "deferred" {
@@ -378,7 +414,13 @@ impl Dispatcher {
     async fn push(&mut self, app: &AppRecord, job: &Job, member: &TargetMember, in_doubt: bool) -> anyhow::Result<()> {
         let span =
             tracing::info_span!("push", app_id = %app.id, event_id = ?job.event_id, job_id = %job.id, kind = %job.kind);
-        self.push_in_span(app, job, member, in_doubt).instrument(span).await
+        let result = self.push_in_span(app, job, member, in_doubt).instrument(span).await;
+        if result.is_err() {
+            // Whatever broke after the job went in flight, it must not stay there: put it back
+            // in line, its outcome unknown.
+            let _ = self.ctx.store.requeue_in_doubt(&job.id, self.ctx.now()).await;
+        }
+        result
     }
 
     async fn push_in_span(
@@ -390,8 +432,8 @@ impl Dispatcher {
     ) -> anyhow::Result<()> {
         let store = self.ctx.store.clone();
         let started = std::time::Instant::now();
-        store.start_job(&job.id, self.ctx.now()).await?;
         let client = self.client(app)?;
+        store.start_job(&job.id, self.ctx.now()).await?;
         let mut steps = Vec::new();
         let result = if job.is_removal() {
             push::remove_member(
@@ -448,13 +490,41 @@ impl Dispatcher {
                 tracing::info!(latency_ms = entry.latency_ms, "pushed");
             }
             Err(e) => {
-                store.set_job_state(&job.id, "failed", None, now).await?;
-                entry.status = "failure".into();
-                entry.reason = Some(match &job.flag {
-                    Some(flag) if flag != "outcome unknown" => format!("{flag}; {e}"),
-                    _ => e.to_string(),
+                if !job.is_removal() && e.outcome_unknown() {
+                    // The add may be at the target: a later removal must still go out.
+                    store.mark_in_doubt(&app.id, member, now).await?;
+                }
+                let flag = job.flag.as_deref().filter(|f| *f != "outcome unknown");
+                let retry_at = (e.is_transient() && job_now.attempt < MAX_PUSH_ATTEMPTS).then(|| {
+                    let backoff = RETRY_BASE_MS << (job_now.attempt - 1).clamp(0, 5);
+                    now + e
+                        .retry_after()
+                        .map_or(backoff, |d| d.as_millis() as Millis)
+                        .min(MAX_RETRY_DELAY_MS)
                 });
-                tracing::warn!(error = %e, "push failed; the next cycle reconciles it");
+                match retry_at {
+                    Some(at) => {
+                        // Throttled or unreachable: the push keeps its place (no new window
+                        // slot) and goes again at `at`, long before any cycle.
+                        store.retry_job_at(&job.id, at, now).await?;
+                        entry.status = "deferred".into();
+                        entry.deferred_until = Some(at);
+                        entry.reason = Some(match flag {
+                            Some(flag) => format!("{flag}; {e}; retrying"),
+                            None => format!("{e}; retrying"),
+                        });
+                        tracing::warn!(error = %e, retry_at = at, "push failed for now; retrying");
+                    }
+                    None => {
+                        store.set_job_state(&job.id, "failed", None, now).await?;
+                        entry.status = "failure".into();
+                        entry.reason = Some(match flag {
+                            Some(flag) => format!("{flag}; {e}"),
+                            None => e.to_string(),
+                        });
+                        tracing::warn!(error = %e, "push failed; the next cycle reconciles it");
+                    }
+                }
             }
         }
         store.insert_log(&entry).await?;

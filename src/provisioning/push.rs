@@ -172,7 +172,7 @@ pub async fn add_member(
                 return Ok(result);
             }
             // The add may have reached the target: look at the group before sending it again.
-            Err(ScimError::Network(_)) if unknown_outcomes < 3 => {
+            Err(e) if e.outcome_unknown() && unknown_outcomes < 3 => {
                 unknown_outcomes += 1;
                 in_doubt = true;
             }
@@ -240,8 +240,19 @@ pub async fn remove_member(
     match client.remove_member(&group_id, &user_id, legacy, steps).await {
         Ok(()) => Ok(result),
         Err(e) if e.status() == Some(404) => {
+            // The stored group id is stale: resolve once more before calling the member gone.
             let _ = store.forget_target_group(&app.id, target_display_name).await;
-            result.note = Some("the group is gone at the target: nothing to remove".into());
+            match client.find_group(target_display_name, steps).await? {
+                Some(fresh) if fresh != group_id => {
+                    store
+                        .put_target_group(&app.id, target_display_name, &fresh)
+                        .await
+                        .map_err(|e| ScimError::Protocol(e.to_string()))?;
+                    client.remove_member(&fresh, &user_id, legacy, steps).await?;
+                    result.target_group_id = Some(fresh);
+                }
+                _ => result.note = Some("the group is gone at the target: nothing to remove".into()),
+            }
             Ok(result)
         }
         Err(e) if e.status() == Some(400) => {

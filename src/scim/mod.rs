@@ -43,8 +43,9 @@ pub enum ScimError {
     },
     #[error("network error: {0}")]
     Network(String),
-    #[error("could not get an access token: {0}")]
-    Token(String),
+    /// The token endpoint failed; `status` is its HTTP answer, `None` when it was unreachable.
+    #[error("could not get an access token: {detail}")]
+    Token { status: Option<u16>, detail: String },
     #[error("unexpected answer from the target: {0}")]
     Protocol(String),
 }
@@ -56,13 +57,51 @@ impl ScimError {
             _ => None,
         }
     }
-    /// 401 and 403 (and a token endpoint that refuses): the credentials are wrong.
+    /// 401 and 403, from the target or its token endpoint (which also says 400 for a bad
+    /// client): the credentials are wrong.
     pub fn is_auth_refusal(&self) -> bool {
-        matches!(self.status(), Some(401 | 403)) || matches!(self, Self::Token(_))
+        matches!(self.status(), Some(401 | 403))
+            || matches!(
+                self,
+                Self::Token {
+                    status: Some(400 | 401 | 403),
+                    ..
+                }
+            )
     }
-    /// 429 and 503 never count as a failure of the app.
+    /// 429 and 503, from the target or its token endpoint, never count as a failure of the app.
     pub fn is_throttle(&self) -> bool {
         matches!(self.status(), Some(429 | 503))
+            || matches!(
+                self,
+                Self::Token {
+                    status: Some(429 | 503),
+                    ..
+                }
+            )
+    }
+    /// The request may have been applied although no answer says so: a network error or a
+    /// gateway/server error. Such a write is checked at the target before it is sent again.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::Network(_)) || matches!(self.status(), Some(500 | 502 | 504))
+    }
+    /// Worth trying again later: throttling, server errors, an unreachable target.
+    pub fn is_transient(&self) -> bool {
+        self.is_retryable()
+            || matches!(
+                self,
+                Self::Token {
+                    status: None | Some(429 | 500..),
+                    ..
+                }
+            )
+    }
+    /// How long the target asked to wait, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
     fn is_retryable(&self) -> bool {
         match self {
@@ -199,7 +238,9 @@ fn patch(operations: Value) -> Value {
 
 impl ScimClient {
     pub fn new(base_url: &str, auth: Auth, options: ClientOptions) -> anyhow::Result<Self> {
+        // No redirects: a target must not steer the bridge (and its credentials) elsewhere.
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(options.connect_timeout)
             .timeout(options.request_timeout)
             .user_agent(concat!("scim-bridge/", env!("CARGO_PKG_VERSION")))
@@ -249,20 +290,29 @@ impl ScimClient {
                     .form(&form)
                     .send()
                     .await
-                    .map_err(|e| ScimError::Token(format!("token endpoint unreachable: {}", e.without_url())))?;
+                    .map_err(|e| ScimError::Token {
+                        status: None,
+                        detail: format!("token endpoint unreachable: {}", e.without_url()),
+                    })?;
                 let status = answer.status();
-                let body: Value = answer
-                    .json()
-                    .await
-                    .map_err(|_| ScimError::Token(format!("token endpoint answered {status} without JSON")))?;
+                let body: Value = answer.json().await.map_err(|_| ScimError::Token {
+                    status: Some(status.as_u16()),
+                    detail: format!("token endpoint answered {status} without JSON"),
+                })?;
                 if !status.is_success() {
                     let error = body.get("error").and_then(Value::as_str).unwrap_or("unknown error");
-                    return Err(ScimError::Token(format!("token endpoint answered {status}: {error}")));
+                    return Err(ScimError::Token {
+                        status: Some(status.as_u16()),
+                        detail: format!("token endpoint answered {status}: {error}"),
+                    });
                 }
                 let token = body
                     .get("access_token")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| ScimError::Token("token endpoint answered without access_token".into()))?
+                    .ok_or_else(|| ScimError::Token {
+                        status: Some(status.as_u16()),
+                        detail: "token endpoint answered without access_token".into(),
+                    })?
                     .to_string();
                 let lifetime = body.get("expires_in").and_then(Value::as_u64).unwrap_or(300);
                 // Refresh a little early so a token never expires in flight.
@@ -401,7 +451,7 @@ impl ScimClient {
                         _ => None,
                     };
                     let retry = e.is_retryable()
-                        && (retry_network || !matches!(e, ScimError::Network(_)))
+                        && (retry_network || !e.outcome_unknown())
                         && attempt < self.options.max_attempts
                         && wait.is_none_or(|w| w <= MAX_RETRY_AFTER);
                     let detail = e.to_string();

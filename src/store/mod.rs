@@ -372,7 +372,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     async fn start_job(&self, job_id: &str, now: Millis) -> StoreResult<()>;
     async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>>;
-    async fn open_adds_for(&self, app_id: &str, principal_id: &str, group_id: &str) -> StoreResult<Vec<Job>>;
+    /// Adds for the pair that are not pushed yet and were queued before job `before_seq`.
+    async fn open_adds_for(
+        &self,
+        app_id: &str,
+        principal_id: &str,
+        group_id: &str,
+        before_seq: i64,
+    ) -> StoreResult<Vec<Job>>;
     async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()>;
     async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool>;
     async fn membership_start(&self, principal_id: &str, group_id: &str) -> StoreResult<Option<Millis>>;
@@ -397,7 +404,17 @@ pub trait Store: Send + Sync + 'static {
     async fn forget_target_group(&self, app_id: &str, display_name: &str) -> StoreResult<()>;
     async fn mark_provisioned(&self, app_id: &str, m: &TargetMember, now: Millis) -> StoreResult<()>;
     async fn unmark_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<()>;
+    /// The bridge has, or may have, put the member there (confirmed or in doubt).
     async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool>;
+    /// The target confirmed the member.
+    async fn is_confirmed(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool>;
+    /// An add was sent but its outcome is unknown.
+    async fn mark_in_doubt(&self, app_id: &str, m: &TargetMember, now: Millis) -> StoreResult<()>;
+    async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>>;
+    /// Puts a job back in line at `not_before` (a retry of an admitted push).
+    async fn retry_job_at(&self, job_id: &str, not_before: Millis, now: Millis) -> StoreResult<()>;
+    /// A job whose push was interrupted: pending again, its outcome unknown.
+    async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()>;
     async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>>;
     async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>>;
 

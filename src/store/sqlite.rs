@@ -832,14 +832,21 @@ impl Store for SqliteStore {
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
-    async fn open_adds_for(&self, app_id: &str, principal_id: &str, group_id: &str) -> StoreResult<Vec<Job>> {
+    async fn open_adds_for(
+        &self,
+        app_id: &str,
+        principal_id: &str,
+        group_id: &str,
+        before_seq: i64,
+    ) -> StoreResult<Vec<Job>> {
         let rows = sqlx::query(
             "SELECT * FROM jobs WHERE app_id = ? AND principal_id = ? AND group_id = ? AND kind = 'add'
-             AND state IN ('pending', 'deferred') ORDER BY seq",
+             AND state IN ('pending', 'deferred') AND seq < ? ORDER BY seq",
         )
         .bind(app_id)
         .bind(principal_id)
         .bind(group_id)
+        .bind(before_seq)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(job_from_row).collect()
@@ -1078,8 +1085,8 @@ impl Store for SqliteStore {
 
     async fn mark_provisioned(&self, app_id: &str, m: &TargetMember, now: Millis) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed) VALUES (?, ?, ?, ?, 1)
+             ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE SET confirmed = 1",
         )
         .bind(app_id)
         .bind(&m.target_display_name)
@@ -1109,6 +1116,72 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.is_some())
+    }
+
+    async fn is_confirmed(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM provisioned WHERE app_id = ? AND target_display_name = ? AND principal_id = ? AND confirmed = 1",
+        )
+        .bind(app_id)
+        .bind(&m.target_display_name)
+        .bind(&m.principal_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn mark_in_doubt(&self, app_id: &str, m: &TargetMember, now: Millis) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed) VALUES (?, ?, ?, ?, 0)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(app_id)
+        .bind(&m.target_display_name)
+        .bind(&m.principal_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
+        let rows = sqlx::query(
+            "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = ? AND confirmed = 0
+             ORDER BY target_display_name, principal_id",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TargetMember {
+                    target_display_name: r.try_get(0)?,
+                    principal_id: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn retry_job_at(&self, job_id: &str, not_before: Millis, now: Millis) -> StoreResult<()> {
+        sqlx::query("UPDATE jobs SET state = 'pending', not_before = ?, updated_at = ? WHERE id = ?")
+            .bind(not_before)
+            .bind(now)
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = ?
+             WHERE id = ? AND state = 'in_flight'",
+        )
+        .bind(now)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
