@@ -506,6 +506,12 @@ async fn a_paused_app_gets_no_pushes_until_it_is_active_and_its_cycle_comes() {
     deliver_all(&stack, &events).await;
     let log = stack.bridge.wait_for_event_log(&events[0], "deferred", None).await;
     assert_eq!(log["reason"], "app paused");
+    let (status, body) = stack.bridge.admin(Method::POST, &format!("{path}/sync"), None).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a paused app refuses a writing cycle: {body}"
+    );
     assert!(stack.target.group_member_user_names(&target_name).await.is_empty());
 
     let (status, _) = stack
@@ -674,4 +680,84 @@ async fn an_add_whose_answer_was_lost_is_checked_at_the_target_before_it_is_sent
         log["steps"].to_string().contains("read_group"),
         "the group was read before resending: {log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removal_still_goes_out_when_the_add_before_it_had_an_unknown_outcome() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let Some(proxy) = FaultProxy::start(&stack.target).await else {
+        return;
+    };
+    let (_, group, target_name) = app_with(&stack, &proxy.base_url_for(&stack.target), json!({})).await;
+    let ps = principals(1);
+    // Make the group exist first, then lose every answer about it: the add lands at the target
+    // but the bridge never learns so.
+    let warm_up = activations(&stack, &principals(1), &group);
+    deliver_all(&stack, &warm_up).await;
+    stack.bridge.wait_for_event_log(&warm_up[0], "success", None).await;
+    proxy
+        .arm(json!({"mode": "drop", "when": "after", "count": -1, "match": {"pathContains": "/Groups/"}}))
+        .await;
+    let events = activations(&stack, &ps, &group);
+    deliver_all(&stack, &events).await;
+    let log = stack
+        .bridge
+        .wait_for_log(
+            &[("eventId", events[0].id())],
+            |e| e["status"] == "deferred",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(log["reason"].as_str().unwrap_or("").contains("retrying"), "{log}");
+    proxy.clear().await;
+
+    // The user deactivates: the removal must reach the target, where the add did land.
+    let end = events[0].deactivation();
+    stack.bridge.deliver(&[&end]).await;
+    stack
+        .bridge
+        .wait_for_event_log(&end, "success", Some("remove_member"))
+        .await;
+    let remaining = stack.target.group_member_user_names(&target_name).await;
+    assert!(
+        !remaining.contains(&ps[0].upn().to_string()),
+        "revoked at the target: {remaining:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_removal_is_retried_before_any_cycle() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let Some(proxy) = FaultProxy::start(&stack.target).await else {
+        return;
+    };
+    let (_, group, target_name) = app_with(&stack, &proxy.base_url_for(&stack.target), json!({})).await;
+    let ps = principals(1);
+    let events = activations(&stack, &ps, &group);
+    deliver_all(&stack, &events).await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+
+    // More 429s than one attempt's quick retries absorb.
+    proxy
+        .arm(json!({"mode": "status", "status": 429, "retryAfter": "0", "count": 4,
+                    "match": {"method": "PATCH"}}))
+        .await;
+    let end = events[0].deactivation();
+    stack.bridge.deliver(&[&end]).await;
+    stack
+        .bridge
+        .wait_for_event_log(&end, "deferred", Some("remove_member"))
+        .await;
+    stack.bridge.advance(Duration::from_secs(1)).await;
+    stack.target.assert_members_eventually(&target_name, &[]).await;
+    let done = stack
+        .bridge
+        .wait_for_event_log(&end, "success", Some("remove_member"))
+        .await;
+    assert_eq!(done["trigger"], "deactivation");
+    assert!(done["cycleId"].is_null(), "not the cycle: {done}");
 }

@@ -248,6 +248,17 @@ impl FaultProxy {
         assert!(status.is_success(), "arming {fault}: {status} {body}");
     }
 
+    /// Disarms every fault: requests pass through untouched again.
+    pub async fn clear(&self) {
+        let answer = self
+            .http
+            .delete(format!("{}/__faults", self.url))
+            .send()
+            .await
+            .expect("clear faults");
+        assert!(answer.status().is_success(), "clearing faults: {}", answer.status());
+    }
+
     /// The requests the proxy saw: `[{method, path, status, faulted}]`.
     pub async fn seen(&self) -> Vec<Value> {
         let (_, body) = read_answer(
