@@ -761,3 +761,27 @@ async fn a_throttled_removal_is_retried_before_any_cycle() {
     assert_eq!(done["trigger"], "deactivation");
     assert!(done["cycleId"].is_null(), "not the cycle: {done}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_does_not_reset_the_window() {
+    let Some(mut stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let ps = principals(6);
+    deliver_all(&stack, &activations(&stack, &ps[..5], &group)).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &upns(&ps[..5]))
+        .await;
+
+    stack.bridge.restart().await;
+    stack.bridge.advance(Duration::from_secs(1)).await;
+    let sixth = activations(&stack, &ps[5..], &group);
+    deliver_all(&stack, &sixth).await;
+    stack
+        .bridge
+        .wait_for_event_log(&sixth[0], "deferred", Some("add_member"))
+        .await;
+    assert_eq!(stack.target.group_member_user_names(&target_name).await.len(), 5);
+}

@@ -37,8 +37,14 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
     let now = ctx.now();
     let window = match ctx.store.get_app(&app_id).await {
         Ok(Some(app)) => {
+            // A restart must not reset the window: rebuild it from the pushes just made.
             let (limit, span) = ctx.rate_limit(&app);
-            Window::new(limit, span)
+            let recent = ctx
+                .store
+                .recent_push_times(&app_id, now - span)
+                .await
+                .unwrap_or_default();
+            Window::with_history(limit, span, recent)
         }
         _ => return,
     };

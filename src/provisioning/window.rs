@@ -33,6 +33,13 @@ impl Window {
         w
     }
 
+    /// A window that remembers pushes made at `times` (ascending), e.g. before a restart.
+    pub fn with_history(limit: u32, span: Millis, times: impl IntoIterator<Item = Millis>) -> Self {
+        let mut w = Self::new(limit, span);
+        w.admitted = times.into_iter().collect();
+        w
+    }
+
     pub fn reconfigure(&mut self, limit: u32, span: Millis) {
         self.limit = limit.max(1) as usize;
         self.span = span.max(1);
@@ -104,6 +111,13 @@ mod tests {
             assert!(inside <= 5, "{inside} admitted in the 10 s after {t}");
         }
         assert_eq!(admitted.len(), 30);
+    }
+
+    #[test]
+    fn a_window_rebuilt_from_history_counts_the_pushes_before_a_restart() {
+        let mut w = Window::with_history(5, 10_000, [1_000, 2_000, 3_000, 4_000]);
+        assert!(w.try_admit(5_000).is_ok());
+        assert_eq!(w.try_admit(5_000), Err(11_000));
     }
 
     #[test]

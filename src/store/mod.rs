@@ -422,6 +422,9 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()>;
     async fn query_logs(&self, filter: &LogFilter) -> StoreResult<Vec<LogEntry>>;
     async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>>;
+    /// When the app's immediate pushes since `since` were made (from the log: completion times,
+    /// which are never earlier than admission), to rebuild the window after a restart.
+    async fn recent_push_times(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>>;
     async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
     /// The audit trail is kept as long as the logs.
     async fn purge_audit(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;

@@ -1270,6 +1270,20 @@ impl Store for SqliteStore {
         row.as_ref().map(log_from_row).transpose()
     }
 
+    async fn recent_push_times(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
+        // Pushes that went out: immediate triggers, a SCIM call made (no-ops have no steps).
+        let rows = sqlx::query(
+            "SELECT time FROM provisioning_logs WHERE app_id = ? AND time >= ? AND cycle_id IS NULL
+             AND trigger IN ('activation', 'deactivation', 'expiry') AND status IN ('success', 'failure')
+             AND attempt = 1 AND steps != '[]' ORDER BY time",
+        )
+        .bind(app_id)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("time")?)).collect()
+    }
+
     async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
         let done = sqlx::query(
             "DELETE FROM provisioning_logs WHERE seq IN (SELECT seq FROM provisioning_logs WHERE time < ? ORDER BY seq LIMIT ?)",
