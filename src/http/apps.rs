@@ -377,12 +377,12 @@ pub async fn delete(
         return Err(ApiError::Forbidden("only the app's owners and admins delete it".into()));
     }
     let engine = &ctx.engine.ctx;
+    // Delete first (no new work is taken), then wait for the push in flight: after that nothing
+    // else writes to the target for this app, so deprovisioning cannot race a late add.
+    engine.store.delete_app(&app.id, engine.now()).await?;
+    ctx.engine.stop_dispatcher(&app.id).await;
     let mut removed = 0;
     if q.deprovision {
-        engine
-            .store
-            .set_app_status(&app.id, "paused", Some("being deleted"), app.quarantine_level)
-            .await?;
         let client = engine.client_for(&app)?;
         for member in engine.store.provisioned_members(&app.id).await? {
             let mut steps = Vec::new();
@@ -392,7 +392,6 @@ pub async fn delete(
             }
         }
     }
-    engine.store.delete_app(&app.id, engine.now()).await?;
     ctx.audit(
         &caller,
         "app.delete",
@@ -400,7 +399,6 @@ pub async fn delete(
         json!({"deprovision": q.deprovision, "membersRemoved": removed}),
     )
     .await?;
-    ctx.engine.wake(&app.id);
     Ok(StatusCode::NO_CONTENT)
 }
 

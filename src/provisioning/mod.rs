@@ -194,6 +194,7 @@ pub(crate) fn steps_note(step: &str, status: &str, detail: impl Into<String>) ->
 
 struct DispatcherHandle {
     wake: Arc<Notify>,
+    stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
@@ -240,13 +241,23 @@ impl Engine {
             return;
         }
         let wake = Arc::new(Notify::new());
+        let stop = self.stop.child_token();
         let task = tokio::spawn(dispatcher::run(
             self.ctx.clone(),
             app_id.to_string(),
             wake.clone(),
-            self.stop.clone(),
+            stop.clone(),
         ));
-        map.insert(app_id.to_string(), DispatcherHandle { wake, task });
+        map.insert(app_id.to_string(), DispatcherHandle { wake, stop, task });
+    }
+
+    /// Stops the app's dispatcher and waits until the push it is making has finished.
+    pub async fn stop_dispatcher(&self, app_id: &str) {
+        let handle = self.dispatchers.lock().expect("lock").remove(app_id);
+        if let Some(handle) = handle {
+            handle.stop.cancel();
+            let _ = handle.task.await;
+        }
     }
 
     /// Tells the app's dispatcher to look at its work again. Carries no data: a lost wake-up
