@@ -144,6 +144,12 @@ impl Dispatcher {
             if jobs.is_empty() {
                 break;
             }
+            // Read the app after its jobs: a pause (or quarantine) committed before a job arrived
+            // is always seen by that job.
+            match store.get_app(&self.app_id).await? {
+                Some(fresh) => app = fresh,
+                None => return Ok(None),
+            }
             for job in &jobs {
                 if stop.is_cancelled() {
                     return Ok(Some(self.ctx.now()));
@@ -156,11 +162,6 @@ impl Dispatcher {
             }
             if wait_for_window.is_some() {
                 break 'batches;
-            }
-            // Settings (pause, quarantine) may have changed while pushing.
-            match store.get_app(&self.app_id).await? {
-                Some(fresh) => app = fresh,
-                None => return Ok(None),
             }
         }
 
