@@ -4,6 +4,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY src ./src
 COPY migrations ./migrations
+# The manifest names the benchmark target, so its source must be present to build.
+COPY benches ./benches
 RUN cargo build --release --locked --bin scim-bridge
 
 # Runtime stage: a small image with CA certificates and an unprivileged user.
