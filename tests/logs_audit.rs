@@ -150,6 +150,13 @@ async fn a_scripted_admin_session_is_in_the_audit_trail_with_actor_action_target
     let (_, two) = bridge.admin(Method::GET, "/v1/audit?limit=2", None).await;
     assert_eq!(two["items"].as_array().unwrap().len(), 2);
     assert_eq!(two["items"][0], items[0]);
+    // The cursor continues where the page ended, with nothing skipped or repeated.
+    let cursor = two["nextCursor"].as_str().expect("a next page");
+    let (_, next) = bridge
+        .admin(Method::GET, &format!("/v1/audit?limit=2&cursor={cursor}"), None)
+        .await;
+    assert_eq!(next["items"][0], items[2]);
+    assert_eq!(next["items"][1], items[3]);
     let (status, _) = bridge.admin(Method::GET, "/v1/audit?limit=0", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = bridge

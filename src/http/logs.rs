@@ -301,6 +301,7 @@ pub async fn activation(
 #[derive(Debug, Deserialize, Default)]
 pub struct AuditQuery {
     limit: Option<i64>,
+    cursor: Option<String>,
 }
 
 pub async fn audit(
@@ -313,14 +314,14 @@ pub async fn audit(
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad("limit", "must be between 1 and 500"));
     }
-    let items: Vec<Value> = ctx
-        .engine
-        .ctx
-        .store
-        .list_audit(limit)
-        .await?
+    let before = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let entries = ctx.engine.ctx.store.list_audit(limit, before).await?;
+    let next = (entries.len() as i64 == limit)
+        .then(|| entries.last().map(|e| encode_cursor(e.seq)))
+        .flatten();
+    let items: Vec<Value> = entries
         .iter()
         .map(|a| json!({"time": to_rfc3339(a.time), "actor": a.actor, "action": a.action, "target": a.target, "detail": a.detail}))
         .collect();
-    Ok(Json(json!({"items": items})))
+    Ok(Json(json!({"items": items, "nextCursor": next})))
 }

@@ -408,7 +408,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Who changed what through the API, newest first",
         tag: "logs",
         access: ADMIN,
-        query: &["limit"],
+        query: &["limit", "cursor"],
         request: None,
         ok: 200,
         body: Body::Json("AuditPage"),

@@ -515,7 +515,16 @@ fn schemas() -> Value {
             },
         }),
     );
-    schemas.insert("AuditPage".into(), json!(items_of("AuditEntry")));
+    schemas.insert(
+        "AuditPage".into(),
+        json!({
+            "type": "object", "required": ["items", "nextCursor"],
+            "properties": {
+                "items": {"type": "array", "items": schema_ref("AuditEntry"), "description": "Newest first"},
+                "nextCursor": {"type": ["string", "null"], "description": "Pass as `cursor` for the next (older) page; null on the last page"},
+            },
+        }),
+    );
     schemas.insert(
         "TokenRequest".into(),
         json!({

@@ -434,7 +434,8 @@ pub trait Store: Send + Sync + 'static {
     async fn request_cycle(&self, app_id: &str, cycle_id: &str, dry_run: bool, now: Millis) -> StoreResult<()>;
     async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>>;
     async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()>;
-    async fn list_audit(&self, limit: i64) -> StoreResult<Vec<AuditEntry>>;
+    /// Newest first; `before_seq` continues a listing.
+    async fn list_audit(&self, limit: i64, before_seq: Option<i64>) -> StoreResult<Vec<AuditEntry>>;
 }
 
 pub type SharedStore = Arc<dyn Store>;

@@ -1385,8 +1385,9 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn list_audit(&self, limit: i64) -> StoreResult<Vec<AuditEntry>> {
-        let rows = sqlx::query("SELECT * FROM audit ORDER BY seq DESC LIMIT ?")
+    async fn list_audit(&self, limit: i64, before_seq: Option<i64>) -> StoreResult<Vec<AuditEntry>> {
+        let rows = sqlx::query("SELECT * FROM audit WHERE (?1 IS NULL OR seq < ?1) ORDER BY seq DESC LIMIT ?2")
+            .bind(before_seq)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
