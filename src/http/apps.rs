@@ -64,33 +64,6 @@ fn settings_from(base: &AppSettings, input: &Map<String, Value>) -> ApiResult<Ap
     Ok(settings)
 }
 
-fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)) // shared address space (carrier NAT)
-                || (a == 198 && (b == 18 || b == 19)) // benchmarking
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                // IPv4-mapped, IPv4-compatible and NAT64 forms of a private IPv4 address
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
-                || (s[..6] == [0; 6] && is_private(IpAddr::V4(std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8))))
-                || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && is_private(IpAddr::V4(std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8))))
-        }
-    }
-}
-
 /// Refuses URLs that are not http(s), and (unless allowed) ones that resolve to private addresses.
 async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult<()> {
     let url = url::Url::parse(raw).map_err(|_| ApiError::bad(field, "is not a URL"))?;
@@ -114,7 +87,7 @@ async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult
             .map(|a| a.ip())
             .collect(),
     };
-    if addrs.iter().any(|ip| is_private(*ip)) {
+    if addrs.iter().any(|ip| crate::scim::is_private_address(*ip)) {
         return Err(ApiError::unprocessable(
             field,
             "resolves to a loopback, private or link-local address (set SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS=true to allow)",

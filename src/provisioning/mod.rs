@@ -115,6 +115,7 @@ impl Ctx {
 
     pub fn client_for(&self, app: &AppRecord) -> anyhow::Result<ScimClient> {
         let options = ClientOptions {
+            allow_private: self.config.allow_private_targets,
             requests_per_second: app.settings.pacing.requests_per_second,
             ..ClientOptions::default()
         };

@@ -2,6 +2,7 @@
 //! never sees the database: callers pass ids in and get ids and a trace of every call back.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
@@ -116,6 +117,8 @@ pub type ScimResult<T> = Result<T, ScimError>;
 
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
+    /// Connect to private addresses too (SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS).
+    pub allow_private: bool,
     pub requests_per_second: u32,
     pub max_attempts: u32,
     pub connect_timeout: Duration,
@@ -125,6 +128,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
+            allow_private: false,
             requests_per_second: 25,
             max_attempts: 4,
             connect_timeout: Duration::from_secs(5),
@@ -144,6 +148,55 @@ pub struct ScimClient {
     options: ClientOptions,
     /// The app this client talks to, as a metrics label (empty: not counted).
     metrics_app: String,
+}
+
+/// Loopback, private, link-local and other non-public addresses (also in their IPv6 forms): SCIM
+/// targets and token endpoints there are refused unless private targets are allowed.
+pub fn is_private_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)) // shared address space (carrier NAT)
+                || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                // IPv4-mapped, IPv4-compatible and NAT64 forms of a private IPv4 address
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_private_address(IpAddr::V4(v4)))
+                || (s[..6] == [0; 6] && is_private_address(IpAddr::V4(std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8))))
+                || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && is_private_address(IpAddr::V4(std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8))))
+        }
+    }
+}
+
+/// Resolves host names like the system does, but never to a private address: a name that was
+/// public when the app was registered cannot later be pointed inside (DNS rebinding).
+struct PublicAddressesOnly;
+
+impl reqwest::dns::Resolve for PublicAddressesOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| !is_private_address(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} resolves only to private addresses, which are refused").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// Escapes a value for a SCIM filter string literal.
@@ -239,12 +292,15 @@ fn patch(operations: Value) -> Value {
 impl ScimClient {
     pub fn new(base_url: &str, auth: Auth, options: ClientOptions) -> anyhow::Result<Self> {
         // No redirects: a target must not steer the bridge (and its credentials) elsewhere.
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(options.connect_timeout)
             .timeout(options.request_timeout)
-            .user_agent(concat!("scim-bridge/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("scim-bridge/", env!("CARGO_PKG_VERSION")));
+        if !options.allow_private {
+            builder = builder.dns_resolver(PublicAddressesOnly);
+        }
+        let http = builder.build()?;
         let rps = NonZeroU32::new(options.requests_per_second.max(1)).expect("non-zero");
         Ok(Self {
             http,
@@ -696,6 +752,17 @@ impl ScimClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn names_resolving_to_private_addresses_are_refused_at_connect_time() {
+        use reqwest::dns::Resolve;
+        let refused = PublicAddressesOnly.resolve("localhost".parse().unwrap()).await;
+        assert!(refused.is_err());
+        assert!(is_private_address("100.64.1.1".parse().unwrap()));
+        assert!(is_private_address("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(is_private_address("64:ff9b::a9fe:a9fe".parse().unwrap()));
+        assert!(!is_private_address("93.184.216.34".parse().unwrap()));
+    }
 
     #[test]
     fn filter_values_are_escaped() {
