@@ -106,6 +106,7 @@ impl Dispatcher {
     /// One look at everything the app has to do. Answers when to look again (`None`: the app is gone).
     async fn pass(&mut self, stop: &CancellationToken) -> anyhow::Result<Option<Millis>> {
         let store = self.ctx.store.clone();
+        let pass_started = self.ctx.now();
         let Some(mut app) = store.get_app(&self.app_id).await? else {
             return Ok(None);
         };
@@ -171,7 +172,8 @@ impl Dispatcher {
 
         let now = self.ctx.now();
         let mut next = (now + IDLE_POLL_MS).min(app.next_sync_at);
-        if let Some(t) = store.next_job_time(&app.id, now).await? {
+        // Jobs that came due while this pass ran are due now: look from the pass's start.
+        if let Some(t) = store.next_job_time(&app.id, pass_started).await? {
             next = next.min(t);
         }
         if let Some(t) = wait_for_window {

@@ -325,10 +325,12 @@ async fn expiry_loop(ctx: Arc<Ctx>, engine: std::sync::Weak<Engine>, wake: Arc<N
 /// Purges log entries older than the retention, in small batches that never hold the database long.
 async fn retention_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
     loop {
-        let cutoff = ctx.now() - ctx.config.log_retention_ms;
+        let started = ctx.now();
+        let cutoff = started - ctx.config.log_retention_ms;
         purge_in_batches("provisioning log entries", || ctx.store.purge_logs(cutoff, PURGE_BATCH)).await;
         purge_in_batches("audit entries", || ctx.store.purge_audit(cutoff, PURGE_BATCH)).await;
-        let next = ctx.now() + 3_600_000;
+        // From the pass's start: if time moved on meanwhile, the next pass comes at once.
+        let next = started + 3_600_000;
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ctx.clock.sleep_until(next) => {}
