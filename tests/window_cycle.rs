@@ -453,6 +453,15 @@ async fn app_with(stack: &Stack, base_url: &str, settings: Value) -> (String, So
     (app_id, group, target_name)
 }
 
+/// A stack on a manual clock whose app reaches its target through the fault proxy, with a group
+/// assigned to it.
+async fn behind_fault_proxy(kind: Kind) -> Option<(Stack, FaultProxy, SourceGroup, String)> {
+    let stack = Stack::start_clocked(kind, |_| {}).await?;
+    let proxy = FaultProxy::start(&stack.target).await?;
+    let (_, group, target_name) = app_with(&stack, &proxy.base_url_for(&stack.target), json!({})).await;
+    Some((stack, proxy, group, target_name))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn under_overflow_drain_deferred_activations_go_as_soon_as_the_window_has_room() {
     let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
@@ -618,13 +627,9 @@ async fn out_of_scope_disable_disables_accounts_the_bridge_created_and_enables_t
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_after_is_obeyed_and_a_throttled_push_still_lands() {
-    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+    let Some((stack, proxy, group, target_name)) = behind_fault_proxy(Kind::Scim2Server).await else {
         return;
     };
-    let Some(proxy) = FaultProxy::start(&stack.target).await else {
-        return;
-    };
-    let (_, group, target_name) = app_with(&stack, &proxy.base_url_for(&stack.target), json!({})).await;
     proxy
         .arm(json!({"mode": "status", "status": 429, "retryAfter": "1", "count": 2,
                     "match": {"method": "PATCH", "pathContains": "/Groups"}}))
@@ -657,13 +662,9 @@ async fn retry_after_is_obeyed_and_a_throttled_push_still_lands() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_add_whose_answer_was_lost_is_checked_at_the_target_before_it_is_sent_again() {
     // SCIMMY keeps a member added twice, so a blind resend would show.
-    let Some(stack) = Stack::start_clocked(Kind::Scimmy, |_| {}).await else {
+    let Some((stack, proxy, group, target_name)) = behind_fault_proxy(Kind::Scimmy).await else {
         return;
     };
-    let Some(proxy) = FaultProxy::start(&stack.target).await else {
-        return;
-    };
-    let (_, group, target_name) = app_with(&stack, &proxy.base_url_for(&stack.target), json!({})).await;
     proxy
         .arm(json!({"mode": "drop", "when": "after", "count": 1,
                     "match": {"method": "PATCH", "pathContains": "/Groups"}}))
@@ -684,13 +685,9 @@ async fn an_add_whose_answer_was_lost_is_checked_at_the_target_before_it_is_sent
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_removal_still_goes_out_when_the_add_before_it_had_an_unknown_outcome() {
-    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+    let Some((stack, proxy, group, target_name)) = behind_fault_proxy(Kind::Scim2Server).await else {
         return;
     };
-    let Some(proxy) = FaultProxy::start(&stack.target).await else {
-        return;
-    };
-    let (_, group, target_name) = app_with(&stack, &proxy.base_url_for(&stack.target), json!({})).await;
     let ps = principals(1);
     // Make the group exist first, then lose every answer about it: the add lands at the target
     // but the bridge never learns so.
@@ -729,13 +726,9 @@ async fn a_removal_still_goes_out_when_the_add_before_it_had_an_unknown_outcome(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_throttled_removal_is_retried_before_any_cycle() {
-    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+    let Some((stack, proxy, group, target_name)) = behind_fault_proxy(Kind::Scim2Server).await else {
         return;
     };
-    let Some(proxy) = FaultProxy::start(&stack.target).await else {
-        return;
-    };
-    let (_, group, target_name) = app_with(&stack, &proxy.base_url_for(&stack.target), json!({})).await;
     let ps = principals(1);
     let events = activations(&stack, &ps, &group);
     deliver_all(&stack, &events).await;
