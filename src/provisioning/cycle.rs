@@ -10,7 +10,7 @@ use crate::clock::Millis;
 use crate::scim::{ScimClient, ScimError};
 use crate::store::{AppRecord, CycleCounts, CycleRecord, DriftRepair, Job, LogEntry, OutOfScope, TargetMember};
 
-use super::{Ctx, push, steps_note};
+use super::{Ctx, push};
 
 const DAY_MS: Millis = 86_400_000;
 const DEFAULT_MEMBERS_PER_PATCH: usize = 100;
@@ -602,7 +602,6 @@ async fn run_recorded(
             .await?;
         record.status = "quarantined".into();
         tracing::warn!(app_id = %app.id, reason, "app quarantined");
-        let _ = steps_note("quarantine", "failure", reason.clone());
     } else if app.status == "quarantined" && trigger == "schedule" {
         let backoff = (interval.saturating_mul(1 << app.quarantine_level.clamp(1, 20))).min(DAY_MS);
         next_sync = now + backoff;

@@ -25,14 +25,6 @@ impl Window {
         }
     }
 
-    /// A window that starts full: nothing is admitted before `now + span`. A dispatcher that
-    /// takes an app over after a crash cannot know what its predecessor pushed.
-    pub fn full_until(limit: u32, span: Millis, now: Millis) -> Self {
-        let mut w = Self::new(limit, span);
-        w.admitted = std::iter::repeat_n(now, w.limit).collect();
-        w
-    }
-
     /// A window that remembers pushes made at `times` (ascending), e.g. before a restart.
     pub fn with_history(limit: u32, span: Millis, times: impl IntoIterator<Item = Millis>) -> Self {
         let mut w = Self::new(limit, span);
@@ -118,12 +110,5 @@ mod tests {
         let mut w = Window::with_history(5, 10_000, [1_000, 2_000, 3_000, 4_000]);
         assert!(w.try_admit(5_000).is_ok());
         assert_eq!(w.try_admit(5_000), Err(11_000));
-    }
-
-    #[test]
-    fn a_taken_over_window_waits_one_full_span() {
-        let mut w = Window::full_until(5, 10_000, 1_000);
-        assert_eq!(w.try_admit(1_000), Err(11_000));
-        assert!(w.try_admit(11_000).is_ok());
     }
 }

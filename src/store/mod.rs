@@ -382,7 +382,6 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Job>>;
     async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()>;
     async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool>;
-    async fn membership_start(&self, principal_id: &str, group_id: &str) -> StoreResult<Option<Millis>>;
     /// A source group other than `excluding` still entitles the principal to the target group.
     async fn entitled_via(
         &self,
@@ -397,7 +396,6 @@ pub trait Store: Send + Sync + 'static {
     // what the bridge knows of targets
     async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>>;
     async fn put_target_user(&self, app_id: &str, principal_id: &str, user: &TargetUser) -> StoreResult<()>;
-    async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()>;
     async fn target_users(&self, app_id: &str) -> StoreResult<Vec<(String, TargetUser)>>;
     async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>>;
     async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()>;

@@ -87,6 +87,14 @@ fn log_from_row(row: &SqliteRow) -> StoreResult<LogEntry> {
     })
 }
 
+/// `(target_display_name, principal_id)` as the first two columns.
+fn member_from_row(row: &SqliteRow) -> StoreResult<TargetMember> {
+    Ok(TargetMember {
+        target_display_name: row.try_get(0)?,
+        principal_id: row.try_get(1)?,
+    })
+}
+
 fn cycle_from_row(row: &SqliteRow) -> StoreResult<CycleRecord> {
     let counts: String = row.try_get("counts")?;
     let report: Option<String> = row.try_get("report")?;
@@ -886,20 +894,6 @@ impl Store for SqliteStore {
         Ok(row.is_some())
     }
 
-    async fn membership_start(&self, principal_id: &str, group_id: &str) -> StoreResult<Option<Millis>> {
-        let row = sqlx::query(
-            "SELECT start_at FROM memberships WHERE principal_id = ? AND group_id = ? AND access_id = 'member'",
-        )
-        .bind(principal_id)
-        .bind(group_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(r) => r.try_get("start_at")?,
-            None => None,
-        })
-    }
-
     async fn entitled_via(
         &self,
         app_id: &str,
@@ -1023,15 +1017,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM target_users WHERE app_id = ? AND principal_id = ?")
-            .bind(app_id)
-            .bind(principal_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     async fn target_users(&self, app_id: &str) -> StoreResult<Vec<(String, TargetUser)>> {
         let rows = sqlx::query("SELECT * FROM target_users WHERE app_id = ? ORDER BY principal_id")
             .bind(app_id)
@@ -1152,14 +1137,7 @@ impl Store for SqliteStore {
         .bind(app_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TargetMember {
-                    target_display_name: r.try_get(0)?,
-                    principal_id: r.try_get(1)?,
-                })
-            })
-            .collect()
+        rows.iter().map(member_from_row).collect()
     }
 
     async fn retry_job_at(&self, job_id: &str, not_before: Millis, now: Millis) -> StoreResult<()> {
@@ -1191,14 +1169,7 @@ impl Store for SqliteStore {
         .bind(app_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TargetMember {
-                    target_display_name: r.try_get("target_display_name")?,
-                    principal_id: r.try_get("principal_id")?,
-                })
-            })
-            .collect()
+        rows.iter().map(member_from_row).collect()
     }
 
     async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>> {
@@ -1216,14 +1187,7 @@ impl Store for SqliteStore {
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TargetMember {
-                    target_display_name: r.try_get(0)?,
-                    principal_id: r.try_get(1)?,
-                })
-            })
-            .collect()
+        rows.iter().map(member_from_row).collect()
     }
 
     async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()> {

@@ -360,30 +360,16 @@ impl Target {
                 let mut command = Command::new(scim2_server_bin());
                 command.args(["--port", &port.to_string(), "--bearer-token", &token]);
                 let proc = Proc::spawn("scim2-server", command);
-                let target = Target {
-                    kind,
-                    base_url: format!("http://127.0.0.1:{port}/v2"),
-                    bearer_token: Some(token.clone()),
-                    oauth: None,
-                    access_token: token,
-                    http,
-                    procs: vec![proc],
-                };
-                target.wait_until_ready().await
+                Target::with_bearer(kind, format!("http://127.0.0.1:{port}/v2"), token, http, proc)
+                    .wait_until_ready()
+                    .await
             }
             Kind::Scimmy => {
                 let token = format!("scim-token-{}", random_hex());
                 let (proc, port) = spawn_scimmy(&["--bearer-token", &token]).await;
-                let target = Target {
-                    kind,
-                    base_url: format!("http://127.0.0.1:{port}/scim/v2"),
-                    bearer_token: Some(token.clone()),
-                    oauth: None,
-                    access_token: token,
-                    http,
-                    procs: vec![proc],
-                };
-                target.wait_until_ready().await
+                Target::with_bearer(kind, format!("http://127.0.0.1:{port}/scim/v2"), token, http, proc)
+                    .wait_until_ready()
+                    .await
             }
             Kind::ScimmyOAuth => {
                 let oauth_port = free_port();
@@ -467,6 +453,19 @@ impl Target {
                 .await
                 .unwrap_or_else(|e| panic!("OAuth2 token for the harness: {e}")),
             None => self.access_token.clone(),
+        }
+    }
+
+    /// A target that takes one static bearer token, the harness's and the bridge's alike.
+    fn with_bearer(kind: Kind, base_url: String, token: String, http: reqwest::Client, proc: Proc) -> Target {
+        Target {
+            kind,
+            base_url,
+            bearer_token: Some(token.clone()),
+            oauth: None,
+            access_token: token,
+            http,
+            procs: vec![proc],
         }
     }
 
