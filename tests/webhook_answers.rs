@@ -290,3 +290,29 @@ async fn on_premises_group_is_a_422() {
         .await
         .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, &["onPremisesSyncEnabled"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_cannot_commit_answers_503_with_retry_after_and_nothing_is_half_taken() {
+    use sqlx::Connection;
+    let bridge = Bridge::start().await;
+    // Another writer holds the database: the bridge cannot commit (it waits its busy timeout).
+    let url = format!("sqlite://{}", bridge.data_dir.join("scim-bridge.db").display());
+    let mut holder = sqlx::SqliteConnection::connect(&url).await.expect("open the database");
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut holder).await.expect("lock");
+
+    let event = activation();
+    let response = bridge.webhook(event.body()).await;
+    assert!(
+        response.headers().contains_key("retry-after"),
+        "{:?}",
+        response.headers()
+    );
+    Answer::read(response)
+        .await
+        .assert_problem(StatusCode::SERVICE_UNAVAILABLE, &[]);
+
+    sqlx::query("ROLLBACK").execute(&mut holder).await.expect("unlock");
+    // Nothing was committed, so the sender's retry is a first delivery, not a duplicate.
+    let answer = bridge.deliver(&[&event]).await;
+    assert_eq!(single_status(&answer), "accepted");
+}
