@@ -8,8 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-/// Unix time in milliseconds.
-pub type Millis = i64;
+pub use crate::types::{Millis, parse_rfc3339, to_rfc3339};
 
 #[async_trait]
 pub trait Clock: Send + Sync + 'static {
@@ -83,18 +82,6 @@ impl Clock for ManualClock {
             moved.await;
         }
     }
-}
-
-pub fn to_rfc3339(t: Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(t)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-pub fn parse_rfc3339(s: &str) -> Option<Millis> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|d| d.timestamp_millis())
 }
 
 #[cfg(test)]

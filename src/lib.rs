@@ -7,8 +7,10 @@ pub mod crypto;
 pub mod http;
 pub mod metrics;
 pub mod provisioning;
+pub mod rules;
 pub mod scim;
 pub mod store;
+pub mod types;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::clocked::FaultProxy;
-use common::{Event, Kind, PUSH_TIMEOUT, Principal, SourceGroup, Stack};
+use common::{Event, Kind, PUSH_TIMEOUT, Principal, SourceGroup, Stack, wait_until};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -625,18 +625,52 @@ async fn out_of_scope_disable_disables_accounts_the_bridge_created_and_enables_t
     assert_eq!(user["active"], true, "{user}");
 }
 
+/// PATCHes to groups the proxy saw (answered or not).
+async fn group_patches(proxy: &FaultProxy) -> usize {
+    proxy
+        .seen()
+        .await
+        .iter()
+        .filter(|r| r["method"] == "PATCH" && r["path"].as_str().unwrap_or("").contains("/Groups/"))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn retry_after_is_obeyed_and_a_throttled_push_still_lands() {
+async fn retry_after_is_obeyed_on_the_bridges_clock_and_a_throttled_push_still_lands() {
     let Some((stack, proxy, group, target_name)) = behind_fault_proxy(Kind::Scim2Server).await else {
         return;
     };
     proxy
-        .arm(json!({"mode": "status", "status": 429, "retryAfter": "1", "count": 2,
+        .arm(json!({"mode": "status", "status": 429, "retryAfter": "30", "count": 2,
                     "match": {"method": "PATCH", "pathContains": "/Groups"}}))
         .await;
     let ps = principals(1);
     let events = activations(&stack, &ps, &group);
     deliver_all(&stack, &events).await;
+    let first = stack
+        .bridge
+        .wait_for_log(
+            &[("eventId", events[0].id())],
+            |e| e["status"] == "deferred",
+            Duration::from_secs(10),
+        )
+        .await;
+    let time = |e: &Value, f: &str| chrono::DateTime::parse_from_rfc3339(e[f].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (time(&first, "deferredUntil") - time(&first, "time")).num_seconds(),
+        30,
+        "retried when the target said: {first}"
+    );
+    // Nothing is sent again before then: the wait is on the bridge's clock, not a sleep.
+    stack.bridge.advance(Duration::from_secs(29)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(group_patches(&proxy).await, 1, "no resend before Retry-After");
+    stack.bridge.advance(Duration::from_secs(1)).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || async { group_patches(&proxy).await == 2 }).await,
+        "resent once Retry-After passed"
+    );
+    stack.bridge.advance(Duration::from_secs(30)).await;
     let log = stack
         .bridge
         .wait_for_log(
@@ -646,17 +680,8 @@ async fn retry_after_is_obeyed_and_a_throttled_push_still_lands() {
         )
         .await;
     stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
-    let throttled = log["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["http"]["status"] == 429)
-        .count();
-    assert_eq!(throttled, 2, "{log}");
-    assert!(
-        log["durationMs"].as_i64().unwrap() >= 2_000,
-        "waited as Retry-After said: {log}"
-    );
+    assert_eq!(log["attempt"], 3, "{log}");
+    assert!(log["latencyMs"].as_i64().unwrap() >= 60_000, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

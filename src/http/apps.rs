@@ -561,6 +561,7 @@ pub async fn provision_on_demand(
         deferred_until: None,
         attempt: 0,
         flag: None,
+        admitted_at: None,
     };
     engine.store.insert_job(&job, now).await?;
     ctx.audit(

@@ -1,19 +1,33 @@
-//! The synchronization cycle of one app (SPEC section 5): take the deferred work, reconcile the
-//! desired membership with what the bridge provisioned, check drift, record the cycle, and
-//! quarantine an app whose target refuses it.
+//! The synchronization cycle of one app (SPEC section 5), as small steps. The app's dispatcher
+//! owns its cycle and sends one step at a time (one SCIM operation, or one PATCH of at most
+//! `membersPerPatch` members), serving its immediate queue between steps, so a cycle of any size
+//! never holds up a revocation. Each step is checked against the membership state just before it
+//! is sent; an add is marked in doubt (in one commit) before it is sent, so an unknown outcome
+//! is settled by reading the target group, whether the answer was lost or the bridge died. A
+//! step that must be retried is rescheduled on the bridge's clock, never slept on. A cycle
+//! interrupted by a stop resumes under the same id, planned again from the state at that moment.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::clock::Millis;
 use crate::scim::{ScimClient, ScimError};
-use crate::store::{AppRecord, CycleCounts, CycleRecord, DriftRepair, Job, LogEntry, OutOfScope, TargetMember};
+use crate::store::{
+    AppRecord, CycleCounts, CycleRecord, DriftRepair, Job, JobChange, LogEntry, MemberChange, OutOfScope, Outcome,
+    TargetMember,
+};
+use crate::types::Step;
 
+use super::dispatcher::retry_at;
 use super::{Ctx, push};
 
 const DAY_MS: Millis = 86_400_000;
 const DEFAULT_MEMBERS_PER_PATCH: usize = 100;
+/// Attempts of one step (5xx, 429, network) before it is counted as failed.
+const MAX_STEP_ATTEMPTS: i64 = 5;
+/// A scheduled cycle that broke off is tried again this much later.
+const RETRY_BROKEN_CYCLE_MS: Millis = 5 * 60_000;
 
 /// Outcomes of the cycle's calls, for quarantine: 429 and 503 never count.
 #[derive(Default)]
@@ -51,24 +65,369 @@ impl Tally {
     }
 }
 
-struct CycleRun<'a> {
-    ctx: &'a Ctx,
-    app: &'a AppRecord,
-    client: &'a ScimClient,
-    cycle_id: &'a str,
-    counts: CycleCounts,
+/// One step of a cycle.
+#[derive(Debug, Clone)]
+enum CycleStep {
+    /// Read a target group and settle the members whose add had an unknown outcome.
+    Settle {
+        target: String,
+    },
+    /// Match, create or update the user of a member about to be added.
+    User {
+        member: TargetMember,
+    },
+    /// Add up to `membersPerPatch` members in one PATCH.
+    Add {
+        target: String,
+        principals: Vec<String>,
+        reason: Option<&'static str>,
+    },
+    Remove {
+        member: TargetMember,
+    },
+    /// Read a target group and compare the members the bridge manages (`driftRepair`).
+    Drift {
+        target: String,
+    },
+    /// `outOfScope: disable`: an account the bridge created that nothing entitles any more.
+    Disable {
+        principal: String,
+    },
+    /// Plan again if a manual cycle was merged in, else record the end.
+    Finish,
+}
+
+/// What one step did, recorded in one commit with the cycle's progress.
+#[derive(Default)]
+struct StepResult {
+    members: Vec<(TargetMember, MemberChange)>,
+    logs: Vec<LogEntry>,
+    legacy_remove: bool,
+}
+
+/// How a step ended.
+enum Done {
+    /// Finished (successfully or not): go on with the next step.
+    Next(StepResult),
+    /// Must be sent again later.
+    Retry(ScimError, StepResult),
+}
+
+pub(super) struct Cycle {
+    record: CycleRecord,
+    steps: VecDeque<CycleStep>,
     tally: Tally,
     /// The deferred job behind a pair, so the activation links to the cycle's outcome.
     origin: HashMap<TargetMember, Job>,
+    /// Deferred jobs this cycle took; those still deferred at its end are done.
+    taken: HashSet<String>,
+    report: Vec<Value>,
     upn: HashMap<String, Option<String>>,
+    /// The front step waits until then (a retry).
+    not_before: Millis,
+    attempts: i64,
+    steps_done: usize,
+    app_name: String,
 }
 
-impl CycleRun<'_> {
-    async fn entry(&mut self, member: &TargetMember, action: &str, status: &str) -> anyhow::Result<LogEntry> {
-        let now = self.ctx.now();
+impl Cycle {
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    /// When the next step may be sent.
+    pub fn ready_at(&self) -> Millis {
+        self.not_before
+    }
+
+    /// The next step talks to the target (and so is paced).
+    pub fn next_step_sends(&self) -> bool {
+        !matches!(self.steps.front(), None | Some(CycleStep::Finish))
+    }
+
+    fn new(record: CycleRecord) -> Self {
+        Self {
+            record,
+            steps: VecDeque::new(),
+            tally: Tally::default(),
+            origin: HashMap::new(),
+            taken: HashSet::new(),
+            report: Vec::new(),
+            upn: HashMap::new(),
+            not_before: 0,
+            attempts: 0,
+            steps_done: 0,
+            app_name: String::new(),
+        }
+    }
+
+    /// A cycle that a stop or crash interrupted: it goes on under the same id, planned again.
+    pub async fn resume(ctx: &Ctx, app_id: &str) -> anyhow::Result<Option<Self>> {
+        let mut running = ctx.store.running_cycles(app_id).await?;
+        let Some(record) = running.pop() else {
+            return Ok(None);
+        };
+        let Some(app) = ctx.store.get_app(app_id).await? else {
+            return Ok(None);
+        };
+        let now = ctx.now();
+        for mut stale in running {
+            stale.status = "failed".into();
+            stale.ended_at = Some(now);
+            stale.progress = Some("interrupted, and a later cycle resumed instead".into());
+            ctx.store
+                .record(&Outcome {
+                    app_id: app_id.into(),
+                    time: now,
+                    cycle: Some(stale),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        tracing::info!(app_id, cycle_id = %record.id, "resuming the cycle a stop interrupted");
+        let mut cycle = Self::new(record);
+        cycle.plan(ctx, &app).await?;
+        Ok(Some(cycle))
+    }
+
+    /// Starts the cycle asked for through the API, or the scheduled one when it is due.
+    pub async fn start_if_due(ctx: &Ctx, app: &AppRecord) -> anyhow::Result<Option<Self>> {
+        let store = &ctx.store;
+        let now = ctx.now();
+        let (id, trigger, dry_run) = if let Some((id, dry_run)) = store.take_cycle_request(&app.id).await? {
+            // A merge asked for just as its cycle ended: the work is still done, by a new cycle.
+            let ended = store.list_cycles(&app.id, 20).await?.iter().any(|c| c.id == id);
+            let id = if ended { uuid::Uuid::now_v7().to_string() } else { id };
+            // A paused app gets no pushes, not even from a cycle asked for before the pause.
+            (id, "manual", dry_run || app.status == "paused")
+        } else if now >= app.next_sync_at {
+            if app.status == "paused" {
+                store.set_next_sync(&app.id, now + ctx.sync_interval_ms(app)).await?;
+                return Ok(None);
+            }
+            (uuid::Uuid::now_v7().to_string(), "schedule", false)
+        } else {
+            return Ok(None);
+        };
+        let record = CycleRecord {
+            id,
+            app_id: app.id.clone(),
+            trigger: trigger.into(),
+            dry_run,
+            started_at: now,
+            ended_at: None,
+            status: "running".into(),
+            counts: CycleCounts::default(),
+            progress: Some("planning".into()),
+            report: None,
+        };
+        store.insert_cycle(&record).await?;
+        tracing::info!(app_id = %app.id, cycle_id = %record.id, trigger, dry_run, "cycle started");
+        let mut cycle = Self::new(record);
+        if let Err(e) = cycle.plan(ctx, app).await {
+            cycle.break_off(ctx, app, &e).await?;
+            return Ok(None);
+        }
+        Ok(Some(cycle))
+    }
+
+    fn members_per_patch(app: &AppRecord) -> usize {
+        app.settings
+            .members_per_patch
+            .map(|n| n.max(1) as usize)
+            .unwrap_or(DEFAULT_MEMBERS_PER_PATCH)
+    }
+
+    /// Plans the steps from the state at this moment: (1) the deferred work, (2) desired against
+    /// provisioned membership, (3) drift, and out-of-scope accounts.
+    async fn plan(&mut self, ctx: &Ctx, app: &AppRecord) -> anyhow::Result<()> {
+        let store = &ctx.store;
+        let now = ctx.now();
+        let dry_run = self.record.dry_run;
+        self.app_name = app.name.clone();
+        let assignments = store.list_assignments(&app.id).await?;
+        let target_of: HashMap<&str, &str> = assignments
+            .iter()
+            .map(|a| (a.group_id.as_str(), a.target_display_name.as_str()))
+            .collect();
+        let mut steps = VecDeque::new();
+        if !dry_run {
+            let in_doubt: BTreeSet<String> = store
+                .in_doubt_members(&app.id)
+                .await?
+                .into_iter()
+                .map(|m| m.target_display_name)
+                .collect();
+            steps.extend(in_doubt.into_iter().map(|target| CycleStep::Settle { target }));
+        }
+        // Coalesce the deferred work per (principal, group): the final desired state decides.
+        for job in store.deferred_jobs(&app.id).await? {
+            if let Some(target) = target_of.get(job.group_id.as_str()) {
+                let member = TargetMember {
+                    target_display_name: target.to_string(),
+                    principal_id: job.principal_id.clone(),
+                };
+                if self.taken.insert(job.id.clone()) {
+                    self.record.counts.deferred_taken += 1;
+                }
+                self.origin.insert(member, job);
+            }
+        }
+        let desired: BTreeSet<TargetMember> = store.desired_members(&app.id, now).await?.into_iter().collect();
+        let provisioned: BTreeSet<TargetMember> = store.provisioned_members(&app.id).await?.into_iter().collect();
+        let to_add: Vec<&TargetMember> = desired.difference(&provisioned).collect();
+        let to_remove: Vec<&TargetMember> = provisioned.difference(&desired).collect();
+        for m in &to_add {
+            self.report
+                .push(json!({"targetGroup": m.target_display_name, "principalId": m.principal_id, "change": "add"}));
+        }
+        for m in &to_remove {
+            self.report
+                .push(json!({"targetGroup": m.target_display_name, "principalId": m.principal_id, "change": "remove"}));
+        }
+        if dry_run {
+            self.record.counts.skipped += (to_add.len() + to_remove.len()) as i64;
+        } else {
+            let mut adds: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+            for m in &to_add {
+                adds.entry(&m.target_display_name)
+                    .or_default()
+                    .push(m.principal_id.clone());
+            }
+            for (target, principals) in adds {
+                for p in &principals {
+                    steps.push_back(CycleStep::User {
+                        member: TargetMember {
+                            target_display_name: target.to_string(),
+                            principal_id: p.clone(),
+                        },
+                    });
+                }
+                for chunk in principals.chunks(Self::members_per_patch(app)) {
+                    steps.push_back(CycleStep::Add {
+                        target: target.to_string(),
+                        principals: chunk.to_vec(),
+                        reason: None,
+                    });
+                }
+            }
+            steps.extend(to_remove.iter().map(|m| CycleStep::Remove { member: (*m).clone() }));
+        }
+        if app.settings.drift_repair != DriftRepair::Off {
+            let targets: BTreeSet<&str> = desired
+                .iter()
+                .chain(provisioned.iter())
+                .map(|m| m.target_display_name.as_str())
+                .collect();
+            steps.extend(targets.into_iter().map(|t| CycleStep::Drift { target: t.to_string() }));
+        }
+        if app.settings.out_of_scope == OutOfScope::Disable {
+            let entitled: BTreeSet<&str> = desired.iter().map(|m| m.principal_id.as_str()).collect();
+            for (principal, user) in store.target_users(&app.id).await? {
+                if user.created_by_us && !user.disabled && !entitled.contains(principal.as_str()) {
+                    self.report
+                        .push(json!({"principalId": principal, "disable": user.target_user_id}));
+                    if !dry_run {
+                        steps.push_back(CycleStep::Disable { principal });
+                    }
+                }
+            }
+        }
+        steps.push_back(CycleStep::Finish);
+        self.record.progress = Some(format!(
+            "{} to add, {} to remove; {} steps planned",
+            to_add.len(),
+            to_remove.len(),
+            steps.len()
+        ));
+        self.steps = steps;
+        self.not_before = now;
+        Ok(())
+    }
+
+    /// Sends the next step and records what it did. Answers whether the cycle has ended.
+    pub async fn step(&mut self, ctx: &Ctx, app: &AppRecord, client: &ScimClient) -> anyhow::Result<bool> {
+        let Some(step) = self.steps.front().cloned() else {
+            return Ok(true);
+        };
+        if app.status == "paused" && !self.record.dry_run && !matches!(step, CycleStep::Finish) {
+            // Pausing stops every push, the cycle's too: what is left goes to the next cycle.
+            self.steps.clear();
+            self.steps.push_back(CycleStep::Finish);
+            self.record.progress = Some("stopped: the app was paused".into());
+        }
+        let result = match step {
+            CycleStep::Finish => return self.finish(ctx, app).await,
+            CycleStep::Settle { target } => self.settle(ctx, app, client, &target).await,
+            CycleStep::User { member } => self.user(ctx, app, client, &member).await,
+            CycleStep::Add {
+                target,
+                principals,
+                reason,
+            } => self.add(ctx, app, client, &target, &principals, reason).await,
+            CycleStep::Remove { member } => self.remove(ctx, app, client, &member).await,
+            CycleStep::Drift { target } => self.drift(ctx, app, client, &target).await,
+            CycleStep::Disable { principal } => self.disable(ctx, app, client, &principal).await,
+        };
+        let done = match result {
+            Ok(done) => done,
+            Err(e) => {
+                self.break_off(ctx, app, &e).await?;
+                return Ok(true);
+            }
+        };
+        let now = ctx.now();
+        let result = match done {
+            Done::Next(result) => {
+                self.steps.pop_front();
+                self.steps_done += 1;
+                self.attempts = 0;
+                self.not_before = now;
+                result
+            }
+            Done::Retry(e, result) => {
+                self.attempts += 1;
+                if self.attempts >= MAX_STEP_ATTEMPTS {
+                    // Given up for this cycle; an add stays in doubt and the next cycle settles it.
+                    self.tally.failed(&e);
+                    self.record.counts.failed += 1;
+                    tracing::warn!(app_id = %app.id, cycle_id = %self.record.id, error = %e, "cycle step failed");
+                    self.steps.pop_front();
+                    self.steps_done += 1;
+                    self.attempts = 0;
+                    self.not_before = now;
+                } else {
+                    self.not_before = retry_at(now, self.attempts, &e);
+                    tracing::info!(app_id = %app.id, cycle_id = %self.record.id, error = %e, retry_at = self.not_before, "cycle step rescheduled");
+                }
+                result
+            }
+        };
+        self.record.progress = Some(format!("{} steps done, {} to go", self.steps_done, self.steps.len()));
+        ctx.store
+            .record(&Outcome {
+                app_id: app.id.clone(),
+                time: now,
+                members: result.members,
+                logs: result.logs,
+                legacy_remove: result.legacy_remove,
+                cycle: Some(self.record.clone()),
+                ..Default::default()
+            })
+            .await?;
+        Ok(false)
+    }
+
+    async fn entry(
+        &mut self,
+        ctx: &Ctx,
+        member: &TargetMember,
+        action: &str,
+        status: &str,
+    ) -> anyhow::Result<LogEntry> {
+        let now = ctx.now();
         if !self.upn.contains_key(&member.principal_id) {
-            let upn = self
-                .ctx
+            let upn = ctx
                 .store
                 .principal(&member.principal_id)
                 .await?
@@ -79,10 +438,10 @@ impl CycleRun<'_> {
         Ok(LogEntry {
             id: uuid::Uuid::now_v7().to_string(),
             time: now,
-            app_id: self.app.id.clone(),
-            app_name: self.app.name.clone(),
+            app_id: self.record.app_id.clone(),
+            app_name: self.app_name.clone(),
             trigger: "sync".into(),
-            cycle_id: Some(self.cycle_id.to_string()),
+            cycle_id: Some(self.record.id.clone()),
             event_id: origin.and_then(|j| j.event_id.clone()),
             job_id: origin.map(|j| j.id.clone()),
             principal_id: Some(member.principal_id.clone()),
@@ -98,244 +457,416 @@ impl CycleRun<'_> {
         })
     }
 
-    async fn add_all(
+    /// A failed step: retried if the failure may pass, else logged as a failure of `members`.
+    async fn failed(
         &mut self,
-        target: &str,
-        source_group: &str,
-        principals: &[String],
-        reason: Option<&str>,
-    ) -> anyhow::Result<()> {
-        let mut steps = Vec::new();
-        let mut group_id =
-            match push::ensure_group(self.ctx, self.app, self.client, target, source_group, &mut steps).await {
-                Ok(id) => id,
-                Err(e) => {
-                    self.tally.failed(&e);
-                    for p in principals {
-                        let member = TargetMember {
-                            target_display_name: target.into(),
-                            principal_id: p.clone(),
-                        };
-                        let mut entry = self.entry(&member, "add_member", "failure").await?;
-                        entry.reason = Some(e.to_string());
-                        entry.steps = steps.clone();
-                        self.ctx.store.insert_log(&entry).await?;
-                        self.counts.failed += 1;
-                    }
-                    return Ok(());
-                }
-            };
-        let mut ready: Vec<(TargetMember, String, push::PushResult)> = Vec::new();
-        for p in principals {
-            let member = TargetMember {
-                target_display_name: target.into(),
-                principal_id: p.clone(),
-            };
-            let mut user_steps = Vec::new();
-            let mut result = push::PushResult::default();
-            match push::ensure_user(self.ctx, self.app, self.client, p, &mut user_steps, &mut result).await {
-                Ok(user_id) => {
-                    self.tally.ok();
-                    self.counts.users_created += result.user_created as i64;
-                    self.counts.users_updated += result.user_updated as i64;
-                    if result.user_created {
-                        let mut entry = self.entry(&member, "create_user", "success").await?;
-                        entry.target_user_id = Some(user_id.clone());
-                        entry.steps = user_steps;
-                        self.ctx.store.insert_log(&entry).await?;
-                    }
-                    ready.push((member, user_id, result));
-                }
-                Err(e) => {
-                    self.tally.failed(&e);
-                    self.counts.failed += 1;
-                    let mut entry = self.entry(&member, "add_member", "failure").await?;
-                    entry.reason = Some(e.to_string());
-                    entry.steps = user_steps;
-                    self.ctx.store.insert_log(&entry).await?;
-                }
-            }
+        ctx: &Ctx,
+        e: ScimError,
+        members: &[TargetMember],
+        action: &str,
+        steps: Vec<Step>,
+        mut result: StepResult,
+    ) -> anyhow::Result<Done> {
+        if e.is_transient() && self.attempts + 1 < MAX_STEP_ATTEMPTS {
+            return Ok(Done::Retry(e, result));
         }
-        let per_patch = self
-            .app
-            .settings
-            .members_per_patch
-            .map(|n| n.max(1) as usize)
-            .unwrap_or(DEFAULT_MEMBERS_PER_PATCH);
-        for chunk in ready.chunks(per_patch) {
-            let ids: Vec<String> = chunk.iter().map(|(_, id, _)| id.clone()).collect();
-            let mut patch_steps = steps.clone();
-            let started = std::time::Instant::now();
-            let mut outcome = self.client.add_members(&group_id, &ids, &mut patch_steps).await;
-            if matches!(&outcome, Err(e) if e.status() == Some(404)) {
-                // The stored group id is stale: resolve once more and send again.
-                self.ctx.store.forget_target_group(&self.app.id, target).await?;
-                outcome =
-                    match push::ensure_group(self.ctx, self.app, self.client, target, source_group, &mut patch_steps)
-                        .await
-                    {
-                        Ok(fresh) => {
-                            group_id = fresh;
-                            self.client.add_members(&group_id, &ids, &mut patch_steps).await
-                        }
-                        Err(e) => Err(e),
-                    };
-            }
-            if let Err(ScimError::Network(_)) = &outcome {
-                // The PATCH may have reached the target: read the group rather than send it again.
-                if let Ok(present) = self.client.group_member_ids(&group_id, &mut patch_steps).await
-                    && ids.iter().all(|id| present.contains(id))
-                {
-                    outcome = Ok(());
-                }
-            }
-            let now = self.ctx.now();
-            match &outcome {
-                Ok(()) => self.tally.ok(),
-                Err(e) => self.tally.failed(e),
-            }
-            for (member, user_id, _) in chunk {
-                let status = if outcome.is_ok() { "success" } else { "failure" };
-                let mut entry = self.entry(member, "add_member", status).await?;
-                entry.target_user_id = Some(user_id.clone());
-                entry.target_group_id = Some(group_id.clone());
-                entry.duration_ms = Some(started.elapsed().as_millis() as i64);
-                entry.steps = patch_steps.clone();
-                match &outcome {
-                    Ok(()) => {
-                        self.ctx.store.mark_provisioned(&self.app.id, member, now).await?;
-                        self.counts.added += 1;
-                        entry.reason = reason.map(String::from);
-                    }
-                    Err(e) => {
-                        self.counts.failed += 1;
-                        entry.reason = Some(e.to_string());
-                    }
-                }
-                self.ctx.store.insert_log(&entry).await?;
-            }
+        self.tally.failed(&e);
+        for member in members {
+            let mut entry = self.entry(ctx, member, action, "failure").await?;
+            entry.reason = Some(e.to_string());
+            entry.steps = steps.clone();
+            result.logs.push(entry);
+            self.record.counts.failed += 1;
         }
-        Ok(())
+        Ok(Done::Next(result))
     }
 
-    async fn remove(&mut self, member: &TargetMember) -> anyhow::Result<()> {
+    async fn settle(&mut self, ctx: &Ctx, app: &AppRecord, client: &ScimClient, target: &str) -> anyhow::Result<Done> {
+        let store = &ctx.store;
+        let doubtful: Vec<TargetMember> = store
+            .in_doubt_members(&app.id)
+            .await?
+            .into_iter()
+            .filter(|m| m.target_display_name == target)
+            .collect();
+        if doubtful.is_empty() {
+            return Ok(Done::Next(StepResult::default()));
+        }
+        let mut steps = Vec::new();
+        let group_id = match store.target_group(&app.id, target).await? {
+            Some(id) => Some(id),
+            None => match client.find_group(target, &mut steps).await {
+                Ok(found) => found,
+                Err(e) => return Ok(Done::Retry(e, StepResult::default())),
+            },
+        };
+        let present = match &group_id {
+            Some(id) => match client.group_member_ids(id, &mut steps).await {
+                Ok(present) => present,
+                Err(e) if e.is_transient() => return Ok(Done::Retry(e, StepResult::default())),
+                // Still unknown: the next cycle tries again.
+                Err(_) => return Ok(Done::Next(StepResult::default())),
+            },
+            None => Default::default(),
+        };
+        self.tally.ok();
+        let mut result = StepResult::default();
+        for m in doubtful {
+            let there = match store.target_user(&app.id, &m.principal_id).await? {
+                Some(user) => present.contains(&user.target_user_id),
+                None => false,
+            };
+            let change = if there {
+                MemberChange::Confirmed
+            } else {
+                MemberChange::Gone
+            };
+            result.members.push((m, change));
+        }
+        Ok(Done::Next(result))
+    }
+
+    /// Still to be added: entitled now, and not confirmed at the target.
+    async fn wants_add(&self, ctx: &Ctx, app: &AppRecord, member: &TargetMember) -> anyhow::Result<bool> {
+        let store = &ctx.store;
+        Ok(store
+            .entitled_via(&app.id, &member.target_display_name, &member.principal_id, ctx.now())
+            .await?
+            .is_some()
+            && !store.is_confirmed(&app.id, member).await?)
+    }
+
+    async fn user(
+        &mut self,
+        ctx: &Ctx,
+        app: &AppRecord,
+        client: &ScimClient,
+        member: &TargetMember,
+    ) -> anyhow::Result<Done> {
+        if !self.wants_add(ctx, app, member).await? {
+            return Ok(Done::Next(StepResult::default()));
+        }
+        let mut steps = Vec::new();
+        let mut pushed = push::PushResult::default();
+        match push::ensure_user(ctx, app, client, &member.principal_id, &mut steps, &mut pushed).await {
+            Ok(_) => {
+                self.tally.ok();
+                self.record.counts.users_created += pushed.user_created as i64;
+                self.record.counts.users_updated += pushed.user_updated as i64;
+                Ok(Done::Next(StepResult::default()))
+            }
+            Err(e) => {
+                let members = [member.clone()];
+                self.failed(ctx, e, &members, "add_member", steps, StepResult::default())
+                    .await
+            }
+        }
+    }
+
+    async fn add(
+        &mut self,
+        ctx: &Ctx,
+        app: &AppRecord,
+        client: &ScimClient,
+        target: &str,
+        principals: &[String],
+        reason: Option<&'static str>,
+    ) -> anyhow::Result<Done> {
+        let store = &ctx.store;
+        // Checked against the membership state just before sending: nobody revoked meanwhile
+        // is added, nobody added meanwhile (by an immediate push) is added twice.
+        let mut ready: Vec<(TargetMember, String, bool)> = Vec::new();
+        for p in principals {
+            let member = TargetMember {
+                target_display_name: target.to_string(),
+                principal_id: p.clone(),
+            };
+            if !self.wants_add(ctx, app, &member).await? {
+                continue;
+            }
+            // A member whose user could not be prepared was logged by its user step.
+            let Some(user) = store.target_user(&app.id, p).await? else {
+                continue;
+            };
+            let in_doubt = store.is_provisioned(&app.id, &member).await?;
+            ready.push((member, user.target_user_id, in_doubt));
+        }
+        if ready.is_empty() {
+            return Ok(Done::Next(StepResult::default()));
+        }
+        let members: Vec<TargetMember> = ready.iter().map(|(m, ..)| m.clone()).collect();
+        let mut steps = Vec::new();
+        let source = self.source_group_of(ctx, app, target).await?;
+        let started = std::time::Instant::now();
+        let group_id = match push::ensure_group(ctx, app, client, target, &source, &mut steps).await {
+            Ok(id) => id,
+            Err(e) => {
+                return self
+                    .failed(ctx, e, &members, "add_member", steps, StepResult::default())
+                    .await;
+            }
+        };
+        let mut result = StepResult::default();
+        // Members whose add may have reached the target already: read the group first.
+        if ready.iter().any(|(_, _, in_doubt)| *in_doubt) {
+            let present = match client.group_member_ids(&group_id, &mut steps).await {
+                Ok(present) => present,
+                Err(e) => return self.failed(ctx, e, &members, "add_member", steps, result).await,
+            };
+            let (there, missing): (Vec<_>, Vec<_>) = ready.into_iter().partition(|(_, id, _)| present.contains(id));
+            for (member, user_id, _) in there {
+                result.logs.push(
+                    self.add_entry(ctx, &member, &user_id, &group_id, &steps, started, reason)
+                        .await?,
+                );
+                result.members.push((member, MemberChange::Confirmed));
+                self.record.counts.added += 1;
+            }
+            ready = missing;
+            if ready.is_empty() {
+                return Ok(Done::Next(result));
+            }
+        }
+        // The in-flight mark: committed before the PATCH, so a crash or a lost answer leaves
+        // these members in doubt, and the next attempt reads the group instead of adding twice.
+        ctx.store
+            .record(&Outcome {
+                app_id: app.id.clone(),
+                time: ctx.now(),
+                members: ready.iter().map(|(m, ..)| (m.clone(), MemberChange::InDoubt)).collect(),
+                ..Default::default()
+            })
+            .await?;
+        let ids: Vec<String> = ready.iter().map(|(_, id, _)| id.clone()).collect();
+        match client.add_members(&group_id, &ids, &mut steps).await {
+            Ok(()) => {
+                self.tally.ok();
+                for (member, user_id, _) in ready {
+                    result.logs.push(
+                        self.add_entry(ctx, &member, &user_id, &group_id, &steps, started, reason)
+                            .await?,
+                    );
+                    result.members.push((member, MemberChange::Confirmed));
+                    self.record.counts.added += 1;
+                }
+                Ok(Done::Next(result))
+            }
+            Err(e) if e.status() == Some(404) => {
+                // The stored group id is stale: nothing was added; resolve again and resend.
+                store.forget_target_group(&app.id, target).await?;
+                result
+                    .members
+                    .extend(ready.into_iter().map(|(m, ..)| (m, MemberChange::Gone)));
+                Ok(Done::Retry(e, result))
+            }
+            // Applied or not, unknown: the members stay in doubt and the retry reads the group.
+            Err(e) if e.outcome_unknown() || e.is_transient() => {
+                self.failed(ctx, e, &members, "add_member", steps, result).await
+            }
+            Err(e) => {
+                result
+                    .members
+                    .extend(ready.into_iter().map(|(m, ..)| (m, MemberChange::Gone)));
+                self.failed(ctx, e, &members, "add_member", steps, result).await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn add_entry(
+        &mut self,
+        ctx: &Ctx,
+        member: &TargetMember,
+        user_id: &str,
+        group_id: &str,
+        steps: &[Step],
+        started: std::time::Instant,
+        reason: Option<&'static str>,
+    ) -> anyhow::Result<LogEntry> {
+        let mut entry = self.entry(ctx, member, "add_member", "success").await?;
+        entry.target_user_id = Some(user_id.to_string());
+        entry.target_group_id = Some(group_id.to_string());
+        entry.duration_ms = Some(started.elapsed().as_millis() as i64);
+        entry.steps = steps.to_vec();
+        entry.reason = reason.map(String::from);
+        Ok(entry)
+    }
+
+    async fn remove(
+        &mut self,
+        ctx: &Ctx,
+        app: &AppRecord,
+        client: &ScimClient,
+        member: &TargetMember,
+    ) -> anyhow::Result<Done> {
+        let store = &ctx.store;
+        // Not removed if it was activated (or is entitled otherwise) meanwhile, or is gone.
+        if store
+            .entitled_via(&app.id, &member.target_display_name, &member.principal_id, ctx.now())
+            .await?
+            .is_some()
+            || !store.is_provisioned(&app.id, member).await?
+        {
+            return Ok(Done::Next(StepResult::default()));
+        }
         let mut steps = Vec::new();
         let started = std::time::Instant::now();
-        let outcome = push::remove_member(
-            self.ctx,
-            self.app,
-            self.client,
+        match push::remove_member(
+            ctx,
+            app,
+            client,
             &member.principal_id,
             &member.target_display_name,
             &mut steps,
         )
-        .await;
-        let status = if outcome.is_ok() { "success" } else { "failure" };
-        let mut entry = self.entry(member, "remove_member", status).await?;
-        entry.duration_ms = Some(started.elapsed().as_millis() as i64);
-        entry.steps = steps;
-        match outcome {
+        .await
+        {
             Ok(done) => {
                 self.tally.ok();
-                self.ctx.store.unmark_provisioned(&self.app.id, member).await?;
-                self.counts.removed += 1;
+                self.record.counts.removed += 1;
+                let mut entry = self.entry(ctx, member, "remove_member", "success").await?;
+                entry.duration_ms = Some(started.elapsed().as_millis() as i64);
+                entry.steps = steps;
                 entry.target_user_id = done.target_user_id;
                 entry.target_group_id = done.target_group_id;
                 entry.reason = done.note;
+                Ok(Done::Next(StepResult {
+                    members: vec![(member.clone(), MemberChange::Gone)],
+                    logs: vec![entry],
+                    legacy_remove: done.legacy_detected,
+                }))
             }
             Err(e) => {
-                self.tally.failed(&e);
-                self.counts.failed += 1;
-                entry.reason = Some(e.to_string());
+                let members = [member.clone()];
+                self.failed(ctx, e, &members, "remove_member", steps, StepResult::default())
+                    .await
             }
         }
-        self.ctx.store.insert_log(&entry).await?;
-        Ok(())
     }
 
-    /// Reads the target groups and compares the members the bridge manages.
-    async fn drift(&mut self, dry_run: bool, report: &mut Vec<serde_json::Value>) -> anyhow::Result<()> {
-        let mode = self.app.settings.drift_repair;
-        if mode == DriftRepair::Off {
-            return Ok(());
+    async fn drift(&mut self, ctx: &Ctx, app: &AppRecord, client: &ScimClient, target: &str) -> anyhow::Result<Done> {
+        let store = &ctx.store;
+        let dry_run = self.record.dry_run;
+        let Some(group_id) = store.target_group(&app.id, target).await? else {
+            return Ok(Done::Next(StepResult::default()));
+        };
+        let in_doubt: HashSet<TargetMember> = store.in_doubt_members(&app.id).await?.into_iter().collect();
+        let members: Vec<TargetMember> = store
+            .provisioned_members(&app.id)
+            .await?
+            .into_iter()
+            .filter(|m| m.target_display_name == target && !in_doubt.contains(m))
+            .collect();
+        if members.is_empty() {
+            return Ok(Done::Next(StepResult::default()));
         }
-        let provisioned = self.ctx.store.provisioned_members(&self.app.id).await?;
-        let mut by_target: BTreeMap<String, Vec<TargetMember>> = BTreeMap::new();
-        for m in provisioned {
-            by_target.entry(m.target_display_name.clone()).or_default().push(m);
-        }
-        let users: HashMap<String, String> = self
-            .ctx
-            .store
-            .target_users(&self.app.id)
+        let mut steps = Vec::new();
+        let present = match client.group_member_ids(&group_id, &mut steps).await {
+            Ok(present) => {
+                self.tally.ok();
+                present
+            }
+            Err(e) if e.is_transient() => return Ok(Done::Retry(e, StepResult::default())),
+            Err(e) => {
+                self.tally.failed(&e);
+                return Ok(Done::Next(StepResult::default()));
+            }
+        };
+        let users: HashMap<String, String> = store
+            .target_users(&app.id)
             .await?
             .into_iter()
             .map(|(p, u)| (p, u.target_user_id))
             .collect();
-        for (target, members) in by_target {
-            let Some(group_id) = self.ctx.store.target_group(&self.app.id, &target).await? else {
-                continue;
-            };
-            let mut steps = Vec::new();
-            let present = match self.client.group_member_ids(&group_id, &mut steps).await {
-                Ok(p) => {
-                    self.tally.ok();
-                    p
-                }
-                Err(e) => {
-                    self.tally.failed(&e);
-                    continue;
-                }
-            };
-            let missing: Vec<String> = members
-                .iter()
-                .filter(|m| users.get(&m.principal_id).is_none_or(|id| !present.contains(id)))
-                .map(|m| m.principal_id.clone())
-                .collect();
-            for p in &missing {
-                self.counts.drift_found += 1;
-                report.push(json!({"targetGroup": target, "principalId": p, "drift": "member missing at the target"}));
-                let member = TargetMember {
-                    target_display_name: target.clone(),
-                    principal_id: p.clone(),
-                };
-                if mode == DriftRepair::Report || dry_run {
-                    let mut entry = self.entry(&member, "add_member", "skipped").await?;
-                    entry.reason = Some(
-                        "drift: the member the bridge added is missing at the target (driftRepair: report)".into(),
-                    );
-                    entry.target_group_id = Some(group_id.clone());
-                    if !dry_run {
-                        self.ctx.store.insert_log(&entry).await?;
-                    }
-                }
-            }
-            if mode == DriftRepair::Repair && !dry_run && !missing.is_empty() {
-                for p in &missing {
-                    let member = TargetMember {
-                        target_display_name: target.clone(),
-                        principal_id: p.clone(),
-                    };
-                    self.ctx.store.unmark_provisioned(&self.app.id, &member).await?;
-                }
-                let source = self.source_group_of(&target).await?;
-                self.add_all(
-                    &target,
-                    &source,
-                    &missing,
-                    Some("drift repaired: the member was missing at the target"),
-                )
-                .await?;
+        let missing: Vec<TargetMember> = members
+            .into_iter()
+            .filter(|m| users.get(&m.principal_id).is_none_or(|id| !present.contains(id)))
+            .collect();
+        let mut result = StepResult::default();
+        let repair = app.settings.drift_repair == DriftRepair::Repair && !dry_run;
+        for member in &missing {
+            self.record.counts.drift_found += 1;
+            self.report.push(
+                json!({"targetGroup": target, "principalId": member.principal_id, "drift": "member missing at the target"}),
+            );
+            if !repair && !dry_run {
+                let mut entry = self.entry(ctx, member, "add_member", "skipped").await?;
+                entry.reason =
+                    Some("drift: the member the bridge added is missing at the target (driftRepair: report)".into());
+                entry.target_group_id = Some(group_id.clone());
+                result.logs.push(entry);
             }
         }
-        Ok(())
+        if repair && !missing.is_empty() {
+            result
+                .members
+                .extend(missing.iter().map(|m| (m.clone(), MemberChange::Gone)));
+            let principals: Vec<String> = missing.iter().map(|m| m.principal_id.clone()).collect();
+            // Goes right after this step: the repair is part of this cycle.
+            for chunk in principals.chunks(Self::members_per_patch(app)).rev() {
+                self.steps.insert(
+                    1,
+                    CycleStep::Add {
+                        target: target.to_string(),
+                        principals: chunk.to_vec(),
+                        reason: Some("drift repaired: the member was missing at the target"),
+                    },
+                );
+            }
+        }
+        Ok(Done::Next(result))
     }
 
-    async fn source_group_of(&self, target: &str) -> anyhow::Result<String> {
-        Ok(self
-            .ctx
+    async fn disable(
+        &mut self,
+        ctx: &Ctx,
+        app: &AppRecord,
+        client: &ScimClient,
+        principal: &str,
+    ) -> anyhow::Result<Done> {
+        let store = &ctx.store;
+        let entitled = store
+            .desired_members(&app.id, ctx.now())
+            .await?
+            .iter()
+            .any(|m| m.principal_id == principal);
+        let Some(mut user) = store.target_user(&app.id, principal).await? else {
+            return Ok(Done::Next(StepResult::default()));
+        };
+        if entitled || user.disabled {
+            return Ok(Done::Next(StepResult::default()));
+        }
+        let member = TargetMember {
+            target_display_name: String::new(),
+            principal_id: principal.to_string(),
+        };
+        let mut steps = Vec::new();
+        match client.set_user_active(&user.target_user_id, false, &mut steps).await {
+            Ok(()) => {
+                self.tally.ok();
+                user.disabled = true;
+                store.put_target_user(&app.id, principal, &user).await?;
+                self.record.counts.users_disabled += 1;
+                let mut entry = self.entry(ctx, &member, "disable_user", "success").await?;
+                entry.target_user_id = Some(user.target_user_id.clone());
+                entry.steps = steps;
+                entry.reason = Some("no assigned group entitles this account any more (outOfScope: disable)".into());
+                Ok(Done::Next(StepResult {
+                    logs: vec![entry],
+                    ..Default::default()
+                }))
+            }
+            Err(e) => {
+                self.failed(ctx, e, &[member], "disable_user", steps, StepResult::default())
+                    .await
+            }
+        }
+    }
+
+    async fn source_group_of(&self, ctx: &Ctx, app: &AppRecord, target: &str) -> anyhow::Result<String> {
+        Ok(ctx
             .store
-            .list_assignments(&self.app.id)
+            .list_assignments(&app.id)
             .await?
             .into_iter()
             .find(|a| a.target_display_name == target)
@@ -343,278 +874,93 @@ impl CycleRun<'_> {
             .unwrap_or_else(|| target.to_string()))
     }
 
-    /// `outOfScope: disable`: accounts the bridge created that no assigned group entitles.
-    async fn disable_out_of_scope(
-        &mut self,
-        desired: &BTreeSet<TargetMember>,
-        dry_run: bool,
-        report: &mut Vec<serde_json::Value>,
-    ) -> anyhow::Result<()> {
-        if self.app.settings.out_of_scope != OutOfScope::Disable {
-            return Ok(());
+    /// The last step: plans again if a manual cycle was merged in; else records the end, the
+    /// next schedule and a quarantine, with the deferred work it took, in one commit.
+    async fn finish(&mut self, ctx: &Ctx, app: &AppRecord) -> anyhow::Result<bool> {
+        let store = &ctx.store;
+        if !self.record.dry_run && store.take_replan(&app.id, &self.record.id).await? {
+            tracing::info!(app_id = %app.id, cycle_id = %self.record.id, "a cycle was asked for meanwhile: planning again");
+            self.plan(ctx, app).await?;
+            return Ok(false);
         }
-        let entitled: BTreeSet<&str> = desired.iter().map(|m| m.principal_id.as_str()).collect();
-        for (principal, mut user) in self.ctx.store.target_users(&self.app.id).await? {
-            if !user.created_by_us || user.disabled || entitled.contains(principal.as_str()) {
-                continue;
-            }
-            report.push(json!({"principalId": principal, "disable": user.target_user_id}));
-            if dry_run {
-                continue;
-            }
-            let mut steps = Vec::new();
-            let outcome = self
-                .client
-                .set_user_active(&user.target_user_id, false, &mut steps)
-                .await;
-            let member = TargetMember {
-                target_display_name: String::new(),
-                principal_id: principal.clone(),
-            };
-            let mut entry = self
-                .entry(
-                    &member,
-                    "disable_user",
-                    if outcome.is_ok() { "success" } else { "failure" },
-                )
-                .await?;
-            entry.target_user_id = Some(user.target_user_id.clone());
-            entry.steps = steps;
-            match outcome {
-                Ok(()) => {
-                    self.tally.ok();
-                    user.disabled = true;
-                    self.ctx.store.put_target_user(&self.app.id, &principal, &user).await?;
-                    self.counts.users_disabled += 1;
-                    entry.reason =
-                        Some("no assigned group entitles this account any more (outOfScope: disable)".into());
-                }
-                Err(e) => {
-                    self.tally.failed(&e);
-                    self.counts.failed += 1;
-                    entry.reason = Some(e.to_string());
+        let now = ctx.now();
+        let dry_run = self.record.dry_run;
+        let trigger = self.record.trigger.clone();
+        let interval = ctx.sync_interval_ms(app);
+        let quarantine = if dry_run { None } else { self.tally.quarantine_reason() };
+        let mut outcome = Outcome {
+            app_id: app.id.clone(),
+            time: now,
+            ..Default::default()
+        };
+        if !dry_run {
+            for job in store.deferred_jobs(&app.id).await? {
+                if self.taken.contains(&job.id) {
+                    outcome.jobs.push((job.id, JobChange::Done));
                 }
             }
-            self.ctx.store.insert_log(&entry).await?;
         }
+        let mut next_sync = (trigger == "schedule").then_some(now + interval);
+        self.record.status = if self.record.counts.failed > 0 {
+            "failed".into()
+        } else {
+            "success".into()
+        };
+        if let Some(reason) = &quarantine {
+            let level = app.quarantine_level + 1;
+            next_sync = Some(now + (interval.saturating_mul(1 << level.min(20))).min(DAY_MS));
+            outcome.status = Some(("quarantined".into(), Some(reason.clone()), level));
+            self.record.status = "quarantined".into();
+            tracing::warn!(app_id = %app.id, reason, "app quarantined");
+        } else if app.status == "quarantined" && trigger == "schedule" {
+            next_sync = Some(now + (interval.saturating_mul(1 << app.quarantine_level.clamp(1, 20))).min(DAY_MS));
+        }
+        if !dry_run {
+            outcome.next_sync_at = next_sync;
+        }
+        self.record.ended_at = Some(now);
+        if self.record.progress.as_deref() != Some("stopped: the app was paused") {
+            self.record.progress = None;
+        }
+        self.record.report = Some(json!({"changes": self.report}));
+        outcome.cycle = Some(self.record.clone());
+        store.record(&outcome).await?;
+        // A dry run changes nothing: it is counted, not its changes.
+        let counts = if dry_run {
+            CycleCounts::default()
+        } else {
+            self.record.counts.clone()
+        };
+        crate::metrics::cycle_ended(
+            &app.id,
+            &trigger,
+            &self.record.status,
+            now - self.record.started_at,
+            &counts,
+        );
+        tracing::info!(app_id = %app.id, cycle_id = %self.record.id, status = %self.record.status, counts = ?self.record.counts, "cycle ended");
+        Ok(true)
+    }
+
+    /// A cycle that cannot go on (the store failed) is recorded as failed and, if scheduled,
+    /// tried again a little later, so a failing cycle never starves the app's immediate pushes.
+    async fn break_off(&mut self, ctx: &Ctx, app: &AppRecord, error: &anyhow::Error) -> anyhow::Result<()> {
+        tracing::error!(app_id = %app.id, cycle_id = %self.record.id, error = %error, "cycle broke off");
+        let now = ctx.now();
+        self.record.status = "failed".into();
+        self.record.ended_at = Some(now);
+        self.record.progress = Some(format!("broke off: {error}"));
+        let next_sync_at =
+            (self.record.trigger == "schedule").then(|| now + ctx.sync_interval_ms(app).min(RETRY_BROKEN_CYCLE_MS));
+        ctx.store
+            .record(&Outcome {
+                app_id: app.id.clone(),
+                time: now,
+                cycle: Some(self.record.clone()),
+                next_sync_at,
+                ..Default::default()
+            })
+            .await?;
         Ok(())
     }
-}
-
-/// Runs one cycle. A cycle that breaks off is recorded as failed and, if scheduled, tried again
-/// a little later, so the app's immediate pushes are never starved by a failing cycle.
-pub(super) async fn run(
-    ctx: &Ctx,
-    app: &AppRecord,
-    client: &ScimClient,
-    cycle_id: &str,
-    trigger: &str,
-    dry_run: bool,
-) -> anyhow::Result<()> {
-    let Err(e) = run_recorded(ctx, app, client, cycle_id, trigger, dry_run).await else {
-        return Ok(());
-    };
-    tracing::error!(app_id = %app.id, cycle_id, error = %e, "cycle broke off");
-    let now = ctx.now();
-    if let Some(mut cycle) = ctx
-        .store
-        .list_cycles(&app.id, 20)
-        .await?
-        .into_iter()
-        .find(|c| c.id == cycle_id)
-    {
-        cycle.status = "failed".into();
-        cycle.ended_at = Some(now);
-        cycle.progress = Some(format!("broke off: {e}"));
-        ctx.store.update_cycle(&cycle).await?;
-    }
-    if trigger == "schedule" {
-        ctx.store
-            .set_next_sync(&app.id, now + ctx.sync_interval_ms(app).min(RETRY_BROKEN_CYCLE_MS))
-            .await?;
-    }
-    Ok(())
-}
-
-const RETRY_BROKEN_CYCLE_MS: Millis = 5 * 60_000;
-
-/// Settles adds whose outcome was unknown: the target says whether the member is there.
-async fn settle_in_doubt(ctx: &Ctx, app: &AppRecord, client: &ScimClient) -> anyhow::Result<()> {
-    let store = &ctx.store;
-    let doubtful = store.in_doubt_members(&app.id).await?;
-    if doubtful.is_empty() {
-        return Ok(());
-    }
-    let users: HashMap<String, String> = store
-        .target_users(&app.id)
-        .await?
-        .into_iter()
-        .map(|(p, u)| (p, u.target_user_id))
-        .collect();
-    let mut by_target: BTreeMap<String, Vec<TargetMember>> = BTreeMap::new();
-    for m in doubtful {
-        by_target.entry(m.target_display_name.clone()).or_default().push(m);
-    }
-    for (target, members) in by_target {
-        let mut steps = Vec::new();
-        let group_id = match store.target_group(&app.id, &target).await? {
-            Some(id) => Some(id),
-            None => client.find_group(&target, &mut steps).await.ok().flatten(),
-        };
-        let present = match &group_id {
-            Some(id) => match client.group_member_ids(id, &mut steps).await {
-                Ok(present) => present,
-                Err(_) => continue, // still unknown: try again next cycle
-            },
-            None => Default::default(),
-        };
-        let now = ctx.now();
-        for m in members {
-            if users.get(&m.principal_id).is_some_and(|id| present.contains(id)) {
-                store.mark_provisioned(&app.id, &m, now).await?;
-            } else {
-                store.unmark_provisioned(&app.id, &m).await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn run_recorded(
-    ctx: &Ctx,
-    app: &AppRecord,
-    client: &ScimClient,
-    cycle_id: &str,
-    trigger: &str,
-    dry_run: bool,
-) -> anyhow::Result<()> {
-    let store = &ctx.store;
-    let started = ctx.now();
-    let mut record = CycleRecord {
-        id: cycle_id.to_string(),
-        app_id: app.id.clone(),
-        trigger: trigger.into(),
-        dry_run,
-        started_at: started,
-        ended_at: None,
-        status: "running".into(),
-        counts: CycleCounts::default(),
-        progress: Some("reading desired and provisioned membership".into()),
-        report: None,
-    };
-    store.insert_cycle(&record).await?;
-    tracing::info!(app_id = %app.id, cycle_id, trigger, dry_run, "cycle started");
-
-    let assignments = store.list_assignments(&app.id).await?;
-    let target_of: HashMap<&str, &str> = assignments
-        .iter()
-        .map(|a| (a.group_id.as_str(), a.target_display_name.as_str()))
-        .collect();
-    if !dry_run {
-        settle_in_doubt(ctx, app, client).await?;
-    }
-    let deferred = store.deferred_jobs(&app.id).await?;
-    let desired: BTreeSet<TargetMember> = store.desired_members(&app.id, started).await?.into_iter().collect();
-    let provisioned: BTreeSet<TargetMember> = store.provisioned_members(&app.id).await?.into_iter().collect();
-
-    let mut run = CycleRun {
-        ctx,
-        app,
-        client,
-        cycle_id,
-        counts: CycleCounts {
-            deferred_taken: deferred.len() as i64,
-            ..Default::default()
-        },
-        tally: Tally::default(),
-        origin: HashMap::new(),
-        upn: HashMap::new(),
-    };
-    // Coalesce the deferred work per (principal, group): the final desired state decides.
-    for job in &deferred {
-        if let Some(target) = target_of.get(job.group_id.as_str()) {
-            let member = TargetMember {
-                target_display_name: target.to_string(),
-                principal_id: job.principal_id.clone(),
-            };
-            run.origin.insert(member, job.clone());
-        }
-    }
-    let to_add: Vec<&TargetMember> = desired.difference(&provisioned).collect();
-    let to_remove: Vec<&TargetMember> = provisioned.difference(&desired).collect();
-    let mut report = Vec::new();
-    for m in &to_add {
-        report.push(json!({"targetGroup": m.target_display_name, "principalId": m.principal_id, "change": "add"}));
-    }
-    for m in &to_remove {
-        report.push(json!({"targetGroup": m.target_display_name, "principalId": m.principal_id, "change": "remove"}));
-    }
-    record.progress = Some(format!("{} to add, {} to remove", to_add.len(), to_remove.len()));
-    store.update_cycle(&record).await?;
-
-    if !dry_run {
-        let mut adds: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for m in &to_add {
-            adds.entry(m.target_display_name.clone())
-                .or_default()
-                .push(m.principal_id.clone());
-        }
-        for (target, principals) in adds {
-            let source = run.source_group_of(&target).await?;
-            run.add_all(&target, &source, &principals, None).await?;
-        }
-        for m in &to_remove {
-            run.remove(m).await?;
-        }
-    } else {
-        run.counts.skipped = (to_add.len() + to_remove.len()) as i64;
-    }
-    record.progress = Some("checking drift".into());
-    store.update_cycle(&record).await?;
-    run.drift(dry_run, &mut report).await?;
-    run.disable_out_of_scope(&desired, dry_run, &mut report).await?;
-
-    let now = ctx.now();
-    if !dry_run {
-        for job in &deferred {
-            store.set_job_state(&job.id, "done", None, now).await?;
-        }
-    }
-
-    let interval = ctx.sync_interval_ms(app);
-    let quarantine = if dry_run { None } else { run.tally.quarantine_reason() };
-    let mut next_sync = if trigger == "schedule" {
-        now + interval
-    } else {
-        app.next_sync_at
-    };
-    record.status = if run.counts.failed > 0 {
-        "failed".into()
-    } else {
-        "success".into()
-    };
-    if let Some(reason) = &quarantine {
-        let level = app.quarantine_level + 1;
-        let backoff = (interval.saturating_mul(1 << level.min(20))).min(DAY_MS);
-        next_sync = now + backoff;
-        store
-            .set_app_status(&app.id, "quarantined", Some(reason), level)
-            .await?;
-        record.status = "quarantined".into();
-        tracing::warn!(app_id = %app.id, reason, "app quarantined");
-    } else if app.status == "quarantined" && trigger == "schedule" {
-        let backoff = (interval.saturating_mul(1 << app.quarantine_level.clamp(1, 20))).min(DAY_MS);
-        next_sync = now + backoff;
-    }
-    if !dry_run {
-        store.set_next_sync(&app.id, next_sync).await?;
-    }
-    record.ended_at = Some(now);
-    record.progress = None;
-    record.counts = run.counts;
-    record.report = Some(json!({"changes": report}));
-    store.update_cycle(&record).await?;
-    crate::metrics::cycle_ended(&app.id, trigger, &record.status, now - started, &record.counts);
-    tracing::info!(app_id = %app.id, cycle_id, status = %record.status, counts = ?record.counts, "cycle ended");
-    Ok(())
 }

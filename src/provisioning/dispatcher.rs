@@ -1,6 +1,9 @@
-//! The dispatcher of one app: the only task that pushes to it. It admits jobs through the app's
-//! window (removals first), defers the activations that do not fit, runs the app's cycles and
-//! sleeps until the next thing it has to do.
+//! The dispatcher of one app: the only task that pushes to it. It takes pending jobs in arrival
+//! order through the app's window (a removal goes ahead only while the window is full), defers
+//! the activations that do not fit, and runs the app's cycle one step at a time, serving its
+//! immediate queue between steps. It never sleeps on a target: retries are rescheduled on the
+//! bridge's clock, and the loop waits only for a wake-up, a due job, a free window slot, the
+//! next cycle step or the next cycle.
 
 use std::sync::Arc;
 
@@ -9,42 +12,57 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::clock::Millis;
-use crate::scim::ScimClient;
-use crate::store::{AppRecord, Job, Overflow, TargetMember};
+use crate::scim::{ScimClient, ScimError};
+use crate::store::{AppRecord, Job, JobChange, LogEntry, MemberChange, Outcome, Overflow, TargetMember};
 
+use super::cycle::Cycle;
+use super::pacing::Pacer;
 use super::window::Window;
 use super::{Ctx, job_log, push};
 
-/// How many pending jobs one pass reads.
+/// How many pending jobs one look reads.
 const BATCH: i64 = 100;
 /// Re-read the store at least this often, whatever the timers say.
 const IDLE_POLL_MS: Millis = 30_000;
-/// Attempts of one push (each with the client's own quick retries) before it is left to the cycle.
-const MAX_PUSH_ATTEMPTS: i64 = 5;
-const RETRY_BASE_MS: Millis = 5_000;
-const MAX_RETRY_DELAY_MS: Millis = 300_000;
+/// Attempts of one push before it is left to the cycle.
+const MAX_PUSH_ATTEMPTS: i64 = 8;
+const RETRY_BASE_MS: Millis = 500;
+const MAX_BACKOFF_MS: Millis = 60_000;
+/// The longest `Retry-After` obeyed; a target asking for more is tried again after this.
+const MAX_RETRY_AFTER_MS: Millis = 3_600_000;
+
+/// When a failed attempt goes again: when the target said, else after a backoff that doubles.
+pub(super) fn retry_at(now: Millis, attempt: i64, error: &ScimError) -> Millis {
+    let backoff = (RETRY_BASE_MS << (attempt - 1).clamp(0, 16)).min(MAX_BACKOFF_MS);
+    now + error
+        .retry_after()
+        .map_or(backoff, |d| (d.as_millis() as Millis).min(MAX_RETRY_AFTER_MS))
+}
 
 struct Dispatcher {
     ctx: Arc<Ctx>,
     app_id: String,
     window: Window,
-    /// A removal is waiting for the window in this pass.
+    pacer: Option<Pacer>,
+    /// A removal is waiting for the window: no activation may take the room before it.
     removal_waiting: bool,
-    client: Option<(Vec<u8>, String, u32, Arc<ScimClient>)>,
+    client: Option<(Vec<u8>, String, Arc<ScimClient>)>,
+    cycle: Option<Cycle>,
 }
 
 pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: CancellationToken) {
     let now = ctx.now();
     let window = match ctx.store.get_app(&app_id).await {
         Ok(Some(app)) => {
-            // A restart must not reset the window: rebuild it from the pushes just made.
+            // A restart must not reset the window: rebuild it from the admissions recorded
+            // before sending, whether or not the push got out.
             let (limit, span) = ctx.rate_limit(&app);
-            let recent = ctx
+            let admitted = ctx
                 .store
-                .recent_push_times(&app_id, now - span)
+                .admissions_since(&app_id, now - span)
                 .await
                 .unwrap_or_default();
-            Window::with_history(limit, span, recent)
+            Window::with_history(limit, span, admitted)
         }
         _ => return,
     };
@@ -52,8 +70,10 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         ctx: ctx.clone(),
         app_id: app_id.clone(),
         window,
+        pacer: None,
         removal_waiting: false,
         client: None,
+        cycle: None,
     };
     match ctx.store.recover_in_flight(&app_id, now).await {
         Ok(ids) if !ids.is_empty() => {
@@ -65,6 +85,10 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         }
         Ok(_) => {}
         Err(e) => tracing::error!(app_id, error = %e, "recovering in-flight pushes failed"),
+    }
+    match Cycle::resume(&ctx, &app_id).await {
+        Ok(cycle) => d.cycle = cycle,
+        Err(e) => tracing::error!(app_id, error = %e, "resuming an interrupted cycle failed"),
     }
     tracing::info!(app_id, "dispatcher started");
     loop {
@@ -79,31 +103,50 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
                 ctx.now() + 1_000
             }
         };
+        if next <= ctx.now() {
+            // More to do at once (the next cycle step): let other tasks run, then go on.
+            tokio::task::yield_now().await;
+            continue;
+        }
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = wake.notified() => {}
             _ = ctx.clock.sleep_until(next) => {}
         }
     }
+    if let Some(cycle) = &d.cycle {
+        tracing::info!(app_id, cycle_id = %cycle.id(), "cycle stopped between steps; it resumes after the restart");
+    }
     tracing::info!(app_id, "dispatcher stopped");
+}
+
+fn earliest(a: Option<Millis>, b: Millis) -> Option<Millis> {
+    Some(a.map_or(b, |a| a.min(b)))
 }
 
 impl Dispatcher {
     fn client(&mut self, app: &AppRecord) -> anyhow::Result<Arc<ScimClient>> {
-        let rps = app.settings.pacing.requests_per_second;
-        if let Some((sealed, url, r, client)) = &self.client
+        if let Some((sealed, url, client)) = &self.client
             && *sealed == app.auth_sealed
             && *url == app.scim_base_url
-            && *r == rps
         {
             return Ok(client.clone());
         }
         let client = Arc::new(self.ctx.client_for(app)?);
-        self.client = Some((app.auth_sealed.clone(), app.scim_base_url.clone(), rps, client.clone()));
+        self.client = Some((app.auth_sealed.clone(), app.scim_base_url.clone(), client.clone()));
         Ok(client)
     }
 
-    /// One look at everything the app has to do. Answers when to look again (`None`: the app is gone).
+    fn pacer(&mut self, app: &AppRecord) -> &Pacer {
+        let rps = app.settings.pacing.requests_per_second;
+        if self.pacer.as_ref().is_none_or(|p| p.requests_per_second() != rps) {
+            self.pacer = Some(Pacer::new(rps, self.ctx.clock.clone()));
+        }
+        self.pacer.as_ref().expect("just set")
+    }
+
+    /// One look at everything the app has to do: its immediate queue first, then one step of
+    /// its cycle. Answers when to look again (`None`: the app is gone).
     async fn pass(&mut self, stop: &CancellationToken) -> anyhow::Result<Option<Millis>> {
         let store = self.ctx.store.clone();
         let pass_started = self.ctx.now();
@@ -122,24 +165,7 @@ impl Dispatcher {
             }
         };
 
-        if let Some((cycle_id, dry_run)) = store.take_cycle_request(&app.id).await? {
-            // A paused app gets no pushes, not even from a cycle asked for before the pause.
-            let dry_run = dry_run || app.status == "paused";
-            super::cycle::run(&self.ctx, &app, &client, &cycle_id, "manual", dry_run).await?;
-            return Ok(Some(self.ctx.now()));
-        }
-        if self.ctx.now() >= app.next_sync_at {
-            if app.status == "paused" {
-                let next = self.ctx.now() + self.ctx.sync_interval_ms(&app);
-                store.set_next_sync(&app.id, next).await?;
-            } else {
-                let cycle_id = uuid::Uuid::now_v7().to_string();
-                super::cycle::run(&self.ctx, &app, &client, &cycle_id, "schedule", false).await?;
-            }
-            return Ok(Some(self.ctx.now()));
-        }
-
-        let mut wait_for_window: Option<Millis> = None;
+        let mut next: Option<Millis> = None;
         'batches: loop {
             let jobs = store.runnable_jobs(&app.id, self.ctx.now(), BATCH).await?;
             if jobs.is_empty() {
@@ -151,123 +177,153 @@ impl Dispatcher {
                 Some(fresh) => app = fresh,
                 None => return Ok(None),
             }
+            let mut waiting = false;
             for job in &jobs {
                 if stop.is_cancelled() {
                     return Ok(Some(self.ctx.now()));
                 }
-                // A removal that waits for the window stays pending; later activations of the
-                // batch are still judged now (the window is full for them too).
-                if let Some(free_at) = self.take(&app, job).await? {
-                    wait_for_window = Some(wait_for_window.map_or(free_at, |t: Millis| t.min(free_at)));
+                if let Some(at) = self.take(&app, &client, job).await? {
+                    next = earliest(next, at);
+                    waiting = true;
                 }
             }
-            if wait_for_window.is_some() {
+            if waiting || (jobs.len() as i64) < BATCH {
                 break 'batches;
             }
         }
 
-        if app.settings.overflow == Overflow::Drain && app.status == "active" && wait_for_window.is_none() {
-            wait_for_window = self.drain(&app).await?;
+        if app.settings.overflow == Overflow::Drain
+            && app.status == "active"
+            && !self.removal_waiting
+            && let Some(at) = self.drain(&app, &client).await?
+        {
+            next = earliest(next, at);
+        }
+
+        // The cycle: start one if asked for or due, then send at most one step.
+        if self.cycle.is_none() && !stop.is_cancelled() {
+            self.cycle = Cycle::start_if_due(&self.ctx, &app).await?;
+        }
+        let now = self.ctx.now();
+        match self.cycle.as_ref().map(|c| (c.ready_at(), c.next_step_sends())) {
+            None => next = earliest(next, app.next_sync_at),
+            Some((at, _)) if at > now => next = earliest(next, at),
+            Some((_, sends)) => {
+                // Steps are paced; the wait is a timer like any other, never a sleep.
+                let paced = if sends { self.pacer(&app).take() } else { Ok(()) };
+                match paced {
+                    Err(at) => next = earliest(next, at),
+                    Ok(()) => {
+                        let cycle = self.cycle.as_mut().expect("a cycle");
+                        if cycle.step(&self.ctx, &app, &client).await? {
+                            self.cycle = None;
+                        }
+                        // Serve the immediate queue before the next step.
+                        return Ok(Some(self.ctx.now()));
+                    }
+                }
+            }
         }
 
         let now = self.ctx.now();
-        let mut next = (now + IDLE_POLL_MS).min(app.next_sync_at);
+        let mut next = next.unwrap_or(now + IDLE_POLL_MS).min(now + IDLE_POLL_MS);
         // Jobs that came due while this pass ran are due now: look from the pass's start.
         if let Some(t) = store.next_job_time(&app.id, pass_started).await? {
-            next = next.min(t);
-        }
-        if let Some(t) = wait_for_window {
             next = next.min(t);
         }
         Ok(Some(next))
     }
 
-    /// Deferred activations go as the window frees (`overflow: drain`), removals first.
-    async fn drain(&mut self, app: &AppRecord) -> anyhow::Result<Option<Millis>> {
+    /// Deferred activations go as the window frees (`overflow: drain`), behind immediate work.
+    async fn drain(&mut self, app: &AppRecord, client: &ScimClient) -> anyhow::Result<Option<Millis>> {
         for job in self.ctx.store.deferred_jobs(&app.id).await? {
             let now = self.ctx.now();
             if !self.window.has_room(now) {
                 return Ok(Some(self.window.next_free_at(now)));
             }
-            if let Some(free_at) = self.take(app, &job).await? {
-                return Ok(Some(free_at));
+            if let Some(at) = self.take(app, client, &job).await? {
+                return Ok(Some(at));
             }
         }
         Ok(None)
     }
 
-    async fn target_of(&self, app: &AppRecord, group_id: &str) -> anyhow::Result<Option<String>> {
+    async fn upn(&self, principal_id: &str) -> anyhow::Result<Option<String>> {
         Ok(self
             .ctx
-            .assignment(&app.id, group_id)
+            .store
+            .principal(principal_id)
             .await?
-            .map(|a| a.target_display_name))
+            .map(|p| p.user_principal_name))
     }
 
+    /// A log entry for the job, with the anomaly noted at intake (R5) kept visible.
+    async fn entry(
+        &self,
+        app: &AppRecord,
+        job: &Job,
+        status: &str,
+        reason: Option<String>,
+    ) -> anyhow::Result<LogEntry> {
+        let mut entry = job_log(app, job, action_of(job), status, self.ctx.now());
+        entry.user_principal_name = self.upn(&job.principal_id).await?;
+        let flag = job.flag.as_deref().filter(|f| *f != "outcome unknown");
+        entry.reason = match (flag, reason) {
+            (Some(flag), Some(reason)) => Some(format!("{flag}; {reason}")),
+            (Some(flag), None) => Some(flag.to_string()),
+            (None, reason) => reason,
+        };
+        Ok(entry)
+    }
+
+    /// Ends a job without pushing, with its log entry, in one commit.
     async fn finish(
         &self,
         app: &AppRecord,
         job: &Job,
-        state: &str,
+        change: JobChange,
         status: &str,
-        action: &str,
-        reason: String,
+        reason: &str,
     ) -> anyhow::Result<()> {
-        let now = self.ctx.now();
-        self.ctx.store.set_job_state(&job.id, state, None, now).await?;
-        let mut entry = job_log(app, job, action, status, now);
-        entry.user_principal_name = self
-            .ctx
+        let entry = self.entry(app, job, status, Some(reason.to_string())).await?;
+        self.ctx
             .store
-            .principal(&job.principal_id)
-            .await?
-            .map(|p| p.user_principal_name);
-        // The anomaly noted at intake (R5) stays visible whatever became of the job.
-        entry.reason = Some(match job.flag.as_deref().filter(|f| *f != "outcome unknown") {
-            Some(flag) => format!("{flag}; {reason}"),
-            None => reason,
-        });
-        self.ctx.store.insert_log(&entry).await?;
+            .record(&Outcome {
+                app_id: app.id.clone(),
+                time: self.ctx.now(),
+                jobs: vec![(job.id.clone(), change)],
+                logs: vec![entry],
+                ..Default::default()
+            })
+            .await?;
         crate::metrics::push(&app.id, status);
         Ok(())
     }
 
     async fn defer(&self, app: &AppRecord, job: &Job, reason: &str) -> anyhow::Result<()> {
-        let now = self.ctx.now();
         let until = app.next_sync_at;
+        let mut entry = self.entry(app, job, "deferred", Some(reason.to_string())).await?;
+        entry.deferred_until = Some(until);
         self.ctx
             .store
-            .set_job_state(&job.id, "deferred", Some(until), now)
+            .record(&Outcome {
+                app_id: app.id.clone(),
+                time: self.ctx.now(),
+                jobs: vec![(job.id.clone(), JobChange::Deferred { until })],
+                logs: vec![entry],
+                ..Default::default()
+            })
             .await?;
-        let action = if job.is_removal() {
-            "remove_member"
-        } else {
-            "add_member"
-        };
-        let mut entry = job_log(app, job, action, "deferred", now);
-        entry.user_principal_name = self
-            .ctx
-            .store
-            .principal(&job.principal_id)
-            .await?
-            .map(|p| p.user_principal_name);
-        entry.reason = Some(reason.to_string());
-        entry.deferred_until = Some(until);
-        self.ctx.store.insert_log(&entry).await?;
         crate::metrics::deferred(&app.id);
         tracing::info!(app_id = %app.id, job_id = %job.id, event_id = ?job.event_id, deferred_until = until, reason, "push deferred to the next cycle");
         Ok(())
     }
 
-    /// Decides one job. Answers `Some(t)` when a removal has to wait for the window until `t`.
-    async fn take(&mut self, app: &AppRecord, job: &Job) -> anyhow::Result<Option<Millis>> {
+    /// Decides one job. Answers `Some(t)` when the app must be looked at again at `t`: a removal
+    /// waits for the window until then, or the push is to be retried then.
+    async fn take(&mut self, app: &AppRecord, client: &ScimClient, job: &Job) -> anyhow::Result<Option<Millis>> {
         let store = self.ctx.store.clone();
         let now = self.ctx.now();
-        let action = if job.is_removal() {
-            "remove_member"
-        } else {
-            "add_member"
-        };
 
         match app.status.as_str() {
             "paused" if !job.is_removal() => {
@@ -287,16 +343,14 @@ impl Dispatcher {
             _ => {}
         }
 
-        let Some(target) = self.target_of(app, &job.group_id).await? else {
-            self.finish(
-                app,
-                job,
-                "cancelled",
-                "skipped",
-                action,
-                "the group is no longer assigned to this app".into(),
-            )
-            .await?;
+        let Some(target) = self
+            .ctx
+            .assignment(&app.id, &job.group_id)
+            .await?
+            .map(|a| a.target_display_name)
+        else {
+            let reason = "the group is no longer assigned to this app";
+            self.finish(app, job, JobChange::Cancelled, "skipped", reason).await?;
             return Ok(None);
         };
         let member = TargetMember {
@@ -307,97 +361,64 @@ impl Dispatcher {
 
         if job.is_removal() {
             if let Some(via) = store.entitled_via(&app.id, &target, &job.principal_id, now).await? {
-                self.finish(
-                    app,
-                    job,
-                    "done",
-                    "skipped",
-                    action,
-                    format!("still entitled to `{target}` through group {via}: membership kept"),
-                )
-                .await?;
+                let reason = format!("still entitled to `{target}` through group {via}: membership kept");
+                self.finish(app, job, JobChange::Done, "skipped", &reason).await?;
                 return Ok(None);
             }
             // A removal that finds its (earlier) activation not yet pushed cancels it.
             let open_adds = store
                 .open_adds_for(&app.id, &job.principal_id, &job.group_id, job.seq)
                 .await?;
-            for add in &open_adds {
-                if add.flag.as_deref() == Some("outcome unknown") {
-                    // That add may have reached the target before a stop: remove it there too.
-                    store.mark_in_doubt(&app.id, &member, now).await?;
+            if !open_adds.is_empty() {
+                let mut cancel = Outcome {
+                    app_id: app.id.clone(),
+                    time: now,
+                    ..Default::default()
+                };
+                for add in &open_adds {
+                    if add.flag.as_deref() == Some("outcome unknown") {
+                        // That add may have reached the target before a stop: remove it there too.
+                        cancel.members.push((member.clone(), MemberChange::InDoubt));
+                    }
+                    cancel.jobs.push((add.id.clone(), JobChange::Cancelled));
+                    let reason = "cancelled: the membership ended before it was pushed".to_string();
+                    cancel.logs.push(self.entry(app, add, "skipped", Some(reason)).await?);
                 }
-                self.finish(
-                    app,
-                    add,
-                    "cancelled",
-                    "skipped",
-                    "add_member",
-                    "cancelled: the membership ended before it was pushed".into(),
-                )
-                .await?;
-            }
-            if !open_adds.is_empty() && !store.is_provisioned(&app.id, &member).await? {
-                self.finish(
-                    app,
-                    job,
-                    "done",
-                    "skipped",
-                    action,
-                    "the activation was still deferred: cancelled, nothing pushed".into(),
-                )
-                .await?;
-                return Ok(None);
+                store.record(&cancel).await?;
+                if !store.is_provisioned(&app.id, &member).await? {
+                    let reason = "the activation was still deferred: cancelled, nothing pushed";
+                    self.finish(app, job, JobChange::Done, "skipped", reason).await?;
+                    return Ok(None);
+                }
             }
             if !in_doubt && !store.is_provisioned(&app.id, &member).await? {
-                self.finish(
-                    app,
-                    job,
-                    "done",
-                    "skipped",
-                    action,
-                    "not provisioned by the bridge: nothing to remove".into(),
-                )
-                .await?;
+                let reason = "not provisioned by the bridge: nothing to remove";
+                self.finish(app, job, JobChange::Done, "skipped", reason).await?;
                 return Ok(None);
             }
         } else {
             let on_demand = job.trigger == "on_demand";
             if !on_demand && !store.membership_active(&job.principal_id, &job.group_id, now).await? {
-                self.finish(
-                    app,
-                    job,
-                    "cancelled",
-                    "skipped",
-                    action,
-                    "the membership is no longer active".into(),
-                )
-                .await?;
+                let reason = "the membership is no longer active";
+                self.finish(app, job, JobChange::Cancelled, "skipped", reason).await?;
                 return Ok(None);
             }
             if !in_doubt && store.is_confirmed(&app.id, &member).await? {
-                self.finish(
-                    app,
-                    job,
-                    "done",
-                    "success",
-                    action,
-                    "already a member: the bridge's record matches, nothing sent".into(),
-                )
-                .await?;
+                let reason = "already a member: the bridge's record matches, nothing sent";
+                self.finish(app, job, JobChange::Done, "success", reason).await?;
                 return Ok(None);
             }
         }
         // An earlier add of this pair has an unknown outcome: read the target before adding.
         let in_doubt = in_doubt || (!job.is_removal() && store.is_provisioned(&app.id, &member).await?);
 
-        // On-demand provisioning is paced, not windowed, and a retry of an admitted push is not
-        // a new push (SPEC: what counts against the window).
+        // On-demand provisioning is not windowed, and a retry of an admitted push is not a new
+        // push (SPEC: what counts against the window).
         if job.trigger == "on_demand" || job.attempt > 0 {
-            self.push(app, job, &member, in_doubt).await?;
-            return Ok(None);
+            return self.push(app, client, job, &member, in_doubt, false).await;
         }
-        // Once a removal waits for the window, no activation may take the room before it.
+        // Arrival order while the window has room; once it is full, a removal waits for the
+        // next free slot and no later activation may take it.
         let admitted = if !job.is_removal() && self.removal_waiting {
             Err(self.window.next_free_at(now))
         } else {
@@ -406,7 +427,7 @@ impl Dispatcher {
         if let Err(free_at) = admitted {
             crate::metrics::window_rejected(&app.id);
             if job.is_removal() {
-                // Revocation never waits for a cycle: it stays first in line for the window.
+                // Revocation never waits for a cycle: it is first in line for the window.
                 self.removal_waiting = true;
                 return Ok(Some(free_at));
             }
@@ -416,14 +437,24 @@ impl Dispatcher {
             }
             return Ok(None);
         }
-        self.push(app, job, &member, in_doubt).await?;
-        Ok(None)
+        self.push(app, client, job, &member, in_doubt, true).await
     }
 
-    async fn push(&mut self, app: &AppRecord, job: &Job, member: &TargetMember, in_doubt: bool) -> anyhow::Result<()> {
+    async fn push(
+        &mut self,
+        app: &AppRecord,
+        client: &ScimClient,
+        job: &Job,
+        member: &TargetMember,
+        in_doubt: bool,
+        admitted: bool,
+    ) -> anyhow::Result<Option<Millis>> {
         let span =
             tracing::info_span!("push", app_id = %app.id, event_id = ?job.event_id, job_id = %job.id, kind = %job.kind);
-        let result = self.push_in_span(app, job, member, in_doubt).instrument(span).await;
+        let result = self
+            .push_in_span(app, client, job, member, in_doubt, admitted)
+            .instrument(span)
+            .await;
         if result.is_err() {
             // Whatever broke after the job went in flight, it must not stay there: put it back
             // in line, its outcome unknown.
@@ -435,20 +466,23 @@ impl Dispatcher {
     async fn push_in_span(
         &mut self,
         app: &AppRecord,
+        client: &ScimClient,
         job: &Job,
         member: &TargetMember,
         in_doubt: bool,
-    ) -> anyhow::Result<()> {
+        admitted: bool,
+    ) -> anyhow::Result<Option<Millis>> {
         let store = self.ctx.store.clone();
         let started = std::time::Instant::now();
-        let client = self.client(app)?;
-        store.start_job(&job.id, self.ctx.now()).await?;
+        // The claim (and the admission time the window is rebuilt from) is committed before
+        // anything is sent.
+        store.claim_job(&job.id, self.ctx.now(), admitted).await?;
         let mut steps = Vec::new();
         let result = if job.is_removal() {
             push::remove_member(
                 &self.ctx,
                 app,
-                &client,
+                client,
                 &job.principal_id,
                 &member.target_display_name,
                 &mut steps,
@@ -458,7 +492,7 @@ impl Dispatcher {
             push::add_member(
                 &self.ctx,
                 app,
-                &client,
+                client,
                 &job.principal_id,
                 &job.group_id,
                 &member.target_display_name,
@@ -468,76 +502,79 @@ impl Dispatcher {
             .await
         };
         let now = self.ctx.now();
-        let action = if job.is_removal() {
-            "remove_member"
-        } else {
-            "add_member"
-        };
-        let mut job_now = job.clone();
-        job_now.attempt += 1;
-        let mut entry = job_log(app, &job_now, action, "success", now);
-        entry.user_principal_name = store.principal(&job.principal_id).await?.map(|p| p.user_principal_name);
+        let mut attempted = job.clone();
+        attempted.attempt += 1;
+        let mut entry = self.entry(app, &attempted, "success", None).await?;
         entry.duration_ms = Some(started.elapsed().as_millis() as i64);
         entry.steps = steps;
+        let mut outcome = Outcome {
+            app_id: app.id.clone(),
+            time: now,
+            ..Default::default()
+        };
         match result {
             Ok(done) => {
-                if job.is_removal() {
-                    store.unmark_provisioned(&app.id, member).await?;
+                let change = if job.is_removal() {
+                    MemberChange::Gone
                 } else {
-                    store.mark_provisioned(&app.id, member, now).await?;
-                }
-                store.set_job_state(&job.id, "done", None, now).await?;
+                    MemberChange::Confirmed
+                };
+                outcome.members.push((member.clone(), change));
+                outcome.jobs.push((job.id.clone(), JobChange::Done));
+                outcome.legacy_remove = done.legacy_detected;
                 entry.target_user_id = done.target_user_id;
                 entry.target_group_id = done.target_group_id;
                 entry.latency_ms = Some((now - job.received_at).max(0));
                 crate::metrics::push_latency(&app.id, now - job.received_at);
-                entry.reason = match (&job.flag, done.note) {
-                    (Some(flag), Some(note)) if flag != "outcome unknown" => Some(format!("{flag}; {note}")),
-                    (Some(flag), None) if flag != "outcome unknown" => Some(flag.clone()),
-                    (_, note) => note,
+                let flag = job.flag.as_deref().filter(|f| *f != "outcome unknown");
+                entry.reason = match (flag, done.note) {
+                    (Some(flag), Some(note)) => Some(format!("{flag}; {note}")),
+                    (Some(flag), None) => Some(flag.to_string()),
+                    (None, note) => note,
                 };
                 tracing::info!(latency_ms = entry.latency_ms, "pushed");
             }
             Err(e) => {
                 if !job.is_removal() && e.outcome_unknown() {
-                    // The add may be at the target: a later removal must still go out.
-                    store.mark_in_doubt(&app.id, member, now).await?;
+                    // The add may be at the target: a later removal must still go out, and a
+                    // later add reads the group first.
+                    outcome.members.push((member.clone(), MemberChange::InDoubt));
                 }
-                let flag = job.flag.as_deref().filter(|f| *f != "outcome unknown");
-                let retry_at = (e.is_transient() && job_now.attempt < MAX_PUSH_ATTEMPTS).then(|| {
-                    let backoff = RETRY_BASE_MS << (job_now.attempt - 1).clamp(0, 5);
-                    now + e
-                        .retry_after()
-                        .map_or(backoff, |d| d.as_millis() as Millis)
-                        .min(MAX_RETRY_DELAY_MS)
-                });
-                match retry_at {
-                    Some(at) => {
-                        // Throttled or unreachable: the push keeps its place (no new window
-                        // slot) and goes again at `at`, long before any cycle.
-                        store.retry_job_at(&job.id, at, now).await?;
-                        entry.status = "deferred".into();
-                        entry.deferred_until = Some(at);
-                        entry.reason = Some(match flag {
-                            Some(flag) => format!("{flag}; {e}; retrying"),
-                            None => format!("{e}; retrying"),
-                        });
-                        tracing::warn!(error = %e, retry_at = at, "push failed for now; retrying");
-                    }
-                    None => {
-                        store.set_job_state(&job.id, "failed", None, now).await?;
-                        entry.status = "failure".into();
-                        entry.reason = Some(match flag {
-                            Some(flag) => format!("{flag}; {e}"),
-                            None => e.to_string(),
-                        });
-                        tracing::warn!(error = %e, "push failed; the next cycle reconciles it");
-                    }
+                let with_flag = |text: String| match job.flag.as_deref().filter(|f| *f != "outcome unknown") {
+                    Some(flag) => format!("{flag}; {text}"),
+                    None => text,
+                };
+                if e.is_transient() && attempted.attempt < MAX_PUSH_ATTEMPTS {
+                    // Throttled or unreachable: the push keeps its place (no new window slot)
+                    // and goes again at `at`, long before any cycle. Nothing sleeps meanwhile.
+                    let at = retry_at(now, attempted.attempt, &e);
+                    outcome.jobs.push((job.id.clone(), JobChange::Retry { at }));
+                    entry.status = "deferred".into();
+                    entry.deferred_until = Some(at);
+                    entry.reason = Some(with_flag(format!("{e}; retrying")));
+                    tracing::warn!(error = %e, retry_at = at, "push failed for now; retrying");
+                } else {
+                    outcome.jobs.push((job.id.clone(), JobChange::Failed));
+                    entry.status = "failure".into();
+                    entry.reason = Some(with_flag(e.to_string()));
+                    tracing::warn!(error = %e, "push failed; the next cycle reconciles it");
                 }
             }
         }
-        store.insert_log(&entry).await?;
-        crate::metrics::push(&app.id, &entry.status);
-        Ok(())
+        let status = entry.status.clone();
+        let retry = entry.deferred_until;
+        outcome.logs.push(entry);
+        // Membership record, job state and log entry: one commit.
+        store.record(&outcome).await?;
+        crate::metrics::push(&app.id, &status);
+        Ok(retry)
+    }
+}
+
+fn action_of(job: &Job) -> &'static str {
+    if job.is_removal() {
+        "remove_member"
+    } else {
+        "add_member"
     }
 }

@@ -4,6 +4,7 @@
 
 mod cycle;
 mod dispatcher;
+mod pacing;
 mod push;
 pub mod window;
 
@@ -116,7 +117,6 @@ impl Ctx {
     pub fn client_for(&self, app: &AppRecord) -> anyhow::Result<ScimClient> {
         let options = ClientOptions {
             allow_private: self.config.allow_private_targets,
-            requests_per_second: app.settings.pacing.requests_per_second,
             ..ClientOptions::default()
         };
         Ok(ScimClient::new(&app.scim_base_url, self.auth_of(app)?, options)?.for_app(&app.id))
@@ -181,15 +181,6 @@ pub(crate) fn job_log(app: &AppRecord, job: &Job, action: &str, status: &str, no
         status: status.into(),
         attempt: job.attempt,
         ..Default::default()
-    }
-}
-
-pub(crate) fn steps_note(step: &str, status: &str, detail: impl Into<String>) -> Step {
-    Step {
-        step: step.into(),
-        status: status.into(),
-        detail: Some(detail.into()),
-        http: None,
     }
 }
 

@@ -15,6 +15,9 @@ pub struct PushResult {
     pub user_updated: bool,
     /// Set when nothing had to be sent (already there, already gone).
     pub note: Option<String>,
+    /// The target refused the filter-path removal and took the legacy form: remembered per app
+    /// in the same commit as the outcome.
+    pub legacy_detected: bool,
 }
 
 /// The target's id for the principal: the stored one, else matched, else created. Changed
@@ -255,26 +258,46 @@ pub async fn remove_member(
             }
             Ok(result)
         }
-        Err(e) if e.status() == Some(400) => {
-            // Either the member is already absent (some targets answer noTarget) or the target
-            // only takes the legacy removal form.
-            let members = client.group_member_ids(&group_id, steps).await?;
-            if !members.contains(&user_id) {
-                result.note = Some("the member was already absent at the target".into());
-                return Ok(result);
+        // 400 (whatever the scimType) or 501 to the filter path: the target may take only the
+        // legacy form. Try it once; if it works, the app remembers it.
+        Err(e) if matches!(e.status(), Some(400 | 501)) && !legacy && app.settings.patch_style == PatchStyle::Auto => {
+            match client.remove_member(&group_id, &user_id, true, steps).await {
+                Ok(()) => {
+                    result.legacy_detected = true;
+                    steps.push(Step::note(
+                        "detect_patch_style",
+                        "success",
+                        format!(
+                            "the target answered {} to the filter-path removal and took the legacy form: remembered",
+                            e.status().unwrap_or_default()
+                        ),
+                    ));
+                    Ok(result)
+                }
+                Err(legacy_error) if legacy_error.status() == Some(400) => {
+                    absent_or(client, &group_id, &user_id, e, steps, result).await
+                }
+                Err(legacy_error) => Err(legacy_error),
             }
-            if app.settings.patch_style == PatchStyle::Auto && !legacy {
-                client.remove_member(&group_id, &user_id, true, steps).await?;
-                let _ = store.set_legacy_remove(&app.id).await;
-                steps.push(super::steps_note(
-                    "detect_patch_style",
-                    "success",
-                    "the target takes only the legacy removal form: remembered",
-                ));
-                return Ok(result);
-            }
-            Err(e)
         }
+        Err(e) if e.status() == Some(400) => absent_or(client, &group_id, &user_id, e, steps, result).await,
         Err(e) => Err(e),
     }
+}
+
+/// Some targets answer 400 (`noTarget`) to the removal of a member that is not there: read the
+/// group, and call the removal done if the member is absent.
+async fn absent_or(
+    client: &ScimClient,
+    group_id: &str,
+    user_id: &str,
+    error: ScimError,
+    steps: &mut Vec<Step>,
+    mut result: PushResult,
+) -> ScimResult<PushResult> {
+    if client.group_member_ids(group_id, steps).await?.contains(user_id) {
+        return Err(error);
+    }
+    result.note = Some("the member was already absent at the target".into());
+    Ok(result)
 }

@@ -3,23 +3,18 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::activation::Principal;
 use crate::config::Secret;
-use crate::store::{HttpTrace, Step};
+use crate::types::{HttpTrace, Principal, Step};
 
 const SCHEMA_USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 const SCHEMA_GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 const SCHEMA_PATCH: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
-/// Longest `Retry-After` obeyed inside one push; longer ones fail the attempt (the cycle retries).
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone)]
 pub enum Auth {
@@ -107,7 +102,8 @@ impl ScimError {
     fn is_retryable(&self) -> bool {
         match self {
             Self::Network(_) => true,
-            Self::Status { status, .. } => *status == 429 || *status >= 500,
+            // 501 Not Implemented says what the target can't do, not that it is busy.
+            Self::Status { status, .. } => *status == 429 || (*status >= 500 && *status != 501),
             _ => false,
         }
     }
@@ -119,8 +115,6 @@ pub type ScimResult<T> = Result<T, ScimError>;
 pub struct ClientOptions {
     /// Connect to private addresses too (SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS).
     pub allow_private: bool,
-    pub requests_per_second: u32,
-    pub max_attempts: u32,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
 }
@@ -129,8 +123,6 @@ impl Default for ClientOptions {
     fn default() -> Self {
         Self {
             allow_private: false,
-            requests_per_second: 25,
-            max_attempts: 4,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
         }
@@ -142,10 +134,6 @@ pub struct ScimClient {
     base: String,
     auth: Auth,
     access_token: Mutex<Option<(String, Instant)>>,
-    // Pacing of outgoing requests is GCRA (governor): smooth, with a small burst. It is not the
-    // admission window of R2, which must be exact and lives in the dispatcher.
-    pacer: DefaultDirectRateLimiter,
-    options: ClientOptions,
     /// The app this client talks to, as a metrics label (empty: not counted).
     metrics_app: String,
 }
@@ -301,14 +289,11 @@ impl ScimClient {
             builder = builder.dns_resolver(PublicAddressesOnly);
         }
         let http = builder.build()?;
-        let rps = NonZeroU32::new(options.requests_per_second.max(1)).expect("non-zero");
         Ok(Self {
             http,
             base: base_url.trim_end_matches('/').to_string(),
             auth,
             access_token: Mutex::new(None),
-            pacer: RateLimiter::direct(Quota::per_second(rps)),
-            options,
             metrics_app: String::new(),
         })
     }
@@ -379,8 +364,10 @@ impl ScimClient {
         }
     }
 
-    /// One SCIM call with pacing, retries (network, 5xx, 429; `Retry-After` obeyed) and a trace step
-    /// per attempt. Answers the status and the JSON body, if any.
+    /// One SCIM call: one HTTP attempt (and, with OAuth, one more after a 401 with a fresh access
+    /// token), traced as a step. It never sleeps: a request that must be retried (network error,
+    /// 5xx, 429, `Retry-After`) comes back as an error, and the caller reschedules its work on the
+    /// bridge's clock instead of holding up the app's other work.
     pub async fn call(
         &self,
         method: Method,
@@ -390,22 +377,6 @@ impl ScimClient {
         step: &str,
         steps: &mut Vec<Step>,
     ) -> ScimResult<(u16, Option<Value>)> {
-        self.call_with(method, path, query, body, step, steps, true).await
-    }
-
-    /// Like `call`; with `retry_network` false a network error is returned at once, because the
-    /// request may have reached the target and must not be sent again blindly.
-    #[allow(clippy::too_many_arguments)]
-    async fn call_with(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, &str)],
-        body: Option<&Value>,
-        step: &str,
-        steps: &mut Vec<Step>,
-        retry_network: bool,
-    ) -> ScimResult<(u16, Option<Value>)> {
         let url = format!("{}{}", self.base, path);
         let shown_path = if query.is_empty() {
             path.to_string()
@@ -414,19 +385,11 @@ impl ScimClient {
             format!("{path}?{}", q.join("&"))
         };
         let mut refreshed = false;
-        let mut attempt = 0;
         loop {
-            attempt += 1;
-            self.pacer.until_ready().await;
-            let token = match self.bearer(false).await {
+            let token = match self.bearer(refreshed).await {
                 Ok(t) => t,
                 Err(e) => {
-                    steps.push(Step {
-                        step: step.into(),
-                        status: "failure".into(),
-                        detail: Some(e.to_string()),
-                        http: None,
-                    });
+                    steps.push(Step::note(step, "failure", e.to_string()));
                     return Err(e);
                 }
             };
@@ -487,51 +450,23 @@ impl ScimClient {
                     });
                     return Ok(ok);
                 }
-                Err(e) => {
-                    let oauth = matches!(self.auth, Auth::OAuth2 { .. });
-                    if e.status() == Some(401) && oauth && !refreshed {
-                        refreshed = true;
-                        steps.push(Step {
-                            step: step.into(),
-                            status: "retry".into(),
-                            detail: Some("401: fetching a new access token".into()),
-                            http: Some(trace),
-                        });
-                        self.bearer(true).await?;
-                        continue;
-                    }
-                    let wait = match &e {
-                        ScimError::Status {
-                            retry_after: Some(d), ..
-                        } => Some(*d),
-                        _ => None,
-                    };
-                    let retry = e.is_retryable()
-                        && (retry_network || !e.outcome_unknown())
-                        && attempt < self.options.max_attempts
-                        && wait.is_none_or(|w| w <= MAX_RETRY_AFTER);
-                    let detail = e.to_string();
-                    if !retry {
-                        steps.push(Step {
-                            step: step.into(),
-                            status: "failure".into(),
-                            detail: Some(detail),
-                            http: Some(trace),
-                        });
-                        return Err(e);
-                    }
-                    let backoff = wait.unwrap_or_else(|| {
-                        let base = 200u64 << (attempt - 1).min(6);
-                        let jitter = u64::from(crate::crypto::random_bytes::<2>()[0]) * base / 255;
-                        Duration::from_millis(base + jitter)
-                    });
+                Err(e) if e.status() == Some(401) && matches!(self.auth, Auth::OAuth2 { .. }) && !refreshed => {
+                    refreshed = true;
                     steps.push(Step {
                         step: step.into(),
                         status: "retry".into(),
-                        detail: Some(format!("{detail}; retrying in {} ms", backoff.as_millis())),
+                        detail: Some("401: fetching a new access token".into()),
                         http: Some(trace),
                     });
-                    tokio::time::sleep(backoff).await;
+                }
+                Err(e) => {
+                    steps.push(Step {
+                        step: step.into(),
+                        status: "failure".into(),
+                        detail: Some(e.to_string()),
+                        http: Some(trace),
+                    });
+                    return Err(e);
                 }
             }
         }
@@ -683,9 +618,10 @@ impl ScimClient {
     pub async fn add_members(&self, group_id: &str, user_ids: &[String], steps: &mut Vec<Step>) -> ScimResult<()> {
         let value: Vec<Value> = user_ids.iter().map(|id| json!({"value": id})).collect();
         let body = patch(json!([{"op": "add", "path": "members", "value": value}]));
-        // Some servers keep a member twice: an add whose outcome is unknown is not resent here.
+        // Some servers keep a member twice: an add whose outcome is unknown is never resent blindly
+        // (the caller reads the group first).
         let path = format!("/Groups/{group_id}");
-        self.call_with(Method::PATCH, &path, &[], Some(&body), "add_member", steps, false)
+        self.call(Method::PATCH, &path, &[], Some(&body), "add_member", steps)
             .await?;
         Ok(())
     }

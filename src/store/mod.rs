@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::activation::{Effect, Event, Principal};
-use crate::clock::{Millis, to_rfc3339};
+use crate::clock::Millis;
 use crate::config::RateLimit;
 
 pub use sqlite::SqliteStore;
@@ -96,14 +96,16 @@ pub struct AppSettings {
     pub members_per_patch: Option<u32>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AppRecord {
     pub id: String,
     pub name: String,
     pub scim_base_url: String,
     pub auth_type: String,
     pub auth_sealed: Vec<u8>,
+    #[sqlx(json)]
     pub settings: AppSettings,
+    #[sqlx(json)]
     pub owners: Vec<String>,
     pub status: String,
     pub status_reason: Option<String>,
@@ -114,7 +116,7 @@ pub struct AppRecord {
     pub deleted_at: Option<Millis>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TokenRecord {
     pub id: String,
     pub name: String,
@@ -122,7 +124,7 @@ pub struct TokenRecord {
     pub created_at: Millis,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Assignment {
     pub app_id: String,
     pub group_id: String,
@@ -130,7 +132,7 @@ pub struct Assignment {
     pub created_at: Millis,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Job {
     pub seq: i64,
     pub id: String,
@@ -146,6 +148,9 @@ pub struct Job {
     pub deferred_until: Option<Millis>,
     pub attempt: i64,
     pub flag: Option<String>,
+    /// When the window admitted it (R2); `None` for work that does not count against the window.
+    #[sqlx(default)]
+    pub admitted_at: Option<Millis>,
 }
 
 impl Job {
@@ -154,77 +159,7 @@ impl Job {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct HttpTrace {
-    pub method: String,
-    pub path: String,
-    pub status: Option<u16>,
-    #[serde(rename = "durationMs")]
-    pub duration_ms: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Step {
-    pub step: String,
-    pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpTrace>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct LogEntry {
-    pub seq: i64,
-    pub id: String,
-    pub time: Millis,
-    pub app_id: String,
-    pub app_name: String,
-    pub trigger: String,
-    pub cycle_id: Option<String>,
-    pub event_id: Option<String>,
-    pub job_id: Option<String>,
-    pub principal_id: Option<String>,
-    pub user_principal_name: Option<String>,
-    pub group_id: Option<String>,
-    pub action: String,
-    pub status: String,
-    pub reason: Option<String>,
-    pub deferred_until: Option<Millis>,
-    pub target_user_id: Option<String>,
-    pub target_group_id: Option<String>,
-    pub attempt: i64,
-    pub duration_ms: Option<i64>,
-    pub latency_ms: Option<i64>,
-    pub steps: Vec<Step>,
-}
-
-impl LogEntry {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "time": to_rfc3339(self.time),
-            "appId": self.app_id,
-            "appName": self.app_name,
-            "trigger": self.trigger,
-            "cycleId": self.cycle_id,
-            "eventId": self.event_id,
-            "principalId": self.principal_id,
-            "userPrincipalName": self.user_principal_name,
-            "groupId": self.group_id,
-            "action": self.action,
-            "status": self.status,
-            "reason": self.reason,
-            "deferredUntil": self.deferred_until.map(to_rfc3339),
-            "targetUserId": self.target_user_id,
-            "targetGroupId": self.target_group_id,
-            "attempt": self.attempt,
-            "durationMs": self.duration_ms,
-            "latencyMs": self.latency_ms,
-            "steps": self.steps,
-        })
-    }
-}
+pub use crate::types::{HttpTrace, LogEntry, Step};
 
 #[derive(Debug, Clone, Default)]
 pub struct LogFilter {
@@ -251,18 +186,19 @@ pub enum Acceptance {
     Conflict,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredEvent {
     pub seq: i64,
     pub id: String,
     pub status: String,
+    #[sqlx(json)]
     pub body: Value,
     pub received_at: Millis,
     pub outcome: String,
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TargetUser {
     pub target_user_id: String,
     pub fingerprint: String,
@@ -271,7 +207,7 @@ pub struct TargetUser {
 }
 
 /// A membership the bridge wants at a target: one principal in one target group.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::FromRow)]
 pub struct TargetMember {
     pub target_display_name: String,
     pub principal_id: String,
@@ -291,7 +227,7 @@ pub struct CycleCounts {
     pub deferred_taken: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CycleRecord {
     pub id: String,
     pub app_id: String,
@@ -300,19 +236,81 @@ pub struct CycleRecord {
     pub started_at: Millis,
     pub ended_at: Option<Millis>,
     pub status: String,
+    #[sqlx(json)]
     pub counts: CycleCounts,
     pub progress: Option<String>,
+    #[sqlx(json(nullable))]
     pub report: Option<Value>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AuditEntry {
     pub seq: i64,
     pub time: Millis,
     pub actor: String,
     pub action: String,
     pub target: String,
+    #[sqlx(json)]
     pub detail: Value,
+}
+
+/// What becomes of a job in an outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobChange {
+    Done,
+    Failed,
+    Cancelled,
+    /// Left to the app's next cycle.
+    Deferred {
+        until: Millis,
+    },
+    /// Sent again at `at` (an admitted push keeps its place: no new window slot).
+    Retry {
+        at: Millis,
+    },
+}
+
+/// What the bridge now knows of one membership at a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    /// The target confirmed the member.
+    Confirmed,
+    /// An add was (or is about to be) sent and its outcome is not known yet: the member may be
+    /// at the target, so it is read there before an add is sent again.
+    InDoubt,
+    /// The member is not at the target (removed, or never got there).
+    Gone,
+}
+
+/// Everything one outcome changes, written in one commit: the job's state, what the bridge
+/// knows of the target, the log entries, and for a cycle its record and schedule.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub app_id: String,
+    /// When it was recorded.
+    pub time: Millis,
+    pub jobs: Vec<(String, JobChange)>,
+    pub members: Vec<(TargetMember, MemberChange)>,
+    pub logs: Vec<LogEntry>,
+    pub cycle: Option<CycleRecord>,
+    pub next_sync_at: Option<Millis>,
+    /// Status, reason and quarantine level.
+    pub status: Option<(String, Option<String>, i64)>,
+    /// The target takes only the legacy removal form.
+    pub legacy_remove: bool,
+}
+
+/// The fields of an app that a change sets; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AppChanges {
+    pub name: Option<String>,
+    pub scim_base_url: Option<String>,
+    /// Auth type and sealed credentials.
+    pub auth: Option<(String, Vec<u8>)>,
+    pub settings: Option<AppSettings>,
+    pub owners: Option<Vec<String>>,
+    /// Status and its reason.
+    pub status: Option<(String, Option<String>)>,
 }
 
 #[async_trait]
@@ -328,7 +326,11 @@ pub trait Store: Send + Sync + 'static {
 
     // apps and assignments
     async fn insert_app(&self, app: &AppRecord) -> StoreResult<()>;
+    /// Writes every field of the record back. Prefer `change_app`, which writes only what changed.
     async fn update_app(&self, app: &AppRecord) -> StoreResult<()>;
+    /// Writes only the fields the change sets, so it never undoes what another writer (a cycle
+    /// quarantining the app, say) committed meanwhile.
+    async fn change_app(&self, id: &str, changes: &AppChanges) -> StoreResult<()>;
     async fn get_app(&self, id: &str) -> StoreResult<Option<AppRecord>>;
     async fn list_apps(&self) -> StoreResult<Vec<AppRecord>>;
     async fn set_app_status(
@@ -339,14 +341,14 @@ pub trait Store: Send + Sync + 'static {
         quarantine_level: i64,
     ) -> StoreResult<()>;
     async fn set_next_sync(&self, id: &str, at: Millis) -> StoreResult<()>;
-    async fn set_legacy_remove(&self, id: &str) -> StoreResult<()>;
     async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()>;
     async fn put_assignment(&self, a: &Assignment) -> StoreResult<()>;
     async fn delete_assignment(&self, app_id: &str, group_id: &str) -> StoreResult<bool>;
     async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>>;
 
     // webhook intake
-    /// Records the events of one webhook in one transaction; answers each one's verdict.
+    /// Records the events of one webhook in one transaction (events, principals, membership
+    /// state, jobs, log entries, as `crate::rules` decides); answers each one's verdict.
     async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>>;
     async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>>;
     async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>>;
@@ -360,18 +362,22 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool>;
 
     // the dispatcher's work
+    /// Pending jobs due at `now`, in arrival order. A job waits behind an earlier job of the same
+    /// (principal, group) that is still pending (a scheduled retry), so their order holds; a
+    /// removal never waits behind an add (it cancels it).
     async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>>;
     async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>>;
     async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>>;
-    async fn set_job_state(
-        &self,
-        job_id: &str,
-        state: &str,
-        deferred_until: Option<Millis>,
-        now: Millis,
-    ) -> StoreResult<()>;
-    async fn start_job(&self, job_id: &str, now: Millis) -> StoreResult<()>;
+    /// Claims a job for sending: in flight, one more attempt, and (when the window admitted it)
+    /// its admission time, in one commit before anything is sent.
+    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<()>;
+    /// When the window admitted the app's pushes since `since`, sent or not: a restart rebuilds
+    /// the window from them.
+    async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>>;
+    /// Jobs a stop left in flight go back in line, their outcome unknown.
     async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>>;
+    /// A job whose push broke off after it went in flight: pending again, its outcome unknown.
+    async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()>;
     /// Adds for the pair that are not pushed yet and were queued before job `before_seq`.
     async fn open_adds_for(
         &self,
@@ -382,7 +388,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Job>>;
     async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()>;
     async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool>;
-    /// A source group other than `excluding` still entitles the principal to the target group.
+    /// A source group assigned to the app that still entitles the principal to the target group.
     async fn entitled_via(
         &self,
         app_id: &str,
@@ -392,6 +398,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<String>>;
     async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>>;
     async fn next_expiry(&self) -> StoreResult<Option<Millis>>;
+    /// Records one outcome in one commit.
+    async fn record(&self, outcome: &Outcome) -> StoreResult<()>;
 
     // what the bridge knows of targets
     async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>>;
@@ -400,19 +408,12 @@ pub trait Store: Send + Sync + 'static {
     async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>>;
     async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()>;
     async fn forget_target_group(&self, app_id: &str, display_name: &str) -> StoreResult<()>;
-    async fn mark_provisioned(&self, app_id: &str, m: &TargetMember, now: Millis) -> StoreResult<()>;
     async fn unmark_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<()>;
     /// The bridge has, or may have, put the member there (confirmed or in doubt).
     async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool>;
     /// The target confirmed the member.
     async fn is_confirmed(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool>;
-    /// An add was sent but its outcome is unknown.
-    async fn mark_in_doubt(&self, app_id: &str, m: &TargetMember, now: Millis) -> StoreResult<()>;
     async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>>;
-    /// Puts a job back in line at `not_before` (a retry of an admitted push).
-    async fn retry_job_at(&self, job_id: &str, not_before: Millis, now: Millis) -> StoreResult<()>;
-    /// A job whose push was interrupted: pending again, its outcome unknown.
-    async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()>;
     async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>>;
     async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>>;
 
@@ -420,16 +421,19 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()>;
     async fn query_logs(&self, filter: &LogFilter) -> StoreResult<Vec<LogEntry>>;
     async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>>;
-    /// When the app's immediate pushes since `since` were made (from the log: completion times,
-    /// which are never earlier than admission), to rebuild the window after a restart.
-    async fn recent_push_times(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>>;
     async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
     /// The audit trail is kept as long as the logs.
     async fn purge_audit(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
     async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()>;
-    async fn update_cycle(&self, c: &CycleRecord) -> StoreResult<()>;
     async fn list_cycles(&self, app_id: &str, limit: i64) -> StoreResult<Vec<CycleRecord>>;
-    async fn request_cycle(&self, app_id: &str, cycle_id: &str, dry_run: bool, now: Millis) -> StoreResult<()>;
+    /// Cycles of the app still marked running (a stop or crash interrupted them).
+    async fn running_cycles(&self, app_id: &str) -> StoreResult<Vec<CycleRecord>>;
+    /// Asks for a cycle. A writing cycle asked for while one runs (or one is already queued) is
+    /// merged into it: answers the id of the cycle that will do the work.
+    async fn request_cycle(&self, app_id: &str, cycle_id: &str, dry_run: bool, now: Millis) -> StoreResult<String>;
+    /// Takes a request to plan the running cycle `cycle_id` again (a merged manual cycle).
+    async fn take_replan(&self, app_id: &str, cycle_id: &str) -> StoreResult<bool>;
+    /// The oldest cycle request of the app, taken off the queue.
     async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>>;
     async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()>;
     /// Newest first; `before_seq` continues a listing.

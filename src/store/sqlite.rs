@@ -1,118 +1,30 @@
-//! The embedded store: SQLite in WAL mode. Times are integer unix milliseconds.
+//! The embedded store: SQLite in WAL mode. Times are integer unix milliseconds. This file holds
+//! SQL and row mapping; what a transaction contains is decided in `crate::rules` and by the
+//! engine.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
 use tracing::instrument;
 
 use super::*;
+use crate::rules::{self, AssignedApp, MembershipState, MembershipWrite, StoredAttributes};
 
 pub struct SqliteStore {
     pool: SqlitePool,
 }
 
+type Tx = Transaction<'static, Sqlite>;
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-fn app_from_row(row: &SqliteRow) -> StoreResult<AppRecord> {
-    let settings: String = row.try_get("settings")?;
-    let owners: String = row.try_get("owners")?;
-    Ok(AppRecord {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        scim_base_url: row.try_get("scim_base_url")?,
-        auth_type: row.try_get("auth_type")?,
-        auth_sealed: row.try_get("auth_sealed")?,
-        settings: serde_json::from_str(&settings).map_err(|e| corrupt("app settings", e))?,
-        owners: serde_json::from_str(&owners).map_err(|e| corrupt("app owners", e))?,
-        status: row.try_get("status")?,
-        status_reason: row.try_get("status_reason")?,
-        legacy_remove: row.try_get::<i64, _>("legacy_remove")? != 0,
-        next_sync_at: row.try_get("next_sync_at")?,
-        quarantine_level: row.try_get("quarantine_level")?,
-        created_at: row.try_get("created_at")?,
-        deleted_at: row.try_get("deleted_at")?,
-    })
-}
-
-fn job_from_row(row: &SqliteRow) -> StoreResult<Job> {
-    Ok(Job {
-        seq: row.try_get("seq")?,
-        id: row.try_get("id")?,
-        app_id: row.try_get("app_id")?,
-        event_id: row.try_get("event_id")?,
-        principal_id: row.try_get("principal_id")?,
-        group_id: row.try_get("group_id")?,
-        kind: row.try_get("kind")?,
-        trigger: row.try_get("trigger")?,
-        state: row.try_get("state")?,
-        not_before: row.try_get("not_before")?,
-        received_at: row.try_get("received_at")?,
-        deferred_until: row.try_get("deferred_until")?,
-        attempt: row.try_get("attempt")?,
-        flag: row.try_get("flag")?,
-    })
-}
-
-fn log_from_row(row: &SqliteRow) -> StoreResult<LogEntry> {
-    let steps: String = row.try_get("steps")?;
-    Ok(LogEntry {
-        seq: row.try_get("seq")?,
-        id: row.try_get("id")?,
-        time: row.try_get("time")?,
-        app_id: row.try_get("app_id")?,
-        app_name: row.try_get("app_name")?,
-        trigger: row.try_get("trigger")?,
-        cycle_id: row.try_get("cycle_id")?,
-        event_id: row.try_get("event_id")?,
-        job_id: row.try_get("job_id")?,
-        principal_id: row.try_get("principal_id")?,
-        user_principal_name: row.try_get("user_principal_name")?,
-        group_id: row.try_get("group_id")?,
-        action: row.try_get("action")?,
-        status: row.try_get("status")?,
-        reason: row.try_get("reason")?,
-        deferred_until: row.try_get("deferred_until")?,
-        target_user_id: row.try_get("target_user_id")?,
-        target_group_id: row.try_get("target_group_id")?,
-        attempt: row.try_get("attempt")?,
-        duration_ms: row.try_get("duration_ms")?,
-        latency_ms: row.try_get("latency_ms")?,
-        steps: serde_json::from_str(&steps).map_err(|e| corrupt("log steps", e))?,
-    })
-}
-
-/// `(target_display_name, principal_id)` as the first two columns.
-fn member_from_row(row: &SqliteRow) -> StoreResult<TargetMember> {
-    Ok(TargetMember {
-        target_display_name: row.try_get(0)?,
-        principal_id: row.try_get(1)?,
-    })
-}
-
-fn cycle_from_row(row: &SqliteRow) -> StoreResult<CycleRecord> {
-    let counts: String = row.try_get("counts")?;
-    let report: Option<String> = row.try_get("report")?;
-    Ok(CycleRecord {
-        id: row.try_get("id")?,
-        app_id: row.try_get("app_id")?,
-        trigger: row.try_get("trigger")?,
-        dry_run: row.try_get::<i64, _>("dry_run")? != 0,
-        started_at: row.try_get("started_at")?,
-        ended_at: row.try_get("ended_at")?,
-        status: row.try_get("status")?,
-        counts: serde_json::from_str(&counts).map_err(|e| corrupt("cycle counts", e))?,
-        progress: row.try_get("progress")?,
-        report: report
-            .map(|r| serde_json::from_str(&r))
-            .transpose()
-            .map_err(|e| corrupt("cycle report", e))?,
-    })
+fn to_json(v: &impl Serialize) -> String {
+    serde_json::to_string(v).expect("serializes")
 }
 
 const INSERT_LOG: &str =
@@ -123,7 +35,7 @@ const INSERT_LOG: &str =
 
 async fn insert_log_in<'e, E>(executor: E, e: &LogEntry) -> StoreResult<()>
 where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    E: sqlx::Executor<'e, Database = Sqlite>,
 {
     sqlx::query(INSERT_LOG)
         .bind(&e.id)
@@ -146,7 +58,7 @@ where
         .bind(e.attempt)
         .bind(e.duration_ms)
         .bind(e.latency_ms)
-        .bind(serde_json::to_string(&e.steps).expect("steps serialize"))
+        .bind(to_json(&e.steps))
         .execute(executor)
         .await?;
     Ok(())
@@ -164,6 +76,30 @@ const ENTITLED_VIA: &str = "SELECT ga.group_id FROM group_assignments ga
                  AND (m.start_at IS NULL OR m.start_at <= ?4) AND (m.end_at IS NULL OR m.end_at > ?4)))
     LIMIT 1";
 
+/// A principal's row: the classic columns and, since 0003, the attributes with their times.
+#[derive(sqlx::FromRow)]
+struct PrincipalRow {
+    user_principal_name: String,
+    display_name: Option<String>,
+    given_name: Option<String>,
+    surname: Option<String>,
+    mail: Option<String>,
+    attributes: Option<String>,
+}
+
+impl PrincipalRow {
+    fn attributes(&self) -> StoredAttributes {
+        let legacy = Principal {
+            user_principal_name: self.user_principal_name.clone(),
+            display_name: self.display_name.clone(),
+            given_name: self.given_name.clone(),
+            surname: self.surname.clone(),
+            mail: self.mail.clone(),
+        };
+        StoredAttributes::from_stored(self.attributes.as_deref(), Some(&legacy))
+    }
+}
+
 impl SqliteStore {
     pub async fn open(url: &str) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str(url)?
@@ -179,100 +115,78 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    async fn log_skips_for_group(
-        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-        event: &Event,
-        status: &str,
-        reason: &str,
-        deferred: bool,
+    async fn begin(&self) -> StoreResult<Tx> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Takes what an event's (or the directory feed's) `principal` object carries, field by
+    /// field, unless a newer event already set that field.
+    async fn merge_principal(
+        tx: &mut Tx,
+        principal_id: &str,
+        given: &Value,
+        created: Millis,
         now: Millis,
     ) -> StoreResult<()> {
-        let apps = sqlx::query(
-            "SELECT a.id, a.name, a.next_sync_at FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
-             WHERE ga.group_id = ? AND a.deleted_at IS NULL ORDER BY a.id",
+        let row: Option<PrincipalRow> = sqlx::query_as(
+            "SELECT user_principal_name, display_name, given_name, surname, mail, attributes FROM principals
+             WHERE principal_id = ?",
         )
-        .bind(&event.group_id)
-        .fetch_all(&mut **tx)
+        .bind(principal_id)
+        .fetch_optional(&mut **tx)
         .await?;
-        for app in apps {
-            let entry = LogEntry {
-                id: uuid::Uuid::now_v7().to_string(),
-                time: now,
-                app_id: app.try_get("id")?,
-                app_name: app.try_get("name")?,
-                trigger: "activation".into(),
-                event_id: Some(event.id.clone()),
-                principal_id: Some(event.principal_id.clone()),
-                user_principal_name: event.principal.as_ref().map(|p| p.user_principal_name.clone()),
-                group_id: Some(event.group_id.clone()),
-                action: if event.access_id == "owner" {
-                    "add_owner".into()
-                } else {
-                    "add_member".into()
-                },
-                status: status.into(),
-                reason: Some(reason.into()),
-                deferred_until: deferred.then(|| app.try_get("next_sync_at")).transpose()?,
-                ..Default::default()
-            };
-            insert_log_in(&mut **tx, &entry).await?;
-        }
+        let mut attributes = row.as_ref().map(PrincipalRow::attributes).unwrap_or_default();
+        attributes.merge(given, created);
+        let Some(p) = attributes.principal() else {
+            return Ok(()); // nothing usable yet (no userPrincipalName ever seen)
+        };
+        sqlx::query(
+            "INSERT INTO principals (principal_id, user_principal_name, display_name, given_name, surname, mail,
+               updated_at, attributes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (principal_id) DO UPDATE SET user_principal_name = excluded.user_principal_name,
+               display_name = excluded.display_name, given_name = excluded.given_name, surname = excluded.surname,
+               mail = excluded.mail, updated_at = excluded.updated_at, attributes = excluded.attributes",
+        )
+        .bind(principal_id)
+        .bind(&p.user_principal_name)
+        .bind(&p.display_name)
+        .bind(&p.given_name)
+        .bind(&p.surname)
+        .bind(&p.mail)
+        .bind(now)
+        .bind(attributes.to_json())
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
-}
 
-impl SqliteStore {
     /// Records one event, updates its membership and queues its jobs, inside the caller's
     /// transaction.
-    async fn accept_in(
-        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-        event: &Event,
-        effect: &Effect,
-        now: Millis,
-    ) -> StoreResult<Acceptance> {
-        let existing = sqlx::query("SELECT seq, body FROM events WHERE id = ? AND status = ?")
-            .bind(&event.id)
-            .bind(&event.status)
-            .fetch_optional(&mut **tx)
-            .await?;
-        if let Some(row) = existing {
-            let body: String = row.try_get("body")?;
-            let seq: i64 = row.try_get("seq")?;
+    async fn accept_in(tx: &mut Tx, event: &Event, effect: &Effect, now: Millis) -> StoreResult<Acceptance> {
+        let existing: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, body FROM events WHERE id = ? AND status = ?")
+                .bind(&event.id)
+                .bind(&event.status)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if let Some((seq, body)) = existing {
             let stored: Value = serde_json::from_str(&body).map_err(|e| corrupt("event body", e))?;
             if stored != event.raw {
                 return Ok(Acceptance::Conflict);
             }
-            let jobs = sqlx::query("SELECT id, app_id FROM jobs WHERE event_seq = ? ORDER BY seq")
-                .bind(seq)
-                .fetch_all(&mut **tx)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get("id")?, r.try_get("app_id")?)))
-                .collect::<StoreResult<Vec<_>>>()?;
+            let jobs: Vec<(String, String)> =
+                sqlx::query_as("SELECT id, app_id FROM jobs WHERE event_seq = ? ORDER BY seq")
+                    .bind(seq)
+                    .fetch_all(&mut **tx)
+                    .await?;
             return Ok(Acceptance::Duplicate { jobs });
         }
 
-        if let Some(p) = &event.principal {
-            sqlx::query(
-                "INSERT INTO principals (principal_id, user_principal_name, display_name, given_name, surname, mail, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (principal_id) DO UPDATE SET user_principal_name = excluded.user_principal_name,
-                   display_name = excluded.display_name, given_name = excluded.given_name,
-                   surname = excluded.surname, mail = excluded.mail, updated_at = excluded.updated_at",
-            )
-            .bind(&event.principal_id)
-            .bind(&p.user_principal_name)
-            .bind(&p.display_name)
-            .bind(&p.given_name)
-            .bind(&p.surname)
-            .bind(&p.mail)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+        if let Some(given) = event.raw.get("principal").filter(|p| p.is_object()) {
+            Self::merge_principal(tx, &event.principal_id, given, event.created_at, now).await?;
         }
-
-        let state = sqlx::query(
-            "SELECT active, start_at, end_at, event_created FROM memberships
+        let state: Option<MembershipState> = sqlx::query_as(
+            "SELECT active, start_at, end_at, event_created, grant_request_id FROM memberships
              WHERE principal_id = ? AND group_id = ? AND access_id = ?",
         )
         .bind(&event.principal_id)
@@ -280,36 +194,16 @@ impl SqliteStore {
         .bind(&event.access_id)
         .fetch_optional(&mut **tx)
         .await?;
-        let newer_seen = match &state {
-            Some(row) => row.try_get::<i64, _>("event_created")? > event.created_at,
-            None => false,
-        };
-        let state_start: Option<Millis> = match &state {
-            Some(row) => row.try_get("start_at")?,
-            None => None,
-        };
-        let state_active = match &state {
-            Some(row) => row.try_get::<i64, _>("active")? != 0,
-            None => false,
-        };
+        let apps: Vec<AssignedApp> = sqlx::query_as(
+            "SELECT a.id, a.name, a.next_sync_at FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
+             WHERE ga.group_id = ? AND a.deleted_at IS NULL ORDER BY a.id",
+        )
+        .bind(&event.group_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let plan = rules::intake(event, effect, state.as_ref(), &apps, now);
 
-        let (outcome, reason): (&str, Option<String>) = match effect {
-            _ if newer_seen && !matches!(effect, Effect::Skip(_)) => (
-                "skipped",
-                Some("superseded: a newer event for this membership was already applied".into()),
-            ),
-            Effect::Skip(reason) => ("skipped", Some(reason.clone())),
-            Effect::Activate { .. } => ("activate", None),
-            Effect::Assign { .. } => ("assign", None),
-            Effect::Extend { .. } if !state_active => (
-                "skipped",
-                Some("nothing to extend: the membership is not active".into()),
-            ),
-            Effect::Extend { .. } => ("extend", None),
-            Effect::Remove => ("remove", None),
-        };
-
-        let inserted = sqlx::query(
+        let event_seq = sqlx::query(
             "INSERT INTO events (id, status, body, action, access_id, principal_id, group_id, created_at, received_at,
              start_at, end_at, outcome, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
@@ -324,130 +218,116 @@ impl SqliteStore {
         .bind(now)
         .bind(event.start_at)
         .bind(event.end_at)
-        .bind(outcome)
-        .bind(&reason)
+        .bind(plan.outcome)
+        .bind(&plan.reason)
         .execute(&mut **tx)
-        .await?;
-        let event_seq = inserted.last_insert_rowid();
+        .await?
+        .last_insert_rowid();
 
-        if outcome == "skipped" {
-            let reason = reason.unwrap_or_default();
-            Self::log_skips_for_group(tx, event, "skipped", &reason, false, now).await?;
-            return Ok(Acceptance::Accepted { jobs: vec![] });
-        }
-
-        let upsert_membership =
-            "INSERT INTO memberships (principal_id, group_id, access_id, active, source, start_at, end_at,
-               event_seq, event_created, expired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)
-             ON CONFLICT (principal_id, group_id, access_id) DO UPDATE SET active = excluded.active,
-               source = excluded.source, start_at = excluded.start_at, end_at = excluded.end_at,
-               event_seq = excluded.event_seq, event_created = excluded.event_created, expired_at = NULL";
-        let (kind, trigger, not_before, flag) = match effect {
-            Effect::Activate { start, end } | Effect::Assign { start, end } => {
-                let source = if matches!(effect, Effect::Activate { .. }) {
-                    "activation"
-                } else {
-                    "assignment"
-                };
-                sqlx::query(upsert_membership)
-                    .bind(&event.principal_id)
-                    .bind(&event.group_id)
-                    .bind(&event.access_id)
-                    .bind(1i64)
-                    .bind(source)
-                    .bind(start)
-                    .bind(end)
-                    .bind(event_seq)
-                    .bind(event.created_at)
-                    .execute(&mut **tx)
-                    .await?;
-                if source == "assignment" {
-                    Self::log_skips_for_group(
-                        tx,
-                        event,
-                        "deferred",
-                        "assignments are provisioned by the next synchronization cycle",
-                        true,
-                        now,
-                    )
-                    .await?;
-                    return Ok(Acceptance::Accepted { jobs: vec![] });
-                }
-                ("add", "activation", (*start).max(now), None)
-            }
-            Effect::Extend { end } => {
+        match &plan.membership {
+            None => {}
+            Some(MembershipWrite::Set {
+                active,
+                source,
+                start_at,
+                end_at,
+                grant_request_id,
+            }) => {
                 sqlx::query(
-                    "UPDATE memberships SET end_at = ?, event_seq = ?, event_created = ?,
-                       expired_at = CASE WHEN ? IS NULL OR ? > ? THEN NULL ELSE expired_at END
-                     WHERE principal_id = ? AND group_id = ? AND access_id = ?",
+                    "INSERT INTO memberships (principal_id, group_id, access_id, active, source, start_at, end_at,
+                       event_seq, event_created, expired_at, grant_request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)
+                     ON CONFLICT (principal_id, group_id, access_id) DO UPDATE SET active = excluded.active,
+                       source = excluded.source, start_at = excluded.start_at, end_at = excluded.end_at,
+                       event_seq = excluded.event_seq, event_created = excluded.event_created, expired_at = NULL,
+                       grant_request_id = excluded.grant_request_id",
                 )
-                .bind(end)
+                .bind(&event.principal_id)
+                .bind(&event.group_id)
+                .bind(&event.access_id)
+                .bind(active)
+                .bind(source)
+                .bind(start_at)
+                .bind(end_at)
                 .bind(event_seq)
                 .bind(event.created_at)
-                .bind(end)
-                .bind(end)
-                .bind(now)
+                .bind(grant_request_id)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Some(MembershipWrite::Extend { end_at, clear_expiry }) => {
+                sqlx::query(
+                    "UPDATE memberships SET end_at = ?, event_seq = ?, event_created = ?,
+                       expired_at = CASE WHEN ? THEN NULL ELSE expired_at END
+                     WHERE principal_id = ? AND group_id = ? AND access_id = ?",
+                )
+                .bind(end_at)
+                .bind(event_seq)
+                .bind(event.created_at)
+                .bind(clear_expiry)
                 .bind(&event.principal_id)
                 .bind(&event.group_id)
                 .bind(&event.access_id)
                 .execute(&mut **tx)
                 .await?;
-                return Ok(Acceptance::Accepted { jobs: vec![] });
             }
-            Effect::Remove => {
-                let start = state_start.or(event.start_at);
-                let flag = start.filter(|s| event.created_at - s < crate::activation::MIN_DURATION_MS).map(|_| {
-                    "anomaly: removal within five minutes of the start (the source should never send this); applied anyway"
-                        .to_string()
-                });
-                sqlx::query(upsert_membership)
-                    .bind(&event.principal_id)
-                    .bind(&event.group_id)
-                    .bind(&event.access_id)
-                    .bind(0i64)
-                    .bind("activation")
-                    .bind(state_start)
-                    .bind(now)
-                    .bind(event_seq)
-                    .bind(event.created_at)
-                    .execute(&mut **tx)
-                    .await?;
-                ("remove", "deactivation", now, flag)
-            }
-            Effect::Skip(_) => unreachable!("handled above"),
-        };
-
-        let apps = sqlx::query(
-            "SELECT ga.app_id FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
-             WHERE ga.group_id = ? AND a.deleted_at IS NULL ORDER BY ga.app_id",
-        )
-        .bind(&event.group_id)
-        .fetch_all(&mut **tx)
-        .await?;
-        let mut jobs = Vec::new();
-        for app in apps {
-            let app_id: String = app.try_get("app_id")?;
+        }
+        let mut jobs = Vec::with_capacity(plan.jobs.len());
+        for job in &plan.jobs {
             let job_id = uuid::Uuid::now_v7().to_string();
             sqlx::query(INSERT_JOB)
                 .bind(&job_id)
-                .bind(&app_id)
+                .bind(&job.app_id)
                 .bind(event_seq)
                 .bind(&event.id)
                 .bind(&event.principal_id)
                 .bind(&event.group_id)
-                .bind(kind)
-                .bind(trigger)
+                .bind(job.kind)
+                .bind(job.trigger)
                 .bind("pending")
-                .bind(not_before)
+                .bind(job.not_before)
                 .bind(now)
                 .bind(None::<i64>)
-                .bind(&flag)
+                .bind(&job.flag)
                 .bind(now)
                 .execute(&mut **tx)
                 .await?;
-            jobs.push((job_id, app_id));
+            jobs.push((job_id, job.app_id.clone()));
+        }
+        for entry in &plan.logs {
+            insert_log_in(&mut **tx, entry).await?;
         }
         Ok(Acceptance::Accepted { jobs })
+    }
+
+    async fn set_member_in(
+        tx: &mut Tx,
+        app_id: &str,
+        m: &TargetMember,
+        change: MemberChange,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let sql = match change {
+            MemberChange::Confirmed => {
+                "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed) VALUES (?, ?, ?, ?, 1)
+                 ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE SET confirmed = 1"
+            }
+            MemberChange::InDoubt => {
+                "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed) VALUES (?, ?, ?, ?, 0)
+                 ON CONFLICT DO NOTHING"
+            }
+            MemberChange::Gone => "DELETE FROM provisioned WHERE app_id = ? AND target_display_name = ? AND principal_id = ?",
+        };
+        let query = sqlx::query(sql)
+            .bind(app_id)
+            .bind(&m.target_display_name)
+            .bind(&m.principal_id);
+        let query = if change == MemberChange::Gone {
+            query
+        } else {
+            query.bind(now)
+        };
+        query.execute(&mut **tx).await?;
+        Ok(())
     }
 }
 
@@ -476,36 +356,22 @@ impl Store for SqliteStore {
     }
 
     async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT id, name, role, created_at FROM tokens WHERE hash = ? AND revoked_at IS NULL")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(TokenRecord {
-                id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                role: r.try_get("role")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        Ok(
+            sqlx::query_as("SELECT id, name, role, created_at FROM tokens WHERE hash = ? AND revoked_at IS NULL")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
-        let rows =
-            sqlx::query("SELECT id, name, role, created_at FROM tokens WHERE revoked_at IS NULL ORDER BY created_at")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TokenRecord {
-                    id: r.try_get("id")?,
-                    name: r.try_get("name")?,
-                    role: r.try_get("role")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        Ok(
+            sqlx::query_as(
+                "SELECT id, name, role, created_at FROM tokens WHERE revoked_at IS NULL ORDER BY created_at",
+            )
+            .fetch_all(&self.pool)
+            .await?,
+        )
     }
 
     async fn revoke_token(&self, id: &str, now: Millis) -> StoreResult<bool> {
@@ -528,11 +394,11 @@ impl Store for SqliteStore {
         .bind(&a.scim_base_url)
         .bind(&a.auth_type)
         .bind(&a.auth_sealed)
-        .bind(serde_json::to_string(&a.settings).expect("settings serialize"))
-        .bind(serde_json::to_string(&a.owners).expect("owners serialize"))
+        .bind(to_json(&a.settings))
+        .bind(to_json(&a.owners))
         .bind(&a.status)
         .bind(&a.status_reason)
-        .bind(a.legacy_remove as i64)
+        .bind(a.legacy_remove)
         .bind(a.next_sync_at)
         .bind(a.quarantine_level)
         .bind(a.created_at)
@@ -550,8 +416,8 @@ impl Store for SqliteStore {
         .bind(&a.scim_base_url)
         .bind(&a.auth_type)
         .bind(&a.auth_sealed)
-        .bind(serde_json::to_string(&a.settings).expect("settings serialize"))
-        .bind(serde_json::to_string(&a.owners).expect("owners serialize"))
+        .bind(to_json(&a.settings))
+        .bind(to_json(&a.owners))
         .bind(&a.status)
         .bind(&a.status_reason)
         .bind(a.next_sync_at)
@@ -562,19 +428,43 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn change_app(&self, id: &str, c: &AppChanges) -> StoreResult<()> {
+        // Each column keeps its stored value unless the change sets it.
+        sqlx::query(
+            "UPDATE apps SET name = COALESCE(?, name), scim_base_url = COALESCE(?, scim_base_url),
+               auth_type = COALESCE(?, auth_type), auth_sealed = COALESCE(?, auth_sealed),
+               settings = COALESCE(?, settings), owners = COALESCE(?, owners),
+               status = COALESCE(?, status), status_reason = CASE WHEN ? THEN ? ELSE status_reason END
+             WHERE id = ?",
+        )
+        .bind(&c.name)
+        .bind(&c.scim_base_url)
+        .bind(c.auth.as_ref().map(|(kind, _)| kind))
+        .bind(c.auth.as_ref().map(|(_, sealed)| sealed))
+        .bind(c.settings.as_ref().map(to_json))
+        .bind(c.owners.as_ref().map(to_json))
+        .bind(c.status.as_ref().map(|(s, _)| s))
+        .bind(c.status.is_some())
+        .bind(c.status.as_ref().and_then(|(_, r)| r.clone()))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn get_app(&self, id: &str) -> StoreResult<Option<AppRecord>> {
-        let row = sqlx::query("SELECT * FROM apps WHERE id = ? AND deleted_at IS NULL")
+        Ok(sqlx::query_as("SELECT * FROM apps WHERE id = ? AND deleted_at IS NULL")
             .bind(id)
             .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(app_from_row).transpose()
+            .await?)
     }
 
     async fn list_apps(&self) -> StoreResult<Vec<AppRecord>> {
-        let rows = sqlx::query("SELECT * FROM apps WHERE deleted_at IS NULL ORDER BY created_at, id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(app_from_row).collect()
+        Ok(
+            sqlx::query_as("SELECT * FROM apps WHERE deleted_at IS NULL ORDER BY created_at, id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn set_app_status(&self, id: &str, status: &str, reason: Option<&str>, level: i64) -> StoreResult<()> {
@@ -597,16 +487,8 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn set_legacy_remove(&self, id: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE apps SET legacy_remove = 1 WHERE id = ?")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin().await?;
         sqlx::query("UPDATE apps SET deleted_at = ? WHERE id = ?")
             .bind(now)
             .bind(id)
@@ -649,26 +531,18 @@ impl Store for SqliteStore {
     }
 
     async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>> {
-        let rows = sqlx::query("SELECT * FROM group_assignments WHERE app_id = ? ORDER BY created_at, group_id")
-            .bind(app_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Assignment {
-                    app_id: r.try_get("app_id")?,
-                    group_id: r.try_get("group_id")?,
-                    target_display_name: r.try_get("target_display_name")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        Ok(
+            sqlx::query_as("SELECT * FROM group_assignments WHERE app_id = ? ORDER BY created_at, group_id")
+                .bind(app_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     #[instrument(skip_all, fields(events = items.len()))]
     async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
         // One transaction per webhook: each event is still judged alone, and 202 means all committed.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin().await?;
         let mut answers = Vec::with_capacity(items.len());
         for (event, effect) in items {
             answers.push(Self::accept_in(&mut tx, event, effect, now).await?);
@@ -678,43 +552,23 @@ impl Store for SqliteStore {
     }
 
     async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT seq, id, status, body, received_at, outcome, reason FROM events WHERE id = ? ORDER BY seq",
         )
         .bind(id)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let body: String = r.try_get("body")?;
-                Ok(StoredEvent {
-                    seq: r.try_get("seq")?,
-                    id: r.try_get("id")?,
-                    status: r.try_get("status")?,
-                    body: serde_json::from_str(&body).map_err(|e| corrupt("event body", e))?,
-                    received_at: r.try_get("received_at")?,
-                    outcome: r.try_get("outcome")?,
-                    reason: r.try_get("reason")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
-        let row = sqlx::query("SELECT * FROM principals WHERE principal_id = ?")
-            .bind(principal_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(Principal {
-                user_principal_name: r.try_get("user_principal_name")?,
-                display_name: r.try_get("display_name")?,
-                given_name: r.try_get("given_name")?,
-                surname: r.try_get("surname")?,
-                mail: r.try_get("mail")?,
-            })
-        })
-        .transpose()
+        let row: Option<PrincipalRow> = sqlx::query_as(
+            "SELECT user_principal_name, display_name, given_name, surname, mail, attributes FROM principals
+             WHERE principal_id = ?",
+        )
+        .bind(principal_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|r| r.attributes().principal()))
     }
 
     async fn put_standing_member(
@@ -724,24 +578,10 @@ impl Store for SqliteStore {
         info: Option<&Principal>,
         now: Millis,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin().await?;
         if let Some(p) = info {
-            sqlx::query(
-                "INSERT INTO principals (principal_id, user_principal_name, display_name, given_name, surname, mail, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (principal_id) DO UPDATE SET user_principal_name = excluded.user_principal_name,
-                   display_name = excluded.display_name, given_name = excluded.given_name,
-                   surname = excluded.surname, mail = excluded.mail, updated_at = excluded.updated_at",
-            )
-            .bind(principal)
-            .bind(&p.user_principal_name)
-            .bind(&p.display_name)
-            .bind(&p.given_name)
-            .bind(&p.surname)
-            .bind(&p.mail)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            let given = serde_json::to_value(p).map_err(|e| corrupt("principal", e))?;
+            Self::merge_principal(&mut tx, principal, &given, now, now).await?;
         }
         sqlx::query(
             "INSERT INTO standing_members (group_id, principal_id, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
@@ -765,79 +605,85 @@ impl Store for SqliteStore {
     }
 
     async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
-        // Removals first (revocation never waits behind activations), then arrival order.
-        let rows = sqlx::query(
-            "SELECT * FROM jobs WHERE app_id = ? AND state = 'pending' AND not_before <= ?
-             ORDER BY CASE kind WHEN 'remove' THEN 0 ELSE 1 END, seq LIMIT ?",
+        Ok(sqlx::query_as(
+            "SELECT j.* FROM jobs j WHERE j.app_id = ?1 AND j.state = 'pending' AND j.not_before <= ?2
+               AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.app_id = j.app_id AND e.principal_id = j.principal_id
+                 AND e.group_id = j.group_id AND e.seq < j.seq AND e.state = 'pending' AND e.not_before > ?2
+                 AND NOT (j.kind = 'remove' AND e.kind = 'add'))
+             ORDER BY j.seq LIMIT ?3",
         )
         .bind(app_id)
         .bind(now)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(job_from_row).collect()
+        .await?)
     }
 
     async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>> {
-        let row = sqlx::query(
-            "SELECT MIN(not_before) AS t FROM jobs WHERE app_id = ? AND state = 'pending' AND not_before > ?",
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(not_before) FROM jobs WHERE app_id = ? AND state = 'pending' AND not_before > ?",
         )
         .bind(app_id)
         .bind(now)
         .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("t")?)
+        .await?)
     }
 
     async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT * FROM jobs WHERE app_id = ? AND state = 'deferred'
              ORDER BY CASE kind WHEN 'remove' THEN 0 ELSE 1 END, seq",
         )
         .bind(app_id)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(job_from_row).collect()
+        .await?)
     }
 
-    async fn set_job_state(
-        &self,
-        job_id: &str,
-        state: &str,
-        deferred_until: Option<Millis>,
-        now: Millis,
-    ) -> StoreResult<()> {
+    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE jobs SET state = ?, deferred_until = COALESCE(?, deferred_until), updated_at = ? WHERE id = ?",
+            "UPDATE jobs SET state = 'in_flight', attempt = attempt + 1, updated_at = ?2,
+               admitted_at = CASE WHEN ?3 THEN ?2 ELSE admitted_at END
+             WHERE id = ?1",
         )
-        .bind(state)
-        .bind(deferred_until)
-        .bind(now)
         .bind(job_id)
+        .bind(now)
+        .bind(admitted)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    async fn start_job(&self, job_id: &str, now: Millis) -> StoreResult<()> {
-        sqlx::query("UPDATE jobs SET state = 'in_flight', attempt = attempt + 1, updated_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(job_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT admitted_at FROM jobs WHERE app_id = ? AND admitted_at >= ? ORDER BY admitted_at",
+        )
+        .bind(app_id)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_scalar(
             "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = ?
              WHERE app_id = ? AND state = 'in_flight' RETURNING id",
         )
         .bind(now)
         .bind(app_id)
         .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = ?
+             WHERE id = ? AND state = 'in_flight'",
+        )
+        .bind(now)
+        .bind(job_id)
+        .execute(&self.pool)
         .await?;
-        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+        Ok(())
     }
 
     async fn open_adds_for(
@@ -847,7 +693,7 @@ impl Store for SqliteStore {
         group_id: &str,
         before_seq: i64,
     ) -> StoreResult<Vec<Job>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT * FROM jobs WHERE app_id = ? AND principal_id = ? AND group_id = ? AND kind = 'add'
              AND state IN ('pending', 'deferred') AND seq < ? ORDER BY seq",
         )
@@ -856,8 +702,7 @@ impl Store for SqliteStore {
         .bind(group_id)
         .bind(before_seq)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(job_from_row).collect()
+        .await?)
     }
 
     async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
@@ -882,7 +727,7 @@ impl Store for SqliteStore {
     }
 
     async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
-        let row = sqlx::query(
+        let found: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM memberships WHERE principal_id = ? AND group_id = ? AND access_id = 'member' AND active = 1
              AND (end_at IS NULL OR end_at > ?)",
         )
@@ -891,7 +736,7 @@ impl Store for SqliteStore {
         .bind(now)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.is_some())
+        Ok(found.is_some())
     }
 
     async fn entitled_via(
@@ -901,20 +746,27 @@ impl Store for SqliteStore {
         principal_id: &str,
         now: Millis,
     ) -> StoreResult<Option<String>> {
-        let row = sqlx::query(ENTITLED_VIA)
+        Ok(sqlx::query_scalar(ENTITLED_VIA)
             .bind(app_id)
             .bind(target)
             .bind(principal_id)
             .bind(now)
             .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok(r.try_get("group_id")?)).transpose()
+            .await?)
     }
 
     #[instrument(skip_all)]
     async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let due = sqlx::query(
+        #[derive(sqlx::FromRow)]
+        struct Due {
+            principal_id: String,
+            group_id: String,
+            access_id: String,
+            end_at: Millis,
+            event_seq: i64,
+        }
+        let mut tx = self.begin().await?;
+        let due: Vec<Due> = sqlx::query_as(
             "UPDATE memberships SET active = 0, expired_at = ?1
              WHERE active = 1 AND expired_at IS NULL AND end_at IS NOT NULL AND end_at <= ?1
              RETURNING principal_id, group_id, access_id, end_at, event_seq",
@@ -923,41 +775,31 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         let mut woken = Vec::new();
-        for m in due {
-            if m.try_get::<String, _>("access_id")? != "member" {
-                continue;
-            }
-            let principal_id: String = m.try_get("principal_id")?;
-            let group_id: String = m.try_get("group_id")?;
-            let end_at: Millis = m.try_get("end_at")?;
-            let event_seq: i64 = m.try_get("event_seq")?;
-            let event_id: Option<String> = sqlx::query("SELECT id FROM events WHERE seq = ?")
-                .bind(event_seq)
+        for m in due.iter().filter(|m| m.access_id == "member") {
+            let event_id: Option<String> = sqlx::query_scalar("SELECT id FROM events WHERE seq = ?")
+                .bind(m.event_seq)
                 .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get("id"))
-                .transpose()?;
-            let apps = sqlx::query(
+                .await?;
+            let apps: Vec<String> = sqlx::query_scalar(
                 "SELECT ga.app_id FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
                  WHERE ga.group_id = ? AND a.deleted_at IS NULL",
             )
-            .bind(&group_id)
+            .bind(&m.group_id)
             .fetch_all(&mut *tx)
             .await?;
-            for app in apps {
-                let app_id: String = app.try_get("app_id")?;
+            for app_id in apps {
                 sqlx::query(INSERT_JOB)
                     .bind(uuid::Uuid::now_v7().to_string())
                     .bind(&app_id)
-                    .bind(event_seq)
+                    .bind(m.event_seq)
                     .bind(&event_id)
-                    .bind(&principal_id)
-                    .bind(&group_id)
+                    .bind(&m.principal_id)
+                    .bind(&m.group_id)
                     .bind("remove")
                     .bind("expiry")
                     .bind("pending")
                     .bind(now)
-                    .bind(end_at)
+                    .bind(m.end_at)
                     .bind(None::<i64>)
                     .bind(None::<String>)
                     .bind(now)
@@ -973,29 +815,91 @@ impl Store for SqliteStore {
     }
 
     async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
-        let row = sqlx::query(
-            "SELECT MIN(end_at) AS t FROM memberships WHERE active = 1 AND expired_at IS NULL AND end_at IS NOT NULL",
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(end_at) FROM memberships WHERE active = 1 AND expired_at IS NULL AND end_at IS NOT NULL",
         )
         .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("t")?)
+        .await?)
+    }
+
+    #[instrument(skip_all, fields(app_id = %o.app_id))]
+    async fn record(&self, o: &Outcome) -> StoreResult<()> {
+        let now = o.time;
+        let mut tx = self.begin().await?;
+        for (job_id, change) in &o.jobs {
+            let (state, not_before, deferred_until) = match change {
+                JobChange::Done => ("done", None, None),
+                JobChange::Failed => ("failed", None, None),
+                JobChange::Cancelled => ("cancelled", None, None),
+                JobChange::Deferred { until } => ("deferred", None, Some(*until)),
+                JobChange::Retry { at } => ("pending", Some(*at), None),
+            };
+            sqlx::query(
+                "UPDATE jobs SET state = ?, not_before = COALESCE(?, not_before),
+                   deferred_until = COALESCE(?, deferred_until), updated_at = ? WHERE id = ?",
+            )
+            .bind(state)
+            .bind(not_before)
+            .bind(deferred_until)
+            .bind(now)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (member, change) in &o.members {
+            Self::set_member_in(&mut tx, &o.app_id, member, *change, now).await?;
+        }
+        for entry in &o.logs {
+            insert_log_in(&mut *tx, entry).await?;
+        }
+        if let Some(c) = &o.cycle {
+            sqlx::query(
+                "UPDATE sync_cycles SET ended_at = ?, status = ?, counts = ?, progress = ?, report = ? WHERE id = ?",
+            )
+            .bind(c.ended_at)
+            .bind(&c.status)
+            .bind(to_json(&c.counts))
+            .bind(&c.progress)
+            .bind(c.report.as_ref().map(Value::to_string))
+            .bind(&c.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(at) = o.next_sync_at {
+            sqlx::query("UPDATE apps SET next_sync_at = ? WHERE id = ?")
+                .bind(at)
+                .bind(&o.app_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some((status, reason, level)) = &o.status {
+            sqlx::query("UPDATE apps SET status = ?, status_reason = ?, quarantine_level = ? WHERE id = ?")
+                .bind(status)
+                .bind(reason)
+                .bind(level)
+                .bind(&o.app_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if o.legacy_remove {
+            sqlx::query("UPDATE apps SET legacy_remove = 1 WHERE id = ?")
+                .bind(&o.app_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>> {
-        let row = sqlx::query("SELECT * FROM target_users WHERE app_id = ? AND principal_id = ?")
-            .bind(app_id)
-            .bind(principal_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(TargetUser {
-                target_user_id: r.try_get("target_user_id")?,
-                fingerprint: r.try_get("fingerprint")?,
-                created_by_us: r.try_get::<i64, _>("created_by_us")? != 0,
-                disabled: r.try_get::<i64, _>("disabled")? != 0,
-            })
-        })
-        .transpose()
+        Ok(sqlx::query_as(
+            "SELECT target_user_id, fingerprint, created_by_us, disabled FROM target_users
+             WHERE app_id = ? AND principal_id = ?",
+        )
+        .bind(app_id)
+        .bind(principal_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn put_target_user(&self, app_id: &str, principal_id: &str, u: &TargetUser) -> StoreResult<()> {
@@ -1010,40 +914,38 @@ impl Store for SqliteStore {
         .bind(principal_id)
         .bind(&u.target_user_id)
         .bind(&u.fingerprint)
-        .bind(u.created_by_us as i64)
-        .bind(u.disabled as i64)
+        .bind(u.created_by_us)
+        .bind(u.disabled)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     async fn target_users(&self, app_id: &str) -> StoreResult<Vec<(String, TargetUser)>> {
-        let rows = sqlx::query("SELECT * FROM target_users WHERE app_id = ? ORDER BY principal_id")
-            .bind(app_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("principal_id")?,
-                    TargetUser {
-                        target_user_id: r.try_get("target_user_id")?,
-                        fingerprint: r.try_get("fingerprint")?,
-                        created_by_us: r.try_get::<i64, _>("created_by_us")? != 0,
-                        disabled: r.try_get::<i64, _>("disabled")? != 0,
-                    },
-                ))
-            })
-            .collect()
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            principal_id: String,
+            #[sqlx(flatten)]
+            user: TargetUser,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT principal_id, target_user_id, fingerprint, created_by_us, disabled FROM target_users
+             WHERE app_id = ? ORDER BY principal_id",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.principal_id, r.user)).collect())
     }
 
     async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>> {
-        let row = sqlx::query("SELECT target_group_id FROM target_groups WHERE app_id = ? AND display_name = ?")
-            .bind(app_id)
-            .bind(display_name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok(r.try_get("target_group_id")?)).transpose()
+        Ok(
+            sqlx::query_scalar("SELECT target_group_id FROM target_groups WHERE app_id = ? AND display_name = ?")
+                .bind(app_id)
+                .bind(display_name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()> {
@@ -1068,20 +970,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn mark_provisioned(&self, app_id: &str, m: &TargetMember, now: Millis) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed) VALUES (?, ?, ?, ?, 1)
-             ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE SET confirmed = 1",
-        )
-        .bind(app_id)
-        .bind(&m.target_display_name)
-        .bind(&m.principal_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     async fn unmark_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<()> {
         sqlx::query("DELETE FROM provisioned WHERE app_id = ? AND target_display_name = ? AND principal_id = ?")
             .bind(app_id)
@@ -1093,18 +981,19 @@ impl Store for SqliteStore {
     }
 
     async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
-        let row =
-            sqlx::query("SELECT 1 FROM provisioned WHERE app_id = ? AND target_display_name = ? AND principal_id = ?")
-                .bind(app_id)
-                .bind(&m.target_display_name)
-                .bind(&m.principal_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.is_some())
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM provisioned WHERE app_id = ? AND target_display_name = ? AND principal_id = ?",
+        )
+        .bind(app_id)
+        .bind(&m.target_display_name)
+        .bind(&m.principal_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
     }
 
     async fn is_confirmed(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
-        let row = sqlx::query(
+        let found: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM provisioned WHERE app_id = ? AND target_display_name = ? AND principal_id = ? AND confirmed = 1",
         )
         .bind(app_id)
@@ -1112,68 +1001,30 @@ impl Store for SqliteStore {
         .bind(&m.principal_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.is_some())
-    }
-
-    async fn mark_in_doubt(&self, app_id: &str, m: &TargetMember, now: Millis) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed) VALUES (?, ?, ?, ?, 0)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(app_id)
-        .bind(&m.target_display_name)
-        .bind(&m.principal_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        Ok(found.is_some())
     }
 
     async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = ? AND confirmed = 0
              ORDER BY target_display_name, principal_id",
         )
         .bind(app_id)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(member_from_row).collect()
-    }
-
-    async fn retry_job_at(&self, job_id: &str, not_before: Millis, now: Millis) -> StoreResult<()> {
-        sqlx::query("UPDATE jobs SET state = 'pending', not_before = ?, updated_at = ? WHERE id = ?")
-            .bind(not_before)
-            .bind(now)
-            .bind(job_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = ?
-             WHERE id = ? AND state = 'in_flight'",
-        )
-        .bind(now)
-        .bind(job_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?)
     }
 
     async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = ? ORDER BY target_display_name, principal_id",
         )
         .bind(app_id)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(member_from_row).collect()
+        .await?)
     }
 
     async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT DISTINCT ga.target_display_name, s.principal_id FROM group_assignments ga
                JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = ?1
              UNION
@@ -1186,8 +1037,7 @@ impl Store for SqliteStore {
         .bind(app_id)
         .bind(now)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(member_from_row).collect()
+        .await?)
     }
 
     async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()> {
@@ -1197,10 +1047,10 @@ impl Store for SqliteStore {
     async fn query_logs(&self, f: &LogFilter) -> StoreResult<Vec<LogEntry>> {
         // Only the filters given become conditions, so SQLite walks the primary key (or the
         // app's index) from the cursor down: a page costs the same on the millionth entry.
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT * FROM provisioning_logs WHERE 1 = 1");
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new("SELECT * FROM provisioning_logs WHERE 1 = 1");
         if let Some(ids) = &f.app_ids {
             q.push(" AND app_id IN (SELECT value FROM json_each(")
-                .push_bind(serde_json::to_string(ids).expect("ids serialize"))
+                .push_bind(to_json(ids))
                 .push("))");
         }
         let equal = [
@@ -1227,30 +1077,14 @@ impl Store for SqliteStore {
             q.push(" AND seq < ").push_bind(before);
         }
         q.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
-        let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter().map(log_from_row).collect()
+        Ok(q.build_query_as().fetch_all(&self.pool).await?)
     }
 
     async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>> {
-        let row = sqlx::query("SELECT * FROM provisioning_logs WHERE id = ?")
+        Ok(sqlx::query_as("SELECT * FROM provisioning_logs WHERE id = ?")
             .bind(id)
             .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(log_from_row).transpose()
-    }
-
-    async fn recent_push_times(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
-        // Pushes that went out: immediate triggers, a SCIM call made (no-ops have no steps).
-        let rows = sqlx::query(
-            "SELECT time FROM provisioning_logs WHERE app_id = ? AND time >= ? AND cycle_id IS NULL
-             AND trigger IN ('activation', 'deactivation', 'expiry') AND status IN ('success', 'failure')
-             AND attempt = 1 AND steps != '[]' ORDER BY time",
-        )
-        .bind(app_id)
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| Ok(r.try_get("time")?)).collect()
+            .await?)
     }
 
     async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
@@ -1282,64 +1116,97 @@ impl Store for SqliteStore {
         .bind(&c.id)
         .bind(&c.app_id)
         .bind(&c.trigger)
-        .bind(c.dry_run as i64)
+        .bind(c.dry_run)
         .bind(c.started_at)
         .bind(c.ended_at)
         .bind(&c.status)
-        .bind(serde_json::to_string(&c.counts).expect("counts serialize"))
+        .bind(to_json(&c.counts))
         .bind(&c.progress)
         .bind(c.report.as_ref().map(Value::to_string))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn update_cycle(&self, c: &CycleRecord) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE sync_cycles SET ended_at = ?, status = ?, counts = ?, progress = ?, report = ? WHERE id = ?",
-        )
-        .bind(c.ended_at)
-        .bind(&c.status)
-        .bind(serde_json::to_string(&c.counts).expect("counts serialize"))
-        .bind(&c.progress)
-        .bind(c.report.as_ref().map(Value::to_string))
-        .bind(&c.id)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     async fn list_cycles(&self, app_id: &str, limit: i64) -> StoreResult<Vec<CycleRecord>> {
-        let rows =
-            sqlx::query("SELECT * FROM sync_cycles WHERE app_id = ? ORDER BY started_at DESC, rowid DESC LIMIT ?")
+        Ok(
+            sqlx::query_as("SELECT * FROM sync_cycles WHERE app_id = ? ORDER BY started_at DESC, rowid DESC LIMIT ?")
                 .bind(app_id)
                 .bind(limit)
                 .fetch_all(&self.pool)
-                .await?;
-        rows.iter().map(cycle_from_row).collect()
+                .await?,
+        )
     }
 
-    async fn request_cycle(&self, app_id: &str, cycle_id: &str, dry_run: bool, now: Millis) -> StoreResult<()> {
+    async fn running_cycles(&self, app_id: &str) -> StoreResult<Vec<CycleRecord>> {
+        Ok(
+            sqlx::query_as(
+                "SELECT * FROM sync_cycles WHERE app_id = ? AND ended_at IS NULL ORDER BY started_at, rowid",
+            )
+            .bind(app_id)
+            .fetch_all(&self.pool)
+            .await?,
+        )
+    }
+
+    async fn request_cycle(&self, app_id: &str, cycle_id: &str, dry_run: bool, now: Millis) -> StoreResult<String> {
+        let mut tx = self.begin().await?;
+        if !dry_run {
+            // A writing cycle that runs, or is already asked for, takes this request in.
+            let merged: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM (
+                   SELECT id, 0 AS rank, started_at AS t FROM sync_cycles
+                     WHERE app_id = ?1 AND ended_at IS NULL AND dry_run = 0
+                   UNION ALL
+                   SELECT cycle_id, 1, created_at FROM cycle_requests WHERE app_id = ?1 AND dry_run = 0)
+                 ORDER BY rank, t LIMIT 1",
+            )
+            .bind(app_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = merged {
+                // Tells the running cycle to plan again before it ends.
+                sqlx::query(
+                    "INSERT INTO cycle_requests (cycle_id, app_id, dry_run, created_at) VALUES (?, ?, 0, ?)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&id)
+                .bind(app_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(id);
+            }
+        }
         sqlx::query("INSERT INTO cycle_requests (cycle_id, app_id, dry_run, created_at) VALUES (?, ?, ?, ?)")
             .bind(cycle_id)
             .bind(app_id)
-            .bind(dry_run as i64)
+            .bind(dry_run)
             .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(cycle_id.to_string())
+    }
+
+    async fn take_replan(&self, app_id: &str, cycle_id: &str) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM cycle_requests WHERE app_id = ? AND cycle_id = ?")
+            .bind(app_id)
+            .bind(cycle_id)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 
     async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>> {
-        let row = sqlx::query(
+        Ok(sqlx::query_as(
             "DELETE FROM cycle_requests WHERE cycle_id = (SELECT cycle_id FROM cycle_requests WHERE app_id = ?
              ORDER BY created_at LIMIT 1) RETURNING cycle_id, dry_run",
         )
         .bind(app_id)
         .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| Ok((r.try_get("cycle_id")?, r.try_get::<i64, _>("dry_run")? != 0)))
-            .transpose()
+        .await?)
     }
 
     async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()> {
@@ -1355,23 +1222,12 @@ impl Store for SqliteStore {
     }
 
     async fn list_audit(&self, limit: i64, before_seq: Option<i64>) -> StoreResult<Vec<AuditEntry>> {
-        let rows = sqlx::query("SELECT * FROM audit WHERE (?1 IS NULL OR seq < ?1) ORDER BY seq DESC LIMIT ?2")
-            .bind(before_seq)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let detail: String = r.try_get("detail")?;
-                Ok(AuditEntry {
-                    seq: r.try_get("seq")?,
-                    time: r.try_get("time")?,
-                    actor: r.try_get("actor")?,
-                    action: r.try_get("action")?,
-                    target: r.try_get("target")?,
-                    detail: serde_json::from_str(&detail).map_err(|e| corrupt("audit detail", e))?,
-                })
-            })
-            .collect()
+        Ok(
+            sqlx::query_as("SELECT * FROM audit WHERE (?1 IS NULL OR seq < ?1) ORDER BY seq DESC LIMIT ?2")
+                .bind(before_seq)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 }
