@@ -476,11 +476,12 @@ pub async fn sync_now(
             "the app is paused: no pushes until it is active again (a dryRun cycle is allowed)".into(),
         ));
     }
-    let cycle_id = uuid::Uuid::now_v7().to_string();
     let engine = &ctx.engine.ctx;
-    engine
+    // A writing cycle asked for while one runs (or is queued) is merged into it: the answer
+    // names the cycle that does the work.
+    let cycle_id = engine
         .store
-        .request_cycle(&app.id, &cycle_id, q.dry_run, engine.now())
+        .request_cycle(&app.id, &uuid::Uuid::now_v7().to_string(), q.dry_run, engine.now())
         .await?;
     ctx.audit(
         &caller,

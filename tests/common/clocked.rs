@@ -79,6 +79,7 @@ impl Bridge {
                 stop: Some(stop),
                 task: Some(task),
             }),
+            extra_env: Vec::new(),
             _data_dir: data_dir,
         }
     }

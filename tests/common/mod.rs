@@ -678,6 +678,8 @@ pub struct Bridge {
     proc: Option<Proc>,
     /// In-process bridges run on a manual clock: webhooks are signed with its time.
     pub(crate) clocked: Option<clocked::InProcess>,
+    /// The extra environment the process was started with, to start it again the same way.
+    extra_env: Vec<(String, String)>,
     // Dropped after `proc` (fields drop in order), so the bridge dies before its files go.
     _data_dir: TempDir,
 }
@@ -693,14 +695,37 @@ impl Bridge {
         let secret = random_hex();
         let previous_secret = random_hex();
         let admin_token = format!("admin-{}", random_hex());
+        let extra_env: Vec<(String, String)> = extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (proc, url) = Bridge::spawn(data_dir.path(), &secret, &previous_secret, &admin_token, &extra_env).await;
+        Bridge {
+            url,
+            admin_token,
+            secret,
+            previous_secret,
+            data_dir: data_dir.path().to_path_buf(),
+            http: http_client(),
+            proc: Some(proc),
+            clocked: None,
+            extra_env,
+            _data_dir: data_dir,
+        }
+    }
+
+    async fn spawn(
+        data_dir: &Path,
+        secret: &str,
+        previous_secret: &str,
+        admin_token: &str,
+        extra_env: &[(String, String)],
+    ) -> (Proc, String) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_scim-bridge"));
         command
             .arg("serve")
-            .current_dir(data_dir.path())
+            .current_dir(data_dir)
             .env("SCIM_BRIDGE_LISTEN", "127.0.0.1:0")
-            .env("SCIM_BRIDGE_DATA_DIR", data_dir.path())
+            .env("SCIM_BRIDGE_DATA_DIR", data_dir)
             .env("SCIM_BRIDGE_WEBHOOK_SECRET", format!("{secret},{previous_secret}"))
-            .env("SCIM_BRIDGE_ADMIN_TOKEN", &admin_token)
+            .env("SCIM_BRIDGE_ADMIN_TOKEN", admin_token)
             .env("SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS", "true")
             .env("RUST_LOG", "info")
             .env_remove("SCIM_BRIDGE_DATABASE_URL")
@@ -718,17 +743,24 @@ impl Bridge {
             // Whatever follows the port (a slash, a colour code) is not part of it.
             .trim_end_matches(|c: char| !c.is_ascii_digit())
             .to_string();
-        Bridge {
-            url,
-            admin_token,
-            secret,
-            previous_secret,
-            data_dir: data_dir.path().to_path_buf(),
-            http: http_client(),
-            proc: Some(proc),
-            clocked: None,
-            _data_dir: data_dir,
-        }
+        (proc, url)
+    }
+
+    /// Kills the bridge process with SIGKILL (a crash: nothing is drained or recorded) and
+    /// starts it again on the same data dir with the same settings.
+    pub async fn crash_and_restart(&mut self) {
+        let proc = self.proc.as_mut().expect("a bridge process");
+        proc.child.kill().await.expect("SIGKILL the bridge");
+        let (proc, url) = Bridge::spawn(
+            &self.data_dir,
+            &self.secret,
+            &self.previous_secret,
+            &self.admin_token,
+            &self.extra_env,
+        )
+        .await;
+        self.proc = Some(proc);
+        self.url = url;
     }
 
     /// Everything the bridge printed on stdout and stderr so far (nothing for an in-process one).

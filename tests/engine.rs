@@ -1,0 +1,430 @@
+//! The engine (SPEC sections 1 and 5): a running cycle never holds up an immediate push, arrival
+//! order through the window, the window rebuilt from admissions after a crash, retries on the
+//! bridge's clock, and cycles that resume under their id. Against a real scim2-server.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::clocked::FaultProxy;
+use common::{Bridge, Event, Kind, Principal, SourceGroup, Stack, short_id, target, wait_until};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn time_of(entry: &Value, field: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(entry[field].as_str().unwrap_or_else(|| panic!("{field} in {entry}"))).unwrap()
+}
+
+/// A standing member of the group through the directory feed (provisioned by the next cycle).
+async fn put_standing(bridge: &Bridge, group: &SourceGroup, p: &Principal) {
+    let (status, body) = bridge
+        .admin(
+            Method::PUT,
+            &format!("/v1/groups/{}/members/{}", group.id, p.id),
+            Some(json!({"principal": {"userPrincipalName": p.user_principal_name, "displayName": p.display_name}})),
+        )
+        .await;
+    assert!(status.is_success(), "directory PUT: {status} {body}");
+}
+
+async fn cycles(bridge: &Bridge, app_id: &str) -> Vec<Value> {
+    let (status, body) = bridge
+        .admin(Method::GET, &format!("/v1/apps/{app_id}/sync-cycles"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// A target group's member ids are each listed once (scim2-server keeps a member added twice).
+fn assert_each_once(ids: &[String], context: &str) {
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "a member is listed twice at the target ({context}): {ids:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_and_an_activation_reach_the_target_within_seconds_while_a_long_cycle_runs() {
+    let Some(target) = target(Kind::Scim2Server).await else {
+        return;
+    };
+    let bridge = Bridge::start().await;
+    // Two requests a second: 60 standing members take the cycle well over 30 s.
+    let mut registration = target.app_registration(&format!("slow-{}", short_id()));
+    registration["pacing"] = json!({"requestsPerSecond": 2});
+    let (status, app) = bridge.admin(Method::POST, "/v1/apps", Some(registration)).await;
+    assert_eq!(status, StatusCode::CREATED, "{app}");
+    let app_id = common::app_id(&app);
+    let group = SourceGroup::new();
+    let target_name = format!("Cycle {}", short_id());
+    bridge.assign_group(&app_id, &group.id, &target_name).await;
+
+    let leaving = Principal::new();
+    let activation = Event::activation(&leaving, &group);
+    bridge.deliver(&[&activation]).await;
+    bridge
+        .wait_for_event_log(&activation, "success", Some("add_member"))
+        .await;
+    let standing: Vec<Principal> = (0..60).map(|_| Principal::new()).collect();
+    for p in &standing {
+        put_standing(&bridge, &group, p).await;
+    }
+
+    let (status, answer) = bridge
+        .admin(Method::POST, &format!("/v1/apps/{app_id}/sync"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let cycle_id = answer["cycleId"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let running = cycles(&bridge, &app_id).await;
+    assert!(
+        running
+            .iter()
+            .any(|c| c["id"] == cycle_id.as_str() && c["endedAt"].is_null()),
+        "the cycle is still running: {running:?}"
+    );
+    // A second manual cycle is merged into the running one.
+    let (_, merged) = bridge
+        .admin(Method::POST, &format!("/v1/apps/{app_id}/sync"), None)
+        .await;
+    assert_eq!(merged["cycleId"], cycle_id.as_str(), "merged: {merged}");
+
+    let arriving = Principal::new();
+    let revocation = activation.deactivation();
+    let new_activation = Event::activation(&arriving, &group);
+    let sent = Instant::now();
+    bridge.deliver(&[&revocation, &new_activation]).await;
+    let both_at_target = wait_until(Duration::from_secs(2), || async {
+        let names = target.group_member_user_names(&target_name).await;
+        !names.contains(&leaving.user_principal_name) && names.contains(&arriving.user_principal_name)
+    })
+    .await;
+    let took = sent.elapsed();
+    assert!(
+        both_at_target,
+        "revocation and activation at the target within 2 s of delivery"
+    );
+    let removed = bridge
+        .wait_for_event_log(&revocation, "success", Some("remove_member"))
+        .await;
+    assert!(
+        removed["cycleId"].is_null(),
+        "pushed at once, not by the cycle: {removed}"
+    );
+    assert!(removed["latencyMs"].as_i64().unwrap() < 2_000, "{removed}");
+    eprintln!("revocation and activation at the target {took:?} after delivery, during the cycle");
+
+    // The cycle still ends with every standing member, each once.
+    let mut ended = None;
+    for _ in 0..240 {
+        ended = cycles(&bridge, &app_id)
+            .await
+            .into_iter()
+            .find(|c| c["id"] == cycle_id.as_str() && !c["endedAt"].is_null());
+        if ended.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ended = ended.expect("the cycle ended within two minutes");
+    assert_eq!(ended["status"], "success", "{ended}");
+    let took_cycle = time_of(&ended, "endedAt") - time_of(&ended, "startedAt");
+    assert!(took_cycle.num_seconds() >= 25, "the cycle was long: {ended}");
+    let ids = target.group_member_ids(&target_name).await;
+    assert_each_once(&ids, "after the cycle");
+    let mut expected: Vec<String> = standing.iter().map(|p| p.user_principal_name.clone()).collect();
+    expected.push(arriving.user_principal_name.clone());
+    expected.sort();
+    assert_eq!(target.group_member_user_names(&target_name).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_activations_then_a_removal_on_an_idle_app_keep_arrival_order_and_nothing_is_deferred() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let earlier = Principal::new();
+    let first = Event::activation(&earlier, &group);
+    stack.bridge.deliver(&[&first]).await;
+    stack
+        .bridge
+        .wait_for_event_log(&first, "success", Some("add_member"))
+        .await;
+    // The app is idle: its window is empty again.
+    stack.bridge.advance(Duration::from_secs(11)).await;
+
+    let ps: Vec<Principal> = (0..5).map(|_| Principal::new()).collect();
+    let activations: Vec<Event> = ps.iter().map(|p| Event::activation(p, &group)).collect();
+    let removal = first.deactivation();
+    let mut batch: Vec<&Event> = activations.iter().collect();
+    batch.push(&removal);
+    stack.bridge.deliver(&batch).await;
+    for event in &activations {
+        stack
+            .bridge
+            .wait_for_event_log(event, "success", Some("add_member"))
+            .await;
+    }
+    let mut expected: Vec<&str> = ps.iter().map(|p| p.upn()).collect();
+    expected.push(earlier.upn());
+    stack.target.assert_members_eventually(&target_name, &expected).await;
+    // The removal waits for the window, first in line; nothing of the batch is deferred.
+    stack.bridge.advance(Duration::from_secs(10)).await;
+    let removed = stack
+        .bridge
+        .wait_for_event_log(&removal, "success", Some("remove_member"))
+        .await;
+    assert!(removed["cycleId"].is_null(), "{removed}");
+    stack
+        .target
+        .assert_members_eventually(&target_name, &ps.iter().map(|p| p.upn()).collect::<Vec<_>>())
+        .await;
+    let (_, deferred) = stack
+        .bridge
+        .logs_as(
+            &stack.bridge.admin_token,
+            &[("appId", &stack.app_id), ("status", "deferred")],
+        )
+        .await;
+    assert!(deferred.is_empty(), "nothing deferred: {deferred:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_a_push_and_its_record_does_not_reset_the_window() {
+    let Some(target) = target(Kind::Scim2Server).await else {
+        return;
+    };
+    let Some(proxy) = FaultProxy::start(&target).await else {
+        return;
+    };
+    let mut bridge = Bridge::start().await;
+    let app_id = bridge
+        .register_app_with(&target, &proxy.base_url_for(&target), json!({}))
+        .await;
+    let group = SourceGroup::new();
+    let target_name = format!("Crash {}", short_id());
+    bridge.assign_group(&app_id, &group.id, &target_name).await;
+
+    let ps: Vec<Principal> = (0..10).map(|_| Principal::new()).collect();
+    let events: Vec<Event> = ps.iter().map(|p| Event::activation(p, &group)).collect();
+    for event in &events[..4] {
+        bridge.deliver(&[event]).await;
+        bridge.wait_for_event_log(event, "success", Some("add_member")).await;
+    }
+    // The fifth push reaches the target, but its answer is held: the bridge dies before it
+    // can record the outcome.
+    proxy
+        .arm(json!({"mode": "delay", "when": "after", "ms": 5000, "count": 1,
+                    "match": {"method": "PATCH", "pathContains": "/Groups/"}}))
+        .await;
+    bridge.deliver(&[&events[4]]).await;
+    let held = wait_until(Duration::from_secs(5), || async {
+        proxy.seen().await.iter().filter(|r| r["method"] == "PATCH").count() == 5
+    })
+    .await;
+    assert!(held, "the fifth PATCH reached the proxy");
+    bridge.crash_and_restart().await;
+
+    // Five more at once, right after the restart: the window still holds the five admitted.
+    let rest: Vec<&Event> = events[5..].iter().collect();
+    bridge.deliver(&rest).await;
+    for event in &events[5..] {
+        let entry = bridge.wait_for_event_log(event, "deferred", Some("add_member")).await;
+        assert!(entry["reason"].as_str().unwrap_or("").contains("window"), "{entry}");
+    }
+    // The push whose outcome was lost is settled by reading the target, not sent again.
+    bridge
+        .wait_for_event_log(&events[4], "success", Some("add_member"))
+        .await;
+    let adds: Vec<chrono::DateTime<chrono::FixedOffset>> = proxy
+        .seen()
+        .await
+        .iter()
+        .filter(|r| r["method"] == "PATCH" && r["body"].as_str().unwrap_or("").contains("\"add\""))
+        .map(|r| time_of(r, "time"))
+        .collect();
+    assert_eq!(adds.len(), 5, "five adds reached the target, none twice");
+    for (i, t) in adds.iter().enumerate() {
+        let within = adds[i..]
+            .iter()
+            .filter(|u| **u - *t < chrono::Duration::seconds(10))
+            .count();
+        assert!(within <= 5, "{within} pushes within 10 s of {t}");
+    }
+    let ids = target.group_member_ids(&target_name).await;
+    assert_each_once(&ids, "after the crash");
+    assert_eq!(ids.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removal_told_to_retry_after_two_minutes_holds_up_nothing_else() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let Some(proxy) = FaultProxy::start(&stack.target).await else {
+        return;
+    };
+    let app_id = stack
+        .bridge
+        .register_app_with(&stack.target, &proxy.base_url_for(&stack.target), json!({}))
+        .await;
+    let group = SourceGroup::new();
+    let target_name = format!("Throttled {}", short_id());
+    stack.bridge.assign_group(&app_id, &group.id, &target_name).await;
+    // A second app, straight to the target.
+    let (other_group, other_name) = stack.assigned_group().await;
+
+    let leaving = Principal::new();
+    let activation = Event::activation(&leaving, &group);
+    stack.bridge.deliver(&[&activation]).await;
+    stack
+        .bridge
+        .wait_for_event_log(&activation, "success", Some("add_member"))
+        .await;
+    proxy
+        .arm(json!({"mode": "status", "status": 429, "retryAfter": "120", "count": 1,
+                    "match": {"method": "PATCH", "bodyContains": "remove"}}))
+        .await;
+    let removal = activation.deactivation();
+    stack.bridge.deliver(&[&removal]).await;
+    let throttled = stack
+        .bridge
+        .wait_for_event_log(&removal, "deferred", Some("remove_member"))
+        .await;
+    assert_eq!(
+        (time_of(&throttled, "deferredUntil") - time_of(&throttled, "time")).num_seconds(),
+        120,
+        "{throttled}"
+    );
+
+    // Meanwhile, without moving the clock: the same app's next activation and another app's.
+    let next = Event::activation(&Principal::new(), &group);
+    let elsewhere = Event::activation(&Principal::new(), &other_group);
+    stack.bridge.deliver(&[&next]).await;
+    stack.bridge.deliver(&[&elsewhere]).await;
+    stack
+        .bridge
+        .wait_for_event_log(&next, "success", Some("add_member"))
+        .await;
+    stack
+        .bridge
+        .wait_for_event_log(&elsewhere, "success", Some("add_member"))
+        .await;
+    stack
+        .target
+        .assert_members_eventually(&other_name, &[elsewhere.upn()])
+        .await;
+    assert!(
+        stack
+            .target
+            .group_member_user_names(&target_name)
+            .await
+            .contains(&leaving.user_principal_name),
+        "the removal waits for Retry-After"
+    );
+    stack.bridge.advance(Duration::from_secs(120)).await;
+    stack
+        .bridge
+        .wait_for_event_log(&removal, "success", Some("remove_member"))
+        .await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[next.upn()])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_two_minute_retry_after_exits_at_once() {
+    let Some(target) = target(Kind::Scim2Server).await else {
+        return;
+    };
+    let Some(proxy) = FaultProxy::start(&target).await else {
+        return;
+    };
+    let mut bridge = Bridge::start().await;
+    let app_id = bridge
+        .register_app_with(&target, &proxy.base_url_for(&target), json!({}))
+        .await;
+    let group = SourceGroup::new();
+    bridge.assign_group(&app_id, &group.id, "Sigterm").await;
+    let activation = Event::activation(&Principal::new(), &group);
+    bridge.deliver(&[&activation]).await;
+    bridge
+        .wait_for_event_log(&activation, "success", Some("add_member"))
+        .await;
+    proxy
+        .arm(
+            json!({"mode": "status", "status": 429, "retryAfter": "120", "count": -1,
+                    "match": {"method": "PATCH", "bodyContains": "remove"}}),
+        )
+        .await;
+    let removal = activation.deactivation();
+    bridge.deliver(&[&removal]).await;
+    bridge
+        .wait_for_event_log(&removal, "deferred", Some("remove_member"))
+        .await;
+    let asked = Instant::now();
+    let status = bridge.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "clean exit: {status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "exited in {:?}",
+        asked.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cycle_stopped_between_steps_resumes_under_its_id_after_a_restart() {
+    let Some(mut stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let app_id = stack
+        .bridge
+        .register_app_with(
+            &stack.target,
+            &stack.target.base_url,
+            json!({"pacing": {"requestsPerSecond": 1}}),
+        )
+        .await;
+    let group = SourceGroup::new();
+    let target_name = format!("Resume {}", short_id());
+    stack.bridge.assign_group(&app_id, &group.id, &target_name).await;
+    let standing: Vec<Principal> = (0..8).map(|_| Principal::new()).collect();
+    for p in &standing {
+        put_standing(&stack.bridge, &group, p).await;
+    }
+    let (_, answer) = stack
+        .bridge
+        .admin(Method::POST, &format!("/v1/apps/{app_id}/sync"), None)
+        .await;
+    let cycle_id = answer["cycleId"].as_str().unwrap().to_string();
+    // A few steps (one a second), then a stop in the middle of the cycle.
+    for _ in 0..3 {
+        stack.bridge.advance(Duration::from_secs(1)).await;
+    }
+    let before = cycles(&stack.bridge, &app_id).await;
+    assert!(
+        before[0]["endedAt"].is_null(),
+        "still running before the stop: {before:?}"
+    );
+    stack.bridge.restart().await;
+    for _ in 0..30 {
+        stack.bridge.advance(Duration::from_secs(1)).await;
+    }
+    let ended = stack
+        .bridge
+        .wait_for_cycle(&app_id, |c| c["id"] == cycle_id.as_str())
+        .await;
+    assert_eq!(ended["status"], "success", "{ended}");
+    let all = cycles(&stack.bridge, &app_id).await;
+    assert_eq!(all.len(), 1, "one cycle, resumed under its id: {all:?}");
+    let ids = stack.target.group_member_ids(&target_name).await;
+    assert_each_once(&ids, "after the resumed cycle");
+    let mut expected: Vec<&str> = standing.iter().map(|p| p.upn()).collect();
+    expected.sort();
+    stack.target.assert_members_eventually(&target_name, &expected).await;
+}
