@@ -4,9 +4,11 @@
 // Every request is forwarded to the target (method, path, query, headers, body) and its answer relayed,
 // except requests hit by an armed fault. Control API on the same port (never forwarded):
 //   POST   /__faults       arm a fault (or an array of them); answers 201 with what is armed
-//            {"mode":"status","status":429,"retryAfter":"2","count":3,"body":{...},"headers":{...}}
-//                answer that status (Retry-After header if given) instead of forwarding; body defaults to a
-//                SCIM error; a string body is sent as text/plain
+//            {"mode":"status","status":429,"retryAfter":"2","count":3,"body":{...},"headers":{...},"when":"before"|"after"}
+//                answer that status (Retry-After header if given); body defaults to a SCIM error; a string
+//                body is sent as text/plain. before (default): instead of forwarding (the target never
+//                sees the request); after: forward first (the target applies it), then answer that status
+//                instead of the target's answer
 //            {"mode":"delay","ms":35000,"count":1,"when":"before"|"after"}
 //                before (default): hold the request, then forward it (not forwarded if the client gave up);
 //                after: forward at once, hold the answer (the target has applied it)
@@ -141,6 +143,11 @@ async function proxy(req, res) {
     res.on("close", () => { clientGone = !res.writableFinished; });
 
     if (fault?.mode === "status") {
+        if (fault.when === "after") {
+            // The target applies the request; its answer is replaced by the fault's.
+            try { await forward(req, body); } catch { /* unreachable: the fault answers all the same */ }
+            if (clientGone) return;
+        }
         const headers = {...(fault.retryAfter !== undefined ? {"Retry-After": String(fault.retryAfter)} : {}), ...fault.headers};
         const payload = fault.body ?? scimError(fault.status, "fault injected by fault-proxy");
         const data = Buffer.from(typeof payload === "string" ? payload : JSON.stringify(payload));
