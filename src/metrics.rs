@@ -187,8 +187,10 @@ pub async fn render(store: &SharedStore) -> StoreResult<String> {
         DEFERRED_JOBS,
         "Work deferred to the app's next synchronization cycle, waiting now.",
     );
+    // Counted in the database: a scrape never reads the jobs themselves.
+    let deferred: std::collections::HashMap<String, i64> = store.deferred_counts().await?.into_iter().collect();
     for app in &apps {
-        let n = store.deferred_jobs(&app.id).await?.len();
+        let n = deferred.get(&app.id).copied().unwrap_or(0);
         out.push_str(&format!("{DEFERRED_JOBS}{{app_id=\"{}\"}} {n}\n", label(&app.id)));
     }
     Ok(out)

@@ -45,12 +45,31 @@ async fn deleting_an_app_leaves_the_target_as_it_is_unless_deprovision_is_asked(
         .target
         .assert_members_eventually(&second_target, &[other.upn()])
         .await;
-    let (status, _) = stack
+    let (status, app) = stack
         .bridge
         .admin(Method::DELETE, &format!("/v1/apps/{app_id}?deprovision=true"), None)
         .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(status, StatusCode::ACCEPTED, "{app}");
+    assert_eq!(app["status"], "deleting", "{app}");
     stack.target.assert_members_eventually(&second_target, &[]).await;
+    let gone = common::wait_until(common::PUSH_TIMEOUT, || async {
+        let (status, _) = stack
+            .bridge
+            .admin(Method::GET, &format!("/v1/apps/{app_id}"), None)
+            .await;
+        status == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(gone, "the app goes once every member it provisioned is removed");
+    let removal = stack
+        .bridge
+        .wait_for_log(
+            &[("appId", &app_id), ("trigger", "deprovision")],
+            |e| e["status"] == "success",
+            common::PUSH_TIMEOUT,
+        )
+        .await;
+    assert_eq!(removal["principalId"], other.id.as_str(), "{removal}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

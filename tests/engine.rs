@@ -147,6 +147,10 @@ async fn five_activations_then_a_removal_on_an_idle_app_keep_arrival_order_and_n
         return;
     };
     let (group, target_name) = stack.assigned_group().await;
+    stack
+        .bridge
+        .advance_to(chrono::Utc::now() + chrono::Duration::seconds(1))
+        .await;
     let earlier = Principal::new();
     let first = Event::activation(&earlier, &group);
     stack.bridge.deliver(&[&first]).await;
@@ -278,6 +282,11 @@ async fn a_removal_told_to_retry_after_two_minutes_holds_up_nothing_else() {
     // A second app, straight to the target.
     let (other_group, other_name) = stack.assigned_group().await;
 
+    // Events start at the real time (whole seconds): the manual clock must not lag behind it.
+    stack
+        .bridge
+        .advance_to(chrono::Utc::now() + chrono::Duration::seconds(1))
+        .await;
     let leaving = Principal::new();
     let activation = Event::activation(&leaving, &group);
     stack.bridge.deliver(&[&activation]).await;
@@ -427,4 +436,110 @@ async fn a_cycle_stopped_between_steps_resumes_under_its_id_after_a_restart() {
     let mut expected: Vec<&str> = standing.iter().map(|p| p.upn()).collect();
     expected.sort();
     stack.target.assert_members_eventually(&target_name, &expected).await;
+    // Standing members come from the directory feed: their entries say so.
+    let entry = stack
+        .bridge
+        .wait_for_log(
+            &[
+                ("appId", &app_id),
+                ("principalId", &standing[0].id),
+                ("action", "add_member"),
+            ],
+            |e| e["status"] == "success",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(entry["trigger"], "directory", "{entry}");
+    assert_eq!(entry["cycleId"], cycle_id.as_str(), "{entry}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deprovisioning_survives_a_failing_target_and_the_app_goes_only_when_every_member_is_removed() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let Some(proxy) = FaultProxy::start(&stack.target).await else {
+        return;
+    };
+    let app_id = stack
+        .bridge
+        .register_app_with(&stack.target, &proxy.base_url_for(&stack.target), json!({}))
+        .await;
+    let group = SourceGroup::new();
+    let target_name = format!("Deprovision {}", short_id());
+    stack.bridge.assign_group(&app_id, &group.id, &target_name).await;
+    let ps: Vec<Principal> = (0..2).map(|_| Principal::new()).collect();
+    // Events start at the real time (whole seconds): the manual clock must not lag behind it.
+    stack
+        .bridge
+        .advance_to(chrono::Utc::now() + chrono::Duration::seconds(1))
+        .await;
+    for p in &ps {
+        let event = Event::activation(p, &group);
+        stack.bridge.deliver(&[&event]).await;
+        stack
+            .bridge
+            .wait_for_event_log(&event, "success", Some("add_member"))
+            .await;
+    }
+
+    // The target refuses the removals for good: the deletion stalls, visibly, and keeps the app.
+    proxy
+        .arm(json!({"mode": "status", "status": 403, "count": -1, "match": {"method": "PATCH"}}))
+        .await;
+    let path = format!("/v1/apps/{app_id}");
+    let (status, app) = stack
+        .bridge
+        .admin(Method::DELETE, &format!("{path}?deprovision=true"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{app}");
+    assert_eq!(app["status"], "deleting");
+    assert_eq!(app["membersLeftToRemove"], 2, "{app}");
+    let stalled = wait_until(Duration::from_secs(5), || async {
+        let (_, app) = stack.bridge.admin(Method::GET, &path, None).await;
+        app["statusReason"].as_str().unwrap_or("").contains("stalled")
+    })
+    .await;
+    let (_, app) = stack.bridge.admin(Method::GET, &path, None).await;
+    assert!(stalled, "the stall and its reason are visible: {app}");
+    assert_eq!(app["status"], "deleting", "{app}");
+    let failure = stack
+        .bridge
+        .wait_for_log(
+            &[("appId", &app_id), ("trigger", "deprovision")],
+            |e| e["status"] == "failure",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(failure["reason"].as_str().unwrap_or("").contains("403"), "{failure}");
+    assert_eq!(stack.target.group_member_ids(&target_name).await.len(), 2);
+
+    // The target recovers, but throttles at first: asked again, the removals go through with
+    // retries on the bridge's clock, and the app disappears once the group is empty.
+    proxy.clear().await;
+    proxy
+        .arm(json!({"mode": "status", "status": 503, "retryAfter": "5", "count": 2, "match": {"method": "PATCH"}}))
+        .await;
+    let (status, _) = stack
+        .bridge
+        .admin(Method::DELETE, &format!("{path}?deprovision=true"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    for _ in 0..10 {
+        stack.bridge.advance(Duration::from_secs(5)).await;
+    }
+    let gone = wait_until(Duration::from_secs(5), || async {
+        stack.bridge.admin(Method::GET, &path, None).await.0 == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(gone, "the app is gone once every member is removed");
+    stack.target.assert_members_eventually(&target_name, &[]).await;
+    let (_, removals) = stack
+        .bridge
+        .logs_as(
+            &stack.bridge.admin_token,
+            &[("appId", &app_id), ("trigger", "deprovision"), ("status", "success")],
+        )
+        .await;
+    assert_eq!(removals.len(), 2, "one logged removal per member: {removals:?}");
 }

@@ -109,3 +109,74 @@ async fn entries_older_than_thirty_days_are_purged_in_batches_and_newer_ones_kep
     log_ownerships(&stack, &old_group, 1).await;
     assert_eq!(count(&stack, &old_group).await, 1);
 }
+
+async fn activation_status(stack: &Stack, event: &Event) -> StatusCode {
+    stack
+        .bridge
+        .admin(Method::GET, &format!("/v1/activations/{}", event.id()), None)
+        .await
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn personal_data_past_retention_is_purged_but_never_a_live_membership_or_pending_work() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    stack
+        .bridge
+        .advance_to(chrono::Utc::now() + chrono::Duration::seconds(1))
+        .await;
+    // A standing activation (no end), one that ended, and one that starts in 60 days.
+    let live_user = Principal::new();
+    let live = Event::activation(&live_user, &group)
+        .set("/scheduleInfo/expiration", serde_json::json!({"type": "noExpiration"}));
+    let ended = Event::activation(&Principal::new(), &group);
+    let later = Event::activation(&Principal::new(), &group).starting(stack.bridge.now() + chrono::Duration::days(60));
+    stack.bridge.deliver(&[&live, &ended, &later]).await;
+    stack
+        .bridge
+        .wait_for_event_log(&live, "success", Some("add_member"))
+        .await;
+    stack
+        .bridge
+        .wait_for_event_log(&ended, "success", Some("add_member"))
+        .await;
+    let end = ended.deactivation();
+    stack.bridge.deliver(&[&end]).await;
+    stack
+        .bridge
+        .wait_for_event_log(&end, "success", Some("remove_member"))
+        .await;
+    for event in [&live, &ended, &end, &later] {
+        assert_eq!(activation_status(&stack, event).await, StatusCode::OK);
+    }
+
+    stack.bridge.advance(31 * DAY).await;
+    let purged = wait_until(PUSH_TIMEOUT, || async {
+        activation_status(&stack, &ended).await == StatusCode::NOT_FOUND
+            && activation_status(&stack, &end).await == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(
+        purged,
+        "the ended activation's events (names, mail addresses) are purged"
+    );
+    // What is still needed stays: the live membership's event, the pending activation.
+    assert_eq!(activation_status(&stack, &live).await, StatusCode::OK);
+    let (status, pending) = stack
+        .bridge
+        .admin(Method::GET, &format!("/v1/activations/{}", later.id()), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{pending}");
+    assert_eq!(pending["apps"][0]["state"], "pending", "{pending}");
+    // The live membership still works: its revocation reaches the target.
+    let revoke = live.deactivation();
+    stack.bridge.deliver(&[&revoke]).await;
+    stack
+        .bridge
+        .wait_for_event_log(&revoke, "success", Some("remove_member"))
+        .await;
+    stack.target.assert_members_eventually(&target_name, &[]).await;
+}

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -12,7 +13,8 @@ use super::ApiContext;
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ApiResult, JsonBody};
 use crate::clock::to_rfc3339;
-use crate::store::{AppRecord, AppSettings, Assignment, Job, LogFilter, TargetMember};
+use crate::provisioning::DEPROVISIONING;
+use crate::store::{AppChanges, AppRecord, AppSettings, Assignment, Job, LogFilter, TargetMember};
 
 const SETTINGS_KEYS: &[&str] = &[
     "syncIntervalSeconds",
@@ -129,6 +131,10 @@ pub(super) async fn app_json(ctx: &ApiContext, app: &AppRecord) -> ApiResult<Val
     });
     if let Some(n) = app.settings.members_per_patch {
         body["membersPerPatch"] = json!(n);
+    }
+    if app.status == "deleting" {
+        let left = engine.store.provisioned_members(&app.id).await?.len();
+        body["membersLeftToRemove"] = json!(left);
     }
     Ok(body)
 }
@@ -344,35 +350,34 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<DeleteQuery>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     let app = visible_app(&ctx, &caller, &id).await?;
     if !caller.owns(&app) {
         return Err(ApiError::Forbidden("only the app's owners and admins delete it".into()));
     }
     let engine = &ctx.engine.ctx;
+    if q.deprovision {
+        // Durable: the app turns `deleting` and its dispatcher removes, one job at a time with
+        // retries and a log entry each, every member the bridge provisioned; the app goes only
+        // when none is left. Asking again retries removals that had stalled.
+        let changes = AppChanges {
+            status: Some(("deleting".into(), Some(DEPROVISIONING.into()))),
+            ..Default::default()
+        };
+        engine.store.change_app(&app.id, &changes).await?;
+        ctx.audit(&caller, "app.delete", &app.id, json!({"deprovision": true}))
+            .await?;
+        ctx.engine.wake(&app.id);
+        let app = visible_app(&ctx, &caller, &id).await?;
+        return Ok((StatusCode::ACCEPTED, Json(app_json(&ctx, &app).await?)).into_response());
+    }
     // Delete first (no new work is taken), then wait for the push in flight: after that nothing
-    // else writes to the target for this app, so deprovisioning cannot race a late add.
+    // else writes to the target for this app. A `deleting` app is abandoned as it is.
     engine.store.delete_app(&app.id, engine.now()).await?;
     ctx.engine.stop_dispatcher(&app.id).await;
-    let mut removed = 0;
-    if q.deprovision {
-        let client = engine.client_for(&app)?;
-        for member in engine.store.provisioned_members(&app.id).await? {
-            let mut steps = Vec::new();
-            match crate::provisioning::deprovision(engine, &app, &client, &member, &mut steps).await {
-                Ok(()) => removed += 1,
-                Err(e) => tracing::warn!(app_id = %app.id, error = %e, "deprovisioning a member failed"),
-            }
-        }
-    }
-    ctx.audit(
-        &caller,
-        "app.delete",
-        &app.id,
-        json!({"deprovision": q.deprovision, "membersRemoved": removed}),
-    )
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
+    ctx.audit(&caller, "app.delete", &app.id, json!({"deprovision": false}))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn put_group(

@@ -69,6 +69,13 @@ fn operation(route: &Route) -> Value {
         }
     };
     responses.insert(route.ok.to_string(), ok);
+    if route.query.contains(&"deprovision") {
+        responses.insert(
+            "202".into(),
+            json!({"description": "With `deprovision=true`: the app is `deleting` until every member the bridge provisioned is removed",
+                   "content": {"application/json": {"schema": schema_ref("App")}}}),
+        );
+    }
     let problem = |why: &str| json!({"description": why, "content": {"application/problem+json": {"schema": schema_ref("Problem")}}});
     if route.request.is_some() || !route.query.is_empty() {
         responses.insert("400".into(), problem("Malformed body or parameter; `field` names it"));

@@ -128,6 +128,8 @@ pub(super) struct Cycle {
     attempts: i64,
     steps_done: usize,
     app_name: String,
+    /// Members the directory feed entitles: their changes are logged with trigger `directory`.
+    standing: HashSet<TargetMember>,
 }
 
 impl Cycle {
@@ -158,6 +160,7 @@ impl Cycle {
             attempts: 0,
             steps_done: 0,
             app_name: String::new(),
+            standing: HashSet::new(),
         }
     }
 
@@ -245,6 +248,7 @@ impl Cycle {
         let now = ctx.now();
         let dry_run = self.record.dry_run;
         self.app_name = app.name.clone();
+        self.standing = store.standing_members(&app.id).await?.into_iter().collect();
         let assignments = store.list_assignments(&app.id).await?;
         let target_of: HashMap<&str, &str> = assignments
             .iter()
@@ -435,12 +439,17 @@ impl Cycle {
             self.upn.insert(member.principal_id.clone(), upn);
         }
         let origin = self.origin.get(member);
+        let trigger = if origin.is_none() && self.standing.contains(member) {
+            "directory"
+        } else {
+            "sync"
+        };
         Ok(LogEntry {
             id: uuid::Uuid::now_v7().to_string(),
             time: now,
             app_id: self.record.app_id.clone(),
             app_name: self.app_name.clone(),
-            trigger: "sync".into(),
+            trigger: trigger.into(),
             cycle_id: Some(self.record.id.clone()),
             event_id: origin.and_then(|j| j.event_id.clone()),
             job_id: origin.map(|j| j.id.clone()),
@@ -940,6 +949,22 @@ impl Cycle {
         );
         tracing::info!(app_id = %app.id, cycle_id = %self.record.id, status = %self.record.status, counts = ?self.record.counts, "cycle ended");
         Ok(true)
+    }
+
+    /// Ends the cycle where it is (the app is being deleted).
+    pub async fn abandon(&mut self, ctx: &Ctx, app: &AppRecord, why: &str) -> anyhow::Result<()> {
+        self.record.status = "failed".into();
+        self.record.ended_at = Some(ctx.now());
+        self.record.progress = Some(why.into());
+        ctx.store
+            .record(&Outcome {
+                app_id: app.id.clone(),
+                time: ctx.now(),
+                cycle: Some(self.record.clone()),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
     }
 
     /// A cycle that cannot go on (the store failed) is recorded as failed and, if scheduled,

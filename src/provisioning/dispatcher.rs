@@ -5,6 +5,7 @@
 //! bridge's clock, and the loop waits only for a wake-up, a due job, a free window slot, the
 //! next cycle step or the next cycle.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -18,7 +19,7 @@ use crate::store::{AppRecord, Job, JobChange, LogEntry, MemberChange, Outcome, O
 use super::cycle::Cycle;
 use super::pacing::Pacer;
 use super::window::Window;
-use super::{Ctx, job_log, push};
+use super::{Ctx, DEPROVISIONING_STALLED, job_log, push};
 
 /// How many pending jobs one look reads.
 const BATCH: i64 = 100;
@@ -48,6 +49,10 @@ struct Dispatcher {
     removal_waiting: bool,
     client: Option<(Vec<u8>, String, Arc<ScimClient>)>,
     cycle: Option<Cycle>,
+    /// While the app is deleted with `deprovision=true`: attempts per member, and when the next
+    /// removal may go.
+    removal_attempts: HashMap<TargetMember, i64>,
+    removal_not_before: Millis,
 }
 
 pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: CancellationToken) {
@@ -74,6 +79,8 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         removal_waiting: false,
         client: None,
         cycle: None,
+        removal_attempts: HashMap::new(),
+        removal_not_before: 0,
     };
     match ctx.store.recover_in_flight(&app_id, now).await {
         Ok(ids) if !ids.is_empty() => {
@@ -165,6 +172,10 @@ impl Dispatcher {
             }
         };
 
+        if app.status == "deleting" {
+            return self.deprovision(&app, &client).await;
+        }
+
         let mut next: Option<Millis> = None;
         'batches: loop {
             let jobs = store.runnable_jobs(&app.id, self.ctx.now(), BATCH).await?;
@@ -231,6 +242,107 @@ impl Dispatcher {
         if let Some(t) = store.next_job_time(&app.id, pass_started).await? {
             next = next.min(t);
         }
+        Ok(Some(next))
+    }
+
+    /// `DELETE ?deprovision=true`: removes every member the bridge provisioned, one at a time,
+    /// paced, each with its log entry and retries; the app is deleted once none is left. A
+    /// removal that keeps failing stalls the deletion (the reason says which and why) until
+    /// it is asked again.
+    async fn deprovision(&mut self, app: &AppRecord, client: &ScimClient) -> anyhow::Result<Option<Millis>> {
+        let store = self.ctx.store.clone();
+        let now = self.ctx.now();
+        if let Some(mut cycle) = self.cycle.take() {
+            cycle
+                .abandon(&self.ctx, app, "stopped: the app is being deleted")
+                .await?;
+        }
+        if app
+            .status_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with(DEPROVISIONING_STALLED))
+        {
+            return Ok(Some(now + IDLE_POLL_MS));
+        }
+        if self.removal_not_before > now {
+            return Ok(Some(self.removal_not_before));
+        }
+        let Some(member) = store.provisioned_members(&app.id).await?.into_iter().next() else {
+            store.delete_app(&app.id, now).await?;
+            tracing::info!(app_id = %app.id, "every member the bridge provisioned is removed: app deleted");
+            return Ok(None);
+        };
+        if let Err(at) = self.pacer(app).take() {
+            return Ok(Some(at));
+        }
+        let attempt = self.removal_attempts.get(&member).copied().unwrap_or(0) + 1;
+        let started = std::time::Instant::now();
+        let mut steps = Vec::new();
+        let result = push::remove_member(
+            &self.ctx,
+            app,
+            client,
+            &member.principal_id,
+            &member.target_display_name,
+            &mut steps,
+        )
+        .await;
+        let now = self.ctx.now();
+        let mut entry = LogEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            time: now,
+            app_id: app.id.clone(),
+            app_name: app.name.clone(),
+            trigger: "deprovision".into(),
+            principal_id: Some(member.principal_id.clone()),
+            user_principal_name: self.upn(&member.principal_id).await?,
+            action: "remove_member".into(),
+            status: "success".into(),
+            attempt,
+            duration_ms: Some(started.elapsed().as_millis() as i64),
+            steps,
+            reason: Some("the app is being deleted with deprovision=true".into()),
+            ..Default::default()
+        };
+        let mut outcome = Outcome {
+            app_id: app.id.clone(),
+            time: now,
+            ..Default::default()
+        };
+        let mut next = now;
+        match result {
+            Ok(done) => {
+                self.removal_attempts.remove(&member);
+                outcome.members.push((member.clone(), MemberChange::Gone));
+                outcome.legacy_remove = done.legacy_detected;
+                entry.target_user_id = done.target_user_id;
+                entry.target_group_id = done.target_group_id;
+            }
+            Err(e) if e.is_transient() && attempt < MAX_PUSH_ATTEMPTS => {
+                self.removal_attempts.insert(member.clone(), attempt);
+                next = retry_at(now, attempt, &e);
+                self.removal_not_before = next;
+                entry.status = "deferred".into();
+                entry.deferred_until = Some(next);
+                entry.reason = Some(format!("{e}; retrying"));
+            }
+            Err(e) => {
+                self.removal_attempts.clear();
+                let reason = format!(
+                    "{DEPROVISIONING_STALLED}: removing {} from `{}` failed: {e}. DELETE again with deprovision=true \
+                     to retry, or without it to leave the target as it is",
+                    entry.user_principal_name.as_deref().unwrap_or(&member.principal_id),
+                    member.target_display_name
+                );
+                tracing::warn!(app_id = %app.id, reason, "deprovisioning stalled");
+                outcome.status = Some(("deleting".into(), Some(reason), app.quarantine_level));
+                entry.status = "failure".into();
+                entry.reason = Some(e.to_string());
+                next = now + IDLE_POLL_MS;
+            }
+        }
+        outcome.logs.push(entry);
+        store.record(&outcome).await?;
         Ok(Some(next))
     }
 
@@ -415,6 +527,13 @@ impl Dispatcher {
         // On-demand provisioning is not windowed, and a retry of an admitted push is not a new
         // push (SPEC: what counts against the window).
         if job.trigger == "on_demand" || job.attempt > 0 {
+            // On-demand work is paced like a cycle's: it waits for a request slot, on the clock.
+            if job.trigger == "on_demand"
+                && job.attempt == 0
+                && let Err(at) = self.pacer(app).take()
+            {
+                return Ok(Some(at));
+            }
             return self.push(app, client, job, &member, in_doubt, false).await;
         }
         // Arrival order while the window has room; once it is full, a removal waits for the

@@ -20,66 +20,14 @@ use crate::clock::{Millis, SharedClock};
 use crate::config::{Config, Secret};
 use crate::crypto::Sealer;
 use crate::scim::{Auth, ClientOptions, ScimClient};
-use crate::store::{AppRecord, Assignment, Job, LogEntry, SharedStore, Step};
+use crate::store::{AppRecord, Assignment, Job, LogEntry, SharedStore};
 
 pub use push::PushResult;
 
-/// Removes one member the bridge provisioned, outside the dispatcher (the app is paused for
-/// deletion), and logs it.
-pub async fn deprovision(
-    ctx: &Ctx,
-    app: &AppRecord,
-    client: &ScimClient,
-    member: &crate::store::TargetMember,
-    steps: &mut Vec<Step>,
-) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
-    let outcome = push::remove_member(
-        ctx,
-        app,
-        client,
-        &member.principal_id,
-        &member.target_display_name,
-        steps,
-    )
-    .await;
-    let now = ctx.now();
-    let mut entry = LogEntry {
-        id: uuid::Uuid::now_v7().to_string(),
-        time: now,
-        app_id: app.id.clone(),
-        app_name: app.name.clone(),
-        trigger: "deprovision".into(),
-        principal_id: Some(member.principal_id.clone()),
-        user_principal_name: ctx
-            .store
-            .principal(&member.principal_id)
-            .await?
-            .map(|p| p.user_principal_name),
-        action: "remove_member".into(),
-        status: "success".into(),
-        attempt: 1,
-        duration_ms: Some(started.elapsed().as_millis() as i64),
-        steps: steps.clone(),
-        reason: Some("the app is being deleted with deprovision=true".into()),
-        ..Default::default()
-    };
-    let result = match outcome {
-        Ok(done) => {
-            ctx.store.unmark_provisioned(&app.id, member).await?;
-            entry.target_user_id = done.target_user_id;
-            entry.target_group_id = done.target_group_id;
-            Ok(())
-        }
-        Err(e) => {
-            entry.status = "failure".into();
-            entry.reason = Some(e.to_string());
-            Err(anyhow::anyhow!(e))
-        }
-    };
-    ctx.store.insert_log(&entry).await?;
-    result
-}
+/// The status reason of an app being deleted with `deprovision=true`.
+pub const DEPROVISIONING: &str = "deprovisioning: removing what the bridge provisioned";
+/// The start of the reason of a deletion whose removals keep failing.
+pub const DEPROVISIONING_STALLED: &str = "deprovisioning stalled";
 
 /// What every part of the engine shares.
 pub struct Ctx {
@@ -313,13 +261,19 @@ async fn expiry_loop(ctx: Arc<Ctx>, engine: std::sync::Weak<Engine>, wake: Arc<N
     }
 }
 
-/// Purges log entries older than the retention, in small batches that never hold the database long.
+/// Purges what retention allows (log entries, audit entries, and the personal data in events,
+/// finished jobs, ended memberships and cycles), in small batches that never hold the database
+/// long. What is still needed (a live membership, an open job) is never purged.
 async fn retention_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
     loop {
         let started = ctx.now();
         let cutoff = started - ctx.config.log_retention_ms;
         purge_in_batches("provisioning log entries", || ctx.store.purge_logs(cutoff, PURGE_BATCH)).await;
         purge_in_batches("audit entries", || ctx.store.purge_audit(cutoff, PURGE_BATCH)).await;
+        purge_in_batches("events, finished jobs, ended memberships and cycles", || {
+            ctx.store.purge_records(cutoff, PURGE_BATCH)
+        })
+        .await;
         // From the pass's start: if time moved on meanwhile, the next pass comes at once.
         let next = started + 3_600_000;
         tokio::select! {

@@ -416,12 +416,20 @@ pub trait Store: Send + Sync + 'static {
     async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>>;
     async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>>;
     async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>>;
+    /// The members the directory feed (standing membership) entitles.
+    async fn standing_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>>;
 
     // logs, cycles, audit
     async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()>;
     async fn query_logs(&self, filter: &LogFilter) -> StoreResult<Vec<LogEntry>>;
     async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>>;
     async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
+    /// Purges up to `batch` rows of personal data older than `older_than` that nothing needs any
+    /// more: events no live membership or open job points to, finished jobs, ended memberships
+    /// and ended cycles. Answers how many rows went.
+    async fn purge_records(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
+    /// Deferred jobs per app, counted (for the metrics scrape).
+    async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>>;
     /// The audit trail is kept as long as the logs.
     async fn purge_audit(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
     async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()>;

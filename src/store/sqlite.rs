@@ -196,7 +196,7 @@ impl SqliteStore {
         .await?;
         let apps: Vec<AssignedApp> = sqlx::query_as(
             "SELECT a.id, a.name, a.next_sync_at FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
-             WHERE ga.group_id = ? AND a.deleted_at IS NULL ORDER BY a.id",
+             WHERE ga.group_id = ? AND a.deleted_at IS NULL AND a.status != 'deleting' ORDER BY a.id",
         )
         .bind(&event.group_id)
         .fetch_all(&mut **tx)
@@ -1040,6 +1040,16 @@ impl Store for SqliteStore {
         .await?)
     }
 
+    async fn standing_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
+        Ok(sqlx::query_as(
+            "SELECT DISTINCT ga.target_display_name, s.principal_id FROM group_assignments ga
+               JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = ? ORDER BY 1, 2",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()> {
         insert_log_in(&self.pool, entry).await
     }
@@ -1096,6 +1106,65 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn purge_records(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
+        let mut tx = self.begin().await?;
+        let mut purged = 0;
+        // Finished jobs first: their events may then go too.
+        purged += sqlx::query(
+            "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state IN ('done', 'failed', 'cancelled')
+               AND updated_at < ? ORDER BY seq LIMIT ?)",
+        )
+        .bind(older_than)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Ended memberships: not active, ended before the cutoff, no open job for the pair.
+        purged += sqlx::query(
+            "DELETE FROM memberships WHERE rowid IN (SELECT m.rowid FROM memberships m
+               WHERE m.active = 0 AND COALESCE(m.end_at, 0) < ?1
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.principal_id = m.principal_id
+                   AND j.group_id = m.group_id AND j.state IN ('pending', 'in_flight', 'deferred'))
+               LIMIT ?2)",
+        )
+        .bind(older_than)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Events (their bodies hold names and mail addresses) that nothing points to any more.
+        purged += sqlx::query(
+            "DELETE FROM events WHERE seq IN (SELECT e.seq FROM events e WHERE e.received_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.event_seq = e.seq)
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_seq = e.seq)
+               ORDER BY e.seq LIMIT ?2)",
+        )
+        .bind(older_than)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        purged += sqlx::query(
+            "DELETE FROM sync_cycles WHERE id IN (SELECT id FROM sync_cycles WHERE ended_at IS NOT NULL
+               AND ended_at < ? LIMIT ?)",
+        )
+        .bind(older_than)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(purged)
+    }
+
+    async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT app_id, COUNT(*) FROM jobs WHERE state = 'deferred' GROUP BY app_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn purge_audit(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
