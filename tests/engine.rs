@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::clocked::FaultProxy;
+use common::clocked::{FaultProxy, Proxied, behind_fault_proxy};
 use common::{Bridge, Event, Kind, Principal, SourceGroup, Stack, short_id, target, wait_until};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -266,27 +266,18 @@ async fn a_crash_between_a_push_and_its_record_does_not_reset_the_window() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_removal_told_to_retry_after_two_minutes_holds_up_nothing_else() {
-    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+    let Some(Proxied {
+        stack,
+        proxy,
+        group,
+        target_name,
+        ..
+    }) = behind_fault_proxy(Kind::Scim2Server).await
+    else {
         return;
     };
-    let Some(proxy) = FaultProxy::start(&stack.target).await else {
-        return;
-    };
-    let app_id = stack
-        .bridge
-        .register_app_with(&stack.target, &proxy.base_url_for(&stack.target), json!({}))
-        .await;
-    let group = SourceGroup::new();
-    let target_name = format!("Throttled {}", short_id());
-    stack.bridge.assign_group(&app_id, &group.id, &target_name).await;
-    // A second app, straight to the target.
+    // Another app, straight to the target.
     let (other_group, other_name) = stack.assigned_group().await;
-
-    // Events start at the real time (whole seconds): the manual clock must not lag behind it.
-    stack
-        .bridge
-        .advance_to(chrono::Utc::now() + chrono::Duration::seconds(1))
-        .await;
     let leaving = Principal::new();
     let activation = Event::activation(&leaving, &group);
     stack.bridge.deliver(&[&activation]).await;
@@ -455,25 +446,17 @@ async fn a_cycle_stopped_between_steps_resumes_under_its_id_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deprovisioning_survives_a_failing_target_and_the_app_goes_only_when_every_member_is_removed() {
-    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+    let Some(Proxied {
+        stack,
+        proxy,
+        app_id,
+        group,
+        target_name,
+    }) = behind_fault_proxy(Kind::Scim2Server).await
+    else {
         return;
     };
-    let Some(proxy) = FaultProxy::start(&stack.target).await else {
-        return;
-    };
-    let app_id = stack
-        .bridge
-        .register_app_with(&stack.target, &proxy.base_url_for(&stack.target), json!({}))
-        .await;
-    let group = SourceGroup::new();
-    let target_name = format!("Deprovision {}", short_id());
-    stack.bridge.assign_group(&app_id, &group.id, &target_name).await;
     let ps: Vec<Principal> = (0..2).map(|_| Principal::new()).collect();
-    // Events start at the real time (whole seconds): the manual clock must not lag behind it.
-    stack
-        .bridge
-        .advance_to(chrono::Utc::now() + chrono::Duration::seconds(1))
-        .await;
     for p in &ps {
         let event = Event::activation(p, &group);
         stack.bridge.deliver(&[&event]).await;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::clocked::FaultProxy;
+use common::clocked::{FaultProxy, Proxied, behind_fault_proxy};
 use common::{Event, Kind, Principal, SourceGroup, Stack};
 use serde_json::{Value, json};
 
@@ -30,19 +30,16 @@ async fn filter_path_attempts(proxy: &FaultProxy) -> Vec<Value> {
 /// SCIMMY behind the fault proxy answering `status` (and `body`, if given) to every filter-path
 /// removal: two members, one after the other, are activated and deactivated.
 async fn legacy_only_target(status: u16, body: Option<Value>) {
-    let Some(stack) = Stack::start_clocked(Kind::Scimmy, |_| {}).await else {
+    let Some(Proxied {
+        stack,
+        proxy,
+        app_id,
+        group,
+        target_name,
+    }) = behind_fault_proxy(Kind::Scimmy).await
+    else {
         return;
     };
-    let Some(proxy) = FaultProxy::start(&stack.target).await else {
-        return;
-    };
-    let app_id = stack
-        .bridge
-        .register_app_with(&stack.target, &proxy.base_url_for(&stack.target), json!({}))
-        .await;
-    let group = SourceGroup::new();
-    let target_name = format!("Legacy {}", common::short_id());
-    stack.bridge.assign_group(&app_id, &group.id, &target_name).await;
     let mut fault = json!({"mode": "status", "status": status, "count": -1,
                            "match": {"method": "PATCH", "bodyContains": FILTER_PATH}});
     if let Some(body) = body {

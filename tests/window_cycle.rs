@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::clocked::FaultProxy;
+use common::clocked::{FaultProxy, Proxied, app_with, behind_fault_proxy};
 use common::{Event, Kind, PUSH_TIMEOUT, Principal, SourceGroup, Stack, wait_until};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -444,24 +444,6 @@ async fn a_target_answering_429_is_never_quarantined() {
     );
 }
 
-/// A second app on the stack's target with these settings, and a group assigned to it.
-async fn app_with(stack: &Stack, base_url: &str, settings: Value) -> (String, SourceGroup, String) {
-    let app_id = stack.bridge.register_app_with(&stack.target, base_url, settings).await;
-    let group = SourceGroup::new();
-    let target_name = format!("T {}", common::short_id());
-    stack.bridge.assign_group(&app_id, &group.id, &target_name).await;
-    (app_id, group, target_name)
-}
-
-/// A stack on a manual clock whose app reaches its target through the fault proxy, with a group
-/// assigned to it.
-async fn behind_fault_proxy(kind: Kind) -> Option<(Stack, FaultProxy, SourceGroup, String)> {
-    let stack = Stack::start_clocked(kind, |_| {}).await?;
-    let proxy = FaultProxy::start(&stack.target).await?;
-    let (_, group, target_name) = app_with(&stack, &proxy.base_url_for(&stack.target), json!({})).await;
-    Some((stack, proxy, group, target_name))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn under_overflow_drain_deferred_activations_go_as_soon_as_the_window_has_room() {
     let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
@@ -637,7 +619,14 @@ async fn group_patches(proxy: &FaultProxy) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_after_is_obeyed_on_the_bridges_clock_and_a_throttled_push_still_lands() {
-    let Some((stack, proxy, group, target_name)) = behind_fault_proxy(Kind::Scim2Server).await else {
+    let Some(Proxied {
+        stack,
+        proxy,
+        group,
+        target_name,
+        ..
+    }) = behind_fault_proxy(Kind::Scim2Server).await
+    else {
         return;
     };
     proxy
@@ -687,7 +676,14 @@ async fn retry_after_is_obeyed_on_the_bridges_clock_and_a_throttled_push_still_l
 #[tokio::test(flavor = "multi_thread")]
 async fn an_add_whose_answer_was_lost_is_checked_at_the_target_before_it_is_sent_again() {
     // SCIMMY keeps a member added twice, so a blind resend would show.
-    let Some((stack, proxy, group, target_name)) = behind_fault_proxy(Kind::Scimmy).await else {
+    let Some(Proxied {
+        stack,
+        proxy,
+        group,
+        target_name,
+        ..
+    }) = behind_fault_proxy(Kind::Scimmy).await
+    else {
         return;
     };
     proxy
@@ -710,7 +706,14 @@ async fn an_add_whose_answer_was_lost_is_checked_at_the_target_before_it_is_sent
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_removal_still_goes_out_when_the_add_before_it_had_an_unknown_outcome() {
-    let Some((stack, proxy, group, target_name)) = behind_fault_proxy(Kind::Scim2Server).await else {
+    let Some(Proxied {
+        stack,
+        proxy,
+        group,
+        target_name,
+        ..
+    }) = behind_fault_proxy(Kind::Scim2Server).await
+    else {
         return;
     };
     let ps = principals(1);
@@ -751,7 +754,14 @@ async fn a_removal_still_goes_out_when_the_add_before_it_had_an_unknown_outcome(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_throttled_removal_is_retried_before_any_cycle() {
-    let Some((stack, proxy, group, target_name)) = behind_fault_proxy(Kind::Scim2Server).await else {
+    let Some(Proxied {
+        stack,
+        proxy,
+        group,
+        target_name,
+        ..
+    }) = behind_fault_proxy(Kind::Scim2Server).await
+    else {
         return;
     };
     let ps = principals(1);

@@ -13,7 +13,9 @@ use tokio::process::Command;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{Bridge, Kind, Proc, Stack, Target, free_port, http_client, random_hex, read_answer, require, target};
+use super::{
+    Bridge, Kind, Proc, SourceGroup, Stack, Target, free_port, http_client, random_hex, read_answer, require, target,
+};
 
 pub struct InProcess {
     pub clock: Arc<ManualClock>,
@@ -272,4 +274,40 @@ impl FaultProxy {
         .await;
         body.as_array().cloned().unwrap_or_default()
     }
+}
+
+/// A second app on the stack's target (at `base_url`) with these settings, and a new group
+/// assigned to it: answers the app id, the group and the target group's display name.
+pub async fn app_with(stack: &Stack, base_url: &str, settings: Value) -> (String, SourceGroup, String) {
+    let app_id = stack.bridge.register_app_with(&stack.target, base_url, settings).await;
+    let group = SourceGroup::new();
+    let target_name = format!("T {}", super::short_id());
+    stack.bridge.assign_group(&app_id, &group.id, &target_name).await;
+    (app_id, group, target_name)
+}
+
+/// A stack on a manual clock with an app that reaches its target through the fault proxy.
+pub struct Proxied {
+    pub stack: Stack,
+    pub proxy: FaultProxy,
+    pub app_id: String,
+    pub group: SourceGroup,
+    pub target_name: String,
+}
+
+/// A stack on a manual clock whose second app reaches the target through the fault proxy, with a
+/// group assigned to it. Events start at the real time (whole seconds), so the clock is moved up
+/// to it: starting the proxy takes a moment.
+pub async fn behind_fault_proxy(kind: Kind) -> Option<Proxied> {
+    let stack = Stack::start_clocked(kind, |_| {}).await?;
+    let proxy = FaultProxy::start(&stack.target).await?;
+    let (app_id, group, target_name) = app_with(&stack, &proxy.base_url_for(&stack.target), json!({})).await;
+    stack.bridge.advance_to(Utc::now() + chrono::Duration::seconds(1)).await;
+    Some(Proxied {
+        stack,
+        proxy,
+        app_id,
+        group,
+        target_name,
+    })
 }
