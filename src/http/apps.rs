@@ -3,14 +3,14 @@
 use std::net::IpAddr;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::ApiContext;
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ApiResult, JsonBody};
+use super::error::{ApiError, ApiResult, JsonBody, Path, Query};
 use crate::clock::to_rfc3339;
 use crate::store::{AppRecord, AppSettings, Assignment, Job, LogFilter, TargetMember};
 
@@ -64,7 +64,8 @@ fn settings_from(base: &AppSettings, input: &Map<String, Value>) -> ApiResult<Ap
     Ok(settings)
 }
 
-/// Refuses URLs that are not http(s), and (unless allowed) ones that resolve to private addresses.
+/// Refuses URLs that are not http(s), ones that reach a cloud metadata address, and (unless
+/// allowed) ones that resolve to private addresses.
 async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult<()> {
     let url = url::Url::parse(raw).map_err(|_| ApiError::bad(field, "is not a URL"))?;
     if url.scheme() != "https" && url.scheme() != "http" {
@@ -74,23 +75,29 @@ async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult
         .host_str()
         .ok_or_else(|| ApiError::bad(field, "has no host"))?
         .to_string();
-    if ctx.engine.ctx.config.allow_private_targets {
-        return Ok(());
-    }
+    let allow_private = ctx.engine.ctx.config.allow_private_targets;
     let port = url.port_or_known_default().unwrap_or(443);
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|_| ApiError::unprocessable(field, "the host does not resolve"))?
-            .map(|a| a.ip())
-            .collect(),
+        Err(_) => match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(addrs) => addrs.map(|a| a.ip()).collect(),
+            // Allowed private targets may not resolve yet (a local quickstart); the connect-time
+            // resolver still refuses metadata addresses then.
+            Err(_) if allow_private => Vec::new(),
+            Err(_) => return Err(ApiError::unprocessable(field, "the host does not resolve")),
+        },
     };
-    if addrs.iter().any(|ip| crate::scim::is_private_address(*ip)) {
+    if addrs.iter().any(|ip| crate::scim::is_metadata_address(*ip)) {
         return Err(ApiError::unprocessable(
             field,
-            "resolves to a loopback, private or link-local address (set SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS=true to allow)",
+            "resolves to a cloud metadata address, which is always refused",
+        ));
+    }
+    if !allow_private && addrs.iter().any(|ip| crate::scim::is_private_address(*ip)) {
+        return Err(ApiError::unprocessable(
+            field,
+            "resolves to a loopback, private or other special-purpose address (set SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS=true to allow)",
         ));
     }
     Ok(())
@@ -123,6 +130,7 @@ pub(super) async fn app_json(ctx: &ApiContext, app: &AppRecord) -> ApiResult<Val
         "owners": app.owners,
         "status": app.status,
         "statusReason": app.status_reason,
+        "quarantined": app.quarantine_level > 0,
         "nextSyncAt": to_rfc3339(app.next_sync_at),
         "lastCycle": last_cycle,
         "createdAt": to_rfc3339(app.created_at),
@@ -288,6 +296,14 @@ pub async fn update(
         app.name = name;
     }
     if let Some(url) = text_field(&input, "scimBaseUrl")? {
+        // Stored credentials never follow a changed URL: whoever points the app elsewhere gives
+        // the credentials for that place too (an OAuth tokenUrl only changes with a whole auth).
+        if url != app.scim_base_url && !input.contains_key("auth") {
+            return Err(ApiError::unprocessable(
+                "auth",
+                "a changed scimBaseUrl needs the complete auth for it in the same request: stored credentials never follow a URL change",
+            ));
+        }
         check_target_url(&ctx, "scimBaseUrl", &url).await?;
         app.scim_base_url = url;
     }
@@ -303,11 +319,20 @@ pub async fn update(
         app.owners = owners;
     }
     app.settings = settings_from(&app.settings, &input)?;
+    // `paused` and `active` are the owner's switch; a quarantine is the bridge's verdict and
+    // only `quarantine/clear` lifts it. While quarantined (`quarantine_level > 0`) the status
+    // reason stays the quarantine's, paused or not.
+    let quarantined = app.quarantine_level > 0;
     match text_field(&input, "status")?.as_deref() {
         None => {}
         Some("paused") => {
             app.status = "paused".into();
-            app.status_reason = Some(format!("paused by {}", caller.name));
+            if !quarantined {
+                app.status_reason = Some(format!("paused by {}", caller.name));
+            }
+        }
+        Some("active") if app.status == "paused" && quarantined => {
+            app.status = "quarantined".into();
         }
         Some("active") if app.status == "paused" => {
             app.status = "active".into();
@@ -605,6 +630,10 @@ pub async fn clear_quarantine(
         engine.store.set_app_status(&app.id, "active", None, 0).await?;
         // Deferred work goes at the next cycle; bring it forward to now.
         engine.store.set_next_sync(&app.id, engine.now()).await?;
+    } else if app.quarantine_level > 0 {
+        // Paused while quarantined: the quarantine ends, the owner's pause stays.
+        let reason = format!("paused (quarantine cleared by {})", caller.name);
+        engine.store.set_app_status(&app.id, "paused", Some(&reason), 0).await?;
     }
     ctx.audit(
         &caller,

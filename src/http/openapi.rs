@@ -345,6 +345,7 @@ fn schemas() -> Value {
                     "owners": {"type": "array", "items": {"type": "string"}},
                     "status": {"type": "string", "enum": ["active", "paused", "quarantined"]},
                     "statusReason": nullable("string"),
+                    "quarantined": {"type": "boolean", "description": "Quarantined by the bridge (also while paused); only `POST .../quarantine/clear` lifts it."},
                     "nextSyncAt": time,
                     "lastCycle": {"oneOf": [schema_ref("Cycle"), {"type": "null"}]},
                     "createdAt": time,

@@ -434,7 +434,16 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()>;
     /// Newest first; `before_seq` continues a listing.
     async fn list_audit(&self, limit: i64, before_seq: Option<i64>) -> StoreResult<Vec<AuditEntry>>;
+
+    // encryption-key rotation (`scim-bridge rekey`)
+    /// Passes the stored credentials of every app, deleted ones included, through `reseal` in one
+    /// transaction and stores what it answers. Answers how many were resealed, and the ids of the
+    /// apps it answered `None` for (left as they were).
+    async fn reseal_credentials(&self, reseal: &Reseal) -> StoreResult<(usize, Vec<String>)>;
 }
+
+/// Re-encrypts one sealed credential: `None` if no accepted key opens it.
+pub type Reseal = dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync;
 
 pub type SharedStore = Arc<dyn Store>;
 

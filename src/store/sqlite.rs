@@ -1374,4 +1374,31 @@ impl Store for SqliteStore {
             })
             .collect()
     }
+
+    // encryption-key rotation (`scim-bridge rekey`)
+    async fn reseal_credentials(&self, reseal: &Reseal) -> StoreResult<(usize, Vec<String>)> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query("SELECT id, auth_sealed FROM apps ORDER BY created_at, id")
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut resealed = 0;
+        let mut unopened = Vec::new();
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let sealed: Vec<u8> = row.try_get("auth_sealed")?;
+            match reseal(&sealed) {
+                Some(again) => {
+                    sqlx::query("UPDATE apps SET auth_sealed = ? WHERE id = ?")
+                        .bind(again)
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                    resealed += 1;
+                }
+                None => unopened.push(id),
+            }
+        }
+        tx.commit().await?;
+        Ok((resealed, unopened))
+    }
 }
