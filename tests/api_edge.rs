@@ -98,6 +98,18 @@ async fn an_owner_pausing_and_resuming_a_quarantined_app_leaves_it_quarantined()
         paused["statusReason"].as_str().unwrap_or("").contains("401"),
         "the quarantine's reason stays: {paused}"
     );
+    let metrics = client()
+        .get(format!("{}/metrics", bridge.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains(&format!("scim_bridge_app_quarantined{{app_id=\"{id}\"}} 1")),
+        "a paused quarantined app is still quarantined in the metrics"
+    );
     let resumed = patch("active").await;
     assert_eq!(
         resumed["status"], "quarantined",
