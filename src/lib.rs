@@ -76,7 +76,7 @@ pub async fn rekey(config: &Config) -> anyhow::Result<usize> {
         .await?;
     if !unopened.is_empty() {
         anyhow::bail!(
-            "{resealed} credentials re-encrypted, but neither key opens those of {} app(s): {} \
+            "{resealed} credentials re-encrypted, but no configured key opens those of {} app(s): {} \
              (set SCIM_BRIDGE_ENCRYPTION_KEY to `current,previous` with the key they were written with)",
             unopened.len(),
             unopened.join(", ")
