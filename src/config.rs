@@ -88,12 +88,19 @@ pub struct Config {
     /// Current secret first, then the previous one during a rotation.
     pub webhook_secrets: Vec<Secret>,
     pub admin_token: Secret,
+    /// Base64 keys: the current one, then the previous one during a rotation.
     pub encryption_key: Secret,
     pub sync_interval_ms: Millis,
     pub rate_limit: RateLimit,
     pub allow_private_targets: bool,
     pub log_retention_ms: Millis,
     pub log_json: bool,
+    /// Connections served at once (SCIM_BRIDGE_MAX_CONNECTIONS).
+    pub max_connections: usize,
+    /// Request headers must arrive within this (SCIM_BRIDGE_HEADER_TIMEOUT, default 10s).
+    pub header_timeout_ms: Millis,
+    /// A request body must arrive within this (SCIM_BRIDGE_BODY_TIMEOUT, default 30s).
+    pub body_timeout_ms: Millis,
 }
 
 impl Config {
@@ -112,6 +119,9 @@ impl Config {
             allow_private_targets: false,
             log_retention_ms: 30 * 86_400_000,
             log_json: false,
+            max_connections: 1024,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
         }
     }
 
@@ -167,16 +177,52 @@ impl Config {
             config.log_retention_ms = parse_duration_ms(&v).context("SCIM_BRIDGE_LOG_RETENTION")?;
         }
         config.log_json = var("SCIM_BRIDGE_LOG_FORMAT").is_some_and(|v| v == "json");
+        if let Some(v) = var("SCIM_BRIDGE_MAX_CONNECTIONS") {
+            config.max_connections = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .context("SCIM_BRIDGE_MAX_CONNECTIONS must be a whole number of at least 1")?;
+        }
+        for (name, field) in [
+            ("SCIM_BRIDGE_HEADER_TIMEOUT", &mut config.header_timeout_ms),
+            ("SCIM_BRIDGE_BODY_TIMEOUT", &mut config.body_timeout_ms),
+        ] {
+            if let Some(v) = var(name) {
+                *field = parse_duration_ms(&v).with_context(|| name.to_string())?;
+                if *field < 1 {
+                    bail!("{name} must be at least 1ms");
+                }
+            }
+        }
         Ok(config)
     }
 
-    pub fn encryption_key_bytes(&self) -> anyhow::Result<[u8; 32]> {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(self.encryption_key.expose().trim())
-            .map_err(|_| anyhow::anyhow!("SCIM_BRIDGE_ENCRYPTION_KEY is not base64"))?;
-        bytes
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("SCIM_BRIDGE_ENCRYPTION_KEY must decode to 32 bytes"))
+    /// The encryption keys, current first: the current one seals, either one opens.
+    pub fn encryption_key_bytes(&self) -> anyhow::Result<Vec<[u8; 32]>> {
+        let keys: Vec<&str> = self
+            .encryption_key
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .collect();
+        if keys.is_empty() || keys.len() > 2 {
+            bail!("SCIM_BRIDGE_ENCRYPTION_KEY takes one key, or `current,previous` during rotation");
+        }
+        keys.iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let which = if i == 0 { "current" } else { "previous" };
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(key)
+                    .map_err(|_| anyhow::anyhow!("SCIM_BRIDGE_ENCRYPTION_KEY: the {which} key is not base64"))?;
+                bytes
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("SCIM_BRIDGE_ENCRYPTION_KEY: the {which} key must decode to 32 bytes"))
+            })
+            .collect()
     }
 }
 
@@ -229,6 +275,23 @@ mod tests {
             }
         );
         assert!("0/10s".parse::<RateLimit>().is_err());
+    }
+
+    #[test]
+    fn the_encryption_key_may_be_current_and_previous() {
+        let a = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
+        let b = base64::engine::general_purpose::STANDARD.encode([2u8; 32]);
+        let mut config = Config::with_data_dir("/nonexistent");
+        config.encryption_key = Secret::new(format!("{b}, {a}"));
+        assert_eq!(config.encryption_key_bytes().unwrap(), vec![[2u8; 32], [1u8; 32]]);
+        config.encryption_key = Secret::new(&a);
+        assert_eq!(config.encryption_key_bytes().unwrap(), vec![[1u8; 32]]);
+        config.encryption_key = Secret::new(format!("{a},{b},{a}"));
+        assert!(config.encryption_key_bytes().is_err());
+        config.encryption_key = Secret::new(format!("{a},c2hvcnQ="));
+        let error = config.encryption_key_bytes().unwrap_err().to_string();
+        assert!(error.contains("previous"), "{error}");
+        assert!(!error.contains(&a), "a key must never be printed: {error}");
     }
 
     #[test]

@@ -87,10 +87,12 @@ pub fn verify_signature(
     Err(SignatureError::Mismatch)
 }
 
-/// Encrypts credentials at rest: XChaCha20-Poly1305 with a random nonce stored in front.
+/// Encrypts credentials at rest: XChaCha20-Poly1305 with a random nonce stored in front. Seals
+/// with the current key; opens with the current or the previous one (key rotation).
 #[derive(Clone)]
 pub struct Sealer {
-    cipher: XChaCha20Poly1305,
+    /// Current key first.
+    ciphers: Vec<XChaCha20Poly1305>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -100,9 +102,14 @@ impl std::fmt::Debug for Sealer {
 }
 
 impl Sealer {
-    pub fn new(key: &[u8; 32]) -> Self {
+    /// `keys`: the current key, then any previous ones still accepted for opening.
+    pub fn new(keys: &[[u8; 32]]) -> Self {
+        assert!(!keys.is_empty(), "a sealer needs a key");
         Self {
-            cipher: XChaCha20Poly1305::new_from_slice(key).expect("32-byte key"),
+            ciphers: keys
+                .iter()
+                .map(|key| XChaCha20Poly1305::new_from_slice(key).expect("32-byte key"))
+                .collect(),
         }
     }
 
@@ -111,7 +118,7 @@ impl Sealer {
         let nonce = XNonce::from(nonce_bytes);
         let mut out = nonce_bytes.to_vec();
         out.extend(
-            self.cipher
+            self.ciphers[0]
                 .encrypt(&nonce, plaintext)
                 .expect("encryption of a small payload"),
         );
@@ -124,7 +131,14 @@ impl Sealer {
         }
         let (nonce, ciphertext) = sealed.split_at(24);
         let nonce = XNonce::try_from(nonce).ok()?;
-        self.cipher.decrypt(&nonce, ciphertext).ok()
+        self.ciphers
+            .iter()
+            .find_map(|cipher| cipher.decrypt(&nonce, ciphertext).ok())
+    }
+
+    /// Opens with any accepted key and seals again with the current one.
+    pub fn reseal(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        self.open(sealed).map(|plaintext| self.seal(&plaintext))
     }
 }
 
@@ -170,10 +184,25 @@ mod tests {
 
     #[test]
     fn sealed_credentials_open_only_with_the_same_key() {
-        let sealer = Sealer::new(&[7u8; 32]);
+        let sealer = Sealer::new(&[[7u8; 32]]);
         let sealed = sealer.seal(b"token-123");
         assert!(!sealed.windows(9).any(|w| w == b"token-123"));
         assert_eq!(sealer.open(&sealed).unwrap(), b"token-123");
-        assert!(Sealer::new(&[8u8; 32]).open(&sealed).is_none());
+        assert!(Sealer::new(&[[8u8; 32]]).open(&sealed).is_none());
+    }
+
+    #[test]
+    fn during_a_rotation_either_key_opens_and_the_current_one_seals() {
+        let old = Sealer::new(&[[1u8; 32]]);
+        let rotating = Sealer::new(&[[2u8; 32], [1u8; 32]]);
+        let new_only = Sealer::new(&[[2u8; 32]]);
+        let sealed_before = old.seal(b"secret");
+        assert_eq!(rotating.open(&sealed_before).unwrap(), b"secret");
+        assert!(new_only.open(&sealed_before).is_none());
+        let sealed_during = rotating.seal(b"fresh");
+        assert_eq!(new_only.open(&sealed_during).unwrap(), b"fresh");
+        let resealed = rotating.reseal(&sealed_before).unwrap();
+        assert_eq!(new_only.open(&resealed).unwrap(), b"secret");
+        assert!(new_only.reseal(&sealed_before).is_none());
     }
 }

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod provisioning;
 pub mod rules;
 pub mod scim;
+pub mod server;
 pub mod store;
 pub mod types;
 
@@ -53,13 +54,35 @@ pub async fn run_with_clock(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let limits = server::Limits::from_config(&config);
     let engine = start_engine(config, clock).await?;
     let router = http::router(http::ApiContext { engine: engine.clone() });
     let addr = listener.local_addr()?;
     println!("scim-bridge listening on http://{addr}");
     tracing::info!(%addr, "serving");
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    server::serve(listener, router, limits, shutdown).await?;
     tracing::info!("draining in-flight pushes");
     engine.shutdown().await;
     Ok(())
+}
+
+/// `scim-bridge rekey`: re-encrypts every stored credential with the current encryption key
+/// (opened with the current or the previous one). Answers how many were re-encrypted; fails,
+/// naming the apps, if some could be opened with neither key.
+pub async fn rekey(config: &Config) -> anyhow::Result<usize> {
+    let store = store::open(&config.database_url).await?;
+    store.migrate().await.context("applying migrations")?;
+    let sealer = Sealer::new(&config.encryption_key_bytes()?);
+    let (resealed, unopened) = store
+        .reseal_credentials(&move |sealed: &[u8]| sealer.reseal(sealed))
+        .await?;
+    if !unopened.is_empty() {
+        anyhow::bail!(
+            "{resealed} credentials re-encrypted, but no configured key opens those of {} app(s): {} \
+             (set SCIM_BRIDGE_ENCRYPTION_KEY to `current,previous` with the key they were written with)",
+            unopened.len(),
+            unopened.join(", ")
+        );
+    }
+    Ok(resealed)
 }

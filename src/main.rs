@@ -27,6 +27,9 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Re-encrypt every stored credential with the current encryption key (the first of
+    /// SCIM_BRIDGE_ENCRYPTION_KEY=current,previous); afterwards the previous key can be dropped.
+    Rekey,
     /// Print the X-Bridge-Signature header for a payload file.
     Sign {
         /// The payload file, signed byte for byte.
@@ -126,6 +129,11 @@ async fn main() -> anyhow::Result<()> {
             // The URL may hold a password: name only the kind of store.
             let kind = config.database_url.split(':').next().unwrap_or("database");
             println!("migrations applied ({kind})");
+            Ok(())
+        }
+        Command::Rekey => {
+            let count = scim_bridge::rekey(&config).await?;
+            println!("{count} stored credentials re-encrypted with the current key");
             Ok(())
         }
         Command::Token {

@@ -174,9 +174,13 @@ pub async fn render(store: &SharedStore) -> StoreResult<String> {
         let n = apps.iter().filter(|a| a.status == status).count();
         out.push_str(&format!("{APPS}{{status=\"{status}\"}} {n}\n"));
     }
-    gauge_header(&mut out, APP_QUARANTINED, "1 while the app is quarantined.");
+    gauge_header(
+        &mut out,
+        APP_QUARANTINED,
+        "1 while the app is quarantined (paused or not).",
+    );
     for app in &apps {
-        let quarantined = u8::from(app.status == "quarantined");
+        let quarantined = u8::from(app.quarantine_level > 0);
         out.push_str(&format!(
             "{APP_QUARANTINED}{{app_id=\"{}\"}} {quarantined}\n",
             label(&app.id)

@@ -203,7 +203,7 @@ async fn a_database_of_the_previous_release_opens_and_its_pending_and_deferred_w
     let app_id = new_id();
     let app_name = format!("legacy-app-{}", common::short_id());
     let auth = json!({"type": "bearer", "token": target.credential()});
-    let sealed = Sealer::new(&key).seal(auth.to_string().as_bytes());
+    let sealed = Sealer::new(&[key]).seal(auth.to_string().as_bytes());
     // What the previous release wrote for an app registered with default settings by the admin.
     let settings = r#"{"pacing":{"requestsPerSecond":25},"overflow":"nextCycle","patchStyle":"auto","driftRepair":"report","outOfScope":"keep"}"#;
     sqlx::query(

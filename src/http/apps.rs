@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::ApiContext;
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ApiResult, JsonBody};
+use super::error::{ApiError, ApiResult, JsonBody, Path, Query};
 use crate::clock::to_rfc3339;
 use crate::provisioning::DEPROVISIONING;
 use crate::store::{AppChanges, AppRecord, AppSettings, Assignment, Job, LogFilter, TargetMember};
@@ -66,7 +66,8 @@ fn settings_from(base: &AppSettings, input: &Map<String, Value>) -> ApiResult<Ap
     Ok(settings)
 }
 
-/// Refuses URLs that are not http(s), and (unless allowed) ones that resolve to private addresses.
+/// Refuses URLs that are not http(s), ones that reach a cloud metadata address, and (unless
+/// allowed) ones that resolve to private addresses.
 async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult<()> {
     let url = url::Url::parse(raw).map_err(|_| ApiError::bad(field, "is not a URL"))?;
     if url.scheme() != "https" && url.scheme() != "http" {
@@ -76,23 +77,29 @@ async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult
         .host_str()
         .ok_or_else(|| ApiError::bad(field, "has no host"))?
         .to_string();
-    if ctx.engine.ctx.config.allow_private_targets {
-        return Ok(());
-    }
+    let allow_private = ctx.engine.ctx.config.allow_private_targets;
     let port = url.port_or_known_default().unwrap_or(443);
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|_| ApiError::unprocessable(field, "the host does not resolve"))?
-            .map(|a| a.ip())
-            .collect(),
+        Err(_) => match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(addrs) => addrs.map(|a| a.ip()).collect(),
+            // Allowed private targets may not resolve yet (a local quickstart); the connect-time
+            // resolver still refuses metadata addresses then.
+            Err(_) if allow_private => Vec::new(),
+            Err(_) => return Err(ApiError::unprocessable(field, "the host does not resolve")),
+        },
     };
-    if addrs.iter().any(|ip| crate::scim::is_private_address(*ip)) {
+    if addrs.iter().any(|ip| crate::scim::is_metadata_address(*ip)) {
         return Err(ApiError::unprocessable(
             field,
-            "resolves to a loopback, private or link-local address (set SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS=true to allow)",
+            "resolves to a cloud metadata address, which is always refused",
+        ));
+    }
+    if !allow_private && addrs.iter().any(|ip| crate::scim::is_private_address(*ip)) {
+        return Err(ApiError::unprocessable(
+            field,
+            "resolves to a loopback, private or other special-purpose address (set SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS=true to allow)",
         ));
     }
     Ok(())
@@ -125,6 +132,7 @@ pub(super) async fn app_json(ctx: &ApiContext, app: &AppRecord) -> ApiResult<Val
         "owners": app.owners,
         "status": app.status,
         "statusReason": app.status_reason,
+        "quarantined": app.quarantine_level > 0,
         "nextSyncAt": to_rfc3339(app.next_sync_at),
         "lastCycle": last_cycle,
         "createdAt": to_rfc3339(app.created_at),
@@ -282,7 +290,7 @@ pub async fn update(
     Path(id): Path<String>,
     body: JsonBody,
 ) -> ApiResult<Json<Value>> {
-    let mut app = visible_app(&ctx, &caller, &id).await?;
+    let app = visible_app(&ctx, &caller, &id).await?;
     if !caller.owns(&app) {
         return Err(ApiError::Forbidden("only the app's owners and admins change it".into()));
     }
@@ -290,44 +298,64 @@ pub async fn update(
     check_keys(&input, &["name", "scimBaseUrl", "auth", "owners", "status"])?;
     let mut changed: Vec<&str> = input.keys().map(String::as_str).collect();
     changed.sort();
-    if let Some(name) = text_field(&input, "name")? {
-        app.name = name;
-    }
+    // Only what the request sends is written: a PATCH never undoes what the engine committed
+    // meanwhile (a quarantine, the next cycle's time).
+    let mut changes = AppChanges {
+        name: text_field(&input, "name")?,
+        ..Default::default()
+    };
     if let Some(url) = text_field(&input, "scimBaseUrl")? {
+        // Stored credentials never follow a changed URL: whoever points the app elsewhere gives
+        // the credentials for that place too (an OAuth tokenUrl only changes with a whole auth).
+        if url != app.scim_base_url && !input.contains_key("auth") {
+            return Err(ApiError::unprocessable(
+                "auth",
+                "a changed scimBaseUrl needs the complete auth for it in the same request: stored credentials never follow a URL change",
+            ));
+        }
         check_target_url(&ctx, "scimBaseUrl", &url).await?;
-        app.scim_base_url = url;
+        changes.scim_base_url = Some(url);
     }
     if let Some(auth) = input.get("auth") {
-        let (kind, sealed) = seal_auth(&ctx, auth).await?;
-        app.auth_type = kind;
-        app.auth_sealed = sealed;
+        changes.auth = Some(seal_auth(&ctx, auth).await?);
     }
     if let Some(owners) = owners_field(&input)? {
         if caller.role != Role::Admin {
             return Err(ApiError::Forbidden("only admins change owners".into()));
         }
-        app.owners = owners;
+        changes.owners = Some(owners);
     }
-    app.settings = settings_from(&app.settings, &input)?;
-    match text_field(&input, "status")?.as_deref() {
-        None => {}
-        Some("paused") => {
-            app.status = "paused".into();
-            app.status_reason = Some(format!("paused by {}", caller.name));
+    if SETTINGS_KEYS.iter().any(|k| input.contains_key(*k)) {
+        changes.settings = Some(settings_from(&app.settings, &input)?);
+    }
+    // `paused` and `active` are the owner's switch; a quarantine is the bridge's verdict and
+    // only `quarantine/clear` lifts it. While quarantined (`quarantine_level > 0`) the status
+    // reason stays the quarantine's, paused or not.
+    let quarantined = app.quarantine_level > 0;
+    let status = text_field(&input, "status")?;
+    if status.is_some() && app.status == "deleting" {
+        return Err(ApiError::Conflict(
+            "the app is being deleted: DELETE without deprovision abandons the deletion".into(),
+        ));
+    }
+    changes.status = match status.as_deref() {
+        None => None,
+        Some("paused") if quarantined => Some(("paused".into(), app.status_reason.clone())),
+        Some("paused") => Some(("paused".into(), Some(format!("paused by {}", caller.name)))),
+        Some("active") if app.status == "paused" && quarantined => {
+            Some(("quarantined".into(), app.status_reason.clone()))
         }
-        Some("active") if app.status == "paused" => {
-            app.status = "active".into();
-            app.status_reason = None;
-        }
-        Some("active") => {}
+        Some("active") if app.status == "paused" => Some(("active".into(), None)),
+        Some("active") => None,
         Some(_) => {
             return Err(ApiError::bad(
                 "status",
                 "can be set to `paused` or `active` (quarantine is cleared with POST .../quarantine/clear)",
             ));
         }
-    }
-    ctx.engine.ctx.store.update_app(&app).await?;
+    };
+    ctx.engine.ctx.store.change_app(&app.id, &changes).await?;
+    let app = visible_app(&ctx, &caller, &id).await?;
     ctx.audit(
         &caller,
         "app.update",
@@ -612,6 +640,10 @@ pub async fn clear_quarantine(
         engine.store.set_app_status(&app.id, "active", None, 0).await?;
         // Deferred work goes at the next cycle; bring it forward to now.
         engine.store.set_next_sync(&app.id, engine.now()).await?;
+    } else if app.quarantine_level > 0 {
+        // Paused while quarantined: the quarantine ends, the owner's pause stays.
+        let reason = format!("paused (quarantine cleared by {})", caller.name);
+        engine.store.set_app_status(&app.id, "paused", Some(&reason), 0).await?;
     }
     ctx.audit(
         &caller,

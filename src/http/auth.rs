@@ -71,7 +71,7 @@ impl FromRequestParts<ApiContext> for Caller {
         let admin = ctx.engine.ctx.config.admin_token.expose().as_bytes();
         if bool::from(admin.ct_eq(token.as_bytes())) {
             return Ok(Caller {
-                name: "admin".into(),
+                name: super::tokens::BOOTSTRAP_ADMIN.into(),
                 role: Role::Admin,
             });
         }

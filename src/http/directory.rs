@@ -1,13 +1,13 @@
 //! The directory feed: standing (non-activation) memberships, provisioned by the next cycle.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::ApiContext;
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ApiResult, JsonBody};
+use super::error::{ApiError, ApiResult, JsonBody, Path};
 use crate::activation::Principal;
 
 pub async fn put_member(

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::ApiContext;
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, Path, Query};
 use crate::clock::{parse_rfc3339, to_rfc3339};
 use crate::store::{LogEntry, LogFilter};
 
@@ -124,9 +124,12 @@ const CSV_COLUMNS: &[&str] = &[
     "latencyMs",
 ];
 
+/// One CSV cell. Text that a spreadsheet would read as a formula (it starts with `=`, `+`, `-`,
+/// `@`, tab or carriage return) gets a leading `'`: names and reasons come from outside.
 fn csv_field(v: &Value) -> String {
     let s = match v {
         Value::Null => String::new(),
+        Value::String(s) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => format!("'{s}"),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
@@ -324,4 +327,27 @@ pub async fn audit(
         .map(|a| json!({"time": to_rfc3339(a.time), "actor": a.actor, "action": a.action, "target": a.target, "detail": a.detail}))
         .collect();
     Ok(Json(json!({"items": items, "nextCursor": next})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_are_neutralised() {
+        assert_eq!(
+            csv_field(&json!("=HYPERLINK(\"http://x\")")),
+            "\"'=HYPERLINK(\"\"http://x\"\")\""
+        );
+        assert_eq!(csv_field(&json!("=1+2")), "'=1+2");
+        assert_eq!(csv_field(&json!("+1")), "'+1");
+        assert_eq!(csv_field(&json!("-2+3")), "'-2+3");
+        assert_eq!(csv_field(&json!("@SUM(A1)")), "'@SUM(A1)");
+        assert_eq!(csv_field(&json!("\tx")), "'\tx");
+        assert_eq!(csv_field(&json!("\rx")), "\"'\rx\"");
+        assert_eq!(csv_field(&json!("=a,b")), "\"'=a,b\"");
+        assert_eq!(csv_field(&json!("ada@contoso.com")), "ada@contoso.com");
+        assert_eq!(csv_field(&json!(-5)), "-5");
+        assert_eq!(csv_field(&Value::Null), "");
+    }
 }

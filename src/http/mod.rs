@@ -520,6 +520,7 @@ pub fn router(ctx: ApiContext) -> Router {
     }
     router
         .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(webhooks::MAX_BODY))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
@@ -546,6 +547,22 @@ async fn no_route(method: Method, uri: Uri) -> Response {
     );
     (
         StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The path exists but not with this method: a problem like every other 4xx (the router adds
+/// `Allow`).
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let body = error::problem_body(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("{method} is not served for {}", uri.path()),
+        None,
+    );
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
         [(header::CONTENT_TYPE, "application/problem+json")],
         body.to_string(),
     )

@@ -77,8 +77,20 @@ fn operation(route: &Route) -> Value {
         );
     }
     let problem = |why: &str| json!({"description": why, "content": {"application/problem+json": {"schema": schema_ref("Problem")}}});
-    if route.request.is_some() || !route.query.is_empty() {
+    if route.request.is_some() || !route.query.is_empty() || route.path.contains('{') {
         responses.insert("400".into(), problem("Malformed body or parameter; `field` names it"));
+    }
+    if route.request.is_some() {
+        responses.insert(
+            "408".into(),
+            problem("The body did not arrive within 30 s; the connection is closed"),
+        );
+    }
+    if route.path == "/v1/tokens" && route.method == "post" {
+        responses.insert(
+            "409".into(),
+            problem("The name is taken by a live token, or is `admin` (the bootstrap token's)"),
+        );
     }
     match route.access {
         Access::Public => {}
@@ -332,7 +344,7 @@ fn schemas() -> Value {
         "AppUpdate".into(),
         json!({
             "type": "object",
-            "description": "Only the fields given change. `status` pauses (`paused`) or resumes (`active`); admins change `owners`.",
+            "description": "Only the fields given change. `status` pauses (`paused`) or resumes (`active`; a quarantined app returns to `quarantined`); admins change `owners`. A changed `scimBaseUrl` needs the complete `auth` for it in the same body (else 422 naming `auth`).",
             "properties": {
                 "name": {"type": "string"}, "scimBaseUrl": {"type": "string", "format": "uri"},
                 "auth": schema_ref("Auth"), "owners": {"type": "array", "items": {"type": "string"}},
@@ -352,6 +364,7 @@ fn schemas() -> Value {
                     "owners": {"type": "array", "items": {"type": "string"}},
                     "status": {"type": "string", "enum": ["active", "paused", "quarantined"]},
                     "statusReason": nullable("string"),
+                    "quarantined": {"type": "boolean", "description": "Quarantined by the bridge (also while paused); only `POST .../quarantine/clear` lifts it."},
                     "nextSyncAt": time,
                     "lastCycle": {"oneOf": [schema_ref("Cycle"), {"type": "null"}]},
                     "createdAt": time,
@@ -536,7 +549,7 @@ fn schemas() -> Value {
         "TokenRequest".into(),
         json!({
             "type": "object", "required": ["name", "role"],
-            "properties": {"name": {"type": "string", "description": "The person or system holding it"}, "role": {"type": "string", "enum": ["admin", "operator", "app_owner"]}},
+            "properties": {"name": {"type": "string", "description": "The person or system holding it; unique among live tokens, and not `admin`"}, "role": {"type": "string", "enum": ["admin", "operator", "app_owner"]}},
         }),
     );
     schemas.insert(

@@ -1,15 +1,18 @@
 //! API tokens: created by admins with a role and a name, shown once, stored hashed.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::ApiContext;
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ApiResult, JsonBody};
+use super::error::{ApiError, ApiResult, JsonBody, Path};
 use crate::clock::to_rfc3339;
-use crate::store::TokenRecord;
+use crate::store::{StoreError, TokenRecord};
+
+/// The name the bootstrap admin token (SCIM_BRIDGE_ADMIN_TOKEN) acts under.
+pub const BOOTSTRAP_ADMIN: &str = "admin";
 
 /// Creates a token; answers the record and the token value (the only time it is shown).
 pub async fn issue(
@@ -21,18 +24,34 @@ pub async fn issue(
     if Role::parse(role).is_none() {
         return Err(ApiError::bad("role", "must be admin, operator or app_owner"));
     }
-    if name.trim().is_empty() {
+    let name = name.trim();
+    if name.is_empty() {
         return Err(ApiError::bad("name", "is required"));
+    }
+    // App owners are names: one name must mean one holder.
+    if name.eq_ignore_ascii_case(BOOTSTRAP_ADMIN) {
+        return Err(ApiError::conflict_on(
+            "name",
+            "`admin` is reserved for the bootstrap admin token",
+        ));
+    }
+    let taken = || ApiError::conflict_on("name", format!("a token named `{name}` exists: token names are unique"));
+    if store.list_tokens().await?.iter().any(|t| t.name == name) {
+        return Err(taken());
     }
     let token = format!("sbt_{}", crate::crypto::random_hex(24));
     let record = TokenRecord {
         id: uuid::Uuid::now_v7().to_string(),
-        name: name.trim().into(),
+        name: name.into(),
         role: role.into(),
         created_at: now,
     };
-    store.insert_token(&record, &crate::crypto::hash_token(&token)).await?;
-    Ok((record, token))
+    match store.insert_token(&record, &crate::crypto::hash_token(&token)).await {
+        Ok(()) => Ok((record, token)),
+        // Two creations of one name at once: the unique index lets one through.
+        Err(StoreError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => Err(taken()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub async fn create(

@@ -1,6 +1,8 @@
 //! `POST /v1/webhooks/pim`: verify the signature over the raw body, judge each event, commit it
 //! with its jobs, answer 202, then wake the dispatchers.
 
+use std::collections::HashSet;
+
 use axum::Json;
 use axum::body::{Body, to_bytes};
 use axum::extract::State;
@@ -80,9 +82,27 @@ async fn judge_all(ctx: &ApiContext, raws: &[Value]) -> ApiResult<Vec<Verdict>> 
     let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(raws.len());
     let mut acceptable = Vec::new();
     let mut slots = Vec::new();
+    // Principals whose attributes an earlier event of this body carries.
+    let mut described: HashSet<String> = HashSet::new();
     for raw in raws {
-        match judge(raw, now) {
+        let mut judged = judge(raw, now);
+        if let Ok((event, effect)) = &judged
+            && !principal_known(ctx, event, effect, &described).await?
+        {
+            judged = Err(Verdict::Rejected {
+                status: StatusCode::BAD_REQUEST,
+                field: "principal".into(),
+                detail: format!(
+                    "the bridge has never seen principal `{}`: an add needs principal.userPrincipalName",
+                    event.principal_id
+                ),
+            });
+        }
+        match judged {
             Ok(judged) => {
+                if judged.0.principal.is_some() {
+                    described.insert(judged.0.principal_id.clone());
+                }
                 slots.push(verdicts.len());
                 verdicts.push(None);
                 acceptable.push(judged);
@@ -112,6 +132,25 @@ async fn judge_all(ctx: &ApiContext, raws: &[Value]) -> ApiResult<Vec<Verdict>> 
         .collect())
 }
 
+/// Whether the bridge can provision the event's principal: an add (activation or assignment)
+/// needs the principal's attributes, from this event, an earlier one of the same body, or the
+/// store. Removals and events that change no membership never need them.
+async fn principal_known(
+    ctx: &ApiContext,
+    event: &activation::Event,
+    effect: &activation::Effect,
+    described: &HashSet<String>,
+) -> ApiResult<bool> {
+    let adds = matches!(
+        effect,
+        activation::Effect::Activate { .. } | activation::Effect::Assign { .. }
+    );
+    if !adds || event.principal.is_some() || described.contains(&event.principal_id) {
+        return Ok(true);
+    }
+    Ok(ctx.engine.ctx.store.principal(&event.principal_id).await?.is_some())
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -132,9 +171,16 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
         metrics::webhook_rejected("too_large");
         return Err(ApiError::PayloadTooLarge);
     }
-    let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
-        metrics::webhook_rejected("too_large");
-        return Err(ApiError::PayloadTooLarge);
+    let bytes = match to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let error = ApiError::body_unreadable(&e);
+            metrics::webhook_rejected(match error {
+                ApiError::RequestTimeout => "timeout",
+                _ => "too_large",
+            });
+            return Err(error);
+        }
     };
     if !is_json(&headers) {
         metrics::webhook_rejected("media_type");

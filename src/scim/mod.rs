@@ -138,18 +138,21 @@ pub struct ScimClient {
     metrics_app: String,
 }
 
-/// Loopback, private, link-local and other non-public addresses (also in their IPv6 forms): SCIM
-/// targets and token endpoints there are refused unless private targets are allowed.
+/// Special-purpose addresses (also in their IPv6 forms): loopback, RFC 1918, link-local, CGNAT,
+/// multicast, reserved, IETF protocol assignments, benchmarking, ULA, 6to4. SCIM targets and
+/// token endpoints there are refused unless private targets are allowed.
 pub fn is_private_address(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
-                || v4.is_broadcast()
+                || v4.is_multicast() // 224.0.0.0/4
+                || a >= 240 // reserved 240.0.0.0/4, broadcast included
                 || a == 0
+                || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
                 || (a == 100 && (64..128).contains(&b)) // shared address space (carrier NAT)
                 || (a == 198 && (b == 18 || b == 19)) // benchmarking
         }
@@ -157,30 +160,62 @@ pub fn is_private_address(ip: IpAddr) -> bool {
             let s = v6.segments();
             v6.is_loopback()
                 || v6.is_unspecified()
+                || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
-                // IPv4-mapped, IPv4-compatible and NAT64 forms of a private IPv4 address
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_private_address(IpAddr::V4(v4)))
-                || (s[..6] == [0; 6] && is_private_address(IpAddr::V4(std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8))))
-                || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && is_private_address(IpAddr::V4(std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8))))
+                // 6to4 carries any IPv4 address, private ones included: refused whole.
+                || s[0] == 0x2002
+                || embedded_ipv4(v6).is_some_and(|v4| is_private_address(IpAddr::V4(v4)))
         }
     }
 }
 
-/// Resolves host names like the system does, but never to a private address: a name that was
-/// public when the app was registered cannot later be pointed inside (DNS rebinding).
-struct PublicAddressesOnly;
+/// Cloud instance metadata services: they hand out the host's credentials, so they are refused
+/// even when private targets are allowed.
+pub fn is_metadata_address(ip: IpAddr) -> bool {
+    const AWS_IPV6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+    match ip {
+        IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::new(169, 254, 169, 254),
+        IpAddr::V6(v6) => v6 == AWS_IPV6 || embedded_ipv4(v6).is_some_and(|v4| is_metadata_address(IpAddr::V4(v4))),
+    }
+}
 
-impl reqwest::dns::Resolve for PublicAddressesOnly {
+/// Whether the bridge may connect to `ip` as a SCIM target or token endpoint.
+pub fn is_refused_address(ip: IpAddr, allow_private: bool) -> bool {
+    is_metadata_address(ip) || (!allow_private && is_private_address(ip))
+}
+
+/// The IPv4 address inside an IPv4-mapped, IPv4-compatible or NAT64 (64:ff9b::/96) address.
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let tail = || std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        Some(v4)
+    } else if s[..6] == [0; 6] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some(tail())
+    } else {
+        None
+    }
+}
+
+/// Resolves host names like the system does, but never to a refused address: a name that was
+/// public when the app was registered cannot later be pointed inside (DNS rebinding), and no
+/// name ever reaches a cloud metadata service.
+struct TargetAddressesOnly {
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for TargetAddressesOnly {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
+        let allow_private = self.allow_private;
         Box::pin(async move {
             let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?
-                .filter(|a| !is_private_address(a.ip()))
+                .filter(|a| !is_refused_address(a.ip(), allow_private))
                 .collect();
             if addrs.is_empty() {
-                return Err(format!("{host} resolves only to private addresses, which are refused").into());
+                return Err(format!("{host} resolves only to refused (private or metadata) addresses").into());
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
@@ -285,9 +320,9 @@ impl ScimClient {
             .connect_timeout(options.connect_timeout)
             .timeout(options.request_timeout)
             .user_agent(concat!("scim-bridge/", env!("CARGO_PKG_VERSION")));
-        if !options.allow_private {
-            builder = builder.dns_resolver(PublicAddressesOnly);
-        }
+        builder = builder.dns_resolver(TargetAddressesOnly {
+            allow_private: options.allow_private,
+        });
         let http = builder.build()?;
         Ok(Self {
             http,
@@ -692,12 +727,66 @@ mod tests {
     #[tokio::test]
     async fn names_resolving_to_private_addresses_are_refused_at_connect_time() {
         use reqwest::dns::Resolve;
-        let refused = PublicAddressesOnly.resolve("localhost".parse().unwrap()).await;
+        let refused = TargetAddressesOnly { allow_private: false }
+            .resolve("localhost".parse().unwrap())
+            .await;
         assert!(refused.is_err());
+        let allowed = TargetAddressesOnly { allow_private: true }
+            .resolve("localhost".parse().unwrap())
+            .await;
+        assert!(allowed.is_ok());
         assert!(is_private_address("100.64.1.1".parse().unwrap()));
         assert!(is_private_address("::ffff:10.0.0.1".parse().unwrap()));
         assert!(is_private_address("64:ff9b::a9fe:a9fe".parse().unwrap()));
         assert!(!is_private_address("93.184.216.34".parse().unwrap()));
+    }
+
+    #[test]
+    fn special_purpose_ranges_are_private() {
+        for refused in [
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
+            "192.0.0.8",
+            "192.0.0.170",
+            "2002:c0a8:0101::1",
+            "2002:5db8:d822::1",
+            "ff02::1",
+            "::ffff:224.0.0.1",
+            "64:ff9b::f000:1",
+            "fd00:ec2::254",
+            "169.254.169.254",
+        ] {
+            assert!(is_private_address(refused.parse().unwrap()), "{refused}");
+        }
+        for public in [
+            "192.0.2.1",
+            "192.1.0.1",
+            "223.255.255.255",
+            "2001:4860:4860::8888",
+            "8.8.8.8",
+        ] {
+            assert!(!is_private_address(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn metadata_addresses_are_refused_even_when_private_targets_are_allowed() {
+        for metadata in [
+            "169.254.169.254",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            let ip = metadata.parse().unwrap();
+            assert!(is_metadata_address(ip), "{metadata}");
+            assert!(is_refused_address(ip, true), "{metadata}");
+        }
+        assert!(!is_refused_address("127.0.0.1".parse().unwrap(), true));
+        assert!(!is_refused_address("169.254.169.253".parse().unwrap(), true));
+        assert!(is_refused_address("10.0.0.1".parse().unwrap(), false));
+        assert!(!is_refused_address("8.8.8.8".parse().unwrap(), false));
     }
 
     #[test]

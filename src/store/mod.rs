@@ -326,8 +326,6 @@ pub trait Store: Send + Sync + 'static {
 
     // apps and assignments
     async fn insert_app(&self, app: &AppRecord) -> StoreResult<()>;
-    /// Writes every field of the record back. Prefer `change_app`, which writes only what changed.
-    async fn update_app(&self, app: &AppRecord) -> StoreResult<()>;
     /// Writes only the fields the change sets, so it never undoes what another writer (a cycle
     /// quarantining the app, say) committed meanwhile.
     async fn change_app(&self, id: &str, changes: &AppChanges) -> StoreResult<()>;
@@ -446,7 +444,16 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()>;
     /// Newest first; `before_seq` continues a listing.
     async fn list_audit(&self, limit: i64, before_seq: Option<i64>) -> StoreResult<Vec<AuditEntry>>;
+
+    // encryption-key rotation (`scim-bridge rekey`)
+    /// Passes the stored credentials of every app, deleted ones included, through `reseal` in one
+    /// transaction and stores what it answers. Answers how many were resealed, and the ids of the
+    /// apps it answered `None` for (left as they were).
+    async fn reseal_credentials(&self, reseal: &Reseal) -> StoreResult<(usize, Vec<String>)>;
 }
+
+/// Re-encrypts one sealed credential: `None` if no accepted key opens it.
+pub type Reseal = dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync;
 
 pub type SharedStore = Arc<dyn Store>;
 

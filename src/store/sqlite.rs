@@ -407,27 +407,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn update_app(&self, a: &AppRecord) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE apps SET name = ?, scim_base_url = ?, auth_type = ?, auth_sealed = ?, settings = ?, owners = ?,
-             status = ?, status_reason = ?, next_sync_at = ?, quarantine_level = ? WHERE id = ?",
-        )
-        .bind(&a.name)
-        .bind(&a.scim_base_url)
-        .bind(&a.auth_type)
-        .bind(&a.auth_sealed)
-        .bind(to_json(&a.settings))
-        .bind(to_json(&a.owners))
-        .bind(&a.status)
-        .bind(&a.status_reason)
-        .bind(a.next_sync_at)
-        .bind(a.quarantine_level)
-        .bind(&a.id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     async fn change_app(&self, id: &str, c: &AppChanges) -> StoreResult<()> {
         // Each column keeps its stored value unless the change sets it.
         sqlx::query(
@@ -1298,5 +1277,30 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+
+    // encryption-key rotation (`scim-bridge rekey`)
+    async fn reseal_credentials(&self, reseal: &Reseal) -> StoreResult<(usize, Vec<String>)> {
+        let mut tx = self.begin().await?;
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT id, auth_sealed FROM apps ORDER BY created_at, id")
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut resealed = 0;
+        let mut unopened = Vec::new();
+        for (id, sealed) in &rows {
+            match reseal(sealed) {
+                Some(again) => {
+                    sqlx::query("UPDATE apps SET auth_sealed = ? WHERE id = ?")
+                        .bind(again)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    resealed += 1;
+                }
+                None => unopened.push(id.clone()),
+            }
+        }
+        tx.commit().await?;
+        Ok((resealed, unopened))
     }
 }

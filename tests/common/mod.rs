@@ -695,8 +695,9 @@ impl Bridge {
         let secret = random_hex();
         let previous_secret = random_hex();
         let admin_token = format!("admin-{}", random_hex());
-        let extra_env: Vec<(String, String)> = extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let (proc, url) = Bridge::spawn(data_dir.path(), &secret, &previous_secret, &admin_token, &extra_env).await;
+        let command = serve_command(data_dir.path(), &secret, &previous_secret, &admin_token, extra_env);
+        let (proc, url) = spawn_listening(command).await;
+        let extra_env = extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Bridge {
             url,
             admin_token,
@@ -711,54 +712,37 @@ impl Bridge {
         }
     }
 
-    async fn spawn(
-        data_dir: &Path,
-        secret: &str,
-        previous_secret: &str,
-        admin_token: &str,
-        extra_env: &[(String, String)],
-    ) -> (Proc, String) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_scim-bridge"));
-        command
-            .arg("serve")
-            .current_dir(data_dir)
-            .env("SCIM_BRIDGE_LISTEN", "127.0.0.1:0")
-            .env("SCIM_BRIDGE_DATA_DIR", data_dir)
-            .env("SCIM_BRIDGE_WEBHOOK_SECRET", format!("{secret},{previous_secret}"))
-            .env("SCIM_BRIDGE_ADMIN_TOKEN", admin_token)
-            .env("SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS", "true")
-            .env("RUST_LOG", "info")
-            .env_remove("SCIM_BRIDGE_DATABASE_URL")
-            .env_remove("SCIM_BRIDGE_ENCRYPTION_KEY");
-        for (key, value) in extra_env {
-            command.env(key, value);
-        }
-        let mut proc = Proc::spawn("scim-bridge", command);
-        const READY: &str = "scim-bridge listening on ";
-        let line = proc.wait_for_line(READY, BRIDGE_START_TIMEOUT).await;
-        let url = line[line.find(READY).unwrap() + READY.len()..]
-            .split_whitespace()
-            .next()
-            .expect("listening URL")
-            // Whatever follows the port (a slash, a colour code) is not part of it.
-            .trim_end_matches(|c: char| !c.is_ascii_digit())
-            .to_string();
-        (proc, url)
-    }
-
     /// Kills the bridge process with SIGKILL (a crash: nothing is drained or recorded) and
     /// starts it again on the same data dir with the same settings.
     pub async fn crash_and_restart(&mut self) {
         let proc = self.proc.as_mut().expect("a bridge process");
         proc.child.kill().await.expect("SIGKILL the bridge");
-        let (proc, url) = Bridge::spawn(
+        let extra_env: Vec<(&str, &str)> = self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let command = serve_command(
             &self.data_dir,
             &self.secret,
             &self.previous_secret,
             &self.admin_token,
-            &self.extra_env,
-        )
-        .await;
+            &extra_env,
+        );
+        let (proc, url) = spawn_listening(command).await;
+        self.proc = Some(proc);
+        self.url = url;
+    }
+
+    /// Stops the bridge process (SIGTERM) and starts the binary again on the same data dir with
+    /// the same secrets, and these extra (or overriding) environment variables.
+    pub async fn restart_process(&mut self, extra_env: &[(&str, &str)]) {
+        let status = self.terminate(Duration::from_secs(30)).await;
+        assert!(status.success(), "the bridge exited with {status} on SIGTERM");
+        let command = serve_command(
+            &self.data_dir,
+            &self.secret,
+            &self.previous_secret,
+            &self.admin_token,
+            extra_env,
+        );
+        let (proc, url) = spawn_listening(command).await;
         self.proc = Some(proc);
         self.url = url;
     }
@@ -948,6 +932,47 @@ impl Bridge {
         )
         .await
     }
+}
+
+/// `scim-bridge serve` on a data dir, listening on a free port, with private targets allowed.
+fn serve_command(
+    data_dir: &Path,
+    secret: &str,
+    previous_secret: &str,
+    admin_token: &str,
+    extra_env: &[(&str, &str)],
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_scim-bridge"));
+    command
+        .arg("serve")
+        .current_dir(data_dir)
+        .env("SCIM_BRIDGE_LISTEN", "127.0.0.1:0")
+        .env("SCIM_BRIDGE_DATA_DIR", data_dir)
+        .env("SCIM_BRIDGE_WEBHOOK_SECRET", format!("{secret},{previous_secret}"))
+        .env("SCIM_BRIDGE_ADMIN_TOKEN", admin_token)
+        .env("SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS", "true")
+        .env("RUST_LOG", "info")
+        .env_remove("SCIM_BRIDGE_DATABASE_URL")
+        .env_remove("SCIM_BRIDGE_ENCRYPTION_KEY");
+    for (key, value) in extra_env {
+        command.env(key, value);
+    }
+    command
+}
+
+/// Spawns the bridge and waits until it says where it listens; answers the process and its URL.
+async fn spawn_listening(command: Command) -> (Proc, String) {
+    let mut proc = Proc::spawn("scim-bridge", command);
+    const READY: &str = "scim-bridge listening on ";
+    let line = proc.wait_for_line(READY, BRIDGE_START_TIMEOUT).await;
+    let url = line[line.find(READY).unwrap() + READY.len()..]
+        .split_whitespace()
+        .next()
+        .expect("listening URL")
+        // Whatever follows the port (a slash, a colour code) is not part of it.
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .to_string();
+    (proc, url)
 }
 
 pub fn app_id(app: &Value) -> String {
