@@ -5,6 +5,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod http;
+pub mod mapping;
 pub mod metrics;
 pub mod provisioning;
 pub mod rules;

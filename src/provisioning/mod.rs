@@ -22,7 +22,7 @@ use crate::crypto::Sealer;
 use crate::scim::{Auth, ClientOptions, ScimClient};
 use crate::store::{AppRecord, Assignment, Job, LogEntry, SharedStore};
 
-pub use push::PushResult;
+pub use push::{MappedUser, PushResult, map_user};
 
 /// The status reason of an app being deleted with `deprovision=true`.
 pub const DEPROVISIONING: &str = "deprovisioning: removing what the bridge provisioned";
