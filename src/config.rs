@@ -80,6 +80,73 @@ pub fn parse_duration_ms(s: &str) -> anyhow::Result<Millis> {
     Ok(n * factor)
 }
 
+/// Reading PIM for Groups from Microsoft Graph (SPEC §7): set when the tenant, client id and
+/// client secret are.
+#[derive(Debug, Clone)]
+pub struct GraphConfig {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// SCIM_BRIDGE_GRAPH_AUTHORITY, default `https://login.microsoftonline.com`.
+    pub authority: String,
+    /// SCIM_BRIDGE_GRAPH_URL, default `https://graph.microsoft.com/v1.0`.
+    pub url: String,
+    /// SCIM_BRIDGE_GRAPH_POLL_INTERVAL, default 15s.
+    pub poll_interval_ms: Millis,
+}
+
+impl GraphConfig {
+    /// Reads SCIM_BRIDGE_GRAPH_*: `None` when none of the three credentials is set; an error
+    /// naming what is missing when only some are.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Self>> {
+        let tenant = var("SCIM_BRIDGE_GRAPH_TENANT_ID");
+        let client = var("SCIM_BRIDGE_GRAPH_CLIENT_ID");
+        let secret = var("SCIM_BRIDGE_GRAPH_CLIENT_SECRET");
+        let (tenant_id, client_id, client_secret) = match (tenant, client, secret) {
+            (None, None, None) => return Ok(None),
+            (Some(t), Some(c), Some(s)) => (t, c, Secret::new(s)),
+            (t, c, s) => {
+                let missing: Vec<&str> = [
+                    ("SCIM_BRIDGE_GRAPH_TENANT_ID", t.is_none()),
+                    ("SCIM_BRIDGE_GRAPH_CLIENT_ID", c.is_none()),
+                    ("SCIM_BRIDGE_GRAPH_CLIENT_SECRET", s.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(name, gone)| gone.then_some(name))
+                .collect();
+                bail!("reading PIM from Graph needs {} set too", missing.join(" and "));
+            }
+        };
+        let authority =
+            var("SCIM_BRIDGE_GRAPH_AUTHORITY").unwrap_or_else(|| "https://login.microsoftonline.com".into());
+        let url = var("SCIM_BRIDGE_GRAPH_URL").unwrap_or_else(|| "https://graph.microsoft.com/v1.0".into());
+        for (name, value) in [
+            ("SCIM_BRIDGE_GRAPH_AUTHORITY", &authority),
+            ("SCIM_BRIDGE_GRAPH_URL", &url),
+        ] {
+            let parsed = url::Url::parse(value).with_context(|| format!("{name} is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("{name} must be an http(s) URL");
+            }
+        }
+        let poll_interval_ms = match var("SCIM_BRIDGE_GRAPH_POLL_INTERVAL") {
+            Some(v) => parse_duration_ms(&v).context("SCIM_BRIDGE_GRAPH_POLL_INTERVAL")?,
+            None => 15_000,
+        };
+        if poll_interval_ms < 1_000 {
+            bail!("SCIM_BRIDGE_GRAPH_POLL_INTERVAL must be at least 1s");
+        }
+        Ok(Some(Self {
+            tenant_id,
+            client_id,
+            client_secret,
+            authority: authority.trim_end_matches('/').to_string(),
+            url: url.trim_end_matches('/').to_string(),
+            poll_interval_ms,
+        }))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: String,
@@ -101,6 +168,8 @@ pub struct Config {
     pub header_timeout_ms: Millis,
     /// A request body must arrive within this (SCIM_BRIDGE_BODY_TIMEOUT, default 30s).
     pub body_timeout_ms: Millis,
+    /// The Graph source (SPEC §7); `None`: webhooks only.
+    pub graph: Option<GraphConfig>,
 }
 
 impl Config {
@@ -122,6 +191,7 @@ impl Config {
             max_connections: 1024,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
+            graph: None,
         }
     }
 
@@ -196,6 +266,7 @@ impl Config {
                 }
             }
         }
+        config.graph = GraphConfig::from_vars(var)?;
         Ok(config)
     }
 
@@ -292,6 +363,28 @@ mod tests {
         let error = config.encryption_key_bytes().unwrap_err().to_string();
         assert!(error.contains("previous"), "{error}");
         assert!(!error.contains(&a), "a key must never be printed: {error}");
+    }
+
+    #[test]
+    fn graph_settings_need_all_three_credentials() {
+        let vars = |set: &'static [(&'static str, &'static str)]| {
+            move |name: &str| set.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        assert!(GraphConfig::from_vars(vars(&[])).unwrap().is_none());
+        let error = GraphConfig::from_vars(vars(&[("SCIM_BRIDGE_GRAPH_TENANT_ID", "t")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("SCIM_BRIDGE_GRAPH_CLIENT_SECRET"), "{error}");
+        let graph = GraphConfig::from_vars(vars(&[
+            ("SCIM_BRIDGE_GRAPH_TENANT_ID", "t"),
+            ("SCIM_BRIDGE_GRAPH_CLIENT_ID", "c"),
+            ("SCIM_BRIDGE_GRAPH_CLIENT_SECRET", "hunter2"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(graph.poll_interval_ms, 15_000);
+        assert_eq!(graph.url, "https://graph.microsoft.com/v1.0");
+        assert!(!format!("{graph:?}").contains("hunter2"));
     }
 
     #[test]

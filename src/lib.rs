@@ -4,7 +4,9 @@ pub mod activation;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod graph;
 pub mod http;
+pub mod intake;
 pub mod mapping;
 pub mod metrics;
 pub mod provisioning;
@@ -37,7 +39,13 @@ pub async fn start_engine(config: Config, clock: SharedClock) -> anyhow::Result<
         config,
         sealer,
     });
-    Engine::start(ctx).await
+    let graph = ctx.config.graph.clone();
+    let engine = Engine::start(ctx).await?;
+    if let Some(graph) = graph {
+        let poller = graph::start(engine.clone(), graph, Arc::new(graph::SingleProcessLease))?;
+        engine.add_background(poller);
+    }
+    Ok(engine)
 }
 
 /// Serves the bridge on `listener` until `shutdown` resolves, then drains in-flight pushes.

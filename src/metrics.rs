@@ -24,6 +24,8 @@ pub const CYCLE_CHANGES: &str = "scim_bridge_cycle_changes_total";
 pub const APPS: &str = "scim_bridge_apps";
 pub const APP_QUARANTINED: &str = "scim_bridge_app_quarantined";
 pub const DEFERRED_JOBS: &str = "scim_bridge_deferred_jobs";
+pub const SOURCE_POLLS: &str = "scim_bridge_source_polls_total";
+pub const SOURCE_LAG: &str = "scim_bridge_source_lag_seconds";
 
 /// SCIM calls take milliseconds to a request timeout of 30 s.
 const REQUEST_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -95,6 +97,10 @@ fn describe() {
         Unit::Seconds,
         "Duration of each SCIM request sent to a target (each attempt), by app."
     );
+    describe_counter!(
+        SOURCE_POLLS,
+        "Polls of a source besides the webhook (source graph:<groupId>), by outcome: success, throttled, failure."
+    );
     describe_counter!(CYCLES, "Synchronization cycles ended, by app, trigger and status.");
     describe_histogram!(
         CYCLE_DURATION,
@@ -105,6 +111,11 @@ fn describe() {
         CYCLE_CHANGES,
         "What synchronization cycles did, by app and change (added, removed, users_created, ...)."
     );
+}
+
+/// One poll of a source (`graph:<groupId>`): `success`, `throttled` or `failure`.
+pub fn source_poll(source: &str, outcome: &'static str) {
+    counter!(SOURCE_POLLS, "source" => source.to_string(), "outcome" => outcome).increment(1);
 }
 
 /// A webhook event the store took or judged: `accepted`, `duplicate` or `conflict`.
@@ -196,6 +207,18 @@ pub async fn render(store: &SharedStore) -> StoreResult<String> {
     for app in &apps {
         let n = deferred.get(&app.id).copied().unwrap_or(0);
         out.push_str(&format!("{DEFERRED_JOBS}{{app_id=\"{}\"}} {n}\n", label(&app.id)));
+    }
+    gauge_header(
+        &mut out,
+        SOURCE_LAG,
+        "Seconds since the source's last successful poll (since its first attempt if none succeeded).",
+    );
+    let now = chrono::Utc::now().timestamp_millis();
+    for source in store.list_sources().await? {
+        if let Some(since) = source.last_success_at.or(source.last_attempt_at) {
+            let lag = (now - since).max(0) as f64 / 1000.0;
+            out.push_str(&format!("{SOURCE_LAG}{{source=\"{}\"}} {lag}\n", label(&source.id)));
+        }
     }
     Ok(out)
 }

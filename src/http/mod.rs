@@ -6,6 +6,7 @@ mod directory;
 pub mod error;
 mod logs;
 mod openapi;
+mod sources;
 mod tokens;
 mod ui;
 mod webhooks;
@@ -329,6 +330,18 @@ pub const ROUTES: &[Route] = &[
         ok: 200,
         body: Body::Json("LogEntry"),
         handler: |m| on(m, apps::provision_on_demand),
+    },
+    Route {
+        method: "get",
+        path: "/v1/sources",
+        summary: "Each source of events (the webhook, a Graph poller per assigned group): last successful poll, lag, last error",
+        tag: "sources",
+        access: Access::Roles("admin, operator"),
+        query: &[],
+        request: None,
+        ok: 200,
+        body: Body::Json("SourceList"),
+        handler: |m| on(m, sources::list),
     },
     Route {
         method: "post",

@@ -26,6 +26,7 @@ pub fn document() -> Value {
             {"name": "webhook", "description": "Signed PIM events"},
             {"name": "apps", "description": "Target applications, their groups, cycles and quarantine"},
             {"name": "directory", "description": "Standing (non-activation) memberships"},
+            {"name": "sources", "description": "Where events come from: the webhook and the Graph pollers"},
             {"name": "logs", "description": "Provisioning logs, activations and the audit trail"},
             {"name": "tokens", "description": "API tokens"},
             {"name": "service", "description": "Health, metrics, this document and the operator page"},
@@ -472,6 +473,32 @@ fn schemas() -> Value {
         }),
     );
     schemas.insert("CycleList".into(), json!(items_of("Cycle")));
+    schemas.insert(
+        "Source".into(),
+        json!({
+            "type": "object",
+            "required": ["id", "kind"],
+            "properties": {
+                "id": {"type": "string", "description": "`webhook`, or `graph:<groupId>`"},
+                "kind": {"type": "string", "enum": ["webhook", "graph"]},
+                "groupId": {"type": ["string", "null"]},
+                "displayName": {"type": ["string", "null"]},
+                "lastEventAt": time_or_null,
+                "lastSuccessAt": time_or_null,
+                "lastAttemptAt": time_or_null,
+                "lagSeconds": {"type": ["integer", "null"], "description": "Seconds since the last successful poll"},
+                "lastError": {"type": ["string", "null"]},
+                "nextPollAt": time_or_null,
+            },
+        }),
+    );
+    schemas.insert(
+        "SourceList".into(),
+        json!({"type": "object", "required": ["items", "graph"], "properties": {
+            "items": {"type": "array", "items": schema_ref("Source")},
+            "graph": {"type": "boolean", "description": "Whether the Graph source is configured"},
+        }}),
+    );
     schemas.insert(
         "OnDemandRequest".into(),
         json!({

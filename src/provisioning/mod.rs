@@ -144,6 +144,8 @@ pub struct Engine {
     expiry_wake: Arc<Notify>,
     stop: CancellationToken,
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// When the last signed webhook came in (this process; 0: none yet).
+    last_webhook_at: std::sync::atomic::AtomicI64,
 }
 
 impl Engine {
@@ -155,6 +157,7 @@ impl Engine {
             expiry_wake: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
             background: Mutex::new(Vec::new()),
+            last_webhook_at: std::sync::atomic::AtomicI64::new(0),
         });
         for app in engine.ctx.store.list_apps().await? {
             engine.ensure_dispatcher(&app.id);
@@ -216,6 +219,26 @@ impl Engine {
     /// A membership with an end time changed: the expiry task recomputes its timer.
     pub fn wake_expiry(&self) {
         self.expiry_wake.notify_one();
+    }
+
+    /// A signed webhook came in.
+    pub fn webhook_received(&self) {
+        self.last_webhook_at
+            .store(self.ctx.now(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn last_webhook_at(&self) -> Option<Millis> {
+        Some(self.last_webhook_at.load(std::sync::atomic::Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// Cancelled when the engine shuts down: background tasks beside the engine's own stop on it.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// A task that `shutdown` waits for.
+    pub fn add_background(&self, task: JoinHandle<()>) {
+        self.background.lock().expect("lock").push(task);
     }
 
     /// Drains: every dispatcher finishes the push it is making, then stops.

@@ -200,8 +200,14 @@ fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
 /// Resolves host names like the system does, but never to a refused address: a name that was
 /// public when the app was registered cannot later be pointed inside (DNS rebinding), and no
 /// name ever reaches a cloud metadata service.
-struct TargetAddressesOnly {
+pub(crate) struct TargetAddressesOnly {
     allow_private: bool,
+}
+
+impl TargetAddressesOnly {
+    pub(crate) fn new(allow_private: bool) -> Self {
+        Self { allow_private }
+    }
 }
 
 impl reqwest::dns::Resolve for TargetAddressesOnly {

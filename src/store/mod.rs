@@ -192,6 +192,23 @@ pub struct LogFilter {
     pub limit: i64,
 }
 
+/// A source besides the webhook (a Graph-polled group), as stored.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct SourceState {
+    /// `graph:<groupId>`
+    pub id: String,
+    pub kind: String,
+    pub group_id: String,
+    pub delta_link: Option<String>,
+    #[sqlx(json(nullable))]
+    pub group_info: Option<Value>,
+    pub group_info_at: Option<Millis>,
+    pub last_attempt_at: Option<Millis>,
+    pub last_success_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub next_poll_at: Option<Millis>,
+}
+
 /// What the store made of one webhook event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acceptance {
@@ -375,6 +392,22 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<()>;
     async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool>;
+
+    /// Takes a `principal` object's fields (the directory feed's), field by field, unless a newer
+    /// event already set that field.
+    async fn put_principal_attributes(&self, principal_id: &str, attributes: &Value, now: Millis) -> StoreResult<()>;
+
+    // sources besides the webhook (SPEC §7)
+    /// Every source group assigned to an app that is not deleted.
+    async fn assigned_group_ids(&self) -> StoreResult<Vec<String>>;
+    async fn source_state(&self, id: &str) -> StoreResult<Option<SourceState>>;
+    async fn list_sources(&self) -> StoreResult<Vec<SourceState>>;
+    async fn put_source_state(&self, state: &SourceState) -> StoreResult<()>;
+    /// The (request id, status) pairs already taken in for the group.
+    async fn seen_requests(&self, group_id: &str) -> StoreResult<Vec<(String, String)>>;
+    async fn mark_requests_seen(&self, group_id: &str, pairs: &[(String, String)], now: Millis) -> StoreResult<()>;
+    /// Forgets the group's pairs whose request Graph no longer lists.
+    async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64>;
 
     // the dispatcher's work
     /// Pending jobs due at `now`, in arrival order. A job waits behind an earlier job of the same

@@ -594,6 +594,109 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn put_principal_attributes(&self, principal_id: &str, attributes: &Value, now: Millis) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        Self::merge_principal(&mut tx, principal_id, attributes, now, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn assigned_group_ids(&self) -> StoreResult<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT g.group_id FROM group_assignments g JOIN apps a ON a.id = g.app_id
+             WHERE a.deleted_at IS NULL ORDER BY g.group_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(g,)| g).collect())
+    }
+
+    async fn source_state(&self, id: &str) -> StoreResult<Option<SourceState>> {
+        Ok(sqlx::query_as("SELECT * FROM sources WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn list_sources(&self) -> StoreResult<Vec<SourceState>> {
+        Ok(sqlx::query_as("SELECT * FROM sources ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn put_source_state(&self, s: &SourceState) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO sources (id, kind, group_id, delta_link, group_info, group_info_at, last_attempt_at,
+               last_success_at, last_error, next_poll_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, group_id = excluded.group_id,
+               delta_link = excluded.delta_link, group_info = excluded.group_info,
+               group_info_at = excluded.group_info_at, last_attempt_at = excluded.last_attempt_at,
+               last_success_at = excluded.last_success_at, last_error = excluded.last_error,
+               next_poll_at = excluded.next_poll_at",
+        )
+        .bind(&s.id)
+        .bind(&s.kind)
+        .bind(&s.group_id)
+        .bind(&s.delta_link)
+        .bind(s.group_info.as_ref().map(Value::to_string))
+        .bind(s.group_info_at)
+        .bind(s.last_attempt_at)
+        .bind(s.last_success_at)
+        .bind(&s.last_error)
+        .bind(s.next_poll_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn seen_requests(&self, group_id: &str) -> StoreResult<Vec<(String, String)>> {
+        Ok(
+            sqlx::query_as("SELECT request_id, status FROM source_seen_requests WHERE group_id = ?")
+                .bind(group_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn mark_requests_seen(&self, group_id: &str, pairs: &[(String, String)], now: Millis) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        for (id, status) in pairs {
+            sqlx::query(
+                "INSERT INTO source_seen_requests (group_id, request_id, status, seen_at) VALUES (?, ?, ?, ?)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(group_id)
+            .bind(id)
+            .bind(status)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+        let listed: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
+        let mut tx = self.begin().await?;
+        let stored: Vec<(String,)> =
+            sqlx::query_as("SELECT DISTINCT request_id FROM source_seen_requests WHERE group_id = ?")
+                .bind(group_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut gone = 0;
+        for (id,) in stored.into_iter().filter(|(id,)| !listed.contains(id.as_str())) {
+            gone += sqlx::query("DELETE FROM source_seen_requests WHERE group_id = ? AND request_id = ?")
+                .bind(group_id)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(gone)
+    }
+
     async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
         Ok(sqlx::query_as(
             "SELECT j.* FROM jobs j WHERE j.app_id = ?1 AND j.state = 'pending' AND j.not_before <= ?2

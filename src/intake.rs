@@ -1,0 +1,146 @@
+//! One way in for events, whatever their source: a webhook body or a Graph poll. Each event is
+//! parsed and judged (`activation`), then the acceptable ones are committed with their jobs in one
+//! store transaction (`Store::accept_events`, which applies `rules`), then the dispatchers of the
+//! apps that got work are woken. The webhook and the Graph poller both call `take_in`, so the
+//! rules, the idempotency on (`id`, `status`) and the log are the same for both.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use crate::activation::{self, Effect, Event};
+use crate::provisioning::Engine;
+use crate::store::{Acceptance, StoreResult};
+
+/// Most events one body (or one Graph batch) carries.
+pub const MAX_BATCH: usize = 100;
+
+/// Where an event came from. It decides one thing only: what a rule violation becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The caller is answered: a rule violation is refused (422).
+    Webhook,
+    /// Nobody to answer: a rule violation is recorded and logged `skipped` with the rule's reason.
+    Graph,
+}
+
+/// The verdict on one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Taken in; the jobs it queued, as (job id, app id).
+    Accepted(Vec<(String, String)>),
+    Duplicate(Vec<(String, String)>),
+    Conflict(String),
+    /// A field is missing or malformed (a webhook answers 400).
+    Malformed {
+        field: String,
+        detail: String,
+    },
+    /// A rule of the source system is broken (a webhook answers 422).
+    Refused {
+        field: String,
+        detail: String,
+    },
+}
+
+/// Parses and judges one event without touching the store.
+fn judge(raw: &Value, now: i64, source: Source) -> Result<(Event, Effect), Verdict> {
+    let event = activation::parse(raw).map_err(|e| Verdict::Malformed {
+        field: e.field,
+        detail: e.detail,
+    })?;
+    match activation::judge(&event, now) {
+        Ok(effect) => Ok((event, effect)),
+        Err(v) => match source {
+            Source::Webhook => Err(Verdict::Refused {
+                field: v.field,
+                detail: format!("{} ({})", v.detail, v.rule),
+            }),
+            // SPEC §7: a Graph-sourced event that breaks a rule is logged `skipped` with its reason.
+            Source::Graph => Ok((event, Effect::Skip(format!("{} ({})", v.detail, v.rule)))),
+        },
+    }
+}
+
+/// Judges every event alone, commits the acceptable ones in one transaction, and wakes the
+/// dispatchers of the apps that got work. Verdicts come back in the order of `raws`.
+pub async fn take_in(engine: &Engine, raws: &[Value], source: Source) -> StoreResult<Vec<Verdict>> {
+    let ctx = &engine.ctx;
+    let now = ctx.now();
+    let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(raws.len());
+    let mut acceptable = Vec::new();
+    let mut slots = Vec::new();
+    // Principals whose attributes an earlier event of this batch carries.
+    let mut described: HashSet<String> = HashSet::new();
+    for raw in raws {
+        let mut judged = judge(raw, now, source);
+        if let Ok((event, effect)) = &judged
+            && !principal_known(engine, event, effect, &described).await?
+        {
+            judged = Err(Verdict::Malformed {
+                field: "principal".into(),
+                detail: format!(
+                    "the bridge has never seen principal `{}`: an add needs principal.userPrincipalName",
+                    event.principal_id
+                ),
+            });
+        }
+        match judged {
+            Ok(judged) => {
+                if judged.0.principal.is_some() {
+                    described.insert(judged.0.principal_id.clone());
+                }
+                slots.push(verdicts.len());
+                verdicts.push(None);
+                acceptable.push(judged);
+            }
+            Err(rejected) => verdicts.push(Some(rejected)),
+        }
+    }
+    if !acceptable.is_empty() {
+        let results = ctx.store.accept_events(&acceptable, now).await?;
+        for ((slot, (event, _)), acceptance) in slots.iter().zip(&acceptable).zip(results) {
+            verdicts[*slot] = Some(match acceptance {
+                Acceptance::Accepted { jobs } => {
+                    tracing::info!(event_id = %event.id, status = %event.status, action = %event.action_name,
+                        jobs = jobs.len(), source = ?source, "event accepted");
+                    Verdict::Accepted(jobs)
+                }
+                Acceptance::Duplicate { jobs } => Verdict::Duplicate(jobs),
+                Acceptance::Conflict => Verdict::Conflict(format!(
+                    "an event with id `{}` and status `{}` was already received with different content",
+                    event.id, event.status
+                )),
+            });
+        }
+    }
+    let verdicts: Vec<Verdict> = verdicts
+        .into_iter()
+        .map(|v| v.expect("every event is judged"))
+        .collect();
+    for verdict in &verdicts {
+        if let Verdict::Accepted(jobs) = verdict {
+            for (_, app_id) in jobs {
+                engine.wake(app_id);
+            }
+            engine.wake_expiry();
+        }
+    }
+    Ok(verdicts)
+}
+
+/// Whether the bridge can provision the event's principal: an add (activation or assignment)
+/// needs the principal's attributes, from this event, an earlier one of the same batch, or the
+/// store. Removals and events that change no membership never need them.
+async fn principal_known(
+    engine: &Engine,
+    event: &Event,
+    effect: &Effect,
+    described: &HashSet<String>,
+) -> StoreResult<bool> {
+    let adds = matches!(effect, Effect::Activate { .. } | Effect::Assign { .. });
+    if !adds || event.principal.is_some() || described.contains(&event.principal_id) {
+        return Ok(true);
+    }
+    Ok(engine.ctx.store.principal(&event.principal_id).await?.is_some())
+}
