@@ -7,6 +7,7 @@
 #![allow(dead_code)] // every test binary uses a different part of the harness
 
 pub mod clocked;
+pub mod graph;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -715,8 +716,18 @@ impl Bridge {
     /// Kills the bridge process with SIGKILL (a crash: nothing is drained or recorded) and
     /// starts it again on the same data dir with the same settings.
     pub async fn crash_and_restart(&mut self) {
+        self.crash().await;
+        self.start_after_crash().await;
+    }
+
+    /// Kills the bridge process with SIGKILL (a crash) and leaves it down.
+    pub async fn crash(&mut self) {
         let proc = self.proc.as_mut().expect("a bridge process");
         proc.child.kill().await.expect("SIGKILL the bridge");
+    }
+
+    /// Starts the binary again after `crash`, on the same data dir with the same settings.
+    pub async fn start_after_crash(&mut self) {
         let extra_env: Vec<(&str, &str)> = self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let command = serve_command(
             &self.data_dir,

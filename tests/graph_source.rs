@@ -1,0 +1,374 @@
+//! The Graph source (SPEC §7) end to end: the real binary polls the Graph-shaped server of
+//! `scim-fixtures/graph-server.mjs` every second and provisions scim2-server.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::graph::{GraphServer, pim_request};
+use common::{Event, Kind, PUSH_TIMEOUT, Principal, SourceGroup, Stack, wait_until};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// A Graph-shaped server, scim2-server, and a bridge reading the one and provisioning the other.
+async fn graph_stack(page_size: u32) -> Option<(GraphServer, Stack)> {
+    let graph = GraphServer::start(page_size).await?;
+    let env = graph.bridge_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let stack = Stack::start_with(Kind::Scim2Server, &env).await?;
+    Some((graph, stack))
+}
+
+/// A group known to Graph and assigned to the app; answers it and its target display name.
+async fn graph_group(graph: &GraphServer, stack: &Stack, membership_rule: Option<&str>) -> (SourceGroup, String) {
+    let group = SourceGroup::new();
+    graph.put_group(&group, membership_rule).await;
+    let target_name = format!("Target {}", common::short_id());
+    stack.bridge.assign_group(&stack.app_id, &group.id, &target_name).await;
+    (group, target_name)
+}
+
+async fn source(stack: &Stack, group: &SourceGroup) -> Value {
+    let (status, body) = stack.bridge.admin(Method::GET, "/v1/sources", None).await;
+    assert!(status.is_success(), "GET /v1/sources: {status} {body}");
+    body["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|s| s["groupId"] == group.id.as_str()).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until a poll of the group has succeeded after `after`.
+async fn wait_for_poll(stack: &Stack, group: &SourceGroup, after: &str, timeout: Duration) -> Value {
+    let last = std::cell::RefCell::new(Value::Null);
+    let polled = wait_until(timeout, || {
+        let last = &last;
+        async move {
+            let state = source(stack, group).await;
+            let done = state["lastSuccessAt"].as_str().and_then(parse_time) > parse_time(after);
+            *last.borrow_mut() = state;
+            done
+        }
+    })
+    .await;
+    let last = last.into_inner();
+    assert!(polled, "no successful poll of group {} after {after}: {last}", group.id);
+    last
+}
+
+fn parse_time(t: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::parse_from_rfc3339(t).ok()
+}
+
+fn now_text() -> String {
+    common::rfc3339(Utc::now())
+}
+
+async fn successful_adds(stack: &Stack, event_id: &str) -> usize {
+    let (_, entries) = stack
+        .bridge
+        .logs_as(
+            &stack.bridge.admin_token,
+            &[("eventId", event_id), ("action", "add_member"), ("status", "success")],
+        )
+        .await;
+    entries.len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_activation_in_graph_is_at_the_target_within_the_poll_interval_and_self_deactivate_removes_it() {
+    let Some((graph, stack)) = graph_stack(2).await else {
+        return;
+    };
+    let (group, target_name) = graph_group(&graph, &stack, None).await;
+    // Requests that change nothing fill more than one page, so the poller follows @odata.nextLink.
+    for _ in 0..3 {
+        let pending = Principal::new();
+        graph.add_user(&pending).await;
+        let request = pim_request("selfActivate", "PendingApproval", &pending, &group, Utc::now());
+        graph.put_request(&request).await;
+    }
+    wait_for_poll(&stack, &group, &now_text(), Duration::from_secs(10)).await;
+
+    // A 429 with Retry-After and an expired token: both are got over without help.
+    graph
+        .control(
+            Method::POST,
+            "/faults",
+            Some(json!({"status": 429, "retryAfter": "1", "count": 1, "pathContains": "assignmentScheduleRequests"})),
+        )
+        .await;
+    graph.control(Method::POST, "/expire-tokens", None).await;
+    // Got over: a 429, a 401, then the requests read again with a new token.
+    let recovered = wait_until(Duration::from_secs(10), || async {
+        let log = graph.log().await;
+        let after_401 = log.iter().position(|(_, _, s)| *s == Some(401));
+        after_401.is_some_and(|i| {
+            log[i..]
+                .iter()
+                .any(|(_, p, s)| p.contains("assignmentScheduleRequests") && *s == Some(200))
+        })
+    })
+    .await;
+    let log = graph.log().await;
+    assert!(
+        recovered,
+        "the poller did not get over the 429 and the expired token: {log:?}"
+    );
+    let last_error = wait_until(Duration::from_secs(5), || async {
+        source(&stack, &group).await["lastError"].is_null()
+    })
+    .await;
+    assert!(last_error, "{}", source(&stack, &group).await);
+    assert!(
+        log.iter().any(|(_, _, s)| *s == Some(429)),
+        "no 429 was answered: {log:?}"
+    );
+    assert!(
+        log.iter().any(|(_, _, s)| *s == Some(401)),
+        "no 401 was answered: {log:?}"
+    );
+    assert!(
+        log.iter()
+            .filter(|(m, p, _)| m == "POST" && p.contains("/oauth2/v2.0/token"))
+            .count()
+            >= 2,
+        "the token was not fetched again after the 401: {log:?}"
+    );
+    assert!(
+        log.iter().any(|(_, p, _)| p.contains("$skiptoken")),
+        "no second page was read: {log:?}"
+    );
+
+    let principal = Principal::new();
+    graph.add_user(&principal).await;
+    let activation = pim_request("selfActivate", "Provisioned", &principal, &group, Utc::now());
+    let appeared = Instant::now();
+    graph.put_request(&activation).await;
+    let pushed = wait_until(Duration::from_secs(2), || async {
+        stack.target.group_member_user_names(&target_name).await == vec![principal.upn().to_string()]
+    })
+    .await;
+    assert!(
+        pushed,
+        "the activation was not at the target within the poll interval plus one second ({:?})",
+        appeared.elapsed()
+    );
+
+    let deactivation = pim_request("selfDeactivate", "Provisioned", &principal, &group, Utc::now());
+    graph.put_request(&deactivation).await;
+    stack.target.assert_members_eventually(&target_name, &[]).await;
+    let entry = stack
+        .bridge
+        .wait_for_log(
+            &[("eventId", deactivation["id"].as_str().unwrap())],
+            |e| e["status"] == "success",
+            PUSH_TIMEOUT,
+        )
+        .await;
+    assert_eq!(entry["trigger"], "deactivation", "{entry}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_neither_pushes_again_nor_misses_a_graph_request() {
+    let Some((graph, mut stack)) = graph_stack(2).await else {
+        return;
+    };
+    let (group, target_name) = graph_group(&graph, &stack, None).await;
+    let (ada, bob, standing) = (Principal::new(), Principal::new(), Principal::new());
+    for p in [&ada, &bob, &standing] {
+        graph.add_user(p).await;
+    }
+    graph.add_member(&group, &standing).await;
+    let activation = pim_request("selfActivate", "Provisioned", &ada, &group, Utc::now());
+    graph.put_request(&activation).await;
+    stack.target.assert_members_eventually(&target_name, &[ada.upn()]).await;
+    wait_for_poll(&stack, &group, &now_text(), Duration::from_secs(10)).await;
+
+    stack.bridge.crash().await;
+    // While the bridge is down: Ada's request is revoked (same id, new status), Bob activates.
+    let mut revoked = activation.clone();
+    revoked["status"] = json!("Revoked");
+    graph.put_request(&revoked).await;
+    graph
+        .put_request(&pim_request("selfActivate", "Provisioned", &bob, &group, Utc::now()))
+        .await;
+    graph.control(Method::DELETE, "/log", None).await;
+    stack.bridge.start_after_crash().await;
+
+    stack.target.assert_members_eventually(&target_name, &[bob.upn()]).await;
+    wait_for_poll(&stack, &group, &now_text(), Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        successful_adds(&stack, activation["id"].as_str().unwrap()).await,
+        1,
+        "Ada's activation was pushed again"
+    );
+    let log = graph.log().await;
+    let deltas: Vec<&String> = log
+        .iter()
+        .map(|(_, p, _)| p)
+        .filter(|p| p.contains("/groups/delta"))
+        .collect();
+    assert!(!deltas.is_empty(), "no group delta read after the restart: {log:?}");
+    assert!(
+        deltas.iter().all(|p| p.contains("$deltatoken")),
+        "the restart read group delta from the start instead of its stored delta link: {deltas:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graph_answering_503_for_20_seconds_stops_nothing_else_and_polling_resumes_by_itself() {
+    let Some((graph, stack)) = graph_stack(2).await else {
+        return;
+    };
+    let (group, target_name) = graph_group(&graph, &stack, None).await;
+    wait_for_poll(&stack, &group, &now_text(), Duration::from_secs(10)).await;
+    graph
+        .control(
+            Method::POST,
+            "/faults",
+            Some(json!({"status": 503, "retryAfter": "1", "count": -1, "forMs": 20_000})),
+        )
+        .await;
+    let outage = Instant::now();
+    let during = Principal::new();
+    graph.add_user(&during).await;
+    graph
+        .put_request(&pim_request("selfActivate", "Provisioned", &during, &group, Utc::now()))
+        .await;
+
+    // Webhooks and pushes go on meanwhile.
+    let (webhook_group, webhook_target) = stack.assigned_group().await;
+    let by_webhook = Principal::new();
+    let event = Event::activation(&by_webhook, &webhook_group);
+    let delivered = Instant::now();
+    stack.bridge.deliver(&[&event]).await;
+    stack
+        .target
+        .assert_members_eventually(&webhook_target, &[by_webhook.upn()])
+        .await;
+    assert!(
+        delivered.elapsed() < Duration::from_secs(3),
+        "a webhook push took {:?} during the Graph outage",
+        delivered.elapsed()
+    );
+    let failing = wait_until(Duration::from_secs(5), || async {
+        source(&stack, &group).await["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("503"))
+    })
+    .await;
+    assert!(
+        failing,
+        "GET /v1/sources does not show the 503: {}",
+        source(&stack, &group).await
+    );
+    assert!(stack.target.group_member_user_names(&target_name).await.is_empty());
+
+    // Polling resumes by itself once Graph answers again.
+    let resumed = wait_until(Duration::from_secs(30), || async {
+        stack.target.group_member_user_names(&target_name).await == vec![during.upn().to_string()]
+    })
+    .await;
+    assert!(
+        resumed,
+        "polling did not resume after the outage ({:?})",
+        outage.elapsed()
+    );
+    assert!(outage.elapsed() >= Duration::from_secs(19), "pushed during the outage?");
+    let (_, metrics) = stack.bridge.api(Method::GET, "/metrics", None, None).await;
+    let text = metrics.as_str().unwrap_or_default().to_string();
+    assert!(text.contains("scim_bridge_source_polls_total"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standing_member_from_group_delta_is_provisioned_at_the_next_cycle_and_an_activated_member_is_not_standing() {
+    let Some((graph, stack)) = graph_stack(2).await else {
+        return;
+    };
+    let (group, target_name) = graph_group(&graph, &stack, None).await;
+    let (standing, activated) = (Principal::new(), Principal::new());
+    for p in [&standing, &activated] {
+        graph.add_user(p).await;
+        graph.add_member(&group, p).await; // Entra lists activated users as members too
+    }
+    graph.add_activated_instance(&group, &activated).await;
+    let activation = pim_request("selfActivate", "Provisioned", &activated, &group, Utc::now());
+    graph.put_request(&activation).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[activated.upn()])
+        .await;
+    wait_for_poll(&stack, &group, &now_text(), Duration::from_secs(10)).await;
+
+    let (status, body) = stack
+        .bridge
+        .admin(Method::POST, &format!("/v1/apps/{}/sync", stack.app_id), None)
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[activated.upn(), standing.upn()])
+        .await;
+
+    // The activation ends while group delta still lists the member: the next cycle keeps it out.
+    graph
+        .put_request(&pim_request(
+            "selfDeactivate",
+            "Provisioned",
+            &activated,
+            &group,
+            Utc::now(),
+        ))
+        .await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[standing.upn()])
+        .await;
+    let (status, body) = stack
+        .bridge
+        .admin(Method::POST, &format!("/v1/apps/{}/sync", stack.app_id), None)
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let cycle_id = body["cycleId"].as_str().unwrap_or_default().to_string();
+    let ended = wait_until(PUSH_TIMEOUT, || async {
+        let (_, cycles) = stack
+            .bridge
+            .admin(Method::GET, &format!("/v1/apps/{}/sync-cycles", stack.app_id), None)
+            .await;
+        cycles["items"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["id"] == cycle_id.as_str() && c["status"] != "running")
+        })
+    })
+    .await;
+    assert!(ended, "the cycle {cycle_id} did not end");
+    assert_eq!(
+        stack.target.group_member_user_names(&target_name).await,
+        vec![standing.upn().to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graph_activation_of_a_dynamic_group_is_logged_skipped_with_the_r6_reason() {
+    let Some((graph, stack)) = graph_stack(2).await else {
+        return;
+    };
+    let (group, target_name) = graph_group(&graph, &stack, Some("user.department -eq \"IT\"")).await;
+    let principal = Principal::new();
+    graph.add_user(&principal).await;
+    let activation = pim_request("selfActivate", "Provisioned", &principal, &group, Utc::now());
+    graph.put_request(&activation).await;
+    let entry = stack
+        .bridge
+        .wait_for_log(
+            &[("eventId", activation["id"].as_str().unwrap())],
+            |_| true,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(entry["status"], "skipped", "{entry}");
+    assert!(entry["reason"].as_str().is_some_and(|r| r.contains("R6")), "{entry}");
+    assert!(stack.target.group_member_user_names(&target_name).await.is_empty());
+}
