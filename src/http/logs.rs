@@ -36,12 +36,15 @@ fn encode_cursor(seq: i64) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("s{seq}"))
 }
 
+/// Only the exact text `encode_cursor` gives out is a cursor: signs, leading zeros, padding and
+/// other spellings of a number are refused rather than guessed at.
 fn decode_cursor(c: &str) -> ApiResult<i64> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(c)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.strip_prefix('s').and_then(|n| n.parse().ok()))
+        .and_then(|s| s.strip_prefix('s').and_then(|n| n.parse::<i64>().ok()))
+        .filter(|seq| *seq >= 0 && encode_cursor(*seq) == c)
         .ok_or_else(|| ApiError::bad("cursor", "is not a cursor this API gave out"))
 }
 
