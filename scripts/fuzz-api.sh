@@ -8,7 +8,7 @@
 #   FUZZ_SEED=random FUZZ_EXAMPLES=500 scripts/fuzz-api.sh    a longer, unseeded run while working
 #
 # Environment: FUZZ_SEED (default 20261128; `random` for none); FUZZ_EXAMPLES (examples per
-# operation, default 25); FUZZ_CHECKS (schemathesis checks; default: the answer checks below);
+# operation, default 25); FUZZ_CHECKS (schemathesis checks; default: all that judge answers);
 # FUZZ_BIN (default: target/debug/scim-bridge, built first); FUZZ_KEEP=1 keeps the data dir and
 # the bridge's log. schemathesis comes from .venv (scripts/test-deps.sh installs it); without it the
 # run is skipped with a message, except under CI=true, where it fails.
@@ -87,9 +87,16 @@ OWNER="$(curl -sf -X POST "$URL/v1/tokens" -H "Authorization: Bearer $ADMIN" \
     sed -n 's/.*"token":"\([^"]*\)".*/\1/p')"
 [[ -n "$OWNER" ]] || { say "could not create the app owner's token" >&2; exit 1; }
 
-# The answer checks only: whether the bridge is stricter or laxer than the document on input
-# (negative_data_rejection, positive_data_acceptance) is not what this run is about.
-CHECKS="${FUZZ_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance}"
+# Every check of the answers (status codes, content types, headers, body schemas, Allow on 405,
+# auth really enforced, deleted resources gone). Whether the bridge is stricter or laxer than the
+# document on input (negative_data_rejection, positive_data_acceptance) is left out by default: some
+# of its rules are not expressible in a schema (a URL that resolves to a refused address, a principal
+# required only the first time it is seen). FUZZ_CHECKS=all includes them.
+CHECKS="${FUZZ_CHECKS:-all}"
+EXCLUDED="negative_data_rejection,positive_data_acceptance"
+if [[ -n "${FUZZ_CHECKS:-}" ]]; then
+    EXCLUDED=""
+fi
 seed_args=()
 if [[ "$SEED" != "random" ]]; then
     seed_args=(--seed "$SEED")
@@ -105,6 +112,7 @@ for who in admin owner; do
     "$ST" run "$URL/openapi.json" \
         --header "Authorization: Bearer $token" \
         --checks "$CHECKS" \
+        ${EXCLUDED:+--exclude-checks "$EXCLUDED"} \
         --max-examples "$EXAMPLES" \
         "${seed_args[@]}" \
         --workers 1 \
