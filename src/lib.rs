@@ -33,8 +33,13 @@ pub async fn start_engine(config: Config, clock: SharedClock) -> anyhow::Result<
     let store = store::open(&config.database_url).await?;
     store.migrate().await.context("applying migrations")?;
     let sealer = Sealer::new(&config.encryption_key_bytes()?);
+    let http = scim::http_client(&scim::ClientOptions {
+        allow_private: config.allow_private_targets,
+        ..scim::ClientOptions::default()
+    })?;
     let ctx = Arc::new(Ctx {
         store,
+        http,
         clock,
         config,
         sealer,

@@ -282,25 +282,36 @@ fn patch(operations: Value) -> Value {
     json!({"schemas": [SCHEMA_PATCH], "Operations": operations})
 }
 
-impl ScimClient {
-    pub fn new(base_url: &str, auth: Auth, options: ClientOptions) -> anyhow::Result<Self> {
-        // No redirects: a target must not steer the bridge (and its credentials) elsewhere.
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(options.connect_timeout)
-            .timeout(options.request_timeout)
-            .user_agent(concat!("scim-bridge/", env!("CARGO_PKG_VERSION")));
-        builder = builder.dns_resolver(TargetAddressesOnly {
+/// The HTTP client every app's SCIM client shares: one connection pool and one TLS set-up for
+/// all apps, instead of one per app. No redirects (a target must not steer the bridge, and its
+/// credentials, elsewhere); the timeouts and the address check apply to every request.
+pub fn http_client(options: &ClientOptions) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(options.connect_timeout)
+        .timeout(options.request_timeout)
+        .user_agent(concat!("scim-bridge/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(TargetAddressesOnly {
             allow_private: options.allow_private,
-        });
-        let http = builder.build()?;
-        Ok(Self {
+        })
+        .build()?)
+}
+
+impl ScimClient {
+    /// A client with an HTTP client of its own.
+    pub fn new(base_url: &str, auth: Auth, options: ClientOptions) -> anyhow::Result<Self> {
+        Ok(Self::with_http(http_client(&options)?, base_url, auth))
+    }
+
+    /// A client for one target on a shared HTTP client (see `http_client`).
+    pub fn with_http(http: reqwest::Client, base_url: &str, auth: Auth) -> Self {
+        Self {
             http,
             base: base_url.trim_end_matches('/').to_string(),
             auth,
             access_token: Mutex::new(None),
             metrics_app: String::new(),
-        })
+        }
     }
 
     /// Labels this client's request metrics with the app it serves.

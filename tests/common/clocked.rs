@@ -82,6 +82,7 @@ impl Bridge {
                 task: Some(task),
             }),
             extra_env: Vec::new(),
+            bin: std::path::PathBuf::from(env!("CARGO_BIN_EXE_scim-bridge")),
             _data_dir: data_dir,
         }
     }

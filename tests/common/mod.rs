@@ -430,7 +430,8 @@ impl Target {
             let answer = self
                 .http
                 .get(format!("{}/Users", self.base_url))
-                .bearer_auth(&self.access_token)
+                // A fresh token each time: a short-lived one may expire while the target starts.
+                .bearer_auth(self.harness_token().await)
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
@@ -681,6 +682,8 @@ pub struct Bridge {
     pub(crate) clocked: Option<clocked::InProcess>,
     /// The extra environment the process was started with, to start it again the same way.
     extra_env: Vec<(String, String)>,
+    /// The `scim-bridge` binary the process runs (restarts run the same one).
+    bin: PathBuf,
     // Dropped after `proc` (fields drop in order), so the bridge dies before its files go.
     _data_dir: TempDir,
 }
@@ -692,11 +695,17 @@ impl Bridge {
 
     /// Starts the bridge with extra (or overriding) environment variables.
     pub async fn start_with(extra_env: &[(&str, &str)]) -> Bridge {
+        Bridge::start_binary(Path::new(env!("CARGO_BIN_EXE_scim-bridge")), extra_env).await
+    }
+
+    /// Starts that `scim-bridge` binary (the release build, say) instead of the one cargo built
+    /// for the tests.
+    pub async fn start_binary(bin: &Path, extra_env: &[(&str, &str)]) -> Bridge {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let secret = random_hex();
         let previous_secret = random_hex();
         let admin_token = format!("admin-{}", random_hex());
-        let command = serve_command(data_dir.path(), &secret, &previous_secret, &admin_token, extra_env);
+        let command = serve_command(bin, data_dir.path(), &secret, &previous_secret, &admin_token, extra_env);
         let (proc, url) = spawn_listening(command).await;
         let extra_env = extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Bridge {
@@ -709,6 +718,7 @@ impl Bridge {
             proc: Some(proc),
             clocked: None,
             extra_env,
+            bin: bin.to_path_buf(),
             _data_dir: data_dir,
         }
     }
@@ -730,6 +740,7 @@ impl Bridge {
     pub async fn start_after_crash(&mut self) {
         let extra_env: Vec<(&str, &str)> = self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let command = serve_command(
+            &self.bin,
             &self.data_dir,
             &self.secret,
             &self.previous_secret,
@@ -747,6 +758,7 @@ impl Bridge {
         let status = self.terminate(Duration::from_secs(30)).await;
         assert!(status.success(), "the bridge exited with {status} on SIGTERM");
         let command = serve_command(
+            &self.bin,
             &self.data_dir,
             &self.secret,
             &self.previous_secret,
@@ -947,13 +959,14 @@ impl Bridge {
 
 /// `scim-bridge serve` on a data dir, listening on a free port, with private targets allowed.
 fn serve_command(
+    bin: &Path,
     data_dir: &Path,
     secret: &str,
     previous_secret: &str,
     admin_token: &str,
     extra_env: &[(&str, &str)],
 ) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_scim-bridge"));
+    let mut command = Command::new(bin);
     command
         .arg("serve")
         .current_dir(data_dir)
