@@ -605,7 +605,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_principal_attributes(&self, principal_id: &str, attributes: &Value, now: Millis) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         Self::merge_principal(&mut tx, principal_id, attributes, now, now).await?;
         tx.commit().await?;
         Ok(())
@@ -669,7 +669,7 @@ impl Store for SqliteStore {
     }
 
     async fn mark_requests_seen(&self, group_id: &str, pairs: &[(String, String)], now: Millis) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         for (id, status) in pairs {
             sqlx::query(
                 "INSERT INTO source_seen_requests (group_id, request_id, status, seen_at) VALUES (?, ?, ?, ?)
@@ -688,7 +688,7 @@ impl Store for SqliteStore {
 
     async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
         let listed: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         let stored: Vec<(String,)> =
             sqlx::query_as("SELECT DISTINCT request_id FROM source_seen_requests WHERE group_id = ?")
                 .bind(group_id)
