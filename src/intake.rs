@@ -144,3 +144,36 @@ async fn principal_known(
     }
     Ok(engine.ctx.store.principal(&event.principal_id).await?.is_some())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn dynamic_group_activation() -> Value {
+        json!({
+            "id": "r1", "action": "selfActivate", "accessId": "member", "principalId": "p1", "groupId": "g1",
+            "status": "Provisioned", "createdDateTime": "2026-11-22T09:00:00Z",
+            "scheduleInfo": {"startDateTime": "2026-11-22T09:00:00Z", "expiration": {"type": "afterDuration", "duration": "PT2H"}},
+            "principal": {"userPrincipalName": "ada@contoso.com"},
+            "group": {"displayName": "G", "membershipRule": "user.department -eq \"IT\"", "onPremisesSyncEnabled": false}
+        })
+    }
+
+    #[test]
+    fn a_rule_violation_is_refused_for_a_webhook_and_skipped_with_its_reason_for_graph() {
+        let now = crate::clock::parse_rfc3339("2026-11-22T09:01:00Z").unwrap();
+        let raw = dynamic_group_activation();
+        match judge(&raw, now, Source::Webhook) {
+            Err(Verdict::Refused { field, detail }) => {
+                assert_eq!(field, "group.membershipRule");
+                assert!(detail.contains("(R6)"), "{detail}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        match judge(&raw, now, Source::Graph) {
+            Ok((_, Effect::Skip(reason))) => assert!(reason.contains("(R6)"), "{reason}"),
+            other => panic!("expected a skip, got {other:?}"),
+        }
+    }
+}

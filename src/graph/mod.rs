@@ -137,8 +137,13 @@ impl Poller {
         loop {
             let started = self.ctx().now();
             let mut next = started + self.interval_ms;
+            // A stop never waits for Graph: a poll cut short is taken up again after the restart
+            // (what it committed is idempotent: seen pairs, standing members, the delta link).
             if lease.holds(&self.group_id).await {
-                next = self.poll_once(started).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    at = self.poll_once(started) => next = at,
+                }
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
