@@ -371,4 +371,28 @@ async fn a_graph_activation_of_a_dynamic_group_is_logged_skipped_with_the_r6_rea
     assert_eq!(entry["status"], "skipped", "{entry}");
     assert!(entry["reason"].as_str().is_some_and(|r| r.contains("R6")), "{entry}");
     assert!(stack.target.group_member_user_names(&target_name).await.is_empty());
+
+    // An operator sees the sources; an app owner does not.
+    let operator = stack.bridge.create_token("graph-operator", "operator").await;
+    let (status, sources) = stack
+        .bridge
+        .api(Method::GET, "/v1/sources", operator["token"].as_str(), None)
+        .await;
+    assert!(status.is_success(), "{status} {sources}");
+    let ids: Vec<&str> = sources["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&"webhook") && ids.contains(&format!("graph:{}", group.id).as_str()),
+        "{sources}"
+    );
+    let owner = stack.bridge.create_token("graph-owner", "app_owner").await;
+    let (status, _) = stack
+        .bridge
+        .api(Method::GET, "/v1/sources", owner["token"].as_str(), None)
+        .await;
+    assert!(status.is_client_error(), "an app owner read the sources: {status}");
 }
