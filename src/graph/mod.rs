@@ -200,8 +200,18 @@ impl Poller {
             .group_info_at
             .is_none_or(|at| now - at >= self.ctx().config.sync_interval_ms);
         if state.group_info.is_none() || stale {
-            state.group_info = Some(self.group_info().await?);
-            state.group_info_at = Some(now);
+            match self.group_info().await {
+                Ok(info) => {
+                    state.group_info = Some(info);
+                    state.group_info_at = Some(now);
+                }
+                // A refresh that fails keeps what was read: requests (a `Revoked` among them) are
+                // still taken in. A throttled one stops the poll like any other throttled call.
+                Err(e) if state.group_info.is_some() && !matches!(e, GraphError::Throttled { .. }) => {
+                    tracing::warn!(group_id = %self.group_id, error = %e, "re-reading the group's R6 properties failed; keeping the last read");
+                }
+                Err(e) => return Err(e),
+            }
         }
         let group = state.group_info.clone().unwrap_or(Value::Null);
         self.take_in_requests(&group).await?;
