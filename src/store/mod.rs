@@ -1,5 +1,7 @@
-//! Persistence. One trait, one implementation per backend (SQLite now), chosen from the URL.
+//! Persistence. One trait, one implementation per backend (embedded SQLite, shared PostgreSQL),
+//! chosen from the URL.
 
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use crate::activation::{Effect, Event, Principal};
 use crate::clock::Millis;
 use crate::config::RateLimit;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -462,7 +465,7 @@ pub async fn open(url: &str) -> anyhow::Result<SharedStore> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        anyhow::bail!("PostgreSQL is not supported by this build yet: use the embedded SQLite store")
+        Ok(Arc::new(PostgresStore::open(url).await?))
     } else {
         anyhow::bail!("SCIM_BRIDGE_DATABASE_URL must start with sqlite:// or postgres://")
     }
