@@ -453,6 +453,13 @@ pub trait Store: Send + Sync + 'static {
     /// transaction and stores what it answers. Answers how many were resealed, and the ids of the
     /// apps it answered `None` for (left as they were).
     async fn reseal_credentials(&self, reseal: &Reseal) -> StoreResult<(usize, Vec<String>)>;
+    /// The known value sealed with the key the stored credentials are written with (see
+    /// `crate::check_encryption_keys`); `None` until a first start stored it. `reseal_credentials`
+    /// passes it through `reseal` too.
+    async fn key_check(&self) -> StoreResult<Option<Vec<u8>>>;
+    /// Stores the sealed known value unless one is stored already (another replica may have got
+    /// there first); answers the one stored now.
+    async fn init_key_check(&self, sealed: &[u8], now: Millis) -> StoreResult<Vec<u8>>;
 }
 
 /// Re-encrypts one sealed credential: `None` if no accepted key opens it.

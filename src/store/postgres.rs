@@ -148,7 +148,9 @@ const SELECT_PRINCIPAL: &str = "SELECT user_principal_name, display_name, given_
 
 impl PostgresStore {
     pub async fn open(url: &str) -> StoreResult<Self> {
-        let options: PgConnectOptions = url.parse()?;
+        // A lock held longer than this fails the statement, as SQLite's busy timeout does: the
+        // webhook answers 503 and its sender retries, instead of hanging.
+        let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([("lock_timeout", "10s")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
@@ -1525,7 +1527,35 @@ impl Store for PostgresStore {
                 None => unopened.push(id.clone()),
             }
         }
+        let check: Option<Vec<u8>> = sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(again) = check.as_deref().and_then(reseal) {
+            sqlx::query("UPDATE key_check SET sealed = $1 WHERE id = 1")
+                .bind(again)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok((resealed, unopened))
+    }
+
+    async fn key_check(&self) -> StoreResult<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn init_key_check(&self, sealed: &[u8], now: Millis) -> StoreResult<Vec<u8>> {
+        sqlx::query(
+            "INSERT INTO key_check (id, sealed, created_at) VALUES (1, $1, from_ms($2)) ON CONFLICT DO NOTHING",
+        )
+        .bind(sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?)
     }
 }
