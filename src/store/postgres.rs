@@ -1202,9 +1202,10 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         };
         Ok(sqlx::query_as(
-            "SELECT DISTINCT ga.target_display_name, s.principal_id FROM group_assignments ga
-               JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = $1::uuid
-             ORDER BY ga.target_display_name COLLATE \"C\", s.principal_id COLLATE \"C\"",
+            "SELECT target_display_name, principal_id FROM (
+               SELECT DISTINCT ga.target_display_name, s.principal_id FROM group_assignments ga
+                 JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = $1::uuid
+             ) d ORDER BY target_display_name COLLATE \"C\", principal_id COLLATE \"C\"",
         )
         .bind(app_id)
         .fetch_all(&self.pool)
