@@ -880,8 +880,11 @@ impl Bridge {
     /// Stops the bridge process (SIGTERM) and starts the binary again on the same data dir with
     /// the same secrets, and these extra (or overriding) environment variables.
     pub async fn restart_process(&mut self, extra_env: &[(&str, &str)]) {
-        let status = self.terminate(Duration::from_secs(30)).await;
-        assert!(status.success(), "the bridge exited with {status} on SIGTERM");
+        // After `restart_refused` there is no process left to stop.
+        if self.proc.as_mut().is_some_and(|p| p.exited().is_none()) {
+            let status = self.terminate(Duration::from_secs(30)).await;
+            assert!(status.success(), "the bridge exited with {status} on SIGTERM");
+        }
         let command = serve_command(
             &self.data_dir,
             &self.secret,
