@@ -51,6 +51,8 @@ function declare(Resource, unique, onDelete = () => {}) {
         }));
     return items;
 }
+// Users carry the enterprise extension (employeeNumber, department, manager, ...), optional.
+SCIMMY.Resources.User.extend(SCIMMY.Schemas.EnterpriseUser, false);
 // A deleted user leaves every group it was a member of.
 declare(SCIMMY.Resources.User, "userName", (id) => {
     for (const g of groups.values()) if (g.members) g.members = g.members.filter((m) => m.value !== id);

@@ -5,6 +5,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod http;
+pub mod mapping;
 pub mod metrics;
 pub mod provisioning;
 pub mod rules;
@@ -31,8 +32,13 @@ pub async fn start_engine(config: Config, clock: SharedClock) -> anyhow::Result<
     store.migrate().await.context("applying migrations")?;
     let sealer = Sealer::new(&config.encryption_key_bytes()?);
     check_encryption_keys(store.as_ref(), &sealer, clock.now()).await?;
+    let http = scim::http_client(&scim::ClientOptions {
+        allow_private: config.allow_private_targets,
+        ..scim::ClientOptions::default()
+    })?;
     let ctx = Arc::new(Ctx {
         store,
+        http,
         clock,
         config,
         sealer,

@@ -526,3 +526,66 @@ async fn deprovisioning_survives_a_failing_target_and_the_app_goes_only_when_eve
         .await;
     assert_eq!(removals.len(), 2, "one logged removal per member: {removals:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_a_cycle_patch_and_its_record_leaves_no_member_twice() {
+    // SCIMMY keeps a member added twice, so a blind resend after the restart would show.
+    let Some(target) = target(Kind::Scimmy).await else {
+        return;
+    };
+    let Some(proxy) = FaultProxy::start(&target).await else {
+        return;
+    };
+    let mut bridge = Bridge::start().await;
+    let app_id = bridge
+        .register_app_with(&target, &proxy.base_url_for(&target), json!({"driftRepair": "off"}))
+        .await;
+    let group = SourceGroup::new();
+    let target_name = format!("Crash cycle {}", short_id());
+    bridge.assign_group(&app_id, &group.id, &target_name).await;
+    let standing: Vec<Principal> = (0..3).map(|_| Principal::new()).collect();
+    for p in &standing {
+        put_standing(&bridge, &group, p).await;
+    }
+    // The cycle's PATCH reaches the target, but its answer is held: the bridge dies meanwhile.
+    proxy
+        .arm(json!({"mode": "delay", "when": "after", "ms": 5000, "count": 1,
+                    "match": {"method": "PATCH", "pathContains": "/Groups/"}}))
+        .await;
+    let (status, answer) = bridge
+        .admin(Method::POST, &format!("/v1/apps/{app_id}/sync"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let cycle_id = answer["cycleId"].as_str().unwrap().to_string();
+    let sent = wait_until(Duration::from_secs(10), || async {
+        proxy.seen().await.iter().any(|r| r["method"] == "PATCH")
+    })
+    .await;
+    assert!(sent, "the cycle's PATCH reached the proxy");
+    bridge.crash_and_restart().await;
+
+    // The cycle resumes under its id and settles the PATCH by reading the group.
+    let mut ended = None;
+    for _ in 0..100 {
+        ended = cycles(&bridge, &app_id)
+            .await
+            .into_iter()
+            .find(|c| c["id"] == cycle_id.as_str() && !c["endedAt"].is_null());
+        if ended.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ended = ended.expect("the interrupted cycle ended after the restart");
+    assert_eq!(ended["status"], "success", "{ended}");
+    let ids = target.group_member_ids(&target_name).await;
+    assert_each_once(&ids, "after a crash during the cycle's PATCH");
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let adds = proxy
+        .seen()
+        .await
+        .iter()
+        .filter(|r| r["method"] == "PATCH" && r["body"].as_str().unwrap_or("").contains("\"add\""))
+        .count();
+    assert_eq!(adds, 1, "the PATCH was not sent again");
+}

@@ -204,6 +204,18 @@ async fn the_operator_page_shows_apps_logs_steps_and_an_activation_and_filters_b
             .contains(people[5].upn())
     );
 
+    // The first app's attribute mapping (the default) and a preview through the page.
+    let mapping = seen["mapping"].to_string();
+    assert!(
+        mapping.contains("userName") && mapping.contains("[userPrincipalName]"),
+        "{mapping}"
+    );
+    let preview = seen["preview"].as_str().unwrap();
+    assert!(
+        preview.contains("\"userName\": \"Grace@Contoso.com\"") && preview.contains("externalId eq"),
+        "{preview}"
+    );
+
     let png = std::fs::read(&screenshot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
 }

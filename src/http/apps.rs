@@ -25,6 +25,8 @@ const SETTINGS_KEYS: &[&str] = &[
     "driftRepair",
     "outOfScope",
     "membersPerPatch",
+    "attributeMapping",
+    "matching",
 ];
 
 fn settings_from(base: &AppSettings, input: &Map<String, Value>) -> ApiResult<AppSettings> {
@@ -63,6 +65,10 @@ fn settings_from(base: &AppSettings, input: &Map<String, Value>) -> ApiResult<Ap
     if settings.pacing.requests_per_second == 0 {
         return Err(ApiError::bad("pacing.requestsPerSecond", "must be at least 1"));
     }
+    // Parsed once here, when it is saved: a mapping that does not compile is never stored.
+    settings
+        .compiled_mapping()
+        .map_err(|e| ApiError::unprocessable(&e.field, e.message))?;
     Ok(settings)
 }
 
@@ -140,6 +146,14 @@ pub(super) async fn app_json(ctx: &ApiContext, app: &AppRecord) -> ApiResult<Val
     if let Some(n) = app.settings.members_per_patch {
         body["membersPerPatch"] = json!(n);
     }
+    body["attributeMapping"] = match &app.settings.attribute_mapping {
+        Some(entries) => json!(entries),
+        None => json!(crate::mapping::default_mapping()),
+    };
+    body["matching"] = match &app.settings.matching {
+        Some(targets) => json!(targets),
+        None => json!(crate::mapping::DEFAULT_MATCHING),
+    };
     if app.status == "deleting" {
         let left = engine.store.provisioned_members(&app.id).await?.len();
         body["membersLeftToRemove"] = json!(left);
@@ -356,13 +370,14 @@ pub async fn update(
     };
     ctx.engine.ctx.store.change_app(&app.id, &changes).await?;
     let app = visible_app(&ctx, &caller, &id).await?;
-    ctx.audit(
-        &caller,
-        "app.update",
-        &app.id,
-        json!({"fields": changed, "status": app.status}),
-    )
-    .await?;
+    let mut detail = json!({"fields": changed, "status": app.status});
+    for key in ["attributeMapping", "matching"] {
+        // What a target receives changed: the new mapping is in the audit trail.
+        if let Some(value) = input.get(key) {
+            detail[key] = value.clone();
+        }
+    }
+    ctx.audit(&caller, "app.update", &app.id, detail).await?;
     ctx.engine.wake(&app.id);
     Ok(Json(app_json(&ctx, &app).await?))
 }
@@ -470,6 +485,37 @@ pub async fn delete_group(
     ctx.audit(&caller, "group.unassign", &app.id, json!({"groupId": group_id}))
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/apps/{appId}/mapping/preview`: the User the bridge would send for a principal and
+/// the filters it would look the user up with, without contacting the target.
+pub async fn preview_mapping(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> ApiResult<Json<Value>> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    if caller.role == Role::AppOwner && !caller.owns(&app) {
+        return Err(ApiError::NotFound);
+    }
+    let input = object(body)?;
+    check_keys(&input, &["principal", "principalId"])?;
+    let principal = input.get("principal").and_then(Value::as_object).ok_or_else(|| {
+        ApiError::bad(
+            "principal",
+            "is required: the principal's attributes, as an event carries them",
+        )
+    })?;
+    let principal_id =
+        text_field(&input, "principalId")?.unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into());
+    let mapping = app
+        .settings
+        .compiled_mapping()
+        .map_err(|e| ApiError::unprocessable(&e.field, e.message))?;
+    let user = crate::provisioning::map_user(&mapping, &principal_id, principal)
+        .map_err(|reason| ApiError::unprocessable("principal", reason))?;
+    Ok(Json(json!({"user": user.create, "matching": user.filters})))
 }
 
 pub async fn test_connection(

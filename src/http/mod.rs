@@ -284,6 +284,18 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "post",
+        path: "/v1/apps/{appId}/mapping/preview",
+        summary: "The User the app's attribute mapping makes of a principal, and the filters that would find it, without contacting the target",
+        tag: "apps",
+        access: APP_READERS,
+        query: &[],
+        request: Some("MappingPreviewRequest"),
+        ok: 200,
+        body: Body::Json("MappingPreview"),
+        handler: |m| on(m, apps::preview_mapping),
+    },
+    Route {
+        method: "post",
         path: "/v1/apps/{appId}/sync",
         summary: "Run a synchronization cycle now",
         tag: "apps",

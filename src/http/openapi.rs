@@ -324,6 +324,50 @@ fn schemas() -> Value {
                 "driftRepair": {"type": "string", "enum": ["report", "repair", "off"], "default": "report"},
                 "outOfScope": {"type": "string", "enum": ["keep", "disable"], "default": "keep"},
                 "membersPerPatch": {"type": "integer", "minimum": 1, "default": 100},
+                "attributeMapping": {
+                    "type": "array", "items": schema_ref("MappingEntry"),
+                    "description": "What a target receives as a User: replaced whole, must map `userName`. Default: userName <- [userPrincipalName], externalId <- [objectId], displayName and name.formatted <- [displayName], name.givenName <- [givenName], name.familyName <- [surname], emails[type eq \"work\"].value <- [mail].",
+                    "example": [
+                        {"target": "userName", "source": "ToLower(NormalizeDiacritics([mail]))"},
+                        {"target": "externalId", "source": "[objectId]"},
+                        {"target": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber", "source": "[employeeId]", "apply": "onCreate"},
+                    ],
+                },
+                "matching": {
+                    "type": "array", "items": {"type": "string"}, "default": ["externalId", "userName"],
+                    "description": "The mapped targets whose values find an existing user at the target, in order.",
+                },
+            },
+        }),
+    );
+    schemas.insert(
+        "MappingEntry".into(),
+        json!({
+            "type": "object", "required": ["target", "source"],
+            "properties": {
+                "target": {"type": "string", "description": "A SCIM User attribute path (`userName`, `name.givenName`, `emails[type eq \"work\"].value`, or `<extension URN>:<attribute>`)", "example": "userName"},
+                "source": {"type": "string", "description": "An expression in the syntax of Microsoft Entra ID's attribute-mapping expressions", "example": "Join(\".\", ToLower([givenName]), ToLower([surname]))"},
+                "apply": {"type": "string", "enum": ["always", "onCreate"], "default": "always"},
+            },
+        }),
+    );
+    schemas.insert(
+        "MappingPreviewRequest".into(),
+        json!({
+            "type": "object", "required": ["principal"],
+            "properties": {
+                "principal": {"type": "object", "description": "The principal's attributes, as an event's `principal` object carries them", "example": {"userPrincipalName": "ada@contoso.com", "givenName": "Ada", "surname": "Lovelace", "mail": "ada@contoso.com", "employeeId": "4711"}},
+                "principalId": {"type": "string", "description": "The principal's id (`[objectId]`)"},
+            },
+        }),
+    );
+    schemas.insert(
+        "MappingPreview".into(),
+        json!({
+            "type": "object", "required": ["user", "matching"],
+            "properties": {
+                "user": {"type": "object", "description": "The SCIM User the bridge would create"},
+                "matching": {"type": "array", "items": {"type": "string"}, "description": "The filters that would find an existing user, in order"},
             },
         }),
     );
@@ -345,11 +389,11 @@ fn schemas() -> Value {
         json!({
             "type": "object",
             "description": "Only the fields given change. `status` pauses (`paused`) or resumes (`active`; a quarantined app returns to `quarantined`); admins change `owners`. A changed `scimBaseUrl` needs the complete `auth` for it in the same body (else 422 naming `auth`).",
-            "properties": {
+            "allOf": [schema_ref("AppSettings"), {"type": "object", "properties": {
                 "name": {"type": "string"}, "scimBaseUrl": {"type": "string", "format": "uri"},
                 "auth": schema_ref("Auth"), "owners": {"type": "array", "items": {"type": "string"}},
                 "status": {"type": "string", "enum": ["active", "paused"]},
-            },
+            }}],
         }),
     );
     schemas.insert(
@@ -362,8 +406,9 @@ fn schemas() -> Value {
                     "id": {"type": "string"}, "name": {"type": "string"}, "scimBaseUrl": {"type": "string"},
                     "auth": {"type": "object", "properties": {"type": {"type": "string", "enum": ["bearer", "oauth2ClientCredentials"]}}},
                     "owners": {"type": "array", "items": {"type": "string"}},
-                    "status": {"type": "string", "enum": ["active", "paused", "quarantined"]},
+                    "status": {"type": "string", "enum": ["active", "paused", "quarantined", "deleting"]},
                     "statusReason": nullable("string"),
+                    "membersLeftToRemove": {"type": "integer", "description": "While `deleting` with deprovision: members the bridge provisioned that are still to be removed"},
                     "quarantined": {"type": "boolean", "description": "Quarantined by the bridge (also while paused); only `POST .../quarantine/clear` lifts it."},
                     "nextSyncAt": time,
                     "lastCycle": {"oneOf": [schema_ref("Cycle"), {"type": "null"}]},

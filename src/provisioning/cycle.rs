@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use serde_json::{Value, json};
 
 use crate::clock::Millis;
+use crate::mapping::AppMapping;
 use crate::scim::{ScimClient, ScimError};
 use crate::store::{
     AppRecord, CycleCounts, CycleRecord, DriftRepair, Job, JobChange, LogEntry, MemberChange, OutOfScope, Outcome,
@@ -93,6 +94,13 @@ enum CycleStep {
     Disable {
         principal: String,
     },
+    /// Finds the known users whose mapped attributes differ from what was last sent (a changed
+    /// mapping, renamed principals) and plans an update for each. Sends nothing itself.
+    CheckUsers,
+    /// Replaces the changed `always` attributes of one known user.
+    UpdateUser {
+        principal: String,
+    },
     /// Plan again if a manual cycle was merged in, else record the end.
     Finish,
 }
@@ -144,7 +152,10 @@ impl Cycle {
 
     /// The next step talks to the target (and so is paced).
     pub fn next_step_sends(&self) -> bool {
-        !matches!(self.steps.front(), None | Some(CycleStep::Finish))
+        !matches!(
+            self.steps.front(),
+            None | Some(CycleStep::Finish | CycleStep::CheckUsers)
+        )
     }
 
     fn new(record: CycleRecord) -> Self {
@@ -325,6 +336,7 @@ impl Cycle {
                 .collect();
             steps.extend(targets.into_iter().map(|t| CycleStep::Drift { target: t.to_string() }));
         }
+        steps.push_back(CycleStep::CheckUsers);
         if app.settings.out_of_scope == OutOfScope::Disable {
             let entitled: BTreeSet<&str> = desired.iter().map(|m| m.principal_id.as_str()).collect();
             for (principal, user) in store.target_users(&app.id).await? {
@@ -350,7 +362,13 @@ impl Cycle {
     }
 
     /// Sends the next step and records what it did. Answers whether the cycle has ended.
-    pub async fn step(&mut self, ctx: &Ctx, app: &AppRecord, client: &ScimClient) -> anyhow::Result<bool> {
+    pub async fn step(
+        &mut self,
+        ctx: &Ctx,
+        app: &AppRecord,
+        mapping: &AppMapping,
+        client: &ScimClient,
+    ) -> anyhow::Result<bool> {
         let Some(step) = self.steps.front().cloned() else {
             return Ok(true);
         };
@@ -363,15 +381,17 @@ impl Cycle {
         let result = match step {
             CycleStep::Finish => return self.finish(ctx, app).await,
             CycleStep::Settle { target } => self.settle(ctx, app, client, &target).await,
-            CycleStep::User { member } => self.user(ctx, app, client, &member).await,
+            CycleStep::User { member } => self.user(ctx, app, mapping, client, &member).await,
             CycleStep::Add {
                 target,
                 principals,
                 reason,
             } => self.add(ctx, app, client, &target, &principals, reason).await,
-            CycleStep::Remove { member } => self.remove(ctx, app, client, &member).await,
+            CycleStep::Remove { member } => self.remove(ctx, app, mapping, client, &member).await,
             CycleStep::Drift { target } => self.drift(ctx, app, client, &target).await,
             CycleStep::Disable { principal } => self.disable(ctx, app, client, &principal).await,
+            CycleStep::CheckUsers => self.check_users(ctx, app, mapping).await,
+            CycleStep::UpdateUser { principal } => self.update_user(ctx, app, mapping, client, &principal).await,
         };
         let done = match result {
             Ok(done) => done,
@@ -549,6 +569,7 @@ impl Cycle {
         &mut self,
         ctx: &Ctx,
         app: &AppRecord,
+        mapping: &AppMapping,
         client: &ScimClient,
         member: &TargetMember,
     ) -> anyhow::Result<Done> {
@@ -557,7 +578,7 @@ impl Cycle {
         }
         let mut steps = Vec::new();
         let mut pushed = push::PushResult::default();
-        match push::ensure_user(ctx, app, client, &member.principal_id, &mut steps, &mut pushed).await {
+        match push::ensure_user(ctx, app, mapping, client, &member.principal_id, &mut steps, &mut pushed).await {
             Ok(_) => {
                 self.tally.ok();
                 self.record.counts.users_created += pushed.user_created as i64;
@@ -705,6 +726,7 @@ impl Cycle {
         &mut self,
         ctx: &Ctx,
         app: &AppRecord,
+        mapping: &AppMapping,
         client: &ScimClient,
         member: &TargetMember,
     ) -> anyhow::Result<Done> {
@@ -723,6 +745,7 @@ impl Cycle {
         match push::remove_member(
             ctx,
             app,
+            mapping,
             client,
             &member.principal_id,
             &member.target_display_name,
@@ -867,6 +890,66 @@ impl Cycle {
             }
             Err(e) => {
                 self.failed(ctx, e, &[member], "disable_user", steps, StepResult::default())
+                    .await
+            }
+        }
+    }
+
+    async fn check_users(&mut self, ctx: &Ctx, app: &AppRecord, mapping: &AppMapping) -> anyhow::Result<Done> {
+        let store = &ctx.store;
+        let mut stale = Vec::new();
+        for (principal, user) in store.target_users(&app.id).await? {
+            let Some(attributes) = store.principal_attributes(&principal).await? else {
+                continue;
+            };
+            let Ok(mapped) = push::map_user(mapping, &principal, &attributes) else {
+                continue; // an empty userName: the push of that user says so
+            };
+            let print = mapped.always.to_string();
+            if user.fingerprint != print {
+                self.report
+                    .push(json!({"principalId": principal, "change": "update", "targetUserId": user.target_user_id}));
+                stale.push(principal);
+            }
+        }
+        if !self.record.dry_run {
+            // Right after this step, in order.
+            for principal in stale.into_iter().rev() {
+                self.steps.insert(1, CycleStep::UpdateUser { principal });
+            }
+        }
+        Ok(Done::Next(StepResult::default()))
+    }
+
+    async fn update_user(
+        &mut self,
+        ctx: &Ctx,
+        app: &AppRecord,
+        mapping: &AppMapping,
+        client: &ScimClient,
+        principal: &str,
+    ) -> anyhow::Result<Done> {
+        let member = TargetMember {
+            target_display_name: String::new(),
+            principal_id: principal.to_string(),
+        };
+        let mut steps = Vec::new();
+        match push::update_user(ctx, app, mapping, client, principal, &mut steps).await {
+            Ok(None) => Ok(Done::Next(StepResult::default())),
+            Ok(Some(target_user_id)) => {
+                self.tally.ok();
+                self.record.counts.users_updated += 1;
+                let mut entry = self.entry(ctx, &member, "update_user", "success").await?;
+                entry.target_user_id = Some(target_user_id);
+                entry.steps = steps;
+                entry.reason = Some("the mapped attributes changed since they were last sent".into());
+                Ok(Done::Next(StepResult {
+                    logs: vec![entry],
+                    ..Default::default()
+                }))
+            }
+            Err(e) => {
+                self.failed(ctx, e, &[member], "update_user", steps, StepResult::default())
                     .await
             }
         }

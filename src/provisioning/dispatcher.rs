@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::clock::Millis;
+use crate::mapping::AppMapping;
 use crate::scim::{ScimClient, ScimError};
 use crate::store::{AppRecord, Job, JobChange, LogEntry, MemberChange, Outcome, Overflow, TargetMember};
 
@@ -48,6 +49,8 @@ struct Dispatcher {
     /// A removal is waiting for the window: no activation may take the room before it.
     removal_waiting: bool,
     client: Option<(Vec<u8>, String, Arc<ScimClient>)>,
+    /// The app's attribute mapping, compiled once per change of the app's settings.
+    mapping: Option<(String, Arc<AppMapping>)>,
     cycle: Option<Cycle>,
     /// While the app is deleted with `deprovision=true`: attempts per member, and when the next
     /// removal may go.
@@ -78,6 +81,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         pacer: None,
         removal_waiting: false,
         client: None,
+        mapping: None,
         cycle: None,
         removal_attempts: HashMap::new(),
         removal_not_before: 0,
@@ -144,6 +148,22 @@ impl Dispatcher {
         Ok(client)
     }
 
+    fn mapping(&mut self, app: &AppRecord) -> Arc<AppMapping> {
+        let key = format!("{:?}{:?}", app.settings.attribute_mapping, app.settings.matching);
+        if let Some((k, mapping)) = &self.mapping
+            && *k == key
+        {
+            return mapping.clone();
+        }
+        let mapping = Arc::new(app.settings.compiled_mapping().unwrap_or_else(|e| {
+            // Validated when saved; a mapping stored by hand that does not compile falls back.
+            tracing::error!(app_id = %app.id, field = %e.field, error = %e.message, "the app's attribute mapping does not compile: using the default");
+            AppMapping::compile(None, None).expect("the default mapping compiles")
+        }));
+        self.mapping = Some((key, mapping.clone()));
+        mapping
+    }
+
     fn pacer(&mut self, app: &AppRecord) -> &Pacer {
         let rps = app.settings.pacing.requests_per_second;
         if self.pacer.as_ref().is_none_or(|p| p.requests_per_second() != rps) {
@@ -172,8 +192,9 @@ impl Dispatcher {
             }
         };
 
+        let mapping = self.mapping(&app);
         if app.status == "deleting" {
-            return self.deprovision(&app, &client).await;
+            return self.deprovision(&app, &mapping, &client).await;
         }
 
         let mut next: Option<Millis> = None;
@@ -193,7 +214,7 @@ impl Dispatcher {
                 if stop.is_cancelled() {
                     return Ok(Some(self.ctx.now()));
                 }
-                if let Some(at) = self.take(&app, &client, job).await? {
+                if let Some(at) = self.take(&app, &mapping, &client, job).await? {
                     next = earliest(next, at);
                     waiting = true;
                 }
@@ -206,7 +227,7 @@ impl Dispatcher {
         if app.settings.overflow == Overflow::Drain
             && app.status == "active"
             && !self.removal_waiting
-            && let Some(at) = self.drain(&app, &client).await?
+            && let Some(at) = self.drain(&app, &mapping, &client).await?
         {
             next = earliest(next, at);
         }
@@ -226,7 +247,7 @@ impl Dispatcher {
                     Err(at) => next = earliest(next, at),
                     Ok(()) => {
                         let cycle = self.cycle.as_mut().expect("a cycle");
-                        if cycle.step(&self.ctx, &app, &client).await? {
+                        if cycle.step(&self.ctx, &app, &mapping, &client).await? {
                             self.cycle = None;
                         }
                         // Serve the immediate queue before the next step.
@@ -249,7 +270,12 @@ impl Dispatcher {
     /// paced, each with its log entry and retries; the app is deleted once none is left. A
     /// removal that keeps failing stalls the deletion (the reason says which and why) until
     /// it is asked again.
-    async fn deprovision(&mut self, app: &AppRecord, client: &ScimClient) -> anyhow::Result<Option<Millis>> {
+    async fn deprovision(
+        &mut self,
+        app: &AppRecord,
+        mapping: &AppMapping,
+        client: &ScimClient,
+    ) -> anyhow::Result<Option<Millis>> {
         let store = self.ctx.store.clone();
         let now = self.ctx.now();
         if let Some(mut cycle) = self.cycle.take() {
@@ -281,6 +307,7 @@ impl Dispatcher {
         let result = push::remove_member(
             &self.ctx,
             app,
+            mapping,
             client,
             &member.principal_id,
             &member.target_display_name,
@@ -347,13 +374,18 @@ impl Dispatcher {
     }
 
     /// Deferred activations go as the window frees (`overflow: drain`), behind immediate work.
-    async fn drain(&mut self, app: &AppRecord, client: &ScimClient) -> anyhow::Result<Option<Millis>> {
+    async fn drain(
+        &mut self,
+        app: &AppRecord,
+        mapping: &AppMapping,
+        client: &ScimClient,
+    ) -> anyhow::Result<Option<Millis>> {
         for job in self.ctx.store.deferred_jobs(&app.id).await? {
             let now = self.ctx.now();
             if !self.window.has_room(now) {
                 return Ok(Some(self.window.next_free_at(now)));
             }
-            if let Some(at) = self.take(app, client, &job).await? {
+            if let Some(at) = self.take(app, mapping, client, &job).await? {
                 return Ok(Some(at));
             }
         }
@@ -433,7 +465,13 @@ impl Dispatcher {
 
     /// Decides one job. Answers `Some(t)` when the app must be looked at again at `t`: a removal
     /// waits for the window until then, or the push is to be retried then.
-    async fn take(&mut self, app: &AppRecord, client: &ScimClient, job: &Job) -> anyhow::Result<Option<Millis>> {
+    async fn take(
+        &mut self,
+        app: &AppRecord,
+        mapping: &AppMapping,
+        client: &ScimClient,
+        job: &Job,
+    ) -> anyhow::Result<Option<Millis>> {
         let store = self.ctx.store.clone();
         let now = self.ctx.now();
 
@@ -534,7 +572,7 @@ impl Dispatcher {
             {
                 return Ok(Some(at));
             }
-            return self.push(app, client, job, &member, in_doubt, false).await;
+            return self.push(app, mapping, client, job, &member, in_doubt, false).await;
         }
         // Arrival order while the window has room; once it is full, a removal waits for the
         // next free slot and no later activation may take it.
@@ -556,12 +594,14 @@ impl Dispatcher {
             }
             return Ok(None);
         }
-        self.push(app, client, job, &member, in_doubt, true).await
+        self.push(app, mapping, client, job, &member, in_doubt, true).await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn push(
         &mut self,
         app: &AppRecord,
+        mapping: &AppMapping,
         client: &ScimClient,
         job: &Job,
         member: &TargetMember,
@@ -571,7 +611,7 @@ impl Dispatcher {
         let span =
             tracing::info_span!("push", app_id = %app.id, event_id = ?job.event_id, job_id = %job.id, kind = %job.kind);
         let result = self
-            .push_in_span(app, client, job, member, in_doubt, admitted)
+            .push_in_span(app, mapping, client, job, member, in_doubt, admitted)
             .instrument(span)
             .await;
         if result.is_err() {
@@ -582,9 +622,11 @@ impl Dispatcher {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn push_in_span(
         &mut self,
         app: &AppRecord,
+        mapping: &AppMapping,
         client: &ScimClient,
         job: &Job,
         member: &TargetMember,
@@ -601,6 +643,7 @@ impl Dispatcher {
             push::remove_member(
                 &self.ctx,
                 app,
+                mapping,
                 client,
                 &job.principal_id,
                 &member.target_display_name,
@@ -611,6 +654,7 @@ impl Dispatcher {
             push::add_member(
                 &self.ctx,
                 app,
+                mapping,
                 client,
                 &job.principal_id,
                 &job.group_id,

@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Millis, SharedClock};
 use crate::config::{Config, Secret};
 use crate::crypto::Sealer;
-use crate::scim::{Auth, ClientOptions, ScimClient};
+use crate::scim::{Auth, ScimClient};
 use crate::store::{AppRecord, Assignment, Job, LogEntry, SharedStore};
 
-pub use push::PushResult;
+pub use push::{MappedUser, PushResult, map_user};
 
 /// The status reason of an app being deleted with `deprovision=true`.
 pub const DEPROVISIONING: &str = "deprovisioning: removing what the bridge provisioned";
@@ -32,6 +32,8 @@ pub const DEPROVISIONING_STALLED: &str = "deprovisioning stalled";
 /// What every part of the engine shares.
 pub struct Ctx {
     pub store: SharedStore,
+    /// One HTTP client (connection pool, TLS set-up) for every app's target.
+    pub http: reqwest::Client,
     pub clock: SharedClock,
     pub config: Config,
     pub sealer: Sealer,
@@ -63,11 +65,7 @@ impl Ctx {
     }
 
     pub fn client_for(&self, app: &AppRecord) -> anyhow::Result<ScimClient> {
-        let options = ClientOptions {
-            allow_private: self.config.allow_private_targets,
-            ..ClientOptions::default()
-        };
-        Ok(ScimClient::new(&app.scim_base_url, self.auth_of(app)?, options)?.for_app(&app.id))
+        Ok(ScimClient::with_http(self.http.clone(), &app.scim_base_url, self.auth_of(app)?).for_app(&app.id))
     }
 
     pub fn sync_interval_ms(&self, app: &AppRecord) -> Millis {

@@ -1,8 +1,10 @@
 //! One membership change at one target: match or create the user, resolve or create the group,
 //! then add or remove the member. Shared by the immediate path and the cycle.
 
-use crate::activation::Principal;
-use crate::scim::{ScimClient, ScimError, ScimResult, fingerprint};
+use serde_json::{Map, Value, json};
+
+use crate::mapping::{self, AppMapping};
+use crate::scim::{ScimClient, ScimError, ScimResult, filter_literal};
 use crate::store::{AppRecord, PatchStyle, Step, TargetUser};
 
 use super::Ctx;
@@ -20,26 +22,71 @@ pub struct PushResult {
     pub legacy_detected: bool,
 }
 
-/// The target's id for the principal: the stored one, else matched, else created. Changed
-/// attributes are replaced; an account the bridge disabled is enabled again.
+/// What the mapping makes of one principal: the User to send and the filters that find it.
+pub struct MappedUser {
+    /// The `always` attributes: compared with what was last sent to notice changes.
+    pub always: Value,
+    /// Everything, `onCreate` attributes included, with `active`: the User to create.
+    pub create: Value,
+    /// The app's `matching` targets with their values, as SCIM filters, in order.
+    pub filters: Vec<String>,
+}
+
+/// Maps a principal's attributes (`objectId` is the principal id) through the app's mapping. A
+/// `userName` that comes out empty is an error with that reason.
+pub fn map_user(
+    mapping: &AppMapping,
+    principal_id: &str,
+    principal: &Map<String, Value>,
+) -> Result<MappedUser, String> {
+    let values = mapping::principal_attributes(principal, principal_id);
+    let lookup = |name: &str| values.get(name).map(String::as_str);
+    let always = mapping.mapping.user(&lookup, false).map_err(|e| e.to_string())?;
+    let mut create = mapping.mapping.user(&lookup, true).map_err(|e| e.to_string())?;
+    create["active"] = json!(true);
+    let filters = mapping
+        .matching
+        .iter()
+        .filter_map(|target| {
+            let value = mapping.mapping.value(target, &lookup)?;
+            (!value.is_empty()).then(|| target.filter(&filter_literal(&value)))
+        })
+        .collect();
+    Ok(MappedUser {
+        always,
+        create,
+        filters,
+    })
+}
+
+async fn mapped(ctx: &Ctx, mapping: &AppMapping, principal_id: &str) -> ScimResult<MappedUser> {
+    let principal = ctx
+        .store
+        .principal_attributes(principal_id)
+        .await
+        .map_err(|e| ScimError::Protocol(e.to_string()))?
+        .ok_or_else(|| ScimError::Protocol("no user attributes known for this principal yet".into()))?;
+    map_user(mapping, principal_id, &principal).map_err(ScimError::Protocol)
+}
+
+/// The target's id for the principal: the stored one, else matched, else created, with the
+/// app's attribute mapping. Attributes whose mapped value changed since they were last sent are
+/// replaced; an account the bridge disabled is enabled again.
 pub async fn ensure_user(
     ctx: &Ctx,
     app: &AppRecord,
+    mapping: &AppMapping,
     client: &ScimClient,
     principal_id: &str,
     steps: &mut Vec<Step>,
     result: &mut PushResult,
 ) -> ScimResult<String> {
     let store = &ctx.store;
-    let principal: Principal = store
-        .principal(principal_id)
-        .await
-        .map_err(|e| ScimError::Protocol(e.to_string()))?
-        .ok_or_else(|| ScimError::Protocol("no user attributes known for this principal yet".into()))?;
-    let print = fingerprint(&principal);
-    let persist = |user: TargetUser| async move {
+    let user = mapped(ctx, mapping, principal_id).await?;
+    let print = user.always.to_string();
+    let persist = |known: TargetUser| async move {
         store
-            .put_target_user(&app.id, principal_id, &user)
+            .put_target_user(&app.id, principal_id, &known)
             .await
             .map_err(|e| ScimError::Protocol(e.to_string()))
     };
@@ -50,11 +97,14 @@ pub async fn ensure_user(
         .map_err(|e| ScimError::Protocol(e.to_string()))?
     {
         if known.fingerprint != print {
-            client
-                .update_user(&known.target_user_id, principal_id, &principal, steps)
-                .await?;
+            // What was last sent (older records hold the principal's attributes: all differ).
+            let last: Value = serde_json::from_str(&known.fingerprint).unwrap_or(Value::Null);
+            let changes = mapping::changed_attributes(&last, &user.always);
+            if !changes.is_empty() {
+                client.update_user(&known.target_user_id, &changes, steps).await?;
+                result.user_updated = true;
+            }
             known.fingerprint = print.clone();
-            result.user_updated = true;
         }
         if known.disabled {
             client.set_user_active(&known.target_user_id, true, steps).await?;
@@ -65,46 +115,68 @@ pub async fn ensure_user(
         return Ok(id);
     }
 
-    match client
-        .find_user(principal_id, &principal.user_principal_name, steps)
-        .await?
-    {
+    let (id, created) = match client.find_user(&user.filters, steps).await? {
         Some(found) => {
             let id = found
                 .get("id")
                 .and_then(|v| v.as_str())
                 .ok_or_else(|| ScimError::Protocol("matched user has no id".into()))?
                 .to_string();
-            let differs = found.get("userName").and_then(|v| v.as_str())
-                != Some(principal.user_principal_name.as_str())
-                || (principal.display_name.is_some()
-                    && found.get("displayName").and_then(|v| v.as_str()) != principal.display_name.as_deref());
-            if differs {
-                client.update_user(&id, principal_id, &principal, steps).await?;
+            let changes = mapping::changed_attributes(&found, &user.always);
+            if !changes.is_empty() {
+                client.update_user(&id, &changes, steps).await?;
                 result.user_updated = true;
             }
-            persist(TargetUser {
-                target_user_id: id.clone(),
-                fingerprint: print,
-                created_by_us: false,
-                disabled: false,
-            })
-            .await?;
-            Ok(id)
+            (id, false)
         }
-        None => {
-            let (id, created) = client.create_user(principal_id, &principal, steps).await?;
-            result.user_created = created;
-            persist(TargetUser {
-                target_user_id: id.clone(),
-                fingerprint: print,
-                created_by_us: created,
-                disabled: false,
-            })
-            .await?;
-            Ok(id)
-        }
+        None => client.create_user(&user.create, &user.filters, steps).await?,
+    };
+    result.user_created = created;
+    persist(TargetUser {
+        target_user_id: id.clone(),
+        fingerprint: print,
+        created_by_us: created,
+        disabled: false,
+    })
+    .await?;
+    Ok(id)
+}
+
+/// A known user's attributes brought up to date with the mapping (a changed mapping, a renamed
+/// principal). Answers whether anything was sent.
+pub async fn update_user(
+    ctx: &Ctx,
+    app: &AppRecord,
+    mapping: &AppMapping,
+    client: &ScimClient,
+    principal_id: &str,
+    steps: &mut Vec<Step>,
+) -> ScimResult<Option<String>> {
+    let store = &ctx.store;
+    let Some(mut known) = store
+        .target_user(&app.id, principal_id)
+        .await
+        .map_err(|e| ScimError::Protocol(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let user = mapped(ctx, mapping, principal_id).await?;
+    let print = user.always.to_string();
+    if known.fingerprint == print {
+        return Ok(None);
     }
+    let last: Value = serde_json::from_str(&known.fingerprint).unwrap_or(Value::Null);
+    let changes = mapping::changed_attributes(&last, &user.always);
+    if !changes.is_empty() {
+        client.update_user(&known.target_user_id, &changes, steps).await?;
+    }
+    let id = known.target_user_id.clone();
+    known.fingerprint = print;
+    store
+        .put_target_user(&app.id, principal_id, &known)
+        .await
+        .map_err(|e| ScimError::Protocol(e.to_string()))?;
+    Ok((!changes.is_empty()).then_some(id))
 }
 
 /// The target's id for a target group: stored, else found by displayName, else created.
@@ -141,6 +213,7 @@ pub async fn ensure_group(
 pub async fn add_member(
     ctx: &Ctx,
     app: &AppRecord,
+    mapping: &AppMapping,
     client: &ScimClient,
     principal_id: &str,
     source_group_id: &str,
@@ -149,7 +222,7 @@ pub async fn add_member(
     steps: &mut Vec<Step>,
 ) -> ScimResult<PushResult> {
     let mut result = PushResult::default();
-    let user_id = ensure_user(ctx, app, client, principal_id, steps, &mut result).await?;
+    let user_id = ensure_user(ctx, app, mapping, client, principal_id, steps, &mut result).await?;
     result.target_user_id = Some(user_id.clone());
     let mut resolved_again = false;
     let mut in_doubt = in_doubt;
@@ -193,6 +266,7 @@ pub async fn add_member(
 pub async fn remove_member(
     ctx: &Ctx,
     app: &AppRecord,
+    mapping: &AppMapping,
     client: &ScimClient,
     principal_id: &str,
     target_display_name: &str,
@@ -207,13 +281,11 @@ pub async fn remove_member(
     {
         Some(u) => u.target_user_id,
         None => {
-            let upn = store
-                .principal(principal_id)
-                .await
-                .map_err(|e| ScimError::Protocol(e.to_string()))?
-                .map(|p| p.user_principal_name)
-                .unwrap_or_default();
-            match client.find_user(principal_id, &upn, steps).await? {
+            let filters = match mapped(ctx, mapping, principal_id).await {
+                Ok(user) => user.filters,
+                Err(_) => Vec::new(),
+            };
+            match client.find_user(&filters, steps).await? {
                 Some(found) => found.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
                 None => {
                     result.note = Some("the user does not exist at the target: nothing to remove".into());

@@ -6,13 +6,12 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
 use crate::config::Secret;
-use crate::types::{HttpTrace, Principal, Step};
+use crate::types::{HttpTrace, Step};
 
-const SCHEMA_USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 const SCHEMA_GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 const SCHEMA_PATCH: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 
@@ -273,64 +272,40 @@ fn parse_retry_after(value: Option<&reqwest::header::HeaderValue>) -> Option<Dur
     Some(Duration::from_millis(left.max(0) as u64))
 }
 
-/// A user resource as the bridge writes it.
-pub fn user_resource(principal_id: &str, p: &Principal, active: bool) -> Value {
-    let mut user = json!({
-        "schemas": [SCHEMA_USER],
-        "userName": p.user_principal_name,
-        "externalId": principal_id,
-        "active": active,
-    });
-    if let Some(d) = &p.display_name {
-        user["displayName"] = json!(d);
-    }
-    let mut name = serde_json::Map::new();
-    if let Some(g) = &p.given_name {
-        name.insert("givenName".into(), json!(g));
-    }
-    if let Some(s) = &p.surname {
-        name.insert("familyName".into(), json!(s));
-    }
-    if let Some(d) = &p.display_name {
-        name.insert("formatted".into(), json!(d));
-    }
-    if !name.is_empty() {
-        user["name"] = Value::Object(name);
-    }
-    if let Some(m) = &p.mail {
-        user["emails"] = json!([{"value": m, "type": "work", "primary": true}]);
-    }
-    user
-}
-
-/// What the bridge last pushed of a user, to notice changed attributes.
-pub fn fingerprint(p: &Principal) -> String {
-    serde_json::to_string(p).expect("principal serializes")
-}
-
 fn patch(operations: Value) -> Value {
     json!({"schemas": [SCHEMA_PATCH], "Operations": operations})
 }
 
-impl ScimClient {
-    pub fn new(base_url: &str, auth: Auth, options: ClientOptions) -> anyhow::Result<Self> {
-        // No redirects: a target must not steer the bridge (and its credentials) elsewhere.
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(options.connect_timeout)
-            .timeout(options.request_timeout)
-            .user_agent(concat!("scim-bridge/", env!("CARGO_PKG_VERSION")));
-        builder = builder.dns_resolver(TargetAddressesOnly {
+/// The HTTP client every app's SCIM client shares: one connection pool and one TLS set-up for
+/// all apps, instead of one per app. No redirects (a target must not steer the bridge, and its
+/// credentials, elsewhere); the timeouts and the address check apply to every request.
+pub fn http_client(options: &ClientOptions) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(options.connect_timeout)
+        .timeout(options.request_timeout)
+        .user_agent(concat!("scim-bridge/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(TargetAddressesOnly {
             allow_private: options.allow_private,
-        });
-        let http = builder.build()?;
-        Ok(Self {
+        })
+        .build()?)
+}
+
+impl ScimClient {
+    /// A client with an HTTP client of its own.
+    pub fn new(base_url: &str, auth: Auth, options: ClientOptions) -> anyhow::Result<Self> {
+        Ok(Self::with_http(http_client(&options)?, base_url, auth))
+    }
+
+    /// A client for one target on a shared HTTP client (see `http_client`).
+    pub fn with_http(http: reqwest::Client, base_url: &str, auth: Auth) -> Self {
+        Self {
             http,
             base: base_url.trim_end_matches('/').to_string(),
             auth,
             access_token: Mutex::new(None),
             metrics_app: String::new(),
-        })
+        }
     }
 
     /// Labels this client's request metrics with the app it serves.
@@ -524,35 +499,30 @@ impl ScimClient {
         }
     }
 
-    /// Finds a user by `externalId` (the principal id), then by `userName`.
-    pub async fn find_user(
-        &self,
-        principal_id: &str,
-        user_name: &str,
-        steps: &mut Vec<Step>,
-    ) -> ScimResult<Option<Value>> {
-        let by_external = format!("externalId eq {}", filter_literal(principal_id));
-        match self.find_one("/Users", by_external, &[], "match_user", steps).await {
-            Ok(Some(user)) => return Ok(Some(user)),
-            Ok(None) => {}
-            // A target that cannot filter on externalId answers 400: go on with userName.
-            Err(e) if e.status() == Some(400) => {}
-            Err(e) => return Err(e),
+    /// Finds a user with each filter in turn (the app's `matching` order). A target that cannot
+    /// filter on an attribute answers nothing or 400: go on with the next.
+    pub async fn find_user(&self, filters: &[String], steps: &mut Vec<Step>) -> ScimResult<Option<Value>> {
+        for filter in filters {
+            match self.find_one("/Users", filter.clone(), &[], "match_user", steps).await {
+                Ok(Some(user)) => return Ok(Some(user)),
+                Ok(None) => {}
+                Err(e) if e.status() == Some(400) => {}
+                Err(e) => return Err(e),
+            }
         }
-        let by_name = format!("userName eq {}", filter_literal(user_name));
-        self.find_one("/Users", by_name, &[], "match_user", steps).await
+        Ok(None)
     }
 
-    /// Creates a user; a 409 means it appeared meanwhile, so look it up again.
+    /// Creates a user; a 409 means it appeared meanwhile, so look it up again with `filters`.
+    /// Answers its id and whether this call created it.
     pub async fn create_user(
         &self,
-        principal_id: &str,
-        p: &Principal,
+        user: &Value,
+        filters: &[String],
         steps: &mut Vec<Step>,
     ) -> ScimResult<(String, bool)> {
-        let body = user_resource(principal_id, p, true);
         match self
-            .call(Method::POST, "/Users", &[], Some(&body), "create_user", steps)
+            .call(Method::POST, "/Users", &[], Some(user), "create_user", steps)
             .await
         {
             Ok((_, Some(user))) => id_of(&user)
@@ -561,7 +531,7 @@ impl ScimClient {
             Ok((_, None)) => Err(ScimError::Protocol("user created without a body".into())),
             Err(e) if e.status() == Some(409) => {
                 let user = self
-                    .find_user(principal_id, &p.user_principal_name, steps)
+                    .find_user(filters, steps)
                     .await?
                     .ok_or_else(|| ScimError::Protocol("409 on create, yet no such user".into()))?;
                 id_of(&user)
@@ -572,22 +542,15 @@ impl ScimClient {
         }
     }
 
-    /// Replaces changed attributes (a renamed UPN included).
+    /// Replaces the given attributes (an object of top-level User attributes; sub-attributes not
+    /// given are left as they are).
     pub async fn update_user(
         &self,
         user_id: &str,
-        principal_id: &str,
-        p: &Principal,
+        changes: &Map<String, Value>,
         steps: &mut Vec<Step>,
     ) -> ScimResult<()> {
-        let resource = user_resource(principal_id, p, true);
-        let mut value = serde_json::Map::new();
-        for key in ["userName", "displayName", "name", "emails"] {
-            if let Some(v) = resource.get(key) {
-                value.insert(key.into(), v.clone());
-            }
-        }
-        let body = patch(json!([{"op": "replace", "value": value}]));
+        let body = patch(json!([{"op": "replace", "value": changes}]));
         self.call(
             Method::PATCH,
             &format!("/Users/{user_id}"),
@@ -792,20 +755,6 @@ mod tests {
     #[test]
     fn filter_values_are_escaped() {
         assert_eq!(filter_literal(r#"a"b\c"#), r#""a\"b\\c""#);
-    }
-
-    #[test]
-    fn user_resources_omit_nulls_and_use_work_email() {
-        let p = Principal {
-            user_principal_name: "ada@contoso.com".into(),
-            mail: Some("ada@contoso.com".into()),
-            ..Default::default()
-        };
-        let user = user_resource("p1", &p, true);
-        assert_eq!(user["externalId"], "p1");
-        assert_eq!(user["active"], true);
-        assert!(user.get("displayName").is_none());
-        assert_eq!(user["emails"][0]["type"], "work");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::activation::{Effect, Event, Principal};
 use crate::clock::Millis;
 use crate::config::RateLimit;
+use crate::mapping::{AppMapping, AppMappingError, MappingEntry};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -97,6 +98,19 @@ pub struct AppSettings {
     pub out_of_scope: OutOfScope,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members_per_patch: Option<u32>,
+    /// What a target receives as a User (SPEC §4); `None`: the default mapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribute_mapping: Option<Vec<MappingEntry>>,
+    /// The mapped targets that find an existing user, in order; `None`: externalId, userName.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matching: Option<Vec<String>>,
+}
+
+impl AppSettings {
+    /// The app's mapping, compiled. A stored mapping was validated when it was saved.
+    pub fn compiled_mapping(&self) -> Result<AppMapping, AppMappingError> {
+        AppMapping::compile(self.attribute_mapping.as_deref(), self.matching.as_deref())
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -353,6 +367,9 @@ pub trait Store: Send + Sync + 'static {
     async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>>;
     async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>>;
     async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>>;
+    /// Every attribute a source sent for the principal (the newest value of each field), as a
+    /// `principal` object: what an attribute mapping reads.
+    async fn principal_attributes(&self, principal_id: &str) -> StoreResult<Option<serde_json::Map<String, Value>>>;
     async fn put_standing_member(
         &self,
         group_id: &str,

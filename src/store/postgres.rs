@@ -653,6 +653,14 @@ impl Store for PostgresStore {
         Ok(row.and_then(|r| r.attributes().principal()))
     }
 
+    async fn principal_attributes(&self, principal_id: &str) -> StoreResult<Option<serde_json::Map<String, Value>>> {
+        let row: Option<PrincipalRow> = sqlx::query_as(SELECT_PRINCIPAL)
+            .bind(principal_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.attributes().values()))
+    }
+
     async fn put_standing_member(
         &self,
         group_id: &str,

@@ -550,6 +550,17 @@ impl Store for SqliteStore {
         Ok(row.and_then(|r| r.attributes().principal()))
     }
 
+    async fn principal_attributes(&self, principal_id: &str) -> StoreResult<Option<serde_json::Map<String, Value>>> {
+        let row: Option<PrincipalRow> = sqlx::query_as(
+            "SELECT user_principal_name, display_name, given_name, surname, mail, attributes FROM principals
+             WHERE principal_id = ?",
+        )
+        .bind(principal_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.attributes().values()))
+    }
+
     async fn put_standing_member(
         &self,
         group_id: &str,

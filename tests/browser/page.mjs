@@ -98,6 +98,14 @@ try {
   await download.saveAs(csvPath);
   const csvLines = readFileSync(csvPath, 'utf8').trim().split('\n');
 
+  // The first app's attribute mapping, and a preview of what it makes of a principal.
+  await page.locator('#mapping tbody tr').first().waitFor();
+  const mapping = await page.$$eval('#mapping tbody tr', (rows) => rows.map((r) => [...r.cells].map((c) => c.innerText.trim())));
+  await page.fill('#preview-principal', JSON.stringify({ userPrincipalName: 'Grace@Contoso.com', mail: 'grace@contoso.com', displayName: 'Grace Hopper' }));
+  await page.click('#preview-form button');
+  await page.waitForFunction(() => document.querySelector('#preview').textContent.includes('userName'));
+  const preview = await page.locator('#preview').innerText();
+
   // Activation lookup.
   await page.fill('#eventId', eventId);
   await page.click('#lookup button');
@@ -127,7 +135,7 @@ try {
 
   check(outside.length === 0, `requests left the bridge's origin: ${outside.join(', ')}`);
   check(consoleErrors.length === 0, `errors in the page: ${consoleErrors.join('; ')}`);
-  console.log(JSON.stringify({ apps, allLogs, deferredLogs, steps, entryFields, activation, csvLines }));
+  console.log(JSON.stringify({ apps, allLogs, deferredLogs, steps, entryFields, activation, csvLines, mapping, preview }));
 } catch (e) {
   console.error(e.stack || String(e));
   process.exitCode = 1;

@@ -429,7 +429,8 @@ impl Target {
             let answer = self
                 .http
                 .get(format!("{}/Users", self.base_url))
-                .bearer_auth(&self.access_token)
+                // A fresh token each time: a short-lived one may expire while the target starts.
+                .bearer_auth(self.harness_token().await)
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
