@@ -20,7 +20,7 @@ SCIM_BRIDGE_TEST_STORE=sqlite cargo test --all-targets "$@"
 # and the unit tests and benches (no store).
 POSTGRES_SUITES=(
     api_access api_edge app_lifecycle cycle_faults engine legacy_removal logs_activation logs_audit
-    logs_query logs_retention metrics oauth2 provisioning realtime scale_out shutdown webhook_answers
+    logs_query logs_retention mapping metrics oauth2 provisioning realtime scale_out shutdown webhook_answers
     window_cycle
 )
 PG_URL="${SCIM_BRIDGE_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1/postgres}"
