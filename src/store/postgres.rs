@@ -4,6 +4,13 @@
 //! `migrations/postgres/0001_init.sql`) and `::uuid` / `::text` casts. This file holds SQL and row
 //! mapping; what a transaction contains is decided in `crate::rules` and by the engine, exactly
 //! as for SQLite.
+//!
+//! Not here yet (the rest of scale-out): the per-app lease. Until it exists every process runs a
+//! dispatcher for every app, so one database must have one bridge process. The writes of an
+//! app's work (`claim_job`, `record`, `recover_in_flight`, `requeue_in_doubt`,
+//! `take_cycle_request`, `insert_cycle`) are where its fencing token goes: each will carry
+//! `AND EXISTS (SELECT 1 FROM leases WHERE app_id = .. AND token = $n)` and answer whether it
+//! wrote, so a replica that lost the lease can neither push nor record.
 
 use std::time::Duration;
 
