@@ -18,7 +18,10 @@ async fn a_postgres_url_without_secrets_refuses_to_start_and_names_what_to_set()
         .env("SCIM_BRIDGE_DATA_DIR", data_dir.path())
         .env("SCIM_BRIDGE_LISTEN", "127.0.0.1:0")
         // Nothing listens there: the refusal comes before any connection.
-        .env("SCIM_BRIDGE_DATABASE_URL", "postgres://bridge:secret@127.0.0.1:1/bridge")
+        .env(
+            "SCIM_BRIDGE_DATABASE_URL",
+            "postgres://bridge:secret@127.0.0.1:1/bridge",
+        )
         .env("SCIM_BRIDGE_WEBHOOK_SECRET", "a-shared-webhook-secret")
         .env_remove("SCIM_BRIDGE_ADMIN_TOKEN")
         .env_remove("SCIM_BRIDGE_ENCRYPTION_KEY")
@@ -29,8 +32,14 @@ async fn a_postgres_url_without_secrets_refuses_to_start_and_names_what_to_set()
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("SCIM_BRIDGE_ADMIN_TOKEN"), "{said}");
     assert!(said.contains("SCIM_BRIDGE_ENCRYPTION_KEY"), "{said}");
-    assert!(!said.contains("SCIM_BRIDGE_WEBHOOK_SECRET,"), "the webhook secret was set: {said}");
-    assert!(!said.contains("a-shared-webhook-secret"), "a secret was printed: {said}");
+    assert!(
+        !said.contains("SCIM_BRIDGE_WEBHOOK_SECRET,"),
+        "the webhook secret was set: {said}"
+    );
+    assert!(
+        !said.contains("a-shared-webhook-secret"),
+        "a secret was printed: {said}"
+    );
     // Nothing was generated: every replica must be given the same values.
     let files: Vec<_> = std::fs::read_dir(data_dir.path()).expect("data dir").collect();
     assert!(files.is_empty(), "the data dir got {files:?}");
@@ -85,9 +94,7 @@ async fn a_key_that_opens_none_of_the_stored_credentials_is_refused_and_the_righ
 
     use base64::Engine;
     let other = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-    let said = bridge
-        .restart_refused(&[("SCIM_BRIDGE_ENCRYPTION_KEY", &other)])
-        .await;
+    let said = bridge.restart_refused(&[("SCIM_BRIDGE_ENCRYPTION_KEY", &other)]).await;
     assert!(said.contains("SCIM_BRIDGE_ENCRYPTION_KEY"), "{said}");
     assert!(said.contains("opens"), "{said}");
     assert!(!said.contains(&other), "a key was printed: {said}");
@@ -156,7 +163,10 @@ async fn a_log_entry_committed_late_is_neither_skipped_nor_repeated_by_paging() 
 
     // Paging on from the cursor: the older entry, once, and the end.
     let second = store.query_logs(&page(Some(newest_seen))).await.unwrap();
-    assert_eq!(second.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["first-page-0"]);
+    assert_eq!(
+        second.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["first-page-0"]
+    );
     let third = store.query_logs(&page(Some(second[0].seq))).await.unwrap();
     assert!(third.is_empty(), "{third:?}");
 
@@ -187,7 +197,10 @@ async fn paging_while_writers_commit_at_once_skips_and_repeats_nothing() {
     store.migrate().await.expect("migrations");
     let app = uuid::Uuid::now_v7().to_string();
     for i in 0..50 {
-        store.insert_log(&log_entry(&app, &format!("before-{i}"))).await.unwrap();
+        store
+            .insert_log(&log_entry(&app, &format!("before-{i}")))
+            .await
+            .unwrap();
     }
     let writers: Vec<_> = (0..4)
         .map(|w| {
@@ -195,7 +208,10 @@ async fn paging_while_writers_commit_at_once_skips_and_repeats_nothing() {
             let app = app.clone();
             tokio::spawn(async move {
                 for i in 0..50 {
-                    store.insert_log(&log_entry(&app, &format!("during-{w}-{i}"))).await.unwrap();
+                    store
+                        .insert_log(&log_entry(&app, &format!("during-{w}-{i}")))
+                        .await
+                        .unwrap();
                 }
             })
         })

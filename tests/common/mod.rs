@@ -716,9 +716,8 @@ impl TestDatabase {
     /// (after saying so) when no server answers, a failure under `CI=true`.
     pub fn postgres() -> Option<TestDatabase> {
         if let Err(e) = psql(&postgres_admin_url(), "SELECT 1") {
-            let message = format!(
-                "no PostgreSQL at SCIM_BRIDGE_TEST_POSTGRES_URL ({e}); start it with `scripts/test-deps.sh`"
-            );
+            let message =
+                format!("no PostgreSQL at SCIM_BRIDGE_TEST_POSTGRES_URL ({e}); start it with `scripts/test-deps.sh`");
             if std::env::var("CI").is_ok_and(|v| v == "true") || postgres_under_test() {
                 panic!("{message}");
             }
@@ -921,7 +920,10 @@ impl Bridge {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let output = proc.output();
         assert!(!status.success(), "the bridge started; output:\n{output}");
-        assert!(!output.contains("listening on"), "the bridge listened; output:\n{output}");
+        assert!(
+            !output.contains("listening on"),
+            "the bridge listened; output:\n{output}"
+        );
         output
     }
 
