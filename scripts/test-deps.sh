@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares what the integration tests need; safe to run again (does only what is missing):
-#   - .venv with scim2-server (a Python SCIM 2.0 server)
+#   - .venv with scim2-server (a Python SCIM 2.0 server) and schemathesis (scripts/fuzz-api.sh)
 #   - scim-fixtures/node_modules (SCIMMY server, OAuth2 issuer, fault proxy)
 #   - the local PostgreSQL 15 cluster, running, with password "postgres" for user postgres
 set -euo pipefail
@@ -19,6 +19,15 @@ else
     say "installing scim2-server into $ROOT/.venv"
     "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check scim2-server
     say "installed $("$ROOT/.venv/bin/pip" show scim2-server 2>/dev/null | sed -n 's/^Version: /scim2-server /p')"
+fi
+
+# --- schemathesis (scripts/fuzz-api.sh), pinned so that a seeded run is the same run -------------
+SCHEMATHESIS_VERSION=4.32.5
+if [[ "$("$ROOT/.venv/bin/st" --version 2>/dev/null)" == *" $SCHEMATHESIS_VERSION" ]]; then
+    say "schemathesis $SCHEMATHESIS_VERSION present ($ROOT/.venv/bin/st)"
+else
+    say "installing schemathesis $SCHEMATHESIS_VERSION into $ROOT/.venv"
+    "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
 # --- Node fixtures --------------------------------------------------------------------------------

@@ -148,7 +148,8 @@ pub fn parse_iso_duration(s: &str) -> Option<Millis> {
         }
         take(time, &[('H', 3_600_000.0), ('M', 60_000.0), ('S', 1_000.0)])?;
     }
-    seen.then_some(total.round() as Millis)
+    // A duration past what milliseconds can hold is no duration (not a saturated one).
+    (seen && total.is_finite() && total < Millis::MAX as f64).then_some(total.round() as Millis)
 }
 
 /// Parses one event object. Errors name the field (answered 400).
@@ -218,7 +219,13 @@ pub fn parse(raw: &Value) -> Result<Event, FieldError> {
                                 format!("`{d}` is not an ISO 8601 duration"),
                             )
                         })?;
-                        Some(start + ms)
+                        let end = start.checked_add(ms).ok_or_else(|| {
+                            field_err(
+                                "scheduleInfo.expiration.duration",
+                                format!("`{d}` ends past any representable date"),
+                            )
+                        })?;
+                        Some(end)
                     }
                     Some("afterDateTime") => {
                         Some(time_field(exp, "scheduleInfo.expiration.endDateTime", "endDateTime")?)

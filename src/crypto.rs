@@ -70,7 +70,8 @@ pub fn verify_signature(
     if candidates.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if (now_secs - timestamp).abs() > SIGNATURE_TOLERANCE_SECS {
+    // `abs_diff`: a timestamp near i64::MIN or MAX must be stale, not an arithmetic overflow.
+    if now_secs.abs_diff(timestamp) > SIGNATURE_TOLERANCE_SECS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     for secret in secrets {

@@ -16,6 +16,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the bridge (SCIM_BRIDGE_* variables configure it).
@@ -62,6 +64,11 @@ enum Command {
         group_id: String,
         #[arg(long, default_value = "PT2H")]
         duration: String,
+        /// The event's createdDateTime and start (RFC 3339). Default: now; with --event-id, the
+        /// time that id was first sent with from this data dir, so the same command sent again
+        /// is the same event (answered `duplicate`) and a later status of it keeps its time.
+        #[arg(long)]
+        at: Option<String>,
     },
 }
 
@@ -105,6 +112,40 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutdown requested");
+}
+
+/// The time an event id was first sent with by `send` from this data dir (remembered in
+/// `<data dir>/sent-events/`), or now, remembered for the next time. Without a writable data dir
+/// it is now.
+fn first_sent_at(data_dir: &std::path::Path, event_id: &str) -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    let name = if !event_id.is_empty()
+        && event_id.len() <= 100
+        && event_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !event_id.starts_with('.')
+    {
+        event_id.to_string()
+    } else {
+        hex::encode(event_id.as_bytes())
+    };
+    let dir = data_dir.join("sent-events");
+    let file = dir.join(name);
+    if let Some(at) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s.trim()).ok())
+    {
+        return at.with_timezone(&chrono::Utc);
+    }
+    let now_text = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&file, &now_text)) {
+        eprintln!(
+            "note: could not remember the time of event {event_id} in {}: {e}",
+            dir.display()
+        );
+    }
+    chrono::DateTime::parse_from_rfc3339(&now_text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or(now)
 }
 
 #[tokio::main]
@@ -172,11 +213,19 @@ async fn main() -> anyhow::Result<()> {
             display_name,
             group_id,
             duration,
+            at,
         } => {
             let body = match file {
                 Some(file) => std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
                 None => {
-                    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    let at = match (at, &event_id) {
+                        (Some(at), _) => chrono::DateTime::parse_from_rfc3339(&at)
+                            .with_context(|| format!("--at {at} is not an RFC 3339 date-time"))?
+                            .with_timezone(&chrono::Utc),
+                        (None, Some(id)) => first_sent_at(&config.data_dir, id),
+                        (None, None) => chrono::Utc::now(),
+                    };
+                    let now = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                     let (given, surname) = display_name.split_once(' ').unwrap_or((display_name.as_str(), ""));
                     serde_json::to_vec(&json!({
                         "id": event_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),

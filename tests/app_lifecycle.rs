@@ -147,26 +147,35 @@ async fn sign_prints_the_header_and_send_delivers_a_signed_event() {
     );
 
     let url = stack.bridge.url.clone();
-    let out = cli(
-        &stack.bridge,
-        &[
-            "send",
-            "--url",
-            &url,
-            "--group-id",
-            &group.id,
-            "--event-id",
-            "cli-1",
-            "--upn",
-            "cli.user@contoso.test",
-        ],
-    );
+    let send = [
+        "send",
+        "--url",
+        &url,
+        "--group-id",
+        &group.id,
+        "--event-id",
+        "cli-1",
+        "--upn",
+        "cli.user@contoso.test",
+    ];
+    let out = cli(&stack.bridge, &send);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stdout).contains("202"));
     stack
         .target
         .assert_members_eventually(&target_name, &["cli.user@contoso.test"])
         .await;
+
+    // The same command a second later is the same event (its time is remembered per event id):
+    // answered `duplicate`, not 409.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let again = cli(&stack.bridge, &send);
+    let printed = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{printed}");
+    assert!(
+        printed.contains("202") && printed.contains("\"duplicate\""),
+        "{printed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

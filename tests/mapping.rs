@@ -320,3 +320,59 @@ async fn the_preview_shows_the_user_and_the_filters_without_contacting_the_targe
         "nothing sent to the target"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renamed_principal_is_renamed_at_the_target_and_a_late_older_event_never_renames_it_back() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    stack
+        .bridge
+        .advance_to(chrono::Utc::now() + chrono::Duration::seconds(1))
+        .await;
+    let principal = Principal::new();
+    let first = Event::activation(&principal, &group);
+    stack.bridge.deliver(&[&first]).await;
+    let pushed = stack
+        .bridge
+        .wait_for_event_log(&first, "success", Some("add_member"))
+        .await;
+    let user_id = pushed["targetUserId"].as_str().unwrap().to_string();
+
+    // A later request carries the new UPN; an older one, arriving late, the old UPN.
+    let renamed = format!("renamed.{}@contoso.test", short_id());
+    let created = chrono::DateTime::parse_from_rfc3339(first.json["createdDateTime"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let newer = Event::activation(&principal, &group)
+        .set("/principal/userPrincipalName", json!(renamed))
+        .set(
+            "/createdDateTime",
+            json!(common::rfc3339(created + chrono::Duration::seconds(5))),
+        );
+    let older = Event::activation(&principal, &group).set(
+        "/createdDateTime",
+        json!(common::rfc3339(created - chrono::Duration::seconds(60))),
+    );
+    stack.bridge.deliver(&[&newer]).await;
+    stack.bridge.deliver(&[&older]).await;
+    let cycle = stack.bridge.sync_and_wait(&stack.app_id, false).await;
+    assert_eq!(cycle["status"], "success", "{cycle}");
+    let user = stack
+        .target
+        .user_by_user_name(&renamed)
+        .await
+        .unwrap_or_else(|| panic!("{renamed} at the target"));
+    assert_eq!(user["id"], user_id.as_str(), "the same user, renamed: {user}");
+    let updated = stack
+        .bridge
+        .wait_for_log(
+            &[("appId", &stack.app_id), ("action", "update_user")],
+            |e| e["status"] == "success",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(updated["targetUserId"], user_id.as_str(), "{updated}");
+    stack.target.assert_members_eventually(&target_name, &[&renamed]).await;
+}

@@ -8,6 +8,9 @@ use super::ApiContext;
 use super::error::ApiError;
 use crate::store::AppRecord;
 
+/// The name the bootstrap admin token (SCIM_BRIDGE_ADMIN_TOKEN) acts under.
+pub const BOOTSTRAP_ADMIN: &str = "admin";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Admin,
@@ -71,7 +74,7 @@ impl FromRequestParts<ApiContext> for Caller {
         let admin = ctx.engine.ctx.config.admin_token.expose().as_bytes();
         if bool::from(admin.ct_eq(token.as_bytes())) {
             return Ok(Caller {
-                name: super::tokens::BOOTSTRAP_ADMIN.into(),
+                name: BOOTSTRAP_ADMIN.into(),
                 role: Role::Admin,
             });
         }

@@ -24,6 +24,13 @@ pub async fn put_member(
         ),
         None => None,
     };
+    // As for a webhook: a standing member without a userName would fail at every cycle.
+    if principal
+        .as_ref()
+        .is_some_and(|p| p.user_principal_name.trim().is_empty())
+    {
+        return Err(ApiError::bad("principal.userPrincipalName", "must not be empty"));
+    }
     let engine = &ctx.engine.ctx;
     if principal.is_none() && engine.store.principal(&principal_id).await?.is_none() {
         return Err(ApiError::bad(

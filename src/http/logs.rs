@@ -36,12 +36,15 @@ fn encode_cursor(seq: i64) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("s{seq}"))
 }
 
+/// Only the exact text `encode_cursor` gives out is a cursor: signs, leading zeros, padding and
+/// other spellings of a number are refused rather than guessed at.
 fn decode_cursor(c: &str) -> ApiResult<i64> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(c)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.strip_prefix('s').and_then(|n| n.parse().ok()))
+        .and_then(|s| s.strip_prefix('s').and_then(|n| n.parse::<i64>().ok()))
+        .filter(|seq| *seq >= 0 && encode_cursor(*seq) == c)
         .ok_or_else(|| ApiError::bad("cursor", "is not a cursor this API gave out"))
 }
 
@@ -51,6 +54,15 @@ fn time_param(field: &str, v: &Option<String>) -> ApiResult<Option<i64>> {
         .transpose()
 }
 
+fn one_of(field: &str, value: &Option<String>, allowed: &[&str]) -> ApiResult<()> {
+    match value {
+        Some(v) if !allowed.contains(&v.as_str()) => {
+            Err(ApiError::bad(field, format!("must be one of {}", allowed.join(", "))))
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn filter_for(ctx: &ApiContext, caller: &Caller, q: &LogQuery) -> ApiResult<LogFilter> {
     let app_ids = if caller.role == Role::AppOwner {
         let apps = ctx.engine.ctx.store.list_apps().await?;
@@ -58,6 +70,21 @@ async fn filter_for(ctx: &ApiContext, caller: &Caller, q: &LogQuery) -> ApiResul
     } else {
         None
     };
+    // A value no entry can have is a mistake to point out, not an empty page.
+    one_of("status", &q.status, &["success", "failure", "skipped", "deferred"])?;
+    one_of(
+        "trigger",
+        &q.trigger,
+        &[
+            "activation",
+            "deactivation",
+            "expiry",
+            "sync",
+            "on_demand",
+            "directory",
+            "deprovision",
+        ],
+    )?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad("limit", "must be between 1 and 500"));

@@ -177,7 +177,7 @@ fn query_parameter(name: &str) -> Value {
             "Page size",
         ),
         "cursor" => (
-            json!({"type": "string"}),
+            json!({"type": "string", "minLength": 1}),
             "`nextCursor` of the previous page; pages never skip or repeat entries while new ones arrive",
         ),
         "format" => (
@@ -227,8 +227,8 @@ fn schemas() -> Value {
             "type": "object",
             "required": ["userPrincipalName"],
             "properties": {
-                "userPrincipalName": {"type": "string"}, "displayName": {"type": "string"},
-                "givenName": {"type": "string"}, "surname": {"type": "string"}, "mail": {"type": "string"},
+                "userPrincipalName": {"type": "string", "pattern": "\\S"}, "displayName": nullable("string"),
+                "givenName": nullable("string"), "surname": nullable("string"), "mail": nullable("string"),
             },
         }),
     );
@@ -378,7 +378,7 @@ fn schemas() -> Value {
                 "type": "object",
                 "required": ["name", "scimBaseUrl", "auth"],
                 "properties": {
-                    "name": {"type": "string"}, "scimBaseUrl": {"type": "string", "format": "uri"},
+                    "name": {"type": "string", "pattern": "\\S"}, "scimBaseUrl": {"type": "string", "format": "uri"},
                     "auth": schema_ref("Auth"), "owners": {"type": "array", "items": {"type": "string"}},
                 },
             }],
@@ -390,7 +390,7 @@ fn schemas() -> Value {
             "type": "object",
             "description": "Only the fields given change. `status` pauses (`paused`) or resumes (`active`; a quarantined app returns to `quarantined`); admins change `owners`. A changed `scimBaseUrl` needs the complete `auth` for it in the same body (else 422 naming `auth`).",
             "allOf": [schema_ref("AppSettings"), {"type": "object", "properties": {
-                "name": {"type": "string"}, "scimBaseUrl": {"type": "string", "format": "uri"},
+                "name": {"type": "string", "pattern": "\\S"}, "scimBaseUrl": {"type": "string", "format": "uri"},
                 "auth": schema_ref("Auth"), "owners": {"type": "array", "items": {"type": "string"}},
                 "status": {"type": "string", "enum": ["active", "paused"]},
             }}],
@@ -406,7 +406,7 @@ fn schemas() -> Value {
                     "id": {"type": "string"}, "name": {"type": "string"}, "scimBaseUrl": {"type": "string"},
                     "auth": {"type": "object", "properties": {"type": {"type": "string", "enum": ["bearer", "oauth2ClientCredentials"]}}},
                     "owners": {"type": "array", "items": {"type": "string"}},
-                    "status": {"type": "string", "enum": ["active", "paused", "quarantined", "deleting"]},
+                    "status": {"type": "string", "enum": ["active", "paused", "quarantined", "deleting"], "description": "`deleting` while `DELETE ...?deprovision=true` removes what the bridge provisioned"},
                     "statusReason": nullable("string"),
                     "membersLeftToRemove": {"type": "integer", "description": "While `deleting` with deprovision: members the bridge provisioned that are still to be removed"},
                     "quarantined": {"type": "boolean", "description": "Quarantined by the bridge (also while paused); only `POST .../quarantine/clear` lifts it."},
@@ -594,7 +594,7 @@ fn schemas() -> Value {
         "TokenRequest".into(),
         json!({
             "type": "object", "required": ["name", "role"],
-            "properties": {"name": {"type": "string", "description": "The person or system holding it; unique among live tokens, and not `admin`"}, "role": {"type": "string", "enum": ["admin", "operator", "app_owner"]}},
+            "properties": {"name": {"type": "string", "pattern": "\\S", "description": "The person or system holding it; unique among live tokens, and not `admin`"}, "role": {"type": "string", "enum": ["admin", "operator", "app_owner"]}},
         }),
     );
     schemas.insert(

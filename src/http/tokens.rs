@@ -6,13 +6,10 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::ApiContext;
-use super::auth::{Caller, Role};
+use super::auth::{BOOTSTRAP_ADMIN, Caller, Role};
 use super::error::{ApiError, ApiResult, JsonBody, Path};
 use crate::clock::to_rfc3339;
 use crate::store::{StoreError, TokenRecord};
-
-/// The name the bootstrap admin token (SCIM_BRIDGE_ADMIN_TOKEN) acts under.
-pub const BOOTSTRAP_ADMIN: &str = "admin";
 
 /// Creates a token; answers the record and the token value (the only time it is shown).
 pub async fn issue(

@@ -20,8 +20,7 @@ use crate::store::{
 };
 use crate::types::Step;
 
-use super::dispatcher::retry_at;
-use super::{Ctx, push};
+use super::{Ctx, push, retry_at};
 
 const DAY_MS: Millis = 86_400_000;
 const DEFAULT_MEMBERS_PER_PATCH: usize = 100;

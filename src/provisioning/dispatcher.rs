@@ -14,13 +14,13 @@ use tracing::Instrument;
 
 use crate::clock::Millis;
 use crate::mapping::AppMapping;
-use crate::scim::{ScimClient, ScimError};
+use crate::scim::ScimClient;
 use crate::store::{AppRecord, Job, JobChange, LogEntry, MemberChange, Outcome, Overflow, TargetMember};
 
 use super::cycle::Cycle;
 use super::pacing::Pacer;
 use super::window::Window;
-use super::{Ctx, DEPROVISIONING_STALLED, job_log, push};
+use super::{Ctx, DEPROVISIONING_STALLED, job_log, push, retry_at};
 
 /// How many pending jobs one look reads.
 const BATCH: i64 = 100;
@@ -28,19 +28,6 @@ const BATCH: i64 = 100;
 const IDLE_POLL_MS: Millis = 30_000;
 /// Attempts of one push before it is left to the cycle.
 const MAX_PUSH_ATTEMPTS: i64 = 8;
-const RETRY_BASE_MS: Millis = 500;
-const MAX_BACKOFF_MS: Millis = 60_000;
-/// The longest `Retry-After` obeyed; a target asking for more is tried again after this.
-const MAX_RETRY_AFTER_MS: Millis = 3_600_000;
-
-/// When a failed attempt goes again: when the target said, else after a backoff that doubles.
-pub(super) fn retry_at(now: Millis, attempt: i64, error: &ScimError) -> Millis {
-    let backoff = (RETRY_BASE_MS << (attempt - 1).clamp(0, 16)).min(MAX_BACKOFF_MS);
-    now + error
-        .retry_after()
-        .map_or(backoff, |d| (d.as_millis() as Millis).min(MAX_RETRY_AFTER_MS))
-}
-
 struct Dispatcher {
     ctx: Arc<Ctx>,
     app_id: String,

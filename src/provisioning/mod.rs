@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Millis, SharedClock};
 use crate::config::{Config, Secret};
 use crate::crypto::Sealer;
-use crate::scim::{Auth, ScimClient};
+use crate::scim::{Auth, ScimClient, ScimError};
 use crate::store::{AppRecord, Assignment, Job, LogEntry, SharedStore};
 
 pub use push::{MappedUser, PushResult, map_user};
@@ -28,6 +28,19 @@ pub use push::{MappedUser, PushResult, map_user};
 pub const DEPROVISIONING: &str = "deprovisioning: removing what the bridge provisioned";
 /// The start of the reason of a deletion whose removals keep failing.
 pub const DEPROVISIONING_STALLED: &str = "deprovisioning stalled";
+
+const RETRY_BASE_MS: Millis = 500;
+const MAX_BACKOFF_MS: Millis = 60_000;
+/// The longest `Retry-After` obeyed; a target asking for more is tried again after this.
+const MAX_RETRY_AFTER_MS: Millis = 3_600_000;
+
+/// When a failed attempt goes again: when the target said, else after a backoff that doubles.
+pub(crate) fn retry_at(now: Millis, attempt: i64, error: &ScimError) -> Millis {
+    let backoff = (RETRY_BASE_MS << (attempt - 1).clamp(0, 16)).min(MAX_BACKOFF_MS);
+    now + error
+        .retry_after()
+        .map_or(backoff, |d| (d.as_millis() as Millis).min(MAX_RETRY_AFTER_MS))
+}
 
 /// What every part of the engine shares.
 pub struct Ctx {

@@ -15,6 +15,11 @@ use crate::rules::{self, AssignedApp, MembershipState, MembershipWrite, StoredAt
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Write transactions take turns here, first come first served, before they take a pooled
+    /// connection: SQLite runs one writer at a time anyway, and waiting here (not on the
+    /// database's busy handler, holding a connection) keeps a flood of webhooks from taking every
+    /// connection and starving the dispatchers' reads and commits.
+    write_turn: tokio::sync::Mutex<()>,
 }
 
 type Tx = Transaction<'static, Sqlite>;
@@ -112,11 +117,16 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            write_turn: tokio::sync::Mutex::new(()),
+        })
     }
 
-    async fn begin(&self) -> StoreResult<Tx> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// A write transaction, in turn (see `write_turn`): hold the guard until it commits.
+    async fn begin(&self) -> StoreResult<(tokio::sync::MutexGuard<'_, ()>, Tx)> {
+        let turn = self.write_turn.lock().await;
+        Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 
     /// Takes what an event's (or the directory feed's) `principal` object carries, field by
@@ -467,7 +477,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         sqlx::query("UPDATE apps SET deleted_at = ? WHERE id = ?")
             .bind(now)
             .bind(id)
@@ -521,7 +531,7 @@ impl Store for SqliteStore {
     #[instrument(skip_all, fields(events = items.len()))]
     async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
         // One transaction per webhook: each event is still judged alone, and 202 means all committed.
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         let mut answers = Vec::with_capacity(items.len());
         for (event, effect) in items {
             answers.push(Self::accept_in(&mut tx, event, effect, now).await?);
@@ -568,7 +578,7 @@ impl Store for SqliteStore {
         info: Option<&Principal>,
         now: Millis,
     ) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         if let Some(p) = info {
             let given = serde_json::to_value(p).map_err(|e| corrupt("principal", e))?;
             Self::merge_principal(&mut tx, principal, &given, now, now).await?;
@@ -755,7 +765,7 @@ impl Store for SqliteStore {
             end_at: Millis,
             event_seq: i64,
         }
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         let due: Vec<Due> = sqlx::query_as(
             "UPDATE memberships SET active = 0, expired_at = ?1
              WHERE active = 1 AND expired_at IS NULL AND end_at IS NOT NULL AND end_at <= ?1
@@ -815,7 +825,7 @@ impl Store for SqliteStore {
     #[instrument(skip_all, fields(app_id = %o.app_id))]
     async fn record(&self, o: &Outcome) -> StoreResult<()> {
         let now = o.time;
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         for (job_id, change) in &o.jobs {
             let (state, not_before, deferred_until) = match change {
                 JobChange::Done => ("done", None, None),
@@ -1099,7 +1109,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge_records(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         let mut purged = 0;
         // Finished jobs first: their events may then go too.
         purged += sqlx::query(
@@ -1209,7 +1219,7 @@ impl Store for SqliteStore {
     }
 
     async fn request_cycle(&self, app_id: &str, cycle_id: &str, dry_run: bool, now: Millis) -> StoreResult<String> {
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         if !dry_run {
             // A writing cycle that runs, or is already asked for, takes this request in.
             let merged: Option<String> = sqlx::query_scalar(
@@ -1292,7 +1302,7 @@ impl Store for SqliteStore {
 
     // encryption-key rotation (`scim-bridge rekey`)
     async fn reseal_credentials(&self, reseal: &Reseal) -> StoreResult<(usize, Vec<String>)> {
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT id, auth_sealed FROM apps ORDER BY created_at, id")
             .fetch_all(&mut *tx)
             .await?;

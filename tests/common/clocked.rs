@@ -88,6 +88,7 @@ impl Bridge {
             }),
             extra_env: Vec::new(),
             store_env: Vec::new(),
+            bin: std::path::PathBuf::from(env!("CARGO_BIN_EXE_scim-bridge")),
             _database: database,
             _data_dir: data_dir,
         }

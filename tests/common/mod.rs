@@ -795,6 +795,8 @@ pub struct Bridge {
     extra_env: Vec<(String, String)>,
     /// The store's settings (database URL, encryption key) when it is not the data dir's SQLite.
     pub(crate) store_env: Vec<(String, String)>,
+    /// The `scim-bridge` binary the process runs (restarts run the same one).
+    pub(crate) bin: PathBuf,
     // Dropped after `proc` (fields drop in order), so the bridge dies before its files go.
     pub(crate) _database: Option<TestDatabase>,
     _data_dir: TempDir,
@@ -807,6 +809,12 @@ impl Bridge {
 
     /// Starts the bridge with extra (or overriding) environment variables.
     pub async fn start_with(extra_env: &[(&str, &str)]) -> Bridge {
+        Bridge::start_binary(Path::new(env!("CARGO_BIN_EXE_scim-bridge")), extra_env).await
+    }
+
+    /// Starts that `scim-bridge` binary (the release build, say) instead of the one cargo built
+    /// for the tests.
+    pub async fn start_binary(bin: &Path, extra_env: &[(&str, &str)]) -> Bridge {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let secret = random_hex();
         let previous_secret = random_hex();
@@ -814,6 +822,7 @@ impl Bridge {
         let database = TestDatabase::create();
         let store_env = database.as_ref().map(TestDatabase::bridge_env).unwrap_or_default();
         let command = serve_command(
+            bin,
             data_dir.path(),
             &secret,
             &previous_secret,
@@ -834,6 +843,7 @@ impl Bridge {
             clocked: None,
             extra_env,
             store_env,
+            bin: bin.to_path_buf(),
             _database: database,
             _data_dir: data_dir,
         }
@@ -865,6 +875,7 @@ impl Bridge {
         proc.child.kill().await.expect("SIGKILL the bridge");
         let extra_env: Vec<(&str, &str)> = self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let command = serve_command(
+            &self.bin,
             &self.data_dir,
             &self.secret,
             &self.previous_secret,
@@ -886,6 +897,7 @@ impl Bridge {
             assert!(status.success(), "the bridge exited with {status} on SIGTERM");
         }
         let command = serve_command(
+            &self.bin,
             &self.data_dir,
             &self.secret,
             &self.previous_secret,
@@ -904,6 +916,7 @@ impl Bridge {
         let status = self.terminate(Duration::from_secs(30)).await;
         assert!(status.success(), "the bridge exited with {status} on SIGTERM");
         let command = serve_command(
+            &self.bin,
             &self.data_dir,
             &self.secret,
             &self.previous_secret,
@@ -1116,6 +1129,7 @@ impl Bridge {
 
 /// `scim-bridge serve` on a data dir, listening on a free port, with private targets allowed.
 fn serve_command(
+    bin: &Path,
     data_dir: &Path,
     secret: &str,
     previous_secret: &str,
@@ -1123,7 +1137,7 @@ fn serve_command(
     store_env: &[(String, String)],
     extra_env: &[(&str, &str)],
 ) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_scim-bridge"));
+    let mut command = Command::new(bin);
     command
         .arg("serve")
         .current_dir(data_dir)
