@@ -59,6 +59,16 @@ else
     fi
 fi
 
+PG_URL="${SCIM_BRIDGE_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1/postgres}"
+if psql "$PG_URL" -qAtc "SELECT 1" >/dev/null 2>&1; then
+    say "PostgreSQL answers at $PG_URL (the behaviour suite runs on it too)"
+elif [[ "${CI:-}" == "true" ]]; then
+    say "no PostgreSQL at $PG_URL: CI=true requires it (run this script as root, or set SCIM_BRIDGE_TEST_POSTGRES_URL)"
+    exit 1
+else
+    say "no PostgreSQL at $PG_URL: tests on PostgreSQL will be skipped"
+fi
+
 # --- Headless browser for the operator page test ---------------------------------------------------
 # Debian's chromium, driven by playwright-core (which never downloads a browser of its own).
 if [[ -x /usr/bin/chromium ]]; then

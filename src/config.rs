@@ -207,10 +207,44 @@ impl Config {
         if let Some(v) = var("SCIM_BRIDGE_DATABASE_URL") {
             config.database_url = v;
         }
-        let secrets = match var("SCIM_BRIDGE_WEBHOOK_SECRET") {
-            Some(v) => v,
-            None => secret_file(&data_dir, "webhook-secret", || crypto::random_hex(32))?,
+        // With a shared database every replica needs the same secrets, so none is generated: a
+        // replica that made its own would refuse the others' webhooks, tokens and credentials.
+        let shared = is_shared_database(&config.database_url);
+        let mut missing = Vec::new();
+        let mut secret = |variable: &str, file: &str, make: fn() -> String| -> anyhow::Result<String> {
+            if let Some(v) = var(variable) {
+                return Ok(v);
+            }
+            if !shared {
+                return secret_file(&data_dir, file, make);
+            }
+            Ok(read_secret_file(&data_dir, file).unwrap_or_else(|| {
+                missing.push((variable.to_string(), file.to_string()));
+                String::new()
+            }))
         };
+        let secrets = secret("SCIM_BRIDGE_WEBHOOK_SECRET", "webhook-secret", || {
+            crypto::random_hex(32)
+        })?;
+        let admin_token = secret("SCIM_BRIDGE_ADMIN_TOKEN", "admin-token", || crypto::random_hex(32))?;
+        let encryption_key = secret("SCIM_BRIDGE_ENCRYPTION_KEY", "encryption-key", || {
+            base64::engine::general_purpose::STANDARD.encode(crypto::random_bytes::<32>())
+        })?;
+        if !missing.is_empty() {
+            let variables: Vec<&str> = missing.iter().map(|(v, _)| v.as_str()).collect();
+            let files: Vec<String> = missing
+                .iter()
+                .map(|(_, f)| data_dir.join(f).display().to_string())
+                .collect();
+            bail!(
+                "SCIM_BRIDGE_DATABASE_URL is a PostgreSQL database, shared by every replica, so no secret is \
+                 generated: set {} to the same values on every replica (or write them to {}). \
+                 SCIM_BRIDGE_ENCRYPTION_KEY is 32 random bytes in base64 (`openssl rand -base64 32`); \
+                 the others are any long random strings (`openssl rand -hex 32`).",
+                variables.join(", "),
+                files.join(", ")
+            );
+        }
         config.webhook_secrets = secrets
             .split(',')
             .map(str::trim)
@@ -220,16 +254,8 @@ impl Config {
         if config.webhook_secrets.is_empty() || config.webhook_secrets.len() > 2 {
             bail!("SCIM_BRIDGE_WEBHOOK_SECRET takes one secret, or `current,previous` during rotation");
         }
-        config.admin_token = Secret::new(match var("SCIM_BRIDGE_ADMIN_TOKEN") {
-            Some(v) => v,
-            None => secret_file(&data_dir, "admin-token", || crypto::random_hex(32))?,
-        });
-        config.encryption_key = Secret::new(match var("SCIM_BRIDGE_ENCRYPTION_KEY") {
-            Some(v) => v,
-            None => secret_file(&data_dir, "encryption-key", || {
-                base64::engine::general_purpose::STANDARD.encode(crypto::random_bytes::<32>())
-            })?,
-        });
+        config.admin_token = Secret::new(admin_token);
+        config.encryption_key = Secret::new(encryption_key);
         config.encryption_key_bytes()?;
         if let Some(v) = var("SCIM_BRIDGE_SYNC_INTERVAL") {
             config.sync_interval_ms = parse_duration_ms(&v).context("SCIM_BRIDGE_SYNC_INTERVAL")?;
@@ -299,6 +325,19 @@ impl Config {
 
 fn default_database_url(data_dir: &Path) -> String {
     format!("sqlite://{}", data_dir.join("scim-bridge.db").display())
+}
+
+/// A database several replicas share (PostgreSQL), as opposed to the embedded SQLite file.
+pub fn is_shared_database(url: &str) -> bool {
+    url.starts_with("postgres:") || url.starts_with("postgresql:")
+}
+
+/// Reads `<data dir>/<name>` if it is there.
+fn read_secret_file(data_dir: &Path, name: &str) -> Option<String> {
+    std::fs::read_to_string(data_dir.join(name))
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// Reads `<data dir>/<name>`, creating it (owner-only) with a fresh value on first start.

@@ -33,6 +33,7 @@ pub async fn start_engine(config: Config, clock: SharedClock) -> anyhow::Result<
     let store = store::open(&config.database_url).await?;
     store.migrate().await.context("applying migrations")?;
     let sealer = Sealer::new(&config.encryption_key_bytes()?);
+    check_encryption_keys(store.as_ref(), &sealer, clock.now()).await?;
     let http = scim::http_client(&scim::ClientOptions {
         allow_private: config.allow_private_targets,
         ..scim::ClientOptions::default()
@@ -51,6 +52,39 @@ pub async fn start_engine(config: Config, clock: SharedClock) -> anyhow::Result<
         engine.add_background(poller);
     }
     Ok(engine)
+}
+
+/// What the key check seals: any fixed value does, it is only ever opened and compared.
+const KEY_CHECK: &[u8] = b"scim-bridge encryption key check";
+
+/// Refuses to start with encryption keys none of which opens the credentials already stored.
+/// Replicas share one database, so one started with another key would fail every push of every
+/// app (and seal new credentials that the others cannot open). The database keeps a known value
+/// sealed with the key the credentials are written with; a store from before the check (no
+/// value yet) is judged by its credentials, then gets the value.
+pub async fn check_encryption_keys(
+    store: &dyn store::Store,
+    sealer: &Sealer,
+    now: clock::Millis,
+) -> anyhow::Result<()> {
+    let refuse = || {
+        anyhow::anyhow!(
+            "none of the keys in SCIM_BRIDGE_ENCRYPTION_KEY opens the credentials stored in this database: \
+             set it to the key they were written with (the one the other replicas use), or to `current,previous` \
+             during a rotation; `scim-bridge rekey` then re-encrypts them with the current key"
+        )
+    };
+    let opens = |sealed: &[u8]| sealer.open(sealed).is_some_and(|plain| plain == KEY_CHECK);
+    if let Some(sealed) = store.key_check().await? {
+        return if opens(&sealed) { Ok(()) } else { Err(refuse()) };
+    }
+    let apps = store.list_apps().await?;
+    if !apps.is_empty() && apps.iter().all(|app| sealer.open(&app.auth_sealed).is_none()) {
+        return Err(refuse());
+    }
+    // Two replicas starting at once store one value between them; the other is judged by it.
+    let stored = store.init_key_check(&sealer.seal(KEY_CHECK), now).await?;
+    if opens(&stored) { Ok(()) } else { Err(refuse()) }
 }
 
 /// Serves the bridge on `listener` until `shutdown` resolves, then drains in-flight pushes.

@@ -695,6 +695,7 @@ async fn rekey(bridge: &Bridge, keys: &str) -> std::process::Output {
         .env("SCIM_BRIDGE_ADMIN_TOKEN", &bridge.admin_token)
         .env("SCIM_BRIDGE_WEBHOOK_SECRET", &bridge.secret)
         .env_remove("SCIM_BRIDGE_DATABASE_URL")
+        .envs(bridge.database_env())
         .output()
         .await
         .expect("scim-bridge rekey")

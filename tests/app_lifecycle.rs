@@ -121,6 +121,7 @@ fn cli(bridge: &Bridge, args: &[&str]) -> std::process::Output {
         .env("SCIM_BRIDGE_DATA_DIR", &bridge.data_dir)
         .env("SCIM_BRIDGE_WEBHOOK_SECRET", &bridge.secret)
         .env("SCIM_BRIDGE_ADMIN_TOKEN", &bridge.admin_token)
+        .envs(bridge.store_env.clone())
         .output()
         .expect("run scim-bridge")
 }

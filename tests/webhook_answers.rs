@@ -295,10 +295,27 @@ async fn on_premises_group_is_a_422() {
 async fn a_database_that_cannot_commit_answers_503_with_retry_after_and_nothing_is_half_taken() {
     use sqlx::Connection;
     let bridge = Bridge::start().await;
-    // Another writer holds the database: the bridge cannot commit (it waits its busy timeout).
-    let url = format!("sqlite://{}", bridge.data_dir.join("scim-bridge.db").display());
-    let mut holder = sqlx::SqliteConnection::connect(&url).await.expect("open the database");
-    sqlx::query("BEGIN EXCLUSIVE").execute(&mut holder).await.expect("lock");
+    // Another writer holds the database: the bridge cannot commit (it waits its busy timeout,
+    // or on PostgreSQL its lock timeout).
+    let mut pg_holder = None;
+    let mut sqlite_holder = None;
+    match bridge.database_env().first() {
+        Some((_, url)) => {
+            let mut holder = sqlx::PgConnection::connect(url).await.expect("open the database");
+            sqlx::query("BEGIN").execute(&mut holder).await.expect("begin");
+            sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut holder)
+                .await
+                .expect("lock");
+            pg_holder = Some(holder);
+        }
+        None => {
+            let url = format!("sqlite://{}", bridge.data_dir.join("scim-bridge.db").display());
+            let mut holder = sqlx::SqliteConnection::connect(&url).await.expect("open the database");
+            sqlx::query("BEGIN EXCLUSIVE").execute(&mut holder).await.expect("lock");
+            sqlite_holder = Some(holder);
+        }
+    }
 
     let event = activation();
     let response = bridge.webhook(event.body()).await;
@@ -311,7 +328,12 @@ async fn a_database_that_cannot_commit_answers_503_with_retry_after_and_nothing_
         .await
         .assert_problem(StatusCode::SERVICE_UNAVAILABLE, &[]);
 
-    sqlx::query("ROLLBACK").execute(&mut holder).await.expect("unlock");
+    if let Some(mut holder) = pg_holder {
+        sqlx::query("ROLLBACK").execute(&mut holder).await.expect("unlock");
+    }
+    if let Some(mut holder) = sqlite_holder {
+        sqlx::query("ROLLBACK").execute(&mut holder).await.expect("unlock");
+    }
     // Nothing was committed, so the sender's retry is a first delivery, not a duplicate.
     let answer = bridge.deliver(&[&event]).await;
     assert_eq!(single_status(&answer), "accepted");

@@ -1,5 +1,7 @@
-//! Persistence. One trait, one implementation per backend (SQLite now), chosen from the URL.
+//! Persistence. One trait, one implementation per backend (embedded SQLite, shared PostgreSQL),
+//! chosen from the URL.
 
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use crate::clock::Millis;
 use crate::config::RateLimit;
 use crate::mapping::{AppMapping, AppMappingError, MappingEntry};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -500,6 +503,13 @@ pub trait Store: Send + Sync + 'static {
     /// transaction and stores what it answers. Answers how many were resealed, and the ids of the
     /// apps it answered `None` for (left as they were).
     async fn reseal_credentials(&self, reseal: &Reseal) -> StoreResult<(usize, Vec<String>)>;
+    /// The known value sealed with the key the stored credentials are written with (see
+    /// `crate::check_encryption_keys`); `None` until a first start stored it. `reseal_credentials`
+    /// passes it through `reseal` too.
+    async fn key_check(&self) -> StoreResult<Option<Vec<u8>>>;
+    /// Stores the sealed known value unless one is stored already (another replica may have got
+    /// there first); answers the one stored now.
+    async fn init_key_check(&self, sealed: &[u8], now: Millis) -> StoreResult<Vec<u8>>;
 }
 
 /// Re-encrypts one sealed credential: `None` if no accepted key opens it.
@@ -512,7 +522,7 @@ pub async fn open(url: &str) -> anyhow::Result<SharedStore> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        anyhow::bail!("PostgreSQL is not supported by this build yet: use the embedded SQLite store")
+        Ok(Arc::new(PostgresStore::open(url).await?))
     } else {
         anyhow::bail!("SCIM_BRIDGE_DATABASE_URL must start with sqlite:// or postgres://")
     }

@@ -1424,7 +1424,33 @@ impl Store for SqliteStore {
                 None => unopened.push(id.clone()),
             }
         }
+        let check: Option<Vec<u8>> = sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(again) = check.as_deref().and_then(reseal) {
+            sqlx::query("UPDATE key_check SET sealed = ? WHERE id = 1")
+                .bind(again)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok((resealed, unopened))
+    }
+
+    async fn key_check(&self) -> StoreResult<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn init_key_check(&self, sealed: &[u8], now: Millis) -> StoreResult<Vec<u8>> {
+        sqlx::query("INSERT INTO key_check (id, sealed, created_at) VALUES (1, ?, ?) ON CONFLICT DO NOTHING")
+            .bind(sealed)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?)
     }
 }

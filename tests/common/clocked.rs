@@ -61,6 +61,11 @@ impl Bridge {
         let previous_secret = random_hex();
         let admin_token = format!("admin-{}", random_hex());
         let mut config = Config::with_data_dir(data_dir.path());
+        let database = super::TestDatabase::create();
+        if let Some(db) = &database {
+            config.database_url = db.url.clone();
+            config.encryption_key = Secret::new(&db.encryption_key);
+        }
         config.webhook_secrets = vec![Secret::new(&secret), Secret::new(&previous_secret)];
         config.admin_token = Secret::new(&admin_token);
         config.allow_private_targets = true;
@@ -82,7 +87,9 @@ impl Bridge {
                 task: Some(task),
             }),
             extra_env: Vec::new(),
+            store_env: Vec::new(),
             bin: std::path::PathBuf::from(env!("CARGO_BIN_EXE_scim-bridge")),
+            _database: database,
             _data_dir: data_dir,
         }
     }

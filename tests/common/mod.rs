@@ -667,6 +667,118 @@ async fn fetch_client_credentials_token(http: &reqwest::Client, client: &OAuthCl
 }
 
 // ---------------------------------------------------------------------------------------------
+// The store under test
+
+/// Which store the bridges of this run keep their state in: SQLite in the data dir (the
+/// default), or with `SCIM_BRIDGE_TEST_STORE=postgres` a database of its own on the PostgreSQL
+/// server at `SCIM_BRIDGE_TEST_POSTGRES_URL` (default: the local cluster that
+/// `scripts/test-deps.sh` starts). The same tests run on either.
+pub fn postgres_under_test() -> bool {
+    match std::env::var("SCIM_BRIDGE_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("SCIM_BRIDGE_TEST_STORE={other}: use sqlite or postgres"),
+    }
+}
+
+/// Answers whether the test may run on the store under test; a test about the SQLite file
+/// itself says it is skipped on PostgreSQL.
+pub fn sqlite_under_test(test: &str) -> bool {
+    if postgres_under_test() {
+        eprintln!("skipping {test}: it is about the embedded SQLite store (SCIM_BRIDGE_TEST_STORE=postgres)");
+        return false;
+    }
+    true
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("SCIM_BRIDGE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1/postgres".into())
+}
+
+/// A database created for one bridge on the PostgreSQL server under test, dropped with it.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    /// The encryption key every process of this bridge gets: with PostgreSQL none is generated.
+    pub encryption_key: String,
+}
+
+impl TestDatabase {
+    /// A fresh database when PostgreSQL is under test; `None` for SQLite.
+    pub fn create() -> Option<TestDatabase> {
+        if !postgres_under_test() {
+            return None;
+        }
+        Some(Self::create_on_server())
+    }
+
+    /// A fresh database for a test about PostgreSQL itself, whichever store is under test; `None`
+    /// (after saying so) when no server answers, a failure under `CI=true`.
+    pub fn postgres() -> Option<TestDatabase> {
+        if let Err(e) = psql(&postgres_admin_url(), "SELECT 1") {
+            let message =
+                format!("no PostgreSQL at SCIM_BRIDGE_TEST_POSTGRES_URL ({e}); start it with `scripts/test-deps.sh`");
+            if std::env::var("CI").is_ok_and(|v| v == "true") || postgres_under_test() {
+                panic!("{message}");
+            }
+            eprintln!("skipping test: {message}");
+            return None;
+        }
+        Some(Self::create_on_server())
+    }
+
+    fn create_on_server() -> TestDatabase {
+        let name = format!("scim_bridge_test_{}", random_hex());
+        psql(&postgres_admin_url(), &format!("CREATE DATABASE {name}"))
+            .unwrap_or_else(|e| panic!("creating the test database {name} (SCIM_BRIDGE_TEST_STORE=postgres): {e}"));
+        let mut url = Url::parse(&postgres_admin_url()).expect("SCIM_BRIDGE_TEST_POSTGRES_URL is a URL");
+        url.set_path(&format!("/{name}"));
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD
+            .encode(hex::decode(format!("{}{}", random_hex(), random_hex())).unwrap());
+        TestDatabase {
+            name,
+            url: url.to_string(),
+            encryption_key: key,
+        }
+    }
+
+    fn bridge_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("SCIM_BRIDGE_DATABASE_URL".into(), self.url.clone()),
+            ("SCIM_BRIDGE_ENCRYPTION_KEY".into(), self.encryption_key.clone()),
+        ]
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // FORCE ends the connections of a bridge that is still shutting down.
+        if let Err(e) = psql(
+            &postgres_admin_url(),
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        ) {
+            eprintln!("could not drop the test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// Runs one SQL command with `psql` (synchronous, so it also works in `Drop`).
+fn psql(url: &str, sql: &str) -> Result<(), String> {
+    let out = std::process::Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The bridge
 
 pub struct Bridge {
@@ -682,9 +794,12 @@ pub struct Bridge {
     pub(crate) clocked: Option<clocked::InProcess>,
     /// The extra environment the process was started with, to start it again the same way.
     extra_env: Vec<(String, String)>,
+    /// The store's settings (database URL, encryption key) when it is not the data dir's SQLite.
+    pub(crate) store_env: Vec<(String, String)>,
     /// The `scim-bridge` binary the process runs (restarts run the same one).
-    bin: PathBuf,
+    pub(crate) bin: PathBuf,
     // Dropped after `proc` (fields drop in order), so the bridge dies before its files go.
+    pub(crate) _database: Option<TestDatabase>,
     _data_dir: TempDir,
 }
 
@@ -705,7 +820,17 @@ impl Bridge {
         let secret = random_hex();
         let previous_secret = random_hex();
         let admin_token = format!("admin-{}", random_hex());
-        let command = serve_command(bin, data_dir.path(), &secret, &previous_secret, &admin_token, extra_env);
+        let database = TestDatabase::create();
+        let store_env = database.as_ref().map(TestDatabase::bridge_env).unwrap_or_default();
+        let command = serve_command(
+            bin,
+            data_dir.path(),
+            &secret,
+            &previous_secret,
+            &admin_token,
+            &store_env,
+            extra_env,
+        );
         let (proc, url) = spawn_listening(command).await;
         let extra_env = extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Bridge {
@@ -718,9 +843,30 @@ impl Bridge {
             proc: Some(proc),
             clocked: None,
             extra_env,
+            store_env,
             bin: bin.to_path_buf(),
+            _database: database,
             _data_dir: data_dir,
         }
+    }
+
+    /// The encryption key the harness gives the bridge (PostgreSQL); `None` when the bridge
+    /// generated its own into the data dir.
+    pub fn store_key(&self) -> Option<String> {
+        self.store_env
+            .iter()
+            .find(|(k, _)| k == "SCIM_BRIDGE_ENCRYPTION_KEY")
+            .map(|(_, v)| v.clone())
+    }
+
+    /// `SCIM_BRIDGE_DATABASE_URL` of the bridge's store, for a command run on it (`rekey`); the
+    /// data dir's SQLite when it is not set.
+    pub fn database_env(&self) -> Vec<(String, String)> {
+        self.store_env
+            .iter()
+            .filter(|(k, _)| k == "SCIM_BRIDGE_DATABASE_URL")
+            .cloned()
+            .collect()
     }
 
     /// Kills the bridge process with SIGKILL (a crash: nothing is drained or recorded) and
@@ -745,6 +891,7 @@ impl Bridge {
             &self.secret,
             &self.previous_secret,
             &self.admin_token,
+            &self.store_env,
             &extra_env,
         );
         let (proc, url) = spawn_listening(command).await;
@@ -755,6 +902,28 @@ impl Bridge {
     /// Stops the bridge process (SIGTERM) and starts the binary again on the same data dir with
     /// the same secrets, and these extra (or overriding) environment variables.
     pub async fn restart_process(&mut self, extra_env: &[(&str, &str)]) {
+        // After `restart_refused` there is no process left to stop.
+        if self.proc.as_mut().is_some_and(|p| p.exited().is_none()) {
+            let status = self.terminate(Duration::from_secs(30)).await;
+            assert!(status.success(), "the bridge exited with {status} on SIGTERM");
+        }
+        let command = serve_command(
+            &self.bin,
+            &self.data_dir,
+            &self.secret,
+            &self.previous_secret,
+            &self.admin_token,
+            &self.store_env,
+            extra_env,
+        );
+        let (proc, url) = spawn_listening(command).await;
+        self.proc = Some(proc);
+        self.url = url;
+    }
+
+    /// Stops the bridge process (SIGTERM) and starts it again with these extra (or overriding)
+    /// environment variables, expecting it to refuse: answers what it printed before it exited.
+    pub async fn restart_refused(&mut self, extra_env: &[(&str, &str)]) -> String {
         let status = self.terminate(Duration::from_secs(30)).await;
         assert!(status.success(), "the bridge exited with {status} on SIGTERM");
         let command = serve_command(
@@ -763,11 +932,23 @@ impl Bridge {
             &self.secret,
             &self.previous_secret,
             &self.admin_token,
+            &self.store_env,
             extra_env,
         );
-        let (proc, url) = spawn_listening(command).await;
-        self.proc = Some(proc);
-        self.url = url;
+        let mut proc = Proc::spawn("scim-bridge", command);
+        let status = tokio::time::timeout(BRIDGE_START_TIMEOUT, proc.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the bridge did not exit; output:\n{}", proc.output()))
+            .expect("wait");
+        // Give the drain tasks a moment to collect the last words.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let output = proc.output();
+        assert!(!status.success(), "the bridge started; output:\n{output}");
+        assert!(
+            !output.contains("listening on"),
+            "the bridge listened; output:\n{output}"
+        );
+        output
     }
 
     /// Everything the bridge printed on stdout and stderr so far (nothing for an in-process one).
@@ -964,6 +1145,7 @@ fn serve_command(
     secret: &str,
     previous_secret: &str,
     admin_token: &str,
+    store_env: &[(String, String)],
     extra_env: &[(&str, &str)],
 ) -> Command {
     let mut command = Command::new(bin);
@@ -978,6 +1160,9 @@ fn serve_command(
         .env("RUST_LOG", "info")
         .env_remove("SCIM_BRIDGE_DATABASE_URL")
         .env_remove("SCIM_BRIDGE_ENCRYPTION_KEY");
+    for (key, value) in store_env {
+        command.env(key, value);
+    }
     for (key, value) in extra_env {
         command.env(key, value);
     }

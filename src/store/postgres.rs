@@ -1,0 +1,1577 @@
+//! The shared store: PostgreSQL, for several replicas on one database. Times are `timestamptz`
+//! and app ids `uuid` in the tables; the store trait speaks unix milliseconds and strings, so
+//! every query converts at the boundary with the SQL functions `from_ms` and `to_ms` (see
+//! `migrations/postgres/0001_init.sql`) and `::uuid` / `::text` casts. This file holds SQL and row
+//! mapping; what a transaction contains is decided in `crate::rules` and by the engine, exactly
+//! as for SQLite.
+//!
+//! Not here yet (the rest of scale-out): the per-app lease. Until it exists every process runs a
+//! dispatcher for every app, so one database must have one bridge process. The writes of an
+//! app's work (`claim_job`, `record`, `recover_in_flight`, `requeue_in_doubt`,
+//! `take_cycle_request`, `insert_cycle`) are where its fencing token goes: each will carry
+//! `AND EXISTS (SELECT 1 FROM leases WHERE app_id = .. AND token = $n)` and answer whether it
+//! wrote, so a replica that lost the lease can neither push nor record.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, Transaction};
+use tracing::instrument;
+
+use super::*;
+use crate::rules::{self, AssignedApp, MembershipState, MembershipWrite, StoredAttributes};
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+/// An app id as the `uuid` column holds it, or `None` for a string that no stored app can have
+/// (not a uuid, or not in its canonical lowercase form, which is all the API hands out): the
+/// query is not sent, so a made-up id finds nothing instead of failing the cast, as in SQLite.
+fn app_key(id: &str) -> Option<&str> {
+    uuid::Uuid::parse_str(id)
+        .ok()
+        .filter(|u| u.hyphenated().to_string() == id)
+        .map(|_| id)
+}
+
+// Column lists that turn a row into the trait's types: milliseconds for times, text for uuids.
+macro_rules! app_columns {
+    () => {
+        "id::text AS id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status, status_reason,
+         legacy_remove, to_ms(next_sync_at) AS next_sync_at, quarantine_level, to_ms(created_at) AS created_at,
+         to_ms(deleted_at) AS deleted_at"
+    };
+}
+
+macro_rules! job_columns {
+    () => {
+        "seq, id, app_id::text AS app_id, event_id, principal_id, group_id, kind, trigger, state,
+         to_ms(not_before) AS not_before, to_ms(received_at) AS received_at, to_ms(deferred_until) AS deferred_until,
+         attempt, flag, to_ms(admitted_at) AS admitted_at"
+    };
+}
+
+macro_rules! log_columns {
+    () => {
+        "COALESCE(seq, 0) AS seq, id, to_ms(time) AS time, app_id::text AS app_id, app_name, trigger, cycle_id,
+         event_id, job_id, principal_id, user_principal_name, group_id, action, status, reason,
+         to_ms(deferred_until) AS deferred_until, target_user_id, target_group_id, attempt, duration_ms, latency_ms,
+         steps"
+    };
+}
+
+macro_rules! cycle_columns {
+    () => {
+        "id, app_id::text AS app_id, trigger, dry_run, to_ms(started_at) AS started_at, to_ms(ended_at) AS ended_at,
+         status, counts, progress, report"
+    };
+}
+
+const INSERT_LOG: &str =
+    "INSERT INTO provisioning_logs (id, time, app_id, app_name, trigger, cycle_id, event_id, job_id,
+    principal_id, user_principal_name, group_id, action, status, reason, deferred_until, target_user_id,
+    target_group_id, attempt, duration_ms, latency_ms, steps)
+    VALUES ($1, from_ms($2), $3::uuid, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, from_ms($15), $16, $17, $18,
+    $19, $20, $21)";
+
+async fn insert_log_in<'e, E>(executor: E, e: &LogEntry) -> StoreResult<()>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    sqlx::query(INSERT_LOG)
+        .bind(&e.id)
+        .bind(e.time)
+        .bind(&e.app_id)
+        .bind(&e.app_name)
+        .bind(&e.trigger)
+        .bind(&e.cycle_id)
+        .bind(&e.event_id)
+        .bind(&e.job_id)
+        .bind(&e.principal_id)
+        .bind(&e.user_principal_name)
+        .bind(&e.group_id)
+        .bind(&e.action)
+        .bind(&e.status)
+        .bind(&e.reason)
+        .bind(e.deferred_until)
+        .bind(&e.target_user_id)
+        .bind(&e.target_group_id)
+        .bind(e.attempt)
+        .bind(e.duration_ms)
+        .bind(e.latency_ms)
+        .bind(Json(&e.steps))
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+const INSERT_JOB: &str = "INSERT INTO jobs (id, app_id, event_seq, event_id, principal_id, group_id, kind, trigger,
+    state, not_before, received_at, deferred_until, attempt, flag, updated_at)
+    VALUES ($1, $2::uuid, $3, $4, $5, $6, $7, $8, $9, from_ms($10), from_ms($11), from_ms($12), 0, $13, from_ms($14))";
+
+const ENTITLED_VIA: &str = "SELECT ga.group_id FROM group_assignments ga
+    WHERE ga.app_id = $1::uuid AND ga.target_display_name = $2 AND (
+      EXISTS (SELECT 1 FROM standing_members s WHERE s.group_id = ga.group_id AND s.principal_id = $3)
+      OR EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = ga.group_id AND m.principal_id = $3
+                 AND m.access_id = 'member' AND m.active
+                 AND (m.start_at IS NULL OR m.start_at <= from_ms($4)) AND (m.end_at IS NULL OR m.end_at > from_ms($4))))
+    LIMIT 1";
+
+/// A principal's row: the classic columns and the attributes with their times.
+#[derive(sqlx::FromRow)]
+struct PrincipalRow {
+    user_principal_name: String,
+    display_name: Option<String>,
+    given_name: Option<String>,
+    surname: Option<String>,
+    mail: Option<String>,
+    attributes: Option<String>,
+}
+
+impl PrincipalRow {
+    fn attributes(&self) -> StoredAttributes {
+        let legacy = Principal {
+            user_principal_name: self.user_principal_name.clone(),
+            display_name: self.display_name.clone(),
+            given_name: self.given_name.clone(),
+            surname: self.surname.clone(),
+            mail: self.mail.clone(),
+        };
+        StoredAttributes::from_stored(self.attributes.as_deref(), Some(&legacy))
+    }
+}
+
+const SELECT_PRINCIPAL: &str = "SELECT user_principal_name, display_name, given_name, surname, mail,
+    attributes::text AS attributes FROM principals WHERE principal_id = $1";
+
+impl PostgresStore {
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        // A lock held longer than this fails the statement, as SQLite's busy timeout does: the
+        // webhook answers 503 and its sender retries, instead of hanging.
+        let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([("lock_timeout", "10s")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    async fn begin(&self) -> StoreResult<Tx> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Numbers the log and audit entries committed so far in commit order (the paging cursor);
+    /// see `assign_commit_order` in the migration. Runs in a transaction of its own, so it is
+    /// called after the writer's commit; a failure here loses nothing (the next call numbers
+    /// them), so it is only logged.
+    async fn order_commits(&self) {
+        if let Err(e) = sqlx::query("SELECT assign_commit_order()").execute(&self.pool).await {
+            tracing::warn!(error = %e, "numbering committed log entries failed; the next write or read does it");
+        }
+    }
+
+    /// Takes what an event's (or the directory feed's) `principal` object carries, field by
+    /// field, unless a newer event already set that field.
+    async fn merge_principal(
+        tx: &mut Tx,
+        principal_id: &str,
+        given: &Value,
+        created: Millis,
+        now: Millis,
+    ) -> StoreResult<()> {
+        // Locks the row, so two replicas merging into one principal take turns.
+        let row: Option<PrincipalRow> = sqlx::query_as(
+            "SELECT user_principal_name, display_name, given_name, surname, mail, attributes::text AS attributes
+             FROM principals WHERE principal_id = $1 FOR UPDATE",
+        )
+        .bind(principal_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let mut attributes = row.as_ref().map(PrincipalRow::attributes).unwrap_or_default();
+        attributes.merge(given, created);
+        let Some(p) = attributes.principal() else {
+            return Ok(()); // nothing usable yet (no userPrincipalName ever seen)
+        };
+        sqlx::query(
+            "INSERT INTO principals (principal_id, user_principal_name, display_name, given_name, surname, mail,
+               updated_at, attributes) VALUES ($1, $2, $3, $4, $5, $6, from_ms($7), $8::jsonb)
+             ON CONFLICT (principal_id) DO UPDATE SET user_principal_name = excluded.user_principal_name,
+               display_name = excluded.display_name, given_name = excluded.given_name, surname = excluded.surname,
+               mail = excluded.mail, updated_at = excluded.updated_at, attributes = excluded.attributes",
+        )
+        .bind(principal_id)
+        .bind(&p.user_principal_name)
+        .bind(&p.display_name)
+        .bind(&p.given_name)
+        .bind(&p.surname)
+        .bind(&p.mail)
+        .bind(now)
+        .bind(attributes.to_json())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Records one event, updates its membership and queues its jobs, inside the caller's
+    /// transaction.
+    async fn accept_in(tx: &mut Tx, event: &Event, effect: &Effect, now: Millis) -> StoreResult<Acceptance> {
+        let existing: Option<(i64, Json<Value>)> =
+            sqlx::query_as("SELECT seq, body FROM events WHERE id = $1 AND status = $2")
+                .bind(&event.id)
+                .bind(&event.status)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if let Some((seq, Json(stored))) = existing {
+            if stored != event.raw {
+                return Ok(Acceptance::Conflict);
+            }
+            let jobs: Vec<(String, String)> =
+                sqlx::query_as("SELECT id, app_id::text FROM jobs WHERE event_seq = $1 ORDER BY seq")
+                    .bind(seq)
+                    .fetch_all(&mut **tx)
+                    .await?;
+            return Ok(Acceptance::Duplicate { jobs });
+        }
+
+        if let Some(given) = event.raw.get("principal").filter(|p| p.is_object()) {
+            Self::merge_principal(tx, &event.principal_id, given, event.created_at, now).await?;
+        }
+        let state: Option<MembershipState> = sqlx::query_as(
+            "SELECT active, to_ms(start_at) AS start_at, to_ms(end_at) AS end_at, to_ms(event_created) AS event_created,
+               grant_request_id FROM memberships
+             WHERE principal_id = $1 AND group_id = $2 AND access_id = $3",
+        )
+        .bind(&event.principal_id)
+        .bind(&event.group_id)
+        .bind(&event.access_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let apps: Vec<AssignedApp> = sqlx::query_as(
+            "SELECT a.id::text AS id, a.name, to_ms(a.next_sync_at) AS next_sync_at
+             FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
+             WHERE ga.group_id = $1 AND a.deleted_at IS NULL AND a.status != 'deleting' ORDER BY a.id",
+        )
+        .bind(&event.group_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let plan = rules::intake(event, effect, state.as_ref(), &apps, now);
+
+        let event_seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (id, status, body, action, access_id, principal_id, group_id, created_at, received_at,
+             start_at, end_at, outcome, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, from_ms($8), from_ms($9), from_ms($10), from_ms($11), $12, $13)
+             RETURNING seq",
+        )
+        .bind(&event.id)
+        .bind(&event.status)
+        .bind(Json(&event.raw))
+        .bind(&event.action_name)
+        .bind(&event.access_id)
+        .bind(&event.principal_id)
+        .bind(&event.group_id)
+        .bind(event.created_at)
+        .bind(now)
+        .bind(event.start_at)
+        .bind(event.end_at)
+        .bind(plan.outcome)
+        .bind(&plan.reason)
+        .fetch_one(&mut **tx)
+        .await?;
+
+        match &plan.membership {
+            None => {}
+            Some(MembershipWrite::Set {
+                active,
+                source,
+                start_at,
+                end_at,
+                grant_request_id,
+            }) => {
+                sqlx::query(
+                    "INSERT INTO memberships (principal_id, group_id, access_id, active, source, start_at, end_at,
+                       event_seq, event_created, expired_at, grant_request_id)
+                     VALUES ($1, $2, $3, $4, $5, from_ms($6), from_ms($7), $8, from_ms($9), NULL, $10)
+                     ON CONFLICT (principal_id, group_id, access_id) DO UPDATE SET active = excluded.active,
+                       source = excluded.source, start_at = excluded.start_at, end_at = excluded.end_at,
+                       event_seq = excluded.event_seq, event_created = excluded.event_created, expired_at = NULL,
+                       grant_request_id = excluded.grant_request_id",
+                )
+                .bind(&event.principal_id)
+                .bind(&event.group_id)
+                .bind(&event.access_id)
+                .bind(active)
+                .bind(source)
+                .bind(start_at)
+                .bind(end_at)
+                .bind(event_seq)
+                .bind(event.created_at)
+                .bind(grant_request_id)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Some(MembershipWrite::Extend { end_at, clear_expiry }) => {
+                sqlx::query(
+                    "UPDATE memberships SET end_at = from_ms($1), event_seq = $2, event_created = from_ms($3),
+                       expired_at = CASE WHEN $4 THEN NULL ELSE expired_at END
+                     WHERE principal_id = $5 AND group_id = $6 AND access_id = $7",
+                )
+                .bind(end_at)
+                .bind(event_seq)
+                .bind(event.created_at)
+                .bind(clear_expiry)
+                .bind(&event.principal_id)
+                .bind(&event.group_id)
+                .bind(&event.access_id)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        let mut jobs = Vec::with_capacity(plan.jobs.len());
+        for job in &plan.jobs {
+            let job_id = uuid::Uuid::now_v7().to_string();
+            sqlx::query(INSERT_JOB)
+                .bind(&job_id)
+                .bind(&job.app_id)
+                .bind(event_seq)
+                .bind(&event.id)
+                .bind(&event.principal_id)
+                .bind(&event.group_id)
+                .bind(job.kind)
+                .bind(job.trigger)
+                .bind("pending")
+                .bind(job.not_before)
+                .bind(now)
+                .bind(None::<i64>)
+                .bind(&job.flag)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            jobs.push((job_id, job.app_id.clone()));
+        }
+        for entry in &plan.logs {
+            insert_log_in(&mut **tx, entry).await?;
+        }
+        Ok(Acceptance::Accepted { jobs })
+    }
+
+    async fn set_member_in(
+        tx: &mut Tx,
+        app_id: &str,
+        m: &TargetMember,
+        change: MemberChange,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let sql = match change {
+            MemberChange::Confirmed => {
+                "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed)
+                 VALUES ($1::uuid, $2, $3, from_ms($4), true)
+                 ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE SET confirmed = true"
+            }
+            MemberChange::InDoubt => {
+                "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed)
+                 VALUES ($1::uuid, $2, $3, from_ms($4), false)
+                 ON CONFLICT DO NOTHING"
+            }
+            MemberChange::Gone => {
+                "DELETE FROM provisioned WHERE app_id = $1::uuid AND target_display_name = $2 AND principal_id = $3"
+            }
+        };
+        let query = sqlx::query(sql)
+            .bind(app_id)
+            .bind(&m.target_display_name)
+            .bind(&m.principal_id);
+        let query = if change == MemberChange::Gone {
+            query
+        } else {
+            query.bind(now)
+        };
+        query.execute(&mut **tx).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        sqlx::migrate!("migrations/postgres").run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_token(&self, t: &TokenRecord, hash: &str) -> StoreResult<()> {
+        sqlx::query("INSERT INTO tokens (id, name, role, hash, created_at) VALUES ($1, $2, $3, $4, from_ms($5))")
+            .bind(&t.id)
+            .bind(&t.name)
+            .bind(&t.role)
+            .bind(hash)
+            .bind(t.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT id, name, role, to_ms(created_at) AS created_at FROM tokens WHERE hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT id, name, role, to_ms(created_at) AS created_at FROM tokens WHERE revoked_at IS NULL
+             ORDER BY created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn revoke_token(&self, id: &str, now: Millis) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE tokens SET revoked_at = from_ms($1) WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn insert_app(&self, a: &AppRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO apps (id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status,
+             status_reason, legacy_remove, next_sync_at, quarantine_level, created_at)
+             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, from_ms($11), $12, from_ms($13))",
+        )
+        .bind(&a.id)
+        .bind(&a.name)
+        .bind(&a.scim_base_url)
+        .bind(&a.auth_type)
+        .bind(&a.auth_sealed)
+        .bind(Json(&a.settings))
+        .bind(Json(&a.owners))
+        .bind(&a.status)
+        .bind(&a.status_reason)
+        .bind(a.legacy_remove)
+        .bind(a.next_sync_at)
+        .bind(a.quarantine_level)
+        .bind(a.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn change_app(&self, id: &str, c: &AppChanges) -> StoreResult<()> {
+        let Some(id) = app_key(id) else { return Ok(()) };
+        // Each column keeps its stored value unless the change sets it.
+        sqlx::query(
+            "UPDATE apps SET name = COALESCE($1, name), scim_base_url = COALESCE($2, scim_base_url),
+               auth_type = COALESCE($3, auth_type), auth_sealed = COALESCE($4, auth_sealed),
+               settings = COALESCE($5, settings), owners = COALESCE($6, owners),
+               status = COALESCE($7, status), status_reason = CASE WHEN $8 THEN $9 ELSE status_reason END
+             WHERE id = $10::uuid",
+        )
+        .bind(&c.name)
+        .bind(&c.scim_base_url)
+        .bind(c.auth.as_ref().map(|(kind, _)| kind))
+        .bind(c.auth.as_ref().map(|(_, sealed)| sealed))
+        .bind(c.settings.as_ref().map(Json))
+        .bind(c.owners.as_ref().map(Json))
+        .bind(c.status.as_ref().map(|(s, _)| s))
+        .bind(c.status.is_some())
+        .bind(c.status.as_ref().and_then(|(_, r)| r.clone()))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_app(&self, id: &str) -> StoreResult<Option<AppRecord>> {
+        let Some(id) = app_key(id) else { return Ok(None) };
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            app_columns!(),
+            " FROM apps WHERE id = $1::uuid AND deleted_at IS NULL"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn list_apps(&self) -> StoreResult<Vec<AppRecord>> {
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            app_columns!(),
+            " FROM apps WHERE deleted_at IS NULL ORDER BY apps.created_at, apps.id"
+        ))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn set_app_status(&self, id: &str, status: &str, reason: Option<&str>, level: i64) -> StoreResult<()> {
+        let Some(id) = app_key(id) else { return Ok(()) };
+        sqlx::query("UPDATE apps SET status = $1, status_reason = $2, quarantine_level = $3 WHERE id = $4::uuid")
+            .bind(status)
+            .bind(reason)
+            .bind(level)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_next_sync(&self, id: &str, at: Millis) -> StoreResult<()> {
+        let Some(id) = app_key(id) else { return Ok(()) };
+        sqlx::query("UPDATE apps SET next_sync_at = from_ms($1) WHERE id = $2::uuid")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()> {
+        let Some(id) = app_key(id) else { return Ok(()) };
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE apps SET deleted_at = from_ms($1) WHERE id = $2::uuid")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM group_assignments WHERE app_id = $1::uuid")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', updated_at = from_ms($1)
+             WHERE app_id = $2::uuid AND state IN ('pending', 'deferred', 'in_flight')",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO group_assignments (app_id, group_id, target_display_name, created_at)
+             VALUES ($1::uuid, $2, $3, from_ms($4))
+             ON CONFLICT (app_id, group_id) DO UPDATE SET target_display_name = excluded.target_display_name",
+        )
+        .bind(&a.app_id)
+        .bind(&a.group_id)
+        .bind(&a.target_display_name)
+        .bind(a.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_assignment(&self, app_id: &str, group_id: &str) -> StoreResult<bool> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(false);
+        };
+        let done = sqlx::query("DELETE FROM group_assignments WHERE app_id = $1::uuid AND group_id = $2")
+            .bind(app_id)
+            .bind(group_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_as(
+            "SELECT app_id::text AS app_id, group_id, target_display_name, to_ms(created_at) AS created_at
+             FROM group_assignments WHERE app_id = $1::uuid ORDER BY created_at, group_id COLLATE \"C\"",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    #[instrument(skip_all, fields(events = items.len()))]
+    async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
+        // One transaction per webhook: each event is still judged alone, and 202 means all committed.
+        let mut tx = self.begin().await?;
+        // SQLite runs one writer at a time; here webhooks commit side by side, so what they share
+        // is locked first: the event's (id, status), whose second copy must find the first
+        // committed, and the membership and principal an event judges and updates, which must see
+        // what an earlier event wrote. All of a webhook's locks are taken at once, in one order,
+        // so two webhooks never wait on each other in a circle.
+        let mut keys = Vec::with_capacity(items.len() * 3);
+        for (e, _) in items {
+            keys.push(format!("event\n{}\n{}", e.id, e.status));
+            keys.push(format!(
+                "membership\n{}\n{}\n{}",
+                e.principal_id, e.group_id, e.access_id
+            ));
+            keys.push(format!("principal\n{}", e.principal_id));
+        }
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(k) FROM (
+               SELECT DISTINCT hashtextextended(key, 0) AS k FROM unnest($1::text[]) AS key ORDER BY k) keys",
+        )
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await?;
+        let mut answers = Vec::with_capacity(items.len());
+        for (event, effect) in items {
+            answers.push(Self::accept_in(&mut tx, event, effect, now).await?);
+        }
+        tx.commit().await?;
+        self.order_commits().await;
+        Ok(answers)
+    }
+
+    async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, id, status, body, to_ms(received_at) AS received_at, outcome, reason FROM events
+             WHERE id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
+        let row: Option<PrincipalRow> = sqlx::query_as(SELECT_PRINCIPAL)
+            .bind(principal_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.and_then(|r| r.attributes().principal()))
+    }
+
+    async fn principal_attributes(&self, principal_id: &str) -> StoreResult<Option<serde_json::Map<String, Value>>> {
+        let row: Option<PrincipalRow> = sqlx::query_as(SELECT_PRINCIPAL)
+            .bind(principal_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.attributes().values()))
+    }
+
+    async fn put_standing_member(
+        &self,
+        group_id: &str,
+        principal: &str,
+        info: Option<&Principal>,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        if let Some(p) = info {
+            let given = serde_json::to_value(p).map_err(|e| corrupt("principal", e))?;
+            Self::merge_principal(&mut tx, principal, &given, now, now).await?;
+        }
+        sqlx::query(
+            "INSERT INTO standing_members (group_id, principal_id, created_at) VALUES ($1, $2, from_ms($3))
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(group_id)
+        .bind(principal)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM standing_members WHERE group_id = $1 AND principal_id = $2")
+            .bind(group_id)
+            .bind(principal)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        // SKIP LOCKED passes over a job another transaction is writing at this moment (an app
+        // deletion cancelling it): it is not runnable now, and is looked at again on the next pass.
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs j WHERE j.app_id = $1::uuid AND j.state = 'pending' AND j.not_before <= from_ms($2)
+               AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.app_id = j.app_id AND e.principal_id = j.principal_id
+                 AND e.group_id = j.group_id AND e.seq < j.seq AND e.state = 'pending' AND e.not_before > from_ms($2)
+                 AND NOT (j.kind = 'remove' AND e.kind = 'add'))
+             ORDER BY j.seq LIMIT $3 FOR UPDATE OF j SKIP LOCKED"
+        ))
+        .bind(app_id)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(None);
+        };
+        Ok(sqlx::query_scalar(
+            "SELECT to_ms(MIN(not_before)) FROM jobs WHERE app_id = $1::uuid AND state = 'pending'
+             AND not_before > from_ms($2)",
+        )
+        .bind(app_id)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE app_id = $1::uuid AND state = 'deferred'
+             ORDER BY CASE kind WHEN 'remove' THEN 0 ELSE 1 END, seq"
+        ))
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<()> {
+        // The row lock taken here is the claim: a concurrent writer of the job (an app deletion
+        // cancelling it) is waited for, as SQLite's single writer would be.
+        sqlx::query(
+            "UPDATE jobs SET state = 'in_flight', attempt = attempt + 1, updated_at = from_ms($2),
+               admitted_at = CASE WHEN $3 THEN from_ms($2) ELSE admitted_at END
+             WHERE id = $1",
+        )
+        .bind(job_id)
+        .bind(now)
+        .bind(admitted)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_scalar(
+            "SELECT to_ms(admitted_at) FROM jobs WHERE app_id = $1::uuid AND admitted_at >= from_ms($2)
+             ORDER BY admitted_at",
+        )
+        .bind(app_id)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_scalar(
+            "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = from_ms($1)
+             WHERE app_id = $2::uuid AND state = 'in_flight' RETURNING id",
+        )
+        .bind(now)
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = from_ms($1)
+             WHERE id = $2 AND state = 'in_flight'",
+        )
+        .bind(now)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn open_adds_for(
+        &self,
+        app_id: &str,
+        principal_id: &str,
+        group_id: &str,
+        before_seq: i64,
+    ) -> StoreResult<Vec<Job>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE app_id = $1::uuid AND principal_id = $2 AND group_id = $3 AND kind = 'add'
+             AND state IN ('pending', 'deferred') AND seq < $4 ORDER BY seq"
+        ))
+        .bind(app_id)
+        .bind(principal_id)
+        .bind(group_id)
+        .bind(before_seq)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
+        sqlx::query(INSERT_JOB)
+            .bind(&job.id)
+            .bind(&job.app_id)
+            .bind(None::<i64>)
+            .bind(&job.event_id)
+            .bind(&job.principal_id)
+            .bind(&job.group_id)
+            .bind(&job.kind)
+            .bind(&job.trigger)
+            .bind(&job.state)
+            .bind(job.not_before)
+            .bind(job.received_at)
+            .bind(job.deferred_until)
+            .bind(&job.flag)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM memberships WHERE principal_id = $1 AND group_id = $2 AND access_id = 'member' AND active
+             AND (end_at IS NULL OR end_at > from_ms($3))",
+        )
+        .bind(principal_id)
+        .bind(group_id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn entitled_via(
+        &self,
+        app_id: &str,
+        target: &str,
+        principal_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<String>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(None);
+        };
+        Ok(sqlx::query_scalar(ENTITLED_VIA)
+            .bind(app_id)
+            .bind(target)
+            .bind(principal_id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    #[instrument(skip_all)]
+    async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>> {
+        #[derive(sqlx::FromRow)]
+        struct Due {
+            principal_id: String,
+            group_id: String,
+            access_id: String,
+            end_at: Millis,
+            event_seq: i64,
+        }
+        let mut tx = self.begin().await?;
+        // A claim: memberships another replica is expiring right now are skipped, and it queues
+        // their removals; the `expired_at IS NULL` condition keeps one expiry from queuing twice.
+        let due: Vec<Due> = sqlx::query_as(
+            "UPDATE memberships m SET active = false, expired_at = from_ms($1)
+             FROM (SELECT principal_id, group_id, access_id FROM memberships
+                   WHERE active AND expired_at IS NULL AND end_at IS NOT NULL AND end_at <= from_ms($1)
+                   FOR UPDATE SKIP LOCKED) d
+             WHERE m.principal_id = d.principal_id AND m.group_id = d.group_id AND m.access_id = d.access_id
+             RETURNING m.principal_id, m.group_id, m.access_id, to_ms(m.end_at) AS end_at, m.event_seq",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut woken = Vec::new();
+        for m in due.iter().filter(|m| m.access_id == "member") {
+            let event_id: Option<String> = sqlx::query_scalar("SELECT id FROM events WHERE seq = $1")
+                .bind(m.event_seq)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let apps: Vec<String> = sqlx::query_scalar(
+                "SELECT ga.app_id::text FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
+                 WHERE ga.group_id = $1 AND a.deleted_at IS NULL",
+            )
+            .bind(&m.group_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            for app_id in apps {
+                sqlx::query(INSERT_JOB)
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(&app_id)
+                    .bind(m.event_seq)
+                    .bind(&event_id)
+                    .bind(&m.principal_id)
+                    .bind(&m.group_id)
+                    .bind("remove")
+                    .bind("expiry")
+                    .bind("pending")
+                    .bind(now)
+                    .bind(m.end_at)
+                    .bind(None::<i64>)
+                    .bind(None::<String>)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                if !woken.contains(&app_id) {
+                    woken.push(app_id);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(woken)
+    }
+
+    async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT to_ms(MIN(end_at)) FROM memberships WHERE active AND expired_at IS NULL AND end_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    #[instrument(skip_all, fields(app_id = %o.app_id))]
+    async fn record(&self, o: &Outcome) -> StoreResult<()> {
+        let now = o.time;
+        let mut tx = self.begin().await?;
+        for (job_id, change) in &o.jobs {
+            let (state, not_before, deferred_until) = match change {
+                JobChange::Done => ("done", None, None),
+                JobChange::Failed => ("failed", None, None),
+                JobChange::Cancelled => ("cancelled", None, None),
+                JobChange::Deferred { until } => ("deferred", None, Some(*until)),
+                JobChange::Retry { at } => ("pending", Some(*at), None),
+            };
+            sqlx::query(
+                "UPDATE jobs SET state = $1, not_before = COALESCE(from_ms($2), not_before),
+                   deferred_until = COALESCE(from_ms($3), deferred_until), updated_at = from_ms($4) WHERE id = $5",
+            )
+            .bind(state)
+            .bind(not_before)
+            .bind(deferred_until)
+            .bind(now)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (member, change) in &o.members {
+            Self::set_member_in(&mut tx, &o.app_id, member, *change, now).await?;
+        }
+        for entry in &o.logs {
+            insert_log_in(&mut *tx, entry).await?;
+        }
+        if let Some(c) = &o.cycle {
+            sqlx::query(
+                "UPDATE sync_cycles SET ended_at = from_ms($1), status = $2, counts = $3, progress = $4, report = $5
+                 WHERE id = $6",
+            )
+            .bind(c.ended_at)
+            .bind(&c.status)
+            .bind(Json(&c.counts))
+            .bind(&c.progress)
+            .bind(c.report.as_ref().map(Json))
+            .bind(&c.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(at) = o.next_sync_at {
+            sqlx::query("UPDATE apps SET next_sync_at = from_ms($1) WHERE id = $2::uuid")
+                .bind(at)
+                .bind(&o.app_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some((status, reason, level)) = &o.status {
+            sqlx::query("UPDATE apps SET status = $1, status_reason = $2, quarantine_level = $3 WHERE id = $4::uuid")
+                .bind(status)
+                .bind(reason)
+                .bind(level)
+                .bind(&o.app_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if o.legacy_remove {
+            sqlx::query("UPDATE apps SET legacy_remove = true WHERE id = $1::uuid")
+                .bind(&o.app_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        if !o.logs.is_empty() {
+            self.order_commits().await;
+        }
+        Ok(())
+    }
+
+    async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(None);
+        };
+        Ok(sqlx::query_as(
+            "SELECT target_user_id, fingerprint, created_by_us, disabled FROM target_users
+             WHERE app_id = $1::uuid AND principal_id = $2",
+        )
+        .bind(app_id)
+        .bind(principal_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn put_target_user(&self, app_id: &str, principal_id: &str, u: &TargetUser) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO target_users (app_id, principal_id, target_user_id, fingerprint, created_by_us, disabled)
+             VALUES ($1::uuid, $2, $3, $4, $5, $6)
+             ON CONFLICT (app_id, principal_id) DO UPDATE SET target_user_id = excluded.target_user_id,
+               fingerprint = excluded.fingerprint,
+               created_by_us = target_users.created_by_us OR excluded.created_by_us,
+               disabled = excluded.disabled",
+        )
+        .bind(app_id)
+        .bind(principal_id)
+        .bind(&u.target_user_id)
+        .bind(&u.fingerprint)
+        .bind(u.created_by_us)
+        .bind(u.disabled)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn target_users(&self, app_id: &str) -> StoreResult<Vec<(String, TargetUser)>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            principal_id: String,
+            #[sqlx(flatten)]
+            user: TargetUser,
+        }
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT principal_id, target_user_id, fingerprint, created_by_us, disabled FROM target_users
+             WHERE app_id = $1::uuid ORDER BY principal_id COLLATE \"C\"",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.principal_id, r.user)).collect())
+    }
+
+    async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(None);
+        };
+        Ok(sqlx::query_scalar(
+            "SELECT target_group_id FROM target_groups WHERE app_id = $1::uuid AND display_name = $2",
+        )
+        .bind(app_id)
+        .bind(display_name)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO target_groups (app_id, display_name, target_group_id) VALUES ($1::uuid, $2, $3)
+             ON CONFLICT (app_id, display_name) DO UPDATE SET target_group_id = excluded.target_group_id",
+        )
+        .bind(app_id)
+        .bind(display_name)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn forget_target_group(&self, app_id: &str, display_name: &str) -> StoreResult<()> {
+        let Some(app_id) = app_key(app_id) else { return Ok(()) };
+        sqlx::query("DELETE FROM target_groups WHERE app_id = $1::uuid AND display_name = $2")
+            .bind(app_id)
+            .bind(display_name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn unmark_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<()> {
+        let Some(app_id) = app_key(app_id) else { return Ok(()) };
+        sqlx::query(
+            "DELETE FROM provisioned WHERE app_id = $1::uuid AND target_display_name = $2 AND principal_id = $3",
+        )
+        .bind(app_id)
+        .bind(&m.target_display_name)
+        .bind(&m.principal_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(false);
+        };
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM provisioned WHERE app_id = $1::uuid AND target_display_name = $2 AND principal_id = $3",
+        )
+        .bind(app_id)
+        .bind(&m.target_display_name)
+        .bind(&m.principal_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn is_confirmed(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(false);
+        };
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM provisioned WHERE app_id = $1::uuid AND target_display_name = $2 AND principal_id = $3
+             AND confirmed",
+        )
+        .bind(app_id)
+        .bind(&m.target_display_name)
+        .bind(&m.principal_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_as(
+            "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = $1::uuid AND NOT confirmed
+             ORDER BY target_display_name COLLATE \"C\", principal_id COLLATE \"C\"",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_as(
+            "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = $1::uuid
+             ORDER BY target_display_name COLLATE \"C\", principal_id COLLATE \"C\"",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_as(
+            "SELECT target_display_name, principal_id FROM (
+               SELECT ga.target_display_name, s.principal_id FROM group_assignments ga
+                 JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = $1::uuid
+               UNION
+               SELECT ga.target_display_name, m.principal_id FROM group_assignments ga
+                 JOIN memberships m ON m.group_id = ga.group_id
+               WHERE ga.app_id = $1::uuid AND m.access_id = 'member' AND m.active
+                 AND (m.start_at IS NULL OR m.start_at <= from_ms($2)) AND (m.end_at IS NULL OR m.end_at > from_ms($2))
+             ) d ORDER BY target_display_name COLLATE \"C\", principal_id COLLATE \"C\"",
+        )
+        .bind(app_id)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn standing_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_as(
+            "SELECT target_display_name, principal_id FROM (
+               SELECT DISTINCT ga.target_display_name, s.principal_id FROM group_assignments ga
+                 JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = $1::uuid
+             ) d ORDER BY target_display_name COLLATE \"C\", principal_id COLLATE \"C\"",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()> {
+        insert_log_in(&self.pool, entry).await?;
+        self.order_commits().await;
+        Ok(())
+    }
+
+    async fn query_logs(&self, f: &LogFilter) -> StoreResult<Vec<LogEntry>> {
+        // Entries a writer committed but could not number yet (it died in between) are numbered
+        // before the page is read.
+        self.order_commits().await;
+        let mut q = sqlx::QueryBuilder::<Postgres>::new(concat!(
+            "SELECT ",
+            log_columns!(),
+            " FROM provisioning_logs WHERE seq IS NOT NULL"
+        ));
+        if let Some(ids) = &f.app_ids {
+            let ids: Vec<String> = ids.iter().filter_map(|id| app_key(id)).map(str::to_string).collect();
+            q.push(" AND app_id = ANY(").push_bind(ids).push("::uuid[])");
+        }
+        if let Some(app_id) = &f.app_id {
+            let Some(app_id) = app_key(app_id) else {
+                return Ok(Vec::new());
+            };
+            q.push(" AND app_id = ").push_bind(app_id.to_string()).push("::uuid");
+        }
+        let equal = [
+            ("principal_id", &f.principal_id),
+            ("group_id", &f.group_id),
+            ("event_id", &f.event_id),
+            ("status", &f.status),
+            ("action", &f.action),
+            ("trigger", &f.trigger),
+        ];
+        for (column, value) in equal {
+            if let Some(value) = value {
+                q.push(format_args!(" AND {column} = ")).push_bind(value.clone());
+            }
+        }
+        if let Some(since) = f.since {
+            q.push(" AND time >= from_ms(").push_bind(since).push(")");
+        }
+        if let Some(until) = f.until {
+            q.push(" AND time < from_ms(").push_bind(until).push(")");
+        }
+        if let Some(before) = f.before_seq {
+            q.push(" AND seq < ").push_bind(before);
+        }
+        q.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
+        Ok(q.build_query_as().fetch_all(&self.pool).await?)
+    }
+
+    async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>> {
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            log_columns!(),
+            " FROM provisioning_logs WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM provisioning_logs WHERE pos IN (SELECT pos FROM provisioning_logs WHERE time < from_ms($1)
+             ORDER BY pos LIMIT $2)",
+        )
+        .bind(older_than)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn purge_records(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
+        let mut tx = self.begin().await?;
+        let mut purged = 0;
+        // Finished jobs first: their events may then go too.
+        purged += sqlx::query(
+            "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state IN ('done', 'failed', 'cancelled')
+               AND updated_at < from_ms($1) ORDER BY seq LIMIT $2)",
+        )
+        .bind(older_than)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Ended memberships: not active, ended before the cutoff, no open job for the pair.
+        purged += sqlx::query(
+            "DELETE FROM memberships WHERE (principal_id, group_id, access_id) IN (
+               SELECT m.principal_id, m.group_id, m.access_id FROM memberships m
+               WHERE NOT m.active AND COALESCE(m.end_at, timestamptz '1970-01-01 00:00:00+00') < from_ms($1)
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.principal_id = m.principal_id
+                   AND j.group_id = m.group_id AND j.state IN ('pending', 'in_flight', 'deferred'))
+               LIMIT $2)",
+        )
+        .bind(older_than)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Events (their bodies hold names and mail addresses) that nothing points to any more.
+        purged += sqlx::query(
+            "DELETE FROM events WHERE seq IN (SELECT e.seq FROM events e WHERE e.received_at < from_ms($1)
+               AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.event_seq = e.seq)
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_seq = e.seq)
+               ORDER BY e.seq LIMIT $2)",
+        )
+        .bind(older_than)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        purged += sqlx::query(
+            "DELETE FROM sync_cycles WHERE id IN (SELECT id FROM sync_cycles WHERE ended_at IS NOT NULL
+               AND ended_at < from_ms($1) LIMIT $2)",
+        )
+        .bind(older_than)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(purged)
+    }
+
+    async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT app_id::text, COUNT(*) FROM jobs WHERE state = 'deferred' GROUP BY app_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn purge_audit(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM audit WHERE pos IN (SELECT pos FROM audit WHERE time < from_ms($1) ORDER BY pos LIMIT $2)",
+        )
+        .bind(older_than)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO sync_cycles (id, app_id, trigger, dry_run, started_at, ended_at, status, counts, progress, report)
+             VALUES ($1, $2::uuid, $3, $4, from_ms($5), from_ms($6), $7, $8, $9, $10)",
+        )
+        .bind(&c.id)
+        .bind(&c.app_id)
+        .bind(&c.trigger)
+        .bind(c.dry_run)
+        .bind(c.started_at)
+        .bind(c.ended_at)
+        .bind(&c.status)
+        .bind(Json(&c.counts))
+        .bind(&c.progress)
+        .bind(c.report.as_ref().map(Json))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_cycles(&self, app_id: &str, limit: i64) -> StoreResult<Vec<CycleRecord>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            cycle_columns!(),
+            " FROM sync_cycles WHERE app_id = $1::uuid ORDER BY sync_cycles.started_at DESC, pos DESC LIMIT $2"
+        ))
+        .bind(app_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn running_cycles(&self, app_id: &str) -> StoreResult<Vec<CycleRecord>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            cycle_columns!(),
+            " FROM sync_cycles WHERE app_id = $1::uuid AND sync_cycles.ended_at IS NULL
+             ORDER BY sync_cycles.started_at, pos"
+        ))
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn request_cycle(&self, app_id: &str, cycle_id: &str, dry_run: bool, now: Millis) -> StoreResult<String> {
+        let mut tx = self.begin().await?;
+        // Requests of one app take turns, as SQLite's single writer makes them: the merge below
+        // must see a request another replica is adding.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('cycle request'), hashtext($1))")
+            .bind(app_id)
+            .execute(&mut *tx)
+            .await?;
+        if !dry_run {
+            // A writing cycle that runs, or is already asked for, takes this request in.
+            let merged: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM (
+                   SELECT id, 0 AS rank, started_at AS t FROM sync_cycles
+                     WHERE app_id = $1::uuid AND ended_at IS NULL AND NOT dry_run
+                   UNION ALL
+                   SELECT cycle_id, 1, created_at FROM cycle_requests WHERE app_id = $1::uuid AND NOT dry_run) c
+                 ORDER BY rank, t LIMIT 1",
+            )
+            .bind(app_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = merged {
+                // Tells the running cycle to plan again before it ends.
+                sqlx::query(
+                    "INSERT INTO cycle_requests (cycle_id, app_id, dry_run, created_at)
+                     VALUES ($1, $2::uuid, false, from_ms($3)) ON CONFLICT DO NOTHING",
+                )
+                .bind(&id)
+                .bind(app_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(id);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO cycle_requests (cycle_id, app_id, dry_run, created_at) VALUES ($1, $2::uuid, $3, from_ms($4))",
+        )
+        .bind(cycle_id)
+        .bind(app_id)
+        .bind(dry_run)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(cycle_id.to_string())
+    }
+
+    async fn take_replan(&self, app_id: &str, cycle_id: &str) -> StoreResult<bool> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(false);
+        };
+        let done = sqlx::query("DELETE FROM cycle_requests WHERE app_id = $1::uuid AND cycle_id = $2")
+            .bind(app_id)
+            .bind(cycle_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(None);
+        };
+        // A claim: a request another transaction is taking is skipped, never taken twice.
+        Ok(sqlx::query_as(
+            "DELETE FROM cycle_requests WHERE cycle_id = (SELECT cycle_id FROM cycle_requests WHERE app_id = $1::uuid
+             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING cycle_id, dry_run",
+        )
+        .bind(app_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()> {
+        sqlx::query("INSERT INTO audit (time, actor, action, target, detail) VALUES (from_ms($1), $2, $3, $4, $5)")
+            .bind(e.time)
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.target)
+            .bind(Json(&e.detail))
+            .execute(&self.pool)
+            .await?;
+        self.order_commits().await;
+        Ok(())
+    }
+
+    async fn list_audit(&self, limit: i64, before_seq: Option<i64>) -> StoreResult<Vec<AuditEntry>> {
+        self.order_commits().await;
+        Ok(sqlx::query_as(
+            "SELECT seq, to_ms(time) AS time, actor, action, target, detail FROM audit
+             WHERE seq IS NOT NULL AND ($1::bigint IS NULL OR seq < $1) ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(before_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn reseal_credentials(&self, reseal: &Reseal) -> StoreResult<(usize, Vec<String>)> {
+        let mut tx = self.begin().await?;
+        let rows: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT id::text, auth_sealed FROM apps ORDER BY created_at, id FOR UPDATE")
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut resealed = 0;
+        let mut unopened = Vec::new();
+        for (id, sealed) in &rows {
+            match reseal(sealed) {
+                Some(again) => {
+                    sqlx::query("UPDATE apps SET auth_sealed = $1 WHERE id = $2::uuid")
+                        .bind(again)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    resealed += 1;
+                }
+                None => unopened.push(id.clone()),
+            }
+        }
+        let check: Option<Vec<u8>> = sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(again) = check.as_deref().and_then(reseal) {
+            sqlx::query("UPDATE key_check SET sealed = $1 WHERE id = 1")
+                .bind(again)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok((resealed, unopened))
+    }
+
+    async fn key_check(&self) -> StoreResult<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn init_key_check(&self, sealed: &[u8], now: Millis) -> StoreResult<Vec<u8>> {
+        sqlx::query(
+            "INSERT INTO key_check (id, sealed, created_at) VALUES (1, $1, from_ms($2)) ON CONFLICT DO NOTHING",
+        )
+        .bind(sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}
