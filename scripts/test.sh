@@ -24,7 +24,7 @@ POSTGRES_SUITES=(
     api_access api_edge app_lifecycle cycle_faults engine legacy_removal logs_activation logs_audit
     logs_query logs_retention mapping metrics oauth2 properties provisioning realtime scale_out shutdown
     webhook_answers
-    window_cycle
+    window_cycle graph_source
 )
 PG_URL="${SCIM_BRIDGE_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1/postgres}"
 if ! psql "$PG_URL" -qAtc "SELECT 1" >/dev/null 2>&1; then

@@ -152,10 +152,34 @@ pub fn parse_iso_duration(s: &str) -> Option<Millis> {
     (seen && total.is_finite() && total < Millis::MAX as f64).then_some(total.round() as Millis)
 }
 
+/// The path of the first key or string value holding a NUL character.
+fn nul_in(value: &Value, path: String) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(if path.is_empty() { "(body)".into() } else { path }),
+        Value::Object(fields) => fields.iter().find_map(|(k, v)| {
+            let here = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if k.contains('\0') { Some(here) } else { nul_in(v, here) }
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_in(v, format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
 /// Parses one event object. Errors name the field (answered 400).
 pub fn parse(raw: &Value) -> Result<Event, FieldError> {
     if !raw.is_object() {
         return Err(field_err("(body)", "each event must be a JSON object"));
+    }
+    // No store keeps a NUL in text (PostgreSQL refuses it): refuse it here, naming where it is.
+    if let Some(field) = nul_in(raw, String::new()) {
+        return Err(field_err(&field, "must not contain a NUL character (\\u0000)"));
     }
     let id = required_str(raw, "id")?.to_string();
     let action_name = required_str(raw, "action")?.to_string();
@@ -389,6 +413,13 @@ mod tests {
 
     fn at(s: &str) -> Millis {
         parse_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn a_nul_character_anywhere_is_a_field_error_naming_it() {
+        let raw = serde_json::json!({"id": "e1", "principal": {"displayName": "A\u{0}B"}});
+        let error = parse(&raw).unwrap_err();
+        assert_eq!(error.field, "principal.displayName");
     }
 
     #[test]

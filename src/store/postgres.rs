@@ -1574,4 +1574,108 @@ impl Store for PostgresStore {
             .fetch_one(&self.pool)
             .await?)
     }
+
+    // the Graph source (SPEC §7)
+    async fn put_principal_attributes(&self, principal_id: &str, attributes: &Value, now: Millis) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        Self::merge_principal(&mut tx, principal_id, attributes, now, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn assigned_group_ids(&self) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT g.group_id FROM group_assignments g JOIN apps a ON a.id = g.app_id
+             WHERE a.deleted_at IS NULL ORDER BY g.group_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn source_state(&self, id: &str) -> StoreResult<Option<SourceState>> {
+        Ok(sqlx::query_as(
+            "SELECT id, kind, group_id, delta_link, group_info, to_ms(group_info_at) AS group_info_at,
+               to_ms(last_attempt_at) AS last_attempt_at, to_ms(last_success_at) AS last_success_at, last_error,
+               to_ms(next_poll_at) AS next_poll_at
+             FROM sources WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn list_sources(&self) -> StoreResult<Vec<SourceState>> {
+        Ok(sqlx::query_as(
+            "SELECT id, kind, group_id, delta_link, group_info, to_ms(group_info_at) AS group_info_at,
+               to_ms(last_attempt_at) AS last_attempt_at, to_ms(last_success_at) AS last_success_at, last_error,
+               to_ms(next_poll_at) AS next_poll_at
+             FROM sources ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn put_source_state(&self, s: &SourceState) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO sources (id, kind, group_id, delta_link, group_info, group_info_at, last_attempt_at,
+               last_success_at, last_error, next_poll_at)
+             VALUES ($1, $2, $3, $4, $5::jsonb, from_ms($6), from_ms($7), from_ms($8), $9, from_ms($10))
+             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, group_id = excluded.group_id,
+               delta_link = excluded.delta_link, group_info = excluded.group_info,
+               group_info_at = excluded.group_info_at, last_attempt_at = excluded.last_attempt_at,
+               last_success_at = excluded.last_success_at, last_error = excluded.last_error,
+               next_poll_at = excluded.next_poll_at",
+        )
+        .bind(&s.id)
+        .bind(&s.kind)
+        .bind(&s.group_id)
+        .bind(&s.delta_link)
+        .bind(s.group_info.as_ref().map(Value::to_string))
+        .bind(s.group_info_at)
+        .bind(s.last_attempt_at)
+        .bind(s.last_success_at)
+        .bind(&s.last_error)
+        .bind(s.next_poll_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn seen_requests(&self, group_id: &str) -> StoreResult<Vec<(String, String)>> {
+        Ok(
+            sqlx::query_as("SELECT request_id, status FROM source_seen_requests WHERE group_id = $1")
+                .bind(group_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn mark_requests_seen(&self, group_id: &str, pairs: &[(String, String)], now: Millis) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        for (id, status) in pairs {
+            sqlx::query(
+                "INSERT INTO source_seen_requests (group_id, request_id, status, seen_at)
+                 VALUES ($1, $2, $3, from_ms($4)) ON CONFLICT DO NOTHING",
+            )
+            .bind(group_id)
+            .bind(id)
+            .bind(status)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+        Ok(
+            sqlx::query("DELETE FROM source_seen_requests WHERE group_id = $1 AND NOT (request_id = ANY($2))")
+                .bind(group_id)
+                .bind(listed)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
 }
