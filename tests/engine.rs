@@ -36,6 +36,21 @@ async fn cycles(bridge: &Bridge, app_id: &str) -> Vec<Value> {
     body["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// The cycle once it has ended, polled in real time; `None` if it is still running after `timeout`.
+async fn cycle_ended(bridge: &Bridge, app_id: &str, cycle_id: &str, timeout: Duration) -> Option<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = cycles(bridge, app_id)
+            .await
+            .into_iter()
+            .find(|c| c["id"] == cycle_id && !c["endedAt"].is_null());
+        if found.is_some() || Instant::now() >= deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A target group's member ids are each listed once (scim2-server keeps a member added twice).
 fn assert_each_once(ids: &[String], context: &str) {
     let unique: HashSet<&String> = ids.iter().collect();
@@ -118,18 +133,9 @@ async fn a_revocation_and_an_activation_reach_the_target_within_seconds_while_a_
     eprintln!("revocation and activation at the target {took:?} after delivery, during the cycle");
 
     // The cycle still ends with every standing member, each once.
-    let mut ended = None;
-    for _ in 0..240 {
-        ended = cycles(&bridge, &app_id)
-            .await
-            .into_iter()
-            .find(|c| c["id"] == cycle_id.as_str() && !c["endedAt"].is_null());
-        if ended.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let ended = ended.expect("the cycle ended within two minutes");
+    let ended = cycle_ended(&bridge, &app_id, &cycle_id, Duration::from_secs(120))
+        .await
+        .expect("the cycle ended within two minutes");
     assert_eq!(ended["status"], "success", "{ended}");
     let took_cycle = time_of(&ended, "endedAt") - time_of(&ended, "startedAt");
     assert!(took_cycle.num_seconds() >= 25, "the cycle was long: {ended}");
@@ -565,18 +571,9 @@ async fn a_crash_between_a_cycle_patch_and_its_record_leaves_no_member_twice() {
     bridge.crash_and_restart().await;
 
     // The cycle resumes under its id and settles the PATCH by reading the group.
-    let mut ended = None;
-    for _ in 0..100 {
-        ended = cycles(&bridge, &app_id)
-            .await
-            .into_iter()
-            .find(|c| c["id"] == cycle_id.as_str() && !c["endedAt"].is_null());
-        if ended.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let ended = ended.expect("the interrupted cycle ended after the restart");
+    let ended = cycle_ended(&bridge, &app_id, &cycle_id, Duration::from_secs(20))
+        .await
+        .expect("the interrupted cycle ended after the restart");
     assert_eq!(ended["status"], "success", "{ended}");
     let ids = target.group_member_ids(&target_name).await;
     assert_each_once(&ids, "after a crash during the cycle's PATCH");
