@@ -51,6 +51,37 @@ async fn cycle_ended(bridge: &Bridge, app_id: &str, cycle_id: &str, timeout: Dur
     }
 }
 
+/// The real binary with an app whose target is reached through the fault proxy, and a group
+/// assigned to it.
+struct ProxiedBinary {
+    target: common::Target,
+    proxy: FaultProxy,
+    bridge: Bridge,
+    app_id: String,
+    group: SourceGroup,
+    target_name: String,
+}
+
+async fn proxied_binary(kind: Kind, settings: Value) -> Option<ProxiedBinary> {
+    let target = target(kind).await?;
+    let proxy = FaultProxy::start(&target).await?;
+    let bridge = Bridge::start().await;
+    let app_id = bridge
+        .register_app_with(&target, &proxy.base_url_for(&target), settings)
+        .await;
+    let group = SourceGroup::new();
+    let target_name = format!("Proxied {}", short_id());
+    bridge.assign_group(&app_id, &group.id, &target_name).await;
+    Some(ProxiedBinary {
+        target,
+        proxy,
+        bridge,
+        app_id,
+        group,
+        target_name,
+    })
+}
+
 /// A target group's member ids are each listed once (scim2-server keeps a member added twice).
 fn assert_each_once(ids: &[String], context: &str) {
     let unique: HashSet<&String> = ids.iter().collect();
@@ -205,19 +236,17 @@ async fn five_activations_then_a_removal_on_an_idle_app_keep_arrival_order_and_n
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_between_a_push_and_its_record_does_not_reset_the_window() {
-    let Some(target) = target(Kind::Scim2Server).await else {
+    let Some(ProxiedBinary {
+        target,
+        proxy,
+        mut bridge,
+        group,
+        target_name,
+        ..
+    }) = proxied_binary(Kind::Scim2Server, json!({})).await
+    else {
         return;
     };
-    let Some(proxy) = FaultProxy::start(&target).await else {
-        return;
-    };
-    let mut bridge = Bridge::start().await;
-    let app_id = bridge
-        .register_app_with(&target, &proxy.base_url_for(&target), json!({}))
-        .await;
-    let group = SourceGroup::new();
-    let target_name = format!("Crash {}", short_id());
-    bridge.assign_group(&app_id, &group.id, &target_name).await;
 
     let ps: Vec<Principal> = (0..10).map(|_| Principal::new()).collect();
     let events: Vec<Event> = ps.iter().map(|p| Event::activation(p, &group)).collect();
@@ -345,18 +374,17 @@ async fn a_removal_told_to_retry_after_two_minutes_holds_up_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_a_two_minute_retry_after_exits_at_once() {
-    let Some(target) = target(Kind::Scim2Server).await else {
+    // The target must outlive the test: dropping it stops its server.
+    let Some(ProxiedBinary {
+        target: _target,
+        proxy,
+        mut bridge,
+        group,
+        ..
+    }) = proxied_binary(Kind::Scim2Server, json!({})).await
+    else {
         return;
     };
-    let Some(proxy) = FaultProxy::start(&target).await else {
-        return;
-    };
-    let mut bridge = Bridge::start().await;
-    let app_id = bridge
-        .register_app_with(&target, &proxy.base_url_for(&target), json!({}))
-        .await;
-    let group = SourceGroup::new();
-    bridge.assign_group(&app_id, &group.id, "Sigterm").await;
     let activation = Event::activation(&Principal::new(), &group);
     bridge.deliver(&[&activation]).await;
     bridge
@@ -536,19 +564,17 @@ async fn deprovisioning_survives_a_failing_target_and_the_app_goes_only_when_eve
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_between_a_cycle_patch_and_its_record_leaves_no_member_twice() {
     // SCIMMY keeps a member added twice, so a blind resend after the restart would show.
-    let Some(target) = target(Kind::Scimmy).await else {
+    let Some(ProxiedBinary {
+        target,
+        proxy,
+        mut bridge,
+        app_id,
+        group,
+        target_name,
+    }) = proxied_binary(Kind::Scimmy, json!({"driftRepair": "off"})).await
+    else {
         return;
     };
-    let Some(proxy) = FaultProxy::start(&target).await else {
-        return;
-    };
-    let mut bridge = Bridge::start().await;
-    let app_id = bridge
-        .register_app_with(&target, &proxy.base_url_for(&target), json!({"driftRepair": "off"}))
-        .await;
-    let group = SourceGroup::new();
-    let target_name = format!("Crash cycle {}", short_id());
-    bridge.assign_group(&app_id, &group.id, &target_name).await;
     let standing: Vec<Principal> = (0..3).map(|_| Principal::new()).collect();
     for p in &standing {
         put_standing(&bridge, &group, p).await;
