@@ -82,7 +82,8 @@ async fn proxied_binary(kind: Kind, settings: Value) -> Option<ProxiedBinary> {
     })
 }
 
-/// A target group's member ids are each listed once (scim2-server keeps a member added twice).
+/// A target group's member ids are each listed once (SCIMMY keeps a member added twice; on
+/// scim2-server, which does not, the tests also count the adds the proxy saw).
 fn assert_each_once(ids: &[String], context: &str) {
     let unique: HashSet<&String> = ids.iter().collect();
     assert_eq!(

@@ -81,6 +81,8 @@ const ENTITLED_VIA: &str = "SELECT ga.group_id FROM group_assignments ga
                  AND (m.start_at IS NULL OR m.start_at <= ?4) AND (m.end_at IS NULL OR m.end_at > ?4)))
     LIMIT 1";
 
+const SELECT_PRINCIPAL: &str = "SELECT user_principal_name, display_name, given_name, surname, mail, attributes FROM principals WHERE principal_id = ?";
+
 /// A principal's row: the classic columns and, since 0003, the attributes with their times.
 #[derive(sqlx::FromRow)]
 struct PrincipalRow {
@@ -124,6 +126,13 @@ impl SqliteStore {
     }
 
     /// A write transaction, in turn (see `write_turn`): hold the guard until it commits.
+    async fn principal_row(&self, principal_id: &str) -> StoreResult<Option<PrincipalRow>> {
+        Ok(sqlx::query_as(SELECT_PRINCIPAL)
+            .bind(principal_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     async fn begin(&self) -> StoreResult<(tokio::sync::MutexGuard<'_, ()>, Tx)> {
         let turn = self.write_turn.lock().await;
         Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
@@ -138,13 +147,10 @@ impl SqliteStore {
         created: Millis,
         now: Millis,
     ) -> StoreResult<()> {
-        let row: Option<PrincipalRow> = sqlx::query_as(
-            "SELECT user_principal_name, display_name, given_name, surname, mail, attributes FROM principals
-             WHERE principal_id = ?",
-        )
-        .bind(principal_id)
-        .fetch_optional(&mut **tx)
-        .await?;
+        let row: Option<PrincipalRow> = sqlx::query_as(SELECT_PRINCIPAL)
+            .bind(principal_id)
+            .fetch_optional(&mut **tx)
+            .await?;
         let mut attributes = row.as_ref().map(PrincipalRow::attributes).unwrap_or_default();
         attributes.merge(given, created);
         let Some(p) = attributes.principal() else {
@@ -550,24 +556,12 @@ impl Store for SqliteStore {
     }
 
     async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
-        let row: Option<PrincipalRow> = sqlx::query_as(
-            "SELECT user_principal_name, display_name, given_name, surname, mail, attributes FROM principals
-             WHERE principal_id = ?",
-        )
-        .bind(principal_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = self.principal_row(principal_id).await?;
         Ok(row.and_then(|r| r.attributes().principal()))
     }
 
     async fn principal_attributes(&self, principal_id: &str) -> StoreResult<Option<serde_json::Map<String, Value>>> {
-        let row: Option<PrincipalRow> = sqlx::query_as(
-            "SELECT user_principal_name, display_name, given_name, surname, mail, attributes FROM principals
-             WHERE principal_id = ?",
-        )
-        .bind(principal_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = self.principal_row(principal_id).await?;
         Ok(row.map(|r| r.attributes().values()))
     }
 

@@ -869,6 +869,20 @@ impl Bridge {
             .collect()
     }
 
+    /// The command that starts this bridge's binary again on its data dir, with its secrets and
+    /// store, and these extra (or overriding) environment variables.
+    fn serve_command(&self, extra_env: &[(&str, &str)]) -> Command {
+        serve_command(
+            &self.bin,
+            &self.data_dir,
+            &self.secret,
+            &self.previous_secret,
+            &self.admin_token,
+            &self.store_env,
+            extra_env,
+        )
+    }
+
     /// Kills the bridge process with SIGKILL (a crash: nothing is drained or recorded) and
     /// starts it again on the same data dir with the same settings.
     pub async fn crash_and_restart(&mut self) {
@@ -885,15 +899,7 @@ impl Bridge {
     /// Starts the binary again after `crash`, on the same data dir with the same settings.
     pub async fn start_after_crash(&mut self) {
         let extra_env: Vec<(&str, &str)> = self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let command = serve_command(
-            &self.bin,
-            &self.data_dir,
-            &self.secret,
-            &self.previous_secret,
-            &self.admin_token,
-            &self.store_env,
-            &extra_env,
-        );
+        let command = self.serve_command(&extra_env);
         let (proc, url) = spawn_listening(command).await;
         self.proc = Some(proc);
         self.url = url;
@@ -907,15 +913,7 @@ impl Bridge {
             let status = self.terminate(Duration::from_secs(30)).await;
             assert!(status.success(), "the bridge exited with {status} on SIGTERM");
         }
-        let command = serve_command(
-            &self.bin,
-            &self.data_dir,
-            &self.secret,
-            &self.previous_secret,
-            &self.admin_token,
-            &self.store_env,
-            extra_env,
-        );
+        let command = self.serve_command(extra_env);
         let (proc, url) = spawn_listening(command).await;
         self.proc = Some(proc);
         self.url = url;
@@ -926,15 +924,7 @@ impl Bridge {
     pub async fn restart_refused(&mut self, extra_env: &[(&str, &str)]) -> String {
         let status = self.terminate(Duration::from_secs(30)).await;
         assert!(status.success(), "the bridge exited with {status} on SIGTERM");
-        let command = serve_command(
-            &self.bin,
-            &self.data_dir,
-            &self.secret,
-            &self.previous_secret,
-            &self.admin_token,
-            &self.store_env,
-            extra_env,
-        );
+        let command = self.serve_command(extra_env);
         let mut proc = Proc::spawn("scim-bridge", command);
         let status = tokio::time::timeout(BRIDGE_START_TIMEOUT, proc.child.wait())
             .await
