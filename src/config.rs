@@ -170,6 +170,13 @@ pub struct Config {
     pub body_timeout_ms: Millis,
     /// The Graph source (SPEC §7); `None`: webhooks only.
     pub graph: Option<GraphConfig>,
+    /// This replica's name in the lease table (SCIM_BRIDGE_REPLICA_ID; default the host name
+    /// and a random suffix, new at every start). A replica restarted under the same explicit id
+    /// takes its leases back at once; under a new one they are taken over when they expire.
+    pub replica_id: String,
+    /// How long a lease lasts without renewal (SCIM_BRIDGE_LEASE_TTL, default 15s): a replica
+    /// that dies loses its apps after at most this, and another takes them over.
+    pub lease_ttl_ms: Millis,
 }
 
 impl Config {
@@ -192,6 +199,8 @@ impl Config {
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             graph: None,
+            replica_id: default_replica_id(),
+            lease_ttl_ms: 15_000,
         }
     }
 
@@ -293,6 +302,15 @@ impl Config {
             }
         }
         config.graph = GraphConfig::from_vars(var)?;
+        if let Some(v) = var("SCIM_BRIDGE_REPLICA_ID") {
+            config.replica_id = v.trim().to_string();
+        }
+        if let Some(v) = var("SCIM_BRIDGE_LEASE_TTL") {
+            config.lease_ttl_ms = parse_duration_ms(&v).context("SCIM_BRIDGE_LEASE_TTL")?;
+            if !(3_000..=300_000).contains(&config.lease_ttl_ms) {
+                bail!("SCIM_BRIDGE_LEASE_TTL must be between 3s and 5m (a dead replica's apps wait this long)");
+            }
+        }
         Ok(config)
     }
 
@@ -321,6 +339,17 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// The host name and a random suffix: several processes on one host never share it.
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "scim-bridge".into());
+    format!("{host}-{}", crypto::random_hex(3))
 }
 
 fn default_database_url(data_dir: &Path) -> String {

@@ -121,7 +121,7 @@ pub async fn take_in(engine: &Engine, raws: &[Value], source: Source) -> StoreRe
     for verdict in &verdicts {
         if let Verdict::Accepted(jobs) = verdict {
             for (_, app_id) in jobs {
-                engine.wake(app_id);
+                engine.wake_local(app_id);
             }
             engine.wake_expiry();
         }

@@ -7,6 +7,7 @@ pub mod crypto;
 pub mod graph;
 pub mod http;
 pub mod intake;
+pub mod lease;
 pub mod mapping;
 pub mod metrics;
 pub mod provisioning;
@@ -48,7 +49,11 @@ pub async fn start_engine(config: Config, clock: SharedClock) -> anyhow::Result<
     let graph = ctx.config.graph.clone();
     let engine = Engine::start(ctx).await?;
     if let Some(graph) = graph {
-        let poller = graph::start(engine.clone(), graph, Arc::new(graph::SingleProcessLease))?;
+        let poller = graph::start(
+            engine.clone(),
+            graph,
+            Arc::new(graph::EngineLease(Arc::downgrade(&engine))),
+        )?;
         engine.add_background(poller);
     }
     Ok(engine)

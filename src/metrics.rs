@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::store::{CycleCounts, SharedStore, StoreResult};
@@ -26,6 +26,8 @@ pub const APP_QUARANTINED: &str = "scim_bridge_app_quarantined";
 pub const DEFERRED_JOBS: &str = "scim_bridge_deferred_jobs";
 pub const SOURCE_POLLS: &str = "scim_bridge_source_polls_total";
 pub const SOURCE_LAG: &str = "scim_bridge_source_lag_seconds";
+pub const LEASES_HELD: &str = "scim_bridge_leases_held";
+pub const LEASE_CHANGES: &str = "scim_bridge_lease_changes_total";
 
 /// SCIM calls take milliseconds to a request timeout of 30 s.
 const REQUEST_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -102,6 +104,14 @@ fn describe() {
         "Polls of a source besides the webhook (source graph:<groupId>), by outcome: success, throttled, failure."
     );
     describe_counter!(CYCLES, "Synchronization cycles ended, by app, trigger and status.");
+    describe_gauge!(
+        LEASES_HELD,
+        "Apps this replica dispatches for (several replicas on PostgreSQL; absent on SQLite)."
+    );
+    describe_counter!(
+        LEASE_CHANGES,
+        "Leases this replica took from another one, by reason: takeover (the other's had expired), handover (released)."
+    );
     describe_histogram!(
         CYCLE_DURATION,
         Unit::Seconds,
@@ -116,6 +126,16 @@ fn describe() {
 /// One poll of a source (`graph:<groupId>`): `success`, `throttled` or `failure`.
 pub fn source_poll(source: &str, outcome: &'static str) {
     counter!(SOURCE_POLLS, "source" => source.to_string(), "outcome" => outcome).increment(1);
+}
+
+/// How many apps' leases this replica holds now.
+pub fn leases_held(n: usize) {
+    gauge!(LEASES_HELD).set(n as f64);
+}
+
+/// A lease taken from another replica: `takeover` (its lease had expired) or `handover`.
+pub fn lease_changed(reason: &'static str) {
+    counter!(LEASE_CHANGES, "reason" => reason).increment(1);
 }
 
 /// A webhook event the store took or judged: `accepted`, `duplicate` or `conflict`.

@@ -3,9 +3,9 @@
 //! `intake::take_in`, exactly as a webhook event; it reads the group's standing members from group
 //! delta (the directory feed) and the group's R6 properties.
 //!
-//! Scale-out seam: with several replicas, one replica should poll each group. `PollerLease` is
-//! where the cluster lease of the scale-out work plugs in; until that exists, `SingleProcessLease`
-//! grants every group to this process.
+//! With several replicas one polls: `EngineLease` asks the engine whether this process holds the
+//! cluster's `graph` lease (always, on a store of its own). Tests grant every group with
+//! `SingleProcessLease`.
 
 mod client;
 
@@ -41,6 +41,19 @@ pub struct SingleProcessLease;
 impl PollerLease for SingleProcessLease {
     async fn holds(&self, _group_id: &str) -> bool {
         true
+    }
+}
+
+/// The engine's leases: on a store of its own the process polls every group; with several
+/// replicas on PostgreSQL, the one holding the cluster's `graph` lease does.
+pub struct EngineLease(pub std::sync::Weak<Engine>);
+
+#[async_trait]
+impl PollerLease for EngineLease {
+    async fn holds(&self, _group_id: &str) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|engine| engine.holds(crate::provisioning::GRAPH_LEASE))
     }
 }
 

@@ -599,6 +599,9 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(ctx): State<ApiContext>) -> impl IntoResponse {
+    if ctx.engine.cluster_problem().is_some() {
+        return error::ApiError::Unavailable.into_response();
+    }
     match ctx.engine.ctx.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(_) => error::ApiError::Unavailable.into_response(),

@@ -43,11 +43,16 @@ struct Dispatcher {
     /// removal may go.
     removal_attempts: HashMap<TargetMember, i64>,
     removal_not_before: Millis,
+    /// Nothing is sent before this (a takeover waits one full window).
+    hold_until: Millis,
 }
 
-pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: CancellationToken) {
+/// Runs the app's dispatcher until `stop`. `takeover`: another replica held the app and
+/// stopped renewing its lease, maybe in the middle of a push; the first push waits one full
+/// window, so that at most the window's limit goes out in any window across the handover.
+pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: CancellationToken, takeover: bool) {
     let now = ctx.now();
-    let window = match ctx.store.get_app(&app_id).await {
+    let (window, hold_until) = match ctx.store.get_app(&app_id).await {
         Ok(Some(app)) => {
             // A restart must not reset the window: rebuild it from the admissions recorded
             // before sending, whether or not the push got out.
@@ -57,7 +62,8 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
                 .admissions_since(&app_id, now - span)
                 .await
                 .unwrap_or_default();
-            Window::with_history(limit, span, admitted)
+            let hold_until = if takeover { now + span } else { 0 };
+            (Window::with_history(limit, span, admitted), hold_until)
         }
         _ => return,
     };
@@ -72,6 +78,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         cycle: None,
         removal_attempts: HashMap::new(),
         removal_not_before: 0,
+        hold_until,
     };
     match ctx.store.recover_in_flight(&app_id, now).await {
         Ok(ids) if !ids.is_empty() => {
@@ -88,6 +95,13 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         Ok(cycle) => d.cycle = cycle,
         Err(e) => tracing::error!(app_id, error = %e, "resuming an interrupted cycle failed"),
     }
+    if takeover {
+        tracing::info!(
+            app_id,
+            hold_until,
+            "took the app over: the first push waits one full window"
+        );
+    }
     tracing::info!(app_id, "dispatcher started");
     loop {
         if stop.is_cancelled() {
@@ -96,6 +110,10 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         let next = match d.pass(&stop).await {
             Ok(Some(next)) => next,
             Ok(None) => break,
+            Err(e) if is_fenced(&e) => {
+                tracing::warn!(app_id = %d.app_id, error = %e, "this replica lost the app's lease: its dispatcher stops");
+                break;
+            }
             Err(e) => {
                 tracing::error!(app_id = %d.app_id, error = %e, "dispatcher pass failed; retrying shortly");
                 ctx.now() + 1_000
@@ -116,6 +134,13 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         tracing::info!(app_id, cycle_id = %cycle.id(), "cycle stopped between steps; it resumes after the restart");
     }
     tracing::info!(app_id, "dispatcher stopped");
+}
+
+fn is_fenced(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<crate::store::StoreError>(),
+        Some(crate::store::StoreError::Fenced(_))
+    )
 }
 
 fn earliest(a: Option<Millis>, b: Millis) -> Option<Millis> {
@@ -164,6 +189,9 @@ impl Dispatcher {
     async fn pass(&mut self, stop: &CancellationToken) -> anyhow::Result<Option<Millis>> {
         let store = self.ctx.store.clone();
         let pass_started = self.ctx.now();
+        if pass_started < self.hold_until {
+            return Ok(Some(self.hold_until));
+        }
         let Some(mut app) = store.get_app(&self.app_id).await? else {
             return Ok(None);
         };

@@ -2,6 +2,7 @@
 //! client, timers and cycle, so none of them needs a lock. Besides the dispatchers, one task
 //! turns ended memberships into removals, and one purges old log entries.
 
+mod cluster;
 mod cycle;
 mod dispatcher;
 mod pacing;
@@ -22,6 +23,7 @@ use crate::crypto::Sealer;
 use crate::scim::{Auth, ScimClient, ScimError};
 use crate::store::{AppRecord, Assignment, Job, LogEntry, SharedStore};
 
+pub(crate) use cluster::GRAPH as GRAPH_LEASE;
 pub use push::{MappedUser, PushResult, map_user};
 
 /// The status reason of an app being deleted with `deprovision=true`.
@@ -152,6 +154,10 @@ struct DispatcherHandle {
 pub struct Engine {
     pub ctx: Arc<Ctx>,
     dispatchers: Mutex<HashMap<String, DispatcherHandle>>,
+    /// Several replicas on one database (PostgreSQL): work goes by leases (`cluster`).
+    cluster: Option<Arc<cluster::Cluster>>,
+    /// The expiry and retention tasks, while this process runs the cluster's timers.
+    timers: Mutex<Option<(CancellationToken, Vec<JoinHandle<()>>)>>,
     expiry_wake: Arc<Notify>,
     stop: CancellationToken,
     background: Mutex<Vec<JoinHandle<()>>>,
@@ -160,48 +166,131 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts a dispatcher for every app, the expiry task and the retention task.
+    /// Starts a dispatcher for every app, the expiry task and the retention task; on a shared
+    /// store, the lease look that starts them for the leases this replica takes.
     pub async fn start(ctx: Arc<Ctx>) -> anyhow::Result<Arc<Self>> {
+        let cluster = ctx
+            .store
+            .shared()
+            .then(|| Arc::new(cluster::Cluster::new(&ctx.config.replica_id, ctx.config.lease_ttl_ms)));
         let engine = Arc::new(Self {
             ctx,
             dispatchers: Mutex::new(HashMap::new()),
+            cluster,
+            timers: Mutex::new(None),
             expiry_wake: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
             background: Mutex::new(Vec::new()),
             last_webhook_at: std::sync::atomic::AtomicI64::new(0),
         });
+        if let Some(cluster) = &engine.cluster {
+            tracing::info!(holder = %cluster.holder, ttl_ms = engine.ctx.config.lease_ttl_ms,
+                "shared database: this replica dispatches for the apps whose leases it holds");
+            let look = tokio::spawn(cluster::run(engine.clone_weak(), engine.stop.clone()));
+            let listen = tokio::spawn(cluster::listen(engine.clone_weak(), engine.stop.clone()));
+            engine.background.lock().expect("lock").extend([look, listen]);
+            return Ok(engine);
+        }
         for app in engine.ctx.store.list_apps().await? {
             engine.ensure_dispatcher(&app.id);
         }
-        let expiry = tokio::spawn(expiry_loop(
-            engine.ctx.clone(),
-            engine.clone_weak(),
-            engine.expiry_wake.clone(),
-            engine.stop.clone(),
-        ));
-        let retention = tokio::spawn(retention_loop(engine.ctx.clone(), engine.stop.clone()));
-        engine.background.lock().expect("lock").extend([expiry, retention]);
+        engine.start_timers(None);
         Ok(engine)
+    }
+
+    /// The expiry and retention tasks, under the `timers` lease on a shared store.
+    fn start_timers(self: &Arc<Self>, fence: Option<crate::lease::Fence>) {
+        let stop = self.stop.child_token();
+        let expiry = expiry_loop(
+            self.ctx.clone(),
+            self.clone_weak(),
+            self.expiry_wake.clone(),
+            stop.clone(),
+        );
+        let retention = retention_loop(self.ctx.clone(), stop.clone());
+        let tasks = match fence {
+            Some(fence) => vec![
+                tokio::spawn(crate::lease::scope(fence.clone(), expiry)),
+                tokio::spawn(crate::lease::scope(fence, retention)),
+            ],
+            None => vec![tokio::spawn(expiry), tokio::spawn(retention)],
+        };
+        *self.timers.lock().expect("lock") = Some((stop, tasks));
+    }
+
+    /// Starts the work under a lease this replica was granted (`cluster`).
+    fn start_lease_work(self: &Arc<Self>, name: &str, fence: crate::lease::Fence, takeover: bool) {
+        if let Some(app_id) = name.strip_prefix("app:") {
+            self.spawn_dispatcher(app_id, Some(fence), takeover);
+        } else if name == cluster::TIMERS {
+            self.start_timers(Some(fence));
+        }
+        // `graph`: the pollers ask `holds` before every poll.
+    }
+
+    /// Stops the work under a lease and waits until what it was doing has finished.
+    async fn stop_lease_work(&self, name: &str) {
+        if let Some(app_id) = name.strip_prefix("app:") {
+            self.stop_dispatcher(app_id).await;
+        } else if name == cluster::TIMERS {
+            let timers = self.timers.lock().expect("lock").take();
+            if let Some((stop, tasks)) = timers {
+                stop.cancel();
+                for task in tasks {
+                    let _ = task.await;
+                }
+            }
+        }
+    }
+
+    /// Why this replica cannot work, if it cannot: another live process has its replica id.
+    pub fn cluster_problem(&self) -> Option<&'static str> {
+        self.cluster
+            .as_ref()
+            .filter(|c| c.duplicate.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|_| "another live process runs with this SCIM_BRIDGE_REPLICA_ID")
+    }
+
+    /// Whether this process may do the work named by the lease now: always on a store of its
+    /// own; on a shared one, while it holds the lease.
+    pub fn holds(&self, lease: &str) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.holds(lease))
     }
 
     fn clone_weak(self: &Arc<Self>) -> std::sync::Weak<Self> {
         Arc::downgrade(self)
     }
 
-    /// Starts the app's dispatcher if it is not running.
+    /// Starts the app's dispatcher if it is not running. On a shared store the replica whose
+    /// turn the app's lease is starts it: every replica is told to look at the leases.
     pub fn ensure_dispatcher(&self, app_id: &str) {
+        if let Some(cluster) = &self.cluster {
+            cluster.nudge.notify_one();
+            let store = self.ctx.store.clone();
+            tokio::spawn(async move { store.notify_work("leases").await });
+            return;
+        }
+        self.spawn_dispatcher(app_id, None, false);
+    }
+
+    fn spawn_dispatcher(&self, app_id: &str, fence: Option<crate::lease::Fence>, takeover: bool) {
         let mut map = self.dispatchers.lock().expect("lock");
         if map.get(app_id).is_some_and(|h| !h.task.is_finished()) {
             return;
         }
         let wake = Arc::new(Notify::new());
         let stop = self.stop.child_token();
-        let task = tokio::spawn(dispatcher::run(
+        let run = dispatcher::run(
             self.ctx.clone(),
             app_id.to_string(),
             wake.clone(),
             stop.clone(),
-        ));
+            takeover,
+        );
+        let task = match fence {
+            Some(fence) => tokio::spawn(crate::lease::scope(fence, run)),
+            None => tokio::spawn(run),
+        };
         map.insert(app_id.to_string(), DispatcherHandle { wake, stop, task });
     }
 
@@ -214,16 +303,47 @@ impl Engine {
         }
     }
 
-    /// Tells the app's dispatcher to look at its work again. Carries no data: a lost wake-up
-    /// only delays, never loses.
+    /// Tells the app's dispatcher to look at its work again, wherever it runs. Carries no data:
+    /// a lost wake-up only delays, never loses.
     pub fn wake(&self, app_id: &str) {
+        if self.wake_running(app_id) {
+            return;
+        }
+        if self.cluster.is_some() {
+            let store = self.ctx.store.clone();
+            let what = cluster::app_lease(app_id);
+            tokio::spawn(async move { store.notify_work(&what).await });
+        } else {
+            self.ensure_dispatcher(app_id);
+        }
+    }
+
+    /// Like `wake`, for work whose transaction already told the other replicas.
+    pub fn wake_local(&self, app_id: &str) {
+        if !self.wake_running(app_id) && self.cluster.is_none() {
+            self.ensure_dispatcher(app_id);
+        }
+    }
+
+    fn wake_running(&self, app_id: &str) -> bool {
         let map = self.dispatchers.lock().expect("lock");
         match map.get(app_id) {
-            Some(h) if !h.task.is_finished() => h.wake.notify_one(),
-            _ => {
-                drop(map);
-                self.ensure_dispatcher(app_id);
+            Some(h) if !h.task.is_finished() => {
+                h.wake.notify_one();
+                true
             }
+            _ => false,
+        }
+    }
+
+    /// Every local dispatcher, the expiry timer and the lease look: notifications were lost.
+    fn wake_everything(&self) {
+        for h in self.dispatchers.lock().expect("lock").values() {
+            h.wake.notify_one();
+        }
+        self.expiry_wake.notify_one();
+        if let Some(cluster) = &self.cluster {
+            cluster.nudge.notify_one();
         }
     }
 
@@ -262,9 +382,13 @@ impl Engine {
         for task in tasks {
             let _ = task.await;
         }
+        let timers = self.timers.lock().expect("lock").take();
         let background: Vec<JoinHandle<()>> = self.background.lock().expect("lock").drain(..).collect();
-        for task in background {
+        for task in background.into_iter().chain(timers.into_iter().flat_map(|(_, t)| t)) {
             let _ = task.await;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster::leave(self, cluster).await;
         }
     }
 }

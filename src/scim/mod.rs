@@ -43,6 +43,9 @@ pub enum ScimError {
     Token { status: Option<u16>, detail: String },
     #[error("unexpected answer from the target: {0}")]
     Protocol(String),
+    /// Nothing was sent: this replica's lease on the app ran out (see `crate::lease`).
+    #[error("not sent: this replica no longer holds the app's lease")]
+    LeaseLost,
 }
 
 impl ScimError {
@@ -100,7 +103,7 @@ impl ScimError {
     }
     fn is_retryable(&self) -> bool {
         match self {
-            Self::Network(_) => true,
+            Self::Network(_) | Self::LeaseLost => true,
             // 501 Not Implemented says what the target can't do, not that it is busy.
             Self::Status { status, .. } => *status == 429 || (*status >= 500 && *status != 501),
             _ => false,
@@ -402,6 +405,10 @@ impl ScimClient {
         };
         let mut refreshed = false;
         loop {
+            if !crate::lease::may_act() {
+                steps.push(Step::note(step, "skipped", ScimError::LeaseLost.to_string()));
+                return Err(ScimError::LeaseLost);
+            }
             let token = match self.bearer(refreshed).await {
                 Ok(t) => t,
                 Err(e) => {

@@ -28,6 +28,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A write of work done under a lease that this replica no longer holds (`crate::lease`).
+    #[error("this replica no longer holds the lease `{0}`: the write was refused")]
+    Fenced(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -510,6 +513,87 @@ pub trait Store: Send + Sync + 'static {
     /// Stores the sealed known value unless one is stored already (another replica may have got
     /// there first); answers the one stored now.
     async fn init_key_check(&self, sealed: &[u8], now: Millis) -> StoreResult<Vec<u8>>;
+
+    // the cluster (several replicas on one PostgreSQL; see `crate::provisioning::cluster`)
+    /// Whether several processes may share this store, so that work goes by leases. The SQLite
+    /// store is one process's: it answers `false` and none of the methods below is called.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Says `replica` (this process: `instance`) is alive for `ttl` more; answers the replicas
+    /// alive now, this one included. `None`: another live process has written the same replica
+    /// id since this one's last heartbeat (`first`: there was none, the row is this process's).
+    async fn heartbeat(
+        &self,
+        replica: &str,
+        _instance: &str,
+        _first: bool,
+        _ttl: Millis,
+    ) -> StoreResult<Option<Vec<String>>> {
+        Ok(Some(vec![replica.to_string()]))
+    }
+    /// The replica stops: its row goes (its leases are released before).
+    async fn leave(&self, _replica: &str) -> StoreResult<()> {
+        Ok(())
+    }
+    /// Every lease row, as the database sees it now.
+    async fn leases(&self) -> StoreResult<Vec<LeaseRow>> {
+        Ok(Vec::new())
+    }
+    /// Grants the lease to `holder` for `ttl` if it is free, expired, released or its own
+    /// (with a new token each time); `None` while another holder's lease runs.
+    async fn acquire_lease(&self, _name: &str, _holder: &str, _ttl: Millis) -> StoreResult<Option<Grant>> {
+        Ok(None)
+    }
+    /// Extends every lease `holder` still holds (not expired, not released) by `ttl`; answers
+    /// their names and tokens. A lease it held that is not in the answer is lost.
+    async fn renew_leases(&self, _holder: &str, _ttl: Millis) -> StoreResult<Vec<(String, i64)>> {
+        Ok(Vec::new())
+    }
+    /// Gives leases up once the work under them has stopped; `forget` deletes the rows (the
+    /// work no longer exists: a deleted app).
+    async fn release_leases(&self, _holder: &str, _names: &[String], _forget: bool) -> StoreResult<()> {
+        Ok(())
+    }
+    /// Tells every replica listening that there is work (`app:<id>`, `expiry`, `leases`).
+    async fn notify_work(&self, _what: &str) -> StoreResult<()> {
+        Ok(())
+    }
+    /// Listens for `notify_work` (and the notifications writes send in their transactions).
+    async fn listen_work(&self) -> StoreResult<Option<Box<dyn WorkListener>>> {
+        Ok(None)
+    }
+}
+
+/// A lease as the database sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub name: String,
+    pub holder: String,
+    pub token: i64,
+    pub acquired_at: Millis,
+    pub expires_at: Millis,
+    /// Not expired and not released.
+    pub live: bool,
+}
+
+/// A lease granted by `acquire_lease`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub token: i64,
+    /// Another holder whose lease expired without being released: its work may have been cut
+    /// off mid-push, so the new holder waits one full window before its first push.
+    pub taken_over_from: Option<String>,
+    /// Another holder had released it (its work had stopped and recorded everything).
+    pub handed_over_by: Option<String>,
+}
+
+/// Notifications of new work, from other replicas' transactions.
+#[async_trait]
+pub trait WorkListener: Send {
+    /// The next notification's payload; `None` when the connection dropped and came back, so
+    /// that notifications may have been lost meanwhile (the caller then looks at everything).
+    async fn next(&mut self) -> Option<String>;
 }
 
 /// Re-encrypts one sealed credential: `None` if no accepted key opens it.

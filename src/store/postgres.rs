@@ -5,12 +5,9 @@
 //! mapping; what a transaction contains is decided in `crate::rules` and by the engine, exactly
 //! as for SQLite.
 //!
-//! Not here yet (the rest of scale-out): the per-app lease. Until it exists every process runs a
-//! dispatcher for every app, so one database must have one bridge process. The writes of an
-//! app's work (`claim_job`, `record`, `recover_in_flight`, `requeue_in_doubt`,
-//! `take_cycle_request`, `insert_cycle`) are where its fencing token goes: each will carry
-//! `AND EXISTS (SELECT 1 FROM leases WHERE app_id = .. AND token = $n)` and answer whether it
-//! wrote, so a replica that lost the lease can neither push nor record.
+//! Several replicas share it: the leases and the fencing check of every write done under one
+//! are in `begin` and the lease methods at the end; new work is announced with `pg_notify` on
+//! `WORK_CHANNEL`, inside the transaction that commits it.
 
 use std::time::Duration;
 
@@ -28,6 +25,9 @@ pub struct PostgresStore {
 }
 
 type Tx = Transaction<'static, Postgres>;
+
+/// The channel on which new work is announced to the replicas (`Store::notify_work`).
+const WORK_CHANNEL: &str = "scim_bridge_work";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
@@ -166,8 +166,27 @@ impl PostgresStore {
         Ok(Self { pool })
     }
 
+    /// Begins a write. Inside work done under a lease (`crate::lease::scope`) the lease row must
+    /// still carry this holder and token: it is locked (`FOR SHARE`) until the write commits, so
+    /// no other replica can take the lease over between the check and the commit. A replica that
+    /// lost the lease writes nothing (`StoreError::Fenced`).
     async fn begin(&self) -> StoreResult<Tx> {
-        Ok(self.pool.begin().await?)
+        let mut tx = self.pool.begin().await?;
+        if let Some(fence) = crate::lease::current() {
+            let held: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM leases WHERE name = $1 AND holder = $2 AND token = $3 AND NOT released
+                   AND expires_at > now() FOR SHARE",
+            )
+            .bind(&fence.name)
+            .bind(&fence.holder)
+            .bind(fence.token)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if held.is_none() {
+                return Err(StoreError::Fenced(fence.name));
+            }
+        }
+        Ok(tx)
     }
 
     /// Numbers the log and audit entries committed so far in commit order (the paging cursor);
@@ -523,24 +542,28 @@ impl Store for PostgresStore {
     }
 
     async fn set_app_status(&self, id: &str, status: &str, reason: Option<&str>, level: i64) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         let Some(id) = app_key(id) else { return Ok(()) };
         sqlx::query("UPDATE apps SET status = $1, status_reason = $2, quarantine_level = $3 WHERE id = $4::uuid")
             .bind(status)
             .bind(reason)
             .bind(level)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn set_next_sync(&self, id: &str, at: Millis) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         let Some(id) = app_key(id) else { return Ok(()) };
         sqlx::query("UPDATE apps SET next_sync_at = from_ms($1) WHERE id = $2::uuid")
             .bind(at)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -564,6 +587,11 @@ impl Store for PostgresStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        // A replica dispatching for the app loses its lease: it writes nothing more for it.
+        sqlx::query("DELETE FROM leases WHERE name = 'app:' || $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -636,6 +664,26 @@ impl Store for PostgresStore {
         let mut answers = Vec::with_capacity(items.len());
         for (event, effect) in items {
             answers.push(Self::accept_in(&mut tx, event, effect, now).await?);
+        }
+        // The replicas that dispatch for these apps hear of the work when it commits.
+        let mut wakes: Vec<String> = answers
+            .iter()
+            .filter_map(|a| match a {
+                Acceptance::Accepted { jobs } => Some(jobs),
+                _ => None,
+            })
+            .flatten()
+            .map(|(_, app_id)| format!("app:{app_id}"))
+            .collect();
+        if !wakes.is_empty() {
+            wakes.sort();
+            wakes.dedup();
+            wakes.push("expiry".into());
+            sqlx::query("SELECT pg_notify($1, w) FROM unnest($2::text[]) AS w")
+                .bind(WORK_CHANNEL)
+                .bind(&wakes)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         self.order_commits().await;
@@ -754,6 +802,7 @@ impl Store for PostgresStore {
     }
 
     async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         // The row lock taken here is the claim: a concurrent writer of the job (an app deletion
         // cancelling it) is waited for, as SQLite's single writer would be.
         sqlx::query(
@@ -764,8 +813,9 @@ impl Store for PostgresStore {
         .bind(job_id)
         .bind(now)
         .bind(admitted)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -784,28 +834,33 @@ impl Store for PostgresStore {
     }
 
     async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>> {
+        let mut tx = self.begin().await?;
         let Some(app_id) = app_key(app_id) else {
             return Ok(Vec::new());
         };
-        Ok(sqlx::query_scalar(
+        let answer = sqlx::query_scalar(
             "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = from_ms($1)
              WHERE app_id = $2::uuid AND state = 'in_flight' RETURNING id",
         )
         .bind(now)
         .bind(app_id)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(answer)
     }
 
     async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = from_ms($1)
              WHERE id = $2 AND state = 'in_flight'",
         )
         .bind(now)
         .bind(job_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -834,6 +889,7 @@ impl Store for PostgresStore {
     }
 
     async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         sqlx::query(INSERT_JOB)
             .bind(&job.id)
             .bind(&job.app_id)
@@ -849,8 +905,9 @@ impl Store for PostgresStore {
             .bind(job.deferred_until)
             .bind(&job.flag)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1046,6 +1103,7 @@ impl Store for PostgresStore {
     }
 
     async fn put_target_user(&self, app_id: &str, principal_id: &str, u: &TargetUser) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO target_users (app_id, principal_id, target_user_id, fingerprint, created_by_us, disabled)
              VALUES ($1::uuid, $2, $3, $4, $5, $6)
@@ -1060,8 +1118,9 @@ impl Store for PostgresStore {
         .bind(&u.fingerprint)
         .bind(u.created_by_us)
         .bind(u.disabled)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1099,6 +1158,7 @@ impl Store for PostgresStore {
     }
 
     async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO target_groups (app_id, display_name, target_group_id) VALUES ($1::uuid, $2, $3)
              ON CONFLICT (app_id, display_name) DO UPDATE SET target_group_id = excluded.target_group_id",
@@ -1106,22 +1166,26 @@ impl Store for PostgresStore {
         .bind(app_id)
         .bind(display_name)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn forget_target_group(&self, app_id: &str, display_name: &str) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         let Some(app_id) = app_key(app_id) else { return Ok(()) };
         sqlx::query("DELETE FROM target_groups WHERE app_id = $1::uuid AND display_name = $2")
             .bind(app_id)
             .bind(display_name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn unmark_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         let Some(app_id) = app_key(app_id) else { return Ok(()) };
         sqlx::query(
             "DELETE FROM provisioned WHERE app_id = $1::uuid AND target_display_name = $2 AND principal_id = $3",
@@ -1129,8 +1193,9 @@ impl Store for PostgresStore {
         .bind(app_id)
         .bind(&m.target_display_name)
         .bind(&m.principal_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1228,8 +1293,10 @@ impl Store for PostgresStore {
     }
 
     async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()> {
-        insert_log_in(&self.pool, entry).await?;
+        let mut tx = self.begin().await?;
+        insert_log_in(&mut *tx, entry).await?;
         self.order_commits().await;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1373,6 +1440,7 @@ impl Store for PostgresStore {
     }
 
     async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO sync_cycles (id, app_id, trigger, dry_run, started_at, ended_at, status, counts, progress, report)
              VALUES ($1, $2::uuid, $3, $4, from_ms($5), from_ms($6), $7, $8, $9, $10)",
@@ -1387,8 +1455,9 @@ impl Store for PostgresStore {
         .bind(Json(&c.counts))
         .bind(&c.progress)
         .bind(c.report.as_ref().map(Json))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1472,29 +1541,34 @@ impl Store for PostgresStore {
     }
 
     async fn take_replan(&self, app_id: &str, cycle_id: &str) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
         let Some(app_id) = app_key(app_id) else {
             return Ok(false);
         };
         let done = sqlx::query("DELETE FROM cycle_requests WHERE app_id = $1::uuid AND cycle_id = $2")
             .bind(app_id)
             .bind(cycle_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 
     async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>> {
+        let mut tx = self.begin().await?;
         let Some(app_id) = app_key(app_id) else {
             return Ok(None);
         };
         // A claim: a request another transaction is taking is skipped, never taken twice.
-        Ok(sqlx::query_as(
+        let answer = sqlx::query_as(
             "DELETE FROM cycle_requests WHERE cycle_id = (SELECT cycle_id FROM cycle_requests WHERE app_id = $1::uuid
              ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING cycle_id, dry_run",
         )
         .bind(app_id)
-        .fetch_optional(&self.pool)
-        .await?)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(answer)
     }
 
     async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()> {
@@ -1573,6 +1647,164 @@ impl Store for PostgresStore {
         Ok(sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
             .fetch_one(&self.pool)
             .await?)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn heartbeat(
+        &self,
+        replica: &str,
+        instance: &str,
+        first: bool,
+        ttl: Millis,
+    ) -> StoreResult<Option<Vec<String>>> {
+        let mut tx = self.pool.begin().await?;
+        let written: Option<String> = sqlx::query_scalar("SELECT instance FROM replicas WHERE id = $1 FOR UPDATE")
+            .bind(replica)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if !first && written.is_some_and(|w| w != instance) {
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO replicas (id, instance, started_at, expires_at)
+             VALUES ($1, $2, now(), now() + $3 * interval '1 millisecond')
+             ON CONFLICT (id) DO UPDATE SET instance = excluded.instance, expires_at = excluded.expires_at,
+               started_at = CASE WHEN replicas.instance = excluded.instance THEN replicas.started_at
+                            ELSE excluded.started_at END",
+        )
+        .bind(replica)
+        .bind(instance)
+        .bind(ttl as f64)
+        .execute(&mut *tx)
+        .await?;
+        // Replicas gone for a day leave no trace.
+        sqlx::query("DELETE FROM replicas WHERE expires_at < now() - interval '1 day'")
+            .execute(&mut *tx)
+            .await?;
+        let alive = sqlx::query_scalar("SELECT id FROM replicas WHERE expires_at > now() ORDER BY id")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(alive))
+    }
+
+    async fn leave(&self, replica: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM replicas WHERE id = $1")
+            .bind(replica)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn leases(&self) -> StoreResult<Vec<LeaseRow>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            name: String,
+            holder: String,
+            token: i64,
+            acquired_at: Millis,
+            expires_at: Millis,
+            live: bool,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT name, holder, token, to_ms(acquired_at) AS acquired_at, to_ms(expires_at) AS expires_at,
+               (NOT released AND expires_at > now()) AS live
+             FROM leases ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| LeaseRow {
+                name: r.name,
+                holder: r.holder,
+                token: r.token,
+                acquired_at: r.acquired_at,
+                expires_at: r.expires_at,
+                live: r.live,
+            })
+            .collect())
+    }
+
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Millis) -> StoreResult<Option<Grant>> {
+        let mut tx = self.pool.begin().await?;
+        let current: Option<(String, bool, bool)> =
+            sqlx::query_as("SELECT holder, expires_at > now(), released FROM leases WHERE name = $1 FOR UPDATE")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let mut grant = Grant {
+            token: 0,
+            taken_over_from: None,
+            handed_over_by: None,
+        };
+        match current {
+            // Another holder's lease still runs.
+            Some((other, true, false)) if other != holder => return Ok(None),
+            Some((other, _, released)) if other != holder => {
+                if released {
+                    grant.handed_over_by = Some(other);
+                } else {
+                    grant.taken_over_from = Some(other);
+                }
+            }
+            _ => {}
+        }
+        // Two replicas creating the row at once: one insert wins, the other grants nothing.
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO leases (name, holder, token, acquired_at, expires_at)
+             VALUES ($1, $2, nextval('lease_tokens'), now(), now() + $3 * interval '1 millisecond')
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = excluded.token,
+               acquired_at = excluded.acquired_at, expires_at = excluded.expires_at, released = FALSE
+             WHERE leases.holder = excluded.holder OR leases.released OR leases.expires_at <= now()
+             RETURNING token",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(ttl as f64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(token.map(|token| Grant { token, ..grant }))
+    }
+
+    async fn renew_leases(&self, holder: &str, ttl: Millis) -> StoreResult<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "UPDATE leases SET expires_at = now() + $2 * interval '1 millisecond'
+             WHERE holder = $1 AND NOT released AND expires_at > now() RETURNING name, token",
+        )
+        .bind(holder)
+        .bind(ttl as f64)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn release_leases(&self, holder: &str, names: &[String], forget: bool) -> StoreResult<()> {
+        let sql = if forget {
+            "DELETE FROM leases WHERE holder = $1 AND name = ANY($2)"
+        } else {
+            "UPDATE leases SET released = TRUE, expires_at = now() WHERE holder = $1 AND name = ANY($2)"
+        };
+        sqlx::query(sql).bind(holder).bind(names).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn notify_work(&self, what: &str) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(WORK_CHANNEL)
+            .bind(what)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn listen_work(&self) -> StoreResult<Option<Box<dyn WorkListener>>> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(WORK_CHANNEL).await?;
+        Ok(Some(Box::new(PgWorkListener(listener))))
     }
 
     // the Graph source (SPEC §7)
@@ -1677,5 +1909,27 @@ impl Store for PostgresStore {
                 .await?
                 .rows_affected(),
         )
+    }
+}
+
+/// `LISTEN` on its own connection. `PgListener` reconnects by itself but drops what was sent
+/// meanwhile; `try_recv` says when that happened.
+struct PgWorkListener(sqlx::postgres::PgListener);
+
+#[async_trait]
+impl WorkListener for PgWorkListener {
+    async fn next(&mut self) -> Option<String> {
+        match self.0.try_recv().await {
+            Ok(Some(notification)) => Some(notification.payload().to_string()),
+            Ok(None) => {
+                tracing::warn!("the notification connection dropped: looking at every app's work");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for new work failed; trying again in a second");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                None
+            }
+        }
     }
 }

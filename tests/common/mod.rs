@@ -748,6 +748,8 @@ impl TestDatabase {
         vec![
             ("SCIM_BRIDGE_DATABASE_URL".into(), self.url.clone()),
             ("SCIM_BRIDGE_ENCRYPTION_KEY".into(), self.encryption_key.clone()),
+            // One bridge per test database: restarted, it takes its leases back at once.
+            ("SCIM_BRIDGE_REPLICA_ID".into(), "test-bridge".into()),
         ]
     }
 }
