@@ -578,7 +578,10 @@ impl Dispatcher {
         let in_doubt = in_doubt || (!job.is_removal() && store.is_provisioned(&app.id, &member).await?);
 
         // On-demand provisioning is not windowed, and a retry of an admitted push is not a new
-        // push (SPEC: what counts against the window).
+        // push (SPEC: what counts against the window). A push whose outcome a crash or a
+        // takeover left unknown may not have gone out at all: sent again, it takes a free slot
+        // if there is one (so that the window holds at the target across a handover), and goes
+        // without one otherwise (it is settled by reading the target first).
         if job.trigger == "on_demand" || job.attempt > 0 {
             // On-demand work is paced like a cycle's: it waits for a request slot, on the clock.
             if job.trigger == "on_demand"
@@ -587,7 +590,9 @@ impl Dispatcher {
             {
                 return Ok(Some(at));
             }
-            return self.push(app, mapping, client, job, &member, in_doubt, false).await;
+            let unknown = job.attempt > 0 && job.flag.as_deref() == Some("outcome unknown");
+            let admitted = unknown && self.window.try_admit(now).is_ok();
+            return self.push(app, mapping, client, job, &member, in_doubt, admitted).await;
         }
         // Arrival order while the window has room; once it is full, a removal waits for the
         // next free slot and no later activation may take it.

@@ -767,6 +767,17 @@ impl Drop for TestDatabase {
 }
 
 /// Runs one SQL command with `psql` (synchronous, so it also works in `Drop`).
+/// Runs one query with psql; answers its rows, one line each, fields separated by `|`.
+pub fn psql_rows(url: &str, sql: &str) -> Vec<String> {
+    let out = std::process::Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .stdin(Stdio::null())
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}
+
 fn psql(url: &str, sql: &str) -> Result<(), String> {
     let out = std::process::Command::new("psql")
         .args([url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
@@ -818,12 +829,45 @@ impl Bridge {
     /// Starts that `scim-bridge` binary (the release build, say) instead of the one cargo built
     /// for the tests.
     pub async fn start_binary(bin: &Path, extra_env: &[(&str, &str)]) -> Bridge {
-        let data_dir = tempfile::tempdir().expect("temp dir");
-        let secret = random_hex();
-        let previous_secret = random_hex();
-        let admin_token = format!("admin-{}", random_hex());
+        let secrets = [random_hex(), random_hex(), format!("admin-{}", random_hex())];
         let database = TestDatabase::create();
         let store_env = database.as_ref().map(TestDatabase::bridge_env).unwrap_or_default();
+        Bridge::spawn(bin, secrets, store_env, database, extra_env).await
+    }
+
+    /// The first replica of a cluster on that PostgreSQL database, whichever store is under test
+    /// (it owns the database); `replica` starts the others.
+    pub async fn start_replica_on(database: TestDatabase, replica_id: &str, extra_env: &[(&str, &str)]) -> Bridge {
+        let secrets = [random_hex(), random_hex(), format!("admin-{}", random_hex())];
+        let mut store_env = database.bridge_env();
+        store_env.retain(|(k, _)| k != "SCIM_BRIDGE_REPLICA_ID");
+        store_env.push(("SCIM_BRIDGE_REPLICA_ID".into(), replica_id.into()));
+        let bin = Path::new(env!("CARGO_BIN_EXE_scim-bridge"));
+        Bridge::spawn(bin, secrets, store_env, Some(database), extra_env).await
+    }
+
+    /// Another replica of this bridge: its own process and data dir, the same database and
+    /// secrets, under its own replica id.
+    pub async fn replica(&self, replica_id: &str, extra_env: &[(&str, &str)]) -> Bridge {
+        let secrets = [
+            self.secret.clone(),
+            self.previous_secret.clone(),
+            self.admin_token.clone(),
+        ];
+        let mut store_env = self.store_env.clone();
+        store_env.retain(|(k, _)| k != "SCIM_BRIDGE_REPLICA_ID");
+        store_env.push(("SCIM_BRIDGE_REPLICA_ID".into(), replica_id.into()));
+        Bridge::spawn(&self.bin, secrets, store_env, None, extra_env).await
+    }
+
+    async fn spawn(
+        bin: &Path,
+        [secret, previous_secret, admin_token]: [String; 3],
+        store_env: Vec<(String, String)>,
+        database: Option<TestDatabase>,
+        extra_env: &[(&str, &str)],
+    ) -> Bridge {
+        let data_dir = tempfile::tempdir().expect("temp dir");
         let command = serve_command(
             bin,
             data_dir.path(),
@@ -850,6 +894,14 @@ impl Bridge {
             _database: database,
             _data_dir: data_dir,
         }
+    }
+
+    /// The process id of the bridge's binary.
+    pub fn pid(&self) -> u32 {
+        self.proc
+            .as_ref()
+            .and_then(|p| p.child.id())
+            .expect("a running bridge process")
     }
 
     /// The encryption key the harness gives the bridge (PostgreSQL); `None` when the bridge
