@@ -480,7 +480,10 @@ mod tests {
             } else {
                 VARIABLES.contains(&name.as_str())
             };
-            assert!(listed, "{name} is named in config.rs but missing from config::VARIABLES");
+            assert!(
+                listed,
+                "{name} is named in config.rs but missing from config::VARIABLES"
+            );
         }
         let mut unique = VARIABLES.to_vec();
         unique.sort_unstable();

@@ -145,7 +145,11 @@ fn the_stack_is_postgres_three_replicas_and_one_load_balancer_publishing_the_onl
     let bridges = bridges(&compose);
     assert_eq!(bridges.len(), 3, "three replicas: {:?}", bridges.keys());
     for (name, bridge) in &bridges {
-        assert_eq!(bridge["build"]["context"].as_str(), Some(".."), "{name} builds the repository");
+        assert_eq!(
+            bridge["build"]["context"].as_str(),
+            Some(".."),
+            "{name} builds the repository"
+        );
         assert_eq!(
             bridge["build"]["dockerfile"].as_str(),
             Some("Dockerfile"),
@@ -157,7 +161,10 @@ fn the_stack_is_postgres_three_replicas_and_one_load_balancer_publishing_the_onl
     let image = postgres["image"].as_str().expect("postgres runs an image");
     assert!(image.starts_with("postgres:15"), "PostgreSQL 15: {image}");
     let check = serde_norway::to_string(&postgres["healthcheck"]["test"]).unwrap();
-    assert!(check.contains("pg_isready"), "postgres is checked with pg_isready: {check}");
+    assert!(
+        check.contains("pg_isready"),
+        "postgres is checked with pg_isready: {check}"
+    );
 
     for (name, bridge) in &bridges {
         assert_eq!(
@@ -174,7 +181,11 @@ fn the_stack_is_postgres_three_replicas_and_one_load_balancer_publishing_the_onl
 
     let publishing: Vec<&String> = services
         .iter()
-        .filter(|(_, s)| s.get("ports").and_then(Value::as_sequence).is_some_and(|p| !p.is_empty()))
+        .filter(|(_, s)| {
+            s.get("ports")
+                .and_then(Value::as_sequence)
+                .is_some_and(|p| !p.is_empty())
+        })
         .map(|(name, _)| name)
         .collect();
     assert_eq!(publishing.len(), 1, "one service publishes a port: {publishing:?}");
@@ -219,20 +230,28 @@ fn every_replica_requires_the_same_shared_secrets_from_the_environment() {
     let bridges = bridges(&compose);
     let first = environment(bridges.values().next().unwrap());
     for variable in REQUIRED_SECRETS {
-        let value = first
-            .get(*variable)
-            .unwrap_or_else(|| panic!("{variable} is set"));
+        let value = first.get(*variable).unwrap_or_else(|| panic!("{variable} is set"));
         let inner = interpolations(value);
-        assert!(!inner.is_empty(), "{variable} comes from the environment, not the file: {value}");
+        assert!(
+            !inner.is_empty(),
+            "{variable} comes from the environment, not the file: {value}"
+        );
         for i in &inner {
-            let (name, rest) = i.split_at(i.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(i.len()));
+            let (name, rest) = i.split_at(
+                i.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(i.len()),
+            );
             assert!(
                 rest.starts_with(":?") && rest.len() > 2,
                 "{variable}: ${{{name}}} is required with a message (${{{name}:?message}}): {value}"
             );
         }
     }
-    for variable in ["SCIM_BRIDGE_ENCRYPTION_KEY", "SCIM_BRIDGE_WEBHOOK_SECRET", "SCIM_BRIDGE_ADMIN_TOKEN"] {
+    for variable in [
+        "SCIM_BRIDGE_ENCRYPTION_KEY",
+        "SCIM_BRIDGE_WEBHOOK_SECRET",
+        "SCIM_BRIDGE_ADMIN_TOKEN",
+    ] {
         let value = &first[variable];
         assert!(
             value.starts_with(&format!("${{{variable}:?")) && value.ends_with('}'),
@@ -264,9 +283,16 @@ fn the_database_url_is_postgres_on_the_postgres_service_with_its_user_password_a
         let (userinfo, host_port) = authority.rsplit_once('@').expect("a user in the URL");
         let host = without_interpolations(host_port);
         let host = host.split(':').next().unwrap();
-        assert_eq!(host, "postgres", "{name}: the URL points at the postgres service: {url}");
+        assert_eq!(
+            host, "postgres",
+            "{name}: the URL points at the postgres service: {url}"
+        );
         let (user, password) = userinfo.split_once(':').expect("a password in the URL");
-        assert_eq!(Some(user), postgres.get("POSTGRES_USER").map(String::as_str), "{name}: user");
+        assert_eq!(
+            Some(user),
+            postgres.get("POSTGRES_USER").map(String::as_str),
+            "{name}: user"
+        );
         assert_eq!(
             Some(password),
             postgres.get("POSTGRES_PASSWORD").map(String::as_str),
@@ -293,7 +319,10 @@ fn replica_ids_are_distinct() {
         .collect();
     let distinct: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), ids.len(), "replica ids repeat: {ids:?}");
-    assert!(ids.iter().all(|id| !id.is_empty() && !id.contains("${")), "fixed ids: {ids:?}");
+    assert!(
+        ids.iter().all(|id| !id.is_empty() && !id.contains("${")),
+        "fixed ids: {ids:?}"
+    );
 }
 
 #[test]
@@ -348,5 +377,9 @@ fn the_load_balancer_sends_round_robin_to_every_replica_on_the_port_they_listen_
         .filter(|words| words[0] == "bind")
         .map(|words| port_of(words[1]))
         .collect();
-    assert_eq!(binds, vec![target], "the load balancer binds the published container port");
+    assert_eq!(
+        binds,
+        vec![target],
+        "the load balancer binds the published container port"
+    );
 }
