@@ -3,6 +3,7 @@
 #   - .venv with scim2-server (a Python SCIM 2.0 server) and schemathesis (scripts/fuzz-api.sh)
 #   - scim-fixtures/node_modules (SCIMMY server, OAuth2 issuer, fault proxy)
 #   - the local PostgreSQL 15 cluster, running, with password "postgres" for user postgres
+#   - promtool (Debian's prometheus package, as root) for scripts/check-alerts.sh
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -88,4 +89,42 @@ if [[ ! -d "$BROWSER/node_modules" || "$BROWSER/package-lock.json" -nt "$BROWSER
     touch "$BROWSER/node_modules"
 else
     say "tests/browser/node_modules up to date"
+fi
+
+# --- promtool (scripts/check-alerts.sh) ------------------------------------------------------------
+# Debian's prometheus package ships /usr/bin/promtool. Only the tool is wanted: no Prometheus server
+# is started by the install, and one a package script started anyway is stopped and disabled.
+if command -v promtool >/dev/null 2>&1; then
+    say "promtool present ($(promtool --version 2>&1 | head -n 1))"
+elif [[ "$(id -u)" -ne 0 ]]; then
+    say "promtool missing and not root: install Debian's prometheus package for scripts/check-alerts.sh"
+else
+    say "installing Debian's prometheus package (for promtool)"
+    if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+        apt-get update -qq
+    fi
+    # policy-rc.d answering 101 tells the package scripts not to start the service.
+    POLICY=/usr/sbin/policy-rc.d
+    made_policy=false
+    if [[ ! -e "$POLICY" ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$POLICY"
+        chmod 755 "$POLICY"
+        made_policy=true
+    fi
+    install_rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null || install_rc=$?
+    if [[ "$made_policy" == true ]]; then
+        rm -f "$POLICY"
+    fi
+    if [[ "$install_rc" -ne 0 ]]; then
+        say "apt-get install prometheus failed ($install_rc)"
+        exit "$install_rc"
+    fi
+    if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+        systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+    if [[ -x /etc/init.d/prometheus ]] && /etc/init.d/prometheus status >/dev/null 2>&1; then
+        /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    fi
+    say "installed $(promtool --version 2>&1 | head -n 1)"
 fi

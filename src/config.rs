@@ -395,6 +395,33 @@ fn write_owner_only(path: &Path, value: &str) -> std::io::Result<()> {
     file.write_all(b"\n")
 }
 
+/// Every `SCIM_BRIDGE_*` variable the binary reads (a unit test keeps this list in step with this
+/// file), so a deployment file can be checked for a misspelt or retired name.
+pub const VARIABLES: &[&str] = &[
+    "SCIM_BRIDGE_LISTEN",
+    "SCIM_BRIDGE_DATA_DIR",
+    "SCIM_BRIDGE_DATABASE_URL",
+    "SCIM_BRIDGE_WEBHOOK_SECRET",
+    "SCIM_BRIDGE_ADMIN_TOKEN",
+    "SCIM_BRIDGE_ENCRYPTION_KEY",
+    "SCIM_BRIDGE_SYNC_INTERVAL",
+    "SCIM_BRIDGE_RATE_LIMIT",
+    "SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS",
+    "SCIM_BRIDGE_LOG_RETENTION",
+    "SCIM_BRIDGE_LOG_FORMAT",
+    "SCIM_BRIDGE_MAX_CONNECTIONS",
+    "SCIM_BRIDGE_HEADER_TIMEOUT",
+    "SCIM_BRIDGE_BODY_TIMEOUT",
+    "SCIM_BRIDGE_REPLICA_ID",
+    "SCIM_BRIDGE_LEASE_TTL",
+    "SCIM_BRIDGE_GRAPH_TENANT_ID",
+    "SCIM_BRIDGE_GRAPH_CLIENT_ID",
+    "SCIM_BRIDGE_GRAPH_CLIENT_SECRET",
+    "SCIM_BRIDGE_GRAPH_AUTHORITY",
+    "SCIM_BRIDGE_GRAPH_URL",
+    "SCIM_BRIDGE_GRAPH_POLL_INTERVAL",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,5 +485,38 @@ mod tests {
     #[test]
     fn secrets_do_not_print() {
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "[redacted]");
+    }
+
+    #[test]
+    fn every_variable_named_in_this_file_is_in_the_list() {
+        // A name ending in `_` is a family written as `SCIM_BRIDGE_GRAPH_*`; one member is enough.
+        let source = include_str!("config.rs");
+        let prefix = "SCIM_BRIDGE_";
+        let mut named = Vec::new();
+        for (at, _) in source.match_indices(prefix) {
+            let rest = &source[at + prefix.len()..];
+            let len = rest
+                .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(rest.len());
+            if len > 0 {
+                named.push(format!("{prefix}{}", &rest[..len]));
+            }
+        }
+        assert!(named.len() > VARIABLES.len(), "the scan found too little: {named:?}");
+        for name in &named {
+            let listed = if name.ends_with('_') {
+                VARIABLES.iter().any(|v| v.starts_with(name.as_str()))
+            } else {
+                VARIABLES.contains(&name.as_str())
+            };
+            assert!(
+                listed,
+                "{name} is named in config.rs but missing from config::VARIABLES"
+            );
+        }
+        let mut unique = VARIABLES.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), VARIABLES.len(), "config::VARIABLES lists a name twice");
     }
 }
