@@ -495,3 +495,78 @@ fn signal(which: &str, pid: &str) {
         .expect("kill");
     assert!(status.success(), "kill {which} {pid}");
 }
+
+/// Paging the log through one replica while three replicas write entries at once: every entry
+/// that was there when paging began is seen once, none twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn paging_the_log_while_three_replicas_write_skips_and_repeats_nothing() {
+    let Some(Cluster {
+        replicas,
+        target,
+        group,
+        ..
+    }) = cluster(3).await
+    else {
+        return;
+    };
+    // Two more apps on the same group: three dispatchers, spread over the replicas, write.
+    for _ in 0..2 {
+        let other = replicas[0].register_app(&target).await;
+        replicas[0]
+            .assign_group(&other, &group.id, &format!("Paged {}", short_id()))
+            .await;
+    }
+    settled(&replicas[0]).await;
+    let deliver = |range: std::ops::Range<usize>| {
+        let replicas = &replicas;
+        let group = &group;
+        async move {
+            for i in range {
+                let event = Event::activation(&Principal::new(), group);
+                replicas[i % 3].deliver(&[&event]).await;
+            }
+        }
+    };
+    deliver(0..30).await;
+    let before = wait_until(Duration::from_secs(30), || async {
+        replicas[0]
+            .logs_as(&replicas[0].admin_token, &[("limit", "500")])
+            .await
+            .1
+            .len()
+            >= 90
+    })
+    .await;
+    assert!(
+        before,
+        "the first 30 activations were not all logged for the three apps"
+    );
+    let (_, existing) = replicas[0].logs_as(&replicas[0].admin_token, &[("limit", "500")]).await;
+    let existing: HashSet<String> = existing.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+
+    // More activations while paging, seven entries a page.
+    let paging = async {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/provisioning-logs?limit=7&cursor={c}"),
+                None => "/v1/provisioning-logs?limit=7".to_string(),
+            };
+            let (status, page) = replicas[0].admin(Method::GET, &path, None).await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            for entry in page["items"].as_array().expect("items") {
+                let id = entry["id"].as_str().unwrap().to_string();
+                assert!(seen.insert(id.clone()), "{id} on two pages");
+            }
+            match page["nextCursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return seen,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let (seen, ()) = tokio::join!(paging, deliver(30..60));
+    let missed: Vec<&String> = existing.difference(&seen).collect();
+    assert!(missed.is_empty(), "entries skipped by paging: {missed:?}");
+}

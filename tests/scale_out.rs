@@ -242,3 +242,31 @@ async fn paging_while_writers_commit_at_once_skips_and_repeats_nothing() {
         assert!(seen.contains(&format!("before-{i}")), "before-{i} skipped");
     }
 }
+
+/// A managed PostgreSQL takes TLS: `?sslmode=require` connects over it (the local cluster has
+/// `ssl = on`), and the bridge works as without.
+#[tokio::test]
+async fn a_database_url_with_sslmode_require_connects_over_tls() {
+    let Some(database) = TestDatabase::postgres() else {
+        return;
+    };
+    let url = format!("{}?sslmode=require&application_name=tls-check", database.url);
+    let tls = common::psql_rows(&database.url, "SHOW ssl");
+    if tls.first().map(String::as_str) != Some("on") {
+        eprintln!("skipping test: the PostgreSQL under test has ssl off");
+        return;
+    }
+    let store = scim_bridge::store::open(&url).await.expect("open over TLS");
+    store.migrate().await.expect("migrations over TLS");
+    store.ping().await.expect("ping over TLS");
+    let over_tls = common::psql_rows(
+        &database.url,
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+         WHERE application_name = 'tls-check' AND ssl",
+    );
+    assert_ne!(
+        over_tls.first().map(String::as_str),
+        Some("0"),
+        "no connection used TLS"
+    );
+}
