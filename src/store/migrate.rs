@@ -296,7 +296,7 @@ const TABLES: &[Table] = &[
 /// sqlx's record of applied migrations: each database keeps its own, written by its migrations.
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 
-/// Rows per INSERT: at most 22 columns a row stays well under PostgreSQL's 65535 parameters.
+/// Rows per INSERT: 500 rows of at most 22 columns stay well under PostgreSQL's 65535 parameters.
 const BATCH_ROWS: usize = 500;
 
 /// What was copied: rows per table, in copy order.
@@ -505,8 +505,8 @@ async fn refuse_non_empty(write: &mut PgConnection, to: &str) -> anyhow::Result<
     }
     if !held.is_empty() {
         bail!(
-            "{to} is not empty ({}): migrate-store copies only into a database no bridge has used; \
-             nothing was changed. Create an empty database and give that",
+            "{to} is not empty ({}): migrate-store copies only into a database that holds nothing (no bridge \
+             has used it); nothing was changed. Give it a new, empty database",
             held.join(", ")
         );
     }
@@ -694,19 +694,22 @@ fn passwords(url: &str) -> Vec<String> {
     found
 }
 
-/// The error's message, each cause after the other; the text of the database driver's errors
-/// (which this code does not write) has the destination's password taken out, whatever it
-/// quotes. Messages written here name the destination only redacted.
+/// The error's message, each cause after the other. From the first error of the database driver
+/// (or of the store over it) on, which this code does not write, the text has the destination's
+/// password taken out, whatever it quotes; the messages written here around it name the
+/// destination only redacted.
 fn scrubbed(error: &anyhow::Error, destination_url: &str) -> String {
     let secrets = passwords(destination_url);
+    let mut external = false;
     error
         .chain()
         .map(|cause| {
-            let text = cause.to_string();
-            let external = cause.is::<sqlx::Error>()
+            external = external
+                || cause.is::<sqlx::Error>()
                 || cause.is::<sqlx::migrate::MigrateError>()
                 || cause.is::<super::StoreError>()
                 || cause.is::<std::io::Error>();
+            let text = cause.to_string();
             if external {
                 secrets
                     .iter()
