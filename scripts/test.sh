@@ -18,8 +18,10 @@ echo "== tests on SQLite"
 SCIM_BRIDGE_TEST_STORE=sqlite cargo test --all-targets "$@"
 
 # The suites whose behaviour depends on the store: window, cycle, expiry, logs, API, intake.
-# Left out: upgrade (SQLite files of earlier releases), openapi and page (no store behaviour),
-# load (a figure for the release binary, measured on SQLite), the unit tests and benches.
+# Left out: upgrade (SQLite files of earlier releases), migrate_store (moves a SQLite store into
+# PostgreSQL: it runs in the SQLite run above and makes its own databases), openapi and page (no
+# store behaviour), load (a figure for the release binary, measured on SQLite), the unit tests and
+# benches.
 POSTGRES_SUITES=(
     api_access api_edge app_lifecycle cycle_faults engine legacy_removal logs_activation logs_audit
     logs_query logs_retention mapping metrics oauth2 properties provisioning realtime scale_out shutdown

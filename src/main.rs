@@ -32,6 +32,20 @@ enum Command {
     /// Re-encrypt every stored credential with the current encryption key (the first of
     /// SCIM_BRIDGE_ENCRYPTION_KEY=current,previous); afterwards the previous key can be dropped.
     Rekey,
+    /// Copy the embedded SQLite store into an empty PostgreSQL database, to move to PostgreSQL.
+    ///
+    /// Stop the bridge first: this command cannot tell whether one still writes to the SQLite
+    /// file. The source is the store the configuration names (SCIM_BRIDGE_DATABASE_URL, default the
+    /// data dir's SQLite file); pending SQLite migrations are applied to it first. The PostgreSQL
+    /// migrations are applied to the destination, which must hold no row in any table. Everything
+    /// is copied in one transaction (credentials still encrypted: start the bridge on PostgreSQL
+    /// with the same SCIM_BRIDGE_ENCRYPTION_KEY, webhook secret and admin token); on any error
+    /// nothing is written.
+    MigrateStore {
+        /// The PostgreSQL database to copy into: postgres://user:password@host/database.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Print the X-Bridge-Signature header for a payload file.
     Sign {
         /// The payload file, signed byte for byte.
@@ -151,6 +165,10 @@ fn first_sent_at(data_dir: &std::path::Path, event_id: &str) -> chrono::DateTime
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let (Command::MigrateStore { .. }, Ok(source)) = (&cli.command, std::env::var("SCIM_BRIDGE_DATABASE_URL")) {
+        // Before the configuration, which would ask a PostgreSQL source for its secrets first.
+        scim_bridge::store::migrate::refuse_postgres_source(&source)?;
+    }
     let config = Config::from_env()?;
     init_tracing(config.log_json);
     match cli.command {
@@ -175,6 +193,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Rekey => {
             let count = scim_bridge::rekey(&config).await?;
             println!("{count} stored credentials re-encrypted with the current key");
+            Ok(())
+        }
+        Command::MigrateStore { to } => {
+            let copied = scim_bridge::store::migrate::sqlite_to_postgres(&config.database_url, &to).await?;
+            println!("{copied}");
+            println!(
+                "Start the bridge on {} with the same SCIM_BRIDGE_ENCRYPTION_KEY, SCIM_BRIDGE_WEBHOOK_SECRET and \
+                 SCIM_BRIDGE_ADMIN_TOKEN (the files in {} hold them unless they were set in the environment).",
+                copied.to,
+                config.data_dir.display()
+            );
             Ok(())
         }
         Command::Token {

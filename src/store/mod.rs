@@ -1,6 +1,7 @@
 //! Persistence. One trait, one implementation per backend (embedded SQLite, shared PostgreSQL),
 //! chosen from the URL.
 
+pub mod migrate;
 mod postgres;
 mod sqlite;
 
