@@ -212,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
             let store = scim_bridge::store::open(&config.database_url).await?;
             store.migrate().await?;
             let now = chrono::Utc::now().timestamp_millis();
-            let (record, token) = scim_bridge::http::issue_token(&store, &name, &role, now)
+            let (record, token) = scim_bridge::http::issue_token(&store, &name, &role, now, None)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(

@@ -270,3 +270,64 @@ async fn a_database_url_with_sslmode_require_connects_over_tls() {
         "no connection used TLS"
     );
 }
+
+/// An audit entry commits in the transaction of the change it records: when the entry cannot be
+/// written (PostgreSQL refuses a NUL character in `jsonb`), the change is not committed either; a
+/// change that is refused leaves no entry.
+#[tokio::test]
+async fn an_audit_entry_is_written_in_the_transaction_of_its_change() {
+    let Some(database) = TestDatabase::postgres() else {
+        return;
+    };
+    let store = scim_bridge::store::open(&database.url).await.expect("open");
+    store.migrate().await.expect("migrate");
+    let now = chrono::Utc::now().timestamp_millis();
+    let record = scim_bridge::store::TokenRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        name: "ops".into(),
+        role: "operator".into(),
+        created_at: now,
+    };
+    let entry = |detail: serde_json::Value| scim_bridge::store::AuditEntry {
+        seq: 0,
+        time: now,
+        actor: "admin".into(),
+        action: "token.create".into(),
+        target: record.id.clone(),
+        detail,
+    };
+    let failed = scim_bridge::store::audited(
+        store.as_ref(),
+        entry(serde_json::json!({"name": "o\u{0}ps"})),
+        store.insert_token(&record, "hash-1"),
+    )
+    .await;
+    assert!(failed.is_err(), "the audit entry with a NUL was written");
+    let count = |sql: &str| common::psql_rows(&database.url, sql);
+    assert_eq!(
+        count("SELECT count(*) FROM tokens"),
+        vec!["0"],
+        "the token outlived its failed audit entry"
+    );
+
+    scim_bridge::store::audited(
+        store.as_ref(),
+        entry(serde_json::json!({"name": "ops"})),
+        store.insert_token(&record, "hash-1"),
+    )
+    .await
+    .expect("token and entry");
+    assert_eq!(count("SELECT count(*) FROM tokens"), vec!["1"]);
+    assert_eq!(
+        count("SELECT count(*) FROM audit WHERE action = 'token.create'"),
+        vec!["1"]
+    );
+
+    // The same name again is refused: no entry for it.
+    let again = scim_bridge::http::issue_token(&store, "ops", "operator", now, Some("admin")).await;
+    assert!(again.is_err());
+    assert_eq!(
+        count("SELECT count(*) FROM audit WHERE action = 'token.create'"),
+        vec!["1"]
+    );
+}

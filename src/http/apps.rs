@@ -271,12 +271,12 @@ pub async fn create(
     let interval = engine.sync_interval_ms(&app);
     let jitter = i64::from(u16::from_le_bytes(crate::crypto::random_bytes::<2>())) * (interval / 8) / 65_535;
     app.next_sync_at = now + interval + jitter;
-    engine.store.insert_app(&app).await?;
-    ctx.audit(
+    ctx.audited(
         &caller,
         "app.create",
         &app.id,
         json!({"name": app.name, "scimBaseUrl": app.scim_base_url}),
+        engine.store.insert_app(&app),
     )
     .await?;
     ctx.engine.ensure_dispatcher(&app.id);
@@ -368,16 +368,23 @@ pub async fn update(
             ));
         }
     };
-    ctx.engine.ctx.store.change_app(&app.id, &changes).await?;
-    let app = visible_app(&ctx, &caller, &id).await?;
-    let mut detail = json!({"fields": changed, "status": app.status});
+    let status_after = changes.status.as_ref().map_or(&app.status, |(s, _)| s);
+    let mut detail = json!({"fields": changed, "status": status_after});
     for key in ["attributeMapping", "matching"] {
         // What a target receives changed: the new mapping is in the audit trail.
         if let Some(value) = input.get(key) {
             detail[key] = value.clone();
         }
     }
-    ctx.audit(&caller, "app.update", &app.id, detail).await?;
+    ctx.audited(
+        &caller,
+        "app.update",
+        &app.id,
+        detail,
+        ctx.engine.ctx.store.change_app(&app.id, &changes),
+    )
+    .await?;
+    let app = visible_app(&ctx, &caller, &id).await?;
     ctx.engine.wake(&app.id);
     Ok(Json(app_json(&ctx, &app).await?))
 }
@@ -407,19 +414,29 @@ pub async fn delete(
             status: Some(("deleting".into(), Some(DEPROVISIONING.into()))),
             ..Default::default()
         };
-        engine.store.change_app(&app.id, &changes).await?;
-        ctx.audit(&caller, "app.delete", &app.id, json!({"deprovision": true}))
-            .await?;
+        ctx.audited(
+            &caller,
+            "app.delete",
+            &app.id,
+            json!({"deprovision": true}),
+            engine.store.change_app(&app.id, &changes),
+        )
+        .await?;
         ctx.engine.wake(&app.id);
         let app = visible_app(&ctx, &caller, &id).await?;
         return Ok((StatusCode::ACCEPTED, Json(app_json(&ctx, &app).await?)).into_response());
     }
     // Delete first (no new work is taken), then wait for the push in flight: after that nothing
     // else writes to the target for this app. A `deleting` app is abandoned as it is.
-    engine.store.delete_app(&app.id, engine.now()).await?;
+    ctx.audited(
+        &caller,
+        "app.delete",
+        &app.id,
+        json!({"deprovision": false}),
+        engine.store.delete_app(&app.id, engine.now()),
+    )
+    .await?;
     ctx.engine.stop_dispatcher(&app.id).await;
-    ctx.audit(&caller, "app.delete", &app.id, json!({"deprovision": false}))
-        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -441,12 +458,12 @@ pub async fn put_group(
         target_display_name: target.clone(),
         created_at: engine.now(),
     };
-    engine.store.put_assignment(&a).await?;
-    ctx.audit(
+    ctx.audited(
         &caller,
         "group.assign",
         &app.id,
         json!({"groupId": group_id, "targetDisplayName": target}),
+        engine.store.put_assignment(&a),
     )
     .await?;
     Ok(Json(
@@ -479,11 +496,18 @@ pub async fn delete_group(
 ) -> ApiResult<StatusCode> {
     let app = visible_app(&ctx, &caller, &id).await?;
     caller.require(&[Role::Admin])?;
-    if !ctx.engine.ctx.store.delete_assignment(&app.id, &group_id).await? {
+    let deleted = ctx
+        .audited(
+            &caller,
+            "group.unassign",
+            &app.id,
+            json!({"groupId": group_id}),
+            ctx.engine.ctx.store.delete_assignment(&app.id, &group_id),
+        )
+        .await?;
+    if !deleted {
         return Err(ApiError::NotFound);
     }
-    ctx.audit(&caller, "group.unassign", &app.id, json!({"groupId": group_id}))
-        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -558,17 +582,17 @@ pub async fn sync_now(
     let engine = &ctx.engine.ctx;
     // A writing cycle asked for while one runs (or is queued) is merged into it: the answer
     // names the cycle that does the work.
-    let cycle_id = engine
-        .store
-        .request_cycle(&app.id, &uuid::Uuid::now_v7().to_string(), q.dry_run, engine.now())
+    // The audit entry gets the id of the cycle that does the work, in the same commit.
+    let requested = uuid::Uuid::now_v7().to_string();
+    let cycle_id = ctx
+        .audited(
+            &caller,
+            "app.sync",
+            &app.id,
+            json!({"cycleId": requested, "dryRun": q.dry_run}),
+            engine.store.request_cycle(&app.id, &requested, q.dry_run, engine.now()),
+        )
         .await?;
-    ctx.audit(
-        &caller,
-        "app.sync",
-        &app.id,
-        json!({"cycleId": cycle_id, "dryRun": q.dry_run}),
-    )
-    .await?;
     ctx.engine.wake(&app.id);
     Ok((StatusCode::ACCEPTED, Json(json!({"cycleId": cycle_id}))))
 }
@@ -643,12 +667,12 @@ pub async fn provision_on_demand(
         flag: None,
         admitted_at: None,
     };
-    engine.store.insert_job(&job, now).await?;
-    ctx.audit(
+    ctx.audited(
         &caller,
         "app.provision_on_demand",
         &app.id,
         json!({"principalId": job.principal_id, "groupId": job.group_id, "jobId": job.id}),
+        engine.store.insert_job(&job, now),
     )
     .await?;
     ctx.engine.wake(&app.id);
@@ -682,20 +706,24 @@ pub async fn clear_quarantine(
     let app = visible_app(&ctx, &caller, &id).await?;
     caller.require(&[Role::Admin, Role::Operator])?;
     let engine = &ctx.engine.ctx;
-    if app.status == "quarantined" {
-        engine.store.set_app_status(&app.id, "active", None, 0).await?;
-        // Deferred work goes at the next cycle; bring it forward to now.
-        engine.store.set_next_sync(&app.id, engine.now()).await?;
-    } else if app.quarantine_level > 0 {
-        // Paused while quarantined: the quarantine ends, the owner's pause stays.
-        let reason = format!("paused (quarantine cleared by {})", caller.name);
-        engine.store.set_app_status(&app.id, "paused", Some(&reason), 0).await?;
-    }
-    ctx.audit(
+    let clear = async {
+        if app.status == "quarantined" {
+            engine.store.set_app_status(&app.id, "active", None, 0).await?;
+            // Deferred work goes at the next cycle; bring it forward to now.
+            engine.store.set_next_sync(&app.id, engine.now()).await?;
+        } else if app.quarantine_level > 0 {
+            // Paused while quarantined: the quarantine ends, the owner's pause stays.
+            let reason = format!("paused (quarantine cleared by {})", caller.name);
+            engine.store.set_app_status(&app.id, "paused", Some(&reason), 0).await?;
+        }
+        Ok(())
+    };
+    ctx.audited(
         &caller,
         "app.quarantine_clear",
         &app.id,
         json!({"previousStatus": app.status}),
+        clear,
     )
     .await?;
     ctx.engine.wake(&app.id);

@@ -38,15 +38,14 @@ pub async fn put_member(
             "is required the first time a principal is seen",
         ));
     }
-    engine
-        .store
-        .put_standing_member(&group_id, &principal_id, principal.as_ref(), engine.now())
-        .await?;
-    ctx.audit(
+    ctx.audited(
         &caller,
         "directory.put_member",
         &group_id,
         json!({"principalId": principal_id}),
+        engine
+            .store
+            .put_standing_member(&group_id, &principal_id, principal.as_ref(), engine.now()),
     )
     .await?;
     Ok(Json(
@@ -60,21 +59,17 @@ pub async fn delete_member(
     Path((group_id, principal_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     caller.require(&[Role::Admin])?;
-    if !ctx
-        .engine
-        .ctx
-        .store
-        .delete_standing_member(&group_id, &principal_id)
-        .await?
-    {
+    let deleted = ctx
+        .audited(
+            &caller,
+            "directory.delete_member",
+            &group_id,
+            json!({"principalId": principal_id}),
+            ctx.engine.ctx.store.delete_standing_member(&group_id, &principal_id),
+        )
+        .await?;
+    if !deleted {
         return Err(ApiError::NotFound);
     }
-    ctx.audit(
-        &caller,
-        "directory.delete_member",
-        &group_id,
-        json!({"principalId": principal_id}),
-    )
-    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

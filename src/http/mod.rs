@@ -35,7 +35,15 @@ pub struct ApiContext {
 
 impl ApiContext {
     /// Records who changed what through the API.
-    pub async fn audit(&self, caller: &Caller, action: &str, target: &str, detail: Value) -> error::ApiResult<()> {
+    /// Makes the write with the audit entry that records it: both commit in one transaction.
+    pub async fn audited<T>(
+        &self,
+        caller: &Caller,
+        action: &str,
+        target: &str,
+        detail: Value,
+        write: impl std::future::Future<Output = crate::store::StoreResult<T>>,
+    ) -> error::ApiResult<T> {
         let entry = AuditEntry {
             seq: 0,
             time: self.engine.ctx.now(),
@@ -44,8 +52,7 @@ impl ApiContext {
             target: target.into(),
             detail,
         };
-        self.engine.ctx.store.insert_audit(&entry).await?;
-        Ok(())
+        Ok(crate::store::audited(self.engine.ctx.store.as_ref(), entry, write).await?)
     }
 }
 

@@ -9,7 +9,7 @@ use super::ApiContext;
 use super::auth::{BOOTSTRAP_ADMIN, Caller, Role};
 use super::error::{ApiError, ApiResult, JsonBody, Path};
 use crate::clock::to_rfc3339;
-use crate::store::{StoreError, TokenRecord};
+use crate::store::{AuditEntry, StoreError, TokenRecord};
 
 /// Creates a token; answers the record and the token value (the only time it is shown).
 pub async fn issue(
@@ -17,6 +17,7 @@ pub async fn issue(
     name: &str,
     role: &str,
     now: i64,
+    audit_actor: Option<&str>,
 ) -> ApiResult<(TokenRecord, String)> {
     if Role::parse(role).is_none() {
         return Err(ApiError::bad("role", "must be admin, operator or app_owner"));
@@ -43,7 +44,24 @@ pub async fn issue(
         role: role.into(),
         created_at: now,
     };
-    match store.insert_token(&record, &crate::crypto::hash_token(&token)).await {
+    let hash = crate::crypto::hash_token(&token);
+    let insert = store.insert_token(&record, &hash);
+    // The API's creations are audited in the same commit; the command line's are not.
+    let inserted = match audit_actor {
+        Some(actor) => {
+            let entry = AuditEntry {
+                seq: 0,
+                time: now,
+                actor: actor.into(),
+                action: "token.create".into(),
+                target: record.id.clone(),
+                detail: json!({"name": record.name, "role": record.role}),
+            };
+            crate::store::audited(store.as_ref(), entry, insert).await
+        }
+        None => insert.await,
+    };
+    match inserted {
         Ok(()) => Ok((record, token)),
         // Two creations of one name at once: the unique index lets one through.
         Err(StoreError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => Err(taken()),
@@ -68,12 +86,12 @@ pub async fn create(
         .get("role")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::bad("role", "is required"))?;
-    let (record, token) = issue(&ctx.engine.ctx.store, name, role, ctx.engine.ctx.now()).await?;
-    ctx.audit(
-        &caller,
-        "token.create",
-        &record.id,
-        json!({"name": record.name, "role": record.role}),
+    let (record, token) = issue(
+        &ctx.engine.ctx.store,
+        name,
+        role,
+        ctx.engine.ctx.now(),
+        Some(&caller.name),
     )
     .await?;
     Ok((
@@ -98,9 +116,17 @@ pub async fn list(State(ctx): State<ApiContext>, caller: Caller) -> ApiResult<Js
 
 pub async fn revoke(State(ctx): State<ApiContext>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     caller.require(&[Role::Admin])?;
-    if !ctx.engine.ctx.store.revoke_token(&id, ctx.engine.ctx.now()).await? {
+    let revoked = ctx
+        .audited(
+            &caller,
+            "token.revoke",
+            &id,
+            json!({}),
+            ctx.engine.ctx.store.revoke_token(&id, ctx.engine.ctx.now()),
+        )
+        .await?;
+    if !revoked {
         return Err(ApiError::NotFound);
     }
-    ctx.audit(&caller, "token.revoke", &id, json!({})).await?;
     Ok(StatusCode::NO_CONTENT)
 }

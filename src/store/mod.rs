@@ -597,6 +597,46 @@ pub trait WorkListener: Send {
     async fn next(&mut self) -> Option<String>;
 }
 
+tokio::task_local! {
+    static AUDIT: std::cell::RefCell<Option<AuditEntry>>;
+}
+
+/// Runs `write` with the audit entry that records it: the first write transaction it commits
+/// writes the entry too, so the change and its record commit together. An entry no transaction
+/// took (a write that changed nothing) is written alone afterwards.
+pub async fn audited<F, T>(store: &dyn Store, entry: AuditEntry, write: F) -> StoreResult<T>
+where
+    F: std::future::Future<Output = StoreResult<T>>,
+{
+    let pending = std::cell::RefCell::new(Some(entry));
+    let (result, pending) = AUDIT
+        .scope(pending, async move {
+            let result = write.await;
+            (result, AUDIT.with(|a| a.borrow_mut().take()))
+        })
+        .await;
+    let answer = result?;
+    if let Some(entry) = pending {
+        store.insert_audit(&entry).await?;
+    }
+    Ok(answer)
+}
+
+/// A cycle request's audit entry names the cycle that does the work (a merged request names the
+/// running one).
+pub(crate) fn name_cycle_in_audit(cycle_id: &str) {
+    let _ = AUDIT.try_with(|a| {
+        if let Some(entry) = a.borrow_mut().as_mut() {
+            entry.detail["cycleId"] = Value::String(cycle_id.to_string());
+        }
+    });
+}
+
+/// The audit entry waiting for the running write's commit (see `audited`).
+pub(crate) fn take_audit() -> Option<AuditEntry> {
+    AUDIT.try_with(|a| a.borrow_mut().take()).ok().flatten()
+}
+
 /// Re-encrypts one sealed credential: `None` if no accepted key opens it.
 pub type Reseal = dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync;
 

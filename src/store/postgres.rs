@@ -83,6 +83,21 @@ const INSERT_LOG: &str =
     VALUES ($1, from_ms($2), $3::uuid, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, from_ms($15), $16, $17, $18,
     $19, $20, $21)";
 
+async fn insert_audit_in<'e, E>(executor: E, e: &AuditEntry) -> StoreResult<()>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    sqlx::query("INSERT INTO audit (time, actor, action, target, detail) VALUES (from_ms($1), $2, $3, $4, $5)")
+        .bind(e.time)
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(Json(&e.detail))
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
 async fn insert_log_in<'e, E>(executor: E, e: &LogEntry) -> StoreResult<()>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
@@ -187,6 +202,20 @@ impl PostgresStore {
             }
         }
         Ok(tx)
+    }
+
+    /// Commits a write, with the audit entry that records it if one is pending
+    /// (`store::audited`): the change and its audit entry commit together or not at all.
+    async fn commit(&self, mut tx: Tx) -> StoreResult<()> {
+        let audit = take_audit();
+        if let Some(e) = &audit {
+            insert_audit_in(&mut *tx, e).await?;
+        }
+        tx.commit().await?;
+        if audit.is_some() {
+            self.order_commits().await;
+        }
+        Ok(())
     }
 
     /// Numbers the log and audit entries committed so far in commit order (the paging cursor);
@@ -432,14 +461,16 @@ impl Store for PostgresStore {
     }
 
     async fn insert_token(&self, t: &TokenRecord, hash: &str) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO tokens (id, name, role, hash, created_at) VALUES ($1, $2, $3, $4, from_ms($5))")
             .bind(&t.id)
             .bind(&t.name)
             .bind(&t.role)
             .bind(hash)
             .bind(t.created_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -462,15 +493,18 @@ impl Store for PostgresStore {
     }
 
     async fn revoke_token(&self, id: &str, now: Millis) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query("UPDATE tokens SET revoked_at = from_ms($1) WHERE id = $2 AND revoked_at IS NULL")
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        self.commit(tx).await?;
         Ok(done.rows_affected() > 0)
     }
 
     async fn insert_app(&self, a: &AppRecord) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO apps (id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status,
              status_reason, legacy_remove, next_sync_at, quarantine_level, created_at)
@@ -489,12 +523,14 @@ impl Store for PostgresStore {
         .bind(a.next_sync_at)
         .bind(a.quarantine_level)
         .bind(a.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
     async fn change_app(&self, id: &str, c: &AppChanges) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         let Some(id) = app_key(id) else { return Ok(()) };
         // Each column keeps its stored value unless the change sets it.
         sqlx::query(
@@ -514,8 +550,9 @@ impl Store for PostgresStore {
         .bind(c.status.is_some())
         .bind(c.status.as_ref().and_then(|(_, r)| r.clone()))
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -551,7 +588,7 @@ impl Store for PostgresStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -563,7 +600,7 @@ impl Store for PostgresStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -592,11 +629,12 @@ impl Store for PostgresStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
     async fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO group_assignments (app_id, group_id, target_display_name, created_at)
              VALUES ($1::uuid, $2, $3, from_ms($4))
@@ -606,20 +644,23 @@ impl Store for PostgresStore {
         .bind(&a.group_id)
         .bind(&a.target_display_name)
         .bind(a.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
     async fn delete_assignment(&self, app_id: &str, group_id: &str) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
         let Some(app_id) = app_key(app_id) else {
             return Ok(false);
         };
         let done = sqlx::query("DELETE FROM group_assignments WHERE app_id = $1::uuid AND group_id = $2")
             .bind(app_id)
             .bind(group_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        self.commit(tx).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -685,7 +726,7 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.order_commits().await;
         Ok(answers)
     }
@@ -737,16 +778,18 @@ impl Store for PostgresStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
     async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query("DELETE FROM standing_members WHERE group_id = $1 AND principal_id = $2")
             .bind(group_id)
             .bind(principal)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        self.commit(tx).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -815,7 +858,7 @@ impl Store for PostgresStore {
         .bind(admitted)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -846,7 +889,7 @@ impl Store for PostgresStore {
         .bind(app_id)
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(answer)
     }
 
@@ -860,7 +903,7 @@ impl Store for PostgresStore {
         .bind(job_id)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -907,7 +950,7 @@ impl Store for PostgresStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -1003,7 +1046,7 @@ impl Store for PostgresStore {
                 }
             }
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(woken)
     }
 
@@ -1081,7 +1124,7 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         if !o.logs.is_empty() {
             self.order_commits().await;
         }
@@ -1120,7 +1163,7 @@ impl Store for PostgresStore {
         .bind(u.disabled)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -1168,7 +1211,7 @@ impl Store for PostgresStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -1180,7 +1223,7 @@ impl Store for PostgresStore {
             .bind(display_name)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -1195,7 +1238,7 @@ impl Store for PostgresStore {
         .bind(&m.principal_id)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -1296,7 +1339,7 @@ impl Store for PostgresStore {
         let mut tx = self.begin().await?;
         insert_log_in(&mut *tx, entry).await?;
         self.order_commits().await;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -1416,7 +1459,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(purged)
     }
 
@@ -1457,7 +1500,7 @@ impl Store for PostgresStore {
         .bind(c.report.as_ref().map(Json))
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -1523,7 +1566,8 @@ impl Store for PostgresStore {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
+                name_cycle_in_audit(&id);
+                self.commit(tx).await?;
                 return Ok(id);
             }
         }
@@ -1536,7 +1580,8 @@ impl Store for PostgresStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        name_cycle_in_audit(cycle_id);
+        self.commit(tx).await?;
         Ok(cycle_id.to_string())
     }
 
@@ -1550,7 +1595,7 @@ impl Store for PostgresStore {
             .bind(cycle_id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -1567,19 +1612,12 @@ impl Store for PostgresStore {
         .bind(app_id)
         .fetch_optional(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(answer)
     }
 
     async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()> {
-        sqlx::query("INSERT INTO audit (time, actor, action, target, detail) VALUES (from_ms($1), $2, $3, $4, $5)")
-            .bind(e.time)
-            .bind(&e.actor)
-            .bind(&e.action)
-            .bind(&e.target)
-            .bind(Json(&e.detail))
-            .execute(&self.pool)
-            .await?;
+        insert_audit_in(&self.pool, e).await?;
         self.order_commits().await;
         Ok(())
     }
@@ -1626,7 +1664,7 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok((resealed, unopened))
     }
 
@@ -1687,7 +1725,7 @@ impl Store for PostgresStore {
         let alive = sqlx::query_scalar("SELECT id FROM replicas WHERE expires_at > now() ORDER BY id")
             .fetch_all(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(Some(alive))
     }
 
@@ -1767,7 +1805,7 @@ impl Store for PostgresStore {
         .bind(ttl as f64)
         .fetch_optional(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(token.map(|token| Grant { token, ..grant }))
     }
 
@@ -1811,7 +1849,7 @@ impl Store for PostgresStore {
     async fn put_principal_attributes(&self, principal_id: &str, attributes: &Value, now: Millis) -> StoreResult<()> {
         let mut tx = self.begin().await?;
         Self::merge_principal(&mut tx, principal_id, attributes, now, now).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -1896,7 +1934,7 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 

@@ -133,6 +133,16 @@ impl SqliteStore {
             .await?)
     }
 
+    /// Commits a write, with the audit entry that records it if one is pending
+    /// (`store::audited`): the change and its audit entry commit together or not at all.
+    async fn commit(&self, mut tx: Tx) -> StoreResult<()> {
+        if let Some(e) = take_audit() {
+            insert_audit_in(&mut *tx, &e).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn begin(&self) -> StoreResult<(tokio::sync::MutexGuard<'_, ()>, Tx)> {
         let turn = self.write_turn.lock().await;
         Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
@@ -360,14 +370,16 @@ impl Store for SqliteStore {
     }
 
     async fn insert_token(&self, t: &TokenRecord, hash: &str) -> StoreResult<()> {
+        let (_turn, mut tx) = self.begin().await?;
         sqlx::query("INSERT INTO tokens (id, name, role, hash, created_at) VALUES (?, ?, ?, ?, ?)")
             .bind(&t.id)
             .bind(&t.name)
             .bind(&t.role)
             .bind(hash)
             .bind(t.created_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -391,15 +403,18 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_token(&self, id: &str, now: Millis) -> StoreResult<bool> {
+        let (_turn, mut tx) = self.begin().await?;
         let done = sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        self.commit(tx).await?;
         Ok(done.rows_affected() > 0)
     }
 
     async fn insert_app(&self, a: &AppRecord) -> StoreResult<()> {
+        let (_turn, mut tx) = self.begin().await?;
         sqlx::query(
             "INSERT INTO apps (id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status,
              status_reason, legacy_remove, next_sync_at, quarantine_level, created_at)
@@ -418,12 +433,14 @@ impl Store for SqliteStore {
         .bind(a.next_sync_at)
         .bind(a.quarantine_level)
         .bind(a.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
     async fn change_app(&self, id: &str, c: &AppChanges) -> StoreResult<()> {
+        let (_turn, mut tx) = self.begin().await?;
         // Each column keeps its stored value unless the change sets it.
         sqlx::query(
             "UPDATE apps SET name = COALESCE(?, name), scim_base_url = COALESCE(?, scim_base_url),
@@ -442,8 +459,9 @@ impl Store for SqliteStore {
         .bind(c.status.is_some())
         .bind(c.status.as_ref().and_then(|(_, r)| r.clone()))
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -463,13 +481,15 @@ impl Store for SqliteStore {
     }
 
     async fn set_app_status(&self, id: &str, status: &str, reason: Option<&str>, level: i64) -> StoreResult<()> {
+        let (_turn, mut tx) = self.begin().await?;
         sqlx::query("UPDATE apps SET status = ?, status_reason = ?, quarantine_level = ? WHERE id = ?")
             .bind(status)
             .bind(reason)
             .bind(level)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -498,11 +518,12 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
     async fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {
+        let (_turn, mut tx) = self.begin().await?;
         sqlx::query(
             "INSERT INTO group_assignments (app_id, group_id, target_display_name, created_at) VALUES (?, ?, ?, ?)
              ON CONFLICT (app_id, group_id) DO UPDATE SET target_display_name = excluded.target_display_name",
@@ -511,17 +532,20 @@ impl Store for SqliteStore {
         .bind(&a.group_id)
         .bind(&a.target_display_name)
         .bind(a.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
     async fn delete_assignment(&self, app_id: &str, group_id: &str) -> StoreResult<bool> {
+        let (_turn, mut tx) = self.begin().await?;
         let done = sqlx::query("DELETE FROM group_assignments WHERE app_id = ? AND group_id = ?")
             .bind(app_id)
             .bind(group_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        self.commit(tx).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -542,7 +566,7 @@ impl Store for SqliteStore {
         for (event, effect) in items {
             answers.push(Self::accept_in(&mut tx, event, effect, now).await?);
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(answers)
     }
 
@@ -585,23 +609,25 @@ impl Store for SqliteStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
     async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool> {
+        let (_turn, mut tx) = self.begin().await?;
         let done = sqlx::query("DELETE FROM standing_members WHERE group_id = ? AND principal_id = ?")
             .bind(group_id)
             .bind(principal)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        self.commit(tx).await?;
         Ok(done.rows_affected() > 0)
     }
 
     async fn put_principal_attributes(&self, principal_id: &str, attributes: &Value, now: Millis) -> StoreResult<()> {
         let (_turn, mut tx) = self.begin().await?;
         Self::merge_principal(&mut tx, principal_id, attributes, now, now).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -676,7 +702,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -697,7 +723,7 @@ impl Store for SqliteStore {
                 .await?
                 .rows_affected();
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(gone)
     }
 
@@ -803,6 +829,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
+        let (_turn, mut tx) = self.begin().await?;
         sqlx::query(INSERT_JOB)
             .bind(&job.id)
             .bind(&job.app_id)
@@ -818,8 +845,9 @@ impl Store for SqliteStore {
             .bind(job.deferred_until)
             .bind(&job.flag)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -907,7 +935,7 @@ impl Store for SqliteStore {
                 }
             }
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(woken)
     }
 
@@ -984,7 +1012,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -1252,7 +1280,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(purged)
     }
 
@@ -1341,7 +1369,8 @@ impl Store for SqliteStore {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
+                name_cycle_in_audit(&id);
+                self.commit(tx).await?;
                 return Ok(id);
             }
         }
@@ -1352,7 +1381,8 @@ impl Store for SqliteStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        name_cycle_in_audit(cycle_id);
+        self.commit(tx).await?;
         Ok(cycle_id.to_string())
     }
 
@@ -1376,15 +1406,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()> {
-        sqlx::query("INSERT INTO audit (time, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
-            .bind(e.time)
-            .bind(&e.actor)
-            .bind(&e.action)
-            .bind(&e.target)
-            .bind(e.detail.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        insert_audit_in(&self.pool, e).await
     }
 
     async fn list_audit(&self, limit: i64, before_seq: Option<i64>) -> StoreResult<Vec<AuditEntry>> {
@@ -1427,7 +1449,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok((resealed, unopened))
     }
 
@@ -1447,4 +1469,19 @@ impl Store for SqliteStore {
             .fetch_one(&self.pool)
             .await?)
     }
+}
+
+async fn insert_audit_in<'e, E>(executor: E, e: &AuditEntry) -> StoreResult<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query("INSERT INTO audit (time, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
+        .bind(e.time)
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(e.detail.to_string())
+        .execute(executor)
+        .await?;
+    Ok(())
 }
