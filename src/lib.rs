@@ -1,6 +1,7 @@
 //! scim-bridge: turns privileged-access activations into SCIM 2.0 group membership.
 
 pub mod activation;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod crypto;

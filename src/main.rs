@@ -46,6 +46,13 @@ enum Command {
         #[arg(long, value_name = "URL")]
         to: String,
     },
+    /// Measure the bridge beside its ceilings on this machine (intake, memory with many apps);
+    /// prints each figure with its ceiling from the same run.
+    Bench {
+        /// A short run of every figure (CI): 2 s per intake figure, 500 apps.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Print the X-Bridge-Signature header for a payload file.
     Sign {
         /// The payload file, signed byte for byte.
@@ -165,6 +172,15 @@ fn first_sent_at(data_dir: &std::path::Path, event_id: &str) -> chrono::DateTime
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Bench { quick } = cli.command {
+        // Before the configuration: the bench touches no data dir but its own scratch ones.
+        let scale = if quick {
+            scim_bridge::bench::Scale::quick()
+        } else {
+            scim_bridge::bench::Scale::full()
+        };
+        return scim_bridge::bench::run(scale).await;
+    }
     if let (Command::MigrateStore { .. }, Ok(source)) = (&cli.command, std::env::var("SCIM_BRIDGE_DATABASE_URL")) {
         // Before the configuration, which would ask a PostgreSQL source for its secrets first.
         scim_bridge::store::migrate::refuse_postgres_source(&source)?;
@@ -221,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Bench { .. } => unreachable!("handled before the configuration"),
         Command::Sign { file, timestamp } => {
             let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let t = timestamp.unwrap_or_else(|| chrono::Utc::now().timestamp());

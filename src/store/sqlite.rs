@@ -20,6 +20,15 @@ pub struct SqliteStore {
     /// database's busy handler, holding a connection) keeps a flood of webhooks from taking every
     /// connection and starving the dispatchers' reads and commits.
     write_turn: tokio::sync::Mutex<()>,
+    /// Webhooks waiting for the next group commit (see `accept_events`).
+    intake: std::sync::Mutex<Vec<Waiting>>,
+}
+
+/// A webhook's events waiting to be committed, and where its answer goes once they are.
+struct Waiting {
+    items: Vec<(Event, Effect)>,
+    now: Millis,
+    answer: tokio::sync::oneshot::Sender<StoreResult<Vec<Acceptance>>>,
 }
 
 type Tx = Transaction<'static, Sqlite>;
@@ -122,6 +131,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             write_turn: tokio::sync::Mutex::new(()),
+            intake: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -146,6 +156,46 @@ impl SqliteStore {
     async fn begin(&self) -> StoreResult<(tokio::sync::MutexGuard<'_, ()>, Tx)> {
         let turn = self.write_turn.lock().await;
         Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
+    }
+
+    /// Commits the queued webhooks in one transaction and answers each (the caller holds the
+    /// write turn). If one webhook's write fails, the group is rolled back and each webhook is
+    /// committed alone, so that only the failing one is refused.
+    async fn commit_group(&self, group: Vec<Waiting>) {
+        let results = match self.write_group(&group).await {
+            Ok(results) => results.into_iter().map(Ok).collect(),
+            Err(_) if group.len() > 1 => {
+                let mut results = Vec::with_capacity(group.len());
+                for w in &group {
+                    results.push(
+                        self.write_group(std::slice::from_ref(w))
+                            .await
+                            .map(|mut r| r.pop().expect("one webhook, one answer")),
+                    );
+                }
+                results
+            }
+            Err(e) => vec![Err(e)],
+        };
+        for (w, result) in group.into_iter().zip(results) {
+            let _ = w.answer.send(result);
+        }
+    }
+
+    /// The webhooks' events in one transaction: every answer, or the first error (nothing
+    /// written).
+    async fn write_group(&self, group: &[Waiting]) -> StoreResult<Vec<Vec<Acceptance>>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut results = Vec::with_capacity(group.len());
+        for w in group {
+            let mut answers = Vec::with_capacity(w.items.len());
+            for (event, effect) in &w.items {
+                answers.push(Self::accept_in(&mut tx, event, effect, w.now).await?);
+            }
+            results.push(answers);
+        }
+        tx.commit().await?;
+        Ok(results)
     }
 
     /// Takes what an event's (or the directory feed's) `principal` object carries, field by
@@ -560,14 +610,27 @@ impl Store for SqliteStore {
 
     #[instrument(skip_all, fields(events = items.len()))]
     async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
-        // One transaction per webhook: each event is still judged alone, and 202 means all committed.
-        let (_turn, mut tx) = self.begin().await?;
-        let mut answers = Vec::with_capacity(items.len());
-        for (event, effect) in items {
-            answers.push(Self::accept_in(&mut tx, event, effect, now).await?);
+        // Group commit: a webhook queues its events and waits for its turn to write. Webhooks
+        // that arrived while another commit was being made to disk are then committed together,
+        // one fsync for all, each in a savepoint of its own (a webhook whose write fails is rolled
+        // back alone). Each is answered only after the commit: 202 still means committed.
+        let (answer, mut answered) = tokio::sync::oneshot::channel();
+        self.intake.lock().expect("lock").push(Waiting {
+            items: items.to_vec(),
+            now,
+            answer,
+        });
+        let turn = self.write_turn.lock().await;
+        if let Ok(done) = answered.try_recv() {
+            // The turn before this one committed it with its own.
+            return done;
         }
-        self.commit(tx).await?;
-        Ok(answers)
+        let group = std::mem::take(&mut *self.intake.lock().expect("lock"));
+        self.commit_group(group).await;
+        drop(turn);
+        answered
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Corrupt("a webhook's commit was abandoned".into())))
     }
 
     async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
@@ -1484,4 +1547,62 @@ where
         .execute(executor)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, principal: &str, now: Millis) -> (Event, Effect) {
+        let now = crate::clock::to_rfc3339(now);
+        let raw = serde_json::json!({
+            "id": id, "action": "selfActivate", "accessId": "member", "principalId": principal,
+            "groupId": "g-1", "status": "Provisioned", "createdDateTime": now,
+            "scheduleInfo": {"startDateTime": now, "expiration": {"type": "afterDuration", "duration": "PT2H"}},
+            "principal": {"userPrincipalName": format!("{principal}@example.test")},
+        });
+        let event = crate::activation::parse(&raw).expect("a valid event");
+        let effect = crate::activation::judge(&event, chrono::Utc::now().timestamp_millis()).expect("within the rules");
+        (event, effect)
+    }
+
+    /// Concurrent webhooks are committed in groups, each answered as if alone: every event is
+    /// stored once, and of two copies of one event sent at once, one is accepted and one is a
+    /// duplicate.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_webhooks_committed_together_are_each_answered_as_if_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+                .await
+                .unwrap(),
+        );
+        store.migrate().await.unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            // Events 0..100 are sent twice, at once.
+            let id = format!("event-{}", i % 100);
+            let principal = format!("p-{}", i % 100);
+            tasks.push(tokio::spawn(async move {
+                store.accept_events(&[event(&id, &principal, now)], now).await
+            }));
+        }
+        let mut accepted = 0;
+        let mut duplicates = 0;
+        for t in tasks {
+            match t.await.unwrap().expect("committed").as_slice() {
+                [Acceptance::Accepted { .. }] => accepted += 1,
+                [Acceptance::Duplicate { .. }] => duplicates += 1,
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+        assert_eq!((accepted, duplicates), (100, 100));
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, 100);
+    }
 }
