@@ -91,7 +91,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         Ok(_) => {}
         Err(e) => tracing::error!(app_id, error = %e, "recovering in-flight pushes failed"),
     }
-    match Cycle::resume(&ctx, &app_id).await {
+    match Box::pin(Cycle::resume(&ctx, &app_id)).await {
         Ok(cycle) => d.cycle = cycle,
         Err(e) => tracing::error!(app_id, error = %e, "resuming an interrupted cycle failed"),
     }
@@ -107,7 +107,9 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         if stop.is_cancelled() {
             break;
         }
-        let next = match d.pass(&stop).await {
+        // Boxed: an idle dispatcher (most of them, most of the time) then keeps only this loop's
+        // small state, not the largest state of a pass, in its task.
+        let next = match Box::pin(d.pass(&stop)).await {
             Ok(Some(next)) => next,
             Ok(None) => break,
             Err(e) if is_fenced(&e) => {
