@@ -31,6 +31,8 @@ pub struct Scale {
     /// Offered rates for the accept-latency figure (webhooks per second, sent whatever the answers).
     pub offered: &'static [u64],
     pub apps: usize,
+    /// Activations pushed one at a time for the push-path figure.
+    pub activations: usize,
 }
 
 impl Scale {
@@ -40,6 +42,7 @@ impl Scale {
             senders: 64,
             offered: &[1_000, 2_000, 5_000],
             apps: 10_000,
+            activations: 200,
         }
     }
 
@@ -49,6 +52,7 @@ impl Scale {
             senders: 32,
             offered: &[1_000],
             apps: 500,
+            activations: 40,
         }
     }
 }
@@ -71,6 +75,7 @@ pub async fn run(scale: Scale) -> anyhow::Result<()> {
         std::env::temp_dir().display()
     );
     let mut rows = Vec::new();
+    push_path(scale, &mut rows).await?;
     intake(scale, &mut rows).await?;
     memory(scale, &mut rows).await?;
     println!();
@@ -241,11 +246,19 @@ type Running = (
     tokio::task::JoinHandle<anyhow::Result<()>>,
 );
 
+/// The admin token of the bridges the bench starts in its process.
+const ADMIN: &str = "bench-admin-token";
+
 /// A bridge in this process on a scratch SQLite, no apps: intake only.
 async fn start_in_process(dir: &Path) -> anyhow::Result<Running> {
+    start_with(dir, RateLimit::default()).await
+}
+
+async fn start_with(dir: &Path, rate_limit: RateLimit) -> anyhow::Result<Running> {
     let mut config = Config::with_data_dir(dir);
     config.allow_private_targets = true;
-    config.rate_limit = RateLimit::default();
+    config.admin_token = Secret::new(ADMIN);
+    config.rate_limit = rate_limit;
     config.max_connections = 4096;
     let secret = crate::crypto::random_hex(32);
     config.webhook_secrets = vec![Secret::new(&secret)];
@@ -342,6 +355,213 @@ async fn open_loop(url: &str, secret: &str, per_second: u64, time: Duration) -> 
         percentile(&all, 0.5),
         percentile(&all, 0.99),
     )
+}
+
+/// A SCIM responder written for the benchmark: it stands in for a target as fast as the machine
+/// allows, not for a target's behaviour. Users are never found (each activation creates one), the
+/// one group always is, and every request is recorded with the instant it was handled.
+mod responder {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{Method, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+    use serde_json::json;
+
+    #[derive(Clone, Debug)]
+    pub struct Seen {
+        pub method: Method,
+        pub uri: String,
+        pub body: Bytes,
+        pub at: Instant,
+    }
+
+    #[derive(Clone, Default)]
+    pub struct Responder {
+        pub seen: Arc<Mutex<Vec<Seen>>>,
+        pub patched: Arc<tokio::sync::Notify>,
+    }
+
+    impl Responder {
+        pub async fn start() -> anyhow::Result<(Responder, String)> {
+            let responder = Responder::default();
+            let app = Router::new().fallback(handle).with_state(responder.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}/scim/v2", listener.local_addr()?);
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Ok((responder, url))
+        }
+
+        pub fn take(&self) -> Vec<Seen> {
+            std::mem::take(&mut *self.seen.lock().expect("lock"))
+        }
+    }
+
+    const LIST: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
+
+    async fn handle(State(r): State<Responder>, method: Method, uri: Uri, body: Bytes) -> Response {
+        let at = Instant::now();
+        let path = uri.path().trim_start_matches("/scim/v2").to_string();
+        let answer = match (&method, path.as_str()) {
+            (&Method::GET, "/Users") => (
+                StatusCode::OK,
+                axum::Json(json!({"schemas": [LIST], "totalResults": 0, "Resources": []})),
+            )
+                .into_response(),
+            (&Method::POST, "/Users") => {
+                let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                (
+                    StatusCode::CREATED,
+                    axum::Json(json!({"id": uuid::Uuid::new_v4().to_string(), "userName": sent["userName"]})),
+                )
+                    .into_response()
+            }
+            (&Method::GET, "/Groups") => (
+                StatusCode::OK,
+                axum::Json(json!({"schemas": [LIST], "totalResults": 1,
+                    "Resources": [{"id": "bench-group", "displayName": "Bench"}]})),
+            )
+                .into_response(),
+            (&Method::POST, "/Groups") => (
+                StatusCode::CREATED,
+                axum::Json(json!({"id": "bench-group", "displayName": "Bench"})),
+            )
+                .into_response(),
+            (&Method::PATCH, _) => StatusCode::NO_CONTENT.into_response(),
+            _ => StatusCode::NOT_FOUND.into_response(),
+        };
+        let patch = method == Method::PATCH;
+        r.seen.lock().expect("lock").push(Seen {
+            method,
+            uri: uri.to_string(),
+            body,
+            at,
+        });
+        if patch {
+            r.patched.notify_waiters();
+        }
+        answer
+    }
+}
+
+/// Activations pushed one at a time to the benchmark's responder: webhook sent → group PATCH
+/// handled at the target, beside the same SCIM requests replayed by a plain client. The
+/// difference is the bridge's own time (intake, commit, wake-up, mapping, records).
+async fn push_path(scale: Scale, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let (responder, target) = responder::Responder::start().await?;
+    let dir = Scratch::new("push")?;
+    let unlimited = RateLimit {
+        requests: 1_000_000,
+        window_seconds: 1,
+    };
+    let (url, secret, stop, task) = start_with(&dir.0, unlimited).await?;
+    let http = reqwest::Client::new();
+    let app: Value = http
+        .post(format!("{url}/v1/apps"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "bench", "scimBaseUrl": target, "auth": {"type": "bearer", "token": "bench"}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let app_id = app["id"].as_str().context("the app was not registered")?.to_string();
+    let group = uuid::Uuid::new_v4().to_string();
+    http.put(format!("{url}/v1/apps/{app_id}/groups/{group}"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"targetDisplayName": "Bench"}))
+        .send()
+        .await?
+        .error_for_status()?;
+
+    let mut bridge = Vec::new();
+    let mut direct = Vec::new();
+    let mut own = Vec::new();
+    let replay = reqwest::Client::new();
+    // The first few set up connections and the group: not counted.
+    for i in 0..scale.activations + 5 {
+        responder.take();
+        let body = serde_json::to_vec(&event(&group)).expect("JSON");
+        let header = crate::crypto::signature_header(&secret, chrono::Utc::now().timestamp(), &body);
+        let patched = responder.patched.notified();
+        tokio::pin!(patched);
+        patched.as_mut().enable();
+        let sent = Instant::now();
+        let answer = http
+            .post(format!("{url}/v1/webhooks/pim"))
+            .header("content-type", "application/json")
+            .header("x-bridge-signature", header)
+            .body(body)
+            .send()
+            .await?;
+        anyhow::ensure!(answer.status() == 202, "the webhook was answered {}", answer.status());
+        tokio::time::timeout(Duration::from_secs(10), patched)
+            .await
+            .context("the push did not reach the responder within 10 s")?;
+        let requests = responder.take();
+        let reached = requests
+            .iter()
+            .rev()
+            .find(|r| r.method == "PATCH")
+            .map(|r| r.at)
+            .context("a PATCH")?;
+        let through_bridge = reached.duration_since(sent).as_secs_f64() * 1000.0;
+
+        // The same requests from a plain client, one after the other.
+        let started = Instant::now();
+        for r in &requests {
+            let method = reqwest::Method::from_bytes(r.method.as_str().as_bytes()).expect("method");
+            let uri = format!("{}{}", target.trim_end_matches("/scim/v2"), r.uri);
+            replay
+                .request(method, uri)
+                .bearer_auth("bench")
+                .header("content-type", "application/scim+json")
+                .body(r.body.clone())
+                .send()
+                .await?;
+        }
+        let replayed = responder.take();
+        let done = replayed.last().map(|r| r.at).context("replayed")?;
+        let straight = done.duration_since(started).as_secs_f64() * 1000.0;
+        if i >= 5 {
+            bridge.push(through_bridge);
+            direct.push(straight);
+            own.push(through_bridge - straight);
+        }
+    }
+    let _ = stop.send(());
+    let _ = task.await;
+    for v in [&mut bridge, &mut direct, &mut own] {
+        v.sort_by(f64::total_cmp);
+    }
+    let (b50, b99) = (percentile(&bridge, 0.5), percentile(&bridge, 0.99));
+    let (d50, d99) = (percentile(&direct, 0.5), percentile(&direct, 0.99));
+    let (o50, o99) = (percentile(&own, 0.5), percentile(&own, 0.99));
+    println!(
+        "push path, {} activations one at a time: webhook → target p50 {b50:.2} ms, p99 {b99:.2} ms; \
+         the same requests straight p50 {d50:.2} ms, p99 {d99:.2} ms; the bridge's own time p50 {o50:.2} ms, p99 {o99:.2} ms",
+        bridge.len()
+    );
+    rows.push(Row {
+        figure: format!(
+            "activation, webhook sent → target PATCH handled, {} one at a time",
+            bridge.len()
+        ),
+        bridge: format!("p50 {b50:.2} ms, p99 {b99:.2} ms"),
+        ceiling: format!("the same SCIM requests from a plain client: p50 {d50:.2} ms, p99 {d99:.2} ms"),
+        ratio: format!("+{:.2} ms p50, +{:.2} ms p99", b50 - d50, b99 - d99),
+    });
+    rows.push(Row {
+        figure: "the bridge's own time per push (the above minus the same requests)".into(),
+        bridge: format!("p50 {:.0} µs, p99 {:.0} µs", o50 * 1000.0, o99 * 1000.0),
+        ceiling: "—".into(),
+        ratio: "—".into(),
+    });
+    Ok(())
 }
 
 /// `scim-bridge serve` in a child process, `apps` apps registered through the API, idle: its
