@@ -278,18 +278,20 @@ async fn start_with(dir: &Path, rate_limit: RateLimit) -> anyhow::Result<Running
     Ok((url, secret, stop, task))
 }
 
-async fn send(http: &reqwest::Client, url: &str, secret: &str) -> Option<f64> {
-    let body = serde_json::to_vec(&event("bench-group")).expect("JSON");
+/// A signed single-event webhook for the group.
+fn webhook(http: &reqwest::Client, url: &str, secret: &str, group: &str) -> reqwest::RequestBuilder {
+    let body = serde_json::to_vec(&event(group)).expect("JSON");
     let header = crate::crypto::signature_header(secret, chrono::Utc::now().timestamp(), &body);
-    let started = Instant::now();
-    let answer = http
-        .post(format!("{url}/v1/webhooks/pim"))
+    http.post(format!("{url}/v1/webhooks/pim"))
         .header("content-type", "application/json")
         .header("x-bridge-signature", header)
         .body(body)
-        .send()
-        .await
-        .ok()?;
+}
+
+async fn send(http: &reqwest::Client, url: &str, secret: &str) -> Option<f64> {
+    let request = webhook(http, url, secret, "bench-group");
+    let started = Instant::now();
+    let answer = request.send().await.ok()?;
     (answer.status() == 202).then(|| started.elapsed().as_secs_f64() * 1000.0)
 }
 
@@ -485,19 +487,12 @@ async fn push_path(scale: Scale, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     // The first few set up connections and the group: not counted.
     for i in 0..scale.activations + 5 {
         responder.take();
-        let body = serde_json::to_vec(&event(&group)).expect("JSON");
-        let header = crate::crypto::signature_header(&secret, chrono::Utc::now().timestamp(), &body);
+        let request = webhook(&http, &url, &secret, &group);
         let patched = responder.patched.notified();
         tokio::pin!(patched);
         patched.as_mut().enable();
         let sent = Instant::now();
-        let answer = http
-            .post(format!("{url}/v1/webhooks/pim"))
-            .header("content-type", "application/json")
-            .header("x-bridge-signature", header)
-            .body(body)
-            .send()
-            .await?;
+        let answer = request.send().await?;
         anyhow::ensure!(answer.status() == 202, "the webhook was answered {}", answer.status());
         tokio::time::timeout(Duration::from_secs(10), patched)
             .await

@@ -173,6 +173,14 @@ async fn cluster(n: usize) -> Option<Cluster> {
     })
 }
 
+/// Another app straight to the target, the group assigned to it.
+async fn more_app(bridge: &Bridge, target: &common::Target, group: &SourceGroup) {
+    let app = bridge.register_app(target).await;
+    bridge
+        .assign_group(&app, &group.id, &format!("More {}", short_id()))
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_replicas_keep_one_window_per_app_and_spread_the_apps() {
     let Some(Cluster {
@@ -188,10 +196,7 @@ async fn three_replicas_keep_one_window_per_app_and_spread_the_apps() {
     };
     // More apps, straight to the target: they spread over the replicas.
     for _ in 0..8 {
-        let other = replicas[0].register_app(&target).await;
-        replicas[0]
-            .assign_group(&other, &SourceGroup::new().id, &format!("Other {}", short_id()))
-            .await;
+        more_app(&replicas[0], &target, &SourceGroup::new()).await;
     }
     let table = settled(&replicas[0]).await;
     println!("the lease table:\n{}", show(&table));
@@ -511,10 +516,7 @@ async fn paging_the_log_while_three_replicas_write_skips_and_repeats_nothing() {
     };
     // Two more apps on the same group: three dispatchers, spread over the replicas, write.
     for _ in 0..2 {
-        let other = replicas[0].register_app(&target).await;
-        replicas[0]
-            .assign_group(&other, &group.id, &format!("Paged {}", short_id()))
-            .await;
+        more_app(&replicas[0], &target, &group).await;
     }
     settled(&replicas[0]).await;
     let deliver = |range: std::ops::Range<usize>| {
