@@ -209,6 +209,7 @@ async fn look(engine: &Arc<Engine>, cluster: &Arc<Cluster>) -> anyhow::Result<()
     if engine.ctx.config.graph.is_some() {
         wanted.push(GRAPH.into());
     }
+    let mut taken = 0;
     for name in &wanted {
         let mine = turn_of(name, &alive) == Some(cluster.holder.as_str());
         let holding = cluster.held.lock().expect("lock").contains_key(name);
@@ -216,6 +217,12 @@ async fn look(engine: &Arc<Engine>, cluster: &Arc<Cluster>) -> anyhow::Result<()
             give_up(engine, cluster, name, false);
         } else if !holding && mine {
             take(engine, cluster, name).await?;
+            taken += 1;
+            // Taking thousands of leases (a first start) outlasts a renewal period: renew
+            // what is held meanwhile, so that none runs out while the look goes on.
+            if taken % RENEW_EVERY_TAKEN == 0 {
+                renew(engine, cluster).await?;
+            }
         }
     }
     let gone: Vec<String> = cluster
@@ -234,6 +241,27 @@ async fn look(engine: &Arc<Engine>, cluster: &Arc<Cluster>) -> anyhow::Result<()
         .filter(|(name, h)| name.starts_with(APP_PREFIX) && !h.releasing)
         .count();
     crate::metrics::leases_held(apps);
+    Ok(())
+}
+
+/// How many leases one look takes between two renewals of those it holds.
+const RENEW_EVERY_TAKEN: usize = 200;
+
+/// Renews every lease held, extending the fences of those the database renewed.
+async fn renew(engine: &Arc<Engine>, cluster: &Arc<Cluster>) -> anyhow::Result<()> {
+    let sent = Instant::now();
+    let renewed: HashMap<String, i64> = engine
+        .ctx
+        .store
+        .renew_leases(&cluster.holder, cluster.ttl)
+        .await?
+        .into_iter()
+        .collect();
+    for (name, h) in cluster.held.lock().expect("lock").iter() {
+        if renewed.get(name) == Some(&h.fence.token) {
+            h.fence.renewed(sent, cluster.local_ttl());
+        }
+    }
     Ok(())
 }
 
