@@ -132,7 +132,6 @@ async fn look(engine: &Arc<Engine>, cluster: &Arc<Cluster>) -> anyhow::Result<()
     if cluster.duplicate.load(Ordering::Relaxed) {
         return Ok(());
     }
-    let sent = Instant::now();
     let first = !cluster.beaten.swap(true, Ordering::Relaxed);
     let Some(alive) = store
         .heartbeat(&cluster.holder, &cluster.instance, first, cluster.ttl)
@@ -158,11 +157,7 @@ async fn look(engine: &Arc<Engine>, cluster: &Arc<Cluster>) -> anyhow::Result<()
         crate::metrics::leases_held(0);
         return Ok(());
     };
-    let renewed: HashMap<String, i64> = store
-        .renew_leases(&cluster.holder, cluster.ttl)
-        .await?
-        .into_iter()
-        .collect();
+    let renewed = renew(engine, cluster).await?;
     // Leases of this replica id that this process does not work under: its previous life's
     // (a crash). Given up, so that none is renewed with no work behind it.
     let orphans: Vec<String> = {
@@ -189,11 +184,6 @@ async fn look(engine: &Arc<Engine>, cluster: &Arc<Cluster>) -> anyhow::Result<()
         for name in &lost {
             if let Some(h) = held.remove(name) {
                 h.fence.revoke();
-            }
-        }
-        for (name, h) in held.iter() {
-            if renewed.contains_key(name) {
-                h.fence.renewed(sent, cluster.local_ttl());
             }
         }
         lost
@@ -247,8 +237,9 @@ async fn look(engine: &Arc<Engine>, cluster: &Arc<Cluster>) -> anyhow::Result<()
 /// How many leases one look takes between two renewals of those it holds.
 const RENEW_EVERY_TAKEN: usize = 200;
 
-/// Renews every lease held, extending the fences of those the database renewed.
-async fn renew(engine: &Arc<Engine>, cluster: &Arc<Cluster>) -> anyhow::Result<()> {
+/// Renews every lease held, extending the fences of those the database renewed with the same
+/// token; answers what it renewed.
+async fn renew(engine: &Arc<Engine>, cluster: &Arc<Cluster>) -> anyhow::Result<HashMap<String, i64>> {
     let sent = Instant::now();
     let renewed: HashMap<String, i64> = engine
         .ctx
@@ -262,7 +253,7 @@ async fn renew(engine: &Arc<Engine>, cluster: &Arc<Cluster>) -> anyhow::Result<(
             h.fence.renewed(sent, cluster.local_ttl());
         }
     }
-    Ok(())
+    Ok(renewed)
 }
 
 async fn take(engine: &Arc<Engine>, cluster: &Arc<Cluster>, name: &str) -> anyhow::Result<()> {
