@@ -28,10 +28,12 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RateLimit {
+    #[schema(minimum = 1)]
     pub requests: u32,
     #[serde(rename = "windowSeconds")]
+    #[schema(minimum = 1)]
     pub window_seconds: u32,
 }
 

@@ -3,13 +3,14 @@
 //! imports nothing of the project, so the SCIM client never needs to know the store exists.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 /// Unix time in milliseconds.
 pub type Millis = i64;
 
 /// One HTTP request a step made: what the operator sees in a log entry.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, ToSchema)]
 pub struct HttpTrace {
     pub method: String,
     pub path: String,
@@ -18,10 +19,13 @@ pub struct HttpTrace {
     pub duration_ms: i64,
 }
 
-/// One step of a push or a cycle (`match_user`, `create_user`, `add_member`, ...).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One step of a push or a cycle. `http` holds the SCIM call's method, path, status and duration
+/// only: never a credential or a body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Step {
+    #[schema(examples("match_user", "create_user", "resolve_group", "add_member", "remove_member"))]
     pub step: String,
+    #[schema(examples("success", "failure", "retry"))]
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -42,9 +46,10 @@ impl Step {
 }
 
 /// The user attributes a source sends for a principal (the `principal` object of an event).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Principal {
     #[serde(rename = "userPrincipalName")]
+    #[schema(pattern = "\\S")]
     pub user_principal_name: String,
     #[serde(rename = "displayName", default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
@@ -85,30 +90,68 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "time": to_rfc3339(self.time),
-            "appId": self.app_id,
-            "appName": self.app_name,
-            "trigger": self.trigger,
-            "cycleId": self.cycle_id,
-            "eventId": self.event_id,
-            "principalId": self.principal_id,
-            "userPrincipalName": self.user_principal_name,
-            "groupId": self.group_id,
-            "action": self.action,
-            "status": self.status,
-            "reason": self.reason,
-            "deferredUntil": self.deferred_until.map(to_rfc3339),
-            "targetUserId": self.target_user_id,
-            "targetGroupId": self.target_group_id,
-            "attempt": self.attempt,
-            "durationMs": self.duration_ms,
-            "latencyMs": self.latency_ms,
-            "steps": self.steps,
-        })
+    /// The entry as the API and the export show it.
+    pub fn view(&self) -> LogEntryView<'_> {
+        LogEntryView {
+            id: &self.id,
+            time: to_rfc3339(self.time),
+            app_id: &self.app_id,
+            app_name: &self.app_name,
+            trigger: &self.trigger,
+            cycle_id: self.cycle_id.as_deref(),
+            event_id: self.event_id.as_deref(),
+            principal_id: self.principal_id.as_deref(),
+            user_principal_name: self.user_principal_name.as_deref(),
+            group_id: self.group_id.as_deref(),
+            action: &self.action,
+            status: &self.status,
+            reason: self.reason.as_deref(),
+            deferred_until: self.deferred_until.map(to_rfc3339),
+            target_user_id: self.target_user_id.as_deref(),
+            target_group_id: self.target_group_id.as_deref(),
+            attempt: self.attempt,
+            duration_ms: self.duration_ms,
+            latency_ms: self.latency_ms,
+            steps: &self.steps,
+        }
     }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self.view()).expect("a log entry serializes")
+    }
+}
+
+/// One line of the provisioning log, as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = LogEntry)]
+pub struct LogEntryView<'a> {
+    pub id: &'a str,
+    #[schema(format = DateTime)]
+    pub time: String,
+    pub app_id: &'a str,
+    pub app_name: &'a str,
+    #[schema(pattern = "^(activation|deactivation|expiry|sync|on_demand|directory|deprovision)$")]
+    pub trigger: &'a str,
+    pub cycle_id: Option<&'a str>,
+    pub event_id: Option<&'a str>,
+    pub principal_id: Option<&'a str>,
+    pub user_principal_name: Option<&'a str>,
+    pub group_id: Option<&'a str>,
+    #[schema(examples("add_member", "remove_member", "create_user", "update_user", "disable_user"))]
+    pub action: &'a str,
+    #[schema(pattern = "^(success|failure|skipped|deferred)$")]
+    pub status: &'a str,
+    pub reason: Option<&'a str>,
+    #[schema(format = DateTime)]
+    pub deferred_until: Option<String>,
+    pub target_user_id: Option<&'a str>,
+    pub target_group_id: Option<&'a str>,
+    pub attempt: i64,
+    pub duration_ms: Option<i64>,
+    /// From the webhook's arrival to the target's confirmation.
+    pub latency_ms: Option<i64>,
+    pub steps: &'a [Step],
 }
 
 pub fn to_rfc3339(t: Millis) -> String {

@@ -12,11 +12,21 @@ use serde_json::{Map, Value, json};
 use super::ApiContext;
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ApiResult, JsonBody, Path, Query};
+use super::model::{
+    App, AppList, Assignment, AssignmentList, AuthKind, ConnectionTest, Cycle, CycleList, CycleStarted, MappingPreview,
+};
 use crate::clock::to_rfc3339;
+use crate::config::RateLimit;
 use crate::provisioning::DEPROVISIONING;
-use crate::store::{AppChanges, AppRecord, AppSettings, Assignment, Job, LogFilter, TargetMember};
+use crate::store::{AppChanges, AppRecord, AppSettings, Job, LogFilter, TargetMember};
 
-const SETTINGS_KEYS: &[&str] = &[
+/// The fields each body may hold besides the settings (`model::AppRegistration`, `model::AppUpdate`,
+/// `model::MappingPreviewRequest` describe them; a test checks they agree).
+pub(super) const CREATE_FIELDS: &[&str] = &["name", "scimBaseUrl", "auth", "owners"];
+pub(super) const UPDATE_FIELDS: &[&str] = &["name", "scimBaseUrl", "auth", "owners", "status"];
+pub(super) const PREVIEW_FIELDS: &[&str] = &["principal", "principalId"];
+
+pub(super) const SETTINGS_KEYS: &[&str] = &[
     "syncIntervalSeconds",
     "rateLimit",
     "pacing",
@@ -111,69 +121,72 @@ async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult
     Ok(())
 }
 
-pub(super) async fn app_json(ctx: &ApiContext, app: &AppRecord) -> ApiResult<Value> {
+pub(super) async fn app_json(ctx: &ApiContext, app: &AppRecord) -> ApiResult<App> {
     let engine = &ctx.engine.ctx;
     let (requests, window_ms) = engine.rate_limit(app);
-    let last_cycle = ctx
-        .engine
-        .ctx
+    let last_cycle = engine
         .store
         .list_cycles(&app.id, 1)
         .await?
         .into_iter()
         .next()
         .map(|c| cycle_json(&c));
-    let mut body = json!({
-        "id": app.id,
-        "name": app.name,
-        "scimBaseUrl": app.scim_base_url,
-        "auth": {"type": app.auth_type},
-        "syncIntervalSeconds": engine.sync_interval_ms(app) / 1000,
-        "rateLimit": {"requests": requests, "windowSeconds": window_ms / 1000},
-        "pacing": app.settings.pacing,
-        "overflow": app.settings.overflow,
-        "patchStyle": app.settings.patch_style,
-        "driftRepair": app.settings.drift_repair,
-        "outOfScope": app.settings.out_of_scope,
-        "owners": app.owners,
-        "status": app.status,
-        "statusReason": app.status_reason,
-        "quarantined": app.quarantine_level > 0,
-        "nextSyncAt": to_rfc3339(app.next_sync_at),
-        "lastCycle": last_cycle,
-        "createdAt": to_rfc3339(app.created_at),
-    });
-    if let Some(n) = app.settings.members_per_patch {
-        body["membersPerPatch"] = json!(n);
-    }
-    body["attributeMapping"] = match &app.settings.attribute_mapping {
-        Some(entries) => json!(entries),
-        None => json!(crate::mapping::default_mapping()),
+    let members_left_to_remove = if app.status == "deleting" {
+        Some(engine.store.provisioned_members(&app.id).await?.len())
+    } else {
+        None
     };
-    body["matching"] = match &app.settings.matching {
-        Some(targets) => json!(targets),
-        None => json!(crate::mapping::DEFAULT_MATCHING),
-    };
-    if app.status == "deleting" {
-        let left = engine.store.provisioned_members(&app.id).await?.len();
-        body["membersLeftToRemove"] = json!(left);
-    }
-    Ok(body)
+    let settings = &app.settings;
+    Ok(App {
+        id: app.id.clone(),
+        name: app.name.clone(),
+        scim_base_url: app.scim_base_url.clone(),
+        auth: AuthKind {
+            kind: app.auth_type.clone(),
+        },
+        sync_interval_seconds: engine.sync_interval_ms(app) / 1000,
+        rate_limit: RateLimit {
+            requests,
+            window_seconds: u32::try_from(window_ms / 1000).unwrap_or(u32::MAX),
+        },
+        pacing: settings.pacing,
+        overflow: settings.overflow,
+        patch_style: settings.patch_style,
+        drift_repair: settings.drift_repair,
+        out_of_scope: settings.out_of_scope,
+        members_per_patch: settings.members_per_patch,
+        attribute_mapping: settings
+            .attribute_mapping
+            .clone()
+            .unwrap_or_else(crate::mapping::default_mapping),
+        matching: settings
+            .matching
+            .clone()
+            .unwrap_or_else(|| crate::mapping::DEFAULT_MATCHING.iter().map(|t| t.to_string()).collect()),
+        owners: app.owners.clone(),
+        status: app.status.clone(),
+        status_reason: app.status_reason.clone(),
+        quarantined: app.quarantine_level > 0,
+        next_sync_at: to_rfc3339(app.next_sync_at),
+        last_cycle,
+        created_at: to_rfc3339(app.created_at),
+        members_left_to_remove,
+    })
 }
 
-pub(super) fn cycle_json(c: &crate::store::CycleRecord) -> Value {
-    json!({
-        "id": c.id,
-        "appId": c.app_id,
-        "trigger": c.trigger,
-        "dryRun": c.dry_run,
-        "startedAt": to_rfc3339(c.started_at),
-        "endedAt": c.ended_at.map(to_rfc3339),
-        "status": c.status,
-        "counts": c.counts,
-        "progress": c.progress,
-        "report": c.report,
-    })
+pub(super) fn cycle_json(c: &crate::store::CycleRecord) -> Cycle {
+    Cycle {
+        id: c.id.clone(),
+        app_id: c.app_id.clone(),
+        trigger: c.trigger.clone(),
+        dry_run: c.dry_run,
+        started_at: to_rfc3339(c.started_at),
+        ended_at: c.ended_at.map(to_rfc3339),
+        status: c.status.clone(),
+        counts: c.counts.clone(),
+        progress: c.progress.clone(),
+        report: c.report.clone(),
+    }
 }
 
 /// The app if the caller may see it; 404 otherwise, as if it did not exist.
@@ -231,10 +244,10 @@ pub async fn create(
     State(ctx): State<ApiContext>,
     caller: Caller,
     body: JsonBody,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<App>)> {
     caller.require(&[Role::Admin, Role::AppOwner])?;
     let input = object(body)?;
-    check_keys(&input, &["name", "scimBaseUrl", "auth", "owners"])?;
+    check_keys(&input, CREATE_FIELDS)?;
     let name = text_field(&input, "name")?.ok_or_else(|| ApiError::bad("name", "is required"))?;
     let url = text_field(&input, "scimBaseUrl")?.ok_or_else(|| ApiError::bad("scimBaseUrl", "is required"))?;
     check_target_url(&ctx, "scimBaseUrl", &url).await?;
@@ -283,17 +296,17 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(app_json(&ctx, &app).await?)))
 }
 
-pub async fn list(State(ctx): State<ApiContext>, caller: Caller) -> ApiResult<Json<Value>> {
+pub async fn list(State(ctx): State<ApiContext>, caller: Caller) -> ApiResult<Json<AppList>> {
     let mut items = Vec::new();
     for app in ctx.engine.ctx.store.list_apps().await? {
         if caller.sees(&app) {
             items.push(app_json(&ctx, &app).await?);
         }
     }
-    Ok(Json(json!({"items": items})))
+    Ok(Json(AppList { items }))
 }
 
-pub async fn get(State(ctx): State<ApiContext>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get(State(ctx): State<ApiContext>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<App>> {
     let app = visible_app(&ctx, &caller, &id).await?;
     Ok(Json(app_json(&ctx, &app).await?))
 }
@@ -303,13 +316,13 @@ pub async fn update(
     caller: Caller,
     Path(id): Path<String>,
     body: JsonBody,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<App>> {
     let app = visible_app(&ctx, &caller, &id).await?;
     if !caller.owns(&app) {
         return Err(ApiError::Forbidden("only the app's owners and admins change it".into()));
     }
     let input = object(body)?;
-    check_keys(&input, &["name", "scimBaseUrl", "auth", "owners", "status"])?;
+    check_keys(&input, UPDATE_FIELDS)?;
     let mut changed: Vec<&str> = input.keys().map(String::as_str).collect();
     changed.sort();
     // Only what the request sends is written: a PATCH never undoes what the engine committed
@@ -445,14 +458,14 @@ pub async fn put_group(
     caller: Caller,
     Path((id, group_id)): Path<(String, String)>,
     body: JsonBody,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Assignment>> {
     let app = visible_app(&ctx, &caller, &id).await?;
     caller.require(&[Role::Admin])?;
     let input = object(body)?;
     let target =
         text_field(&input, "targetDisplayName")?.ok_or_else(|| ApiError::bad("targetDisplayName", "is required"))?;
     let engine = &ctx.engine.ctx;
-    let a = Assignment {
+    let a = crate::store::Assignment {
         app_id: app.id.clone(),
         group_id: group_id.clone(),
         target_display_name: target.clone(),
@@ -466,27 +479,35 @@ pub async fn put_group(
         engine.store.put_assignment(&a),
     )
     .await?;
-    Ok(Json(
-        json!({"appId": app.id, "groupId": group_id, "targetDisplayName": target}),
-    ))
+    Ok(Json(Assignment {
+        app_id: Some(app.id),
+        group_id,
+        target_display_name: target,
+        assigned_at: None,
+    }))
 }
 
 pub async fn list_groups(
     State(ctx): State<ApiContext>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AssignmentList>> {
     let app = visible_app(&ctx, &caller, &id).await?;
-    let items: Vec<Value> = ctx
+    let items = ctx
         .engine
         .ctx
         .store
         .list_assignments(&app.id)
         .await?
-        .iter()
-        .map(|a| json!({"groupId": a.group_id, "targetDisplayName": a.target_display_name, "assignedAt": to_rfc3339(a.created_at)}))
+        .into_iter()
+        .map(|a| Assignment {
+            app_id: None,
+            group_id: a.group_id,
+            target_display_name: a.target_display_name,
+            assigned_at: Some(to_rfc3339(a.created_at)),
+        })
         .collect();
-    Ok(Json(json!({"items": items})))
+    Ok(Json(AssignmentList { items }))
 }
 
 pub async fn delete_group(
@@ -518,13 +539,13 @@ pub async fn preview_mapping(
     caller: Caller,
     Path(id): Path<String>,
     body: JsonBody,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<MappingPreview>> {
     let app = visible_app(&ctx, &caller, &id).await?;
     if caller.role == Role::AppOwner && !caller.owns(&app) {
         return Err(ApiError::NotFound);
     }
     let input = object(body)?;
-    check_keys(&input, &["principal", "principalId"])?;
+    check_keys(&input, PREVIEW_FIELDS)?;
     let principal = input.get("principal").and_then(Value::as_object).ok_or_else(|| {
         ApiError::bad(
             "principal",
@@ -539,14 +560,17 @@ pub async fn preview_mapping(
         .map_err(|e| ApiError::unprocessable(&e.field, e.message))?;
     let user = crate::provisioning::map_user(&mapping, &principal_id, principal)
         .map_err(|reason| ApiError::unprocessable("principal", reason))?;
-    Ok(Json(json!({"user": user.create, "matching": user.filters})))
+    Ok(Json(MappingPreview {
+        user: user.create,
+        matching: user.filters,
+    }))
 }
 
 pub async fn test_connection(
     State(ctx): State<ApiContext>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ConnectionTest>> {
     let app = visible_app(&ctx, &caller, &id).await?;
     if caller.role == Role::AppOwner && !caller.owns(&app) {
         return Err(ApiError::NotFound);
@@ -554,11 +578,11 @@ pub async fn test_connection(
     let client = ctx.engine.ctx.client_for(&app)?;
     let mut steps = Vec::new();
     let outcome = client.test_connection(&mut steps).await;
-    Ok(Json(json!({
-        "ok": outcome.is_ok(),
-        "error": outcome.err().map(|e| e.to_string()),
-        "steps": steps,
-    })))
+    Ok(Json(ConnectionTest {
+        ok: outcome.is_ok(),
+        error: outcome.err().map(|e| e.to_string()),
+        steps,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -572,7 +596,7 @@ pub async fn sync_now(
     caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<SyncQuery>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<CycleStarted>)> {
     let app = visible_app(&ctx, &caller, &id).await?;
     if app.status == "paused" && !q.dry_run {
         return Err(ApiError::Conflict(
@@ -594,12 +618,16 @@ pub async fn sync_now(
         )
         .await?;
     ctx.engine.wake(&app.id);
-    Ok((StatusCode::ACCEPTED, Json(json!({"cycleId": cycle_id}))))
+    Ok((StatusCode::ACCEPTED, Json(CycleStarted { cycle_id })))
 }
 
-pub async fn cycles(State(ctx): State<ApiContext>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn cycles(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<CycleList>> {
     let app = visible_app(&ctx, &caller, &id).await?;
-    let items: Vec<Value> = ctx
+    let items = ctx
         .engine
         .ctx
         .store
@@ -608,7 +636,7 @@ pub async fn cycles(State(ctx): State<ApiContext>, caller: Caller, Path(id): Pat
         .iter()
         .map(cycle_json)
         .collect();
-    Ok(Json(json!({"items": items})))
+    Ok(Json(CycleList { items }))
 }
 
 pub async fn provision_on_demand(
@@ -616,7 +644,7 @@ pub async fn provision_on_demand(
     caller: Caller,
     Path(id): Path<String>,
     body: JsonBody,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let app = visible_app(&ctx, &caller, &id).await?;
     caller.require(&[Role::Admin, Role::Operator])?;
     let input = object(body)?;
@@ -687,7 +715,7 @@ pub async fn provision_on_demand(
         };
         let entries = engine.store.query_logs(&filter).await?;
         if let Some(entry) = entries.iter().find(|e| e.job_id.as_deref() == Some(job.id.as_str())) {
-            return Ok(Json(entry.to_json()));
+            return Ok(Json(entry.view()).into_response());
         }
         if tokio::time::Instant::now() > deadline {
             return Err(ApiError::Internal(anyhow::anyhow!(
@@ -702,7 +730,7 @@ pub async fn clear_quarantine(
     State(ctx): State<ApiContext>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<App>> {
     let app = visible_app(&ctx, &caller, &id).await?;
     caller.require(&[Role::Admin, Role::Operator])?;
     let engine = &ctx.engine.ctx;
@@ -735,7 +763,7 @@ pub async fn list_groups_one(
     State(ctx): State<ApiContext>,
     caller: Caller,
     Path((id, group_id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Assignment>> {
     let app = visible_app(&ctx, &caller, &id).await?;
     let a = ctx
         .engine
@@ -743,7 +771,10 @@ pub async fn list_groups_one(
         .assignment(&app.id, &group_id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(
-        json!({"appId": app.id, "groupId": a.group_id, "targetDisplayName": a.target_display_name}),
-    ))
+    Ok(Json(Assignment {
+        app_id: Some(app.id),
+        group_id: a.group_id,
+        target_display_name: a.target_display_name,
+        assigned_at: None,
+    }))
 }

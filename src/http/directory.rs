@@ -3,11 +3,12 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::ApiContext;
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ApiResult, JsonBody, Path};
+use super::model::DirectoryMember;
 use crate::activation::Principal;
 
 pub async fn put_member(
@@ -15,7 +16,7 @@ pub async fn put_member(
     caller: Caller,
     Path((group_id, principal_id)): Path<(String, String)>,
     body: JsonBody,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DirectoryMember>> {
     caller.require(&[Role::Admin])?;
     let principal = match body.0.as_ref().and_then(|b| b.get("principal")) {
         Some(p) => Some(
@@ -48,9 +49,11 @@ pub async fn put_member(
             .put_standing_member(&group_id, &principal_id, principal.as_ref(), engine.now()),
     )
     .await?;
-    Ok(Json(
-        json!({"groupId": group_id, "principalId": principal_id, "provisionedBy": "next synchronization cycle"}),
-    ))
+    Ok(Json(DirectoryMember {
+        group_id,
+        principal_id,
+        provisioned_by: "next synchronization cycle",
+    }))
 }
 
 pub async fn delete_member(

@@ -7,7 +7,8 @@ use axum::extract::rejection::PathRejection;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+use super::model::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -97,17 +98,20 @@ impl From<crate::store::StoreError> for ApiError {
 }
 
 /// The body of a problem answer; also used inside batch answers.
-pub fn problem_body(status: StatusCode, detail: &str, field: Option<&str>) -> serde_json::Value {
-    let mut body = json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    if let Some(field) = field {
-        body["field"] = json!(field);
+pub fn problem_body(status: StatusCode, detail: &str, field: Option<&str>) -> Problem {
+    Problem {
+        kind: "about:blank".into(),
+        title: status.canonical_reason().unwrap_or("Error").into(),
+        status: status.as_u16(),
+        detail: detail.into(),
+        field: field.map(Into::into),
     }
-    body
+}
+
+impl Problem {
+    pub fn to_json_string(&self) -> String {
+        serde_json::to_string(self).expect("a problem serializes")
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -124,7 +128,7 @@ impl IntoResponse for ApiError {
             other => (other.to_string(), None),
         };
         let body = problem_body(status, &detail, field);
-        let mut response = (status, body.to_string()).into_response();
+        let mut response = (status, body.to_json_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

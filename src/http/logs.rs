@@ -7,11 +7,12 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::ApiContext;
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ApiResult, Path, Query};
+use super::model::{Activation, ActivationApp, ActivationEvent, AuditEntry, AuditPage, LogPage};
 use crate::clock::{parse_rfc3339, to_rfc3339};
 use crate::store::{LogEntry, LogFilter};
 
@@ -105,7 +106,7 @@ async fn filter_for(ctx: &ApiContext, caller: &Caller, q: &LogQuery) -> ApiResul
     })
 }
 
-pub async fn list(State(ctx): State<ApiContext>, caller: Caller, Query(q): Query<LogQuery>) -> ApiResult<Json<Value>> {
+pub async fn list(State(ctx): State<ApiContext>, caller: Caller, Query(q): Query<LogQuery>) -> ApiResult<Response> {
     let filter = filter_for(&ctx, &caller, &q).await?;
     // One more than asked tells whether an older page exists, so the last page has no cursor.
     let probe = LogFilter {
@@ -116,17 +117,19 @@ pub async fn list(State(ctx): State<ApiContext>, caller: Caller, Query(q): Query
     let more = items.len() as i64 > filter.limit;
     items.truncate(filter.limit as usize);
     let next = more.then(|| items.last().map(|e| encode_cursor(e.seq))).flatten();
-    Ok(Json(
-        json!({"items": items.iter().map(LogEntry::to_json).collect::<Vec<_>>(), "nextCursor": next}),
-    ))
+    let page = LogPage {
+        items: items.iter().map(LogEntry::view).collect(),
+        next_cursor: next,
+    };
+    Ok(Json(page).into_response())
 }
 
-pub async fn get(State(ctx): State<ApiContext>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get(State(ctx): State<ApiContext>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     let entry = ctx.engine.ctx.store.get_log(&id).await?.ok_or(ApiError::NotFound)?;
     if caller.role == Role::AppOwner {
         super::apps::visible_app(&ctx, &caller, &entry.app_id).await?;
     }
-    Ok(Json(entry.to_json()))
+    Ok(Json(entry.view()).into_response())
 }
 
 const CSV_COLUMNS: &[&str] = &[
@@ -259,7 +262,7 @@ pub async fn activation(
     State(ctx): State<ApiContext>,
     caller: Caller,
     Path(event_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     caller.require(&[Role::Admin, Role::Operator])?;
     let store = &ctx.engine.ctx.store;
     let events = store.get_event(&event_id).await?;
@@ -280,23 +283,22 @@ pub async fn activation(
             None => apps.push((e.app_id.clone(), vec![e])),
         }
     }
-    let mut outcomes: Vec<Value> = apps
+    let mut outcomes: Vec<ActivationApp> = apps
         .iter()
         .map(|(app_id, list)| {
             let last = list.last().expect("non-empty");
-            let latency = list.iter().rev().find_map(|e| e.latency_ms);
-            json!({
-                "appId": app_id,
-                "appName": last.app_name,
-                "state": state_of(&last.status),
-                "status": last.status,
-                "action": last.action,
-                "reason": last.reason,
-                "deferredUntil": last.deferred_until.map(to_rfc3339),
-                "latencyMs": latency,
-                "time": to_rfc3339(last.time),
-                "entries": list.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
-            })
+            ActivationApp {
+                app_id: app_id.clone(),
+                app_name: last.app_name.clone(),
+                state: state_of(&last.status),
+                status: Some(last.status.clone()),
+                action: Some(last.action.clone()),
+                reason: last.reason.clone(),
+                deferred_until: last.deferred_until.map(to_rfc3339),
+                latency_ms: list.iter().rev().find_map(|e| e.latency_ms),
+                time: Some(to_rfc3339(last.time)),
+                entries: list.iter().map(|e| e.view()).collect(),
+            }
         })
         .collect();
     // Apps the event concerns that have not logged anything for it yet.
@@ -313,19 +315,39 @@ pub async fn activation(
                 .iter()
                 .any(|a| a.group_id == group_id)
             {
-                let reason = (latest.outcome == "assign").then_some("provisioned by the next synchronization cycle");
-                outcomes.push(json!({
-                    "appId": app.id, "appName": app.name, "state": "pending", "status": null, "action": null,
-                    "reason": reason, "deferredUntil": null, "latencyMs": null, "time": null, "entries": [],
-                }));
+                let reason =
+                    (latest.outcome == "assign").then(|| "provisioned by the next synchronization cycle".into());
+                outcomes.push(ActivationApp {
+                    app_id: app.id,
+                    app_name: app.name,
+                    state: "pending",
+                    status: None,
+                    action: None,
+                    reason,
+                    deferred_until: None,
+                    latency_ms: None,
+                    time: None,
+                    entries: Vec::new(),
+                });
             }
         }
     }
-    let events: Vec<Value> = events
-        .iter()
-        .map(|e| json!({"id": e.id, "status": e.status, "receivedAt": to_rfc3339(e.received_at), "outcome": e.outcome, "reason": e.reason, "body": e.body}))
-        .collect();
-    Ok(Json(json!({"eventId": event_id, "events": events, "apps": outcomes})))
+    let answer = Activation {
+        event_id,
+        events: events
+            .into_iter()
+            .map(|e| ActivationEvent {
+                id: e.id,
+                status: e.status,
+                received_at: to_rfc3339(e.received_at),
+                outcome: e.outcome,
+                reason: e.reason,
+                body: e.body,
+            })
+            .collect(),
+        apps: outcomes,
+    };
+    Ok(Json(answer).into_response())
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -338,7 +360,7 @@ pub async fn audit(
     State(ctx): State<ApiContext>,
     caller: Caller,
     Query(q): Query<AuditQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AuditPage>> {
     caller.require(&[Role::Admin])?;
     let limit = q.limit.unwrap_or(500);
     if !(1..=500).contains(&limit) {
@@ -349,16 +371,26 @@ pub async fn audit(
     let next = (entries.len() as i64 == limit)
         .then(|| entries.last().map(|e| encode_cursor(e.seq)))
         .flatten();
-    let items: Vec<Value> = entries
-        .iter()
-        .map(|a| json!({"time": to_rfc3339(a.time), "actor": a.actor, "action": a.action, "target": a.target, "detail": a.detail}))
+    let items = entries
+        .into_iter()
+        .map(|a| AuditEntry {
+            time: to_rfc3339(a.time),
+            actor: a.actor,
+            action: a.action,
+            target: a.target,
+            detail: a.detail,
+        })
         .collect();
-    Ok(Json(json!({"items": items, "nextCursor": next})))
+    Ok(Json(AuditPage {
+        items,
+        next_cursor: next,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn csv_cells_that_a_spreadsheet_would_run_are_neutralised() {

@@ -5,6 +5,7 @@ mod auth;
 mod directory;
 pub mod error;
 mod logs;
+pub mod model;
 mod openapi;
 mod sources;
 mod tokens;
@@ -23,6 +24,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 pub use auth::{Caller, Role};
+pub use openapi::SchemaOf;
 pub use tokens::issue as issue_token;
 
 use crate::provisioning::Engine;
@@ -70,8 +72,8 @@ pub enum Access {
 #[derive(Debug, Clone, Copy)]
 pub enum Body {
     Empty,
-    /// A JSON body of that component schema.
-    Json(&'static str),
+    /// A JSON body of that type (its schema is derived from it).
+    Json(SchemaOf),
     /// Other media types (text, HTML, an export).
     Media(&'static [&'static str]),
 }
@@ -85,8 +87,8 @@ pub struct Route {
     pub tag: &'static str,
     pub access: Access,
     pub query: &'static [&'static str],
-    /// The request body's component schema.
-    pub request: Option<&'static str>,
+    /// The request body's type.
+    pub request: Option<SchemaOf>,
     /// The success status and its body.
     pub ok: u16,
     pub body: Body,
@@ -165,9 +167,9 @@ pub const ROUTES: &[Route] = &[
         tag: "webhook",
         access: Access::Signed,
         query: &[],
-        request: Some("WebhookBody"),
+        request: Some(SchemaOf::of::<model::WebhookBody>()),
         ok: 202,
-        body: Body::Json("WebhookAnswer"),
+        body: Body::Json(SchemaOf::of::<model::WebhookAnswer>()),
         handler: |m| on(m, webhooks::receive),
     },
     Route {
@@ -177,9 +179,9 @@ pub const ROUTES: &[Route] = &[
         tag: "apps",
         access: Access::Roles("admin, app_owner"),
         query: &[],
-        request: Some("AppRegistration"),
+        request: Some(SchemaOf::of::<model::AppRegistration>()),
         ok: 201,
-        body: Body::Json("App"),
+        body: Body::Json(SchemaOf::of::<model::App>()),
         handler: |m| on(m, apps::create),
     },
     Route {
@@ -191,7 +193,7 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         request: None,
         ok: 200,
-        body: Body::Json("AppList"),
+        body: Body::Json(SchemaOf::of::<model::AppList>()),
         handler: |m| on(m, apps::list),
     },
     Route {
@@ -203,7 +205,7 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         request: None,
         ok: 200,
-        body: Body::Json("App"),
+        body: Body::Json(SchemaOf::of::<model::App>()),
         handler: |m| on(m, apps::get),
     },
     Route {
@@ -213,9 +215,9 @@ pub const ROUTES: &[Route] = &[
         tag: "apps",
         access: Access::Roles("admin, the app's owners"),
         query: &[],
-        request: Some("AppUpdate"),
+        request: Some(SchemaOf::of::<model::AppUpdate>()),
         ok: 200,
-        body: Body::Json("App"),
+        body: Body::Json(SchemaOf::of::<model::App>()),
         handler: |m| on(m, apps::update),
     },
     Route {
@@ -239,7 +241,7 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         request: None,
         ok: 200,
-        body: Body::Json("AssignmentList"),
+        body: Body::Json(SchemaOf::of::<model::AssignmentList>()),
         handler: |m| on(m, apps::list_groups),
     },
     Route {
@@ -251,7 +253,7 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         request: None,
         ok: 200,
-        body: Body::Json("Assignment"),
+        body: Body::Json(SchemaOf::of::<model::Assignment>()),
         handler: |m| on(m, apps::list_groups_one),
     },
     Route {
@@ -261,9 +263,9 @@ pub const ROUTES: &[Route] = &[
         tag: "apps",
         access: ADMIN,
         query: &[],
-        request: Some("AssignmentRequest"),
+        request: Some(SchemaOf::of::<model::AssignmentRequest>()),
         ok: 200,
-        body: Body::Json("Assignment"),
+        body: Body::Json(SchemaOf::of::<model::Assignment>()),
         handler: |m| on(m, apps::put_group),
     },
     Route {
@@ -287,7 +289,7 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         request: None,
         ok: 200,
-        body: Body::Json("ConnectionTest"),
+        body: Body::Json(SchemaOf::of::<model::ConnectionTest>()),
         handler: |m| on(m, apps::test_connection),
     },
     Route {
@@ -297,9 +299,9 @@ pub const ROUTES: &[Route] = &[
         tag: "apps",
         access: APP_READERS,
         query: &[],
-        request: Some("MappingPreviewRequest"),
+        request: Some(SchemaOf::of::<model::MappingPreviewRequest>()),
         ok: 200,
-        body: Body::Json("MappingPreview"),
+        body: Body::Json(SchemaOf::of::<model::MappingPreview>()),
         handler: |m| on(m, apps::preview_mapping),
     },
     Route {
@@ -311,7 +313,7 @@ pub const ROUTES: &[Route] = &[
         query: &["dryRun"],
         request: None,
         ok: 202,
-        body: Body::Json("CycleStarted"),
+        body: Body::Json(SchemaOf::of::<model::CycleStarted>()),
         handler: |m| on(m, apps::sync_now),
     },
     Route {
@@ -323,7 +325,7 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         request: None,
         ok: 200,
-        body: Body::Json("CycleList"),
+        body: Body::Json(SchemaOf::of::<model::CycleList>()),
         handler: |m| on(m, apps::cycles),
     },
     Route {
@@ -333,9 +335,9 @@ pub const ROUTES: &[Route] = &[
         tag: "apps",
         access: Access::Roles("admin, operator"),
         query: &[],
-        request: Some("OnDemandRequest"),
+        request: Some(SchemaOf::of::<model::OnDemandRequest>()),
         ok: 200,
-        body: Body::Json("LogEntry"),
+        body: Body::Json(SchemaOf::of::<crate::types::LogEntryView<'static>>()),
         handler: |m| on(m, apps::provision_on_demand),
     },
     Route {
@@ -347,7 +349,7 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         request: None,
         ok: 200,
-        body: Body::Json("SourceList"),
+        body: Body::Json(SchemaOf::of::<model::SourceList>()),
         handler: |m| on(m, sources::list),
     },
     Route {
@@ -359,7 +361,7 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         request: None,
         ok: 200,
-        body: Body::Json("App"),
+        body: Body::Json(SchemaOf::of::<model::App>()),
         handler: |m| on(m, apps::clear_quarantine),
     },
     Route {
@@ -369,9 +371,9 @@ pub const ROUTES: &[Route] = &[
         tag: "directory",
         access: ADMIN,
         query: &[],
-        request: Some("DirectoryMemberRequest"),
+        request: Some(SchemaOf::of::<model::DirectoryMemberRequest>()),
         ok: 200,
-        body: Body::Json("DirectoryMember"),
+        body: Body::Json(SchemaOf::of::<model::DirectoryMember>()),
         handler: |m| on(m, directory::put_member),
     },
     Route {
@@ -395,7 +397,7 @@ pub const ROUTES: &[Route] = &[
         query: LOG_QUERY,
         request: None,
         ok: 200,
-        body: Body::Json("LogPage"),
+        body: Body::Json(SchemaOf::of::<model::LogPage<'static>>()),
         handler: |m| on(m, logs::list),
     },
     Route {
@@ -419,7 +421,7 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         request: None,
         ok: 200,
-        body: Body::Json("LogEntry"),
+        body: Body::Json(SchemaOf::of::<crate::types::LogEntryView<'static>>()),
         handler: |m| on(m, logs::get),
     },
     Route {
@@ -431,7 +433,7 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         request: None,
         ok: 200,
-        body: Body::Json("Activation"),
+        body: Body::Json(SchemaOf::of::<model::Activation<'static>>()),
         handler: |m| on(m, logs::activation),
     },
     Route {
@@ -443,7 +445,7 @@ pub const ROUTES: &[Route] = &[
         query: &["limit", "cursor"],
         request: None,
         ok: 200,
-        body: Body::Json("AuditPage"),
+        body: Body::Json(SchemaOf::of::<model::AuditPage>()),
         handler: |m| on(m, logs::audit),
     },
     Route {
@@ -453,9 +455,9 @@ pub const ROUTES: &[Route] = &[
         tag: "tokens",
         access: ADMIN,
         query: &[],
-        request: Some("TokenRequest"),
+        request: Some(SchemaOf::of::<model::TokenRequest>()),
         ok: 201,
-        body: Body::Json("TokenCreated"),
+        body: Body::Json(SchemaOf::of::<model::TokenCreated>()),
         handler: |m| on(m, tokens::create),
     },
     Route {
@@ -467,7 +469,7 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         request: None,
         ok: 200,
-        body: Body::Json("TokenList"),
+        body: Body::Json(SchemaOf::of::<model::TokenList>()),
         handler: |m| on(m, tokens::list),
     },
     Route {
@@ -580,7 +582,7 @@ async fn no_route(method: Method, uri: Uri) -> Response {
     (
         StatusCode::NOT_FOUND,
         [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
+        body.to_json_string(),
     )
         .into_response()
 }
@@ -596,7 +598,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     (
         StatusCode::METHOD_NOT_ALLOWED,
         [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
+        body.to_json_string(),
     )
         .into_response()
 }

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::ApiContext;
 use super::auth::{BOOTSTRAP_ADMIN, Caller, Role};
 use super::error::{ApiError, ApiResult, JsonBody, Path};
+use super::model::{Token, TokenCreated, TokenList};
 use crate::clock::to_rfc3339;
 use crate::store::{AuditEntry, StoreError, TokenRecord};
 
@@ -73,7 +74,7 @@ pub async fn create(
     State(ctx): State<ApiContext>,
     caller: Caller,
     body: JsonBody,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     caller.require(&[Role::Admin])?;
     let JsonBody(Some(body)) = body else {
         return Err(ApiError::bad("(body)", "must be a JSON object"));
@@ -96,22 +97,32 @@ pub async fn create(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": record.id, "name": record.name, "role": record.role, "token": token})),
+        Json(TokenCreated {
+            id: record.id,
+            name: record.name,
+            role: record.role,
+            token,
+        }),
     ))
 }
 
-pub async fn list(State(ctx): State<ApiContext>, caller: Caller) -> ApiResult<Json<Value>> {
+pub async fn list(State(ctx): State<ApiContext>, caller: Caller) -> ApiResult<Json<TokenList>> {
     caller.require(&[Role::Admin])?;
-    let items: Vec<Value> = ctx
+    let items = ctx
         .engine
         .ctx
         .store
         .list_tokens()
         .await?
-        .iter()
-        .map(|t| json!({"id": t.id, "name": t.name, "role": t.role, "createdAt": to_rfc3339(t.created_at)}))
+        .into_iter()
+        .map(|t| Token {
+            id: t.id,
+            name: t.name,
+            role: t.role,
+            created_at: to_rfc3339(t.created_at),
+        })
         .collect();
-    Ok(Json(json!({"items": items})))
+    Ok(Json(TokenList { items }))
 }
 
 pub async fn revoke(State(ctx): State<ApiContext>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {

@@ -6,10 +6,11 @@ use axum::body::{Body, to_bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::ApiContext;
 use super::error::{ApiError, ApiResult, problem_body};
+use super::model::{EventAnswer, JobRef, WebhookAnswer};
 use crate::crypto::verify_signature;
 use crate::intake::{self, Source, Verdict};
 use crate::metrics;
@@ -28,18 +29,47 @@ fn record_metric(verdict: &Verdict) {
     }
 }
 
-fn to_json(verdict: &Verdict, id: Option<&str>) -> Value {
-    let jobs =
-        |jobs: &[(String, String)]| -> Value { jobs.iter().map(|(id, app)| json!({"id": id, "appId": app})).collect() };
-    match verdict {
-        Verdict::Accepted(j) => json!({"id": id, "status": "accepted", "jobs": jobs(j)}),
-        Verdict::Duplicate(j) => json!({"id": id, "status": "duplicate", "jobs": jobs(j)}),
-        Verdict::Conflict(detail) => json!({"id": id, "status": "conflict", "jobs": [],
-            "problem": problem_body(StatusCode::CONFLICT, detail, Some("id"))}),
-        Verdict::Malformed { field, detail } => json!({"id": id, "status": "rejected", "jobs": [],
-            "problem": problem_body(StatusCode::BAD_REQUEST, &format!("{field}: {detail}"), Some(field))}),
-        Verdict::Refused { field, detail } => json!({"id": id, "status": "rejected", "jobs": [],
-            "problem": problem_body(StatusCode::UNPROCESSABLE_ENTITY, &format!("{field}: {detail}"), Some(field))}),
+fn event_answer(verdict: &Verdict, id: Option<&str>) -> EventAnswer {
+    let jobs = |jobs: &[(String, String)]| -> Vec<JobRef> {
+        jobs.iter()
+            .map(|(id, app)| JobRef {
+                id: id.clone(),
+                app_id: app.clone(),
+            })
+            .collect()
+    };
+    let (status, jobs, problem) = match verdict {
+        Verdict::Accepted(j) => ("accepted", jobs(j), None),
+        Verdict::Duplicate(j) => ("duplicate", jobs(j), None),
+        Verdict::Conflict(detail) => (
+            "conflict",
+            Vec::new(),
+            Some(problem_body(StatusCode::CONFLICT, detail, Some("id"))),
+        ),
+        Verdict::Malformed { field, detail } => (
+            "rejected",
+            Vec::new(),
+            Some(problem_body(
+                StatusCode::BAD_REQUEST,
+                &format!("{field}: {detail}"),
+                Some(field),
+            )),
+        ),
+        Verdict::Refused { field, detail } => (
+            "rejected",
+            Vec::new(),
+            Some(problem_body(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("{field}: {detail}"),
+                Some(field),
+            )),
+        ),
+    };
+    EventAnswer {
+        id: id.map(Into::into),
+        status,
+        jobs,
+        problem,
     }
 }
 
@@ -129,9 +159,9 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
             let mut answers = Vec::with_capacity(items.len());
             for (raw, verdict) in items.iter().zip(verdicts) {
                 record_metric(&verdict);
-                answers.push(to_json(&verdict, raw.get("id").and_then(Value::as_str)));
+                answers.push(event_answer(&verdict, raw.get("id").and_then(Value::as_str)));
             }
-            (StatusCode::ACCEPTED, Json(json!({"events": answers}))).into_response()
+            (StatusCode::ACCEPTED, Json(WebhookAnswer { events: answers })).into_response()
         }
         None => {
             let verdict = intake::take_in(&ctx.engine, std::slice::from_ref(&parsed), Source::Webhook)
@@ -145,7 +175,8 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
                 Verdict::Conflict(detail) => return Err(ApiError::Conflict(detail)),
                 ok => {
                     let id = parsed.get("id").and_then(Value::as_str);
-                    (StatusCode::ACCEPTED, Json(json!({"events": [to_json(&ok, id)]}))).into_response()
+                    let events = vec![event_answer(&ok, id)];
+                    (StatusCode::ACCEPTED, Json(WebhookAnswer { events })).into_response()
                 }
             }
         }

@@ -266,7 +266,7 @@ pub fn principal_attributes(principal: &Map<String, Value>, object_id: &str) -> 
 }
 
 /// When an entry is sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Apply {
     #[default]
@@ -276,9 +276,14 @@ pub enum Apply {
 }
 
 /// One entry of an app's `attributeMapping`, as the API carries it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MappingEntry {
+    /// A SCIM User attribute path (`userName`, `name.givenName`, `emails[type eq "work"].value`,
+    /// or `<extension URN>:<attribute>`).
+    #[schema(example = "userName")]
     pub target: String,
+    /// An expression in the syntax of Microsoft Entra ID's attribute-mapping expressions.
+    #[schema(example = "Join(\".\", ToLower([givenName]), ToLower([surname]))")]
     pub source: String,
     #[serde(default)]
     pub apply: Apply,

@@ -34,7 +34,7 @@ pub enum StoreError {
     Fenced(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Overflow {
     #[default]
@@ -42,7 +42,7 @@ pub enum Overflow {
     Drain,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PatchStyle {
     #[default]
@@ -51,7 +51,7 @@ pub enum PatchStyle {
     Legacy,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DriftRepair {
     #[default]
@@ -60,7 +60,7 @@ pub enum DriftRepair {
     Off,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OutOfScope {
     #[default]
@@ -68,9 +68,10 @@ pub enum OutOfScope {
     Disable,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pacing {
+    #[schema(minimum = 1, default = 25)]
     pub requests_per_second: u32,
 }
 
@@ -82,12 +83,16 @@ impl Default for Pacing {
     }
 }
 
-/// Per-app settings as the API shows them. `None` means "the global default".
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// Per-app settings as an app's owner gives them. `None` means "the global default". The API
+/// refuses keys that are not settings before these are read (`http::apps`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct AppSettings {
+    /// Seconds between synchronization cycles (default 2400).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub sync_interval_seconds: Option<u64>,
+    /// Immediate pushes allowed per window (default 5 in 10 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
     #[serde(default)]
@@ -100,9 +105,12 @@ pub struct AppSettings {
     pub drift_repair: DriftRepair,
     #[serde(default)]
     pub out_of_scope: OutOfScope,
+    /// Members per group PATCH in a cycle (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub members_per_patch: Option<u32>,
-    /// What a target receives as a User (SPEC §4); `None`: the default mapping.
+    /// What a target receives as a User (SPEC §4), replaced whole; must map `userName`. `None`:
+    /// the default mapping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attribute_mapping: Option<Vec<MappingEntry>>,
     /// The mapped targets that find an existing user, in order; `None`: externalId, userName.
@@ -251,7 +259,7 @@ pub struct TargetMember {
     pub principal_id: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CycleCounts {
     pub added: i64,
