@@ -213,6 +213,8 @@ pub struct SchemaOf {
     name: fn() -> Cow<'static, str>,
     schema: fn() -> RefOr<Schema>,
     refs: fn(&mut Vec<(String, RefOr<Schema>)>),
+    /// The handler refuses fields the type does not name.
+    closed: bool,
 }
 
 impl SchemaOf {
@@ -221,6 +223,16 @@ impl SchemaOf {
             name: T::name,
             schema: T::schema,
             refs: T::schemas,
+            closed: false,
+        }
+    }
+
+    /// A request body whose handler answers 400 for any field the type does not name. The
+    /// schema says so with `unevaluatedProperties: false`, which also holds across `allOf`.
+    pub const fn closed<T: ToSchema>() -> Self {
+        Self {
+            closed: true,
+            ..Self::of::<T>()
         }
     }
 
@@ -239,17 +251,25 @@ impl std::fmt::Debug for SchemaOf {
 /// of the problem answer every error carries.
 fn schemas() -> Value {
     let mut all: Vec<(String, RefOr<Schema>)> = Vec::new();
-    let bodies = ROUTES.iter().flat_map(|r| {
-        let answer = match r.body {
-            Body::Json(schema) => Some(schema),
-            _ => None,
-        };
-        r.request.into_iter().chain(answer)
-    });
-    for schema in bodies.chain([SchemaOf::of::<Problem>()]) {
+    let bodies: Vec<SchemaOf> = ROUTES
+        .iter()
+        .flat_map(|r| {
+            let answer = match r.body {
+                Body::Json(schema) => Some(schema),
+                _ => None,
+            };
+            r.request.into_iter().chain(answer)
+        })
+        .chain([SchemaOf::of::<Problem>()])
+        .collect();
+    for schema in &bodies {
         all.push((schema.name().into_owned(), (schema.schema)()));
         (schema.refs)(&mut all);
     }
     let map: BTreeMap<String, RefOr<Schema>> = all.into_iter().collect();
-    serde_json::to_value(map).expect("schemas serialize")
+    let mut schemas = serde_json::to_value(map).expect("schemas serialize");
+    for closed in bodies.iter().filter(|s| s.closed) {
+        schemas[closed.name().as_ref()]["unevaluatedProperties"] = Value::Bool(false);
+    }
+    schemas
 }
