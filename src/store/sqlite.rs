@@ -124,8 +124,12 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // An embedded database's connection cannot go stale the way a network one can: checking
+        // each one before use would only add a round trip to SQLite's worker thread to every
+        // statement made outside a transaction (most of the push path's reads).
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(Self {
