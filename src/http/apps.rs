@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use utoipa::IntoParams;
 
 use super::ApiContext;
 use super::auth::{Caller, Role};
@@ -402,9 +403,13 @@ pub async fn update(
     Ok(Json(app_json(&ctx, &app).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
+    /// First remove what the bridge provisioned: the app is `deleting` (202) until every member
+    /// it provisioned is removed.
     #[serde(default)]
+    #[param(default = false)]
     deprovision: bool,
 }
 
@@ -585,9 +590,12 @@ pub async fn test_connection(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SyncQuery {
+    /// Report what the cycle would do without writing to the target.
     #[serde(default, rename = "dryRun")]
+    #[param(default = false)]
     dry_run: bool,
 }
 

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::IntoParams;
 
 use super::ApiContext;
 use super::auth::{Caller, Role};
@@ -16,20 +17,42 @@ use super::model::{Activation, ActivationApp, ActivationEvent, AuditEntry, Audit
 use crate::clock::{parse_rfc3339, to_rfc3339};
 use crate::store::{LogEntry, LogFilter};
 
-#[derive(Debug, Deserialize, Default)]
+/// The filters of `GET /v1/provisioning-logs` and its export.
+#[derive(Debug, Deserialize, Default, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
+    /// Only entries of this app.
     app_id: Option<String>,
+    /// Only entries of this principal.
     principal_id: Option<String>,
+    /// Only entries of this PIM group.
     group_id: Option<String>,
+    /// Only entries of this event (activation).
     event_id: Option<String>,
+    /// Only entries with this outcome.
+    #[param(pattern = "^(success|failure|skipped|deferred)$")]
     status: Option<String>,
+    /// Only entries of this action (`add_member`, `remove_member`, `create_user`, `update_user`,
+    /// `disable_user`).
     action: Option<String>,
+    /// Only entries with this trigger.
+    #[param(pattern = "^(activation|deactivation|expiry|sync|on_demand|directory|deprovision)$")]
     trigger: Option<String>,
+    /// Entries at or after this time.
+    #[param(format = DateTime)]
     since: Option<String>,
+    /// Entries before this time.
+    #[param(format = DateTime)]
     until: Option<String>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 500, default = 100)]
     limit: Option<i64>,
+    /// `nextCursor` of the previous page; pages never skip or repeat entries while new ones arrive.
+    #[param(min_length = 1)]
     cursor: Option<String>,
+    /// Export format.
+    #[param(pattern = "^(csv|jsonl)$", default = "jsonl")]
     format: Option<String>,
 }
 
@@ -350,9 +373,14 @@ pub async fn activation(
     Ok(Json(answer).into_response())
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Page size.
+    #[param(minimum = 1, maximum = 500, default = 500)]
     limit: Option<i64>,
+    /// `nextCursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 

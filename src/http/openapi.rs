@@ -7,9 +7,10 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
-use utoipa::ToSchema;
 use utoipa::openapi::RefOr;
+use utoipa::openapi::path::{Parameter, ParameterIn};
 use utoipa::openapi::schema::Schema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::model::{App, Problem};
 use super::{Access, Body, ROUTES, Route};
@@ -60,7 +61,12 @@ fn operation(route: &Route) -> Value {
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
         .collect();
-    params.extend(route.query.iter().map(|name| query_parameter(name)));
+    let query = route.query.parameters();
+    params.extend(
+        query
+            .iter()
+            .map(|p| serde_json::to_value(p).expect("parameters serialize")),
+    );
 
     let mut responses = Map::new();
     let ok = match &route.body {
@@ -78,7 +84,7 @@ fn operation(route: &Route) -> Value {
         }
     };
     responses.insert(route.ok.to_string(), ok);
-    if route.query.contains(&"deprovision") {
+    if query.iter().any(|p| p.name == "deprovision") {
         responses.insert(
             "202".into(),
             json!({"description": "With `deprovision=true`: the app is `deleting` until every member the bridge provisioned is removed",
@@ -86,7 +92,7 @@ fn operation(route: &Route) -> Value {
         );
     }
     let problem = |why: &str| json!({"description": why, "content": {"application/problem+json": {"schema": schema_ref(&Problem::name())}}});
-    if route.request.is_some() || !route.query.is_empty() || route.path.contains('{') {
+    if route.request.is_some() || !query.is_empty() || route.path.contains('{') {
         responses.insert("400".into(), problem("Malformed body or parameter; `field` names it"));
     }
     if route.request.is_some() {
@@ -158,52 +164,42 @@ fn schema_ref(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
-fn query_parameter(name: &str) -> Value {
-    let (schema, description) = match name {
-        "appId" | "principalId" | "groupId" | "eventId" => (json!({"type": "string"}), "Only entries with this value"),
-        "status" => (
-            json!({"type": "string", "enum": ["success", "failure", "skipped", "deferred"]}),
-            "Only entries with this outcome",
-        ),
-        "action" => (
-            json!({"type": "string", "examples": ["add_member", "remove_member", "create_user", "update_user", "disable_user"]}),
-            "Only entries of this action",
-        ),
-        "trigger" => (
-            json!({"type": "string", "enum": ["activation", "deactivation", "expiry", "sync", "on_demand", "directory", "deprovision"]}),
-            "Only entries with this trigger",
-        ),
-        "since" => (
-            json!({"type": "string", "format": "date-time"}),
-            "Entries at or after this time",
-        ),
-        "until" => (
-            json!({"type": "string", "format": "date-time"}),
-            "Entries before this time",
-        ),
-        "limit" => (
-            json!({"type": "integer", "minimum": 1, "maximum": 500, "default": 100}),
-            "Page size",
-        ),
-        "cursor" => (
-            json!({"type": "string", "minLength": 1}),
-            "`nextCursor` of the previous page; pages never skip or repeat entries while new ones arrive",
-        ),
-        "format" => (
-            json!({"type": "string", "enum": ["csv", "jsonl"], "default": "jsonl"}),
-            "Export format",
-        ),
-        "dryRun" => (
-            json!({"type": "boolean", "default": false}),
-            "Report what the cycle would do without writing to the target",
-        ),
-        "deprovision" => (
-            json!({"type": "boolean", "default": false}),
-            "First remove what the bridge provisioned",
-        ),
-        _ => (json!({"type": "string"}), ""),
+/// A route's query parameters, derived from the type its handler reads them into (`IntoParams`),
+/// less those the route does not read.
+#[derive(Clone, Copy)]
+pub struct ParamsOf {
+    params: fn() -> Vec<Parameter>,
+    except: &'static [&'static str],
+}
+
+impl ParamsOf {
+    pub const NONE: Self = Self {
+        params: Vec::new,
+        except: &[],
     };
-    json!({"name": name, "in": "query", "required": false, "schema": schema, "description": description})
+
+    pub const fn of<T: IntoParams>() -> Self {
+        Self {
+            params: query_parameters::<T>,
+            except: &[],
+        }
+    }
+
+    /// The same, without the named parameters (which the type has but this route ignores).
+    pub const fn except(self, names: &'static [&'static str]) -> Self {
+        Self { except: names, ..self }
+    }
+
+    pub fn parameters(&self) -> Vec<Parameter> {
+        (self.params)()
+            .into_iter()
+            .filter(|p| !self.except.contains(&p.name.as_str()))
+            .collect()
+    }
+}
+
+fn query_parameters<T: IntoParams>() -> Vec<Parameter> {
+    T::into_params(|| Some(ParameterIn::Query))
 }
 
 /// A body's type as the route table names it: its name, its schema and the schemas it refers to,
