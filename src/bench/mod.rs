@@ -312,14 +312,19 @@ fn event(group: &str) -> Value {
 
 /// A `Provisioned` event of this action for this principal (`{principal}@bench.test`).
 fn event_for(action: &str, principal: &str, group: &str) -> Value {
-    let id = uuid::Uuid::new_v4().to_string();
+    pim_event(&uuid::Uuid::new_v4().to_string(), action, principal, group, "Bench")
+}
+
+/// A PIM request as the webhook carries it, for the benchmarks (this one and `cargo bench`'s):
+/// a `Provisioned` membership of two hours for `{principal}@bench.test`.
+pub fn pim_event(id: &str, action: &str, principal: &str, group: &str, group_name: &str) -> Value {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     json!({
         "id": id, "action": action, "accessId": "member", "principalId": principal, "groupId": group,
         "status": "Provisioned", "createdDateTime": now,
         "scheduleInfo": {"startDateTime": now, "expiration": {"type": "afterDuration", "duration": "PT2H"}},
         "principal": {"userPrincipalName": format!("{principal}@bench.test"), "displayName": "Bench User"},
-        "group": {"displayName": "Bench", "membershipRule": null, "onPremisesSyncEnabled": false}
+        "group": {"displayName": group_name, "membershipRule": null, "onPremisesSyncEnabled": false}
     })
 }
 
