@@ -46,12 +46,20 @@ enum Command {
         #[arg(long, value_name = "URL")]
         to: String,
     },
-    /// Measure the bridge beside its ceilings on this machine (intake, memory with many apps);
-    /// prints each figure with its ceiling from the same run.
+    /// Measure the bridge beside its ceilings on this machine (push path, revocation under load,
+    /// intake, cycle throughput, memory, the log's paging and export); prints each figure with its
+    /// ceiling from the same run and writes the table as JSON.
     Bench {
-        /// A short run of every figure (CI): 2 s per intake figure, 500 apps.
+        /// A short run of every figure (CI), well under 2 minutes.
         #[arg(long)]
         quick: bool,
+        /// Also run the push path, revocation and intake figures on PostgreSQL: a server's URL,
+        /// where each figure gets a fresh database (created and dropped).
+        #[arg(long, env = "SCIM_BRIDGE_BENCH_POSTGRES")]
+        postgres: Option<String>,
+        /// Where the table is written as JSON.
+        #[arg(long, default_value = "scim-bridge-bench.json")]
+        json: PathBuf,
     },
     /// Print the X-Bridge-Signature header for a payload file.
     Sign {
@@ -172,14 +180,20 @@ fn first_sent_at(data_dir: &std::path::Path, event_id: &str) -> chrono::DateTime
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Bench { quick } = cli.command {
+    if let Command::Bench { quick, postgres, json } = cli.command {
         // Before the configuration: the bench touches no data dir but its own scratch ones.
         let scale = if quick {
             scim_bridge::bench::Scale::quick()
         } else {
             scim_bridge::bench::Scale::full()
         };
-        return scim_bridge::bench::run(scale).await;
+        return scim_bridge::bench::run(scim_bridge::bench::Options {
+            scale,
+            postgres,
+            json,
+            quick,
+        })
+        .await;
     }
     if let (Command::MigrateStore { .. }, Ok(source)) = (&cli.command, std::env::var("SCIM_BRIDGE_DATABASE_URL")) {
         // Before the configuration, which would ask a PostgreSQL source for its secrets first.

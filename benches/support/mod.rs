@@ -24,16 +24,9 @@ pub fn summary(name: &str, mut values: Vec<f64>) {
     );
 }
 
-/// A PIM request as the webhook carries it.
+/// A PIM request as the webhook carries it (the group's display name is its id).
 pub fn event(id: &str, action: &str, principal: &str, group: &str) -> Value {
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    json!({
-        "id": id, "action": action, "accessId": "member", "principalId": principal, "groupId": group,
-        "status": "Provisioned", "createdDateTime": now,
-        "scheduleInfo": {"startDateTime": now, "expiration": {"type": "afterDuration", "duration": "PT2H"}},
-        "principal": {"userPrincipalName": format!("{principal}@bench.test"), "displayName": "Bench User"},
-        "group": {"displayName": group, "membershipRule": null, "onPremisesSyncEnabled": false}
-    })
+    scim_bridge::bench::pim_event(id, action, principal, group, group)
 }
 
 /// Whether the benchmark was asked for (`cargo bench`), not merely built by `cargo test`.

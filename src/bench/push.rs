@@ -1,0 +1,265 @@
+//! The push path and revocation under load, against the benchmark's SCIM responder.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::responder::{self, Responder};
+use super::{ADMIN, Backend, InProcess, Row, Scale, p50_p99, register_app, signed, start_in_process};
+use crate::config::RateLimit;
+
+/// No app window: the figures here are about the bridge's own time, not R2's deferrals.
+const UNLIMITED: RateLimit = RateLimit {
+    requests: 1_000_000,
+    window_seconds: 1,
+};
+
+/// The target name of the bench's group (the responder finds any name).
+const TARGET_NAME: &str = "Bench";
+
+/// Activations pushed one at a time to the benchmark's responder: webhook sent → group PATCH
+/// handled at the target, beside the same SCIM requests replayed by a plain client. The
+/// difference is the bridge's own time (intake, commit, wake-up, mapping, records).
+pub(super) async fn push_path(scale: Scale, backend: &Backend, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let (responder, target) = Responder::start().await?;
+    let db = backend.fresh("push").await?;
+    let bridge = start_in_process(&db, UNLIMITED).await?;
+    let http = reqwest::Client::new();
+    let group = uuid::Uuid::new_v4().to_string();
+    register_app(&http, &bridge.url, ADMIN, &target, json!({}), &group, TARGET_NAME).await?;
+
+    let mut through = Vec::new();
+    let mut direct = Vec::new();
+    let mut own = Vec::new();
+    let replay = reqwest::Client::new();
+    // The first few set up connections and the group: not counted.
+    for i in 0..scale.activations + 5 {
+        responder.take();
+        let principal = uuid::Uuid::new_v4().to_string();
+        let (sent, reached) = activate(&http, &bridge, &responder, &principal, &group).await?;
+        let requests = responder.take();
+        let through_bridge = reached.duration_since(sent).as_secs_f64() * 1000.0;
+
+        // The same requests from a plain client, one after the other.
+        let started = Instant::now();
+        for r in &requests {
+            let method = reqwest::Method::from_bytes(r.method.as_str().as_bytes()).expect("method");
+            let uri = format!("{}{}", target.trim_end_matches("/scim/v2"), r.uri);
+            replay
+                .request(method, uri)
+                .bearer_auth("bench")
+                .header("content-type", "application/scim+json")
+                .body(r.body.clone())
+                .send()
+                .await?;
+        }
+        let replayed = responder.take();
+        let done = replayed.last().map(|r| r.at).context("replayed")?;
+        let straight = done.duration_since(started).as_secs_f64() * 1000.0;
+        if i >= 5 {
+            through.push(through_bridge);
+            direct.push(straight);
+            own.push(through_bridge - straight);
+        }
+    }
+    bridge.stop().await;
+    db.remove().await;
+    let n = through.len();
+    let (b50, b99) = p50_p99(&mut through);
+    let (d50, d99) = p50_p99(&mut direct);
+    let (o50, o99) = p50_p99(&mut own);
+    let on = backend.name();
+    println!(
+        "push path ({on}), {n} activations one at a time: webhook → target p50 {b50:.2} ms, p99 {b99:.2} ms; \
+         the same requests straight p50 {d50:.2} ms, p99 {d99:.2} ms; the bridge's own time p50 {o50:.2} ms, p99 {o99:.2} ms"
+    );
+    rows.push(Row::new(
+        format!("activation, webhook sent → target PATCH handled, {n} one at a time ({on})"),
+        format!("p50 {b50:.2} ms, p99 {b99:.2} ms"),
+        format!("the same SCIM requests from a plain client: p50 {d50:.2} ms, p99 {d99:.2} ms"),
+        format!("+{:.2} ms p50, +{:.2} ms p99", b50 - d50, b99 - d99),
+    ));
+    rows.push(Row::alone(
+        format!("the bridge's own time per push (the above minus the same requests) ({on})"),
+        format!("p50 {:.0} µs, p99 {:.0} µs", o50 * 1000.0, o99 * 1000.0),
+    ));
+    Ok(())
+}
+
+/// Sends the event and waits until the target handled a PATCH whose body holds `needle`: the
+/// instants the webhook was sent and the PATCH handled.
+async fn push_and_wait(
+    http: &reqwest::Client,
+    bridge: &InProcess,
+    responder: &Responder,
+    event: &serde_json::Value,
+    needle: &str,
+    within: Duration,
+) -> anyhow::Result<(Instant, Instant)> {
+    let mark = responder.patch_mark();
+    let request = signed(http, &bridge.url, &bridge.secret, event);
+    let sent = Instant::now();
+    let answer = request.send().await?;
+    anyhow::ensure!(answer.status() == 202, "the webhook was answered {}", answer.status());
+    let handled = responder
+        .patch_naming(needle, mark, within)
+        .await
+        .with_context(|| format!("{} did not reach the responder within {within:?}", event["action"]))?;
+    Ok((sent, handled))
+}
+
+/// Activates a principal and waits until the target handled the PATCH that adds it.
+async fn activate(
+    http: &reqwest::Client,
+    bridge: &InProcess,
+    responder: &Responder,
+    principal: &str,
+    group: &str,
+) -> anyhow::Result<(Instant, Instant)> {
+    let event = super::event_for("selfActivate", principal, group);
+    push_and_wait(
+        http,
+        bridge,
+        responder,
+        &event,
+        &responder::user_id(principal),
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+/// Revokes the principals one at a time: for each, webhook sent → the target handled the PATCH that
+/// removes it, in milliseconds.
+async fn revoke_each(
+    http: &reqwest::Client,
+    bridge: &InProcess,
+    responder: &Responder,
+    principals: &[String],
+    group: &str,
+) -> anyhow::Result<Vec<f64>> {
+    let mut latencies = Vec::with_capacity(principals.len());
+    for principal in principals {
+        let event = super::event_for("selfDeactivate", principal, group);
+        // Only the removal's filter path ends with the id and a closing bracket.
+        let needle = format!("{}\\\"]", responder::user_id(principal));
+        let (sent, handled) = push_and_wait(http, bridge, responder, &event, &needle, Duration::from_secs(30)).await?;
+        latencies.push(handled.duration_since(sent).as_secs_f64() * 1000.0);
+    }
+    Ok(latencies)
+}
+
+/// Pacing of the app whose cycle runs during the revocations: slow enough that its 2,000-member
+/// cycle (about one request per member) outlasts the revocations, fast enough to keep the run short.
+const CYCLE_PACING: u32 = 200;
+
+/// Revocation latency at the target while a large cycle runs for the same app, beside the same
+/// with no cycle running (SPEC section 5: a cycle never holds up an immediate push).
+pub(super) async fn revocation_under_load(scale: Scale, backend: &Backend, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let (responder, target) = Responder::start().await?;
+    responder.record(false);
+    let db = backend.fresh("revoke").await?;
+    let bridge = start_in_process(&db, UNLIMITED).await?;
+    let http = reqwest::Client::new();
+    let group = uuid::Uuid::new_v4().to_string();
+    let settings = json!({"pacing": {"requestsPerSecond": CYCLE_PACING}, "driftRepair": "off"});
+    let app_id = register_app(&http, &bridge.url, ADMIN, &target, settings, &group, TARGET_NAME).await?;
+    let on = backend.name();
+
+    let principals = |tag: &str| -> Vec<String> {
+        (0..scale.revocations)
+            .map(|i| format!("{tag}-{i}-{}", crate::crypto::random_hex(4)))
+            .collect()
+    };
+    let idle_set = principals("idle");
+    for p in &idle_set {
+        activate(&http, &bridge, &responder, p, &group).await?;
+    }
+    let mut idle = revoke_each(&http, &bridge, &responder, &idle_set, &group).await?;
+
+    // The cycle's members already exist at the target (found, not created) and are members of the
+    // source group through the directory feed, so the cycle adds each of them.
+    let standing: Vec<String> = (0..scale.cycle_members)
+        .map(|i| format!("standing-{i}-{}", crate::crypto::random_hex(4)))
+        .collect();
+    responder.know(standing.iter().map(|p| responder::bench_user(p)));
+    put_standing_members(&http, &bridge.url, &group, &standing).await?;
+    let busy_set = principals("busy");
+    for p in &busy_set {
+        activate(&http, &bridge, &responder, p, &group).await?;
+    }
+    let (before, _) = responder.counts();
+    let cycle_id = super::start_cycle(&http, &bridge.url, ADMIN, &app_id).await?;
+    // Measured once the cycle is sending.
+    let going = Instant::now();
+    while responder.counts().0 < before + 20 {
+        anyhow::ensure!(
+            going.elapsed() < Duration::from_secs(30),
+            "the cycle sent nothing within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut busy = revoke_each(&http, &bridge, &responder, &busy_set, &group).await?;
+    let cycle = super::cycle(&http, &bridge.url, ADMIN, &app_id, &cycle_id)
+        .await?
+        .context("the cycle is not listed")?;
+    let running = cycle["endedAt"].is_null();
+    let progress = cycle["progress"].as_str().unwrap_or_default().to_string();
+    bridge.stop().await;
+    db.remove().await;
+
+    let (i50, i99) = p50_p99(&mut idle);
+    let (b50, b99) = p50_p99(&mut busy);
+    let n = busy.len();
+    let state = if running {
+        format!("the cycle still running when the last landed ({progress})")
+    } else {
+        "the cycle had ended before the last landed: fewer overlapped".to_string()
+    };
+    println!(
+        "revocation ({on}), {n} one at a time: no cycle p50 {i50:.2} ms, p99 {i99:.2} ms; while a {}-member cycle runs \
+         p50 {b50:.2} ms, p99 {b99:.2} ms; {state}",
+        scale.cycle_members
+    );
+    rows.push(Row::alone(
+        format!("revocation, webhook sent → target's remove PATCH handled, {n} one at a time, no cycle ({on})"),
+        format!("p50 {i50:.2} ms, p99 {i99:.2} ms"),
+    ));
+    rows.push(Row::new(
+        format!(
+            "revocation, the same while a {}-member cycle of the same app runs (pacing {CYCLE_PACING} requests/s; {state}) ({on})",
+            scale.cycle_members
+        ),
+        format!("p50 {b50:.2} ms, p99 {b99:.2} ms"),
+        format!("no cycle running: p50 {i50:.2} ms, p99 {i99:.2} ms"),
+        format!("{:.2}× p50, {:.2}× p99", b50 / i50, b99 / i99),
+    ));
+    Ok(())
+}
+
+/// Puts the principals into the source group through the directory API, a few at a time.
+pub(super) async fn put_standing_members(
+    http: &reqwest::Client,
+    url: &str,
+    group: &str,
+    principals: &[String],
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let results: Vec<anyhow::Result<serde_json::Value>> = futures::stream::iter(principals)
+        .map(|p| {
+            super::admin_call(
+                http,
+                reqwest::Method::PUT,
+                format!("{url}/v1/groups/{group}/members/{p}"),
+                ADMIN,
+                Some(
+                    json!({"principal": {"userPrincipalName": format!("{p}@bench.test"), "displayName": "Bench User"}}),
+                ),
+            )
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(())
+}
