@@ -96,6 +96,7 @@ pub async fn ensure_user(
         .await
         .map_err(|e| ScimError::Protocol(e.to_string()))?
     {
+        let changed = known.fingerprint != print || known.disabled;
         if known.fingerprint != print {
             // What was last sent (older records hold the principal's attributes: all differ).
             let last: Value = serde_json::from_str(&known.fingerprint).unwrap_or(Value::Null);
@@ -111,7 +112,10 @@ pub async fn ensure_user(
             known.disabled = false;
         }
         let id = known.target_user_id.clone();
-        persist(known).await?;
+        // A record that still says what the target has is not written again (a commit saved).
+        if changed {
+            persist(known).await?;
+        }
         return Ok(id);
     }
 
