@@ -36,38 +36,13 @@ pub fn asked_for() -> bool {
 
 /// A scim2-server on a free port with bearer token `bench`; `None` (said why) when not installed.
 pub async fn scim2_server() -> Option<(tokio::process::Child, String)> {
-    let scim2 = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/scim2-server");
-    if !scim2.exists() {
-        println!("skipped: {} is missing (run scripts/test-deps.sh)", scim2.display());
-        return None;
+    let started = scim_bridge::bench::start_scim2_server()
+        .await
+        .expect("scim2-server starts");
+    if started.is_none() {
+        println!("skipped: .venv/bin/scim2-server is missing (run scripts/test-deps.sh)");
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let target = tokio::process::Command::new(&scim2)
-        .args(["--port", &port.to_string(), "--bearer-token", "bench"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}/v2");
-    let http = reqwest::Client::new();
-    for _ in 0..200 {
-        if http
-            .get(format!("{base}/Users"))
-            .bearer_auth("bench")
-            .send()
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Some((target, base))
+    started
 }
 
 pub struct Client {

@@ -2,7 +2,6 @@
 //! (its CPU time is its own), beside the responder's ceiling with the benchmark's client alone;
 //! and one app's cycle against scim2-server beside a sequential client sending the same requests.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -210,49 +209,17 @@ async fn responder_ceiling(target: &str, scale: Scale, per_patch: usize) -> anyh
 
 /// scim2-server from `scripts/test-deps.sh`, looked for in the working directory and the checkout
 /// the binary was built from.
-fn scim2_server() -> Option<PathBuf> {
-    [
-        PathBuf::from(".venv/bin/scim2-server"),
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/scim2-server"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-}
-
-/// A millisecond time as the API shows it (RFC 3339 text or a number).
-fn millis(v: &Value) -> Option<i64> {
-    v.as_i64().or_else(|| {
-        chrono::DateTime::parse_from_rfc3339(v.as_str()?)
-            .ok()
-            .map(|t| t.timestamp_millis())
-    })
-}
-
 /// One app's cycle of `real_target_members` memberships against scim2-server (users already there),
 /// beside a sequential client sending the same requests to the same server in the same run.
 /// Answers why it was skipped, if it was.
 pub(super) async fn real_target(scale: Scale, rows: &mut Vec<Row>) -> anyhow::Result<Option<String>> {
-    let Some(exe) = scim2_server() else {
+    let Some((_server, base)) = super::start_scim2_server().await? else {
         let why =
             "the cycle against scim2-server: .venv/bin/scim2-server is missing (scripts/test-deps.sh installs it)";
         println!("skipped: {why}");
         return Ok(Some(why.to_string()));
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let _server = tokio::process::Command::new(&exe)
-        .args(["--port", &port.to_string(), "--bearer-token", "bench"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    let base = format!("http://127.0.0.1:{port}/v2");
     let scim = reqwest::Client::new();
-    let up = Instant::now();
-    while scim.get(format!("{base}/ServiceProviderConfig")).send().await.is_err() {
-        anyhow::ensure!(up.elapsed() < Duration::from_secs(30), "scim2-server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let n = scale.real_target_members;
     let principals: Vec<String> = (0..n).map(|i| format!("real-{i}")).collect();
     // The users already exist there, as the bridge would send them: found, nothing to update.
@@ -309,6 +276,7 @@ pub(super) async fn real_target(scale: Scale, rows: &mut Vec<Row>) -> anyhow::Re
     )
     .await?;
     drop(serve);
+    let millis = |v: &Value| v.as_str().and_then(crate::clock::parse_rfc3339);
     let bridge_ms = match (millis(&cycle["startedAt"]), millis(&cycle["endedAt"])) {
         (Some(a), Some(b)) => (b - a).max(1) as f64,
         _ => anyhow::bail!("the cycle has no start or end: {cycle}"),

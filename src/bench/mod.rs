@@ -145,11 +145,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     );
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
-    let postgres = options
-        .postgres
-        .clone()
-        .or_else(|| std::env::var("SCIM_BRIDGE_BENCH_POSTGRES").ok())
-        .filter(|u| !u.is_empty());
+    // `--postgres` also reads SCIM_BRIDGE_BENCH_POSTGRES (an empty one means none).
+    let postgres = options.postgres.clone().filter(|u| !u.is_empty());
     let mut backends = vec![Backend::Sqlite];
     match postgres {
         Some(url) => backends.push(Backend::Postgres(url)),
@@ -313,6 +310,36 @@ fn event(group: &str) -> Value {
 /// A `Provisioned` event of this action for this principal (`{principal}@bench.test`).
 fn event_for(action: &str, principal: &str, group: &str) -> Value {
     pim_event(&uuid::Uuid::new_v4().to_string(), action, principal, group, "Bench")
+}
+
+/// scim2-server (`.venv/bin/scim2-server`, as `scripts/test-deps.sh` installs it) on a free loopback
+/// port with bearer token `bench`, once it answers: the process (killed when dropped) and its base
+/// URL. `None` when it is not installed. For this benchmark and `cargo bench`'s.
+pub async fn start_scim2_server() -> anyhow::Result<Option<(tokio::process::Child, String)>> {
+    let Some(exe) = [
+        PathBuf::from(".venv/bin/scim2-server"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/scim2-server"),
+    ]
+    .into_iter()
+    .find(|p| p.exists()) else {
+        return Ok(None);
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let server = tokio::process::Command::new(&exe)
+        .args(["--port", &port.to_string(), "--bearer-token", "bench"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let base = format!("http://127.0.0.1:{port}/v2");
+    let http = reqwest::Client::new();
+    let up = std::time::Instant::now();
+    while http.get(format!("{base}/ServiceProviderConfig")).send().await.is_err() {
+        anyhow::ensure!(up.elapsed() < Duration::from_secs(30), "scim2-server did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Some((server, base)))
 }
 
 /// A PIM request as the webhook carries it, for the benchmarks (this one and `cargo bench`'s):
