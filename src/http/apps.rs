@@ -17,7 +17,6 @@ use super::model::{
     App, AppList, Assignment, AssignmentList, AuthKind, ConnectionTest, Cycle, CycleList, CycleStarted, MappingPreview,
 };
 use crate::clock::to_rfc3339;
-use crate::config::RateLimit;
 use crate::provisioning::DEPROVISIONING;
 use crate::store::{AppChanges, AppRecord, AppSettings, Job, LogFilter, TargetMember};
 
@@ -122,16 +121,15 @@ async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult
     Ok(())
 }
 
-pub(super) async fn app_json(ctx: &ApiContext, app: &AppRecord) -> ApiResult<App> {
+pub(super) async fn app_body(ctx: &ApiContext, app: &AppRecord) -> ApiResult<App> {
     let engine = &ctx.engine.ctx;
-    let (requests, window_ms) = engine.rate_limit(app);
     let last_cycle = engine
         .store
         .list_cycles(&app.id, 1)
         .await?
         .into_iter()
         .next()
-        .map(|c| cycle_json(&c));
+        .map(|c| cycle_body(&c));
     let members_left_to_remove = if app.status == "deleting" {
         Some(engine.store.provisioned_members(&app.id).await?.len())
     } else {
@@ -146,10 +144,7 @@ pub(super) async fn app_json(ctx: &ApiContext, app: &AppRecord) -> ApiResult<App
             kind: app.auth_type.clone(),
         },
         sync_interval_seconds: engine.sync_interval_ms(app) / 1000,
-        rate_limit: RateLimit {
-            requests,
-            window_seconds: u32::try_from(window_ms / 1000).unwrap_or(u32::MAX),
-        },
+        rate_limit: engine.window(app),
         pacing: settings.pacing,
         overflow: settings.overflow,
         patch_style: settings.patch_style,
@@ -175,7 +170,7 @@ pub(super) async fn app_json(ctx: &ApiContext, app: &AppRecord) -> ApiResult<App
     })
 }
 
-pub(super) fn cycle_json(c: &crate::store::CycleRecord) -> Cycle {
+pub(super) fn cycle_body(c: &crate::store::CycleRecord) -> Cycle {
     Cycle {
         id: c.id.clone(),
         app_id: c.app_id.clone(),
@@ -294,14 +289,14 @@ pub async fn create(
     )
     .await?;
     ctx.engine.ensure_dispatcher(&app.id);
-    Ok((StatusCode::CREATED, Json(app_json(&ctx, &app).await?)))
+    Ok((StatusCode::CREATED, Json(app_body(&ctx, &app).await?)))
 }
 
 pub async fn list(State(ctx): State<ApiContext>, caller: Caller) -> ApiResult<Json<AppList>> {
     let mut items = Vec::new();
     for app in ctx.engine.ctx.store.list_apps().await? {
         if caller.sees(&app) {
-            items.push(app_json(&ctx, &app).await?);
+            items.push(app_body(&ctx, &app).await?);
         }
     }
     Ok(Json(AppList { items }))
@@ -309,7 +304,7 @@ pub async fn list(State(ctx): State<ApiContext>, caller: Caller) -> ApiResult<Js
 
 pub async fn get(State(ctx): State<ApiContext>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<App>> {
     let app = visible_app(&ctx, &caller, &id).await?;
-    Ok(Json(app_json(&ctx, &app).await?))
+    Ok(Json(app_body(&ctx, &app).await?))
 }
 
 pub async fn update(
@@ -400,7 +395,7 @@ pub async fn update(
     .await?;
     let app = visible_app(&ctx, &caller, &id).await?;
     ctx.engine.wake(&app.id);
-    Ok(Json(app_json(&ctx, &app).await?))
+    Ok(Json(app_body(&ctx, &app).await?))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -442,7 +437,7 @@ pub async fn delete(
         .await?;
         ctx.engine.wake(&app.id);
         let app = visible_app(&ctx, &caller, &id).await?;
-        return Ok((StatusCode::ACCEPTED, Json(app_json(&ctx, &app).await?)).into_response());
+        return Ok((StatusCode::ACCEPTED, Json(app_body(&ctx, &app).await?)).into_response());
     }
     // Delete first (no new work is taken), then wait for the push in flight: after that nothing
     // else writes to the target for this app. A `deleting` app is abandoned as it is.
@@ -642,7 +637,7 @@ pub async fn cycles(
         .list_cycles(&app.id, 100)
         .await?
         .iter()
-        .map(cycle_json)
+        .map(cycle_body)
         .collect();
     Ok(Json(CycleList { items }))
 }
@@ -764,7 +759,7 @@ pub async fn clear_quarantine(
     .await?;
     ctx.engine.wake(&app.id);
     let app = visible_app(&ctx, &caller, &id).await?;
-    Ok(Json(app_json(&ctx, &app).await?))
+    Ok(Json(app_body(&ctx, &app).await?))
 }
 
 pub async fn list_groups_one(

@@ -217,12 +217,13 @@ pub async fn export(State(ctx): State<ApiContext>, caller: Caller, Query(q): Que
                 };
                 let mut chunk = String::new();
                 for entry in &page {
-                    let v = entry.to_json();
                     if csv {
+                        let v = entry.to_json();
                         let row: Vec<String> = CSV_COLUMNS.iter().map(|c| csv_field(&v[*c])).collect();
                         chunk.push_str(&row.join(","));
                     } else {
-                        chunk.push_str(&v.to_string());
+                        // Straight from the view: no JSON tree built only to be printed.
+                        chunk.push_str(&serde_json::to_string(&entry.view()).expect("a log entry serializes"));
                     }
                     chunk.push('\n');
                 }

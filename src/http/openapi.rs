@@ -269,3 +269,23 @@ fn schemas() -> Value {
     }
     schemas
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_leaves_out_only_parameters_its_query_type_has() {
+        for route in ROUTES {
+            let names: Vec<String> = (route.query.params)().into_iter().map(|p| p.name).collect();
+            for left_out in route.query.except {
+                assert!(
+                    names.iter().any(|n| n == left_out),
+                    "{} {} leaves out `{left_out}`, which its query type does not have",
+                    route.method,
+                    route.path
+                );
+            }
+        }
+    }
+}

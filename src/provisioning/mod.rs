@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Millis, SharedClock};
-use crate::config::{Config, Secret};
+use crate::config::{Config, RateLimit, Secret};
 use crate::crypto::Sealer;
 use crate::scim::{Auth, ScimClient, ScimError};
 use crate::store::{AppRecord, Assignment, Job, LogEntry, SharedStore};
@@ -90,8 +90,13 @@ impl Ctx {
             .unwrap_or(self.config.sync_interval_ms)
     }
 
+    /// The app's window: its own setting, else the configured one.
+    pub fn window(&self, app: &AppRecord) -> RateLimit {
+        app.settings.rate_limit.unwrap_or(self.config.rate_limit)
+    }
+
     pub fn rate_limit(&self, app: &AppRecord) -> (u32, Millis) {
-        let limit = app.settings.rate_limit.unwrap_or(self.config.rate_limit);
+        let limit = self.window(app);
         (limit.requests, limit.window_seconds as Millis * 1000)
     }
 }
