@@ -356,14 +356,24 @@ impl Target {
         let http = http_client();
         match kind {
             Kind::Scim2Server => {
-                let port = free_port();
                 let token = format!("scim-token-{}", random_hex());
-                let mut command = Command::new(scim2_server_bin());
-                command.args(["--port", &port.to_string(), "--bearer-token", &token]);
-                let proc = Proc::spawn("scim2-server", command);
-                Target::with_bearer(kind, format!("http://127.0.0.1:{port}/v2"), token, http, proc)
-                    .wait_until_ready()
-                    .await
+                let mut attempt = 1;
+                loop {
+                    let port = free_port();
+                    let base_url = format!("http://127.0.0.1:{port}/v2");
+                    let mut command = Command::new(scim2_server_bin());
+                    command.args(["--port", &port.to_string(), "--bearer-token", &token]);
+                    let mut proc = Proc::spawn("scim2-server", command);
+                    // Another test's server can take the free port between its probe and this
+                    // server's bind: then start again on another port.
+                    if attempt < 5 && lost_its_port(&mut proc, &http, &base_url, &token).await {
+                        attempt += 1;
+                        continue;
+                    }
+                    return Target::with_bearer(kind, base_url, token, http, proc)
+                        .wait_until_ready()
+                        .await;
+                }
             }
             Kind::Scimmy => {
                 let token = format!("scim-token-{}", random_hex());
@@ -621,6 +631,28 @@ impl Target {
             last.borrow()
         );
     }
+}
+
+/// Whether a starting scim2-server exited because its port was taken; `false` once it answers
+/// with this token (or when it fails otherwise: `wait_until_ready` then says why).
+async fn lost_its_port(proc: &mut Proc, http: &reqwest::Client, base_url: &str, token: &str) -> bool {
+    let deadline = Instant::now() + TARGET_START_TIMEOUT;
+    while Instant::now() < deadline {
+        if proc.exited().is_some() {
+            return proc.output().contains("Address already in use");
+        }
+        let answer = http
+            .get(format!("{base_url}/Users"))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if answer.is_ok_and(|r| r.status() == StatusCode::OK) {
+            return false;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    false
 }
 
 async fn spawn_scimmy(auth_args: &[&str]) -> (Proc, u16) {
