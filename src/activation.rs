@@ -107,8 +107,16 @@ fn time_field(v: &Value, path: &str, field: &str) -> Result<Millis, FieldError> 
         .get(field)
         .and_then(Value::as_str)
         .ok_or_else(|| field_err(path, "is required (an ISO 8601 date-time)"))?;
-    parse_rfc3339(s).ok_or_else(|| field_err(path, format!("`{s}` is not an ISO 8601 date-time")))
+    let at = parse_rfc3339(s).ok_or_else(|| field_err(path, format!("`{s}` is not an ISO 8601 date-time")))?;
+    if at > LAST_END {
+        return Err(field_err(path, "is after 9999-12-31T23:59:59Z"));
+    }
+    Ok(at)
 }
+
+/// The latest end an event may have, 9999-12-31T23:59:59Z (SPEC §2): every store and every
+/// database a store may move to can hold it.
+pub const LAST_END: Millis = 253_402_300_799_000;
 
 /// Parses an ISO 8601 duration such as `PT2H`, `PT5M`, `P1DT12H`, `PT90S`, `P1W`.
 pub fn parse_iso_duration(s: &str) -> Option<Millis> {
@@ -243,10 +251,10 @@ pub fn parse(raw: &Value) -> Result<Event, FieldError> {
                                 format!("`{d}` is not an ISO 8601 duration"),
                             )
                         })?;
-                        let end = start.checked_add(ms).ok_or_else(|| {
+                        let end = start.checked_add(ms).filter(|end| *end <= LAST_END).ok_or_else(|| {
                             field_err(
                                 "scheduleInfo.expiration.duration",
-                                format!("`{d}` ends past any representable date"),
+                                format!("`{d}` ends after 9999-12-31T23:59:59Z"),
                             )
                         })?;
                         Some(end)
@@ -503,6 +511,22 @@ mod tests {
         let forever = event(json!({"scheduleInfo": {"startDateTime": "2026-11-22T09:00:00Z",
             "expiration": {"type": "noExpiration"}}}));
         assert_eq!(parse(&forever).unwrap().end_at, None);
+    }
+
+    #[test]
+    fn an_end_after_the_year_9999_is_a_field_error_naming_the_field() {
+        let far = event(json!({"scheduleInfo": {"startDateTime": "2026-11-22T09:00:00Z",
+            "expiration": {"type": "afterDuration", "duration": "P1000000Y"}}}));
+        assert_eq!(parse(&far).unwrap_err().field, "scheduleInfo.expiration.duration");
+        let past_9999 = event(json!({"scheduleInfo": {"startDateTime": "2026-11-22T09:00:00Z",
+            "expiration": {"type": "afterDateTime", "endDateTime": "9999-12-31T23:59:59-01:00"}}}));
+        assert_eq!(
+            parse(&past_9999).unwrap_err().field,
+            "scheduleInfo.expiration.endDateTime"
+        );
+        let last = event(json!({"scheduleInfo": {"startDateTime": "2026-11-22T09:00:00Z",
+            "expiration": {"type": "afterDateTime", "endDateTime": "9999-12-31T23:59:59Z"}}}));
+        assert_eq!(parse(&last).unwrap().end_at, Some(LAST_END));
     }
 
     #[test]

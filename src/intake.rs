@@ -5,6 +5,7 @@
 //! rules, the idempotency on (`id`, `status`) and the log are the same for both.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -64,7 +65,7 @@ fn judge(raw: &Value, now: i64, source: Source) -> Result<(Event, Effect), Verdi
 
 /// Judges every event alone, commits the acceptable ones in one transaction, and wakes the
 /// dispatchers of the apps that got work. Verdicts come back in the order of `raws`.
-pub async fn take_in(engine: &Engine, raws: &[Value], source: Source) -> StoreResult<Vec<Verdict>> {
+pub async fn take_in(engine: &Arc<Engine>, raws: &[Value], source: Source) -> StoreResult<Vec<Verdict>> {
     let ctx = &engine.ctx;
     let now = ctx.now();
     let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(raws.len());
@@ -98,7 +99,7 @@ pub async fn take_in(engine: &Engine, raws: &[Value], source: Source) -> StoreRe
         }
     }
     if !acceptable.is_empty() {
-        let results = ctx.store.accept_events(&acceptable, now).await?;
+        let (acceptable, results) = commit_and_wake(engine, acceptable, now).await?;
         for ((slot, (event, _)), acceptance) in slots.iter().zip(&acceptable).zip(results) {
             verdicts[*slot] = Some(match acceptance {
                 Acceptance::Accepted { jobs } => {
@@ -118,15 +119,37 @@ pub async fn take_in(engine: &Engine, raws: &[Value], source: Source) -> StoreRe
         .into_iter()
         .map(|v| v.expect("every event is judged"))
         .collect();
-    for verdict in &verdicts {
-        if let Verdict::Accepted(jobs) = verdict {
-            for (_, app_id) in jobs {
-                engine.wake_local(app_id);
-            }
-            engine.wake_expiry();
-        }
-    }
     Ok(verdicts)
+}
+
+/// Commits the events and wakes the dispatchers of the apps that got work, in a task of its own:
+/// a request dropped meanwhile (its client went away) cancels neither, so whatever commits is
+/// pushed at once, and the webhooks committed in the same group are answered as usual.
+async fn commit_and_wake(
+    engine: &Arc<Engine>,
+    acceptable: Vec<(Event, Effect)>,
+    now: i64,
+) -> StoreResult<(Vec<(Event, Effect)>, Vec<Acceptance>)> {
+    let engine = engine.clone();
+    let task = tokio::spawn(async move {
+        let results = engine.ctx.store.accept_events(&acceptable, now).await;
+        if let Ok(results) = &results {
+            for acceptance in results {
+                if let Acceptance::Accepted { jobs } = acceptance {
+                    for (_, app_id) in jobs {
+                        engine.wake_local(app_id);
+                    }
+                    engine.wake_expiry();
+                }
+            }
+        }
+        (acceptable, results)
+    });
+    match task.await {
+        Ok((acceptable, results)) => Ok((acceptable, results?)),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("the intake task was cancelled: {e}"),
+    }
 }
 
 /// Whether the bridge can provision the event's principal: an add (activation or assignment)

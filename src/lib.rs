@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
-use crate::crypto::Sealer;
+use crate::crypto::{KEY_CHECK_OWNER, Sealer};
 use crate::provisioning::{Ctx, Engine};
 
 /// Opens the store, applies migrations and starts the provisioning engine.
@@ -80,16 +80,22 @@ pub async fn check_encryption_keys(
              during a rotation; `scim-bridge rekey` then re-encrypts them with the current key"
         )
     };
-    let opens = |sealed: &[u8]| sealer.open(sealed).is_some_and(|plain| plain == KEY_CHECK);
+    let opens = |sealed: &[u8]| {
+        sealer
+            .open(KEY_CHECK_OWNER, sealed)
+            .is_some_and(|plain| plain == KEY_CHECK)
+    };
     if let Some(sealed) = store.key_check().await? {
         return if opens(&sealed) { Ok(()) } else { Err(refuse()) };
     }
     let apps = store.list_apps().await?;
-    if !apps.is_empty() && apps.iter().all(|app| sealer.open(&app.auth_sealed).is_none()) {
+    if !apps.is_empty() && apps.iter().all(|app| sealer.open(&app.id, &app.auth_sealed).is_none()) {
         return Err(refuse());
     }
     // Two replicas starting at once store one value between them; the other is judged by it.
-    let stored = store.init_key_check(&sealer.seal(KEY_CHECK), now).await?;
+    let stored = store
+        .init_key_check(&sealer.seal(KEY_CHECK_OWNER, KEY_CHECK), now)
+        .await?;
     if opens(&stored) { Ok(()) } else { Err(refuse()) }
 }
 
@@ -128,7 +134,9 @@ pub async fn rekey(config: &Config) -> anyhow::Result<usize> {
     store.migrate().await.context("applying migrations")?;
     let sealer = Sealer::new(&config.encryption_key_bytes()?);
     let (resealed, unopened) = store
-        .reseal_credentials(&move |sealed: &[u8]| sealer.reseal(sealed))
+        .reseal_credentials(&move |app_id: Option<&str>, sealed: &[u8]| {
+            sealer.reseal(app_id.unwrap_or(KEY_CHECK_OWNER), sealed)
+        })
         .await?;
     if !unopened.is_empty() {
         anyhow::bail!(

@@ -70,13 +70,29 @@ pub fn revokes(event: &Event) -> bool {
     matches!(event.action, Action::SelfDeactivate | Action::AdminRemove) || event.status == "Revoked"
 }
 
-/// Decides what one new event does, given the membership as stored and the apps its group is
-/// assigned to.
+/// Whether the event's request id must be remembered as revoked (SPEC §2): a `Revoked` status.
+pub fn remembers_revocation(event: &Event) -> bool {
+    event.status == "Revoked"
+}
+
+/// Until when a revoked request id is remembered: its scheduled end (`None`: no end known, so
+/// for as long as the (principal, group) has membership state).
+pub fn revocation_remembered_until(event: &Event, state: Option<&MembershipState>) -> Option<Millis> {
+    event.end_at.or_else(|| {
+        state
+            .filter(|s| s.grant_request_id.as_deref() == Some(event.id.as_str()))
+            .and_then(|s| s.end_at)
+    })
+}
+
+/// Decides what one new event does, given the membership as stored, the apps its group is
+/// assigned to, and whether its request id was revoked before (`already_revoked`).
 pub fn intake(
     event: &Event,
     effect: &Effect,
     state: Option<&MembershipState>,
     apps: &[AssignedApp],
+    already_revoked: bool,
     now: Millis,
 ) -> Intake {
     let newer_seen = state.is_some_and(|s| s.event_created > event.created_at);
@@ -91,8 +107,15 @@ pub fn intake(
         membership: None,
         jobs: Vec::new(),
     };
+    let grants = matches!(
+        effect,
+        Effect::Activate { .. } | Effect::Assign { .. } | Effect::Extend { .. }
+    );
     match effect {
         Effect::Skip(reason) => skip(reason.clone()),
+        // Once a request id is revoked, no status of it that arrives later grants anything (a
+        // `Provisioned` delivered after its own `Revoked`).
+        _ if grants && already_revoked => skip("already revoked".into()),
         _ if newer_seen && !ends_own_grant => {
             skip("superseded: a newer event for this membership was already applied".into())
         }
@@ -301,14 +324,46 @@ mod tests {
         let revoked = event("Revoked", "req-1", 1_000_000);
         let after_extend = state(2_000_000, "req-1");
         assert_eq!(
-            intake(&revoked, &Effect::Remove, Some(&after_extend), &[], 3_000_000).outcome,
+            intake(&revoked, &Effect::Remove, Some(&after_extend), &[], false, 3_000_000).outcome,
             "remove"
         );
         // It never ends the grant of a later request.
         let later_grant = state(2_000_000, "req-2");
         assert_eq!(
-            intake(&revoked, &Effect::Remove, Some(&later_grant), &[], 3_000_000).outcome,
+            intake(&revoked, &Effect::Remove, Some(&later_grant), &[], false, 3_000_000).outcome,
             "skipped"
+        );
+    }
+
+    #[test]
+    fn a_grant_of_a_request_already_revoked_is_skipped() {
+        let provisioned = event("Provisioned", "req-1", 1_000_000).clone();
+        let activate = Effect::Activate {
+            start: 1_000_000,
+            end: Some(9_000_000),
+        };
+        let apps = [AssignedApp {
+            id: "a".into(),
+            name: "A".into(),
+            next_sync_at: 0,
+        }];
+        // The `Revoked` came first and left the membership inactive, with the same createdDateTime.
+        let revoked_first = MembershipState {
+            active: false,
+            start_at: None,
+            end_at: Some(1_500_000),
+            event_created: 1_000_000,
+            grant_request_id: None,
+        };
+        let plan = intake(&provisioned, &activate, Some(&revoked_first), &apps, true, 2_000_000);
+        assert_eq!(plan.outcome, "skipped");
+        assert_eq!(plan.reason.as_deref(), Some("already revoked"));
+        assert!(plan.jobs.is_empty() && plan.membership.is_none());
+        assert_eq!(plan.logs[0].status, "skipped");
+        // Without the memory the same event would grant.
+        assert_eq!(
+            intake(&provisioned, &activate, Some(&revoked_first), &apps, false, 2_000_000).outcome,
+            "activate"
         );
     }
 
@@ -338,7 +393,7 @@ mod tests {
             name: "A".into(),
             next_sync_at: 0,
         }];
-        let plan = intake(&ev, &Effect::Skip("why".into()), None, &apps, 2_000);
+        let plan = intake(&ev, &Effect::Skip("why".into()), None, &apps, false, 2_000);
         assert_eq!(plan.logs[0].action, "remove_member");
     }
 }

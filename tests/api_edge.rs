@@ -747,3 +747,140 @@ async fn the_encryption_key_rotates_and_every_app_still_authenticates_with_only_
         assert!(connection_works(&bridge, app).await, "with only `B` after the rekey");
     }
 }
+
+/// Runs one statement on the bridge's own database (SQLite file or PostgreSQL), with the app ids
+/// bound as `$1`, `$2`, ... (text; the PostgreSQL form casts them).
+async fn on_store(bridge: &Bridge, sqlite: &str, postgres: &str, binds: &[Vec<u8>]) {
+    use sqlx::Connection;
+    match bridge.database_env().first() {
+        Some((_, url)) => {
+            let mut conn = sqlx::PgConnection::connect(url).await.expect("open the database");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(postgres.to_string()));
+            for b in binds {
+                query = query.bind(b.clone());
+            }
+            query.execute(&mut conn).await.expect("statement");
+        }
+        None => {
+            let url = format!("sqlite://{}", bridge.data_dir.join("scim-bridge.db").display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open the database");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sqlite.to_string()));
+            for b in binds {
+                query = query.bind(b.clone());
+            }
+            query.execute(&mut conn).await.expect("statement");
+        }
+    }
+}
+
+async fn stored_credential(bridge: &Bridge, app: &str) -> Vec<u8> {
+    use sqlx::Connection;
+    match bridge.database_env().first() {
+        Some((_, url)) => {
+            let mut conn = sqlx::PgConnection::connect(url).await.expect("open the database");
+            sqlx::query_scalar("SELECT auth_sealed FROM apps WHERE id = $1::uuid")
+                .bind(app)
+                .fetch_one(&mut conn)
+                .await
+                .expect("the app's row")
+        }
+        None => {
+            let url = format!("sqlite://{}", bridge.data_dir.join("scim-bridge.db").display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open the database");
+            sqlx::query_scalar("SELECT auth_sealed FROM apps WHERE id = ?")
+                .bind(app)
+                .fetch_one(&mut conn)
+                .await
+                .expect("the app's row")
+        }
+    }
+}
+
+const SET_CREDENTIAL_SQLITE: &str = "UPDATE apps SET auth_sealed = $1 WHERE id = CAST($2 AS TEXT)";
+const SET_CREDENTIAL_POSTGRES: &str = "UPDATE apps SET auth_sealed = $1 WHERE id = convert_from($2, 'UTF8')::uuid";
+
+#[tokio::test]
+async fn a_sealed_credential_moved_to_another_app_does_not_open_there() {
+    let Some(target) = common::target(Kind::Scim2Server).await else {
+        return;
+    };
+    let bridge = Bridge::start().await;
+    let first = bridge.register_app(&target).await;
+    let second = bridge.register_app(&target).await;
+    assert!(connection_works(&bridge, &second).await, "before the move");
+
+    // Someone who can write the database copies the first app's sealed secret into the second.
+    let sealed = stored_credential(&bridge, &first).await;
+    on_store(
+        &bridge,
+        SET_CREDENTIAL_SQLITE,
+        SET_CREDENTIAL_POSTGRES,
+        &[sealed, second.as_bytes().to_vec()],
+    )
+    .await;
+
+    let (status, probe) = bridge
+        .admin(Method::POST, &format!("/v1/apps/{second}/test-connection"), None)
+        .await;
+    assert!(!common::connection_test_succeeded(status, &probe), "{probe}");
+    assert!(probe.to_string().contains("decrypted"), "{probe}");
+    assert!(connection_works(&bridge, &first).await, "the first app still works");
+}
+
+#[tokio::test]
+async fn a_credential_sealed_by_an_earlier_release_opens_and_is_sealed_again_bound_to_its_app() {
+    use base64::Engine;
+    let Some(target) = common::target(Kind::Scim2Server).await else {
+        return;
+    };
+    let key = new_key();
+    let mut bridge = Bridge::start_with(&[("SCIM_BRIDGE_ENCRYPTION_KEY", &key)]).await;
+    let key_bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(&key)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let sealer = scim_bridge::crypto::Sealer::new(&[key_bytes]);
+    let auth = target.app_auth().to_string();
+    let patched = bridge.register_app(&target).await;
+    let rekeyed = bridge.register_app(&target).await;
+    for app in [&patched, &rekeyed] {
+        on_store(
+            &bridge,
+            SET_CREDENTIAL_SQLITE,
+            SET_CREDENTIAL_POSTGRES,
+            &[sealer.seal_as_before_owners(auth.as_bytes()), app.as_bytes().to_vec()],
+        )
+        .await;
+        assert!(
+            connection_works(&bridge, app).await,
+            "an earlier release's credential opens"
+        );
+        assert!(sealer.is_unbound(app, &stored_credential(&bridge, app).await));
+    }
+
+    // The app's next write seals it again, bound to the app.
+    let (status, body) = bridge
+        .admin(
+            Method::PATCH,
+            &format!("/v1/apps/{patched}"),
+            Some(json!({"name": format!("renamed-{}", common::short_id())})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sealed = stored_credential(&bridge, &patched).await;
+    assert!(!sealer.is_unbound(&patched, &sealed));
+    assert_eq!(sealer.open(&patched, &sealed).unwrap(), auth.as_bytes());
+    assert!(connection_works(&bridge, &patched).await, "after the write");
+
+    // `rekey` seals every stored credential again, bound.
+    bridge.terminate(Duration::from_secs(10)).await;
+    let out = rekey(&bridge, &key).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sealed = stored_credential(&bridge, &rekeyed).await;
+    assert!(!sealer.is_unbound(&rekeyed, &sealed));
+    assert_eq!(sealer.open(&rekeyed, &sealed).unwrap(), auth.as_bytes());
+    assert!(sealer.open(&patched, &sealed).is_none());
+    bridge.restart_process(&[("SCIM_BRIDGE_ENCRYPTION_KEY", &key)]).await;
+    assert!(connection_works(&bridge, &rekeyed).await, "after the rekey");
+}

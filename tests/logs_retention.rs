@@ -180,3 +180,176 @@ async fn personal_data_past_retention_is_purged_but_never_a_live_membership_or_p
         .await;
     stack.target.assert_members_eventually(&target_name, &[]).await;
 }
+
+/// The `Revoked` of a request: same id and createdDateTime as its `Provisioned`.
+fn revoked_of(request: &Event) -> Event {
+    request.clone().status("Revoked")
+}
+
+async fn has_member(stack: &Stack, target_name: &str, user_name: &str) -> bool {
+    stack
+        .target
+        .group_member_user_names(target_name)
+        .await
+        .iter()
+        .any(|u| u.eq_ignore_ascii_case(user_name))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provisioned_delivered_after_its_own_revoked_never_grants_even_after_retention() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    stack
+        .bridge
+        .advance_to(chrono::Utc::now() + chrono::Duration::seconds(1))
+        .await;
+
+    // The `Revoked` overtakes its `Provisioned`: nothing reaches the target.
+    let request = Event::activation(&Principal::new(), &group)
+        .starting(stack.bridge.now())
+        .duration("P90D");
+    stack.bridge.deliver(&[&revoked_of(&request)]).await;
+    let answer = stack.bridge.deliver(&[&request]).await;
+    assert_eq!(common::batch_statuses(&answer), ["accepted"], "{answer}");
+    let entry = stack
+        .bridge
+        .wait_for_event_log(&request, "skipped", Some("add_member"))
+        .await;
+    assert_eq!(entry["reason"], "already revoked", "{entry}");
+    assert!(!has_member(&stack, &target_name, request.upn()).await);
+
+    // The same after retention has purged the `Revoked` event itself, while the request's end
+    // (90 days) is still ahead.
+    let later = Event::activation(&Principal::new(), &group)
+        .starting(stack.bridge.now())
+        .duration("P90D");
+    let revoked = revoked_of(&later);
+    stack.bridge.deliver(&[&revoked]).await;
+    // Its removal job has run (there was nothing to remove) before the clock moves on.
+    let settled = stack
+        .bridge
+        .find_log(&[("eventId", revoked.id())], |_| true, PUSH_TIMEOUT)
+        .await;
+    assert!(settled.is_some(), "the Revoked event's removal is logged");
+    stack.bridge.advance(31 * DAY).await;
+    let purged = wait_until(PUSH_TIMEOUT, || async {
+        activation_status(&stack, &revoked).await == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(purged, "the Revoked event is past retention");
+    let answer = stack.bridge.deliver(&[&later]).await;
+    assert_eq!(common::batch_statuses(&answer), ["accepted"], "{answer}");
+    let entry = stack
+        .bridge
+        .wait_for_event_log(&later, "skipped", Some("add_member"))
+        .await;
+    assert_eq!(entry["reason"], "already revoked", "{entry}");
+    assert!(!has_member(&stack, &target_name, later.upn()).await);
+}
+
+async fn principal_rows(stack: &Stack, principal_id: &str) -> (i64, i64) {
+    let principals = stack
+        .bridge
+        .store_count(
+            "SELECT COUNT(*) FROM principals WHERE principal_id = $1",
+            &[principal_id],
+        )
+        .await;
+    let links = stack
+        .bridge
+        .store_count(
+            "SELECT COUNT(*) FROM target_users WHERE principal_id = $1",
+            &[principal_id],
+        )
+        .await;
+    (principals, links)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn principals_and_links_nobody_refers_to_are_purged_but_never_a_live_pending_or_disabled_one() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, _) = stack.assigned_group().await;
+    stack
+        .bridge
+        .advance_to(chrono::Utc::now() + chrono::Duration::seconds(1))
+        .await;
+    let now = stack.bridge.now();
+    let gone = Principal::new();
+    let disabled = Principal::new();
+    let live = Principal::new();
+    let pending = Principal::new();
+    let gone_grant = Event::activation(&gone, &group).starting(now);
+    let disabled_grant = Event::activation(&disabled, &group).starting(now);
+    let live_grant = Event::activation(&live, &group)
+        .starting(now)
+        .set("/scheduleInfo/expiration", serde_json::json!({"type": "noExpiration"}));
+    let pending_grant = Event::activation(&pending, &group).starting(now + chrono::Duration::days(60));
+    stack
+        .bridge
+        .deliver(&[&gone_grant, &disabled_grant, &live_grant, &pending_grant])
+        .await;
+    for grant in [&gone_grant, &disabled_grant, &live_grant] {
+        stack
+            .bridge
+            .wait_for_event_log(grant, "success", Some("add_member"))
+            .await;
+    }
+    for grant in [&gone_grant, &disabled_grant] {
+        let end = grant.deactivation();
+        stack.bridge.deliver(&[&end]).await;
+        stack
+            .bridge
+            .wait_for_event_log(&end, "success", Some("remove_member"))
+            .await;
+    }
+    // A user the bridge disabled at the target (as `outOfScope: disable` does).
+    stack
+        .bridge
+        .store_execute(
+            "UPDATE target_users SET disabled = TRUE WHERE principal_id = $1",
+            &[&disabled.id],
+        )
+        .await;
+    for p in [&gone, &disabled, &live] {
+        assert_eq!(principal_rows(&stack, &p.id).await, (1, 1), "{} before", p.id);
+    }
+
+    stack.bridge.advance(31 * DAY).await;
+    let purged = wait_until(PUSH_TIMEOUT, || async {
+        principal_rows(&stack, &gone.id).await == (0, 0)
+    })
+    .await;
+    assert!(purged, "{:?} left", principal_rows(&stack, &gone.id).await);
+    assert_eq!(
+        principal_rows(&stack, &disabled.id).await,
+        (1, 1),
+        "a disabled user's link"
+    );
+    assert_eq!(principal_rows(&stack, &live.id).await, (1, 1), "a live membership");
+    assert_eq!(principal_rows(&stack, &pending.id).await.0, 1, "a pending job");
+
+    // The bridge no longer knows the purged principal: an add must describe it again.
+    let bare = Event::activation(&gone, &group)
+        .starting(stack.bridge.now())
+        .without("/principal");
+    common::Answer::read(stack.bridge.webhook(bare.body()).await)
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, &["principal"]);
+
+    // Deleting an app forgets its links, the disabled user's too.
+    let app = stack.app_id.clone();
+    let (status, body) = stack
+        .bridge
+        .admin(Method::DELETE, &format!("/v1/apps/{app}"), None)
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    assert_eq!(
+        principal_rows(&stack, &disabled.id).await.1,
+        0,
+        "links of a deleted app"
+    );
+}

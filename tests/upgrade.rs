@@ -203,7 +203,8 @@ async fn a_database_of_the_previous_release_opens_and_its_pending_and_deferred_w
     let app_id = new_id();
     let app_name = format!("legacy-app-{}", common::short_id());
     let auth = json!({"type": "bearer", "token": target.credential()});
-    let sealed = Sealer::new(&[key]).seal(auth.to_string().as_bytes());
+    // Sealed as the previous release sealed it: not bound to the app.
+    let sealed = Sealer::new(&[key]).seal_as_before_owners(auth.to_string().as_bytes());
     // What the previous release wrote for an app registered with default settings by the admin.
     let settings = r#"{"pacing":{"requestsPerSecond":25},"overflow":"nextCycle","patchStyle":"auto","driftRepair":"report","outOfScope":"keep"}"#;
     sqlx::query(
@@ -405,4 +406,165 @@ async fn a_database_of_the_previous_release_opens_and_its_pending_and_deferred_w
         after["nextSyncAt"], app["nextSyncAt"],
         "the next cycle is scheduled: {after}"
     );
+}
+
+/// The PostgreSQL migrations of the release before revoked requests were remembered (main at
+/// 0004), and nothing newer.
+const OLD_POSTGRES_MIGRATIONS: [&str; 4] = [
+    "0001_init.sql",
+    "0002_key_check.sql",
+    "0003_graph_source.sql",
+    "0004_leases.sql",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_database_of_the_previous_release_opens_and_its_pending_work_goes_on() {
+    use sqlx::Connection;
+    let Some(target) = common::target(Kind::Scim2Server).await else {
+        return;
+    };
+    let Some(database) = common::TestDatabase::postgres() else {
+        return;
+    };
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let migrations = scratch.path().join("old-migrations");
+    std::fs::create_dir_all(&migrations).expect("migrations dir");
+    for name in OLD_POSTGRES_MIGRATIONS {
+        let from = common::manifest_dir().join("migrations/postgres").join(name);
+        std::fs::copy(&from, migrations.join(name)).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    }
+    let mut conn = sqlx::PgConnection::connect(&database.url).await.expect("connect");
+    sqlx::migrate::Migrator::new(migrations.as_path())
+        .await
+        .expect("read the old migrations")
+        .run(&mut conn)
+        .await
+        .expect("apply the old migrations");
+
+    let key = scim_bridge::crypto::random_bytes::<32>();
+    let key_b64 = base64::engine::general_purpose::STANDARD.encode(key);
+    let now = chrono::Utc::now().timestamp_millis();
+    let app_id = new_id();
+    let app_name = format!("legacy-pg-app-{}", common::short_id());
+    let auth = json!({"type": "bearer", "token": target.credential()});
+    let sealed = Sealer::new(&[key]).seal_as_before_owners(auth.to_string().as_bytes());
+    let settings = json!({"pacing":{"requestsPerSecond":25},"overflow":"nextCycle","patchStyle":"auto",
+        "driftRepair":"report","outOfScope":"keep"});
+    sqlx::query(
+        "INSERT INTO apps (id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status,
+         status_reason, legacy_remove, next_sync_at, quarantine_level, created_at)
+         VALUES ($1::uuid, $2, $3, 'bearer', $4, $5, '[\"admin\"]'::jsonb, 'active', NULL, false,
+                 from_ms($6), 0, from_ms($7))",
+    )
+    .bind(&app_id)
+    .bind(&app_name)
+    .bind(&target.base_url)
+    .bind(&sealed)
+    .bind(&settings)
+    .bind(now + 40 * MINUTE_MS)
+    .bind(now - 24 * 60 * MINUTE_MS)
+    .execute(&mut conn)
+    .await
+    .expect("insert app");
+    let group = SourceGroup::new();
+    let target_name = format!("Upgraded PG {}", common::short_id());
+    sqlx::query(
+        "INSERT INTO group_assignments (app_id, group_id, target_display_name, created_at)
+         VALUES ($1::uuid, $2, $3, from_ms($4))",
+    )
+    .bind(&app_id)
+    .bind(&group.id)
+    .bind(&target_name)
+    .bind(now - 24 * 60 * MINUTE_MS)
+    .execute(&mut conn)
+    .await
+    .expect("insert assignment");
+
+    // An activation that started ten minutes ago and still waits to be pushed.
+    let start = now - 10 * MINUTE_MS;
+    let pending = Principal::new();
+    let event = Event::activation(&pending, &group).starting(chrono::DateTime::from_timestamp_millis(start).unwrap());
+    sqlx::query(
+        "INSERT INTO principals (principal_id, user_principal_name, display_name, given_name, surname, mail, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $2, from_ms($6))",
+    )
+    .bind(&pending.id)
+    .bind(pending.upn())
+    .bind(&pending.display_name)
+    .bind(&pending.given_name)
+    .bind(&pending.surname)
+    .bind(now)
+    .execute(&mut conn)
+    .await
+    .expect("insert principal");
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO events (id, status, body, action, access_id, principal_id, group_id, created_at, received_at,
+         start_at, end_at, outcome, reason)
+         VALUES ($1, 'Provisioned', $2, 'selfActivate', 'member', $3, $4, from_ms($5), from_ms($6), from_ms($5),
+                 from_ms($7), 'activate', NULL) RETURNING seq",
+    )
+    .bind(event.id())
+    .bind(&event.json)
+    .bind(&pending.id)
+    .bind(&group.id)
+    .bind(start)
+    .bind(now)
+    .bind(start + 120 * MINUTE_MS)
+    .fetch_one(&mut conn)
+    .await
+    .expect("insert event");
+    sqlx::query(
+        "INSERT INTO memberships (principal_id, group_id, access_id, active, source, start_at, end_at,
+           event_seq, event_created, expired_at, grant_request_id)
+         VALUES ($1, $2, 'member', true, 'activation', from_ms($3), from_ms($4), $5, from_ms($3), NULL, $6)",
+    )
+    .bind(&pending.id)
+    .bind(&group.id)
+    .bind(start)
+    .bind(start + 120 * MINUTE_MS)
+    .bind(seq)
+    .bind(event.id())
+    .execute(&mut conn)
+    .await
+    .expect("insert membership");
+    sqlx::query(
+        "INSERT INTO jobs (id, app_id, event_seq, event_id, principal_id, group_id, kind, trigger, state,
+           not_before, received_at, deferred_until, attempt, flag, updated_at)
+         VALUES ($1, $2::uuid, $3, $4, $5, $6, 'add', 'activation', 'pending', from_ms($7), from_ms($7), NULL, 0,
+                 NULL, from_ms($7))",
+    )
+    .bind(new_id())
+    .bind(&app_id)
+    .bind(seq)
+    .bind(event.id())
+    .bind(&pending.id)
+    .bind(&group.id)
+    .bind(now)
+    .execute(&mut conn)
+    .await
+    .expect("insert job");
+    conn.close().await.expect("close");
+
+    // This release on that database and encryption key.
+    let url = database.url.clone();
+    let mut bridge = Bridge::start_clocked(move |config| {
+        config.database_url = url;
+        config.encryption_key = Secret::new(key_b64);
+    })
+    .await;
+    let app = bridge.app(&app_id).await;
+    assert_eq!(app["name"], app_name.as_str(), "{app}");
+    target.assert_members_eventually(&target_name, &[pending.upn()]).await;
+    bridge.wait_for_event_log(&event, "success", Some("add_member")).await;
+    let again = bridge.deliver(&[&event]).await;
+    assert_eq!(common::single_status(&again), "duplicate", "{again}");
+    // What the new migrations added works on the old rows: the revocation reaches the target.
+    let revoked = event.clone().status("Revoked");
+    bridge.deliver(&[&revoked]).await;
+    bridge
+        .wait_for_event_log(&revoked, "success", Some("remove_member"))
+        .await;
+    target.assert_members_eventually(&target_name, &[]).await;
+    bridge.restart().await;
+    drop(database);
 }

@@ -338,3 +338,55 @@ async fn a_database_that_cannot_commit_answers_503_with_retry_after_and_nothing_
     let answer = bridge.deliver(&[&event]).await;
     assert_eq!(single_status(&answer), "accepted");
 }
+
+#[tokio::test]
+async fn an_end_after_the_year_9999_is_a_400_and_the_rest_of_its_batch_is_taken() {
+    let bridge = Bridge::start().await;
+    let far = activation().duration("P1000000Y");
+    let single = send(&bridge, &far).await;
+    single.assert_problem(StatusCode::BAD_REQUEST, &["scheduleInfo.expiration.duration", "9999"]);
+    assert_eq!(
+        single.body["field"], "scheduleInfo.expiration.duration",
+        "{}",
+        single.body
+    );
+
+    // In a batch beside a removal: that event is rejected, the removal is accepted, and later
+    // batches are taken as usual (nothing out of the database's range was stored).
+    let granted = activation();
+    assert_eq!(send(&bridge, &granted).await.status, StatusCode::ACCEPTED);
+    let removal = granted.deactivation();
+    let far_again = activation().duration("P1000000Y");
+    let answer = bridge.deliver(&[&far_again, &removal]).await;
+    assert_eq!(batch_statuses(&answer), ["rejected", "accepted"], "{answer}");
+    assert_eq!(
+        answer["events"][0]["problem"]["field"], "scheduleInfo.expiration.duration",
+        "{answer}"
+    );
+    let later = bridge.deliver(&[&activation()]).await;
+    assert_eq!(batch_statuses(&later), ["accepted"], "{later}");
+}
+
+#[tokio::test]
+async fn a_store_error_that_a_retry_cannot_fix_is_a_500_without_retry_after() {
+    let bridge = Bridge::start().await;
+    // The database refuses every write of events the same way, whatever the timing.
+    bridge
+        .store_execute("ALTER TABLE events RENAME TO events_elsewhere", &[])
+        .await;
+    let event = activation();
+    let response = bridge.webhook(event.body()).await;
+    assert!(
+        !response.headers().contains_key("retry-after"),
+        "{:?}",
+        response.headers()
+    );
+    let answer = Answer::read(response).await;
+    answer.assert_problem(StatusCode::INTERNAL_SERVER_ERROR, &[]);
+    assert!(!answer.body.to_string().contains("events_elsewhere"), "{}", answer.body);
+
+    bridge
+        .store_execute("ALTER TABLE events_elsewhere RENAME TO events", &[])
+        .await;
+    assert_eq!(single_status(&bridge.deliver(&[&event]).await), "accepted");
+}

@@ -4,7 +4,8 @@
 //! - **Push path** (`push`): activations one at a time against a SCIM responder in this process,
 //!   beside the very same requests from a plain client; then **revocation under load**: members
 //!   revoked one at a time while a 2,000-member cycle runs for the same app, beside the same with
-//!   no cycle running.
+//!   no cycle running; and activations while four senders flood the webhook with unauthenticated
+//!   1 MiB bodies carrying 20,000 signature candidates each, beside the same without them.
 //! - **Intake** (`intake`): single-event webhooks from many concurrent senders, beside what the
 //!   database allows with one commit per row, and beside the same events handed to the store
 //!   directly (no HTTP, the same group commit). Then the accept latency at fixed offered rates.
@@ -160,6 +161,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         push::revocation_under_load(scale, backend, &mut rows).await?;
         intake::intake(scale, backend, &mut rows).await?;
     }
+    push::activation_under_signature_floods(scale, &mut rows).await?;
     cycles::throughput(scale, &mut rows).await?;
     if let Some(why) = cycles::real_target(scale, &mut rows).await? {
         skipped.push(why);

@@ -217,14 +217,15 @@ fn text_field(input: &Map<String, Value>, field: &str) -> ApiResult<Option<Strin
     }
 }
 
-async fn seal_auth(ctx: &ApiContext, auth: &Value) -> ApiResult<(String, Vec<u8>)> {
+/// Checks an `auth` object and seals it for the app `app_id` (bound to it: see `crypto::Sealer`).
+async fn seal_auth(ctx: &ApiContext, app_id: &str, auth: &Value) -> ApiResult<(String, Vec<u8>)> {
     crate::provisioning::parse_auth(auth).map_err(|(field, detail)| ApiError::bad(&field, detail))?;
     // The token endpoint receives the client secret: it is held to the same rule as the SCIM URL.
     if let Some(token_url) = auth.get("tokenUrl").and_then(Value::as_str) {
         check_target_url(ctx, "auth.tokenUrl", token_url).await?;
     }
     let kind = auth["type"].as_str().unwrap_or_default().to_string();
-    Ok((kind, ctx.engine.ctx.sealer.seal(auth.to_string().as_bytes())))
+    Ok((kind, ctx.engine.ctx.sealer.seal(app_id, auth.to_string().as_bytes())))
 }
 
 fn owners_field(input: &Map<String, Value>) -> ApiResult<Option<Vec<String>>> {
@@ -248,7 +249,8 @@ pub async fn create(
     let url = text_field(&input, "scimBaseUrl")?.ok_or_else(|| ApiError::bad("scimBaseUrl", "is required"))?;
     check_target_url(&ctx, "scimBaseUrl", &url).await?;
     let auth = input.get("auth").ok_or_else(|| ApiError::bad("auth", "is required"))?;
-    let (auth_type, sealed) = seal_auth(&ctx, auth).await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let (auth_type, sealed) = seal_auth(&ctx, &id, auth).await?;
     let settings = settings_from(&AppSettings::default(), &input)?;
     let mut owners = vec![caller.name.clone()];
     if caller.role == Role::Admin {
@@ -261,7 +263,7 @@ pub async fn create(
     let engine = &ctx.engine.ctx;
     let now = engine.now();
     let mut app = AppRecord {
-        id: uuid::Uuid::now_v7().to_string(),
+        id,
         name,
         scim_base_url: url,
         auth_type,
@@ -340,7 +342,14 @@ pub async fn update(
         changes.scim_base_url = Some(url);
     }
     if let Some(auth) = input.get("auth") {
-        changes.auth = Some(seal_auth(&ctx, auth).await?);
+        changes.auth = Some(seal_auth(&ctx, &app.id, auth).await?);
+    } else if ctx.engine.ctx.sealer.is_unbound(&app.id, &app.auth_sealed) {
+        // Credentials sealed before they were bound to their app are sealed again, bound, at
+        // the app's next write.
+        let sealer = &ctx.engine.ctx.sealer;
+        changes.auth = sealer
+            .reseal(&app.id, &app.auth_sealed)
+            .map(|sealed| (app.auth_type.clone(), sealed));
     }
     if let Some(owners) = owners_field(&input)? {
         if caller.role != Role::Admin {
@@ -575,7 +584,18 @@ pub async fn test_connection(
     if caller.role == Role::AppOwner && !caller.owns(&app) {
         return Err(ApiError::NotFound);
     }
-    let client = ctx.engine.ctx.client_for(&app)?;
+    // Credentials that do not open (sealed with another key, or for another app) are what
+    // failed: said as the probe's answer, not as a server error.
+    let client = match ctx.engine.ctx.client_for(&app) {
+        Ok(client) => client,
+        Err(e) => {
+            return Ok(Json(ConnectionTest {
+                ok: false,
+                error: Some(e.to_string()),
+                steps: Vec::new(),
+            }));
+        }
+    };
     let mut steps = Vec::new();
     let outcome = client.test_connection(&mut steps).await;
     Ok(Json(ConnectionTest {

@@ -35,6 +35,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the database cannot commit right now")]
     Unavailable,
+    /// A store error that a retry cannot fix: logged with its cause, shown as a plain 500.
+    #[error("the database refused the request; see the bridge's log")]
+    StoreFailed,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -85,15 +88,22 @@ impl ApiError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::StoreFailed | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
 
 impl From<crate::store::StoreError> for ApiError {
+    /// Only an error that a retry can fix asks the client to retry (503 with `Retry-After`);
+    /// any other is a 500, so that a sender does not retry forever what can never commit.
     fn from(e: crate::store::StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
-        Self::Unavailable
+        if e.is_transient() {
+            tracing::warn!(error = %e, "store unavailable");
+            Self::Unavailable
+        } else {
+            tracing::error!(error = %e, "store error");
+            Self::StoreFailed
+        }
     }
 }
 

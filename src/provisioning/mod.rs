@@ -63,7 +63,7 @@ impl Ctx {
     pub fn auth_of(&self, app: &AppRecord) -> anyhow::Result<Auth> {
         let plain = self
             .sealer
-            .open(&app.auth_sealed)
+            .open(&app.id, &app.auth_sealed)
             .ok_or_else(|| anyhow::anyhow!("the app's credentials cannot be decrypted with this encryption key"))?;
         let value: Value = serde_json::from_slice(&plain)?;
         parse_auth(&value).map_err(|(field, detail)| anyhow::anyhow!("stored auth: {field} {detail}"))
@@ -433,9 +433,10 @@ async fn retention_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
         let cutoff = started - ctx.config.log_retention_ms;
         purge_in_batches("provisioning log entries", || ctx.store.purge_logs(cutoff, PURGE_BATCH)).await;
         purge_in_batches("audit entries", || ctx.store.purge_audit(cutoff, PURGE_BATCH)).await;
-        purge_in_batches("events, finished jobs, ended memberships and cycles", || {
-            ctx.store.purge_records(cutoff, PURGE_BATCH)
-        })
+        purge_in_batches(
+            "events, finished jobs, ended memberships, cycles and principals",
+            || ctx.store.purge_records(started, cutoff, PURGE_BATCH),
+        )
         .await;
         // From the pass's start: if time moved on meanwhile, the next pass comes at once.
         let next = started + 3_600_000;

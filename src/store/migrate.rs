@@ -58,7 +58,7 @@ struct Table {
     columns: &'static [(&'static str, Conv)],
 }
 
-/// Every SQLite table and column (migrations 0001-0007), in an order that inserts a row after
+/// Every SQLite table and column (migrations 0001-0008), in an order that inserts a row after
 /// the rows it refers to (`group_assignments` refers to `apps`). Rows are copied in SQLite's
 /// insertion order (`rowid`), which is also the order PostgreSQL's own identity columns (`pos`
 /// of the log, the audit trail and the cycles: insertion order, tie breakers) are given in.
@@ -289,6 +289,16 @@ const TABLES: &[Table] = &[
             ("request_id", Text),
             ("status", Text),
             ("seen_at", Millis),
+        ],
+    },
+    Table {
+        name: "revoked_requests",
+        columns: &[
+            ("request_id", Text),
+            ("principal_id", Text),
+            ("group_id", Text),
+            ("end_at", Millis),
+            ("revoked_at", Millis),
         ],
     },
 ];

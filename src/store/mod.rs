@@ -34,6 +34,49 @@ pub enum StoreError {
     Fenced(String),
 }
 
+impl StoreError {
+    /// Whether trying again later can succeed: the database was busy, locked, unreachable or
+    /// gave up a transaction to keep others consistent, or the lease moved to another replica.
+    /// Anything else (a schema that does not match, corrupt data, a value the database refuses)
+    /// fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Database(e) => database_error_is_transient(e),
+            Self::Fenced(_) => true,
+            Self::Migrate(_) | Self::Corrupt(_) => false,
+        }
+    }
+}
+
+fn database_error_is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            if let Ok(extended) = code.parse::<i64>() {
+                // SQLite result codes: BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL.
+                return matches!(extended & 0xff, 5 | 6 | 10 | 13 | 14 | 15);
+            }
+            // PostgreSQL SQLSTATEs: connection exceptions, serialization failure, deadlock,
+            // insufficient resources, lock not available, query cancelled (a lock or statement
+            // timeout), shutdown and start-up, a read-only transaction (a failover in progress).
+            code.starts_with("08")
+                || code.starts_with("53")
+                || matches!(
+                    code,
+                    "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" | "25006"
+                )
+        }
+        _ => false,
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Overflow {
@@ -488,9 +531,10 @@ pub trait Store: Send + Sync + 'static {
     async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>>;
     async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
     /// Purges up to `batch` rows of personal data older than `older_than` that nothing needs any
-    /// more: events no live membership or open job points to, finished jobs, ended memberships
-    /// and ended cycles. Answers how many rows went.
-    async fn purge_records(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
+    /// more: events no live membership or open job points to, finished jobs, ended memberships,
+    /// ended cycles, principals and what was last sent for them that nothing refers to, and
+    /// revoked request ids whose scheduled end is before `now`. Answers how many rows went.
+    async fn purge_records(&self, now: Millis, older_than: Millis, batch: i64) -> StoreResult<u64>;
     /// Deferred jobs per app, counted (for the metrics scrape).
     async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>>;
     /// The audit trail is kept as long as the logs.
@@ -645,8 +689,9 @@ pub(crate) fn take_audit() -> Option<AuditEntry> {
     AUDIT.try_with(|a| a.borrow_mut().take()).ok().flatten()
 }
 
-/// Re-encrypts one sealed credential: `None` if no accepted key opens it.
-pub type Reseal = dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync;
+/// Re-encrypts one sealed credential of the app named (`None`: the key check): `None` if no
+/// accepted key opens it.
+pub type Reseal = dyn Fn(Option<&str>, &[u8]) -> Option<Vec<u8>> + Send + Sync;
 
 pub type SharedStore = Arc<dyn Store>;
 

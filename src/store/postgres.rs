@@ -237,7 +237,14 @@ impl PostgresStore {
         created: Millis,
         now: Millis,
     ) -> StoreResult<()> {
-        // Locks the row, so two replicas merging into one principal take turns.
+        // Two writers merging into one principal take turns, also while it has no row yet (a
+        // row lock alone locks nothing then): the same key `accept_events` locks for a webhook,
+        // so the directory feed and webhooks take turns too. Taken again in the same transaction,
+        // it is granted at once.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('principal' || chr(10) || $1, 0))")
+            .bind(principal_id)
+            .execute(&mut **tx)
+            .await?;
         let row: Option<PrincipalRow> = sqlx::query_as(
             "SELECT user_principal_name, display_name, given_name, surname, mail, attributes::text AS attributes
              FROM principals WHERE principal_id = $1 FOR UPDATE",
@@ -312,7 +319,30 @@ impl PostgresStore {
         .bind(&event.group_id)
         .fetch_all(&mut **tx)
         .await?;
-        let plan = rules::intake(event, effect, state.as_ref(), &apps, now);
+        let grants = matches!(
+            effect,
+            Effect::Activate { .. } | Effect::Assign { .. } | Effect::Extend { .. }
+        );
+        let already_revoked = grants
+            && sqlx::query_scalar::<_, i32>("SELECT 1 FROM revoked_requests WHERE request_id = $1")
+                .bind(&event.id)
+                .fetch_optional(&mut **tx)
+                .await?
+                .is_some();
+        let plan = rules::intake(event, effect, state.as_ref(), &apps, already_revoked, now);
+        if rules::remembers_revocation(event) {
+            sqlx::query(
+                "INSERT INTO revoked_requests (request_id, principal_id, group_id, end_at, revoked_at)
+                 VALUES ($1, $2, $3, from_ms($4), from_ms($5)) ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(&event.id)
+            .bind(&event.principal_id)
+            .bind(&event.group_id)
+            .bind(rules::revocation_remembered_until(event, state.as_ref()))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
 
         let event_seq: i64 = sqlx::query_scalar(
             "INSERT INTO events (id, status, body, action, access_id, principal_id, group_id, created_at, received_at,
@@ -624,6 +654,11 @@ impl Store for PostgresStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        // Deleting an app forgets its links (what was last sent for each principal).
+        sqlx::query("DELETE FROM target_users WHERE app_id = $1::uuid")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         // A replica dispatching for the app loses its lease: it writes nothing more for it.
         sqlx::query("DELETE FROM leases WHERE name = 'app:' || $1")
             .bind(id)
@@ -706,7 +741,10 @@ impl Store for PostgresStore {
         for (event, effect) in items {
             answers.push(Self::accept_in(&mut tx, event, effect, now).await?);
         }
-        // The replicas that dispatch for these apps hear of the work when it commits.
+        // The replicas that dispatch for these apps hear of the work when it commits; the one
+        // that runs the timers hears of every accepted event, since one may have moved an end
+        // closer (a shortened extension queues no job, but its expiry is due sooner).
+        let any_accepted = answers.iter().any(|a| matches!(a, Acceptance::Accepted { .. }));
         let mut wakes: Vec<String> = answers
             .iter()
             .filter_map(|a| match a {
@@ -716,7 +754,7 @@ impl Store for PostgresStore {
             .flatten()
             .map(|(_, app_id)| format!("app:{app_id}"))
             .collect();
-        if !wakes.is_empty() {
+        if any_accepted {
             wakes.sort();
             wakes.dedup();
             wakes.push("expiry".into());
@@ -1411,7 +1449,7 @@ impl Store for PostgresStore {
         Ok(done.rows_affected())
     }
 
-    async fn purge_records(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
+    async fn purge_records(&self, now: Millis, older_than: Millis, batch: i64) -> StoreResult<u64> {
         let mut tx = self.begin().await?;
         let mut purged = 0;
         // Finished jobs first: their events may then go too.
@@ -1453,6 +1491,59 @@ impl Store for PostgresStore {
         purged += sqlx::query(
             "DELETE FROM sync_cycles WHERE id IN (SELECT id FROM sync_cycles WHERE ended_at IS NOT NULL
                AND ended_at < from_ms($1) LIMIT $2)",
+        )
+        .bind(older_than)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Revoked request ids whose scheduled end has passed (no end: once the pair has no
+        // membership state left), whatever the retention period.
+        purged += sqlx::query(
+            "DELETE FROM revoked_requests WHERE request_id IN (SELECT r.request_id FROM revoked_requests r
+               WHERE (r.end_at IS NOT NULL AND r.end_at <= from_ms($1))
+                  OR (r.end_at IS NULL AND NOT EXISTS (SELECT 1 FROM memberships m
+                        WHERE m.principal_id = r.principal_id AND m.group_id = r.group_id))
+               LIMIT $2)",
+        )
+        .bind(now)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // What was last sent to an app for a principal nothing refers to any more (a link to a
+        // user the bridge disabled stays until its app is deleted; a deleted app's links go).
+        purged += sqlx::query(
+            "DELETE FROM target_users WHERE (app_id, principal_id) IN (SELECT t.app_id, t.principal_id
+               FROM target_users t JOIN apps a ON a.id = t.app_id
+               WHERE a.deleted_at IS NOT NULL
+                  OR (NOT t.disabled
+                      AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.principal_id = t.principal_id)
+                      AND NOT EXISTS (SELECT 1 FROM standing_members s WHERE s.principal_id = t.principal_id)
+                      AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.principal_id = t.principal_id
+                                        AND j.state IN ('pending', 'in_flight', 'deferred'))
+                      AND NOT EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = t.app_id
+                                        AND p.principal_id = t.principal_id)
+                      AND NOT EXISTS (SELECT 1 FROM revoked_requests r WHERE r.principal_id = t.principal_id))
+               LIMIT $1)",
+        )
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Principals (names, mail, mapped attributes) nothing refers to any more.
+        purged += sqlx::query(
+            "DELETE FROM principals WHERE principal_id IN (SELECT p.principal_id FROM principals p
+               WHERE p.updated_at < from_ms($1)
+                 AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.principal_id = p.principal_id)
+                 AND NOT EXISTS (SELECT 1 FROM standing_members s WHERE s.principal_id = p.principal_id)
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.principal_id = p.principal_id
+                                   AND j.state IN ('pending', 'in_flight', 'deferred'))
+                 AND NOT EXISTS (SELECT 1 FROM provisioned v JOIN apps a ON a.id = v.app_id
+                                   WHERE v.principal_id = p.principal_id AND a.deleted_at IS NULL)
+                 AND NOT EXISTS (SELECT 1 FROM revoked_requests r WHERE r.principal_id = p.principal_id)
+                 AND NOT EXISTS (SELECT 1 FROM target_users t WHERE t.principal_id = p.principal_id)
+               LIMIT $2)",
         )
         .bind(older_than)
         .bind(batch)
@@ -1643,7 +1734,7 @@ impl Store for PostgresStore {
         let mut resealed = 0;
         let mut unopened = Vec::new();
         for (id, sealed) in &rows {
-            match reseal(sealed) {
+            match reseal(Some(id), sealed) {
                 Some(again) => {
                     sqlx::query("UPDATE apps SET auth_sealed = $1 WHERE id = $2::uuid")
                         .bind(again)
@@ -1658,7 +1749,7 @@ impl Store for PostgresStore {
         let check: Option<Vec<u8>> = sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
             .fetch_optional(&mut *tx)
             .await?;
-        if let Some(again) = check.as_deref().and_then(reseal) {
+        if let Some(again) = check.as_deref().and_then(|sealed| reseal(None, sealed)) {
             sqlx::query("UPDATE key_check SET sealed = $1 WHERE id = 1")
                 .bind(again)
                 .execute(&mut *tx)
@@ -1969,5 +2060,150 @@ impl WorkListener for PgWorkListener {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Connection;
+
+    /// A fresh, migrated database on the test PostgreSQL server (`SCIM_BRIDGE_TEST_POSTGRES_URL`,
+    /// default the local cluster), dropped by `drop_database`. `None` (the test skips, saying
+    /// why) when there is no server, except under `CI=true`.
+    async fn fresh_store() -> Option<(PostgresStore, String, String)> {
+        let server = std::env::var("SCIM_BRIDGE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1/postgres".into());
+        let mut admin = match sqlx::PgConnection::connect(&server).await {
+            Ok(admin) => admin,
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("CI=true needs PostgreSQL at {server}: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipped: no PostgreSQL at {server} ({e}); scripts/test-deps.sh starts one");
+                return None;
+            }
+        };
+        let name = format!("scim_bridge_unit_{}", crate::crypto::random_hex(6));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create a test database");
+        let mut url = url::Url::parse(&server).expect("URL");
+        url.set_path(&format!("/{name}"));
+        let store = PostgresStore::open(url.as_str()).await.expect("open");
+        store.migrate().await.expect("migrate");
+        Some((store, server, name))
+    }
+
+    async fn drop_database(store: PostgresStore, server: &str, name: &str) {
+        store.pool.close().await;
+        if let Ok(mut admin) = sqlx::PgConnection::connect(server).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+
+    /// Waits (without sleeping on a guess) until some backend of the database waits for a lock.
+    async fn until_someone_waits_for_a_lock(store: &PostgresStore) {
+        loop {
+            let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            if waiting > 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Two writers of a principal that has no row yet (a webhook and the directory feed, on two
+    /// replicas): the second waits for the first and merges into what it wrote, so no attribute
+    /// is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_writers_of_a_new_principal_take_turns_and_keep_every_attribute() {
+        let Some((store, server, name)) = fresh_store().await else {
+            return;
+        };
+        let store = Arc::new(store);
+        let now = 1_000_000;
+        let mut first = store.begin().await.unwrap();
+        PostgresStore::merge_principal(
+            &mut first,
+            "p-1",
+            &serde_json::json!({"userPrincipalName": "ada@example.test", "mail": "ada@example.test"}),
+            now,
+            now,
+        )
+        .await
+        .unwrap();
+        let second = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .put_principal_attributes(
+                        "p-1",
+                        &serde_json::json!({"userPrincipalName": "ada@example.test", "department": "Research"}),
+                        now + 1,
+                    )
+                    .await
+            })
+        };
+        until_someone_waits_for_a_lock(&store).await;
+        first.commit().await.unwrap();
+        second.await.unwrap().unwrap();
+
+        let attributes = store.principal_attributes("p-1").await.unwrap().expect("stored");
+        assert_eq!(attributes["mail"], "ada@example.test", "{attributes:?}");
+        assert_eq!(attributes["department"], "Research", "{attributes:?}");
+        let store = Arc::into_inner(store).expect("the only reference");
+        drop_database(store, &server, &name).await;
+    }
+
+    fn event(raw: serde_json::Value, now: Millis) -> (Event, Effect) {
+        let event = crate::activation::parse(&raw).expect("a valid event");
+        let effect = crate::activation::judge(&event, now).expect("within the rules");
+        (event, effect)
+    }
+
+    /// A shortened end queues no job, but the replica that runs the expiry timer must hear of it
+    /// at once, not at its next poll.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_accepted_extension_that_queues_no_job_still_wakes_the_expiry_timer() {
+        let Some((store, server, name)) = fresh_store().await else {
+            return;
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let at = crate::clock::to_rfc3339(now);
+        let grant = serde_json::json!({
+            "id": "req-1", "action": "selfActivate", "accessId": "member", "principalId": "p-1",
+            "groupId": "g-1", "status": "Provisioned", "createdDateTime": at,
+            "scheduleInfo": {"startDateTime": at, "expiration": {"type": "afterDuration", "duration": "PT8H"}},
+            "principal": {"userPrincipalName": "ada@example.test"},
+        });
+        store.accept_events(&[event(grant, now)], now).await.unwrap();
+
+        let mut listener = store.listen_work().await.unwrap().expect("a listener");
+        let later = crate::clock::to_rfc3339(now + 1_000);
+        let shorten = serde_json::json!({
+            "id": "req-2", "action": "adminUpdate", "accessId": "member", "principalId": "p-1",
+            "groupId": "g-1", "status": "Provisioned", "createdDateTime": later,
+            "scheduleInfo": {"startDateTime": at, "expiration": {"type": "afterDuration", "duration": "PT10M"}},
+        });
+        let answers = store
+            .accept_events(&[event(shorten, now + 1_000)], now + 1_000)
+            .await
+            .unwrap();
+        assert_eq!(answers, [Acceptance::Accepted { jobs: Vec::new() }]);
+        let heard = tokio::time::timeout(Duration::from_secs(10), listener.next())
+            .await
+            .expect("a notification within 10 s");
+        assert_eq!(heard.as_deref(), Some("expiry"));
+        drop(listener);
+        drop_database(store, &server, &name).await;
     }
 }

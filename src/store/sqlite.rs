@@ -19,7 +19,7 @@ pub struct SqliteStore {
     /// connection: SQLite runs one writer at a time anyway, and waiting here (not on the
     /// database's busy handler, holding a connection) keeps a flood of webhooks from taking every
     /// connection and starving the dispatchers' reads and commits.
-    write_turn: tokio::sync::Mutex<()>,
+    write_turn: Arc<tokio::sync::Mutex<()>>,
     /// Webhooks waiting for the next group commit (see `accept_events`).
     intake: std::sync::Mutex<Vec<Waiting>>,
 }
@@ -134,7 +134,7 @@ impl SqliteStore {
             .await?;
         Ok(Self {
             pool,
-            write_turn: tokio::sync::Mutex::new(()),
+            write_turn: Arc::new(tokio::sync::Mutex::new(())),
             intake: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -165,14 +165,14 @@ impl SqliteStore {
     /// Commits the queued webhooks in one transaction and answers each (the caller holds the
     /// write turn). If one webhook's write fails, the group is rolled back and each webhook is
     /// committed alone, so that only the failing one is refused.
-    async fn commit_group(&self, group: Vec<Waiting>) {
-        let results = match self.write_group(&group).await {
+    async fn commit_group(pool: &SqlitePool, group: Vec<Waiting>) {
+        let results = match Self::write_group(pool, &group).await {
             Ok(results) => results.into_iter().map(Ok).collect(),
             Err(_) if group.len() > 1 => {
                 let mut results = Vec::with_capacity(group.len());
                 for w in &group {
                     results.push(
-                        self.write_group(std::slice::from_ref(w))
+                        Self::write_group(pool, std::slice::from_ref(w))
                             .await
                             .map(|mut r| r.pop().expect("one webhook, one answer")),
                     );
@@ -188,8 +188,8 @@ impl SqliteStore {
 
     /// The webhooks' events in one transaction: every answer, or the first error (nothing
     /// written).
-    async fn write_group(&self, group: &[Waiting]) -> StoreResult<Vec<Vec<Acceptance>>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+    async fn write_group(pool: &SqlitePool, group: &[Waiting]) -> StoreResult<Vec<Vec<Acceptance>>> {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut results = Vec::with_capacity(group.len());
         for w in group {
             let mut answers = Vec::with_capacity(w.items.len());
@@ -281,7 +281,30 @@ impl SqliteStore {
         .bind(&event.group_id)
         .fetch_all(&mut **tx)
         .await?;
-        let plan = rules::intake(event, effect, state.as_ref(), &apps, now);
+        let grants = matches!(
+            effect,
+            Effect::Activate { .. } | Effect::Assign { .. } | Effect::Extend { .. }
+        );
+        let already_revoked = grants
+            && sqlx::query_scalar::<_, i64>("SELECT 1 FROM revoked_requests WHERE request_id = ?")
+                .bind(&event.id)
+                .fetch_optional(&mut **tx)
+                .await?
+                .is_some();
+        let plan = rules::intake(event, effect, state.as_ref(), &apps, already_revoked, now);
+        if rules::remembers_revocation(event) {
+            sqlx::query(
+                "INSERT INTO revoked_requests (request_id, principal_id, group_id, end_at, revoked_at)
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(&event.id)
+            .bind(&event.principal_id)
+            .bind(&event.group_id)
+            .bind(rules::revocation_remembered_until(event, state.as_ref()))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
 
         let event_seq = sqlx::query(
             "INSERT INTO events (id, status, body, action, access_id, principal_id, group_id, created_at, received_at,
@@ -572,6 +595,11 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        // Deleting an app forgets its links (what was last sent for each principal).
+        sqlx::query("DELETE FROM target_users WHERE app_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         self.commit(tx).await?;
         Ok(())
     }
@@ -616,22 +644,33 @@ impl Store for SqliteStore {
     async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
         // Group commit: a webhook queues its events and waits for its turn to write. Webhooks
         // that arrived while another commit was being made to disk are then committed together,
-        // one fsync for all, each in a savepoint of its own (a webhook whose write fails is rolled
-        // back alone). Each is answered only after the commit: 202 still means committed.
+        // one fsync for all (if one webhook's write fails, each is written again alone, so only
+        // that one is refused). Each is answered only after the commit: 202 still means committed.
         let (answer, mut answered) = tokio::sync::oneshot::channel();
         self.intake.lock().expect("lock").push(Waiting {
             items: items.to_vec(),
             now,
             answer,
         });
-        let turn = self.write_turn.lock().await;
+        let turn = self.write_turn.clone().lock_owned().await;
         if let Ok(done) = answered.try_recv() {
             // The turn before this one committed it with its own.
             return done;
         }
         let group = std::mem::take(&mut *self.intake.lock().expect("lock"));
-        self.commit_group(group).await;
-        drop(turn);
+        // The commit runs in a task of its own, holding the turn: if this webhook's request is
+        // dropped (its client went away), the others in the group are still committed and
+        // answered.
+        let pool = self.pool.clone();
+        let commit = tokio::spawn(async move {
+            Self::commit_group(&pool, group).await;
+            drop(turn);
+        });
+        if let Err(e) = commit.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
         answered
             .await
             .unwrap_or_else(|_| Err(StoreError::Corrupt("a webhook's commit was abandoned".into())))
@@ -1300,7 +1339,7 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn purge_records(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
+    async fn purge_records(&self, now: Millis, older_than: Millis, batch: i64) -> StoreResult<u64> {
         let (_turn, mut tx) = self.begin().await?;
         let mut purged = 0;
         // Finished jobs first: their events may then go too.
@@ -1341,6 +1380,59 @@ impl Store for SqliteStore {
         purged += sqlx::query(
             "DELETE FROM sync_cycles WHERE id IN (SELECT id FROM sync_cycles WHERE ended_at IS NOT NULL
                AND ended_at < ? LIMIT ?)",
+        )
+        .bind(older_than)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Revoked request ids whose scheduled end has passed (no end: once the pair has no
+        // membership state left), whatever the retention period.
+        purged += sqlx::query(
+            "DELETE FROM revoked_requests WHERE request_id IN (SELECT r.request_id FROM revoked_requests r
+               WHERE (r.end_at IS NOT NULL AND r.end_at <= ?1)
+                  OR (r.end_at IS NULL AND NOT EXISTS (SELECT 1 FROM memberships m
+                        WHERE m.principal_id = r.principal_id AND m.group_id = r.group_id))
+               LIMIT ?2)",
+        )
+        .bind(now)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // What was last sent to an app for a principal nothing refers to any more (a link to a
+        // user the bridge disabled stays until its app is deleted; a deleted app's links go).
+        purged += sqlx::query(
+            "DELETE FROM target_users WHERE rowid IN (SELECT t.rowid FROM target_users t
+               JOIN apps a ON a.id = t.app_id
+               WHERE a.deleted_at IS NOT NULL
+                  OR (t.disabled = 0
+                      AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.principal_id = t.principal_id)
+                      AND NOT EXISTS (SELECT 1 FROM standing_members s WHERE s.principal_id = t.principal_id)
+                      AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.principal_id = t.principal_id
+                                        AND j.state IN ('pending', 'in_flight', 'deferred'))
+                      AND NOT EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = t.app_id
+                                        AND p.principal_id = t.principal_id)
+                      AND NOT EXISTS (SELECT 1 FROM revoked_requests r WHERE r.principal_id = t.principal_id))
+               LIMIT ?1)",
+        )
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Principals (names, mail, mapped attributes) nothing refers to any more.
+        purged += sqlx::query(
+            "DELETE FROM principals WHERE principal_id IN (SELECT p.principal_id FROM principals p
+               WHERE p.updated_at < ?1
+                 AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.principal_id = p.principal_id)
+                 AND NOT EXISTS (SELECT 1 FROM standing_members s WHERE s.principal_id = p.principal_id)
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.principal_id = p.principal_id
+                                   AND j.state IN ('pending', 'in_flight', 'deferred'))
+                 AND NOT EXISTS (SELECT 1 FROM provisioned v JOIN apps a ON a.id = v.app_id
+                                   WHERE v.principal_id = p.principal_id AND a.deleted_at IS NULL)
+                 AND NOT EXISTS (SELECT 1 FROM revoked_requests r WHERE r.principal_id = p.principal_id)
+                 AND NOT EXISTS (SELECT 1 FROM target_users t WHERE t.principal_id = p.principal_id)
+               LIMIT ?2)",
         )
         .bind(older_than)
         .bind(batch)
@@ -1495,7 +1587,7 @@ impl Store for SqliteStore {
         let mut resealed = 0;
         let mut unopened = Vec::new();
         for (id, sealed) in &rows {
-            match reseal(sealed) {
+            match reseal(Some(id), sealed) {
                 Some(again) => {
                     sqlx::query("UPDATE apps SET auth_sealed = ? WHERE id = ?")
                         .bind(again)
@@ -1510,7 +1602,7 @@ impl Store for SqliteStore {
         let check: Option<Vec<u8>> = sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
             .fetch_optional(&mut *tx)
             .await?;
-        if let Some(again) = check.as_deref().and_then(reseal) {
+        if let Some(again) = check.as_deref().and_then(|sealed| reseal(None, sealed)) {
             sqlx::query("UPDATE key_check SET sealed = ? WHERE id = 1")
                 .bind(again)
                 .execute(&mut *tx)
@@ -1608,5 +1700,60 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stored, 100);
+    }
+
+    /// The webhook whose turn commits a group can be dropped mid-commit (its client went away):
+    /// the others in the group are still committed and answered, and so is its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_commit_goes_on_when_the_webhook_that_leads_it_is_dropped() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = Arc::new(
+            SqliteStore::open(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap(),
+        );
+        store.migrate().await.unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+
+        // Both webhooks queue while the turn is taken, so that the first commits them together.
+        let turn = store.write_turn.clone().lock_owned().await;
+        let accept = |id: &'static str| {
+            let store = store.clone();
+            tokio::spawn(async move { store.accept_events(&[event(id, id, now)], now).await })
+        };
+        let leader = accept("leader");
+        while store.intake.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let follower = accept("follower");
+        while store.intake.lock().unwrap().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        // Another writer holds the database, so the group's commit waits once it has begun.
+        let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE").execute(&mut holder).await.unwrap();
+        drop(turn);
+        while !store.intake.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // The leader took the group: its request goes away.
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+
+        match follower.await.unwrap().expect("the follower is committed").as_slice() {
+            [Acceptance::Accepted { .. }] => {}
+            other => panic!("unexpected answer {other:?}"),
+        }
+        let mut stored: Vec<String> = sqlx::query_scalar("SELECT id FROM events")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        stored.sort();
+        assert_eq!(stored, ["follower", "leader"]);
     }
 }

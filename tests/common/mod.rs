@@ -945,6 +945,61 @@ impl Bridge {
             .map(|(_, v)| v.clone())
     }
 
+    /// The URL of the bridge's own database: its PostgreSQL test database, or the SQLite file in
+    /// its data dir.
+    pub fn database_url(&self) -> String {
+        if let Some(db) = &self._database {
+            return db.url.clone();
+        }
+        match self.database_env().into_iter().next() {
+            Some((_, url)) => url,
+            None => format!("sqlite://{}", self.data_dir.join("scim-bridge.db").display()),
+        }
+    }
+
+    /// Runs one query answering one integer on the bridge's own database. `sql` is written once
+    /// for both stores: `$1`, `$2`, ... take the text arguments.
+    pub async fn store_count(&self, sql: &str, args: &[&str]) -> i64 {
+        use sqlx::Connection;
+        let url = self.database_url();
+        if url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open the database");
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()));
+            for a in args {
+                query = query.bind(a.to_string());
+            }
+            query.fetch_one(&mut conn).await.expect("query")
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("open the database");
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()));
+            for a in args {
+                query = query.bind(a.to_string());
+            }
+            query.fetch_one(&mut conn).await.expect("query")
+        }
+    }
+
+    /// Runs one statement on the bridge's own database (written once for both stores).
+    pub async fn store_execute(&self, sql: &str, args: &[&str]) {
+        use sqlx::Connection;
+        let url = self.database_url();
+        if url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open the database");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()));
+            for a in args {
+                query = query.bind(a.to_string());
+            }
+            query.execute(&mut conn).await.expect("statement");
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("open the database");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()));
+            for a in args {
+                query = query.bind(a.to_string());
+            }
+            query.execute(&mut conn).await.expect("statement");
+        }
+    }
+
     /// `SCIM_BRIDGE_DATABASE_URL` of the bridge's store, for a command run on it (`rekey`); the
     /// data dir's SQLite when it is not set.
     pub fn database_env(&self) -> Vec<(String, String)> {
