@@ -70,18 +70,18 @@ fn body_mac(secret: &str, timestamp: i64, body: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// Checks a signature header against every accepted secret. The header's shape and size are
-/// judged before anything is hashed, and the body's HMAC is computed once per secret and compared
-/// in constant time with each candidate, so an unauthenticated request costs at most one pass over
-/// the body per configured secret, whatever its header holds.
-pub fn verify_signature(
-    header: Option<&str>,
-    body: &[u8],
-    secrets: &[String],
-    now_secs: i64,
-) -> Result<(), SignatureError> {
-    use subtle::ConstantTimeEq;
+/// A signature header whose shape, size and timestamp passed: what is left is to compare its
+/// candidates with the body's HMAC (`verify`). Judged before the body is even read, so a
+/// request whose header can never match costs nothing more.
+#[derive(Debug)]
+pub struct SignatureHeader {
+    timestamp: i64,
+    candidates: Vec<Vec<u8>>,
+}
 
+/// Checks a signature header's shape (`t=<unix seconds>,v1=<hex>`, at most 8 candidates, at
+/// most 4 KiB) and that its timestamp is fresh, hashing nothing.
+pub fn parse_signature_header(header: Option<&str>, now_secs: i64) -> Result<SignatureHeader, SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     if header.len() > MAX_SIGNATURE_HEADER {
         return Err(SignatureError::TooLarge);
@@ -109,17 +109,39 @@ pub fn verify_signature(
     if now_secs.abs_diff(timestamp) > SIGNATURE_TOLERANCE_SECS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
-    for secret in secrets {
-        let expected = body_mac(secret, timestamp, body);
-        // Every candidate is compared (no early exit between them), each in constant time.
-        let matched = candidates
-            .iter()
-            .fold(subtle::Choice::from(0), |any, c| any | c.as_slice().ct_eq(&expected));
-        if bool::from(matched) {
-            return Ok(());
+    Ok(SignatureHeader { timestamp, candidates })
+}
+
+impl SignatureHeader {
+    /// Computes the body's HMAC once per accepted secret and compares it in constant time with
+    /// each candidate, so an unauthenticated request costs at most one pass over the body per
+    /// configured secret, whatever its header holds.
+    pub fn verify(&self, body: &[u8], secrets: &[String]) -> Result<(), SignatureError> {
+        use subtle::ConstantTimeEq;
+        for secret in secrets {
+            let expected = body_mac(secret, self.timestamp, body);
+            // Every candidate is compared (no early exit between them), each in constant time.
+            let matched = self
+                .candidates
+                .iter()
+                .fold(subtle::Choice::from(0), |any, c| any | c.as_slice().ct_eq(&expected));
+            if bool::from(matched) {
+                return Ok(());
+            }
         }
+        Err(SignatureError::Mismatch)
     }
-    Err(SignatureError::Mismatch)
+}
+
+/// Checks a signature header against every accepted secret (`parse_signature_header`, then
+/// `SignatureHeader::verify`).
+pub fn verify_signature(
+    header: Option<&str>,
+    body: &[u8],
+    secrets: &[String],
+    now_secs: i64,
+) -> Result<(), SignatureError> {
+    parse_signature_header(header, now_secs)?.verify(body, secrets)
 }
 
 /// Encrypts credentials at rest: XChaCha20-Poly1305 with a random nonce. Seals with the current

@@ -332,10 +332,16 @@ async fn a_body_that_does_not_arrive_within_the_body_timeout_is_cut_off_even_if_
     let bridge = Bridge::start_with(SHORT_TIMEOUTS).await;
     let stream = TcpStream::connect(socket_of(&bridge)).await.expect("connect");
     let (mut reader, mut writer) = stream.into_split();
+    // A well-formed, fresh signature header: the body is read (a header that can never match is
+    // refused before the body is read).
+    let signature = Bridge::sign(&bridge.secret, chrono::Utc::now().timestamp(), b"{");
     writer
         .write_all(
-            b"POST /v1/webhooks/pim HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-              Content-Length: 1000\r\n\r\n{",
+            format!(
+                "POST /v1/webhooks/pim HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                 X-Bridge-Signature: {signature}\r\nContent-Length: 1000\r\n\r\n{{"
+            )
+            .as_bytes(),
         )
         .await
         .expect("write");

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::ApiContext;
 use super::error::{ApiError, ApiResult, problem_body};
 use super::model::{EventAnswer, JobRef, WebhookAnswer};
-use crate::crypto::verify_signature;
+use crate::crypto::parse_signature_header;
 use crate::intake::{self, Source, Verdict};
 use crate::metrics;
 
@@ -93,6 +93,20 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
         metrics::webhook_rejected("too_large");
         return Err(ApiError::PayloadTooLarge);
     }
+    if !is_json(&headers) {
+        metrics::webhook_rejected("media_type");
+        return Err(ApiError::UnsupportedMediaType(
+            "the body must be application/json".into(),
+        ));
+    }
+    // The header is judged before the body is read: one that can never match (too many
+    // candidates, too long, stale, malformed) is refused without reading or hashing anything.
+    let signature = headers.get("x-bridge-signature").and_then(|v| v.to_str().ok());
+    let now_secs = ctx.engine.ctx.now() / 1000;
+    let signature = parse_signature_header(signature, now_secs).map_err(|e| {
+        metrics::webhook_rejected("signature");
+        ApiError::Unauthorized(e.to_string())
+    })?;
     let bytes = match to_bytes(body, MAX_BODY).await {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -104,13 +118,6 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
             return Err(error);
         }
     };
-    if !is_json(&headers) {
-        metrics::webhook_rejected("media_type");
-        return Err(ApiError::UnsupportedMediaType(
-            "the body must be application/json".into(),
-        ));
-    }
-    let signature = headers.get("x-bridge-signature").and_then(|v| v.to_str().ok());
     let secrets: Vec<String> = ctx
         .engine
         .ctx
@@ -119,8 +126,7 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
         .iter()
         .map(|s| s.expose().to_string())
         .collect();
-    let now_secs = ctx.engine.ctx.now() / 1000;
-    verify_signature(signature, &bytes, &secrets, now_secs).map_err(|e| {
+    signature.verify(&bytes, &secrets).map_err(|e| {
         metrics::webhook_rejected("signature");
         ApiError::Unauthorized(e.to_string())
     })?;
