@@ -301,10 +301,13 @@ impl PostgresStore {
         if let Some(given) = event.raw.get("principal").filter(|p| p.is_object()) {
             Self::merge_principal(tx, &event.principal_id, given, event.created_at, now).await?;
         }
+        // The row is locked as it is read: the expiry (`expire_due`, which claims rows with row
+        // locks) and this event then take turns on it, so an extension is judged against the
+        // state the expiry left, never applied to a row the expiry ended meanwhile.
         let state: Option<MembershipState> = sqlx::query_as(
             "SELECT active, to_ms(start_at) AS start_at, to_ms(end_at) AS end_at, to_ms(event_created) AS event_created,
                grant_request_id FROM memberships
-             WHERE principal_id = $1 AND group_id = $2 AND access_id = $3",
+             WHERE principal_id = $1 AND group_id = $2 AND access_id = $3 FOR UPDATE",
         )
         .bind(&event.principal_id)
         .bind(&event.group_id)
@@ -637,6 +640,12 @@ impl Store for PostgresStore {
     async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()> {
         let Some(id) = app_key(id) else { return Ok(()) };
         let mut tx = self.begin().await?;
+        // The lease row first, as a dispatcher's write does (`begin` locks it, then the job
+        // rows): the two take turns instead of each holding what the other waits for.
+        sqlx::query("SELECT 1 FROM leases WHERE name = 'app:' || $1 FOR UPDATE")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("UPDATE apps SET deleted_at = from_ms($1) WHERE id = $2::uuid")
             .bind(now)
             .bind(id)
@@ -2204,6 +2213,136 @@ mod tests {
             .expect("a notification within 10 s");
         assert_eq!(heard.as_deref(), Some("expiry"));
         drop(listener);
+        drop_database(store, &server, &name).await;
+    }
+
+    /// An extension accepted while the expiry of the same membership is being committed: it waits
+    /// for the expiry and is judged against what it left (nothing to extend), so no future end
+    /// is left on a row the expiry ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_extension_racing_the_expiry_never_leaves_a_future_end_on_an_expired_row() {
+        let Some((store, server, name)) = fresh_store().await else {
+            return;
+        };
+        let store = Arc::new(store);
+        let now = chrono::Utc::now().timestamp_millis();
+        let start = now - 3_600_000;
+        let at = |ms: Millis| crate::clock::to_rfc3339(ms);
+        let grant = serde_json::json!({
+            "id": "req-1", "action": "selfActivate", "accessId": "member", "principalId": "p-1",
+            "groupId": "g-1", "status": "Provisioned", "createdDateTime": at(start),
+            "scheduleInfo": {"startDateTime": at(start), "expiration": {"type": "afterDuration", "duration": "PT1H"}},
+            "principal": {"userPrincipalName": "ada@example.test"},
+        });
+        store.accept_events(&[event(grant, start)], start).await.unwrap();
+
+        // The expiry's transaction, between its claim and its commit (what `expire_due` writes).
+        let mut expiry_tx = store.pool.begin().await.unwrap();
+        sqlx::query(
+            "UPDATE memberships SET active = false, expired_at = from_ms($1)
+             WHERE principal_id = 'p-1' AND group_id = 'g-1' AND access_id = 'member'",
+        )
+        .bind(now)
+        .execute(&mut *expiry_tx)
+        .await
+        .unwrap();
+
+        let extend = serde_json::json!({
+            "id": "req-2", "action": "selfExtend", "accessId": "member", "principalId": "p-1",
+            "groupId": "g-1", "status": "Provisioned", "createdDateTime": at(now),
+            "scheduleInfo": {"startDateTime": at(start), "expiration": {"type": "afterDuration", "duration": "PT8H"}},
+        });
+        let extension = {
+            let store = store.clone();
+            let item = event(extend, now);
+            tokio::spawn(async move { store.accept_events(&[item], now).await })
+        };
+        until_someone_waits_for_a_lock(&store).await;
+        expiry_tx.commit().await.unwrap();
+        extension.await.unwrap().unwrap();
+
+        let (active, end_at, expired_at): (bool, Option<Millis>, Option<Millis>) = sqlx::query_as(
+            "SELECT active, to_ms(end_at), to_ms(expired_at) FROM memberships
+             WHERE principal_id = 'p-1' AND group_id = 'g-1' AND access_id = 'member'",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert!(!active);
+        assert_eq!(end_at, Some(start + 3_600_000), "the expired row keeps its end");
+        assert_eq!(expired_at, Some(now), "and stays expired");
+        let outcome: String = sqlx::query_scalar("SELECT outcome FROM events WHERE id = 'req-2'")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(outcome, "skipped");
+        let store = Arc::into_inner(store).expect("the only reference");
+        drop_database(store, &server, &name).await;
+    }
+
+    /// `delete_app` and a dispatcher's write (lease row, then job rows) at once: they take turns,
+    /// neither is aborted as a deadlock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleting_an_app_while_its_dispatcher_records_an_outcome_does_not_deadlock() {
+        let Some((store, server, name)) = fresh_store().await else {
+            return;
+        };
+        let store = Arc::new(store);
+        let app = uuid::Uuid::now_v7().to_string();
+        sqlx::query(
+            "INSERT INTO apps (id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status,
+               next_sync_at, created_at)
+             VALUES ($1::uuid, 'a', 'https://scim.example.test', 'bearer', '\\x00', '{}', '[]', 'active', now(), now())",
+        )
+        .bind(&app)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO leases (name, holder, token, acquired_at, expires_at) VALUES ('app:' || $1, 'r1', 1, now(),
+               now() + interval '1 minute')",
+        )
+        .bind(&app)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO jobs (id, app_id, principal_id, group_id, kind, trigger, state, not_before, received_at,
+               updated_at) VALUES ('job-1', $1::uuid, 'p', 'g', 'add', 'activation', 'in_flight', now(), now(), now())",
+        )
+        .bind(&app)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+
+        // The dispatcher's write has checked its lease (`begin`) and is about to write the job.
+        let mut record = store.pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM leases WHERE name = 'app:' || $1 FOR SHARE")
+            .bind(&app)
+            .execute(&mut *record)
+            .await
+            .unwrap();
+        let delete = {
+            let store = store.clone();
+            let app = app.clone();
+            tokio::spawn(async move { store.delete_app(&app, chrono::Utc::now().timestamp_millis()).await })
+        };
+        until_someone_waits_for_a_lock(&store).await;
+        sqlx::query("UPDATE jobs SET state = 'done' WHERE id = 'job-1'")
+            .execute(&mut *record)
+            .await
+            .expect("the dispatcher's write is not aborted as a deadlock");
+        record.commit().await.unwrap();
+        delete
+            .await
+            .unwrap()
+            .expect("the deletion is not aborted as a deadlock");
+        let state: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = 'job-1'")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(state, "done", "the outcome recorded first stays");
+        let store = Arc::into_inner(store).expect("the only reference");
         drop_database(store, &server, &name).await;
     }
 }
