@@ -426,3 +426,39 @@ async fn a_postgresql_source_is_refused_and_passwords_are_never_printed() {
     assert!(said.contains("postgres://bridge:***@127.0.0.1:1/scim"), "{said}");
     assert!(!said.contains(&to_password), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_past_what_postgresql_holds_is_moved_as_the_last_representable_end() {
+    if !common::sqlite_under_test("an_end_past_what_postgresql_holds_is_moved_as_the_last_representable_end") {
+        return;
+    }
+    let Some(database) = TestDatabase::postgres() else {
+        return;
+    };
+    let mut bridge = Bridge::start().await;
+    let event = Event::activation(&Principal::new(), &SourceGroup::new());
+    bridge.deliver(&[&event]).await;
+    stop(&mut bridge).await;
+    // An end an earlier release accepted (`P1000000Y`), now refused at intake.
+    let sqlite_url = format!("sqlite://{}", bridge.data_dir.join("scim-bridge.db").display());
+    let mut sqlite = sqlx::SqliteConnection::connect(&sqlite_url).await.expect("sqlite");
+    for table in ["events", "memberships"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET end_at = 31556952000000000"
+        )))
+        .execute(&mut sqlite)
+        .await
+        .unwrap();
+    }
+    sqlite.close().await.ok();
+
+    let moved = migrate_store(&bridge, &database.url).await;
+    assert!(moved.status.success(), "{}", printed(&moved));
+    let mut pg = sqlx::PgConnection::connect(&database.url).await.expect("postgres");
+    let end: String =
+        sqlx::query_scalar("SELECT to_char(end_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM memberships")
+            .fetch_one(&mut pg)
+            .await
+            .unwrap();
+    assert_eq!(end, "9999-12-31 23:59:59");
+}

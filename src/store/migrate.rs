@@ -538,7 +538,13 @@ enum Cell {
 fn read_cell(row: &SqliteRow, index: usize, conv: Conv) -> Result<Cell, sqlx::Error> {
     Ok(match conv {
         Text | Json | Uuid => Cell::Text(row.try_get(index)?),
-        Int | Millis | Identity | CommitOrder => Cell::Int(row.try_get(index)?),
+        Int | Identity | CommitOrder => Cell::Int(row.try_get(index)?),
+        // A time past what `timestamptz` holds (an end accepted before such ends were refused)
+        // is moved to the last end an event may have: both mean "no end in practice".
+        Millis => Cell::Int(
+            row.try_get::<Option<i64>, _>(index)?
+                .map(|ms| ms.min(crate::activation::LAST_END)),
+        ),
         Bool => Cell::Bool(row.try_get::<Option<i64>, _>(index)?.map(|v| v != 0)),
         Bytes => Cell::Bytes(row.try_get(index)?),
     })
