@@ -122,7 +122,7 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
     let now_secs = ctx.engine.ctx.now() / 1000;
     verify_signature(signature, &bytes, &secrets, now_secs).map_err(|e| {
         metrics::webhook_rejected("signature");
-        ApiError::Unauthorized(e.to_string())
+        ApiError::unauthorized("X-Bridge-Signature", e.to_string())
     })?;
     ctx.engine.webhook_received();
 
