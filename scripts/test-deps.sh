@@ -2,8 +2,14 @@
 # Prepares what the integration tests need; safe to run again (does only what is missing):
 #   - .venv with scim2-server (a Python SCIM 2.0 server) and schemathesis (scripts/fuzz-api.sh)
 #   - scim-fixtures/node_modules (SCIMMY server, OAuth2 issuer, fault proxy)
-#   - the local PostgreSQL 15 cluster, running, with password "postgres" for user postgres
-#   - promtool (Debian's prometheus package, as root) for scripts/check-alerts.sh
+#   - the local PostgreSQL 15 cluster, running, with a role and a database of the tests' own
+#     (scim_bridge_test, password scim_bridge_test, CREATEDB: each test makes a database of its
+#     own); no other role is changed
+#   - Debian's chromium (as root, apt-get) and tests/browser/node_modules for the operator page test
+#   - promtool (Debian's prometheus package, as root, apt-get) for scripts/check-alerts.sh
+# As root it changes the machine in these ways only: the two apt packages, the PostgreSQL cluster
+# started, the role and database above. Not as root it installs nothing system-wide and says what
+# is missing.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -53,14 +59,21 @@ else
         say "starting PostgreSQL 15/main"
         pg_ctlcluster 15 main start || say "pg_ctlcluster 15 main start failed (PostgreSQL tests will fail)"
     fi
-    if (cd / && runuser -u postgres -- psql -q -c "ALTER USER postgres PASSWORD 'postgres'") >/dev/null; then
-        say "PostgreSQL ready: postgres://postgres:postgres@127.0.0.1/postgres"
-    else
-        say "could not set the postgres password (PostgreSQL tests may fail)"
+    # The tests' own role and database, made once; an existing role of that name is left as it is.
+    as_postgres() { (cd / && runuser -u postgres -- "$@"); }
+    if [[ "$(as_postgres psql -qAtc "SELECT 1 FROM pg_roles WHERE rolname = 'scim_bridge_test'")" != 1 ]]; then
+        say "creating the PostgreSQL role scim_bridge_test (LOGIN CREATEDB)"
+        as_postgres psql -q -c "CREATE ROLE scim_bridge_test LOGIN CREATEDB PASSWORD 'scim_bridge_test'" >/dev/null \
+            || say "could not create the role scim_bridge_test (PostgreSQL tests may fail)"
+    fi
+    if [[ "$(as_postgres psql -qAtc "SELECT 1 FROM pg_database WHERE datname = 'scim_bridge_test'")" != 1 ]]; then
+        say "creating the PostgreSQL database scim_bridge_test"
+        as_postgres createdb -O scim_bridge_test scim_bridge_test \
+            || say "could not create the database scim_bridge_test (PostgreSQL tests may fail)"
     fi
 fi
 
-PG_URL="${SCIM_BRIDGE_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1/postgres}"
+PG_URL="${SCIM_BRIDGE_TEST_POSTGRES_URL:-postgres://scim_bridge_test:scim_bridge_test@127.0.0.1/scim_bridge_test}"
 if psql "$PG_URL" -qAtc "SELECT 1" >/dev/null 2>&1; then
     say "PostgreSQL answers at $PG_URL (the behaviour suite runs on it too)"
 elif [[ "${CI:-}" == "true" ]]; then

@@ -28,7 +28,7 @@ POSTGRES_SUITES=(
     webhook_answers
     window_cycle graph_source
 )
-PG_URL="${SCIM_BRIDGE_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1/postgres}"
+PG_URL="${SCIM_BRIDGE_TEST_POSTGRES_URL:-postgres://scim_bridge_test:scim_bridge_test@127.0.0.1/scim_bridge_test}"
 if ! psql "$PG_URL" -qAtc "SELECT 1" >/dev/null 2>&1; then
     if [[ "${CI:-}" == "true" ]]; then
         echo "test.sh: no PostgreSQL at $PG_URL, and CI=true requires the PostgreSQL run" >&2

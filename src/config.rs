@@ -210,7 +210,7 @@ impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let data_dir = PathBuf::from(var("SCIM_BRIDGE_DATA_DIR").unwrap_or_else(|| "./data".into()));
-        std::fs::create_dir_all(&data_dir).with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+        create_owner_only_dir(&data_dir).with_context(|| format!("creating the data dir {}", data_dir.display()))?;
         let mut config = Self::with_data_dir(&data_dir);
         if let Some(v) = var("SCIM_BRIDGE_LISTEN") {
             config.listen = v;
@@ -381,6 +381,19 @@ fn secret_file(data_dir: &Path, name: &str, make: impl FnOnce() -> String) -> an
     write_owner_only(&path, &value).with_context(|| format!("writing {}", path.display()))?;
     println!("generated {name} into {}", path.display());
     Ok(value)
+}
+
+/// Creates the data dir (and any missing parent) readable by its owner only (0700): it holds the
+/// secrets and the embedded database. An existing directory keeps the mode it has.
+fn create_owner_only_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
 }
 
 fn write_owner_only(path: &Path, value: &str) -> std::io::Result<()> {

@@ -74,7 +74,8 @@ enum Command {
         /// The bridge's base URL.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
-        /// Send this payload file instead of a generated event.
+        /// Send this payload file instead of a generated event (the other event flags are then
+        /// ignored).
         #[arg(long)]
         file: Option<PathBuf>,
         #[arg(long, default_value = "selfActivate")]
@@ -83,12 +84,30 @@ enum Command {
         status: String,
         #[arg(long)]
         event_id: Option<String>,
-        #[arg(long, default_value = "00000000-0000-0000-0000-0000000000a1")]
-        principal_id: String,
+        /// The principal's id. Default: derived from --upn (a name-based UUID of the lower-cased
+        /// UPN, version 8 over SHA-256), so the same UPN is always the same principal and another
+        /// UPN is another principal.
+        #[arg(long)]
+        principal_id: Option<String>,
         #[arg(long, default_value = "ada@contoso.com")]
         upn: String,
         #[arg(long, default_value = "Ada Lovelace")]
         display_name: String,
+        /// The principal's mail. Default: the UPN.
+        #[arg(long)]
+        mail: Option<String>,
+        /// The principal's given name. Default: the display name's first word.
+        #[arg(long, alias = "givenName")]
+        given_name: Option<String>,
+        /// The principal's surname. Default: the rest of the display name.
+        #[arg(long)]
+        surname: Option<String>,
+        /// The principal's department (sent only when given).
+        #[arg(long)]
+        department: Option<String>,
+        /// The principal's employee id (sent only when given).
+        #[arg(long, alias = "employeeId")]
+        employee_id: Option<String>,
         #[arg(long)]
         group_id: String,
         #[arg(long, default_value = "PT2H")]
@@ -175,6 +194,17 @@ fn first_sent_at(data_dir: &std::path::Path, event_id: &str) -> chrono::DateTime
     chrono::DateTime::parse_from_rfc3339(&now_text)
         .map(|t| t.with_timezone(&chrono::Utc))
         .unwrap_or(now)
+}
+
+/// The principal id `send` uses for a UPN when none is given: a name-based UUID (version 8, the
+/// first 128 bits of SHA-256 over the lower-cased UPN, as RFC 9562 B.2 shows), so one UPN is
+/// always one principal, whatever its case, and another UPN another principal.
+fn principal_id_from_upn(upn: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("scim-bridge send principal:{}", upn.to_lowercase()));
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
 }
 
 #[tokio::main]
@@ -271,6 +301,11 @@ async fn main() -> anyhow::Result<()> {
             principal_id,
             upn,
             display_name,
+            mail,
+            given_name,
+            surname,
+            department,
+            employee_id,
             group_id,
             duration,
             at,
@@ -286,7 +321,21 @@ async fn main() -> anyhow::Result<()> {
                         (None, None) => chrono::Utc::now(),
                     };
                     let now = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-                    let (given, surname) = display_name.split_once(' ').unwrap_or((display_name.as_str(), ""));
+                    let (given, rest) = display_name.split_once(' ').unwrap_or((display_name.as_str(), ""));
+                    let mut principal = json!({"userPrincipalName": upn, "displayName": display_name,
+                        "givenName": given_name.as_deref().unwrap_or(given),
+                        "surname": surname.as_deref().unwrap_or(rest),
+                        "mail": mail.as_deref().unwrap_or(&upn)});
+                    for (attribute, value) in [("department", department), ("employeeId", employee_id)] {
+                        if let Some(value) = value {
+                            principal[attribute] = json!(value);
+                        }
+                    }
+                    let principal_id = principal_id.unwrap_or_else(|| {
+                        let derived = principal_id_from_upn(&upn);
+                        eprintln!("principalId {derived} (derived from --upn {upn})");
+                        derived
+                    });
                     serde_json::to_vec(&json!({
                         "id": event_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
                         "action": action,
@@ -297,8 +346,7 @@ async fn main() -> anyhow::Result<()> {
                         "createdDateTime": now,
                         "justification": "test event sent with scim-bridge send",
                         "scheduleInfo": {"startDateTime": now, "expiration": {"type": "afterDuration", "duration": duration}},
-                        "principal": {"userPrincipalName": upn, "displayName": display_name, "givenName": given,
-                                      "surname": surname, "mail": upn},
+                        "principal": principal,
                         "group": {"displayName": group_id, "membershipRule": null, "onPremisesSyncEnabled": false}
                     }))?
                 }
@@ -320,5 +368,27 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::principal_id_from_upn;
+
+    /// The README's examples use Ada's derived id: it must not change.
+    #[test]
+    fn the_principal_id_derived_from_a_upn_is_stable_and_ignores_case() {
+        assert_eq!(
+            principal_id_from_upn("ada@contoso.com"),
+            "8b51fed8-f0e4-8ca7-837d-b8a2bbe6181f"
+        );
+        assert_eq!(
+            principal_id_from_upn("Ada@Contoso.COM"),
+            principal_id_from_upn("ada@contoso.com")
+        );
+        assert_ne!(
+            principal_id_from_upn("grace@contoso.com"),
+            principal_id_from_upn("ada@contoso.com")
+        );
     }
 }

@@ -322,6 +322,63 @@ async fn database_holds_no_credential_in_plain_text() {
     }
 }
 
+/// The mode bits of a file or directory (permissions only).
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Principals' names and mail addresses and the whole log are in the SQLite files: a first start
+/// makes the data dir 0700 and the database with its `-wal` and `-shm` files 0600, like the
+/// secrets; a database an earlier release left readable by others is narrowed at start.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_first_start_makes_the_data_dir_and_the_database_files_readable_by_the_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    if !common::sqlite_under_test("a_first_start_makes_the_data_dir_and_the_database_files_readable_by_the_owner_only")
+    {
+        return;
+    }
+    let parent = tempfile::tempdir().expect("temp dir");
+    let data_dir = parent.path().join("fresh").join("data");
+    // No webhook secret given: it is generated into the data dir as well.
+    let bridge = Bridge::start_with(&[
+        ("SCIM_BRIDGE_DATA_DIR", data_dir.to_str().unwrap()),
+        ("SCIM_BRIDGE_WEBHOOK_SECRET", ""),
+    ])
+    .await;
+    // A write, so that the write-ahead log holds something.
+    bridge.create_token("mode-check", "operator").await;
+    assert_eq!(mode(&data_dir), 0o700, "the data dir {}", data_dir.display());
+    for name in ["scim-bridge.db", "scim-bridge.db-wal", "scim-bridge.db-shm"] {
+        assert_eq!(mode(&data_dir.join(name)), 0o600, "{name}");
+    }
+    for name in ["webhook-secret", "encryption-key"] {
+        assert_eq!(mode(&data_dir.join(name)), 0o600, "{name}");
+    }
+    drop(bridge);
+
+    // A data dir and a database an earlier release made with the umask's modes: the database is
+    // narrowed, the directory the operator made is left as it is.
+    let earlier = parent.path().join("earlier");
+    std::fs::create_dir(&earlier).unwrap();
+    std::fs::set_permissions(&earlier, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let database = earlier.join("scim-bridge.db");
+    // An empty file is an empty SQLite database.
+    std::fs::write(&database, b"").unwrap();
+    std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let bridge = Bridge::start_with(&[("SCIM_BRIDGE_DATA_DIR", earlier.to_str().unwrap())]).await;
+    bridge.create_token("mode-check", "operator").await;
+    assert_eq!(mode(&database), 0o600);
+    assert_eq!(mode(&earlier.join("scim-bridge.db-wal")), 0o600);
+    assert_eq!(mode(&earlier), 0o755);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_output_holds_no_secret() {
     let Some(stack) = Stack::start_with(Kind::Scim2Server, &[("RUST_LOG", "debug")]).await else {

@@ -675,6 +675,48 @@ async fn cloud_metadata_addresses_are_refused_even_when_private_targets_are_allo
     assert_eq!(answer.body["field"], "auth.tokenUrl", "{}", answer.body);
 }
 
+/// A name that does not resolve (a typo, or DNS not there yet) is accepted where private targets
+/// are allowed, but the answer says so; test-connection then names the cause, not only "error
+/// sending request". (`.invalid` never resolves: RFC 2606.)
+#[tokio::test]
+async fn an_unresolvable_scim_name_is_registered_with_a_warning_and_test_connection_says_it_did_not_resolve() {
+    // The harness allows private targets.
+    let bridge = Bridge::start().await;
+    let host = format!("scim-{}.example.invalid", common::short_id());
+    let (status, app) = bridge
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": format!("unresolvable-{}", common::short_id()),
+                "scimBaseUrl": format!("https://{host}/scim/v2"), "auth": {"type": "bearer", "token": "t"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{app}");
+    let warnings = app["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        warnings.len() == 1
+            && warnings[0]
+                .as_str()
+                .is_some_and(|w| w.starts_with("scimBaseUrl: ") && w.contains(&format!("{host} did not resolve"))),
+        "{app}"
+    );
+    let id = app_id(&app);
+    let (status, read) = bridge.admin(Method::GET, &format!("/v1/apps/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        read.get("warnings").is_none(),
+        "a warning belongs to the answer that accepted it: {read}"
+    );
+
+    let (status, probe) = bridge
+        .admin(Method::POST, &format!("/v1/apps/{id}/test-connection"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{probe}");
+    assert_eq!(probe["ok"], false, "{probe}");
+    let error = probe["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("the name {host} did not resolve")), "{probe}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Encryption-key rotation
 

@@ -178,6 +178,110 @@ async fn sign_prints_the_header_and_send_delivers_a_signed_event() {
     );
 }
 
+/// Without `--principal-id`, `send` derives the principal from `--upn` (case aside): another UPN
+/// is another user at the target, not the first one renamed; the same UPN in other case ends the
+/// first user's membership. The attribute flags reach the event's principal.
+#[tokio::test(flavor = "multi_thread")]
+async fn send_derives_the_principal_id_from_the_upn_so_two_upns_are_two_users() {
+    let Some(stack) = Stack::start(Kind::Scim2Server).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let enterprise = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    let (status, app) = stack
+        .bridge
+        .admin(
+            Method::PATCH,
+            &format!("/v1/apps/{}", stack.app_id),
+            Some(json!({"attributeMapping": [
+                {"target": "userName", "source": "[userPrincipalName]"},
+                {"target": "externalId", "source": "[objectId]"},
+                {"target": "name.givenName", "source": "[givenName]"},
+                {"target": "name.familyName", "source": "[surname]"},
+                {"target": "emails[type eq \"work\"].value", "source": "[mail]"},
+                {"target": format!("{enterprise}:department"), "source": "[department]"},
+                {"target": format!("{enterprise}:employeeNumber"), "source": "[employeeId]"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{app}");
+    let url = stack.bridge.url.clone();
+    let send = |event_id: &'static str, upn: &'static str, extra: &'static [&'static str]| {
+        let mut args = vec![
+            "send",
+            "--url",
+            &url,
+            "--group-id",
+            &group.id,
+            "--event-id",
+            event_id,
+            "--upn",
+            upn,
+        ];
+        args.extend_from_slice(extra);
+        let out = cli(&stack.bridge, &args);
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    send(
+        "derive-1",
+        "first.user@contoso.test",
+        &[
+            "--mail",
+            "first.mail@contoso.test",
+            "--given-name",
+            "First",
+            "--surname",
+            "User",
+            "--department",
+            "IT",
+            "--employee-id",
+            "4711",
+        ],
+    );
+    send("derive-2", "second.user@contoso.test", &[]);
+    stack
+        .target
+        .assert_members_eventually(&target_name, &["first.user@contoso.test", "second.user@contoso.test"])
+        .await;
+    let principal_of = |event_id: &'static str| {
+        let bridge = &stack.bridge;
+        async move {
+            let entry = bridge
+                .wait_for_log(
+                    &[("eventId", event_id)],
+                    |e| e["status"] == "success",
+                    common::PUSH_TIMEOUT,
+                )
+                .await;
+            entry["principalId"].as_str().expect("principalId").to_string()
+        }
+    };
+    let (first, second) = (principal_of("derive-1").await, principal_of("derive-2").await);
+    assert_ne!(first, second);
+    let user = stack
+        .target
+        .user_by_user_name("first.user@contoso.test")
+        .await
+        .expect("the first user at the target");
+    assert_eq!(user["emails"][0]["value"], "first.mail@contoso.test", "{user}");
+    assert_eq!(user["name"]["givenName"], "First", "{user}");
+    assert_eq!(user["name"]["familyName"], "User", "{user}");
+    assert_eq!(user[enterprise]["department"], "IT", "{user}");
+    assert_eq!(user[enterprise]["employeeNumber"], "4711", "{user}");
+
+    // The same UPN in capitals is the same principal: its deactivation ends the first membership.
+    send("derive-3", "FIRST.User@contoso.test", &["--action", "selfDeactivate"]);
+    stack
+        .target
+        .assert_members_eventually(&target_name, &["second.user@contoso.test"])
+        .await;
+    assert_eq!(principal_of("derive-3").await, first);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn token_create_prints_a_token_the_api_accepts() {
     let bridge = Bridge::start().await;

@@ -201,6 +201,32 @@ async fn stale_or_future_signature_timestamp_is_a_401() {
     }
 }
 
+/// Like every 4xx, a refused signature names what was wrong: the `X-Bridge-Signature` header,
+/// whether it is missing, malformed, made with another secret or stale.
+#[tokio::test]
+async fn a_refused_signature_is_a_401_problem_naming_the_x_bridge_signature_header() {
+    let bridge = Bridge::start().await;
+    let body = activation().body();
+    let now = Utc::now().timestamp();
+    for signature in [
+        None,
+        Some("t=abc".to_string()),
+        Some(Bridge::sign(&common::random_hex(), now, &body)),
+        Some(Bridge::sign(&bridge.secret, now - 400, &body)),
+    ] {
+        let response = bridge
+            .post_webhook(body.clone(), Some("application/json"), signature.clone())
+            .await;
+        let answer = Answer::read(response).await;
+        answer.assert_problem(StatusCode::UNAUTHORIZED, &["X-Bridge-Signature"]);
+        assert_eq!(
+            answer.body["field"], "X-Bridge-Signature",
+            "{signature:?}: {}",
+            answer.body
+        );
+    }
+}
+
 #[tokio::test]
 async fn previous_secret_is_accepted_during_rotation() {
     let bridge = Bridge::start().await;

@@ -55,6 +55,11 @@ pub struct Scale {
     pub real_target_members: usize,
     /// Log entries paged through and exported.
     pub log_entries: usize,
+    /// Whether the intake rows set the bridge beside its ceilings (single-row commits, the store
+    /// alone). Not at `--quick`: over 2 s the ceilings are still warming up (the store alone once
+    /// came out below the bridge over it), so a ratio would say nothing; they are still measured
+    /// there, so CI runs their code, and printed, but left out of the table.
+    pub intake_ceilings: bool,
 }
 
 impl Scale {
@@ -71,6 +76,7 @@ impl Scale {
             memberships: 100_000,
             real_target_members: 2_000,
             log_entries: 1_000_000,
+            intake_ceilings: true,
         }
     }
 
@@ -87,6 +93,7 @@ impl Scale {
             memberships: 2_000,
             real_target_members: 200,
             log_entries: 50_000,
+            intake_ceilings: false,
         }
     }
 }

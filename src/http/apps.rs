@@ -83,8 +83,9 @@ fn settings_from(base: &AppSettings, input: &Map<String, Value>) -> ApiResult<Ap
 }
 
 /// Refuses URLs that are not http(s), ones that reach a cloud metadata address, and (unless
-/// allowed) ones that resolve to private addresses.
-async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult<()> {
+/// allowed) ones that resolve to private addresses. Where private targets are allowed, a host
+/// that does not resolve is accepted with a warning (for the answer): it may not exist yet.
+async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult<Option<String>> {
     let url = url::Url::parse(raw).map_err(|_| ApiError::bad(field, "is not a URL"))?;
     if url.scheme() != "https" && url.scheme() != "http" {
         return Err(ApiError::bad(field, "must be an http or https URL"));
@@ -96,14 +97,26 @@ async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult
     let allow_private = ctx.engine.ctx.config.allow_private_targets;
     let port = url.port_or_known_default().unwrap_or(443);
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let mut warning = None;
     let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
         Err(_) => match tokio::net::lookup_host((host.as_str(), port)).await {
             Ok(addrs) => addrs.map(|a| a.ip()).collect(),
             // Allowed private targets may not resolve yet (a local quickstart); the connect-time
             // resolver still refuses metadata addresses then.
-            Err(_) if allow_private => Vec::new(),
-            Err(_) => return Err(ApiError::unprocessable(field, "the host does not resolve")),
+            Err(e) if allow_private => {
+                warning = Some(format!(
+                    "{field}: the name {host} did not resolve ({e}); accepted, but nothing reaches the target until \
+                     it does (POST /v1/apps/{{id}}/test-connection checks)"
+                ));
+                Vec::new()
+            }
+            Err(_) => {
+                return Err(ApiError::unprocessable(
+                    field,
+                    format!("the name {host} does not resolve"),
+                ));
+            }
         },
     };
     if addrs.iter().any(|ip| crate::scim::is_metadata_address(*ip)) {
@@ -118,7 +131,7 @@ async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult
             "resolves to a loopback, private or other special-purpose address (set SCIM_BRIDGE_ALLOW_PRIVATE_TARGETS=true to allow)",
         ));
     }
-    Ok(())
+    Ok(warning)
 }
 
 pub(super) async fn app_body(ctx: &ApiContext, app: &AppRecord) -> ApiResult<App> {
@@ -167,6 +180,7 @@ pub(super) async fn app_body(ctx: &ApiContext, app: &AppRecord) -> ApiResult<App
         last_cycle,
         created_at: to_rfc3339(app.created_at),
         members_left_to_remove,
+        warnings: Vec::new(),
     })
 }
 
@@ -218,11 +232,16 @@ fn text_field(input: &Map<String, Value>, field: &str) -> ApiResult<Option<Strin
 }
 
 /// Checks an `auth` object and seals it for the app `app_id` (bound to it: see `crypto::Sealer`).
-async fn seal_auth(ctx: &ApiContext, app_id: &str, auth: &Value) -> ApiResult<(String, Vec<u8>)> {
+async fn seal_auth(
+    ctx: &ApiContext,
+    app_id: &str,
+    auth: &Value,
+    warnings: &mut Vec<String>,
+) -> ApiResult<(String, Vec<u8>)> {
     crate::provisioning::parse_auth(auth).map_err(|(field, detail)| ApiError::bad(&field, detail))?;
     // The token endpoint receives the client secret: it is held to the same rule as the SCIM URL.
     if let Some(token_url) = auth.get("tokenUrl").and_then(Value::as_str) {
-        check_target_url(ctx, "auth.tokenUrl", token_url).await?;
+        warnings.extend(check_target_url(ctx, "auth.tokenUrl", token_url).await?);
     }
     let kind = auth["type"].as_str().unwrap_or_default().to_string();
     Ok((kind, ctx.engine.ctx.sealer.seal(app_id, auth.to_string().as_bytes())))
@@ -247,10 +266,10 @@ pub async fn create(
     check_keys(&input, CREATE_FIELDS)?;
     let name = text_field(&input, "name")?.ok_or_else(|| ApiError::bad("name", "is required"))?;
     let url = text_field(&input, "scimBaseUrl")?.ok_or_else(|| ApiError::bad("scimBaseUrl", "is required"))?;
-    check_target_url(&ctx, "scimBaseUrl", &url).await?;
+    let mut warnings: Vec<String> = check_target_url(&ctx, "scimBaseUrl", &url).await?.into_iter().collect();
     let auth = input.get("auth").ok_or_else(|| ApiError::bad("auth", "is required"))?;
     let id = uuid::Uuid::now_v7().to_string();
-    let (auth_type, sealed) = seal_auth(&ctx, &id, auth).await?;
+    let (auth_type, sealed) = seal_auth(&ctx, &id, auth, &mut warnings).await?;
     let settings = settings_from(&AppSettings::default(), &input)?;
     let mut owners = vec![caller.name.clone()];
     if caller.role == Role::Admin {
@@ -291,7 +310,9 @@ pub async fn create(
     )
     .await?;
     ctx.engine.ensure_dispatcher(&app.id);
-    Ok((StatusCode::CREATED, Json(app_body(&ctx, &app).await?)))
+    let mut body = app_body(&ctx, &app).await?;
+    body.warnings = warnings;
+    Ok((StatusCode::CREATED, Json(body)))
 }
 
 pub async fn list(State(ctx): State<ApiContext>, caller: Caller) -> ApiResult<Json<AppList>> {
@@ -329,6 +350,7 @@ pub async fn update(
         name: text_field(&input, "name")?,
         ..Default::default()
     };
+    let mut warnings = Vec::new();
     if let Some(url) = text_field(&input, "scimBaseUrl")? {
         // Stored credentials never follow a changed URL: whoever points the app elsewhere gives
         // the credentials for that place too (an OAuth tokenUrl only changes with a whole auth).
@@ -338,11 +360,11 @@ pub async fn update(
                 "a changed scimBaseUrl needs the complete auth for it in the same request: stored credentials never follow a URL change",
             ));
         }
-        check_target_url(&ctx, "scimBaseUrl", &url).await?;
+        warnings.extend(check_target_url(&ctx, "scimBaseUrl", &url).await?);
         changes.scim_base_url = Some(url);
     }
     if let Some(auth) = input.get("auth") {
-        changes.auth = Some(seal_auth(&ctx, &app.id, auth).await?);
+        changes.auth = Some(seal_auth(&ctx, &app.id, auth, &mut warnings).await?);
     } else if ctx.engine.ctx.sealer.is_unbound(&app.id, &app.auth_sealed) {
         // Credentials sealed before they were bound to their app are sealed again, bound, at
         // the app's next write.
@@ -404,7 +426,9 @@ pub async fn update(
     .await?;
     let app = visible_app(&ctx, &caller, &id).await?;
     ctx.engine.wake(&app.id);
-    Ok(Json(app_body(&ctx, &app).await?))
+    let mut body = app_body(&ctx, &app).await?;
+    body.warnings = warnings;
+    Ok(Json(body))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -65,12 +65,16 @@ impl FromRequestParts<ApiContext> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::Unauthorized("an Authorization: Bearer <token> header is required".into()))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("Authorization", "an Authorization: Bearer <token> header is required")
+            })?;
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .map(str::trim)
-            .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into()))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("Authorization", "the Authorization header must be `Bearer <token>`")
+            })?;
         let admin = ctx.engine.ctx.config.admin_token.expose().as_bytes();
         if bool::from(admin.ct_eq(token.as_bytes())) {
             return Ok(Caller {
@@ -82,9 +86,9 @@ impl FromRequestParts<ApiContext> for Caller {
         match ctx.engine.ctx.store.token_by_hash(&hash).await? {
             Some(t) => Ok(Caller {
                 name: t.name,
-                role: Role::parse(&t.role).ok_or_else(|| ApiError::Unauthorized("unknown role".into()))?,
+                role: Role::parse(&t.role).ok_or_else(|| ApiError::unauthorized("Authorization", "unknown role"))?,
             }),
-            None => Err(ApiError::Unauthorized("the token is not valid".into())),
+            None => Err(ApiError::unauthorized("Authorization", "the token is not valid")),
         }
     }
 }

@@ -14,8 +14,10 @@ use super::model::Problem;
 pub enum ApiError {
     #[error("{field}: {detail}")]
     BadRequest { field: String, detail: String },
-    #[error("{0}")]
-    Unauthorized(String),
+    /// A missing or refused credential, naming the header that carries it (`Authorization`,
+    /// `X-Bridge-Signature`).
+    #[error("{detail}")]
+    Unauthorized { field: &'static str, detail: String },
     #[error("{0}")]
     Forbidden(String),
     #[error("not found")]
@@ -51,6 +53,12 @@ impl ApiError {
             detail: detail.into(),
         }
     }
+    pub fn unauthorized(header: &'static str, detail: impl Into<String>) -> Self {
+        Self::Unauthorized {
+            field: header,
+            detail: detail.into(),
+        }
+    }
     pub fn unprocessable(field: &str, detail: impl Into<String>) -> Self {
         Self::Unprocessable {
             field: field.into(),
@@ -79,7 +87,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict(_) | Self::FieldConflict { .. } => StatusCode::CONFLICT,
@@ -131,6 +139,8 @@ impl IntoResponse for ApiError {
             Self::BadRequest { field, detail }
             | Self::Unprocessable { field, detail }
             | Self::FieldConflict { field, detail } => (format!("{field}: {detail}"), Some(field.as_str())),
+            // The detail names the header already.
+            Self::Unauthorized { field, detail } => (detail.clone(), Some(*field)),
             Self::Internal(e) => {
                 tracing::error!(error = %e, "internal error");
                 ("internal error; see the bridge's log".to_string(), None)

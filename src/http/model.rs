@@ -238,6 +238,10 @@ pub struct App {
     /// While `deleting` with deprovision: members the bridge provisioned that are still to be removed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub members_left_to_remove: Option<usize>,
+    /// Only in the answer to `POST /v1/apps` or `PATCH`: what was accepted but will not work as it
+    /// stands, each naming its field (a `scimBaseUrl` whose name does not resolve).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Which kind of credentials the app has.

@@ -105,7 +105,7 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
     let now_secs = ctx.engine.ctx.now() / 1000;
     let signature = parse_signature_header(signature, now_secs).map_err(|e| {
         metrics::webhook_rejected("signature");
-        ApiError::Unauthorized(e.to_string())
+        ApiError::unauthorized("X-Bridge-Signature", e.to_string())
     })?;
     let bytes = match to_bytes(body, MAX_BODY).await {
         Ok(bytes) => bytes,
@@ -128,7 +128,7 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
         .collect();
     signature.verify(&bytes, &secrets).map_err(|e| {
         metrics::webhook_rejected("signature");
-        ApiError::Unauthorized(e.to_string())
+        ApiError::unauthorized("X-Bridge-Signature", e.to_string())
     })?;
     ctx.engine.webhook_received();
 

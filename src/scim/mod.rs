@@ -219,15 +219,38 @@ impl reqwest::dns::Resolve for TargetAddressesOnly {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
+                .await
+                .map_err(|e| UnusableName(format!("the name {host} did not resolve ({e})")))?
                 .filter(|a| !is_refused_address(a.ip(), allow_private))
                 .collect();
             if addrs.is_empty() {
-                return Err(format!("{host} resolves only to refused (private or metadata) addresses").into());
+                return Err(UnusableName(format!(
+                    "{host} resolves only to refused (private or metadata) addresses"
+                ))
+                .into());
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
+}
+
+/// Why the resolver gave no address for a target's name; a network error says this rather than
+/// reqwest's bare "error sending request".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UnusableName(String);
+
+/// A request that got no answer, as a `ScimError`: its cause when the name gave no address,
+/// otherwise reqwest's message (never the URL, which may carry a secret in its query).
+fn network_error(e: reqwest::Error) -> ScimError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if let Some(name) = c.downcast_ref::<UnusableName>() {
+            return ScimError::Network(name.0.clone());
+        }
+        cause = c.source();
+    }
+    ScimError::Network(e.without_url().to_string())
 }
 
 /// Escapes a value for a SCIM filter string literal.
@@ -438,13 +461,13 @@ impl ScimClient {
                 duration_ms: 0,
             };
             let outcome = match result {
-                Err(e) => Err(ScimError::Network(e.without_url().to_string())),
+                Err(e) => Err(network_error(e)),
                 Ok(answer) => {
                     let status = answer.status();
                     let retry_after = parse_retry_after(answer.headers().get("retry-after"));
                     trace.status = Some(status.as_u16());
                     match answer.bytes().await {
-                        Err(e) => Err(ScimError::Network(e.without_url().to_string())),
+                        Err(e) => Err(network_error(e)),
                         Ok(bytes) if status.is_success() => {
                             let json = if bytes.is_empty() || status == StatusCode::NO_CONTENT {
                                 None

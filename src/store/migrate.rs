@@ -710,15 +710,23 @@ fn passwords(url: &str) -> Vec<String> {
     found
 }
 
-/// The error's message, each cause after the other. From the first error of the database driver
-/// (or of the store over it) on, which this code does not write, the text has the destination's
-/// password taken out, whatever it quotes; the messages written here around it name the
-/// destination only redacted.
+/// The error's message, each cause after the other, once: a cause whose text the one before it
+/// already quotes (the store's error over the driver's, the driver's over the server's) is left
+/// out. From the first error of the database driver (or of the store over it) on, which this code
+/// does not write, the text has the destination's password taken out, whatever it quotes; the
+/// messages written here around it name the destination only redacted.
 fn scrubbed(error: &anyhow::Error, destination_url: &str) -> String {
     let secrets = passwords(destination_url);
     let mut external = false;
+    let mut said = String::new();
     error
         .chain()
+        .filter(|cause| {
+            let text = cause.to_string();
+            let repeated = said.contains(&text);
+            said = text;
+            !repeated
+        })
         .map(|cause| {
             external = external
                 || cause.is::<sqlx::Error>()
@@ -768,6 +776,20 @@ mod tests {
         assert!(!text.contains("p@ss-w0rd") && !text.contains("p%40ss-w0rd"), "{text}");
         assert!(
             text.starts_with("connecting to postgres://bridge:***@db/scim"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_cause_the_error_over_it_already_quotes_is_said_once() {
+        let url = "postgres://bridge:wrong@db/scim";
+        let driver = sqlx::Error::Configuration("password authentication failed for user \"bridge\"".into());
+        let error = anyhow::Error::new(crate::store::StoreError::Database(driver))
+            .context(format!("connecting to {}", redacted(url)));
+        let text = scrubbed(&error, url);
+        assert_eq!(text.matches("password authentication failed").count(), 1, "{text}");
+        assert!(
+            text.starts_with("connecting to postgres://bridge:***@db/scim: "),
             "{text}"
         );
     }

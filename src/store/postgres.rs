@@ -2082,7 +2082,7 @@ mod tests {
     /// why) when there is no server, except under `CI=true`.
     async fn fresh_store() -> Option<(PostgresStore, String, String)> {
         let server = std::env::var("SCIM_BRIDGE_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1/postgres".into());
+            .unwrap_or_else(|_| "postgres://scim_bridge_test:scim_bridge_test@127.0.0.1/scim_bridge_test".into());
         let mut admin = match sqlx::PgConnection::connect(&server).await {
             Ok(admin) => admin,
             Err(e) if std::env::var("CI").as_deref() == Ok("true") => {

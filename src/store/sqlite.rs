@@ -116,6 +116,30 @@ impl PrincipalRow {
     }
 }
 
+/// Narrows the database file and its `-wal` and `-shm` files to their owner (0600): they hold
+/// principals' names and mail addresses and the whole log. Done once connected, so a file SQLite
+/// has just created is covered, and one an earlier release left readable is narrowed; `-wal` and
+/// `-shm` files SQLite makes later take the database file's mode. A file that cannot be changed
+/// (another owner's) is left as it is, with a warning.
+fn owner_only(database: &std::path::Path) {
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mut name = database.as_os_str().to_owned();
+        name.push(suffix);
+        let path = std::path::PathBuf::from(name);
+        let Ok(metadata) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if metadata.permissions().mode() & 0o077 == 0 {
+            continue;
+        }
+        if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(path = %path.display(), error = %e, "could not make the database file readable by its owner only");
+        }
+    }
+}
+
 impl SqliteStore {
     pub async fn open(url: &str) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str(url)?
@@ -130,8 +154,9 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
+        owner_only(options.get_filename());
         Ok(Self {
             pool,
             write_turn: Arc::new(tokio::sync::Mutex::new(())),

@@ -725,7 +725,7 @@ pub fn sqlite_under_test(test: &str) -> bool {
 
 fn postgres_admin_url() -> String {
     std::env::var("SCIM_BRIDGE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1/postgres".into())
+        .unwrap_or_else(|_| "postgres://scim_bridge_test:scim_bridge_test@127.0.0.1/scim_bridge_test".into())
 }
 
 /// A database created for one bridge on the PostgreSQL server under test, dropped with it.
