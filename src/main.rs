@@ -108,8 +108,9 @@ enum Command {
         /// The principal's employee id (sent only when given).
         #[arg(long, alias = "employeeId")]
         employee_id: Option<String>,
-        #[arg(long)]
-        group_id: String,
+        /// The source group (required unless --file gives the whole event).
+        #[arg(long, required_unless_present = "file")]
+        group_id: Option<String>,
         #[arg(long, default_value = "PT2H")]
         duration: String,
         /// The event's createdDateTime and start (RFC 3339). Default: now; with --event-id, the
@@ -331,6 +332,7 @@ async fn main() -> anyhow::Result<()> {
                             principal[attribute] = json!(value);
                         }
                     }
+                    let group_id = group_id.context("--group-id is required without --file")?;
                     let principal_id = principal_id.unwrap_or_else(|| {
                         let derived = principal_id_from_upn(&upn);
                         eprintln!("principalId {derived} (derived from --upn {upn})");
