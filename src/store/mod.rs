@@ -407,6 +407,9 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<()>;
     async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool>;
+    /// Removes the group's standing members that `listed` leaves out (a fresh directory listing
+    /// lists every member); answers how many went.
+    async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64>;
 
     /// Takes a `principal` object's fields (the directory feed's), field by field, unless a newer
     /// event already set that field.

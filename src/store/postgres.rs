@@ -793,6 +793,18 @@ impl Store for PostgresStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+        let mut tx = self.begin().await?;
+        let gone = sqlx::query("DELETE FROM standing_members WHERE group_id = $1 AND NOT (principal_id = ANY($2))")
+            .bind(group_id)
+            .bind(listed)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        self.commit(tx).await?;
+        Ok(gone)
+    }
+
     async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
         let Some(app_id) = app_key(app_id) else {
             return Ok(Vec::new());

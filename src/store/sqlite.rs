@@ -691,6 +691,26 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+        let listed: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
+        let (_turn, mut tx) = self.begin().await?;
+        let stored: Vec<(String,)> = sqlx::query_as("SELECT principal_id FROM standing_members WHERE group_id = ?")
+            .bind(group_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut gone = 0;
+        for (id,) in stored.into_iter().filter(|(id,)| !listed.contains(id.as_str())) {
+            gone += sqlx::query("DELETE FROM standing_members WHERE group_id = ? AND principal_id = ?")
+                .bind(group_id)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        self.commit(tx).await?;
+        Ok(gone)
+    }
+
     async fn put_principal_attributes(&self, principal_id: &str, attributes: &Value, now: Millis) -> StoreResult<()> {
         let (_turn, mut tx) = self.begin().await?;
         Self::merge_principal(&mut tx, principal_id, attributes, now, now).await?;
