@@ -22,7 +22,8 @@
 //   PUT    /__graph/groups/{id}  {"displayName","membershipRule","onPremisesSyncEnabled"}
 //   PUT    /__graph/groups/{id}/members/{userId}     DELETE the same: a membership change delta reports
 //   POST   /__graph/faults       {"status":429|503|500,"retryAfter":"2","count":1,"pathContains":"...","forMs":20000}
-//                                answered instead of the request while armed (count -1: until cleared or forMs over)
+//                                answered instead of the request while armed (count -1: until cleared or forMs over);
+//                                {"delayMs":4000,...} instead answers the request normally, that much later
 //   DELETE /__graph/faults       disarm all
 //   POST   /__graph/expire-tokens   every token issued so far answers 401 from now on
 //   POST   /__graph/expire-delta    every delta and paging token issued so far answers 410 syncStateNotFound
@@ -317,7 +318,9 @@ const server = http.createServer(async (req, res) => {
         if (tokenPath && req.method === "POST") return await token(req, res, tokenPath[1]);
         if (!url.pathname.startsWith("/v1.0/")) return graphError(res, 404, "NotFound", "no such path");
         const fault = takeFault(entry.path);
-        if (fault) {
+        if (fault?.delayMs) {
+            await new Promise((resolve) => setTimeout(resolve, fault.delayMs));
+        } else if (fault) {
             const headers = fault.retryAfter !== undefined ? {"Retry-After": String(fault.retryAfter)} : {};
             const code = fault.status === 429 ? "TooManyRequests" : "ServiceUnavailable";
             return graphError(res, fault.status, code, "injected by the test", headers);

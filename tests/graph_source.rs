@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::graph::{GraphServer, activated_instance, pim_request};
-use common::{Event, Kind, PUSH_TIMEOUT, Principal, SourceGroup, Stack, wait_until};
+use common::{Bridge, Event, Kind, PUSH_TIMEOUT, Principal, SourceGroup, Stack, TestDatabase, psql_rows, wait_until};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -617,4 +617,84 @@ async fn a_member_activated_between_the_instance_read_and_the_delta_is_not_taken
     stack.target.assert_members_eventually(&target_name, &[]).await;
     run_cycle(&stack).await;
     assert!(stack.target.group_member_user_names(&target_name).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poll_under_way_when_the_graph_lease_is_lost_writes_nothing_of_it() {
+    let Some(database) = TestDatabase::postgres() else {
+        return;
+    };
+    let Some(graph) = GraphServer::start(2).await else {
+        return;
+    };
+    let Some(target) = common::target(Kind::Scim2Server).await else {
+        return;
+    };
+    let database_url = database.url.clone();
+    let env = graph.bridge_env();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("SCIM_BRIDGE_LEASE_TTL", "3s"));
+    let bridge = Bridge::start_replica_on(database, "r1", &env).await;
+    let app_id = bridge.register_app(&target).await;
+    let stack = Stack { bridge, target, app_id };
+    let (group, target_name) = graph_group(&graph, &stack, None).await;
+    wait_for_poll(&stack, &group, &now_text(), Duration::from_secs(15)).await;
+
+    // The next read of the group's requests takes four seconds; meanwhile the graph lease goes
+    // to another holder.
+    graph
+        .control(
+            Method::POST,
+            "/faults",
+            Some(json!({"delayMs": 4000, "count": 1, "pathContains": "assignmentScheduleRequests"})),
+        )
+        .await;
+    let principal = Principal::new();
+    graph.add_user(&principal).await;
+    let activation = pim_request("selfActivate", "Provisioned", &principal, &group, Utc::now());
+    let request_id = activation["id"].as_str().unwrap().to_string();
+    graph.put_request(&activation).await;
+    let under_way = wait_until(Duration::from_secs(10), || async {
+        graph
+            .log()
+            .await
+            .iter()
+            .any(|(_, p, s)| p.contains("assignmentScheduleRequests") && s.is_none())
+    })
+    .await;
+    assert!(
+        under_way,
+        "no read of the requests was under way: {:?}",
+        graph.log().await
+    );
+    psql_rows(
+        &database_url,
+        "UPDATE leases SET holder = 'elsewhere', token = nextval('lease_tokens'),
+           expires_at = now() + interval '1 hour' WHERE name = 'graph'",
+    );
+
+    // The read answers with the request: the fence refuses what the poll would write.
+    let refused = wait_until(Duration::from_secs(15), || async {
+        stack.bridge.output().contains("no longer holds the lease `graph`")
+    })
+    .await;
+    assert!(refused, "the poll's writes were not refused: {}", stack.bridge.output());
+    let stored = psql_rows(
+        &database_url,
+        &format!("SELECT count(*) FROM events WHERE id = '{request_id}'"),
+    );
+    assert_eq!(
+        stored,
+        vec!["0".to_string()],
+        "a replica without the graph lease took the request in"
+    );
+    assert!(stack.target.group_member_user_names(&target_name).await.is_empty());
+
+    // The lease comes back: the request is taken in, and pushed once.
+    psql_rows(&database_url, "DELETE FROM leases WHERE name = 'graph'");
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[principal.upn()])
+        .await;
+    assert_eq!(successful_adds(&stack, &request_id).await, 1);
 }

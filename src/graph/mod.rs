@@ -4,8 +4,9 @@
 //! delta (the directory feed) and the group's R6 properties.
 //!
 //! With several replicas one polls: `EngineLease` asks the engine whether this process holds the
-//! cluster's `graph` lease (always, on a store of its own). Tests grant every group with
-//! `SingleProcessLease`.
+//! cluster's `graph` lease (always, on a store of its own), and a poll runs under that lease's
+//! fence, so a replica that lost the lease while a poll was under way writes nothing of it
+//! (SPEC §7). Tests grant every group with `SingleProcessLease`.
 
 mod client;
 
@@ -22,15 +23,24 @@ pub use client::{GraphClient, GraphError, GraphResult, Listing, encode, odata_li
 use crate::clock::Millis;
 use crate::config::GraphConfig;
 use crate::intake::{self, Source, Verdict};
+use crate::lease::Fence;
 use crate::metrics;
 use crate::provisioning::{Ctx, Engine};
 use crate::store::SourceState;
+
+/// Whether this process polls a group now.
+pub enum Turn {
+    /// Another replica does.
+    Elsewhere,
+    /// This process does; with several replicas its writes carry the lease's fence.
+    Here(Option<Fence>),
+}
 
 /// Decides which replica polls a group.
 #[async_trait]
 pub trait PollerLease: Send + Sync + 'static {
     /// Whether this process may poll the group now (asked before every poll).
-    async fn holds(&self, group_id: &str) -> bool;
+    async fn turn(&self, group_id: &str) -> Turn;
 }
 
 /// One process, every group: what a single replica (the SQLite store) runs.
@@ -39,21 +49,26 @@ pub struct SingleProcessLease;
 
 #[async_trait]
 impl PollerLease for SingleProcessLease {
-    async fn holds(&self, _group_id: &str) -> bool {
-        true
+    async fn turn(&self, _group_id: &str) -> Turn {
+        Turn::Here(None)
     }
 }
 
 /// The engine's leases: on a store of its own the process polls every group; with several
-/// replicas on PostgreSQL, the one holding the cluster's `graph` lease does.
+/// replicas on PostgreSQL, the one holding the cluster's `graph` lease does, under its fence.
 pub struct EngineLease(pub std::sync::Weak<Engine>);
 
 #[async_trait]
 impl PollerLease for EngineLease {
-    async fn holds(&self, _group_id: &str) -> bool {
-        self.0
+    async fn turn(&self, _group_id: &str) -> Turn {
+        match self
+            .0
             .upgrade()
-            .is_some_and(|engine| engine.holds(crate::provisioning::GRAPH_LEASE))
+            .and_then(|engine| engine.lease_turn(crate::provisioning::GRAPH_LEASE))
+        {
+            Some(fence) => Turn::Here(fence),
+            None => Turn::Elsewhere,
+        }
     }
 }
 
@@ -152,10 +167,16 @@ impl Poller {
             let mut next = started + self.interval_ms;
             // A stop never waits for Graph: a poll cut short is taken up again after the restart
             // (what it committed is idempotent: seen pairs, standing members, the delta link).
-            if lease.holds(&self.group_id).await {
+            if let Turn::Here(fence) = lease.turn(&self.group_id).await {
+                let poll = async {
+                    match fence {
+                        Some(fence) => crate::lease::scope(fence, self.poll_once(started)).await,
+                        None => self.poll_once(started).await,
+                    }
+                };
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    at = self.poll_once(started) => next = at,
+                    at = poll => next = at,
                 }
             }
             tokio::select! {

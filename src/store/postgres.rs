@@ -1898,6 +1898,7 @@ impl Store for PostgresStore {
     }
 
     async fn put_source_state(&self, s: &SourceState) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO sources (id, kind, group_id, delta_link, group_info, group_info_at, last_attempt_at,
                last_success_at, last_error, next_poll_at)
@@ -1918,9 +1919,9 @@ impl Store for PostgresStore {
         .bind(s.last_success_at)
         .bind(&s.last_error)
         .bind(s.next_poll_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        self.commit(tx).await
     }
 
     async fn seen_requests(&self, group_id: &str) -> StoreResult<Vec<(String, String)>> {
@@ -1951,14 +1952,15 @@ impl Store for PostgresStore {
     }
 
     async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        Ok(
-            sqlx::query("DELETE FROM source_seen_requests WHERE group_id = $1 AND NOT (request_id = ANY($2))")
-                .bind(group_id)
-                .bind(listed)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
+        let mut tx = self.begin().await?;
+        let gone = sqlx::query("DELETE FROM source_seen_requests WHERE group_id = $1 AND NOT (request_id = ANY($2))")
+            .bind(group_id)
+            .bind(listed)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        self.commit(tx).await?;
+        Ok(gone)
     }
 }
 
