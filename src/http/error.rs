@@ -92,6 +92,8 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
+        // A moved store (SPEC §6, "Moving stores") answers 503 too: the sender retries, and
+        // reaches the bridge that runs on the new store once traffic goes there.
         tracing::error!(error = %e, "store error");
         Self::Unavailable
     }

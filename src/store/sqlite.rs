@@ -116,7 +116,33 @@ impl PrincipalRow {
     }
 }
 
+/// What the triggers of a moved store answer to a write (`migrate::mark_moved`), followed by
+/// the destination.
+pub(crate) const MOVED_MESSAGE: &str = "scim-bridge: this store was moved to ";
+
+/// The destination, when the error is a write refused by the triggers of a moved store.
+pub(crate) fn moved_to(e: &sqlx::Error) -> Option<String> {
+    let message = e.as_database_error()?.message();
+    message
+        .find(MOVED_MESSAGE)
+        .map(|at| message[at + MOVED_MESSAGE.len()..].to_string())
+}
+
 impl SqliteStore {
+    /// Where `migrate-store` moved this store, if it did (SPEC §6, "Moving stores").
+    async fn moved_to(&self) -> StoreResult<Option<String>> {
+        let marked: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'store_moved'")
+                .fetch_optional(&self.pool)
+                .await?;
+        if marked.is_none() {
+            return Ok(None);
+        }
+        Ok(sqlx::query_scalar("SELECT destination FROM store_moved")
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     pub async fn open(url: &str) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -414,13 +440,19 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> StoreResult<()> {
+        // A moved store is left as it was: no bridge starts on it, no migration changes it.
+        if let Some(destination) = self.moved_to().await? {
+            return Err(StoreError::Moved(destination));
+        }
         sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
         Ok(())
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        match self.moved_to().await? {
+            Some(destination) => Err(StoreError::Moved(destination)),
+            None => Ok(()),
+        }
     }
 
     async fn insert_token(&self, t: &TokenRecord, hash: &str) -> StoreResult<()> {
