@@ -22,9 +22,16 @@
 //   PUT    /__graph/groups/{id}  {"displayName","membershipRule","onPremisesSyncEnabled"}
 //   PUT    /__graph/groups/{id}/members/{userId}     DELETE the same: a membership change delta reports
 //   POST   /__graph/faults       {"status":429|503|500,"retryAfter":"2","count":1,"pathContains":"...","forMs":20000}
-//                                answered instead of the request while armed (count -1: until cleared or forMs over)
+//                                answered instead of the request while armed (count -1: until cleared or forMs over);
+//                                {"delayMs":4000,...} instead answers the request normally, that much later
 //   DELETE /__graph/faults       disarm all
 //   POST   /__graph/expire-tokens   every token issued so far answers 401 from now on
+//   POST   /__graph/expire-delta    every delta and paging token issued so far answers 410 syncStateNotFound
+//   POST   /__graph/after-read   {"pathContains":"...","then":{"requests":[...],"instances":[...],"members":[[groupId,userId]]}}
+//                                once: right after answering the next read whose path holds pathContains,
+//                                those are added (an activation landing between two reads of the bridge)
+//   PUT    /__graph/expand       {"omit":["userPrincipalName"]}: expanded principals leave those fields out
+//                                (as Graph does for a principal expanded as a bare directoryObject)
 //   GET    /__graph/log          requests seen: [{time,method,path,status}];  DELETE /__graph/log clears it
 import http from "node:http";
 import crypto from "node:crypto";
@@ -51,6 +58,9 @@ let seq = 0;
 const tokens = new Map();     // token -> expiresAt (ms)
 let faults = [];
 let log = [];
+let expandOmit = [];          // fields left out of every expanded principal
+let deltaEpoch = 0;           // delta tokens of an older epoch answer 410
+let afterRead = [];           // {pathContains, then}: applied once, after the next matching read
 
 const sendJson = (res, status, value, headers = {}) => {
     const body = Buffer.from(JSON.stringify(value));
@@ -167,6 +177,18 @@ async function control(req, res, url) {
         for (const t of tokens.keys()) tokens.set(t, 0);
         return sendJson(res, 200, {expired: tokens.size});
     }
+    if (what === "expire-delta" && req.method === "POST") {
+        deltaEpoch += 1;
+        return sendJson(res, 200, {epoch: deltaEpoch});
+    }
+    if (what === "after-read" && req.method === "POST") {
+        afterRead.push(json);
+        return sendJson(res, 201, {armed: afterRead.length});
+    }
+    if (what === "expand" && req.method === "PUT") {
+        expandOmit = json.omit || [];
+        return sendJson(res, 200, {omit: expandOmit});
+    }
     if (what === "log" && req.method === "GET") return sendJson(res, 200, log);
     if (what === "log" && req.method === "DELETE") {
         log = [];
@@ -208,7 +230,10 @@ function graph(req, res, url) {
             items = items.map((r) => {
                 const request = requests.get(r.id);
                 const user = users.get(request.principalId);
-                return {...r, principal: user ? {"@odata.type": "#microsoft.graph.user", ...select(user, m[1])} : null};
+                if (!user) return {...r, principal: null};
+                const principal = {"@odata.type": "#microsoft.graph.user", ...select(user, m[1])};
+                for (const field of expandOmit) delete principal[field];
+                return {...r, principal};
             });
         }
         return page(res, base, items, params);
@@ -223,6 +248,9 @@ function graph(req, res, url) {
             return deltaPages(res, base, groupId, ids.map((id) => ({id})), 0, seq);
         }
         const state = JSON.parse(Buffer.from(token ?? skip, "base64url").toString());
+        if ((state.epoch ?? 0) < deltaEpoch) {
+            return graphError(res, 410, "syncStateNotFound", "The sync state of this delta token is gone: resync required.");
+        }
         if (skip !== null) return deltaPages(res, base, state.groupId, state.items, state.offset, state.upTo);
         const net = new Map();
         for (const c of changes) if (c.groupId === state.groupId && c.seq > state.upTo) net.set(c.userId, c.removed);
@@ -252,13 +280,32 @@ function deltaPages(res, base, groupId, items, offset, upTo) {
     const body = {"@odata.context": `${base}/$metadata`, value};
     const link = new URL(base);
     if (offset + pageSize < items.length) {
-        link.searchParams.set("$skiptoken", Buffer.from(JSON.stringify({groupId, items, offset: offset + pageSize, upTo})).toString("base64url"));
+        link.searchParams.set("$skiptoken", Buffer.from(JSON.stringify({groupId, items, offset: offset + pageSize, upTo, epoch: deltaEpoch})).toString("base64url"));
         body["@odata.nextLink"] = link.toString();
     } else {
-        link.searchParams.set("$deltatoken", Buffer.from(JSON.stringify({groupId, upTo})).toString("base64url"));
+        link.searchParams.set("$deltatoken", Buffer.from(JSON.stringify({groupId, upTo, epoch: deltaEpoch})).toString("base64url"));
         body["@odata.deltaLink"] = link.toString();
     }
     return sendJson(res, 200, body);
+}
+
+function applyAfterRead(path) {
+    const i = afterRead.findIndex((a) => path.includes(a.pathContains));
+    if (i < 0) return;
+    const [{then}] = afterRead.splice(i, 1);
+    for (const r of then.requests || []) {
+        const {principal, ...stored} = r;
+        requests.delete(stored.id);
+        requests.set(stored.id, stored);
+    }
+    for (const inst of then.instances || []) instances.set(inst.id, inst);
+    for (const [groupId, userId] of then.members || []) {
+        const set = groupMembers(groupId);
+        if (!set.has(userId)) {
+            set.add(userId);
+            changes.push({seq: ++seq, groupId, userId, removed: false});
+        }
+    }
 }
 
 const server = http.createServer(async (req, res) => {
@@ -271,7 +318,9 @@ const server = http.createServer(async (req, res) => {
         if (tokenPath && req.method === "POST") return await token(req, res, tokenPath[1]);
         if (!url.pathname.startsWith("/v1.0/")) return graphError(res, 404, "NotFound", "no such path");
         const fault = takeFault(entry.path);
-        if (fault) {
+        if (fault?.delayMs) {
+            await new Promise((resolve) => setTimeout(resolve, fault.delayMs));
+        } else if (fault) {
             const headers = fault.retryAfter !== undefined ? {"Retry-After": String(fault.retryAfter)} : {};
             const code = fault.status === 429 ? "TooManyRequests" : "ServiceUnavailable";
             return graphError(res, fault.status, code, "injected by the test", headers);
@@ -280,7 +329,11 @@ const server = http.createServer(async (req, res) => {
             return graphError(res, 401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.",
                 {"WWW-Authenticate": "Bearer"});
         }
-        return graph(req, res, url);
+        graph(req, res, url);
+        // The answer is written: what lands "after this read" is not in it, and is in place
+        // before the server reads the bridge's next request.
+        if (res.statusCode === 200) applyAfterRead(entry.path);
+        return;
     } catch (e) {
         return sendJson(res, 400, {error: {code: "BadRequest", message: String(e)}});
     } finally {

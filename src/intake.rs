@@ -131,8 +131,15 @@ async fn commit_and_wake(
     now: i64,
 ) -> StoreResult<(Vec<(Event, Effect)>, Vec<Acceptance>)> {
     let engine = engine.clone();
+    // The fence of the work this runs under (the Graph poller's lease) goes with it: a task of
+    // its own would otherwise write unfenced.
+    let fence = crate::lease::current();
     let task = tokio::spawn(async move {
-        let results = engine.ctx.store.accept_events(&acceptable, now).await;
+        let accept = engine.ctx.store.accept_events(&acceptable, now);
+        let results = match fence {
+            Some(fence) => crate::lease::scope(fence, accept).await,
+            None => accept.await,
+        };
         if let Ok(results) = &results {
             for acceptance in results {
                 if let Acceptance::Accepted { jobs } = acceptance {

@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::graph::{GraphServer, pim_request};
-use common::{Event, Kind, PUSH_TIMEOUT, Principal, SourceGroup, Stack, wait_until};
+use common::graph::{GraphServer, activated_instance, pim_request};
+use common::{Bridge, Event, Kind, PUSH_TIMEOUT, Principal, SourceGroup, Stack, TestDatabase, psql_rows, wait_until};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -395,4 +395,306 @@ async fn a_graph_activation_of_a_dynamic_group_is_logged_skipped_with_the_r6_rea
         .api(Method::GET, "/v1/sources", owner["token"].as_str(), None)
         .await;
     assert!(status.is_client_error(), "an app owner read the sources: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_expanded_principal_lacks_its_upn_is_provisioned_after_reading_the_user() {
+    let Some((graph, stack)) = graph_stack(2).await else {
+        return;
+    };
+    let (group, target_name) = graph_group(&graph, &stack, None).await;
+    // Graph expands the principal without userPrincipalName (a bare directoryObject), and the
+    // first read of the user fails: the request waits for the next poll instead of being dropped.
+    graph
+        .control(Method::PUT, "/expand", Some(json!({"omit": ["userPrincipalName"]})))
+        .await;
+    graph
+        .control(
+            Method::POST,
+            "/faults",
+            Some(json!({"status": 500, "count": 1, "pathContains": "/users/"})),
+        )
+        .await;
+    let principal = Principal::new();
+    graph.add_user(&principal).await;
+    let activation = pim_request("selfActivate", "Provisioned", &principal, &group, Utc::now());
+    graph.put_request(&activation).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[principal.upn()])
+        .await;
+    let log = graph.log().await;
+    let user_path = format!("/v1.0/users/{}?", principal.id);
+    let reads: Vec<&(String, String, Option<u64>)> = log
+        .iter()
+        .filter(|(m, p, _)| m == "GET" && p.starts_with(&user_path))
+        .collect();
+    assert!(
+        reads.iter().any(|(_, _, s)| *s == Some(500)),
+        "the failed read of the user is not in Graph's log: {log:?}"
+    );
+    assert!(
+        reads
+            .iter()
+            .any(|(_, p, s)| *s == Some(200) && p.contains("$select=") && p.contains("userPrincipalName")),
+        "the user was not read with $select of the mapped attributes: {log:?}"
+    );
+    assert_eq!(successful_adds(&stack, activation["id"].as_str().unwrap()).await, 1);
+}
+
+/// Runs a cycle of the app now and waits until it has ended.
+async fn run_cycle(stack: &Stack) {
+    let (status, body) = stack
+        .bridge
+        .admin(Method::POST, &format!("/v1/apps/{}/sync", stack.app_id), None)
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let cycle_id = body["cycleId"].as_str().unwrap_or_default().to_string();
+    let ended = wait_until(PUSH_TIMEOUT, || async {
+        let (_, cycles) = stack
+            .bridge
+            .admin(Method::GET, &format!("/v1/apps/{}/sync-cycles", stack.app_id), None)
+            .await;
+        cycles["items"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["id"] == cycle_id.as_str() && c["status"] != "running")
+        })
+    })
+    .await;
+    assert!(ended, "the cycle {cycle_id} did not end");
+}
+
+/// The principals the bridge removed from a target group, per its log.
+async fn removed_principals(stack: &Stack) -> Vec<String> {
+    let (_, entries) = stack
+        .bridge
+        .logs_as(&stack.bridge.admin_token, &[("action", "remove_member")])
+        .await;
+    entries
+        .iter()
+        .filter_map(|e| e["principalId"].as_str().map(String::from))
+        .collect()
+}
+
+/// Where in Graph's log a delta read was answered 410.
+fn expired_delta_read(log: &[(String, String, Option<u64>)]) -> Option<usize> {
+    log.iter()
+        .position(|(_, p, s)| p.contains("/groups/delta") && *s == Some(410))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delta_link_answering_410_restarts_the_delta_and_keeps_the_members_it_still_lists() {
+    let Some((graph, stack)) = graph_stack(2).await else {
+        return;
+    };
+    let (group, target_name) = graph_group(&graph, &stack, None).await;
+    let (kept, left, joined) = (Principal::new(), Principal::new(), Principal::new());
+    for p in [&kept, &left, &joined] {
+        graph.add_user(p).await;
+    }
+    for p in [&kept, &left] {
+        graph.add_member(&group, p).await;
+    }
+    wait_for_poll(&stack, &group, &now_text(), Duration::from_secs(10)).await;
+    run_cycle(&stack).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[kept.upn(), left.upn()])
+        .await;
+
+    // The stored delta link expires; meanwhile one member leaves and another joins, changes
+    // the bridge can only learn from a fresh delta.
+    graph.control(Method::POST, "/expire-delta", None).await;
+    graph
+        .control(
+            Method::DELETE,
+            &format!("/groups/{}/members/{}", group.id, left.id),
+            None,
+        )
+        .await;
+    graph.add_member(&group, &joined).await;
+    let answered_410 = wait_until(Duration::from_secs(10), || async {
+        expired_delta_read(&graph.log().await).is_some()
+    })
+    .await;
+    assert!(
+        answered_410,
+        "the delta link never answered 410: {:?}",
+        graph.log().await
+    );
+    let state = wait_for_poll(&stack, &group, &now_text(), Duration::from_secs(10)).await;
+    let log = graph.log().await;
+    let expired = expired_delta_read(&log);
+    assert!(
+        log[expired.unwrap()..]
+            .iter()
+            .any(|(_, p, s)| p.contains("/groups/delta") && !p.contains("$deltatoken") && *s == Some(200)),
+        "no fresh delta after the 410: {log:?}"
+    );
+    assert!(state["lastError"].is_null(), "{state}");
+
+    run_cycle(&stack).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[kept.upn(), joined.upn()])
+        .await;
+    assert_eq!(
+        removed_principals(&stack).await,
+        vec![left.id.clone()],
+        "only the member the fresh delta no longer lists is removed"
+    );
+    // The next polls read the fresh delta's link.
+    let resumed = wait_until(Duration::from_secs(10), || async {
+        let log = graph.log().await;
+        let fresh = log
+            .iter()
+            .rposition(|(_, p, s)| p.contains("/groups/delta") && !p.contains("$deltatoken") && *s == Some(200));
+        fresh.is_some_and(|fresh| {
+            log[fresh..]
+                .iter()
+                .any(|(_, p, s)| p.contains("$deltatoken") && *s == Some(200))
+        })
+    })
+    .await;
+    let log = graph.log().await;
+    assert!(resumed, "the fresh delta's link is not read after it: {log:?}");
+    assert_eq!(
+        log.iter()
+            .filter(|(_, p, s)| p.contains("/groups/delta") && *s == Some(410))
+            .count(),
+        1,
+        "the expired link was read again: {log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_activated_between_the_instance_read_and_the_delta_is_not_taken_for_standing() {
+    let Some((graph, stack)) = graph_stack(2).await else {
+        return;
+    };
+    let (group, target_name) = graph_group(&graph, &stack, None).await;
+    let principal = Principal::new();
+    graph.add_user(&principal).await;
+    wait_for_poll(&stack, &group, &now_text(), Duration::from_secs(10)).await;
+
+    // The activation lands right after the bridge has read the PIM instances of a poll: its
+    // request, its instance and the group membership Entra gives it.
+    let activation = pim_request("selfActivate", "Provisioned", &principal, &group, Utc::now());
+    let instance = activated_instance(&group, &principal);
+    graph
+        .after_read(
+            "assignmentScheduleInstances",
+            json!({"requests": [activation], "instances": [instance],
+                   "members": [[group.id, principal.id]]}),
+        )
+        .await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[principal.upn()])
+        .await;
+    wait_for_poll(&stack, &group, &now_text(), Duration::from_secs(10)).await;
+
+    // The activation ends (Entra still lists the member for a while): nothing else entitles the
+    // member, so the removal goes out.
+    graph
+        .control(
+            Method::DELETE,
+            &format!("/instances/{}", instance["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    let deactivation = pim_request("selfDeactivate", "Provisioned", &principal, &group, Utc::now());
+    graph.put_request(&deactivation).await;
+    let entry = stack
+        .bridge
+        .wait_for_log(
+            &[("eventId", deactivation["id"].as_str().unwrap())],
+            |e| e["action"] == "remove_member",
+            PUSH_TIMEOUT,
+        )
+        .await;
+    assert_eq!(entry["status"], "success", "the member was taken for standing: {entry}");
+    stack.target.assert_members_eventually(&target_name, &[]).await;
+    run_cycle(&stack).await;
+    assert!(stack.target.group_member_user_names(&target_name).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poll_under_way_when_the_graph_lease_is_lost_writes_nothing_of_it() {
+    let Some(database) = TestDatabase::postgres() else {
+        return;
+    };
+    let Some(graph) = GraphServer::start(2).await else {
+        return;
+    };
+    let Some(target) = common::target(Kind::Scim2Server).await else {
+        return;
+    };
+    let database_url = database.url.clone();
+    let env = graph.bridge_env();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("SCIM_BRIDGE_LEASE_TTL", "3s"));
+    let bridge = Bridge::start_replica_on(database, "r1", &env).await;
+    let app_id = bridge.register_app(&target).await;
+    let stack = Stack { bridge, target, app_id };
+    let (group, target_name) = graph_group(&graph, &stack, None).await;
+    wait_for_poll(&stack, &group, &now_text(), Duration::from_secs(15)).await;
+
+    // The next read of the group's requests takes four seconds; meanwhile the graph lease goes
+    // to another holder.
+    graph
+        .control(
+            Method::POST,
+            "/faults",
+            Some(json!({"delayMs": 4000, "count": 1, "pathContains": "assignmentScheduleRequests"})),
+        )
+        .await;
+    let principal = Principal::new();
+    graph.add_user(&principal).await;
+    let activation = pim_request("selfActivate", "Provisioned", &principal, &group, Utc::now());
+    let request_id = activation["id"].as_str().unwrap().to_string();
+    graph.put_request(&activation).await;
+    let under_way = wait_until(Duration::from_secs(10), || async {
+        graph
+            .log()
+            .await
+            .iter()
+            .any(|(_, p, s)| p.contains("assignmentScheduleRequests") && s.is_none())
+    })
+    .await;
+    assert!(
+        under_way,
+        "no read of the requests was under way: {:?}",
+        graph.log().await
+    );
+    psql_rows(
+        &database_url,
+        "UPDATE leases SET holder = 'elsewhere', token = nextval('lease_tokens'),
+           expires_at = now() + interval '1 hour' WHERE name = 'graph'",
+    );
+
+    // The read answers with the request: the fence refuses what the poll would write.
+    let refused = wait_until(Duration::from_secs(15), || async {
+        stack.bridge.output().contains("no longer holds the lease `graph`")
+    })
+    .await;
+    assert!(refused, "the poll's writes were not refused: {}", stack.bridge.output());
+    let stored = psql_rows(
+        &database_url,
+        &format!("SELECT count(*) FROM events WHERE id = '{request_id}'"),
+    );
+    assert_eq!(
+        stored,
+        vec!["0".to_string()],
+        "a replica without the graph lease took the request in"
+    );
+    assert!(stack.target.group_member_user_names(&target_name).await.is_empty());
+
+    // The lease comes back: the request is taken in, and pushed once.
+    psql_rows(&database_url, "DELETE FROM leases WHERE name = 'graph'");
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[principal.upn()])
+        .await;
+    assert_eq!(successful_adds(&stack, &request_id).await, 1);
 }

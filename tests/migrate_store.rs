@@ -274,7 +274,17 @@ async fn a_destination_a_bridge_has_used_is_refused_and_left_as_it_was() {
     stop(&mut bridge).await;
     let before = snapshot(&database.url).await;
 
+    // The same source again: it is marked moved, and says where it went.
     let again = migrate_store(&bridge, &database.url).await;
+    let said = printed(&again);
+    assert!(!again.status.success(), "a moved store was copied again:\n{said}");
+    assert!(said.contains("was moved to") && said.contains(&database.name), "{said}");
+    assert_eq!(snapshot(&database.url).await, before, "the destination changed");
+
+    // Another SQLite store into the used destination.
+    let mut other = Bridge::start().await;
+    stop(&mut other).await;
+    let again = migrate_store(&other, &database.url).await;
     let said = printed(&again);
     assert!(!again.status.success(), "a used destination was accepted:\n{said}");
     assert!(said.contains("not empty"), "{said}");
@@ -425,6 +435,140 @@ async fn a_postgresql_source_is_refused_and_passwords_are_never_printed() {
     assert!(!unreachable.status.success(), "{said}");
     assert!(said.contains("postgres://bridge:***@127.0.0.1:1/scim"), "{said}");
     assert!(!said.contains(&to_password), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_holding_anything_is_refused_before_any_migration_touches_it() {
+    if !common::sqlite_under_test("a_destination_holding_anything_is_refused_before_any_migration_touches_it") {
+        return;
+    }
+    let Some(database) = TestDatabase::postgres() else {
+        return;
+    };
+    let mut bridge = Bridge::start().await;
+    stop(&mut bridge).await;
+    // Someone else's table, with one row: no scim-bridge migration ever ran here.
+    let mut db = sqlx::PgConnection::connect(&database.url).await.expect("connect");
+    sqlx::query("CREATE TABLE inventory (item text)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO inventory VALUES ('chair')")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let before = snapshot(&database.url).await;
+
+    let refused = migrate_store(&bridge, &database.url).await;
+    let said = printed(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("inventory: 1 row"), "{said}");
+    assert_eq!(
+        snapshot(&database.url).await,
+        before,
+        "the destination was migrated before it was found not empty"
+    );
+    // The source is not marked: a bridge starts on it again.
+    bridge.restart_process(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_still_running_on_the_moved_store_refuses_writes_and_loses_nothing_it_accepted() {
+    if !common::sqlite_under_test("a_bridge_still_running_on_the_moved_store_...") {
+        return;
+    }
+    let Some(database) = TestDatabase::postgres() else {
+        return;
+    };
+    let Some(target) = common::target(Kind::Scim2Server).await else {
+        return;
+    };
+    let mut bridge = Bridge::start().await;
+    let app_id = bridge.register_app(&target).await;
+    let group = SourceGroup::new();
+    bridge
+        .assign_group(&app_id, &group.id, &format!("Moving {}", short_id()))
+        .await;
+
+    // Webhooks keep coming, one after the other, while the store is moved under the bridge.
+    let sending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sender = {
+        let (bridge, group, sending) = (&bridge, &group, sending.clone());
+        async move {
+            let mut answered: Vec<(String, StatusCode)> = Vec::new();
+            while sending.load(std::sync::atomic::Ordering::Relaxed) {
+                let event = Event::activation(&Principal::new(), group);
+                let status = bridge.webhook(event.body()).await.status();
+                answered.push((event.id().to_string(), status));
+            }
+            answered
+        }
+    };
+    let mover = async {
+        // Some accepted before the move.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let moved = migrate_store(&bridge, &database.url).await;
+        // And some answered after it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sending.store(false, std::sync::atomic::Ordering::Relaxed);
+        moved
+    };
+    let (answered, moved) = tokio::join!(sender, mover);
+    assert!(moved.status.success(), "migrate-store failed:\n{}", printed(&moved));
+    let accepted: Vec<&String> = answered
+        .iter()
+        .filter(|(_, s)| *s == StatusCode::ACCEPTED)
+        .map(|(id, _)| id)
+        .collect();
+    let refused = answered
+        .iter()
+        .filter(|(_, s)| *s == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert!(
+        !accepted.is_empty(),
+        "nothing was accepted before the move: {answered:?}"
+    );
+    assert!(refused > 0, "nothing was refused after the move: {answered:?}");
+    assert_eq!(
+        accepted.len() + refused,
+        answered.len(),
+        "every webhook is answered 202 or 503: {answered:?}"
+    );
+    assert!(
+        answered
+            .iter()
+            .skip_while(|(_, s)| *s == StatusCode::ACCEPTED)
+            .all(|(_, s)| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "a webhook was accepted after one was refused: {answered:?}"
+    );
+
+    // Nothing it answered 202 is missing in PostgreSQL.
+    let mut db = sqlx::PgConnection::connect(&database.url).await.expect("connect");
+    let in_postgres: std::collections::HashSet<String> = sqlx::query_scalar("SELECT id FROM events")
+        .fetch_all(&mut db)
+        .await
+        .expect("events")
+        .into_iter()
+        .collect();
+    let missing: Vec<&&String> = accepted.iter().filter(|id| !in_postgres.contains(**id)).collect();
+    assert!(missing.is_empty(), "accepted, yet not in PostgreSQL: {missing:?}");
+
+    // The bridge still running on the moved store: 503 to a webhook, /readyz fails.
+    let late = Event::activation(&Principal::new(), &group);
+    let answer = bridge.webhook(late.body()).await;
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.headers().contains_key("retry-after"));
+    let (status, _) = bridge.api(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "/readyz of the moved store");
+
+    // A bridge started on the moved store refuses, and says where it went.
+    let said = bridge.restart_refused(&[]).await;
+    let expected = scim_bridge::store::migrate::redacted(&database.url);
+    assert!(
+        said.contains(&expected),
+        "does not say where the store went ({expected}): {said}"
+    );
+    assert!(!said.contains("postgres:postgres@"), "the password is printed: {said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,9 @@
 //! delta (the directory feed) and the group's R6 properties.
 //!
 //! With several replicas one polls: `EngineLease` asks the engine whether this process holds the
-//! cluster's `graph` lease (always, on a store of its own). Tests grant every group with
-//! `SingleProcessLease`.
+//! cluster's `graph` lease (always, on a store of its own), and a poll runs under that lease's
+//! fence, so a replica that lost the lease while a poll was under way writes nothing of it
+//! (SPEC §7). Tests grant every group with `SingleProcessLease`.
 
 mod client;
 
@@ -22,15 +23,24 @@ pub use client::{GraphClient, GraphError, GraphResult, Listing, encode, odata_li
 use crate::clock::Millis;
 use crate::config::GraphConfig;
 use crate::intake::{self, Source, Verdict};
+use crate::lease::Fence;
 use crate::metrics;
 use crate::provisioning::{Ctx, Engine};
 use crate::store::SourceState;
+
+/// Whether this process polls a group now.
+pub enum Turn {
+    /// Another replica does.
+    Elsewhere,
+    /// This process does; with several replicas its writes carry the lease's fence.
+    Here(Option<Fence>),
+}
 
 /// Decides which replica polls a group.
 #[async_trait]
 pub trait PollerLease: Send + Sync + 'static {
     /// Whether this process may poll the group now (asked before every poll).
-    async fn holds(&self, group_id: &str) -> bool;
+    async fn turn(&self, group_id: &str) -> Turn;
 }
 
 /// One process, every group: what a single replica (the SQLite store) runs.
@@ -39,21 +49,26 @@ pub struct SingleProcessLease;
 
 #[async_trait]
 impl PollerLease for SingleProcessLease {
-    async fn holds(&self, _group_id: &str) -> bool {
-        true
+    async fn turn(&self, _group_id: &str) -> Turn {
+        Turn::Here(None)
     }
 }
 
 /// The engine's leases: on a store of its own the process polls every group; with several
-/// replicas on PostgreSQL, the one holding the cluster's `graph` lease does.
+/// replicas on PostgreSQL, the one holding the cluster's `graph` lease does, under its fence.
 pub struct EngineLease(pub std::sync::Weak<Engine>);
 
 #[async_trait]
 impl PollerLease for EngineLease {
-    async fn holds(&self, _group_id: &str) -> bool {
-        self.0
+    async fn turn(&self, _group_id: &str) -> Turn {
+        match self
+            .0
             .upgrade()
-            .is_some_and(|engine| engine.holds(crate::provisioning::GRAPH_LEASE))
+            .and_then(|engine| engine.lease_turn(crate::provisioning::GRAPH_LEASE))
+        {
+            Some(fence) => Turn::Here(fence),
+            None => Turn::Elsewhere,
+        }
     }
 }
 
@@ -152,10 +167,16 @@ impl Poller {
             let mut next = started + self.interval_ms;
             // A stop never waits for Graph: a poll cut short is taken up again after the restart
             // (what it committed is idempotent: seen pairs, standing members, the delta link).
-            if lease.holds(&self.group_id).await {
+            if let Turn::Here(fence) = lease.turn(&self.group_id).await {
+                let poll = async {
+                    match fence {
+                        Some(fence) => crate::lease::scope(fence, self.poll_once(started)).await,
+                        None => self.poll_once(started).await,
+                    }
+                };
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    at = self.poll_once(started) => next = at,
+                    at = poll => next = at,
                 }
             }
             tokio::select! {
@@ -228,8 +249,13 @@ impl Poller {
         }
         let group = state.group_info.clone().unwrap_or(Value::Null);
         self.take_in_requests(&group).await?;
-        let activated = self.activated_members().await?;
-        self.read_directory(state, &activated).await
+        // Entra lists an activated member as a member. The PIM instances are read on both sides
+        // of the delta, so a member whose activation began (or ended) between two reads is in
+        // one of them: it is the activation's, never taken for standing.
+        let mut activated = self.activated_members().await?;
+        let delta = self.read_delta(state).await?;
+        activated.extend(self.activated_members().await?);
+        self.apply_delta(state, delta, &activated).await
     }
 
     async fn group_info(&self) -> GraphResult<Value> {
@@ -258,6 +284,72 @@ impl Poller {
         }
         names.remove("objectId");
         names.into_iter().filter(|n| is_graph_property(n)).collect()
+    }
+
+    /// The user's attributes, `GET /users/{id}` with `$select` of `attributes`.
+    async fn read_user(&self, principal_id: &str, attributes: &str) -> GraphResult<Map<String, Value>> {
+        let url = self.client.url(&format!(
+            "/users/{}?$select={}",
+            encode(principal_id),
+            encode(attributes)
+        ));
+        Ok(principal_fields(&self.client.get(&url, "GET /users/{id}").await?))
+    }
+
+    /// Completes events whose expanded principal lacked `userPrincipalName`, for principals the
+    /// store does not know, with `GET /users/{id}` (SPEC §7). Answers the request ids that could
+    /// not be completed now: those are taken in only if they need no principal (a removal), and
+    /// otherwise left for the next poll. A throttled read stops the poll.
+    async fn complete_principals(
+        &self,
+        fresh: &mut [(String, String, Value)],
+        attributes: &str,
+    ) -> GraphResult<HashSet<String>> {
+        let mut read: HashMap<String, Option<Map<String, Value>>> = HashMap::new();
+        let mut incomplete = HashSet::new();
+        for (id, _, event) in fresh.iter_mut() {
+            if event.get("principal").is_some() {
+                continue;
+            }
+            let Some(principal_id) = event.get("principalId").and_then(Value::as_str).map(String::from) else {
+                continue;
+            };
+            if !read.contains_key(&principal_id) {
+                if self
+                    .ctx()
+                    .store
+                    .principal(&principal_id)
+                    .await
+                    .map_err(store_error)?
+                    .is_some()
+                {
+                    continue;
+                }
+                let user = match self.read_user(&principal_id, attributes).await {
+                    Ok(user) => Some(user).filter(|u| {
+                        u.get("userPrincipalName")
+                            .and_then(Value::as_str)
+                            .is_some_and(|upn| !upn.trim().is_empty())
+                    }),
+                    Err(e @ GraphError::Throttled { .. }) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(principal_id = %principal_id, group_id = %self.group_id, error = %e,
+                            "reading a principal's attributes failed; its requests wait for the next poll");
+                        None
+                    }
+                };
+                read.insert(principal_id.clone(), user);
+            }
+            match read.get(&principal_id).cloned().flatten() {
+                Some(user) => {
+                    event["principal"] = Value::Object(user);
+                }
+                None => {
+                    incomplete.insert(id.clone());
+                }
+            }
+        }
+        Ok(incomplete)
     }
 
     /// The group's assignment schedule requests: each (`id`, `status`) not taken in yet goes
@@ -304,6 +396,7 @@ impl Poller {
             let at = |v: &Value| v.get("createdDateTime").and_then(Value::as_str).map(String::from);
             at(&a.2).cmp(&at(&b.2))
         });
+        let incomplete = self.complete_principals(&mut fresh, &attributes).await?;
         for chunk in fresh.chunks(intake::MAX_BATCH) {
             let raws: Vec<Value> = chunk.iter().map(|(_, _, raw)| raw.clone()).collect();
             let verdicts = intake::take_in(&self.engine, &raws, Source::Graph)
@@ -313,6 +406,8 @@ impl Poller {
             for ((id, status, _), verdict) in chunk.iter().zip(&verdicts) {
                 match verdict {
                     Verdict::Accepted(_) | Verdict::Duplicate(_) => {}
+                    // Not marked seen: the next poll completes it and tries again.
+                    _ if incomplete.contains(id) => continue,
                     Verdict::Conflict(detail) | Verdict::Malformed { detail, .. } | Verdict::Refused { detail, .. } => {
                         tracing::warn!(request_id = %id, status = %status, group_id = %self.group_id, %detail,
                             "Graph request not taken in");
@@ -357,24 +452,49 @@ impl Poller {
             .collect())
     }
 
-    /// The directory feed: standing members from group delta, resuming from the stored delta link.
-    async fn read_directory(&self, state: &mut SourceState, activated: &HashSet<String>) -> GraphResult<()> {
-        let url = match &state.delta_link {
-            Some(link) => self.client.own_link(link, "GET /groups/delta")?,
-            None => self.client.url(&format!(
-                "/groups/delta?$filter={}&$select=members",
-                encode(&format!("id eq {}", odata_literal(&self.group_id)))
-            )),
+    /// The directory feed's read: group delta from the stored delta link. An expired link (410:
+    /// `syncStateNotFound`, `resyncRequired`) starts the group's delta afresh.
+    async fn read_delta(&self, state: &SourceState) -> GraphResult<Delta> {
+        const WHAT: &str = "GET /groups/delta";
+        let from_start = self.client.url(&format!(
+            "/groups/delta?$filter={}&$select=members",
+            encode(&format!("id eq {}", odata_literal(&self.group_id)))
+        ));
+        let Some(link) = &state.delta_link else {
+            let listing = self.client.list(&from_start, WHAT).await?;
+            return Ok(Delta { listing, fresh: false });
         };
-        let listing = self.client.list(&url, "GET /groups/delta").await?;
+        match self.client.list(&self.client.own_link(link, WHAT)?, WHAT).await {
+            Err(GraphError::Status {
+                status: 410, detail, ..
+            }) => {
+                tracing::warn!(group_id = %self.group_id, %detail, "the group's delta link expired: reading its delta afresh");
+                let listing = self.client.list(&from_start, WHAT).await?;
+                Ok(Delta { listing, fresh: true })
+            }
+            read => Ok(Delta {
+                listing: read?,
+                fresh: false,
+            }),
+        }
+    }
+
+    /// The directory feed: standing members from group delta. After a fresh start the listing
+    /// holds every member: a standing member it still lists is kept as it is (never removed and
+    /// added again), one it no longer lists is removed.
+    async fn apply_delta(&self, state: &mut SourceState, delta: Delta, activated: &HashSet<String>) -> GraphResult<()> {
+        let Delta { listing, fresh } = delta;
         let store = &self.ctx().store;
         let now = self.ctx().now();
         let attributes = self.principal_attributes().await.join(",");
+        // Every member the listing names, when it is a fresh one that names the group.
+        let mut listed: Option<Vec<String>> = None;
         for group in listing
             .items
             .iter()
             .filter(|g| g.get("id").and_then(Value::as_str) == Some(&self.group_id))
         {
+            let listed = listed.get_or_insert_with(Vec::new);
             if group.get("@removed").is_some() {
                 continue;
             }
@@ -398,19 +518,15 @@ impl Poller {
                         .map_err(store_error)?;
                     continue;
                 }
+                listed.push(principal_id.to_string());
                 // R7: a nested group's members are never provisioned through it.
                 if !is_user || activated.contains(principal_id) {
                     continue;
                 }
                 if store.principal(principal_id).await.map_err(store_error)?.is_none() {
-                    let url = self.client.url(&format!(
-                        "/users/{}?$select={}",
-                        encode(principal_id),
-                        encode(&attributes)
-                    ));
-                    let user = self.client.get(&url, "GET /users/{id}").await?;
+                    let user = self.read_user(principal_id, &attributes).await?;
                     store
-                        .put_principal_attributes(principal_id, &Value::Object(principal_fields(&user)), now)
+                        .put_principal_attributes(principal_id, &Value::Object(user), now)
                         .await
                         .map_err(store_error)?;
                 }
@@ -420,11 +536,24 @@ impl Poller {
                     .map_err(store_error)?;
             }
         }
+        if fresh && let Some(listed) = listed {
+            let gone = store
+                .retain_standing_members(&self.group_id, &listed)
+                .await
+                .map_err(store_error)?;
+            tracing::info!(group_id = %self.group_id, listed = listed.len(), gone, "group delta read afresh");
+        }
         if let Some(link) = listing.delta_link {
             state.delta_link = Some(link);
         }
         Ok(())
     }
+}
+
+/// One read of group delta; `fresh` when it started over after the stored link expired.
+struct Delta {
+    listing: Listing,
+    fresh: bool,
 }
 
 /// A Graph property name (a mapping may name anything; only plain names are asked for).

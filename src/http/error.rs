@@ -105,6 +105,8 @@ impl From<crate::store::StoreError> for ApiError {
     /// Only an error that a retry can fix asks the client to retry (503 with `Retry-After`);
     /// any other is a 500, so that a sender does not retry forever what can never commit.
     fn from(e: crate::store::StoreError) -> Self {
+        // A moved store (SPEC §6, "Moving stores") is transient too: the sender retries, and
+        // reaches the bridge that runs on the new store once traffic goes there.
         if e.is_transient() {
             tracing::warn!(error = %e, "store unavailable");
             Self::Unavailable

@@ -82,6 +82,16 @@ impl Cluster {
             .is_some_and(|h| !h.releasing && h.fence.is_valid())
     }
 
+    /// The lease's fence, while this process holds the lease and may act under it.
+    pub fn fence(&self, name: &str) -> Option<Fence> {
+        self.held
+            .lock()
+            .expect("lock")
+            .get(name)
+            .filter(|h| !h.releasing && h.fence.is_valid())
+            .map(|h| h.fence.clone())
+    }
+
     /// The leases held now, for shutdown.
     fn held_names(&self) -> Vec<String> {
         self.held.lock().expect("lock").keys().cloned().collect()

@@ -116,6 +116,10 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
                 tracing::warn!(app_id = %d.app_id, error = %e, "this replica lost the app's lease: its dispatcher stops");
                 break;
             }
+            Err(e) if is_moved(&e) => {
+                tracing::error!(app_id = %d.app_id, error = %e, "the store was moved: its dispatcher stops");
+                break;
+            }
             Err(e) => {
                 tracing::error!(app_id = %d.app_id, error = %e, "dispatcher pass failed; retrying shortly");
                 ctx.now() + 1_000
@@ -142,6 +146,13 @@ fn is_fenced(e: &anyhow::Error) -> bool {
     matches!(
         e.downcast_ref::<crate::store::StoreError>(),
         Some(crate::store::StoreError::Fenced(_))
+    )
+}
+
+fn is_moved(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<crate::store::StoreError>(),
+        Some(crate::store::StoreError::Moved(_))
     )
 }
 

@@ -230,7 +230,7 @@ impl Engine {
         } else if name == cluster::TIMERS {
             self.start_timers(Some(fence));
         }
-        // `graph`: the pollers ask `holds` before every poll.
+        // `graph`: the pollers ask `lease_turn` before every poll, and poll under its fence.
     }
 
     /// Stops the work under a lease and waits until what it was doing has finished.
@@ -260,6 +260,15 @@ impl Engine {
     /// own; on a shared one, while it holds the lease.
     pub fn holds(&self, lease: &str) -> bool {
         self.cluster.as_ref().is_none_or(|c| c.holds(lease))
+    }
+
+    /// Like `holds`, with the fence the work's writes carry: `Some(None)` on a store of its own
+    /// (no lease), `Some(Some(fence))` while this replica holds the lease, `None` otherwise.
+    pub fn lease_turn(&self, lease: &str) -> Option<Option<crate::lease::Fence>> {
+        match &self.cluster {
+            None => Some(None),
+            Some(c) => c.fence(lease).map(Some),
+        }
     }
 
     fn clone_weak(self: &Arc<Self>) -> std::sync::Weak<Self> {

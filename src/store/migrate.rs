@@ -8,10 +8,14 @@
 //! here. PostgreSQL tables without a SQLite counterpart (none of them hold anything a SQLite
 //! bridge had) stay empty.
 //!
-//! The bridge must be stopped: nothing here can tell whether one still writes to the SQLite file.
-//! The source is read in one read transaction (a consistent snapshot) and the destination is
-//! written in one transaction, which also holds a lock on every table from the emptiness check to
-//! the commit: on any error nothing is left in the destination.
+//! The source is read inside one write transaction (`BEGIN IMMEDIATE`): a bridge still running on
+//! it cannot commit anything while the copy is made. Once the destination has committed, the same
+//! transaction marks the source moved (`store_moved`, and a trigger on every table that refuses
+//! every write), so nothing that bridge accepts later can be lost: its writes fail, it answers
+//! 503, and no bridge starts on the file again. The destination is checked empty before its
+//! migrations are applied (a database that holds anything is left as it was), and written in one
+//! transaction, which holds a lock on every table from a second emptiness check to the commit: on
+//! any error nothing is left in the destination and the source is not marked.
 
 use std::fmt;
 use std::str::FromStr;
@@ -306,6 +310,9 @@ const TABLES: &[Table] = &[
 /// sqlx's record of applied migrations: each database keeps its own, written by its migrations.
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 
+/// The SQLite store's moved mark: the source's own, never copied.
+const MOVED_TABLE: &str = "store_moved";
+
 /// Rows per INSERT: 500 rows of at most 22 columns stay well under PostgreSQL's 65535 parameters.
 const BATCH_ROWS: usize = 500;
 
@@ -369,8 +376,11 @@ async fn copy(source_url: &str, destination_url: &str) -> anyhow::Result<Copied>
     }
     let to = redacted(destination_url);
 
-    // Opened without creating it: a wrong data dir must not look like an empty store.
-    let source_options = SqliteConnectOptions::from_str(source_url)?.create_if_missing(false);
+    // Opened without creating it: a wrong data dir must not look like an empty store. A running
+    // bridge's write is waited for (the copy's lock needs it to end), up to its own busy timeout.
+    let source_options = SqliteConnectOptions::from_str(source_url)?
+        .create_if_missing(false)
+        .busy_timeout(std::time::Duration::from_secs(10));
     let mut source = SqliteConnection::connect_with(&source_options).await.with_context(|| {
         format!(
             "opening the SQLite store {source_url} (set SCIM_BRIDGE_DATA_DIR, or SCIM_BRIDGE_DATABASE_URL, to the \
@@ -385,12 +395,6 @@ async fn copy(source_url: &str, destination_url: &str) -> anyhow::Result<Copied>
         .context("applying the SQLite migrations to the source")?;
     check_source_schema(&mut source).await?;
 
-    PostgresStore::open(destination_url)
-        .await
-        .with_context(|| format!("connecting to {to}"))?
-        .migrate()
-        .await
-        .with_context(|| format!("applying the PostgreSQL migrations to {to}"))?;
     // A bridge that still uses the destination holds its locks: wait for them only so long.
     let destination_options = destination_url
         .parse::<PgConnectOptions>()?
@@ -398,10 +402,22 @@ async fn copy(source_url: &str, destination_url: &str) -> anyhow::Result<Copied>
     let mut destination = PgConnection::connect_with(&destination_options)
         .await
         .with_context(|| format!("connecting to {to}"))?;
+    // Before the migrations: a database that holds anything is left exactly as it was.
+    refuse_non_empty(&mut destination, &to, false).await?;
+    PostgresStore::open(destination_url)
+        .await
+        .with_context(|| format!("connecting to {to}"))?
+        .migrate()
+        .await
+        .with_context(|| format!("applying the PostgreSQL migrations to {to}"))?;
 
-    let mut read = source.begin().await?;
+    // The source's write lock, from the first row read until the mark commits.
+    let mut read = source
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .context("locking the SQLite store for the copy")?;
     let mut write = destination.begin().await?;
-    refuse_non_empty(&mut write, &to).await?;
+    refuse_non_empty(&mut write, &to, true).await?;
 
     let mut tables = Vec::with_capacity(TABLES.len());
     let mut commit_order: Option<i64> = None;
@@ -430,7 +446,17 @@ async fn copy(source_url: &str, destination_url: &str) -> anyhow::Result<Copied>
         .commit()
         .await
         .with_context(|| format!("committing the copy into {to}"))?;
-    read.rollback().await.ok();
+    let marked = async {
+        mark_moved(&mut read, &to).await?;
+        read.commit().await?;
+        anyhow::Ok(())
+    };
+    marked.await.with_context(|| {
+        format!(
+            "the copy is committed in {to}, but marking the SQLite store moved failed: start no bridge on the \
+             SQLite store again"
+        )
+    })?;
     Ok(Copied {
         from: source_url.to_string(),
         to,
@@ -446,7 +472,10 @@ async fn check_source_schema(source: &mut SqliteConnection) -> anyhow::Result<()
     .fetch_all(&mut *source)
     .await?;
     let mut unknown = Vec::new();
-    for name in names.iter().filter(|n| n.as_str() != MIGRATIONS_TABLE) {
+    for name in names
+        .iter()
+        .filter(|n| n.as_str() != MIGRATIONS_TABLE && n.as_str() != MOVED_TABLE)
+    {
         let Some(table) = TABLES.iter().find(|t| t.name == name) else {
             unknown.push(format!("table {name}"));
             continue;
@@ -485,9 +514,41 @@ async fn check_source_schema(source: &mut SqliteConnection) -> anyhow::Result<()
     Ok(())
 }
 
-/// Locks every table of the destination until the commit and refuses any row in any of them
-/// (sqlx's migration record aside), naming what is there.
-async fn refuse_non_empty(write: &mut PgConnection, to: &str) -> anyhow::Result<()> {
+/// Marks the source moved, inside the transaction that read it: the mark's row, and on every
+/// other table a trigger that refuses every write, naming the destination (`sqlite::moved_to`
+/// reads it back from the error).
+async fn mark_moved(source: &mut SqliteConnection, to: &str) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO store_moved (id, destination, moved_at) VALUES (1, ?, ?)")
+        .bind(to)
+        .bind(chrono::Utc::now().timestamp_millis())
+        .execute(&mut *source)
+        .await?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+           AND name NOT IN (?, ?) ORDER BY name",
+    )
+    .bind(MIGRATIONS_TABLE)
+    .bind(MOVED_TABLE)
+    .fetch_all(&mut *source)
+    .await?;
+    let refusal = format!("{}{to}", super::sqlite::MOVED_MESSAGE).replace('\'', "''");
+    for table in &tables {
+        for op in ["INSERT", "UPDATE", "DELETE"] {
+            let trigger = quote_identifier(&format!("store_moved_{table}_{}", op.to_lowercase()));
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE TRIGGER {trigger} BEFORE {op} ON {} BEGIN SELECT RAISE(ABORT, '{refusal}'); END",
+                quote_identifier(table)
+            )))
+            .execute(&mut *source)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses any row in any table of the destination (sqlx's migration record aside), naming what
+/// is there; with `lock`, first locks every table until the transaction ends.
+async fn refuse_non_empty(write: &mut PgConnection, to: &str, lock: bool) -> anyhow::Result<()> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.tables
          WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' AND table_name <> $1
@@ -497,13 +558,15 @@ async fn refuse_non_empty(write: &mut PgConnection, to: &str) -> anyhow::Result<
     .fetch_all(&mut *write)
     .await?;
     let quoted: Vec<String> = tables.iter().map(|t| quote_identifier(t)).collect();
-    sqlx::query(AssertSqlSafe(format!(
-        "LOCK TABLE {} IN EXCLUSIVE MODE",
-        quoted.join(", ")
-    )))
-    .execute(&mut *write)
-    .await
-    .with_context(|| format!("locking the tables of {to} (is a bridge running on it?)"))?;
+    if lock && !quoted.is_empty() {
+        sqlx::query(AssertSqlSafe(format!(
+            "LOCK TABLE {} IN EXCLUSIVE MODE",
+            quoted.join(", ")
+        )))
+        .execute(&mut *write)
+        .await
+        .with_context(|| format!("locking the tables of {to} (is a bridge running on it?)"))?;
+    }
     let mut held = Vec::new();
     for (table, quoted) in tables.iter().zip(&quoted) {
         let rows: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {quoted}")))

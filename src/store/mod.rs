@@ -24,7 +24,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
@@ -32,6 +32,21 @@ pub enum StoreError {
     /// A write of work done under a lease that this replica no longer holds (`crate::lease`).
     #[error("this replica no longer holds the lease `{0}`: the write was refused")]
     Fenced(String),
+    /// The SQLite store was copied into PostgreSQL by `migrate-store`: it takes no more writes.
+    #[error(
+        "this SQLite store was moved to {0} by `scim-bridge migrate-store` and takes no more writes: run the \
+         bridge with SCIM_BRIDGE_DATABASE_URL set to that database (and the same secrets)"
+    )]
+    Moved(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match sqlite::moved_to(&e) {
+            Some(destination) => Self::Moved(destination),
+            None => Self::Database(e),
+        }
+    }
 }
 
 impl StoreError {
@@ -42,7 +57,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Database(e) => database_error_is_transient(e),
-            Self::Fenced(_) => true,
+            Self::Fenced(_) | Self::Moved(_) => true,
             Self::Migrate(_) | Self::Corrupt(_) => false,
         }
     }
@@ -450,6 +465,9 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<()>;
     async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool>;
+    /// Removes the group's standing members that `listed` leaves out (a fresh directory listing
+    /// lists every member); answers how many went.
+    async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64>;
 
     /// Takes a `principal` object's fields (the directory feed's), field by field, unless a newer
     /// event already set that field.

@@ -840,6 +840,18 @@ impl Store for PostgresStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+        let mut tx = self.begin().await?;
+        let gone = sqlx::query("DELETE FROM standing_members WHERE group_id = $1 AND NOT (principal_id = ANY($2))")
+            .bind(group_id)
+            .bind(listed)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        self.commit(tx).await?;
+        Ok(gone)
+    }
+
     async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
         let Some(app_id) = app_key(app_id) else {
             return Ok(Vec::new());
@@ -1986,6 +1998,7 @@ impl Store for PostgresStore {
     }
 
     async fn put_source_state(&self, s: &SourceState) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO sources (id, kind, group_id, delta_link, group_info, group_info_at, last_attempt_at,
                last_success_at, last_error, next_poll_at)
@@ -2006,9 +2019,9 @@ impl Store for PostgresStore {
         .bind(s.last_success_at)
         .bind(&s.last_error)
         .bind(s.next_poll_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        self.commit(tx).await
     }
 
     async fn seen_requests(&self, group_id: &str) -> StoreResult<Vec<(String, String)>> {
@@ -2039,14 +2052,15 @@ impl Store for PostgresStore {
     }
 
     async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        Ok(
-            sqlx::query("DELETE FROM source_seen_requests WHERE group_id = $1 AND NOT (request_id = ANY($2))")
-                .bind(group_id)
-                .bind(listed)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
+        let mut tx = self.begin().await?;
+        let gone = sqlx::query("DELETE FROM source_seen_requests WHERE group_id = $1 AND NOT (request_id = ANY($2))")
+            .bind(group_id)
+            .bind(listed)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        self.commit(tx).await?;
+        Ok(gone)
     }
 }
 

@@ -140,7 +140,33 @@ fn owner_only(database: &std::path::Path) {
     }
 }
 
+/// What the triggers of a moved store answer to a write (`migrate::mark_moved`), followed by
+/// the destination.
+pub(crate) const MOVED_MESSAGE: &str = "scim-bridge: this store was moved to ";
+
+/// The destination, when the error is a write refused by the triggers of a moved store.
+pub(crate) fn moved_to(e: &sqlx::Error) -> Option<String> {
+    let message = e.as_database_error()?.message();
+    message
+        .find(MOVED_MESSAGE)
+        .map(|at| message[at + MOVED_MESSAGE.len()..].to_string())
+}
+
 impl SqliteStore {
+    /// Where `migrate-store` moved this store, if it did (SPEC §6, "Moving stores").
+    async fn moved_to(&self) -> StoreResult<Option<String>> {
+        let marked: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'store_moved'")
+                .fetch_optional(&self.pool)
+                .await?;
+        if marked.is_none() {
+            return Ok(None);
+        }
+        Ok(sqlx::query_scalar("SELECT destination FROM store_moved")
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     pub async fn open(url: &str) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -462,13 +488,19 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> StoreResult<()> {
+        // A moved store is left as it was: no bridge starts on it, no migration changes it.
+        if let Some(destination) = self.moved_to().await? {
+            return Err(StoreError::Moved(destination));
+        }
         sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
         Ok(())
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        match self.moved_to().await? {
+            Some(destination) => Err(StoreError::Moved(destination)),
+            None => Ok(()),
+        }
     }
 
     async fn insert_token(&self, t: &TokenRecord, hash: &str) -> StoreResult<()> {
@@ -753,6 +785,26 @@ impl Store for SqliteStore {
             .await?;
         self.commit(tx).await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+        let listed: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
+        let (_turn, mut tx) = self.begin().await?;
+        let stored: Vec<(String,)> = sqlx::query_as("SELECT principal_id FROM standing_members WHERE group_id = ?")
+            .bind(group_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut gone = 0;
+        for (id,) in stored.into_iter().filter(|(id,)| !listed.contains(id.as_str())) {
+            gone += sqlx::query("DELETE FROM standing_members WHERE group_id = ? AND principal_id = ?")
+                .bind(group_id)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        self.commit(tx).await?;
+        Ok(gone)
     }
 
     async fn put_principal_attributes(&self, principal_id: &str, attributes: &Value, now: Millis) -> StoreResult<()> {

@@ -107,12 +107,20 @@ impl GraphServer {
 
     /// An active instance of an activation (what PIM lists while the activation lasts).
     pub async fn add_activated_instance(&self, g: &SourceGroup, p: &Principal) {
-        let now = Utc::now();
-        let instance = json!({"id": uuid::Uuid::new_v4().to_string(), "groupId": g.id, "principalId": p.id,
-            "accessId": "member", "assignmentType": "activated", "memberType": "direct",
-            "startDateTime": rfc3339(now - chrono::Duration::minutes(1)),
-            "endDateTime": rfc3339(now + chrono::Duration::hours(2))});
-        self.control(Method::POST, "/instances", Some(instance)).await;
+        self.control(Method::POST, "/instances", Some(activated_instance(g, p)))
+            .await;
+    }
+
+    /// Once, right after the server answers the next read whose path holds `path_contains`:
+    /// `then` (`requests`, `instances`, `members` as `[groupId, userId]`) lands in the directory,
+    /// before the bridge's next read.
+    pub async fn after_read(&self, path_contains: &str, then: Value) {
+        self.control(
+            Method::POST,
+            "/after-read",
+            Some(json!({"pathContains": path_contains, "then": then})),
+        )
+        .await;
     }
 
     /// Requests seen (method and decoded path with query), the control API's excluded.
@@ -131,6 +139,15 @@ impl GraphServer {
             })
             .collect()
     }
+}
+
+/// An active `privilegedAccessGroupAssignmentScheduleInstance` of an activation of `p` in `g`.
+pub fn activated_instance(g: &SourceGroup, p: &Principal) -> Value {
+    let now = Utc::now();
+    json!({"id": uuid::Uuid::new_v4().to_string(), "groupId": g.id, "principalId": p.id,
+        "accessId": "member", "assignmentType": "activated", "memberType": "direct",
+        "startDateTime": rfc3339(now - chrono::Duration::minutes(1)),
+        "endDateTime": rfc3339(now + chrono::Duration::hours(2))})
 }
 
 /// A PIM for Groups `privilegedAccessGroupAssignmentScheduleRequest` as Graph lists it.
