@@ -326,24 +326,7 @@ async fn a_standing_member_from_group_delta_is_provisioned_at_the_next_cycle_and
         .target
         .assert_members_eventually(&target_name, &[standing.upn()])
         .await;
-    let (status, body) = stack
-        .bridge
-        .admin(Method::POST, &format!("/v1/apps/{}/sync", stack.app_id), None)
-        .await;
-    assert!(status.is_success(), "{status} {body}");
-    let cycle_id = body["cycleId"].as_str().unwrap_or_default().to_string();
-    let ended = wait_until(PUSH_TIMEOUT, || async {
-        let (_, cycles) = stack
-            .bridge
-            .admin(Method::GET, &format!("/v1/apps/{}/sync-cycles", stack.app_id), None)
-            .await;
-        cycles["items"].as_array().is_some_and(|c| {
-            c.iter()
-                .any(|c| c["id"] == cycle_id.as_str() && c["status"] != "running")
-        })
-    })
-    .await;
-    assert!(ended, "the cycle {cycle_id} did not end");
+    run_cycle(&stack).await;
     assert_eq!(
         stack.target.group_member_user_names(&target_name).await,
         vec![standing.upn().to_string()]
@@ -495,7 +478,10 @@ async fn a_delta_link_answering_410_restarts_the_delta_and_keeps_the_members_it_
     for p in [&kept, &left] {
         graph.add_member(&group, p).await;
     }
-    wait_for_poll(&stack, &group, &now_text(), Duration::from_secs(10)).await;
+    // A poll that began before the members were added may end after; the one after it did not.
+    let polled = wait_for_poll(&stack, &group, &now_text(), Duration::from_secs(10)).await;
+    let after = polled["lastSuccessAt"].as_str().unwrap_or_default().to_string();
+    wait_for_poll(&stack, &group, &after, Duration::from_secs(10)).await;
     run_cycle(&stack).await;
     stack
         .target
@@ -695,6 +681,14 @@ async fn a_poll_under_way_when_the_graph_lease_is_lost_writes_nothing_of_it() {
     stack
         .target
         .assert_members_eventually(&target_name, &[principal.upn()])
+        .await;
+    stack
+        .bridge
+        .wait_for_log(
+            &[("eventId", request_id.as_str())],
+            |e| e["action"] == "add_member" && e["status"] == "success",
+            PUSH_TIMEOUT,
+        )
         .await;
     assert_eq!(successful_adds(&stack, &request_id).await, 1);
 }

@@ -218,6 +218,20 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Runs `delete` (`... WHERE group_id = $1 AND NOT (<key> = ANY($2))`: the group's rows that
+    /// `listed` leaves out) as one fenced write; answers how many went.
+    async fn delete_unlisted(&self, delete: &'static str, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+        let mut tx = self.begin().await?;
+        let gone = sqlx::query(delete)
+            .bind(group_id)
+            .bind(listed)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        self.commit(tx).await?;
+        Ok(gone)
+    }
+
     /// Numbers the log and audit entries committed so far in commit order (the paging cursor);
     /// see `assign_commit_order` in the migration. Runs in a transaction of its own, so it is
     /// called after the writer's commit; a failure here loses nothing (the next call numbers
@@ -841,15 +855,12 @@ impl Store for PostgresStore {
     }
 
     async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        let mut tx = self.begin().await?;
-        let gone = sqlx::query("DELETE FROM standing_members WHERE group_id = $1 AND NOT (principal_id = ANY($2))")
-            .bind(group_id)
-            .bind(listed)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        self.commit(tx).await?;
-        Ok(gone)
+        self.delete_unlisted(
+            "DELETE FROM standing_members WHERE group_id = $1 AND NOT (principal_id = ANY($2))",
+            group_id,
+            listed,
+        )
+        .await
     }
 
     async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
@@ -2052,15 +2063,12 @@ impl Store for PostgresStore {
     }
 
     async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        let mut tx = self.begin().await?;
-        let gone = sqlx::query("DELETE FROM source_seen_requests WHERE group_id = $1 AND NOT (request_id = ANY($2))")
-            .bind(group_id)
-            .bind(listed)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        self.commit(tx).await?;
-        Ok(gone)
+        self.delete_unlisted(
+            "DELETE FROM source_seen_requests WHERE group_id = $1 AND NOT (request_id = ANY($2))",
+            group_id,
+            listed,
+        )
+        .await
     }
 }
 

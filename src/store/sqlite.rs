@@ -140,6 +140,30 @@ fn owner_only(database: &std::path::Path) {
     }
 }
 
+/// Deletes the group's rows whose key `listed` leaves out: `select` reads the group's keys,
+/// `delete` removes one (group, key). Compared here, not in one statement: a listing can hold more
+/// keys than SQLite takes parameters. Answers how many went.
+async fn delete_unlisted(
+    tx: &mut Tx,
+    select: &'static str,
+    delete: &'static str,
+    group_id: &str,
+    listed: &[String],
+) -> StoreResult<u64> {
+    let listed: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
+    let stored: Vec<(String,)> = sqlx::query_as(select).bind(group_id).fetch_all(&mut **tx).await?;
+    let mut gone = 0;
+    for (key,) in stored.into_iter().filter(|(key,)| !listed.contains(key.as_str())) {
+        gone += sqlx::query(delete)
+            .bind(group_id)
+            .bind(&key)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+    }
+    Ok(gone)
+}
+
 /// What the triggers of a moved store answer to a write (`migrate::mark_moved`), followed by
 /// the destination.
 pub(crate) const MOVED_MESSAGE: &str = "scim-bridge: this store was moved to ";
@@ -788,21 +812,15 @@ impl Store for SqliteStore {
     }
 
     async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        let listed: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
         let (_turn, mut tx) = self.begin().await?;
-        let stored: Vec<(String,)> = sqlx::query_as("SELECT principal_id FROM standing_members WHERE group_id = ?")
-            .bind(group_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut gone = 0;
-        for (id,) in stored.into_iter().filter(|(id,)| !listed.contains(id.as_str())) {
-            gone += sqlx::query("DELETE FROM standing_members WHERE group_id = ? AND principal_id = ?")
-                .bind(group_id)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
+        let gone = delete_unlisted(
+            &mut tx,
+            "SELECT principal_id FROM standing_members WHERE group_id = ?",
+            "DELETE FROM standing_members WHERE group_id = ? AND principal_id = ?",
+            group_id,
+            listed,
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(gone)
     }
@@ -890,22 +908,15 @@ impl Store for SqliteStore {
     }
 
     async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        let listed: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
         let (_turn, mut tx) = self.begin().await?;
-        let stored: Vec<(String,)> =
-            sqlx::query_as("SELECT DISTINCT request_id FROM source_seen_requests WHERE group_id = ?")
-                .bind(group_id)
-                .fetch_all(&mut *tx)
-                .await?;
-        let mut gone = 0;
-        for (id,) in stored.into_iter().filter(|(id,)| !listed.contains(id.as_str())) {
-            gone += sqlx::query("DELETE FROM source_seen_requests WHERE group_id = ? AND request_id = ?")
-                .bind(group_id)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
+        let gone = delete_unlisted(
+            &mut tx,
+            "SELECT DISTINCT request_id FROM source_seen_requests WHERE group_id = ?",
+            "DELETE FROM source_seen_requests WHERE group_id = ? AND request_id = ?",
+            group_id,
+            listed,
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(gone)
     }
