@@ -607,6 +607,13 @@ impl Store for PostgresStore {
     async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()> {
         let Some(id) = app_key(id) else { return Ok(()) };
         let mut tx = self.begin().await?;
+        // The lease row first, then the job rows: the order a dispatcher's write takes them in
+        // (`begin` locks the lease row, then it writes its jobs), so the two never deadlock. A
+        // replica dispatching for the app loses its lease: it writes nothing more for it.
+        sqlx::query("DELETE FROM leases WHERE name = 'app:' || $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("UPDATE apps SET deleted_at = from_ms($1) WHERE id = $2::uuid")
             .bind(now)
             .bind(id)
@@ -624,11 +631,6 @@ impl Store for PostgresStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        // A replica dispatching for the app loses its lease: it writes nothing more for it.
-        sqlx::query("DELETE FROM leases WHERE name = 'app:' || $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
         self.commit(tx).await?;
         Ok(())
     }
@@ -797,8 +799,6 @@ impl Store for PostgresStore {
         let Some(app_id) = app_key(app_id) else {
             return Ok(Vec::new());
         };
-        // SKIP LOCKED passes over a job another transaction is writing at this moment (an app
-        // deletion cancelling it): it is not runnable now, and is looked at again on the next pass.
         Ok(sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
@@ -806,7 +806,7 @@ impl Store for PostgresStore {
                AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.app_id = j.app_id AND e.principal_id = j.principal_id
                  AND e.group_id = j.group_id AND e.seq < j.seq AND e.state = 'pending' AND e.not_before > from_ms($2)
                  AND NOT (j.kind = 'remove' AND e.kind = 'add'))
-             ORDER BY j.seq LIMIT $3 FOR UPDATE OF j SKIP LOCKED"
+             ORDER BY j.seq LIMIT $3"
         ))
         .bind(app_id)
         .bind(now)
@@ -844,14 +844,15 @@ impl Store for PostgresStore {
         .await?)
     }
 
-    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<()> {
+    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
         // The row lock taken here is the claim: a concurrent writer of the job (an app deletion
-        // cancelling it) is waited for, as SQLite's single writer would be.
-        sqlx::query(
+        // cancelling it) is waited for, as SQLite's single writer would be, and a job it
+        // cancelled is not claimed.
+        let claimed = sqlx::query(
             "UPDATE jobs SET state = 'in_flight', attempt = attempt + 1, updated_at = from_ms($2),
                admitted_at = CASE WHEN $3 THEN from_ms($2) ELSE admitted_at END
-             WHERE id = $1",
+             WHERE id = $1 AND state IN ('pending', 'deferred')",
         )
         .bind(job_id)
         .bind(now)
@@ -859,7 +860,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         self.commit(tx).await?;
-        Ok(())
+        Ok(claimed.rows_affected() > 0)
     }
 
     async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
@@ -905,6 +906,24 @@ impl Store for PostgresStore {
         .await?;
         self.commit(tx).await?;
         Ok(())
+    }
+
+    async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(0);
+        };
+        let mut tx = self.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE jobs SET not_before = from_ms($2), updated_at = from_ms($2)
+             WHERE app_id = $1::uuid AND kind = 'remove' AND state = 'pending' AND not_before > from_ms($2)",
+        )
+        .bind(app_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        self.commit(tx).await?;
+        Ok(moved)
     }
 
     async fn open_adds_for(
@@ -997,6 +1016,21 @@ impl Store for PostgresStore {
             event_seq: i64,
         }
         let mut tx = self.begin().await?;
+        // A webhook judging one of these memberships (an extension, say) holds its advisory lock
+        // from its read to its commit: the expiry waits for it, and then expires only what is
+        // still due, so an extension never leaves a future end on an expired row. The keys are
+        // `accept_events`' and are taken in the same order.
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(k) FROM (
+               SELECT DISTINCT hashtextextended('membership' || chr(10) || principal_id || chr(10) || group_id
+                                                || chr(10) || access_id, 0) AS k
+               FROM memberships
+               WHERE active AND expired_at IS NULL AND end_at IS NOT NULL AND end_at <= from_ms($1)
+               ORDER BY k) keys",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         // A claim: memberships another replica is expiring right now are skipped, and it queues
         // their removals; the `expired_at IS NULL` condition keeps one expiry from queuing twice.
         let due: Vec<Due> = sqlx::query_as(
@@ -1084,6 +1118,18 @@ impl Store for PostgresStore {
         }
         for (member, change) in &o.members {
             Self::set_member_in(&mut tx, &o.app_id, member, *change, now).await?;
+        }
+        for (member, group_id) in &o.sources {
+            sqlx::query(
+                "UPDATE provisioned SET group_id = $1
+                 WHERE app_id = $2::uuid AND target_display_name = $3 AND principal_id = $4",
+            )
+            .bind(group_id)
+            .bind(&o.app_id)
+            .bind(&member.target_display_name)
+            .bind(&member.principal_id)
+            .execute(&mut *tx)
+            .await?;
         }
         for entry in &o.logs {
             insert_log_in(&mut *tx, entry).await?;
@@ -1227,19 +1273,24 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn unmark_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        let Some(app_id) = app_key(app_id) else { return Ok(()) };
-        sqlx::query(
-            "DELETE FROM provisioned WHERE app_id = $1::uuid AND target_display_name = $2 AND principal_id = $3",
+    async fn provisioned_targets_of(
+        &self,
+        app_id: &str,
+        principal_id: &str,
+        group_id: &str,
+    ) -> StoreResult<Vec<String>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_scalar(
+            "SELECT target_display_name FROM provisioned WHERE app_id = $1::uuid AND principal_id = $2
+             AND group_id = $3 ORDER BY target_display_name COLLATE \"C\"",
         )
         .bind(app_id)
-        .bind(&m.target_display_name)
-        .bind(&m.principal_id)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
+        .bind(principal_id)
+        .bind(group_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
@@ -1735,36 +1786,6 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    async fn leases(&self) -> StoreResult<Vec<LeaseRow>> {
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            name: String,
-            holder: String,
-            token: i64,
-            acquired_at: Millis,
-            expires_at: Millis,
-            live: bool,
-        }
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT name, holder, token, to_ms(acquired_at) AS acquired_at, to_ms(expires_at) AS expires_at,
-               (NOT released AND expires_at > now()) AS live
-             FROM leases ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| LeaseRow {
-                name: r.name,
-                holder: r.holder,
-                token: r.token,
-                acquired_at: r.acquired_at,
-                expires_at: r.expires_at,
-                live: r.live,
-            })
-            .collect())
     }
 
     async fn acquire_lease(&self, name: &str, holder: &str, ttl: Millis) -> StoreResult<Option<Grant>> {
