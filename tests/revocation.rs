@@ -547,3 +547,76 @@ async fn an_add_cut_off_by_a_crash_on_a_paused_app_is_settled_by_reading_the_gro
         .count();
     assert_eq!(adds, 1, "the add was not sent again");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_whose_record_and_requeue_both_failed_does_not_stay_in_flight() {
+    // The store faults are triggers on the PostgreSQL store under test.
+    if !common::postgres_under_test() {
+        return;
+    }
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let url = stack
+        .bridge
+        ._database
+        .as_ref()
+        .map(|db| db.url.clone())
+        .expect("a PostgreSQL bridge");
+    let (group, target_name) = stack.assigned_group().await;
+    // The push's record (its success entry) fails, and so does putting the job back in line.
+    common::psql_rows(
+        &url,
+        "CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'injected store fault'; END $$;
+         CREATE TRIGGER fail_record BEFORE INSERT ON provisioning_logs FOR EACH ROW
+           WHEN (NEW.action = 'add_member' AND NEW.status = 'success') EXECUTE FUNCTION injected_fault();
+         CREATE TRIGGER fail_requeue BEFORE UPDATE ON jobs FOR EACH ROW
+           WHEN (OLD.state = 'in_flight' AND NEW.state = 'pending') EXECUTE FUNCTION injected_fault();",
+    );
+    let principal = Principal::new();
+    let activation = Event::activation(&principal, &group).starting(stack.bridge.now());
+    stack.bridge.deliver(&[&activation]).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[principal.upn()])
+        .await;
+    let state = |url: String, event: String| {
+        common::psql_rows(&url, &format!("SELECT state FROM jobs WHERE event_id = '{event}'"))
+    };
+    let stuck = common::wait_until(PUSH_TIMEOUT, || {
+        let (url, event) = (url.clone(), activation.id().to_string());
+        async move { state(url, event) == ["in_flight"] }
+    })
+    .await;
+    assert!(stuck, "the job is in flight after the failed record");
+
+    // The store works again: the next pass puts the job back in line and it is settled by
+    // reading the group (the add reached the target), without a restart.
+    common::psql_rows(
+        &url,
+        "DROP TRIGGER fail_record ON provisioning_logs; DROP TRIGGER fail_requeue ON jobs;",
+    );
+    let mut settled = None;
+    for _ in 0..10 {
+        stack.bridge.advance(Duration::from_secs(1)).await;
+        settled = stack
+            .bridge
+            .find_log(
+                &[("eventId", activation.id())],
+                |e| e["action"] == "add_member" && e["status"] == "success",
+                Duration::from_millis(300),
+            )
+            .await;
+        if settled.is_some() {
+            break;
+        }
+    }
+    let settled = settled.expect("the push was settled without a restart");
+    assert!(
+        settled["steps"].to_string().contains("read_group"),
+        "the group was read before anything was sent again: {settled}"
+    );
+    assert_eq!(state(url, activation.id().to_string()), ["done"]);
+    assert_eq!(stack.target.group_member_ids(&target_name).await.len(), 1);
+}
