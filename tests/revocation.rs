@@ -620,3 +620,68 @@ async fn a_push_whose_record_and_requeue_both_failed_does_not_stay_in_flight() {
     assert_eq!(state(url, activation.id().to_string()), ["done"]);
     assert_eq!(stack.target.group_member_ids(&target_name).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_that_cannot_read_the_windows_admissions_holds_one_full_window() {
+    // The store fault is a column of the PostgreSQL store under test, renamed for a moment.
+    if !common::postgres_under_test() {
+        return;
+    }
+    let Some(mut stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let url = stack
+        .bridge
+        ._database
+        .as_ref()
+        .map(|db| db.url.clone())
+        .expect("a PostgreSQL bridge");
+    let (group, target_name) = stack.assigned_group().await;
+    let first: Vec<Principal> = (0..5).map(|_| Principal::new()).collect();
+    let events: Vec<Event> = first
+        .iter()
+        .map(|p| Event::activation(p, &group).starting(stack.bridge.now()))
+        .collect();
+    let refs: Vec<&Event> = events.iter().collect();
+    stack.bridge.deliver(&refs).await;
+    let upns: Vec<&str> = first.iter().map(Principal::upn).collect();
+    stack.target.assert_members_eventually(&target_name, &upns).await;
+
+    // The restarted dispatcher cannot read when its pushes were admitted.
+    common::psql_rows(&url, "ALTER TABLE jobs RENAME COLUMN admitted_at TO admitted_at_hidden");
+    stack.bridge.restart().await;
+    let name = format!("app:{}", stack.app_id);
+    let taken = common::wait_until(PUSH_TIMEOUT, || {
+        let url = url.clone();
+        let name = name.clone();
+        async move {
+            common::psql_rows(
+                &url,
+                &format!("SELECT count(*) FROM leases WHERE name = '{name}' AND NOT released AND expires_at > now()"),
+            ) == ["1"]
+        }
+    })
+    .await;
+    assert!(taken, "the restarted bridge took its app lease back");
+    // Its dispatcher starts right after the lease is taken.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::psql_rows(&url, "ALTER TABLE jobs RENAME COLUMN admitted_at_hidden TO admitted_at");
+
+    // A sixth activation inside the same ten seconds is not pushed: the window is held whole.
+    let sixth = Event::activation(&Principal::new(), &group).starting(stack.bridge.now());
+    stack.bridge.deliver(&[&sixth]).await;
+    let early = stack
+        .bridge
+        .find_log(
+            &[("eventId", sixth.id())],
+            |e| e["action"] == "add_member" && e["status"] == "success",
+            Duration::from_secs(2),
+        )
+        .await;
+    assert!(early.is_none(), "pushed inside the window it could not read: {early:?}");
+    stack.bridge.advance(Duration::from_secs(10)).await;
+    stack
+        .bridge
+        .wait_for_event_log(&sixth, "success", Some("add_member"))
+        .await;
+}
