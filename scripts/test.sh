@@ -24,7 +24,7 @@ SCIM_BRIDGE_TEST_STORE=sqlite cargo test --all-targets "$@"
 # benches.
 POSTGRES_SUITES=(
     api_access api_edge app_lifecycle cycle_faults engine legacy_removal logs_activation logs_audit
-    logs_query logs_retention mapping metrics oauth2 properties provisioning realtime scale_out shutdown
+    logs_query logs_retention mapping metrics oauth2 properties provisioning realtime revocation scale_out shutdown
     webhook_answers
     window_cycle graph_source
 )

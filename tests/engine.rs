@@ -447,7 +447,9 @@ async fn a_cycle_stopped_between_steps_resumes_under_its_id_after_a_restart() {
         "still running before the stop: {before:?}"
     );
     stack.bridge.restart().await;
-    for _ in 0..30 {
+    // Each request takes a pacing cell (a user step is a look-up or two and a create): a
+    // minute of the bridge's clock is enough for the rest.
+    for _ in 0..60 {
         stack.bridge.advance(Duration::from_secs(1)).await;
     }
     let ended = stack

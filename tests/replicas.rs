@@ -574,3 +574,56 @@ async fn paging_the_log_while_three_replicas_write_skips_and_repeats_nothing() {
     let missed: Vec<&String> = existing.difference(&seen).collect();
     assert!(missed.is_empty(), "entries skipped by paging: {missed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_lease_lost_and_taken_back_in_one_look_keeps_its_dispatcher_running() {
+    let Some(database) = TestDatabase::postgres() else {
+        return;
+    };
+    let Some(target) = target(Kind::Scim2Server).await else {
+        return;
+    };
+    let bridge = Bridge::start_replica_on(database, "r1", &[LEASE_TTL]).await;
+    let app_id = bridge.register_app(&target).await;
+    let group = SourceGroup::new();
+    let target_name = format!("Retaken {}", short_id());
+    bridge.assign_group(&app_id, &group.id, &target_name).await;
+    let name = format!("app:{app_id}");
+    holder_of(&bridge, &app_id).await;
+    let first = Event::activation(&Principal::new(), &group);
+    bridge.deliver(&[&first]).await;
+    bridge.wait_for_event_log(&first, "success", Some("add_member")).await;
+
+    // The lease row gets another token behind the replica's back: its next look finds the lease
+    // lost (the renewal answers another token) and, being its turn, takes it back at once (with a
+    // new token from the sequence).
+    let granted = leases(&bridge)
+        .get(&name)
+        .map(|(_, token, _)| *token)
+        .expect("the lease");
+    let bumped: i64 = psql_rows(
+        &database_url(&bridge),
+        &format!("UPDATE leases SET token = token + 1000 WHERE name = '{name}' RETURNING token"),
+    )[0]
+    .parse()
+    .expect("token");
+    let retaken = wait_until(Duration::from_secs(10), || async {
+        leases(&bridge)
+            .get(&name)
+            .is_some_and(|(holder, token, live)| holder == "r1" && ![granted, bumped].contains(token) && *live)
+    })
+    .await;
+    assert!(retaken, "the lease was not taken back:\n{}", show(&leases(&bridge)));
+
+    // The app has a dispatcher under the new token: a push goes, and a removal too.
+    let second = Event::activation(&Principal::new(), &group);
+    bridge.deliver(&[&second]).await;
+    bridge.wait_for_event_log(&second, "success", Some("add_member")).await;
+    let removal = first.deactivation();
+    bridge.deliver(&[&removal]).await;
+    bridge
+        .wait_for_event_log(&removal, "success", Some("remove_member"))
+        .await;
+    target.assert_members_eventually(&target_name, &[second.upn()]).await;
+    assert!(bridge.output().contains("lease lost"), "{}", bridge.output());
+}

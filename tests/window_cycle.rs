@@ -693,10 +693,28 @@ async fn an_add_whose_answer_was_lost_is_checked_at_the_target_before_it_is_sent
     let ps = principals(1);
     let events = activations(&stack, &ps, &group);
     deliver_all(&stack, &events).await;
-    let log = stack
+    // The attempt ends with the lost answer; the retry goes on the bridge's clock.
+    let lost = stack
         .bridge
-        .wait_for_event_log(&events[0], "success", Some("add_member"))
+        .wait_for_event_log(&events[0], "deferred", Some("add_member"))
         .await;
+    assert!(lost["deferredUntil"].is_string(), "{lost}");
+    let mut log = None;
+    for _ in 0..10 {
+        stack.bridge.advance(Duration::from_secs(1)).await;
+        log = stack
+            .bridge
+            .find_log(
+                &[("eventId", events[0].id())],
+                |e| e["status"] == "success" && e["action"] == "add_member",
+                Duration::from_millis(300),
+            )
+            .await;
+        if log.is_some() {
+            break;
+        }
+    }
+    let log = log.expect("the add was retried");
     stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
     assert!(
         log["steps"].to_string().contains("read_group"),

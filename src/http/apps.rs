@@ -424,11 +424,25 @@ pub async fn update(
         ctx.engine.ctx.store.change_app(&app.id, &changes),
     )
     .await?;
+    if changes.auth.is_some() {
+        // New credentials: removals waiting for a retry go now (SPEC §8).
+        retry_removals_now(&ctx, &app.id).await?;
+    }
     let app = visible_app(&ctx, &caller, &id).await?;
     ctx.engine.wake(&app.id);
     let mut body = app_body(&ctx, &app).await?;
     body.warnings = warnings;
     Ok(Json(body))
+}
+
+/// The app's removals waiting for a retry are sent at once.
+async fn retry_removals_now(ctx: &ApiContext, app_id: &str) -> ApiResult<()> {
+    let engine = &ctx.engine.ctx;
+    let moved = engine.store.retry_removals_now(app_id, engine.now()).await?;
+    if moved > 0 {
+        tracing::info!(app_id, removals = moved, "removals waiting for a retry are sent now");
+    }
+    Ok(())
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -801,6 +815,7 @@ pub async fn clear_quarantine(
         clear,
     )
     .await?;
+    retry_removals_now(&ctx, &app.id).await?;
     ctx.engine.wake(&app.id);
     let app = visible_app(&ctx, &caller, &id).await?;
     Ok(Json(app_body(&ctx, &app).await?))

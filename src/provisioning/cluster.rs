@@ -200,8 +200,9 @@ async fn look(engine: &Arc<Engine>, cluster: &Arc<Cluster>) -> anyhow::Result<()
     };
     for name in lost {
         tracing::warn!(lease = %name, holder = %cluster.holder, "lease lost: its work stops here");
-        let engine = engine.clone();
-        tokio::spawn(async move { engine.stop_lease_work(&name).await });
+        // Told to stop now, not in a task of its own that could run after the lease is taken
+        // again below and stop the new work instead.
+        engine.cancel_lease_work(&name);
     }
 
     let mut wanted: Vec<String> = store.list_apps().await?.iter().map(|a| app_lease(&a.id)).collect();
@@ -224,6 +225,21 @@ async fn look(engine: &Arc<Engine>, cluster: &Arc<Cluster>) -> anyhow::Result<()
                 renew(engine, cluster).await?;
             }
         }
+    }
+    // Every app lease held has a live dispatcher: one whose start failed, or that ended, is
+    // started again (nothing would be pushed for the app, revocations included).
+    let missing: Vec<(String, Fence)> = cluster
+        .held
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(name, h)| !h.releasing && wanted.contains(*name))
+        .filter_map(|(name, h)| Some((name.strip_prefix(APP_PREFIX)?.to_string(), h.fence.clone())))
+        .filter(|(app_id, _)| !engine.dispatcher_live(app_id))
+        .collect();
+    for (app_id, fence) in missing {
+        tracing::warn!(app_id, holder = %cluster.holder, "the dispatcher of an app whose lease this replica holds was not running: started again");
+        engine.spawn_dispatcher(&app_id, Some(fence), false);
     }
     let gone: Vec<String> = cluster
         .held_names()

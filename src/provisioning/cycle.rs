@@ -663,6 +663,7 @@ impl Cycle {
                 app_id: app.id.clone(),
                 time: ctx.now(),
                 members: ready.iter().map(|(m, ..)| (m.clone(), MemberChange::InDoubt)).collect(),
+                sources: ready.iter().map(|(m, ..)| (m.clone(), source.clone())).collect(),
                 ..Default::default()
             })
             .await?;

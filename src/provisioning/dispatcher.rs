@@ -14,11 +14,12 @@ use tracing::Instrument;
 
 use crate::clock::Millis;
 use crate::mapping::AppMapping;
-use crate::scim::ScimClient;
-use crate::store::{AppRecord, Job, JobChange, LogEntry, MemberChange, Outcome, Overflow, TargetMember};
+use crate::scim::{ScimClient, ScimResult};
+use crate::store::{AppRecord, Job, JobChange, LogEntry, MemberChange, Outcome, Overflow, Step, TargetMember};
 
 use super::cycle::Cycle;
 use super::pacing::Pacer;
+use super::push::PushResult;
 use super::window::Window;
 use super::{Ctx, DEPROVISIONING_STALLED, job_log, push, retry_at};
 
@@ -26,7 +27,7 @@ use super::{Ctx, DEPROVISIONING_STALLED, job_log, push, retry_at};
 const BATCH: i64 = 100;
 /// Re-read the store at least this often, whatever the timers say.
 const IDLE_POLL_MS: Millis = 30_000;
-/// Attempts of one push before it is left to the cycle.
+/// Attempts of one activation's push before it is left to the cycle (a removal has no limit).
 const MAX_PUSH_ATTEMPTS: i64 = 8;
 struct Dispatcher {
     ctx: Arc<Ctx>,
@@ -45,27 +46,49 @@ struct Dispatcher {
     removal_not_before: Millis,
     /// Nothing is sent before this (a takeover waits one full window).
     hold_until: Millis,
+    /// A push broke off in flight and could not be put back in line: the next pass does it.
+    in_flight_left: bool,
 }
 
 /// Runs the app's dispatcher until `stop`. `takeover`: another replica held the app and
 /// stopped renewing its lease, maybe in the middle of a push; the first push waits one full
 /// window, so that at most the window's limit goes out in any window across the handover.
 pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: CancellationToken, takeover: bool) {
-    let now = ctx.now();
-    let (window, hold_until) = match ctx.store.get_app(&app_id).await {
-        Ok(Some(app)) => {
-            // A restart must not reset the window: rebuild it from the admissions recorded
-            // before sending, whether or not the push got out.
-            let (limit, span) = ctx.rate_limit(&app);
-            let admitted = ctx
-                .store
-                .admissions_since(&app_id, now - span)
-                .await
-                .unwrap_or_default();
-            let hold_until = if takeover { now + span } else { 0 };
-            (Window::with_history(limit, span, admitted), hold_until)
+    // A store that fails now (a pool timeout while a replica takes thousands of leases) must not
+    // leave the app without a dispatcher: the start is tried again, on the clock, until it works.
+    let mut wait: Millis = 500;
+    let app = loop {
+        match ctx.store.get_app(&app_id).await {
+            Ok(Some(app)) => break app,
+            Ok(None) => {
+                tracing::info!(app_id, "the app is gone: no dispatcher");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(app_id, error = %e, retry_in_ms = wait, "starting the app's dispatcher failed: trying again");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ctx.clock.sleep_until(ctx.now() + wait) => {}
+                }
+                wait = (wait * 2).min(IDLE_POLL_MS);
+            }
         }
-        _ => return,
+    };
+    let now = ctx.now();
+    // A restart must not reset the window: rebuild it from the admissions recorded before
+    // sending, whether or not the push got out. A takeover also waits one full window (the
+    // previous holder may have been cut off mid-push, SPEC §6); so does a start that cannot read
+    // the admissions: it never starts with an empty window.
+    let (limit, span) = ctx.rate_limit(&app);
+    let (window, hold_until) = match ctx.store.admissions_since(&app_id, now - span).await {
+        Ok(admitted) => (
+            Window::with_history(limit, span, admitted),
+            if takeover { now + span } else { 0 },
+        ),
+        Err(e) => {
+            tracing::error!(app_id, error = %e, "reading the app's recent admissions failed: the first push waits one full window");
+            (Window::new(limit, span), now + span)
+        }
     };
     let mut d = Dispatcher {
         ctx: ctx.clone(),
@@ -79,6 +102,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         removal_attempts: HashMap::new(),
         removal_not_before: 0,
         hold_until,
+        in_flight_left: false,
     };
     match ctx.store.recover_in_flight(&app_id, now).await {
         Ok(ids) if !ids.is_empty() => {
@@ -189,12 +213,21 @@ impl Dispatcher {
         mapping
     }
 
-    fn pacer(&mut self, app: &AppRecord) -> &Pacer {
+    fn pacer(&mut self, app: &AppRecord) -> &mut Pacer {
         let rps = app.settings.pacing.requests_per_second;
         if self.pacer.as_ref().is_none_or(|p| p.requests_per_second() != rps) {
             self.pacer = Some(Pacer::new(rps, self.ctx.clock.clone()));
         }
-        self.pacer.as_ref().expect("just set")
+        self.pacer.as_mut().expect("just set")
+    }
+
+    /// A paced piece of work took one cell before it went: each further request it sent takes
+    /// one more (SPEC §1: every request to the app is paced).
+    fn charge_requests(&mut self, app: &AppRecord, client: &ScimClient, sent_before: u64) {
+        let extra = client.requests_sent().saturating_sub(sent_before).saturating_sub(1);
+        if extra > 0 {
+            self.pacer(app).charge(extra);
+        }
     }
 
     /// One look at everything the app has to do: its immediate queue first, then one step of
@@ -204,6 +237,12 @@ impl Dispatcher {
         let pass_started = self.ctx.now();
         if pass_started < self.hold_until {
             return Ok(Some(self.hold_until));
+        }
+        if self.in_flight_left {
+            // Nothing of this app is in flight between passes: what is marked so goes back in
+            // line, its outcome unknown (read at the target before it is sent again).
+            store.recover_in_flight(&self.app_id, pass_started).await?;
+            self.in_flight_left = false;
         }
         let Some(mut app) = store.get_app(&self.app_id).await? else {
             return Ok(None);
@@ -275,7 +314,10 @@ impl Dispatcher {
                     Err(at) => next = earliest(next, at),
                     Ok(()) => {
                         let cycle = self.cycle.as_mut().expect("a cycle");
-                        if cycle.step(&self.ctx, &app, &mapping, &client).await? {
+                        let sent_before = client.requests_sent();
+                        let ended = cycle.step(&self.ctx, &app, &mapping, &client).await?;
+                        self.charge_requests(&app, &client, sent_before);
+                        if ended {
                             self.cycle = None;
                         }
                         // Serve the immediate queue before the next step.
@@ -332,6 +374,7 @@ impl Dispatcher {
         let attempt = self.removal_attempts.get(&member).copied().unwrap_or(0) + 1;
         let started = std::time::Instant::now();
         let mut steps = Vec::new();
+        let sent_before = client.requests_sent();
         let result = push::remove_member(
             &self.ctx,
             app,
@@ -342,6 +385,7 @@ impl Dispatcher {
             &mut steps,
         )
         .await;
+        self.charge_requests(app, client, sent_before);
         let now = self.ctx.now();
         let mut entry = LogEntry {
             id: uuid::Uuid::now_v7().to_string(),
@@ -476,16 +520,27 @@ impl Dispatcher {
         let until = app.next_sync_at;
         let mut entry = self.entry(app, job, "deferred", Some(reason.to_string())).await?;
         entry.deferred_until = Some(until);
-        self.ctx
-            .store
-            .record(&Outcome {
-                app_id: app.id.clone(),
-                time: self.ctx.now(),
-                jobs: vec![(job.id.clone(), JobChange::Deferred { until })],
-                logs: vec![entry],
-                ..Default::default()
-            })
-            .await?;
+        let mut outcome = Outcome {
+            app_id: app.id.clone(),
+            time: self.ctx.now(),
+            jobs: vec![(job.id.clone(), JobChange::Deferred { until })],
+            logs: vec![entry],
+            ..Default::default()
+        };
+        // An add a stop left with an unknown outcome may be at the target: the cycle that takes
+        // it over reads the group before adding (some servers keep a member twice).
+        if !job.is_removal()
+            && job.flag.as_deref() == Some("outcome unknown")
+            && let Some(assignment) = self.ctx.assignment(&app.id, &job.group_id).await?
+        {
+            let member = TargetMember {
+                target_display_name: assignment.target_display_name,
+                principal_id: job.principal_id.clone(),
+            };
+            outcome.members.push((member.clone(), MemberChange::InDoubt));
+            outcome.sources.push((member, job.group_id.clone()));
+        }
+        self.ctx.store.record(&outcome).await?;
         crate::metrics::deferred(&app.id);
         tracing::info!(app_id = %app.id, job_id = %job.id, event_id = ?job.event_id, deferred_until = until, reason, "push deferred to the next cycle");
         Ok(())
@@ -512,7 +567,9 @@ impl Dispatcher {
             }
             // A paused app keeps its removals pending: they go the moment it is active again.
             "paused" => return Ok(Some(now + IDLE_POLL_MS)),
-            "quarantined" => {
+            // A quarantine defers activations only: a removal goes as on an active app, and is
+            // retried until it succeeds (SPEC §5, §8).
+            "quarantined" if !job.is_removal() => {
                 if job.state != "deferred" {
                     self.defer(app, job, "app quarantined").await?;
                 }
@@ -537,42 +594,55 @@ impl Dispatcher {
         };
         let in_doubt = job.flag.as_deref() == Some("outcome unknown");
 
+        // What a removal removes: the member where this group's assignment puts it now, and
+        // where it was provisioned under an earlier `targetDisplayName` (a rename the cycle has
+        // not moved yet): a removal is made where the member is.
+        let mut removals = Vec::new();
         if job.is_removal() {
+            let moved = self.moved_members(app, job, &target, now).await?;
             if let Some(via) = store.entitled_via(&app.id, &target, &job.principal_id, now).await? {
-                let reason = format!("still entitled to `{target}` through group {via}: membership kept");
-                self.finish(app, job, JobChange::Done, "skipped", &reason).await?;
-                return Ok(None);
-            }
-            // A removal that finds its (earlier) activation not yet pushed cancels it.
-            let open_adds = store
-                .open_adds_for(&app.id, &job.principal_id, &job.group_id, job.seq)
-                .await?;
-            if !open_adds.is_empty() {
-                let mut cancel = Outcome {
-                    app_id: app.id.clone(),
-                    time: now,
-                    ..Default::default()
-                };
-                for add in &open_adds {
-                    if add.flag.as_deref() == Some("outcome unknown") {
-                        // That add may have reached the target before a stop: remove it there too.
-                        cancel.members.push((member.clone(), MemberChange::InDoubt));
-                    }
-                    cancel.jobs.push((add.id.clone(), JobChange::Cancelled));
-                    let reason = "cancelled: the membership ended before it was pushed".to_string();
-                    cancel.logs.push(self.entry(app, add, "skipped", Some(reason)).await?);
+                if moved.is_empty() {
+                    let reason = format!("still entitled to `{target}` through group {via}: membership kept");
+                    self.finish(app, job, JobChange::Done, "skipped", &reason).await?;
+                    return Ok(None);
                 }
-                store.record(&cancel).await?;
-                if !store.is_provisioned(&app.id, &member).await? {
-                    let reason = "the activation was still deferred: cancelled, nothing pushed";
+                removals = moved;
+            } else {
+                // A removal that finds its (earlier) activation not yet pushed cancels it.
+                let open_adds = store
+                    .open_adds_for(&app.id, &job.principal_id, &job.group_id, job.seq)
+                    .await?;
+                if !open_adds.is_empty() {
+                    let mut cancel = Outcome {
+                        app_id: app.id.clone(),
+                        time: now,
+                        ..Default::default()
+                    };
+                    for add in &open_adds {
+                        if add.flag.as_deref() == Some("outcome unknown") {
+                            // That add may have reached the target before a stop: remove it there too.
+                            cancel.members.push((member.clone(), MemberChange::InDoubt));
+                        }
+                        cancel.jobs.push((add.id.clone(), JobChange::Cancelled));
+                        let reason = "cancelled: the membership ended before it was pushed".to_string();
+                        cancel.logs.push(self.entry(app, add, "skipped", Some(reason)).await?);
+                    }
+                    store.record(&cancel).await?;
+                    if !store.is_provisioned(&app.id, &member).await? && moved.is_empty() {
+                        let reason = "the activation was still deferred: cancelled, nothing pushed";
+                        self.finish(app, job, JobChange::Done, "skipped", reason).await?;
+                        return Ok(None);
+                    }
+                }
+                if in_doubt || store.is_provisioned(&app.id, &member).await? {
+                    removals.push(member.clone());
+                }
+                removals.extend(moved);
+                if removals.is_empty() {
+                    let reason = "not provisioned by the bridge: nothing to remove";
                     self.finish(app, job, JobChange::Done, "skipped", reason).await?;
                     return Ok(None);
                 }
-            }
-            if !in_doubt && !store.is_provisioned(&app.id, &member).await? {
-                let reason = "not provisioned by the bridge: nothing to remove";
-                self.finish(app, job, JobChange::Done, "skipped", reason).await?;
-                return Ok(None);
             }
         } else {
             let on_demand = job.trigger == "on_demand";
@@ -589,6 +659,7 @@ impl Dispatcher {
         }
         // An earlier add of this pair has an unknown outcome: read the target before adding.
         let in_doubt = in_doubt || (!job.is_removal() && store.is_provisioned(&app.id, &member).await?);
+        let members = if job.is_removal() { removals } else { vec![member] };
 
         // On-demand provisioning is not windowed, and a retry of an admitted push is not a new
         // push (SPEC: what counts against the window). A push whose outcome a crash or a
@@ -605,7 +676,7 @@ impl Dispatcher {
             }
             let unknown = job.attempt > 0 && job.flag.as_deref() == Some("outcome unknown");
             let admitted = unknown && self.window.try_admit(now).is_ok();
-            return self.push(app, mapping, client, job, &member, in_doubt, admitted).await;
+            return self.push(app, mapping, client, job, &members, in_doubt, admitted).await;
         }
         // Arrival order while the window has room; once it is full, a removal waits for the
         // next free slot and no later activation may take it.
@@ -627,7 +698,7 @@ impl Dispatcher {
             }
             return Ok(None);
         }
-        self.push(app, mapping, client, job, &member, in_doubt, true).await
+        self.push(app, mapping, client, job, &members, in_doubt, true).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -637,20 +708,24 @@ impl Dispatcher {
         mapping: &AppMapping,
         client: &ScimClient,
         job: &Job,
-        member: &TargetMember,
+        members: &[TargetMember],
         in_doubt: bool,
         admitted: bool,
     ) -> anyhow::Result<Option<Millis>> {
         let span =
             tracing::info_span!("push", app_id = %app.id, event_id = ?job.event_id, job_id = %job.id, kind = %job.kind);
         let result = self
-            .push_in_span(app, mapping, client, job, member, in_doubt, admitted)
+            .push_in_span(app, mapping, client, job, members, in_doubt, admitted)
             .instrument(span)
             .await;
         if result.is_err() {
             // Whatever broke after the job went in flight, it must not stay there: put it back
-            // in line, its outcome unknown.
-            let _ = self.ctx.store.requeue_in_doubt(&job.id, self.ctx.now()).await;
+            // in line, its outcome unknown. If the store fails that too, the next pass does it.
+            if let Err(e) = self.ctx.store.requeue_in_doubt(&job.id, self.ctx.now()).await {
+                tracing::error!(app_id = %app.id, job_id = %job.id, error = %e,
+                    "putting a push whose record failed back in line failed too: the next pass does it");
+                self.in_flight_left = true;
+            }
         }
         result
     }
@@ -662,7 +737,7 @@ impl Dispatcher {
         mapping: &AppMapping,
         client: &ScimClient,
         job: &Job,
-        member: &TargetMember,
+        members: &[TargetMember],
         in_doubt: bool,
         admitted: bool,
     ) -> anyhow::Result<Option<Millis>> {
@@ -670,19 +745,17 @@ impl Dispatcher {
         let started = std::time::Instant::now();
         // The claim (and the admission time the window is rebuilt from) is committed before
         // anything is sent.
-        store.claim_job(&job.id, self.ctx.now(), admitted).await?;
+        if !store.claim_job(&job.id, self.ctx.now(), admitted).await? {
+            return Ok(None);
+        }
         let mut steps = Vec::new();
+        let mut outcome = Outcome {
+            app_id: app.id.clone(),
+            ..Default::default()
+        };
         let result = if job.is_removal() {
-            push::remove_member(
-                &self.ctx,
-                app,
-                mapping,
-                client,
-                &job.principal_id,
-                &member.target_display_name,
-                &mut steps,
-            )
-            .await
+            self.remove_everywhere(app, mapping, client, job, members, &mut steps, &mut outcome)
+                .await
         } else {
             push::add_member(
                 &self.ctx,
@@ -691,7 +764,7 @@ impl Dispatcher {
                 client,
                 &job.principal_id,
                 &job.group_id,
-                &member.target_display_name,
+                &members[0].target_display_name,
                 in_doubt,
                 &mut steps,
             )
@@ -703,19 +776,13 @@ impl Dispatcher {
         let mut entry = self.entry(app, &attempted, "success", None).await?;
         entry.duration_ms = Some(started.elapsed().as_millis() as i64);
         entry.steps = steps;
-        let mut outcome = Outcome {
-            app_id: app.id.clone(),
-            time: now,
-            ..Default::default()
-        };
+        outcome.time = now;
         match result {
             Ok(done) => {
-                let change = if job.is_removal() {
-                    MemberChange::Gone
-                } else {
-                    MemberChange::Confirmed
-                };
-                outcome.members.push((member.clone(), change));
+                if !job.is_removal() {
+                    outcome.members.push((members[0].clone(), MemberChange::Confirmed));
+                    outcome.sources.push((members[0].clone(), job.group_id.clone()));
+                }
                 outcome.jobs.push((job.id.clone(), JobChange::Done));
                 outcome.legacy_remove = done.legacy_detected;
                 entry.target_user_id = done.target_user_id;
@@ -734,15 +801,18 @@ impl Dispatcher {
                 if !job.is_removal() && e.outcome_unknown() {
                     // The add may be at the target: a later removal must still go out, and a
                     // later add reads the group first.
-                    outcome.members.push((member.clone(), MemberChange::InDoubt));
+                    outcome.members.push((members[0].clone(), MemberChange::InDoubt));
+                    outcome.sources.push((members[0].clone(), job.group_id.clone()));
                 }
                 let with_flag = |text: String| match job.flag.as_deref().filter(|f| *f != "outcome unknown") {
                     Some(flag) => format!("{flag}; {text}"),
                     None => text,
                 };
-                if e.is_transient() && attempted.attempt < MAX_PUSH_ATTEMPTS {
+                if job.is_removal() || (e.is_transient() && attempted.attempt < MAX_PUSH_ATTEMPTS) {
                     // Throttled or unreachable: the push keeps its place (no new window slot)
                     // and goes again at `at`, long before any cycle. Nothing sleeps meanwhile.
+                    // A removal is retried so whatever the answer (401 and 403 included), until
+                    // it succeeds or the member is entitled again: never left to the cycle.
                     let at = retry_at(now, attempted.attempt, &e);
                     outcome.jobs.push((job.id.clone(), JobChange::Retry { at }));
                     entry.status = "deferred".into();
@@ -764,6 +834,74 @@ impl Dispatcher {
         store.record(&outcome).await?;
         crate::metrics::push(&app.id, &status);
         Ok(retry)
+    }
+}
+
+impl Dispatcher {
+    /// Where the job's principal was provisioned for the job's group under another target group
+    /// than `target` (the assignment was renamed since) and nothing entitles it there now.
+    async fn moved_members(
+        &self,
+        app: &AppRecord,
+        job: &Job,
+        target: &str,
+        now: Millis,
+    ) -> anyhow::Result<Vec<TargetMember>> {
+        let store = &self.ctx.store;
+        let mut moved = Vec::new();
+        for name in store
+            .provisioned_targets_of(&app.id, &job.principal_id, &job.group_id)
+            .await?
+        {
+            if name == target
+                || store
+                    .entitled_via(&app.id, &name, &job.principal_id, now)
+                    .await?
+                    .is_some()
+            {
+                continue;
+            }
+            moved.push(TargetMember {
+                target_display_name: name,
+                principal_id: job.principal_id.clone(),
+            });
+        }
+        Ok(moved)
+    }
+
+    /// Removes the principal from each target group in turn; each removal done goes into
+    /// `outcome`. The first that fails ends the attempt (the rest go at the retry).
+    #[allow(clippy::too_many_arguments)]
+    async fn remove_everywhere(
+        &self,
+        app: &AppRecord,
+        mapping: &AppMapping,
+        client: &ScimClient,
+        job: &Job,
+        members: &[TargetMember],
+        steps: &mut Vec<Step>,
+        outcome: &mut Outcome,
+    ) -> ScimResult<PushResult> {
+        let mut done = PushResult::default();
+        for member in members {
+            let removed = push::remove_member(
+                &self.ctx,
+                app,
+                mapping,
+                client,
+                &job.principal_id,
+                &member.target_display_name,
+                steps,
+            )
+            .await?;
+            outcome.members.push((member.clone(), MemberChange::Gone));
+            outcome.legacy_remove |= removed.legacy_detected;
+            done.target_user_id = removed.target_user_id.or(done.target_user_id);
+            done.target_group_id = done.target_group_id.or(removed.target_group_id);
+            done.note = done.note.or(removed.note);
+            done.legacy_detected |= removed.legacy_detected;
+        }
+        Ok(done)
     }
 }
 

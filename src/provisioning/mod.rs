@@ -32,16 +32,31 @@ pub const DEPROVISIONING: &str = "deprovisioning: removing what the bridge provi
 pub const DEPROVISIONING_STALLED: &str = "deprovisioning stalled";
 
 const RETRY_BASE_MS: Millis = 500;
-const MAX_BACKOFF_MS: Millis = 60_000;
+/// The longest backoff between two attempts (SPEC §8: "capped at 5 minutes").
+const MAX_BACKOFF_MS: Millis = 300_000;
 /// The longest `Retry-After` obeyed; a target asking for more is tried again after this.
 const MAX_RETRY_AFTER_MS: Millis = 3_600_000;
 
-/// When a failed attempt goes again: when the target said, else after a backoff that doubles.
+/// When a failed attempt goes again: when the target said, else after a backoff that doubles
+/// (capped at five minutes), with jitter so that retries of many pushes do not go together.
 pub(crate) fn retry_at(now: Millis, attempt: i64, error: &ScimError) -> Millis {
-    let backoff = (RETRY_BASE_MS << (attempt - 1).clamp(0, 16)).min(MAX_BACKOFF_MS);
-    now + error
-        .retry_after()
-        .map_or(backoff, |d| (d.as_millis() as Millis).min(MAX_RETRY_AFTER_MS))
+    if let Some(after) = error.retry_after() {
+        return now + (after.as_millis() as Millis).min(MAX_RETRY_AFTER_MS);
+    }
+    now + jittered(backoff_ms(attempt))
+}
+
+/// The backoff after `attempt` failed attempts: 0.5 s, 1 s, 2 s, ... up to five minutes.
+fn backoff_ms(attempt: i64) -> Millis {
+    (RETRY_BASE_MS << (attempt - 1).clamp(0, 20)).min(MAX_BACKOFF_MS)
+}
+
+/// Somewhere between three quarters of `ms` and `ms`: never later than the backoff says.
+fn jittered(ms: Millis) -> Millis {
+    let mut byte = [0u8; 2];
+    getrandom::fill(&mut byte).expect("the operating system's random source failed");
+    let quarter = ms / 4;
+    ms - quarter * Millis::from(u16::from_le_bytes(byte)) / Millis::from(u16::MAX)
 }
 
 /// What every part of the engine shares.
@@ -153,7 +168,16 @@ pub(crate) fn job_log(app: &AppRecord, job: &Job, action: &str, status: &str, no
 struct DispatcherHandle {
     wake: Arc<Notify>,
     stop: CancellationToken,
+    /// Cancelled once the task has ended, however it ended (a panic included).
+    done: CancellationToken,
     task: JoinHandle<()>,
+}
+
+impl DispatcherHandle {
+    /// Running, and not told to stop.
+    fn is_live(&self) -> bool {
+        !self.task.is_finished() && !self.stop.is_cancelled()
+    }
 }
 
 pub struct Engine {
@@ -233,6 +257,30 @@ impl Engine {
         // `graph`: the pollers ask `lease_turn` before every poll, and poll under its fence.
     }
 
+    /// A lease was lost: its work is told to stop at once, without waiting for it (its writes
+    /// are fenced). Work started again under the lease (re-taken in the same look) is not touched:
+    /// it waits for the old work to end before it begins.
+    fn cancel_lease_work(&self, name: &str) {
+        if let Some(app_id) = name.strip_prefix("app:") {
+            if let Some(h) = self.dispatchers.lock().expect("lock").get(app_id) {
+                h.stop.cancel();
+            }
+        } else if name == cluster::TIMERS
+            && let Some((stop, _)) = self.timers.lock().expect("lock").as_ref()
+        {
+            stop.cancel();
+        }
+    }
+
+    /// Whether the app's dispatcher is running and not told to stop.
+    fn dispatcher_live(&self, app_id: &str) -> bool {
+        self.dispatchers
+            .lock()
+            .expect("lock")
+            .get(app_id)
+            .is_some_and(DispatcherHandle::is_live)
+    }
+
     /// Stops the work under a lease and waits until what it was doing has finished.
     async fn stop_lease_work(&self, name: &str) {
         if let Some(app_id) = name.strip_prefix("app:") {
@@ -289,11 +337,14 @@ impl Engine {
 
     fn spawn_dispatcher(&self, app_id: &str, fence: Option<crate::lease::Fence>, takeover: bool) {
         let mut map = self.dispatchers.lock().expect("lock");
-        if map.get(app_id).is_some_and(|h| !h.task.is_finished()) {
+        if map.get(app_id).is_some_and(DispatcherHandle::is_live) {
             return;
         }
+        // One told to stop may still be finishing a push: the new one begins once it has ended.
+        let previous = map.get(app_id).map(|h| h.done.clone());
         let wake = Arc::new(Notify::new());
         let stop = self.stop.child_token();
+        let done = CancellationToken::new();
         let run = dispatcher::run(
             self.ctx.clone(),
             app_id.to_string(),
@@ -301,11 +352,19 @@ impl Engine {
             stop.clone(),
             takeover,
         );
+        let ended = done.clone().drop_guard();
+        let run = async move {
+            let _ended = ended;
+            if let Some(previous) = previous {
+                previous.cancelled().await;
+            }
+            run.await
+        };
         let task = match fence {
             Some(fence) => tokio::spawn(crate::lease::scope(fence, run)),
             None => tokio::spawn(run),
         };
-        map.insert(app_id.to_string(), DispatcherHandle { wake, stop, task });
+        map.insert(app_id.to_string(), DispatcherHandle { wake, stop, done, task });
     }
 
     /// Stops the app's dispatcher and waits until the push it is making has finished.
@@ -482,5 +541,45 @@ where
     }
     if total > 0 {
         tracing::info!(purged = total, what, "purged entries past retention");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn refused(retry_after: Option<Duration>) -> ScimError {
+        ScimError::Status {
+            status: 401,
+            detail: "no".into(),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn retries_back_off_doubling_with_jitter_up_to_five_minutes() {
+        let now = 1_000_000;
+        for attempt in 1..=30 {
+            let full = (500 << (attempt - 1).min(20)).min(300_000);
+            for _ in 0..20 {
+                let wait = retry_at(now, attempt, &refused(None)) - now;
+                assert!(
+                    wait <= full && wait >= full * 3 / 4,
+                    "attempt {attempt}: {wait} of {full}"
+                );
+            }
+        }
+        let waits: std::collections::HashSet<Millis> = (0..20).map(|_| retry_at(now, 10, &refused(None))).collect();
+        assert!(waits.len() > 1, "jitter spreads the retries: {waits:?}");
+    }
+
+    #[test]
+    fn retry_after_is_obeyed_as_said() {
+        let now = 1_000_000;
+        let asked = refused(Some(Duration::from_secs(600)));
+        assert_eq!(retry_at(now, 1, &asked), now + 600_000);
+        assert_eq!(retry_at(now, 12, &asked), now + 600_000);
     }
 }

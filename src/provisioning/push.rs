@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::mapping::{self, AppMapping};
-use crate::scim::{ScimClient, ScimError, ScimResult, filter_literal};
+use crate::scim::{ScimClient, ScimError, ScimResult, filter_literal, id_of};
 use crate::store::{AppRecord, PatchStyle, Step, TargetUser};
 
 use super::Ctx;
@@ -121,11 +121,7 @@ pub async fn ensure_user(
 
     let (id, created) = match client.find_user(&user.filters, steps).await? {
         Some(found) => {
-            let id = found
-                .get("id")
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| ScimError::Protocol("matched user has no id".into()))?
-                .to_string();
+            let id = id_of(&found).ok_or_else(|| ScimError::Protocol("matched user has no id".into()))?;
             let changes = mapping::changed_attributes(&found, &user.always);
             if !changes.is_empty() {
                 client.update_user(&id, &changes, steps).await?;
@@ -213,7 +209,10 @@ pub async fn ensure_group(
 
 #[allow(clippy::too_many_arguments)]
 /// Adds one principal to one target group. `in_doubt`: an earlier attempt may have reached the
-/// target, so read the group first (some servers keep a member twice).
+/// target, so read the group first (some servers keep a member twice). Each request goes at most
+/// once: one that must be retried (an unknown outcome included) ends the attempt, and the caller
+/// reschedules the push on the clock; what succeeded (the user, the group) is stored, so the
+/// next attempt goes on from there.
 pub async fn add_member(
     ctx: &Ctx,
     app: &AppRecord,
@@ -229,8 +228,6 @@ pub async fn add_member(
     let user_id = ensure_user(ctx, app, mapping, client, principal_id, steps, &mut result).await?;
     result.target_user_id = Some(user_id.clone());
     let mut resolved_again = false;
-    let mut in_doubt = in_doubt;
-    let mut unknown_outcomes = 0;
     loop {
         let group_id = ensure_group(ctx, app, client, target_display_name, source_group_id, steps).await?;
         result.target_group_id = Some(group_id.clone());
@@ -250,11 +247,6 @@ pub async fn add_member(
             Ok(note) => {
                 result.note = note;
                 return Ok(result);
-            }
-            // The add may have reached the target: look at the group before sending it again.
-            Err(e) if e.outcome_unknown() && unknown_outcomes < 3 => {
-                unknown_outcomes += 1;
-                in_doubt = true;
             }
             Err(e) if e.status() == Some(404) && !resolved_again => {
                 // The stored group id is stale: resolve once more.
@@ -290,7 +282,7 @@ pub async fn remove_member(
                 Err(_) => Vec::new(),
             };
             match client.find_user(&filters, steps).await? {
-                Some(found) => found.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
+                Some(found) => id_of(&found).ok_or_else(|| ScimError::Protocol("matched user has no id".into()))?,
                 None => {
                     result.note = Some("the user does not exist at the target: nothing to remove".into());
                     return Ok(result);

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
@@ -138,6 +139,8 @@ pub struct ScimClient {
     access_token: Mutex<Option<(String, Instant)>>,
     /// The app this client talks to, as a metrics label (empty: not counted).
     metrics_app: String,
+    /// Requests sent so far (the dispatcher paces each one).
+    sent: AtomicU64,
 }
 
 /// Special-purpose addresses (also in their IPv6 forms): loopback, RFC 1918, link-local, CGNAT,
@@ -265,12 +268,18 @@ fn resources(body: &Value) -> Vec<&Value> {
         .unwrap_or_default()
 }
 
-fn id_of(v: &Value) -> Option<String> {
-    v.get("id").and_then(|id| match id {
+/// A resource's `id` as text: targets may answer strings or numbers (SPEC §4).
+pub fn id_of(v: &Value) -> Option<String> {
+    v.get("id").and_then(id_text)
+}
+
+/// An id (a resource's, a member's `value`) as text; ids are compared as strings.
+fn id_text(id: &Value) -> Option<String> {
+    match id {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
-    })
+    }
 }
 
 fn error_detail(body: &[u8]) -> String {
@@ -337,7 +346,13 @@ impl ScimClient {
             auth,
             access_token: Mutex::new(None),
             metrics_app: String::new(),
+            sent: AtomicU64::new(0),
         }
+    }
+
+    /// How many requests this client has sent to the target.
+    pub fn requests_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Labels this client's request metrics with the app it serves.
@@ -428,10 +443,6 @@ impl ScimClient {
         };
         let mut refreshed = false;
         loop {
-            if !crate::lease::may_act() {
-                steps.push(Step::note(step, "skipped", ScimError::LeaseLost.to_string()));
-                return Err(ScimError::LeaseLost);
-            }
             let token = match self.bearer(refreshed).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -439,6 +450,12 @@ impl ScimClient {
                     return Err(e);
                 }
             };
+            // Checked immediately before the request leaves, after the token fetch (which can
+            // take its time): a replica whose lease ran out meanwhile sends nothing.
+            if !crate::lease::may_act() {
+                steps.push(Step::note(step, "skipped", ScimError::LeaseLost.to_string()));
+                return Err(ScimError::LeaseLost);
+            }
             let mut request = self
                 .http
                 .request(method.clone(), &url)
@@ -453,6 +470,7 @@ impl ScimClient {
                     .body(serde_json::to_vec(body).expect("JSON body"));
             }
             let started = Instant::now();
+            self.sent.fetch_add(1, Ordering::Relaxed);
             let result = request.send().await;
             let mut trace = HttpTrace {
                 method: method.to_string(),
@@ -705,7 +723,7 @@ impl ScimClient {
             .map(|members| {
                 members
                     .iter()
-                    .filter_map(|m| m.get("value").and_then(Value::as_str).map(String::from))
+                    .filter_map(|m| m.get("value").and_then(id_text))
                     .collect()
             })
             .unwrap_or_default())
@@ -786,6 +804,14 @@ mod tests {
         assert!(!is_refused_address("169.254.169.253".parse().unwrap(), true));
         assert!(is_refused_address("10.0.0.1".parse().unwrap(), false));
         assert!(!is_refused_address("8.8.8.8".parse().unwrap(), false));
+    }
+
+    #[test]
+    fn ids_are_read_as_text_whether_strings_or_numbers() {
+        assert_eq!(id_of(&json!({"id": 17})).as_deref(), Some("17"));
+        assert_eq!(id_of(&json!({"id": "a-17"})).as_deref(), Some("a-17"));
+        assert_eq!(id_of(&json!({"id": null})), None);
+        assert_eq!(id_text(&json!(4_000_000_000_u64)).as_deref(), Some("4000000000"));
     }
 
     #[test]

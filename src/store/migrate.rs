@@ -203,6 +203,7 @@ const TABLES: &[Table] = &[
             ("principal_id", Text),
             ("added_at", Millis),
             ("confirmed", Bool),
+            ("group_id", Text),
         ],
     },
     Table {

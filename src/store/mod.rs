@@ -395,6 +395,9 @@ pub struct Outcome {
     pub time: Millis,
     pub jobs: Vec<(String, JobChange)>,
     pub members: Vec<(TargetMember, MemberChange)>,
+    /// The source group a member (confirmed or in doubt) was provisioned for: a removal finds
+    /// the target group it is in after a rename of that group's assignment.
+    pub sources: Vec<(TargetMember, String)>,
     pub logs: Vec<LogEntry>,
     pub cycle: Option<CycleRecord>,
     pub next_sync_at: Option<Millis>,
@@ -493,8 +496,9 @@ pub trait Store: Send + Sync + 'static {
     async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>>;
     async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>>;
     /// Claims a job for sending: in flight, one more attempt, and (when the window admitted it)
-    /// its admission time, in one commit before anything is sent.
-    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<()>;
+    /// its admission time, in one commit before anything is sent. `false`: the job is no longer
+    /// waiting (an app deletion cancelled it meanwhile): nothing is to be sent.
+    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<bool>;
     /// When the window admitted the app's pushes since `since`, sent or not: a restart rebuilds
     /// the window from them.
     async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>>;
@@ -502,6 +506,9 @@ pub trait Store: Send + Sync + 'static {
     async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>>;
     /// A job whose push broke off after it went in flight: pending again, its outcome unknown.
     async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()>;
+    /// The app's removals waiting for a retry go now (its credentials changed, or its quarantine
+    /// was cleared); answers how many.
+    async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64>;
     /// Adds for the pair that are not pushed yet and were queued before job `before_seq`.
     async fn open_adds_for(
         &self,
@@ -532,7 +539,14 @@ pub trait Store: Send + Sync + 'static {
     async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>>;
     async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()>;
     async fn forget_target_group(&self, app_id: &str, display_name: &str) -> StoreResult<()>;
-    async fn unmark_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<()>;
+    /// The target groups where the bridge provisioned the principal for the source group (one,
+    /// or the old one too after a rename of the group's `targetDisplayName`).
+    async fn provisioned_targets_of(
+        &self,
+        app_id: &str,
+        principal_id: &str,
+        group_id: &str,
+    ) -> StoreResult<Vec<String>>;
     /// The bridge has, or may have, put the member there (confirmed or in doubt).
     async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool>;
     /// The target confirmed the member.
@@ -607,10 +621,6 @@ pub trait Store: Send + Sync + 'static {
     async fn leave(&self, _replica: &str) -> StoreResult<()> {
         Ok(())
     }
-    /// Every lease row, as the database sees it now.
-    async fn leases(&self) -> StoreResult<Vec<LeaseRow>> {
-        Ok(Vec::new())
-    }
     /// Grants the lease to `holder` for `ttl` if it is free, expired, released or its own
     /// (with a new token each time); `None` while another holder's lease runs.
     async fn acquire_lease(&self, _name: &str, _holder: &str, _ttl: Millis) -> StoreResult<Option<Grant>> {
@@ -634,18 +644,6 @@ pub trait Store: Send + Sync + 'static {
     async fn listen_work(&self) -> StoreResult<Option<Box<dyn WorkListener>>> {
         Ok(None)
     }
-}
-
-/// A lease as the database sees it now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseRow {
-    pub name: String,
-    pub holder: String,
-    pub token: i64,
-    pub acquired_at: Millis,
-    pub expires_at: Millis,
-    /// Not expired and not released.
-    pub live: bool,
 }
 
 /// A lease granted by `acquire_lease`.

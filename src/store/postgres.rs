@@ -654,9 +654,10 @@ impl Store for PostgresStore {
     async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()> {
         let Some(id) = app_key(id) else { return Ok(()) };
         let mut tx = self.begin().await?;
-        // The lease row first, as a dispatcher's write does (`begin` locks it, then the job
-        // rows): the two take turns instead of each holding what the other waits for.
-        sqlx::query("SELECT 1 FROM leases WHERE name = 'app:' || $1 FOR UPDATE")
+        // The lease row first, then the job rows: the order a dispatcher's write takes them in
+        // (`begin` locks the lease row, then it writes its jobs), so the two never deadlock. A
+        // replica dispatching for the app loses its lease: it writes nothing more for it.
+        sqlx::query("DELETE FROM leases WHERE name = 'app:' || $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -679,11 +680,6 @@ impl Store for PostgresStore {
         .await?;
         // Deleting an app forgets its links (what was last sent for each principal).
         sqlx::query("DELETE FROM target_users WHERE app_id = $1::uuid")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        // A replica dispatching for the app loses its lease: it writes nothing more for it.
-        sqlx::query("DELETE FROM leases WHERE name = 'app:' || $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -867,8 +863,6 @@ impl Store for PostgresStore {
         let Some(app_id) = app_key(app_id) else {
             return Ok(Vec::new());
         };
-        // SKIP LOCKED passes over a job another transaction is writing at this moment (an app
-        // deletion cancelling it): it is not runnable now, and is looked at again on the next pass.
         Ok(sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
@@ -876,7 +870,7 @@ impl Store for PostgresStore {
                AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.app_id = j.app_id AND e.principal_id = j.principal_id
                  AND e.group_id = j.group_id AND e.seq < j.seq AND e.state = 'pending' AND e.not_before > from_ms($2)
                  AND NOT (j.kind = 'remove' AND e.kind = 'add'))
-             ORDER BY j.seq LIMIT $3 FOR UPDATE OF j SKIP LOCKED"
+             ORDER BY j.seq LIMIT $3"
         ))
         .bind(app_id)
         .bind(now)
@@ -914,14 +908,15 @@ impl Store for PostgresStore {
         .await?)
     }
 
-    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<()> {
+    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
         // The row lock taken here is the claim: a concurrent writer of the job (an app deletion
-        // cancelling it) is waited for, as SQLite's single writer would be.
-        sqlx::query(
+        // cancelling it) is waited for, as SQLite's single writer would be, and a job it
+        // cancelled is not claimed.
+        let claimed = sqlx::query(
             "UPDATE jobs SET state = 'in_flight', attempt = attempt + 1, updated_at = from_ms($2),
                admitted_at = CASE WHEN $3 THEN from_ms($2) ELSE admitted_at END
-             WHERE id = $1",
+             WHERE id = $1 AND state IN ('pending', 'deferred')",
         )
         .bind(job_id)
         .bind(now)
@@ -929,7 +924,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         self.commit(tx).await?;
-        Ok(())
+        Ok(claimed.rows_affected() > 0)
     }
 
     async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
@@ -975,6 +970,24 @@ impl Store for PostgresStore {
         .await?;
         self.commit(tx).await?;
         Ok(())
+    }
+
+    async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(0);
+        };
+        let mut tx = self.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE jobs SET not_before = from_ms($2), updated_at = from_ms($2)
+             WHERE app_id = $1::uuid AND kind = 'remove' AND state = 'pending' AND not_before > from_ms($2)",
+        )
+        .bind(app_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        self.commit(tx).await?;
+        Ok(moved)
     }
 
     async fn open_adds_for(
@@ -1067,6 +1080,21 @@ impl Store for PostgresStore {
             event_seq: i64,
         }
         let mut tx = self.begin().await?;
+        // A webhook judging one of these memberships (an extension, say) holds its advisory lock
+        // from its read to its commit: the expiry waits for it, and then expires only what is
+        // still due, so an extension never leaves a future end on an expired row. The keys are
+        // `accept_events`' and are taken in the same order.
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(k) FROM (
+               SELECT DISTINCT hashtextextended('membership' || chr(10) || principal_id || chr(10) || group_id
+                                                || chr(10) || access_id, 0) AS k
+               FROM memberships
+               WHERE active AND expired_at IS NULL AND end_at IS NOT NULL AND end_at <= from_ms($1)
+               ORDER BY k) keys",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         // A claim: memberships another replica is expiring right now are skipped, and it queues
         // their removals; the `expired_at IS NULL` condition keeps one expiry from queuing twice.
         let due: Vec<Due> = sqlx::query_as(
@@ -1154,6 +1182,18 @@ impl Store for PostgresStore {
         }
         for (member, change) in &o.members {
             Self::set_member_in(&mut tx, &o.app_id, member, *change, now).await?;
+        }
+        for (member, group_id) in &o.sources {
+            sqlx::query(
+                "UPDATE provisioned SET group_id = $1
+                 WHERE app_id = $2::uuid AND target_display_name = $3 AND principal_id = $4",
+            )
+            .bind(group_id)
+            .bind(&o.app_id)
+            .bind(&member.target_display_name)
+            .bind(&member.principal_id)
+            .execute(&mut *tx)
+            .await?;
         }
         for entry in &o.logs {
             insert_log_in(&mut *tx, entry).await?;
@@ -1297,19 +1337,24 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn unmark_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        let Some(app_id) = app_key(app_id) else { return Ok(()) };
-        sqlx::query(
-            "DELETE FROM provisioned WHERE app_id = $1::uuid AND target_display_name = $2 AND principal_id = $3",
+    async fn provisioned_targets_of(
+        &self,
+        app_id: &str,
+        principal_id: &str,
+        group_id: &str,
+    ) -> StoreResult<Vec<String>> {
+        let Some(app_id) = app_key(app_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_scalar(
+            "SELECT target_display_name FROM provisioned WHERE app_id = $1::uuid AND principal_id = $2
+             AND group_id = $3 ORDER BY target_display_name COLLATE \"C\"",
         )
         .bind(app_id)
-        .bind(&m.target_display_name)
-        .bind(&m.principal_id)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
+        .bind(principal_id)
+        .bind(group_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
@@ -1860,36 +1905,6 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn leases(&self) -> StoreResult<Vec<LeaseRow>> {
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            name: String,
-            holder: String,
-            token: i64,
-            acquired_at: Millis,
-            expires_at: Millis,
-            live: bool,
-        }
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT name, holder, token, to_ms(acquired_at) AS acquired_at, to_ms(expires_at) AS expires_at,
-               (NOT released AND expires_at > now()) AS live
-             FROM leases ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| LeaseRow {
-                name: r.name,
-                holder: r.holder,
-                token: r.token,
-                acquired_at: r.acquired_at,
-                expires_at: r.expires_at,
-                live: r.live,
-            })
-            .collect())
-    }
-
     async fn acquire_lease(&self, name: &str, holder: &str, ttl: Millis) -> StoreResult<Option<Grant>> {
         let mut tx = self.pool.begin().await?;
         let current: Option<(String, bool, bool)> =
@@ -2235,136 +2250,6 @@ mod tests {
             .expect("a notification within 10 s");
         assert_eq!(heard.as_deref(), Some("expiry"));
         drop(listener);
-        drop_database(store, &server, &name).await;
-    }
-
-    /// An extension accepted while the expiry of the same membership is being committed: it waits
-    /// for the expiry and is judged against what it left (nothing to extend), so no future end
-    /// is left on a row the expiry ended.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_extension_racing_the_expiry_never_leaves_a_future_end_on_an_expired_row() {
-        let Some((store, server, name)) = fresh_store().await else {
-            return;
-        };
-        let store = Arc::new(store);
-        let now = chrono::Utc::now().timestamp_millis();
-        let start = now - 3_600_000;
-        let at = |ms: Millis| crate::clock::to_rfc3339(ms);
-        let grant = serde_json::json!({
-            "id": "req-1", "action": "selfActivate", "accessId": "member", "principalId": "p-1",
-            "groupId": "g-1", "status": "Provisioned", "createdDateTime": at(start),
-            "scheduleInfo": {"startDateTime": at(start), "expiration": {"type": "afterDuration", "duration": "PT1H"}},
-            "principal": {"userPrincipalName": "ada@example.test"},
-        });
-        store.accept_events(&[event(grant, start)], start).await.unwrap();
-
-        // The expiry's transaction, between its claim and its commit (what `expire_due` writes).
-        let mut expiry_tx = store.pool.begin().await.unwrap();
-        sqlx::query(
-            "UPDATE memberships SET active = false, expired_at = from_ms($1)
-             WHERE principal_id = 'p-1' AND group_id = 'g-1' AND access_id = 'member'",
-        )
-        .bind(now)
-        .execute(&mut *expiry_tx)
-        .await
-        .unwrap();
-
-        let extend = serde_json::json!({
-            "id": "req-2", "action": "selfExtend", "accessId": "member", "principalId": "p-1",
-            "groupId": "g-1", "status": "Provisioned", "createdDateTime": at(now),
-            "scheduleInfo": {"startDateTime": at(start), "expiration": {"type": "afterDuration", "duration": "PT8H"}},
-        });
-        let extension = {
-            let store = store.clone();
-            let item = event(extend, now);
-            tokio::spawn(async move { store.accept_events(&[item], now).await })
-        };
-        until_someone_waits_for_a_lock(&store).await;
-        expiry_tx.commit().await.unwrap();
-        extension.await.unwrap().unwrap();
-
-        let (active, end_at, expired_at): (bool, Option<Millis>, Option<Millis>) = sqlx::query_as(
-            "SELECT active, to_ms(end_at), to_ms(expired_at) FROM memberships
-             WHERE principal_id = 'p-1' AND group_id = 'g-1' AND access_id = 'member'",
-        )
-        .fetch_one(&store.pool)
-        .await
-        .unwrap();
-        assert!(!active);
-        assert_eq!(end_at, Some(start + 3_600_000), "the expired row keeps its end");
-        assert_eq!(expired_at, Some(now), "and stays expired");
-        let outcome: String = sqlx::query_scalar("SELECT outcome FROM events WHERE id = 'req-2'")
-            .fetch_one(&store.pool)
-            .await
-            .unwrap();
-        assert_eq!(outcome, "skipped");
-        let store = Arc::into_inner(store).expect("the only reference");
-        drop_database(store, &server, &name).await;
-    }
-
-    /// `delete_app` and a dispatcher's write (lease row, then job rows) at once: they take turns,
-    /// neither is aborted as a deadlock.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn deleting_an_app_while_its_dispatcher_records_an_outcome_does_not_deadlock() {
-        let Some((store, server, name)) = fresh_store().await else {
-            return;
-        };
-        let store = Arc::new(store);
-        let app = uuid::Uuid::now_v7().to_string();
-        sqlx::query(
-            "INSERT INTO apps (id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status,
-               next_sync_at, created_at)
-             VALUES ($1::uuid, 'a', 'https://scim.example.test', 'bearer', '\\x00', '{}', '[]', 'active', now(), now())",
-        )
-        .bind(&app)
-        .execute(&store.pool)
-        .await
-        .unwrap();
-        sqlx::query(
-            "INSERT INTO leases (name, holder, token, acquired_at, expires_at) VALUES ('app:' || $1, 'r1', 1, now(),
-               now() + interval '1 minute')",
-        )
-        .bind(&app)
-        .execute(&store.pool)
-        .await
-        .unwrap();
-        sqlx::query(
-            "INSERT INTO jobs (id, app_id, principal_id, group_id, kind, trigger, state, not_before, received_at,
-               updated_at) VALUES ('job-1', $1::uuid, 'p', 'g', 'add', 'activation', 'in_flight', now(), now(), now())",
-        )
-        .bind(&app)
-        .execute(&store.pool)
-        .await
-        .unwrap();
-
-        // The dispatcher's write has checked its lease (`begin`) and is about to write the job.
-        let mut record = store.pool.begin().await.unwrap();
-        sqlx::query("SELECT 1 FROM leases WHERE name = 'app:' || $1 FOR SHARE")
-            .bind(&app)
-            .execute(&mut *record)
-            .await
-            .unwrap();
-        let delete = {
-            let store = store.clone();
-            let app = app.clone();
-            tokio::spawn(async move { store.delete_app(&app, chrono::Utc::now().timestamp_millis()).await })
-        };
-        until_someone_waits_for_a_lock(&store).await;
-        sqlx::query("UPDATE jobs SET state = 'done' WHERE id = 'job-1'")
-            .execute(&mut *record)
-            .await
-            .expect("the dispatcher's write is not aborted as a deadlock");
-        record.commit().await.unwrap();
-        delete
-            .await
-            .unwrap()
-            .expect("the deletion is not aborted as a deadlock");
-        let state: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = 'job-1'")
-            .fetch_one(&store.pool)
-            .await
-            .unwrap();
-        assert_eq!(state, "done", "the outcome recorded first stays");
-        let store = Arc::into_inner(store).expect("the only reference");
         drop_database(store, &server, &name).await;
     }
 }

@@ -956,18 +956,18 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<()> {
-        sqlx::query(
+    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<bool> {
+        let claimed = sqlx::query(
             "UPDATE jobs SET state = 'in_flight', attempt = attempt + 1, updated_at = ?2,
                admitted_at = CASE WHEN ?3 THEN ?2 ELSE admitted_at END
-             WHERE id = ?1",
+             WHERE id = ?1 AND state IN ('pending', 'deferred')",
         )
         .bind(job_id)
         .bind(now)
         .bind(admitted)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(claimed.rows_affected() > 0)
     }
 
     async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
@@ -1001,6 +1001,18 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "UPDATE jobs SET not_before = ?2, updated_at = ?2
+             WHERE app_id = ?1 AND kind = 'remove' AND state = 'pending' AND not_before > ?2",
+        )
+        .bind(app_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn open_adds_for(
@@ -1168,6 +1180,17 @@ impl Store for SqliteStore {
         for (member, change) in &o.members {
             Self::set_member_in(&mut tx, &o.app_id, member, *change, now).await?;
         }
+        for (member, group_id) in &o.sources {
+            sqlx::query(
+                "UPDATE provisioned SET group_id = ? WHERE app_id = ? AND target_display_name = ? AND principal_id = ?",
+            )
+            .bind(group_id)
+            .bind(&o.app_id)
+            .bind(&member.target_display_name)
+            .bind(&member.principal_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         for entry in &o.logs {
             insert_log_in(&mut *tx, entry).await?;
         }
@@ -1289,14 +1312,21 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn unmark_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<()> {
-        sqlx::query("DELETE FROM provisioned WHERE app_id = ? AND target_display_name = ? AND principal_id = ?")
-            .bind(app_id)
-            .bind(&m.target_display_name)
-            .bind(&m.principal_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    async fn provisioned_targets_of(
+        &self,
+        app_id: &str,
+        principal_id: &str,
+        group_id: &str,
+    ) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT target_display_name FROM provisioned WHERE app_id = ? AND principal_id = ? AND group_id = ?
+             ORDER BY target_display_name",
+        )
+        .bind(app_id)
+        .bind(principal_id)
+        .bind(group_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {

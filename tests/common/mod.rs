@@ -293,6 +293,16 @@ pub enum Kind {
     Scimmy,
     /// The SCIMMY server accepting only JWTs issued by `scim-fixtures/oauth-server.mjs`.
     ScimmyOAuth,
+    /// `scim-fixtures/numeric-server.mjs`: ids are JSON numbers, bearer token.
+    NumericIds,
+}
+
+/// A SCIM id as text: targets may answer strings or numbers (SPEC §4).
+pub fn id_text(id: &Value) -> String {
+    match id {
+        Value::Number(n) => n.to_string(),
+        other => other.as_str().unwrap_or_default().to_string(),
+    }
 }
 
 /// OAuth2 client credentials the bridge is given for a target.
@@ -344,6 +354,10 @@ async fn start_target(kind: Kind, token_lifetime: Option<u32>) -> Option<Target>
             ("OAuth2 server", fixtures_dir().join("oauth-server.mjs")),
             ("npm packages", fixtures_dir().join("node_modules")),
         ]),
+        Kind::NumericIds => require(&[
+            ("node", node_bin()),
+            ("numeric-id server", fixtures_dir().join("numeric-server.mjs")),
+        ]),
     };
     if !ready {
         return None;
@@ -378,6 +392,23 @@ impl Target {
             Kind::Scimmy => {
                 let token = format!("scim-token-{}", random_hex());
                 let (proc, port) = spawn_scimmy(&["--bearer-token", &token]).await;
+                Target::with_bearer(kind, format!("http://127.0.0.1:{port}/scim/v2"), token, http, proc)
+                    .wait_until_ready()
+                    .await
+            }
+            Kind::NumericIds => {
+                let token = format!("scim-token-{}", random_hex());
+                let port = free_port();
+                let mut command = Command::new("node");
+                command.current_dir(fixtures_dir()).args([
+                    "numeric-server.mjs",
+                    "--port",
+                    &port.to_string(),
+                    "--bearer-token",
+                    &token,
+                ]);
+                let mut proc = Proc::spawn("numeric-server", command);
+                proc.wait_for_line("listening on", TARGET_START_TIMEOUT).await;
                 Target::with_bearer(kind, format!("http://127.0.0.1:{port}/scim/v2"), token, http, proc)
                     .wait_until_ready()
                     .await
@@ -554,7 +585,9 @@ impl Target {
         }
         let (status, created) = self.request(Method::POST, "/Users", &[], Some(user)).await;
         assert_eq!(status, StatusCode::CREATED, "POST /Users on the target: {created}");
-        created["id"].as_str().expect("user id").to_string()
+        let id = id_text(&created["id"]);
+        assert!(!id.is_empty(), "created user without id: {created}");
+        id
     }
 
     async fn list(&self, resource: &str, filter: &str) -> Vec<Value> {
@@ -575,12 +608,10 @@ impl Target {
         let mut ids = Vec::new();
         for group in self.groups_named(display_name).await {
             // Some servers leave members out of list answers: read the group itself.
-            let (status, group) = self
-                .get(&format!("/Groups/{}", group["id"].as_str().unwrap_or("")), &[])
-                .await;
+            let (status, group) = self.get(&format!("/Groups/{}", id_text(&group["id"])), &[]).await;
             assert_eq!(status, StatusCode::OK, "GET group: {group}");
             for member in group["members"].as_array().into_iter().flatten() {
-                ids.push(member["value"].as_str().unwrap_or_default().to_string());
+                ids.push(id_text(&member["value"]));
             }
         }
         ids
