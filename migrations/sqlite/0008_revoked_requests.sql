@@ -13,6 +13,6 @@ CREATE INDEX revoked_requests_principal ON revoked_requests(principal_id, group_
 
 -- Retention looks up who still refers to a principal.
 CREATE INDEX IF NOT EXISTS standing_members_principal ON standing_members(principal_id);
-CREATE INDEX IF NOT EXISTS provisioned_principal ON provisioned(principal_id);
+CREATE INDEX IF NOT EXISTS provisioned_by_principal ON provisioned(principal_id);
 CREATE INDEX IF NOT EXISTS target_users_principal ON target_users(principal_id);
 CREATE INDEX IF NOT EXISTS jobs_principal_state ON jobs(principal_id, state);
