@@ -70,6 +70,15 @@ pub fn revokes(event: &Event) -> bool {
     matches!(event.action, Action::SelfDeactivate | Action::AdminRemove) || event.status == "Revoked"
 }
 
+/// Whether the effect grants or extends membership: what a revoked request id may never do
+/// again. (The store asks whether the id was revoked only for these.)
+pub fn grants(effect: &Effect) -> bool {
+    matches!(
+        effect,
+        Effect::Activate { .. } | Effect::Assign { .. } | Effect::Extend { .. }
+    )
+}
+
 /// Whether the event's request id must be remembered as revoked (SPEC §2): a `Revoked` status.
 pub fn remembers_revocation(event: &Event) -> bool {
     event.status == "Revoked"
@@ -107,15 +116,11 @@ pub fn intake(
         membership: None,
         jobs: Vec::new(),
     };
-    let grants = matches!(
-        effect,
-        Effect::Activate { .. } | Effect::Assign { .. } | Effect::Extend { .. }
-    );
     match effect {
         Effect::Skip(reason) => skip(reason.clone()),
         // Once a request id is revoked, no status of it that arrives later grants anything (a
         // `Provisioned` delivered after its own `Revoked`).
-        _ if grants && already_revoked => skip("already revoked".into()),
+        _ if grants(effect) && already_revoked => skip("already revoked".into()),
         _ if newer_seen && !ends_own_grant => {
             skip("superseded: a newer event for this membership was already applied".into())
         }

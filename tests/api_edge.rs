@@ -796,51 +796,45 @@ async fn the_encryption_key_rotates_and_every_app_still_authenticates_with_only_
     }
 }
 
-/// Runs one statement on the bridge's own database (SQLite file or PostgreSQL), with the app ids
-/// bound as `$1`, `$2`, ... (text; the PostgreSQL form casts them).
+/// Runs one statement on the bridge's own database with byte arguments (`Bridge::store_execute`
+/// binds text): `sqlite` or `postgres`, whichever store the bridge runs on.
 async fn on_store(bridge: &Bridge, sqlite: &str, postgres: &str, binds: &[Vec<u8>]) {
     use sqlx::Connection;
-    match bridge.database_env().first() {
-        Some((_, url)) => {
-            let mut conn = sqlx::PgConnection::connect(url).await.expect("open the database");
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(postgres.to_string()));
-            for b in binds {
-                query = query.bind(b.clone());
-            }
-            query.execute(&mut conn).await.expect("statement");
+    let url = bridge.database_url();
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open the database");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sqlite.to_string()));
+        for b in binds {
+            query = query.bind(b.clone());
         }
-        None => {
-            let url = format!("sqlite://{}", bridge.data_dir.join("scim-bridge.db").display());
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open the database");
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sqlite.to_string()));
-            for b in binds {
-                query = query.bind(b.clone());
-            }
-            query.execute(&mut conn).await.expect("statement");
+        query.execute(&mut conn).await.expect("statement");
+    } else {
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("open the database");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(postgres.to_string()));
+        for b in binds {
+            query = query.bind(b.clone());
         }
+        query.execute(&mut conn).await.expect("statement");
     }
 }
 
 async fn stored_credential(bridge: &Bridge, app: &str) -> Vec<u8> {
     use sqlx::Connection;
-    match bridge.database_env().first() {
-        Some((_, url)) => {
-            let mut conn = sqlx::PgConnection::connect(url).await.expect("open the database");
-            sqlx::query_scalar("SELECT auth_sealed FROM apps WHERE id = $1::uuid")
-                .bind(app)
-                .fetch_one(&mut conn)
-                .await
-                .expect("the app's row")
-        }
-        None => {
-            let url = format!("sqlite://{}", bridge.data_dir.join("scim-bridge.db").display());
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open the database");
-            sqlx::query_scalar("SELECT auth_sealed FROM apps WHERE id = ?")
-                .bind(app)
-                .fetch_one(&mut conn)
-                .await
-                .expect("the app's row")
-        }
+    let url = bridge.database_url();
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open the database");
+        sqlx::query_scalar("SELECT auth_sealed FROM apps WHERE id = ?")
+            .bind(app)
+            .fetch_one(&mut conn)
+            .await
+            .expect("the app's row")
+    } else {
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("open the database");
+        sqlx::query_scalar("SELECT auth_sealed FROM apps WHERE id = $1::uuid")
+            .bind(app)
+            .fetch_one(&mut conn)
+            .await
+            .expect("the app's row")
     }
 }
 

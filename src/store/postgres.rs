@@ -336,11 +336,7 @@ impl PostgresStore {
         .bind(&event.group_id)
         .fetch_all(&mut **tx)
         .await?;
-        let grants = matches!(
-            effect,
-            Effect::Activate { .. } | Effect::Assign { .. } | Effect::Extend { .. }
-        );
-        let already_revoked = grants
+        let already_revoked = rules::grants(effect)
             && sqlx::query_scalar::<_, i32>("SELECT 1 FROM revoked_requests WHERE request_id = $1")
                 .bind(&event.id)
                 .fetch_optional(&mut **tx)

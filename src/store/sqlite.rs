@@ -356,11 +356,7 @@ impl SqliteStore {
         .bind(&event.group_id)
         .fetch_all(&mut **tx)
         .await?;
-        let grants = matches!(
-            effect,
-            Effect::Activate { .. } | Effect::Assign { .. } | Effect::Extend { .. }
-        );
-        let already_revoked = grants
+        let already_revoked = rules::grants(effect)
             && sqlx::query_scalar::<_, i64>("SELECT 1 FROM revoked_requests WHERE request_id = ?")
                 .bind(&event.id)
                 .fetch_optional(&mut **tx)
