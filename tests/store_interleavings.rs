@@ -54,44 +54,52 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+fn event(raw: serde_json::Value, now: i64) -> (scim_bridge::activation::Event, scim_bridge::activation::Effect) {
+    let event = scim_bridge::activation::parse(&raw).expect("a valid event");
+    let effect = scim_bridge::activation::judge(&event, now).expect("within the rules");
+    (event, effect)
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).expect("time").to_rfc3339()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_extension_judged_while_the_expiry_runs_is_not_left_on_an_expired_membership() {
     let Some(database) = TestDatabase::postgres() else {
         return;
     };
-    let store = store_on(&database).await;
+    let store = std::sync::Arc::new(store_on(&database).await);
     let mut webhook = PgConnection::connect(&database.url).await.expect("connect");
     exec(
         &mut webhook,
         "INSERT INTO memberships (principal_id, group_id, access_id, active, source, start_at, end_at, event_seq,
            event_created)
          VALUES ('p1', 'g1', 'member', true, 'activation', now() - interval '1 hour', now() - interval '1 second',
-           1, now())",
+           1, now() - interval '1 hour')",
     )
     .await;
 
-    // A webhook extending the membership holds the lock `accept_events` takes for it, from its
-    // read of the membership to its commit.
+    // A webhook extending the membership holds the row `accept_events` reads for it, from its read
+    // to its commit: the expiry skips it.
     exec(&mut webhook, "BEGIN").await;
     exec(
         &mut webhook,
-        "SELECT pg_advisory_xact_lock(hashtextextended('membership' || chr(10) || 'p1' || chr(10) || 'g1'
-           || chr(10) || 'member', 0))",
+        "SELECT 1 FROM memberships WHERE principal_id = 'p1' AND group_id = 'g1' AND access_id = 'member' FOR UPDATE",
     )
     .await;
-    let expiring = tokio::spawn(async move { store.expire_due(now_ms()).await });
-    let mut observer = PgConnection::connect(&database.url).await.expect("connect");
-    let waited = someone_waits_for(&mut observer, "advisory").await;
+    let woken = store.expire_due(now_ms()).await.expect("expire_due");
+    assert!(
+        woken.is_empty(),
+        "the expiry took a row a webhook is judging: {woken:?}"
+    );
     exec(
         &mut webhook,
         "UPDATE memberships SET end_at = now() + interval '1 hour' WHERE principal_id = 'p1'",
     )
     .await;
     exec(&mut webhook, "COMMIT").await;
-    let woken = expiring.await.expect("expiry task").expect("expire_due");
-    assert!(waited, "the expiry did not wait for the webhook judging the membership");
-
-    assert!(woken.is_empty(), "nothing expired: {woken:?}");
+    let mut observer = PgConnection::connect(&database.url).await.expect("connect");
     let left = count(
         &mut observer,
         "SELECT count(*) FROM memberships WHERE principal_id = 'p1' AND active AND expired_at IS NULL
@@ -99,6 +107,49 @@ async fn an_extension_judged_while_the_expiry_runs_is_not_left_on_an_expired_mem
     )
     .await;
     assert_eq!(left, 1, "the extended membership is still active with its future end");
+
+    // The other order: the expiry has ended the row but not committed yet; a webhook extending it
+    // waits, then is judged against what the expiry left (nothing to extend).
+    exec(
+        &mut webhook,
+        "UPDATE memberships SET end_at = now() - interval '1 second' WHERE principal_id = 'p1'",
+    )
+    .await;
+    exec(&mut webhook, "BEGIN").await;
+    exec(
+        &mut webhook,
+        "UPDATE memberships SET active = false, expired_at = now() WHERE principal_id = 'p1'",
+    )
+    .await;
+    let now = now_ms();
+    let extend = serde_json::json!({
+        "id": "req-2", "action": "selfExtend", "accessId": "member", "principalId": "p1",
+        "groupId": "g1", "status": "Provisioned", "createdDateTime": rfc3339(now),
+        "scheduleInfo": {"startDateTime": rfc3339(now - 3_600_000),
+                         "expiration": {"type": "afterDuration", "duration": "PT8H"}},
+    });
+    let extension = {
+        let store = store.clone();
+        let item = event(extend, now);
+        tokio::spawn(async move { store.accept_events(&[item], now).await })
+    };
+    let waited = someone_waits_for(&mut observer, "transactionid").await;
+    exec(&mut webhook, "COMMIT").await;
+    extension.await.expect("extension task").expect("accept_events");
+    assert!(waited, "the extension did not wait for the expiry's row");
+    let expired = count(
+        &mut observer,
+        "SELECT count(*) FROM memberships WHERE principal_id = 'p1' AND NOT active AND expired_at IS NOT NULL
+           AND end_at < now()",
+    )
+    .await;
+    assert_eq!(expired, 1, "no future end on the expired row");
+    let skipped = count(
+        &mut observer,
+        "SELECT count(*) FROM events WHERE id = 'req-2' AND outcome = 'skipped'",
+    )
+    .await;
+    assert_eq!(skipped, 1, "the extension found nothing to extend");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1076,23 +1076,10 @@ impl Store for PostgresStore {
             event_seq: i64,
         }
         let mut tx = self.begin().await?;
-        // A webhook judging one of these memberships (an extension, say) holds its advisory lock
-        // from its read to its commit: the expiry waits for it, and then expires only what is
-        // still due, so an extension never leaves a future end on an expired row. The keys are
-        // `accept_events`' and are taken in the same order.
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(k) FROM (
-               SELECT DISTINCT hashtextextended('membership' || chr(10) || principal_id || chr(10) || group_id
-                                                || chr(10) || access_id, 0) AS k
-               FROM memberships
-               WHERE active AND expired_at IS NULL AND end_at IS NOT NULL AND end_at <= from_ms($1)
-               ORDER BY k) keys",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        // A claim: memberships another replica is expiring right now are skipped, and it queues
-        // their removals; the `expired_at IS NULL` condition keeps one expiry from queuing twice.
+        // A claim: memberships another replica is expiring right now, or a webhook is judging
+        // (`accept_in` reads the row `FOR UPDATE` until it commits), are skipped and expire at a
+        // later pass if still due; the `expired_at IS NULL` condition keeps one expiry from
+        // queuing twice.
         let due: Vec<Due> = sqlx::query_as(
             "UPDATE memberships m SET active = false, expired_at = from_ms($1)
              FROM (SELECT principal_id, group_id, access_id FROM memberships
