@@ -242,8 +242,20 @@ impl PostgresStore {
         }
     }
 
+    /// Locks the principal for a write outside `accept_events` (which locks the same key with
+    /// its others): two writers merging into one principal take turns, also while it has no row
+    /// yet (a row lock alone locks nothing then), so the directory feed and webhooks take turns.
+    async fn lock_principal(tx: &mut Tx, principal_id: &str) -> StoreResult<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('principal' || chr(10) || $1, 0))")
+            .bind(principal_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// Takes what an event's (or the directory feed's) `principal` object carries, field by
-    /// field, unless a newer event already set that field.
+    /// field, unless a newer event already set that field. The caller holds the principal's lock
+    /// (`lock_principal`, or `accept_events`' keys).
     async fn merge_principal(
         tx: &mut Tx,
         principal_id: &str,
@@ -251,14 +263,6 @@ impl PostgresStore {
         created: Millis,
         now: Millis,
     ) -> StoreResult<()> {
-        // Two writers merging into one principal take turns, also while it has no row yet (a
-        // row lock alone locks nothing then): the same key `accept_events` locks for a webhook,
-        // so the directory feed and webhooks take turns too. Taken again in the same transaction,
-        // it is granted at once.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('principal' || chr(10) || $1, 0))")
-            .bind(principal_id)
-            .execute(&mut **tx)
-            .await?;
         let row: Option<PrincipalRow> = sqlx::query_as(
             "SELECT user_principal_name, display_name, given_name, surname, mail, attributes::text AS attributes
              FROM principals WHERE principal_id = $1 FOR UPDATE",
@@ -820,6 +824,7 @@ impl Store for PostgresStore {
         let mut tx = self.begin().await?;
         if let Some(p) = info {
             let given = serde_json::to_value(p).map_err(|e| corrupt("principal", e))?;
+            Self::lock_principal(&mut tx, principal).await?;
             Self::merge_principal(&mut tx, principal, &given, now, now).await?;
         }
         sqlx::query(
@@ -1969,6 +1974,7 @@ impl Store for PostgresStore {
     // the Graph source (SPEC §7)
     async fn put_principal_attributes(&self, principal_id: &str, attributes: &Value, now: Millis) -> StoreResult<()> {
         let mut tx = self.begin().await?;
+        Self::lock_principal(&mut tx, principal_id).await?;
         Self::merge_principal(&mut tx, principal_id, attributes, now, now).await?;
         self.commit(tx).await?;
         Ok(())
@@ -2160,7 +2166,9 @@ mod tests {
         };
         let store = Arc::new(store);
         let now = 1_000_000;
+        // The first writer is a webhook: `accept_events` holds the principal's key.
         let mut first = store.begin().await.unwrap();
+        PostgresStore::lock_principal(&mut first, "p-1").await.unwrap();
         PostgresStore::merge_principal(
             &mut first,
             "p-1",
