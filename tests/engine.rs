@@ -503,7 +503,8 @@ async fn deprovisioning_survives_a_failing_target_and_the_app_goes_only_when_eve
             .await;
     }
 
-    // The target refuses the removals for good: the deletion stalls, visibly, and keeps the app.
+    // The target refuses the removals: the deletion keeps the app, says why, and retries on the
+    // clock (never given up).
     proxy
         .arm(json!({"mode": "status", "status": 403, "count": -1, "match": {"method": "PATCH"}}))
         .await;
@@ -515,27 +516,30 @@ async fn deprovisioning_survives_a_failing_target_and_the_app_goes_only_when_eve
     assert_eq!(status, StatusCode::ACCEPTED, "{app}");
     assert_eq!(app["status"], "deleting");
     assert_eq!(app["membersLeftToRemove"], 2, "{app}");
-    let stalled = wait_until(Duration::from_secs(5), || async {
+    let failing = wait_until(Duration::from_secs(5), || async {
         let (_, app) = stack.bridge.admin(Method::GET, &path, None).await;
-        app["statusReason"].as_str().unwrap_or("").contains("stalled")
+        app["statusReason"].as_str().unwrap_or("").contains("keeps failing")
     })
     .await;
     let (_, app) = stack.bridge.admin(Method::GET, &path, None).await;
-    assert!(stalled, "the stall and its reason are visible: {app}");
+    assert!(failing, "the failing removal and its reason are visible: {app}");
+    assert!(app["statusReason"].as_str().unwrap_or("").contains("403"), "{app}");
     assert_eq!(app["status"], "deleting", "{app}");
-    let failure = stack
+    stack.bridge.advance(Duration::from_secs(1)).await;
+    let retrying = stack
         .bridge
         .wait_for_log(
             &[("appId", &app_id), ("trigger", "deprovision")],
-            |e| e["status"] == "failure",
+            |e| e["status"] == "deferred" && e["attempt"] == 2,
             Duration::from_secs(5),
         )
         .await;
-    assert!(failure["reason"].as_str().unwrap_or("").contains("403"), "{failure}");
+    assert!(retrying["reason"].as_str().unwrap_or("").contains("403"), "{retrying}");
     assert_eq!(stack.target.group_member_ids(&target_name).await.len(), 2);
 
-    // The target recovers, but throttles at first: asked again, the removals go through with
-    // retries on the bridge's clock, and the app disappears once the group is empty.
+    // The target recovers, but throttles at first: asked again, the removal goes at once, and
+    // the rest go through with retries on the bridge's clock; the app disappears once the group
+    // is empty.
     proxy.clear().await;
     proxy
         .arm(json!({"mode": "status", "status": 503, "retryAfter": "5", "count": 2, "match": {"method": "PATCH"}}))

@@ -685,3 +685,140 @@ async fn a_restart_that_cannot_read_the_windows_admissions_holds_one_full_window
         .wait_for_event_log(&sixth, "success", Some("add_member"))
         .await;
 }
+
+/// Moves the clock 30 s at a time (never more than the five-minute cap between two attempts)
+/// until `done` holds; answers whether it did within half an hour of the bridge's time.
+async fn advancing_until<F, Fut>(p: &Proxied, mut done: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..60 {
+        if common::wait_until(Duration::from_millis(200), &mut done).await {
+            return true;
+        }
+        p.stack.bridge.advance(Duration::from_secs(30)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deprovisioning_removal_refused_with_401_ten_times_is_retried_on_the_clock_until_the_app_goes() {
+    let Some(p) = proxied(json!({"syncIntervalSeconds": 86_400})).await else {
+        return;
+    };
+    let (principal, _) = provisioned_member(&p).await;
+    p.proxy
+        .arm(json!({"mode": "status", "status": 401, "count": 10,
+                    "match": {"method": "PATCH", "bodyContains": "remove"}}))
+        .await;
+    let path = format!("/v1/apps/{}", p.app_id);
+    let (status, app) = p
+        .stack
+        .bridge
+        .admin(Method::DELETE, &format!("{path}?deprovision=true"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{app}");
+
+    // While the target refuses, the app stays `deleting` and says why.
+    let refused = common::wait_until(PUSH_TIMEOUT, || async {
+        let (_, app) = p.stack.bridge.admin(Method::GET, &path, None).await;
+        app["status"] == "deleting" && app["statusReason"].as_str().unwrap_or("").contains("401")
+    })
+    .await;
+    let (_, app) = p.stack.bridge.admin(Method::GET, &path, None).await;
+    assert!(refused, "the refusal is visible on the app: {app}");
+
+    let gone = advancing_until(&p, || async {
+        p.stack.bridge.admin(Method::GET, &path, None).await.0 == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(gone, "the app is gone once its member is removed");
+    p.stack.target.assert_members_eventually(&p.target_name, &[]).await;
+    assert!(
+        !p.stack
+            .target
+            .group_member_user_names(&p.target_name)
+            .await
+            .contains(&principal.user_principal_name)
+    );
+    let (_, entries) = p
+        .stack
+        .bridge
+        .logs_as(
+            &p.stack.bridge.admin_token,
+            &[("appId", &p.app_id), ("trigger", "deprovision")],
+        )
+        .await;
+    assert!(
+        entries.iter().all(|e| e["status"] != "failure"),
+        "a removal is never given up: {entries:#?}"
+    );
+    assert_eq!(
+        entries.iter().filter(|e| e["status"] == "deferred").count(),
+        10,
+        "{entries:#?}"
+    );
+    let removed: Vec<&Value> = entries.iter().filter(|e| e["status"] == "success").collect();
+    assert_eq!(removed.len(), 1, "{entries:#?}");
+    assert_eq!(removed[0]["attempt"], 11, "{entries:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cycle_removal_refused_with_403_ten_times_is_retried_on_the_clock_until_the_target_takes_it() {
+    // No other cycle comes while the clock moves: the removal has to get there on its own.
+    let Some(p) = proxied(json!({"syncIntervalSeconds": 86_400})).await else {
+        return;
+    };
+    let (principal, _) = provisioned_member(&p).await;
+    // An unassignment ends the membership at the target at the next cycle (a cycle step).
+    let (status, body) = p
+        .stack
+        .bridge
+        .admin(
+            Method::DELETE,
+            &format!("/v1/apps/{}/groups/{}", p.app_id, p.group.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    p.proxy
+        .arm(json!({"mode": "status", "status": 403, "count": 10,
+                    "match": {"method": "PATCH", "bodyContains": "remove"}}))
+        .await;
+    let cycle = p.stack.bridge.sync_and_wait(&p.app_id, false).await;
+    assert_ne!(cycle["status"], "running", "{cycle}");
+
+    let removed = advancing_until(&p, || async {
+        p.stack
+            .bridge
+            .find_log(
+                &[("appId", &p.app_id), ("principalId", &principal.id)],
+                |e| e["action"] == "remove_member" && e["status"] == "success",
+                Duration::from_millis(100),
+            )
+            .await
+            .is_some()
+    })
+    .await;
+    assert!(removed, "the removal reached the target without another cycle");
+    p.stack.target.assert_members_eventually(&p.target_name, &[]).await;
+    let (_, entries) = p
+        .stack
+        .bridge
+        .logs_as(
+            &p.stack.bridge.admin_token,
+            &[("appId", &p.app_id), ("principalId", &principal.id)],
+        )
+        .await;
+    let removals: Vec<&Value> = entries.iter().filter(|e| e["action"] == "remove_member").collect();
+    assert!(
+        removals.iter().all(|e| e["status"] != "failure"),
+        "a removal is never given up: {removals:#?}"
+    );
+    assert_eq!(
+        removals.iter().filter(|e| e["status"] == "deferred").count(),
+        10,
+        "each refusal is a retry on the clock: {removals:#?}"
+    );
+}

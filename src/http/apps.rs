@@ -469,7 +469,7 @@ pub async fn delete(
     if q.deprovision {
         // Durable: the app turns `deleting` and its dispatcher removes, one job at a time with
         // retries and a log entry each, every member the bridge provisioned; the app goes only
-        // when none is left. Asking again retries removals that had stalled.
+        // when none is left. Asking again retries a failing removal at once.
         let changes = AppChanges {
             status: Some(("deleting".into(), Some(DEPROVISIONING.into()))),
             ..Default::default()
@@ -755,6 +755,7 @@ pub async fn provision_on_demand(
         attempt: 0,
         flag: None,
         admitted_at: None,
+        target_display_name: None,
     };
     ctx.audited(
         &caller,

@@ -24,7 +24,8 @@ use super::{Ctx, push, retry_at};
 
 const DAY_MS: Millis = 86_400_000;
 const DEFAULT_MEMBERS_PER_PATCH: usize = 100;
-/// Attempts of one step (5xx, 429, network) before it is counted as failed.
+/// Attempts of one step (5xx, 429, network) before it is counted as failed. A removal is never
+/// counted so: one that fails is handed on as a job of its own, retried on the clock.
 const MAX_STEP_ATTEMPTS: i64 = 5;
 /// A scheduled cycle that broke off is tried again this much later.
 const RETRY_BROKEN_CYCLE_MS: Millis = 5 * 60_000;
@@ -110,6 +111,8 @@ struct StepResult {
     members: Vec<(TargetMember, MemberChange)>,
     logs: Vec<LogEntry>,
     legacy_remove: bool,
+    /// A removal this step could not make, handed on to be retried on the clock.
+    new_jobs: Vec<Job>,
 }
 
 /// How a step ended.
@@ -434,6 +437,7 @@ impl Cycle {
                 members: result.members,
                 logs: result.logs,
                 legacy_remove: result.legacy_remove,
+                new_jobs: result.new_jobs,
                 cycle: Some(self.record.clone()),
                 ..Default::default()
             })
@@ -740,6 +744,11 @@ impl Cycle {
         {
             return Ok(Done::Next(StepResult::default()));
         }
+        // A removal already waiting as a job (an event's, or one an earlier cycle handed on) is
+        // left to it: it is retried on the clock.
+        if store.removal_open(&app.id, member).await? {
+            return Ok(Done::Next(StepResult::default()));
+        }
         let mut steps = Vec::new();
         let started = std::time::Instant::now();
         match push::remove_member(
@@ -766,12 +775,50 @@ impl Cycle {
                     members: vec![(member.clone(), MemberChange::Gone)],
                     logs: vec![entry],
                     legacy_remove: done.legacy_detected,
+                    ..Default::default()
                 }))
             }
             Err(e) => {
-                let members = [member.clone()];
-                self.failed(ctx, e, &members, "remove_member", steps, StepResult::default())
-                    .await
+                // Never given up, nor left to the next cycle (SPEC §8): the removal goes on as a
+                // job of its own, retried on the clock (backoff, `Retry-After`, 401 and 403
+                // included) until it succeeds or the member is entitled again. The cycle goes on.
+                self.tally.failed(&e);
+                let now = ctx.now();
+                let at = retry_at(now, 1, &e);
+                let group_id = match store.provisioned_for(&app.id, member).await? {
+                    Some(group_id) => group_id,
+                    None => self.source_group_of(ctx, app, &member.target_display_name).await?,
+                };
+                let job = Job {
+                    seq: 0,
+                    id: uuid::Uuid::now_v7().to_string(),
+                    app_id: app.id.clone(),
+                    event_id: None,
+                    principal_id: member.principal_id.clone(),
+                    group_id,
+                    kind: "remove".into(),
+                    trigger: "sync".into(),
+                    state: "pending".into(),
+                    not_before: at,
+                    received_at: now,
+                    deferred_until: None,
+                    attempt: 0,
+                    flag: None,
+                    admitted_at: None,
+                    target_display_name: Some(member.target_display_name.clone()),
+                };
+                tracing::warn!(app_id = %app.id, cycle_id = %self.record.id, error = %e, retry_at = at,
+                    "a cycle's removal failed: retried on the clock as a job of its own");
+                let mut entry = self.entry(ctx, member, "remove_member", "deferred").await?;
+                entry.duration_ms = Some(started.elapsed().as_millis() as i64);
+                entry.steps = steps;
+                entry.deferred_until = Some(at);
+                entry.reason = Some(format!("{e}; retrying"));
+                Ok(Done::Next(StepResult {
+                    logs: vec![entry],
+                    new_jobs: vec![job],
+                    ..Default::default()
+                }))
             }
         }
     }

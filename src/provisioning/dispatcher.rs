@@ -21,7 +21,7 @@ use super::cycle::Cycle;
 use super::pacing::Pacer;
 use super::push::PushResult;
 use super::window::Window;
-use super::{Ctx, DEPROVISIONING_STALLED, job_log, push, retry_at};
+use super::{Ctx, DEPROVISIONING, DEPROVISIONING_FAILING, job_log, push, retry_at};
 
 /// How many pending jobs one look reads.
 const BATCH: i64 = 100;
@@ -40,10 +40,11 @@ struct Dispatcher {
     /// The app's attribute mapping, compiled once per change of the app's settings.
     mapping: Option<(String, Arc<AppMapping>)>,
     cycle: Option<Cycle>,
-    /// While the app is deleted with `deprovision=true`: attempts per member, and when the next
-    /// removal may go.
+    /// While the app is deleted with `deprovision=true`: attempts per member, when the next
+    /// removal may go, and the credentials the last one failed with (new ones retry at once).
     removal_attempts: HashMap<TargetMember, i64>,
     removal_not_before: Millis,
+    removal_failed_with: Option<Vec<u8>>,
     /// Nothing is sent before this (a takeover waits one full window).
     hold_until: Millis,
     /// A push broke off in flight and could not be put back in line: the next pass does it.
@@ -101,6 +102,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         cycle: None,
         removal_attempts: HashMap::new(),
         removal_not_before: 0,
+        removal_failed_with: None,
         hold_until,
         in_flight_left: false,
     };
@@ -337,9 +339,11 @@ impl Dispatcher {
     }
 
     /// `DELETE ?deprovision=true`: removes every member the bridge provisioned, one at a time,
-    /// paced, each with its log entry and retries; the app is deleted once none is left. A
-    /// removal that keeps failing stalls the deletion (the reason says which and why) until
-    /// it is asked again.
+    /// paced, each with its log entry; the app is deleted once none is left. A removal that
+    /// fails is retried on the clock until it succeeds (SPEC §8: backoff doubling up to five
+    /// minutes, `Retry-After` obeyed, 401 and 403 included); meanwhile the app's reason says
+    /// which and why. Asking again (`DELETE` with deprovision=true) or new credentials retry it
+    /// at once.
     async fn deprovision(
         &mut self,
         app: &AppRecord,
@@ -353,15 +357,17 @@ impl Dispatcher {
                 .abandon(&self.ctx, app, "stopped: the app is being deleted")
                 .await?;
         }
-        if app
-            .status_reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with(DEPROVISIONING_STALLED))
-        {
-            return Ok(Some(now + IDLE_POLL_MS));
-        }
         if self.removal_not_before > now {
-            return Ok(Some(self.removal_not_before));
+            // Asking again puts the plain reason back; a failure wrote its own.
+            let asked_again = app.status_reason.as_deref() == Some(DEPROVISIONING);
+            let new_credentials = self
+                .removal_failed_with
+                .as_ref()
+                .is_some_and(|sealed| *sealed != app.auth_sealed);
+            if !asked_again && !new_credentials {
+                return Ok(Some(self.removal_not_before));
+            }
+            self.removal_not_before = 0;
         }
         let Some(member) = store.provisioned_members(&app.id).await?.into_iter().next() else {
             store.delete_app(&app.id, now).await?;
@@ -412,32 +418,33 @@ impl Dispatcher {
         match result {
             Ok(done) => {
                 self.removal_attempts.remove(&member);
+                self.removal_failed_with = None;
                 outcome.members.push((member.clone(), MemberChange::Gone));
                 outcome.legacy_remove = done.legacy_detected;
                 entry.target_user_id = done.target_user_id;
                 entry.target_group_id = done.target_group_id;
-            }
-            Err(e) if e.is_transient() && attempt < MAX_PUSH_ATTEMPTS => {
-                self.removal_attempts.insert(member.clone(), attempt);
-                next = retry_at(now, attempt, &e);
-                self.removal_not_before = next;
-                entry.status = "deferred".into();
-                entry.deferred_until = Some(next);
-                entry.reason = Some(format!("{e}; retrying"));
+                if app.status_reason.as_deref() != Some(DEPROVISIONING) {
+                    outcome.status = Some(("deleting".into(), Some(DEPROVISIONING.into()), app.quarantine_level));
+                }
             }
             Err(e) => {
-                self.removal_attempts.clear();
+                // Never given up (SPEC §8): retried on the clock, whatever the answer.
+                self.removal_attempts.insert(member.clone(), attempt);
+                self.removal_failed_with = Some(app.auth_sealed.clone());
+                next = retry_at(now, attempt, &e);
+                self.removal_not_before = next;
                 let reason = format!(
-                    "{DEPROVISIONING_STALLED}: removing {} from `{}` failed: {e}. DELETE again with deprovision=true \
-                     to retry, or without it to leave the target as it is",
+                    "{DEPROVISIONING_FAILING}: removing {} from `{}` failed {attempt} time(s), last: {e}. It is \
+                     retried until it succeeds; DELETE again with deprovision=true to retry now, or without it to \
+                     leave the target as it is",
                     entry.user_principal_name.as_deref().unwrap_or(&member.principal_id),
                     member.target_display_name
                 );
-                tracing::warn!(app_id = %app.id, reason, "deprovisioning stalled");
+                tracing::warn!(app_id = %app.id, reason, retry_at = next, "a deprovisioning removal failed; retrying");
                 outcome.status = Some(("deleting".into(), Some(reason), app.quarantine_level));
-                entry.status = "failure".into();
-                entry.reason = Some(e.to_string());
-                next = now + IDLE_POLL_MS;
+                entry.status = "deferred".into();
+                entry.deferred_until = Some(next);
+                entry.reason = Some(format!("{e}; retrying"));
             }
         }
         outcome.logs.push(entry);
@@ -577,6 +584,9 @@ impl Dispatcher {
             }
             _ => {}
         }
+        if let Some(target) = &job.target_display_name {
+            return self.take_handed_on_removal(app, mapping, client, job, target).await;
+        }
 
         let Some(target) = self
             .ctx
@@ -699,6 +709,41 @@ impl Dispatcher {
             return Ok(None);
         }
         self.push(app, mapping, client, job, &members, in_doubt, true).await
+    }
+
+    /// A removal a cycle step could not make, retried on the clock until it succeeds or the
+    /// member is entitled again (SPEC §8): made in the target group it names, whatever the
+    /// assignments say now. A cycle's work: paced, never windowed.
+    async fn take_handed_on_removal(
+        &mut self,
+        app: &AppRecord,
+        mapping: &AppMapping,
+        client: &ScimClient,
+        job: &Job,
+        target: &str,
+    ) -> anyhow::Result<Option<Millis>> {
+        let store = self.ctx.store.clone();
+        let member = TargetMember {
+            target_display_name: target.to_string(),
+            principal_id: job.principal_id.clone(),
+        };
+        if let Some(via) = store
+            .entitled_via(&app.id, target, &job.principal_id, self.ctx.now())
+            .await?
+        {
+            let reason = format!("entitled to `{target}` again through group {via}: membership kept");
+            self.finish(app, job, JobChange::Done, "skipped", &reason).await?;
+            return Ok(None);
+        }
+        if !store.is_provisioned(&app.id, &member).await? {
+            let reason = "no longer provisioned by the bridge: nothing to remove";
+            self.finish(app, job, JobChange::Done, "skipped", reason).await?;
+            return Ok(None);
+        }
+        if let Err(at) = self.pacer(app).take() {
+            return Ok(Some(at));
+        }
+        self.push(app, mapping, client, job, &[member], false, false).await
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -28,8 +28,8 @@ pub use push::{MappedUser, PushResult, map_user};
 
 /// The status reason of an app being deleted with `deprovision=true`.
 pub const DEPROVISIONING: &str = "deprovisioning: removing what the bridge provisioned";
-/// The start of the reason of a deletion whose removals keep failing.
-pub const DEPROVISIONING_STALLED: &str = "deprovisioning stalled";
+/// The start of the reason of a deletion whose removal keeps failing (it is retried meanwhile).
+pub const DEPROVISIONING_FAILING: &str = "deprovisioning: a removal keeps failing";
 
 const RETRY_BASE_MS: Millis = 500;
 /// The longest backoff between two attempts (SPEC §8: "capped at 5 minutes").

@@ -178,6 +178,7 @@ const TABLES: &[Table] = &[
             ("flag", Text),
             ("updated_at", Millis),
             ("admitted_at", Millis),
+            ("target_display_name", Text),
         ],
     },
     Table {

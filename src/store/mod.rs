@@ -238,6 +238,11 @@ pub struct Job {
     /// When the window admitted it (R2); `None` for work that does not count against the window.
     #[sqlx(default)]
     pub admitted_at: Option<Millis>,
+    /// A removal a cycle step could not make, retried on the clock as a job of its own: the
+    /// target group it removes the member from (no assignment may name it any more). `None` for
+    /// the jobs of an event, whose group's assignment says where.
+    #[sqlx(default)]
+    pub target_display_name: Option<String>,
 }
 
 impl Job {
@@ -405,6 +410,9 @@ pub struct Outcome {
     pub status: Option<(String, Option<String>, i64)>,
     /// The target takes only the legacy removal form.
     pub legacy_remove: bool,
+    /// Jobs this outcome starts: a removal a cycle step could not make goes on as a job of its
+    /// own, retried on the clock until it succeeds (SPEC §8).
+    pub new_jobs: Vec<Job>,
 }
 
 /// The fields of an app that a change sets; `None` leaves a field as it is.
@@ -491,7 +499,8 @@ pub trait Store: Send + Sync + 'static {
     // the dispatcher's work
     /// Pending jobs due at `now`, in arrival order. A job waits behind an earlier job of the same
     /// (principal, group) that is still pending (a scheduled retry), so their order holds; a
-    /// removal never waits behind an add (it cancels it).
+    /// removal never waits behind an add (it cancels it), and nothing waits behind a removal a
+    /// cycle handed on (it names its target group and is judged again when it is sent).
     async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>>;
     async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>>;
     async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>>;
@@ -549,6 +558,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<String>>;
     /// The bridge has, or may have, put the member there (confirmed or in doubt).
     async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool>;
+    /// A removal of the member from that target group waits to be sent or retried as a job (of
+    /// an event, or handed on by a cycle): a cycle leaves the removal to it.
+    async fn removal_open(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool>;
+    /// The source group the member was provisioned there for (`None`: not provisioned, or
+    /// provisioned before that was recorded).
+    async fn provisioned_for(&self, app_id: &str, m: &TargetMember) -> StoreResult<Option<String>>;
     /// The target confirmed the member.
     async fn is_confirmed(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool>;
     async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>>;

@@ -79,8 +79,43 @@ where
 }
 
 const INSERT_JOB: &str = "INSERT INTO jobs (id, app_id, event_seq, event_id, principal_id, group_id, kind, trigger,
-    state, not_before, received_at, deferred_until, attempt, flag, updated_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)";
+    state, not_before, received_at, deferred_until, attempt, flag, updated_at, target_display_name)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)";
+
+/// Inserts a job that no event brought (on-demand provisioning, a removal a cycle step handed on).
+async fn insert_job_in(conn: &mut sqlx::SqliteConnection, job: &Job, now: Millis) -> StoreResult<()> {
+    sqlx::query(INSERT_JOB)
+        .bind(&job.id)
+        .bind(&job.app_id)
+        .bind(None::<i64>)
+        .bind(&job.event_id)
+        .bind(&job.principal_id)
+        .bind(&job.group_id)
+        .bind(&job.kind)
+        .bind(&job.trigger)
+        .bind(&job.state)
+        .bind(job.not_before)
+        .bind(job.received_at)
+        .bind(job.deferred_until)
+        .bind(&job.flag)
+        .bind(now)
+        .bind(&job.target_display_name)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A removal job of the member (principal `?3`) from target group `?2` is pending or in flight:
+/// handed on by a cycle with that target group, or an event's, whose group is assigned to it or
+/// was the one the member was provisioned there for.
+const REMOVAL_OPEN: &str = "SELECT 1 FROM jobs j
+    WHERE j.app_id = ?1 AND j.principal_id = ?3 AND j.kind = 'remove' AND j.state IN ('pending', 'in_flight')
+      AND (j.target_display_name = ?2
+           OR (j.target_display_name IS NULL AND j.group_id IN (
+                 SELECT ga.group_id FROM group_assignments ga WHERE ga.app_id = ?1 AND ga.target_display_name = ?2
+                 UNION SELECT p.group_id FROM provisioned p
+                   WHERE p.app_id = ?1 AND p.target_display_name = ?2 AND p.principal_id = ?3)))
+    LIMIT 1";
 
 const ENTITLED_VIA: &str = "SELECT ga.group_id FROM group_assignments ga
     WHERE ga.app_id = ? AND ga.target_display_name = ? AND (
@@ -463,6 +498,7 @@ impl SqliteStore {
                 .bind(None::<i64>)
                 .bind(&job.flag)
                 .bind(now)
+                .bind(None::<String>)
                 .execute(&mut **tx)
                 .await?;
             jobs.push((job_id, job.app_id.clone()));
@@ -922,7 +958,7 @@ impl Store for SqliteStore {
             "SELECT j.* FROM jobs j WHERE j.app_id = ?1 AND j.state = 'pending' AND j.not_before <= ?2
                AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.app_id = j.app_id AND e.principal_id = j.principal_id
                  AND e.group_id = j.group_id AND e.seq < j.seq AND e.state = 'pending' AND e.not_before > ?2
-                 AND NOT (j.kind = 'remove' AND e.kind = 'add'))
+                 AND NOT (j.kind = 'remove' AND e.kind = 'add') AND e.target_display_name IS NULL)
              ORDER BY j.seq LIMIT ?3",
         )
         .bind(app_id)
@@ -1032,23 +1068,7 @@ impl Store for SqliteStore {
 
     async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
         let (_turn, mut tx) = self.begin().await?;
-        sqlx::query(INSERT_JOB)
-            .bind(&job.id)
-            .bind(&job.app_id)
-            .bind(None::<i64>)
-            .bind(&job.event_id)
-            .bind(&job.principal_id)
-            .bind(&job.group_id)
-            .bind(&job.kind)
-            .bind(&job.trigger)
-            .bind(&job.state)
-            .bind(job.not_before)
-            .bind(job.received_at)
-            .bind(job.deferred_until)
-            .bind(&job.flag)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        insert_job_in(&mut tx, job, now).await?;
         self.commit(tx).await?;
         Ok(())
     }
@@ -1187,6 +1207,9 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        for job in &o.new_jobs {
+            insert_job_in(&mut tx, job, now).await?;
+        }
         for entry in &o.logs {
             insert_log_in(&mut *tx, entry).await?;
         }
@@ -1323,6 +1346,28 @@ impl Store for SqliteStore {
         .bind(group_id)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn provisioned_for(&self, app_id: &str, m: &TargetMember) -> StoreResult<Option<String>> {
+        let found: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT group_id FROM provisioned WHERE app_id = ? AND target_display_name = ? AND principal_id = ?",
+        )
+        .bind(app_id)
+        .bind(&m.target_display_name)
+        .bind(&m.principal_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.flatten())
+    }
+
+    async fn removal_open(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
+        let found: Option<i64> = sqlx::query_scalar(REMOVAL_OPEN)
+            .bind(app_id)
+            .bind(&m.target_display_name)
+            .bind(&m.principal_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
     }
 
     async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
