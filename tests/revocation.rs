@@ -822,3 +822,50 @@ async fn a_cycle_removal_refused_with_403_ten_times_is_retried_on_the_clock_unti
         "each refusal is a retry on the clock: {removals:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removal_while_a_rename_is_moved_half_way_removes_the_member_from_both_target_groups() {
+    let Some(p) = proxied(json!({"syncIntervalSeconds": 86_400})).await else {
+        return;
+    };
+    let (principal, activation) = provisioned_member(&p).await;
+    let new_name = format!("Renamed {}", common::short_id());
+    p.stack.bridge.assign_group(&p.app_id, &p.group.id, &new_name).await;
+
+    // The cycle moves the member: added to the new group, but its removal from the old one is
+    // refused, and the move waits for its retry (the clock does not move).
+    p.proxy
+        .arm(json!({"mode": "status", "status": 503, "count": 1,
+                    "match": {"method": "PATCH", "bodyContains": "remove"}}))
+        .await;
+    let (status, answer) = p
+        .stack
+        .bridge
+        .admin(Method::POST, &format!("/v1/apps/{}/sync", p.app_id), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    p.stack
+        .target
+        .assert_members_eventually(&new_name, &[principal.upn()])
+        .await;
+    let refused = common::wait_until(PUSH_TIMEOUT, || async {
+        p.proxy.seen().await.iter().any(|r| r["faulted"] == true)
+    })
+    .await;
+    assert!(refused, "the move's removal from the old group was refused");
+    assert_eq!(
+        p.stack.target.group_member_user_names(&p.target_name).await,
+        [principal.upn()],
+        "half-way: still in the old group"
+    );
+
+    // The removal is made wherever the member is: both groups.
+    let removal = activation.deactivation();
+    p.stack.bridge.deliver(&[&removal]).await;
+    p.stack
+        .bridge
+        .wait_for_event_log(&removal, "success", Some("remove_member"))
+        .await;
+    p.stack.target.assert_members_eventually(&new_name, &[]).await;
+    p.stack.target.assert_members_eventually(&p.target_name, &[]).await;
+}
