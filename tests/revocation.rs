@@ -869,3 +869,79 @@ async fn a_removal_while_a_rename_is_moved_half_way_removes_the_member_from_both
     p.stack.target.assert_members_eventually(&new_name, &[]).await;
     p.stack.target.assert_members_eventually(&p.target_name, &[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_lease_is_lost_during_a_slow_token_fetch_is_never_sent() {
+    // Leases are PostgreSQL's (several replicas on one database).
+    if !common::postgres_under_test() {
+        return;
+    }
+    let Some(target) = common::target(Kind::ScimmyOAuth).await else {
+        return;
+    };
+    let oauth = target.oauth.clone().expect("an OAuth target");
+    let (Some(scim), Some(issuer)) = (
+        FaultProxy::start(&target).await,
+        FaultProxy::start_before(&oauth.token_url).await,
+    ) else {
+        return;
+    };
+    // A renewal every second: the lease's loss is noticed while the token is on its way.
+    let bridge = common::Bridge::start_clocked(|config| config.lease_ttl_ms = 3_000).await;
+    let mut auth = target.app_auth();
+    auth["tokenUrl"] = json!(format!("{}/token", issuer.url));
+    let app_id = bridge
+        .register_app_with(&target, &scim.base_url_for(&target), json!({"auth": auth}))
+        .await;
+    let group = SourceGroup::new();
+    bridge.assign_group(&app_id, &group.id, "Slow token").await;
+    bridge
+        .advance_to(chrono::Utc::now() + chrono::Duration::seconds(1))
+        .await;
+    let url = bridge.database_url();
+    let lease = format!("app:{app_id}");
+    let held = common::wait_until(PUSH_TIMEOUT, || {
+        let (url, lease) = (url.clone(), lease.clone());
+        async move {
+            common::psql_rows(
+                &url,
+                &format!("SELECT count(*) FROM leases WHERE name = '{lease}' AND NOT released AND expires_at > now()"),
+            ) == ["1"]
+        }
+    })
+    .await;
+    assert!(held, "the bridge holds the app's lease");
+
+    // The token endpoint takes its time; meanwhile another replica takes the app's lease.
+    issuer.arm(json!({"mode": "delay", "ms": 4000, "count": 1})).await;
+    let activation = Event::activation(&Principal::new(), &group).starting(bridge.now());
+    bridge.deliver(&[&activation]).await;
+    let fetching = common::wait_until(PUSH_TIMEOUT, || async { !issuer.seen().await.is_empty() }).await;
+    assert!(fetching, "the push asked for a token");
+    common::psql_rows(
+        &url,
+        &format!(
+            "UPDATE leases SET holder = 'another-replica', token = nextval('lease_tokens'),
+               acquired_at = now(), expires_at = now() + interval '1 hour', released = FALSE
+             WHERE name = '{lease}'"
+        ),
+    );
+
+    // The token comes back after the lease was lost: nothing reaches the target.
+    let answered = common::wait_until(Duration::from_secs(10), || async {
+        issuer.seen().await.iter().any(|r| !r["status"].is_null())
+    })
+    .await;
+    assert!(answered, "the token endpoint answered: {:?}", issuer.seen().await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = scim.seen().await;
+    assert!(sent.is_empty(), "requests left after the lease was lost: {sent:#?}");
+    let pushed = bridge
+        .find_log(
+            &[("eventId", activation.id())],
+            |e| e["status"] == "success",
+            Duration::from_millis(200),
+        )
+        .await;
+    assert!(pushed.is_none(), "{pushed:?}");
+}

@@ -208,6 +208,11 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// A proxy in front of the target's origin; `None` (after saying why) when node is missing.
     pub async fn start(target: &Target) -> Option<FaultProxy> {
+        FaultProxy::start_before(&target.base_url).await
+    }
+
+    /// A proxy in front of the origin of `url` (a target's token endpoint, say).
+    pub async fn start_before(url: &str) -> Option<FaultProxy> {
         if !require(&[
             ("fault proxy", super::fixtures_dir().join("fault-proxy.mjs")),
             ("node", super::node_bin()),
@@ -215,7 +220,7 @@ impl FaultProxy {
             return None;
         }
         let origin = {
-            let url = reqwest::Url::parse(&target.base_url).expect("target URL");
+            let url = reqwest::Url::parse(url).expect("URL");
             format!("{}://{}", url.scheme(), url.host_str().expect("host")) + &format!(":{}", url.port().expect("port"))
         };
         let port = free_port();
