@@ -945,3 +945,67 @@ async fn a_request_whose_lease_is_lost_during_a_slow_token_fetch_is_never_sent()
         .await;
     assert!(pushed.is_none(), "{pushed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dispatcher_whose_start_fails_on_a_store_fault_is_started_again_under_its_lease_and_pushes() {
+    // The store fault is a row-level security policy of the PostgreSQL store under test that
+    // fails the one-app look-up a dispatcher starts with (the lease look's listing still works).
+    if !common::postgres_under_test() {
+        return;
+    }
+    let Some(mut stack) = Stack::start(Kind::Scim2Server).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let url = stack.bridge.database_url();
+    common::psql_rows(
+        &url,
+        "CREATE FUNCTION injected_lookup_fault() RETURNS boolean LANGUAGE plpgsql AS
+           $$ BEGIN
+                IF current_query() LIKE '%FROM apps WHERE id = $1::uuid%' THEN
+                  RAISE EXCEPTION 'injected store fault';
+                END IF;
+                RETURN TRUE;
+              END $$;
+         CREATE POLICY injected_fault ON apps USING (injected_lookup_fault());
+         ALTER TABLE apps ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE apps FORCE ROW LEVEL SECURITY;",
+    );
+    // Restarted, the bridge takes its app lease back at once and starts the app's dispatcher,
+    // whose start fails.
+    stack.bridge.restart_process(&[]).await;
+    let failed = common::wait_until(Duration::from_secs(10), || async {
+        stack.bridge.output().contains("starting the app's dispatcher failed")
+    })
+    .await;
+    assert!(failed, "the failed start is logged:\n{}", stack.bridge.output());
+    let principal = Principal::new();
+    let activation = Event::activation(&principal, &group);
+    stack.bridge.deliver(&[&activation]).await;
+
+    // The store works again: the app's dispatcher runs under the lease it holds, and pushes.
+    common::psql_rows(
+        &url,
+        "ALTER TABLE apps NO FORCE ROW LEVEL SECURITY;
+         ALTER TABLE apps DISABLE ROW LEVEL SECURITY;
+         DROP POLICY injected_fault ON apps;",
+    );
+    stack
+        .bridge
+        .wait_for_log(
+            &[("eventId", activation.id())],
+            |e| e["action"] == "add_member" && e["status"] == "success",
+            Duration::from_secs(20),
+        )
+        .await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[principal.upn()])
+        .await;
+    let output = stack.bridge.output();
+    let failed_at = output.rfind("starting the app's dispatcher failed").expect("logged");
+    assert!(
+        output[failed_at..].contains("dispatcher started"),
+        "the dispatcher is started again and says so:\n{output}"
+    );
+}
