@@ -101,7 +101,7 @@ async fn main() {
     let bridge = tokio::spawn(scim_bridge::run(config, listener, async move {
         let _ = stopped.await;
     }));
-    let http = reqwest::Client::new();
+    let http = scim_bridge::http_client();
     for _ in 0..200 {
         if http.get(format!("{url}/healthz")).send().await.is_ok() {
             break;

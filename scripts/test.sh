@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on the embedded SQLite store, including the tests that need real SCIM
 # servers, then the behaviour suite again on PostgreSQL (SCIM_BRIDGE_TEST_STORE=postgres: each
-# bridge gets a fresh database on the local cluster); builds the release binary the load test runs.
-#   scripts/test.sh [extra cargo test arguments]
+# bridge gets a fresh database on the local cluster); builds the optimised binary the load test
+# runs (and `.ci/run`'s bench), target/fast/scim-bridge.
+#   scripts/test.sh [extra arguments for the test runner]
+# The tests run under cargo-nextest when it is installed (each test its own process, four at a
+# time: .config/nextest.toml), else under `cargo test`.
 # Without PostgreSQL the second run is skipped with a message; under CI=true it fails.
 set -euo pipefail
 
@@ -11,16 +14,31 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 export SCIM_BRIDGE_TEST_DEPS=1
 cd "$ROOT"
-# tests/load.rs runs the release binary (the issue's load figure is for it).
-cargo build --release --bin scim-bridge
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+
+# tests/load.rs needs an optimised binary (the debug one cannot take 500 webhooks/s on two cores).
+# The crate is built at opt-level 2 on the dev profile's dependencies, which the tests compile
+# anyway: a release build would compile every dependency a second time. The README's figures come
+# from `cargo build --release`.
+cargo build --bin scim-bridge --config 'profile.dev.opt-level=2'
+mkdir -p "$TARGET_DIR/fast"
+cp "$TARGET_DIR/debug/scim-bridge" "$TARGET_DIR/fast/scim-bridge"
+export SCIM_BRIDGE_FAST_BIN="$TARGET_DIR/fast/scim-bridge"
+
+if cargo nextest --version >/dev/null 2>&1; then
+    run_tests() { cargo nextest run --no-fail-fast "$@"; }
+else
+    echo "test.sh: cargo-nextest not installed: the suites run one after another under cargo test"
+    run_tests() { cargo test "$@"; }
+fi
 
 echo "== tests on SQLite"
-SCIM_BRIDGE_TEST_STORE=sqlite cargo test --all-targets "$@"
+SCIM_BRIDGE_TEST_STORE=sqlite run_tests --all-targets "$@"
 
 # The suites whose behaviour depends on the store: window, cycle, expiry, logs, API, intake.
 # Left out: upgrade (SQLite files of earlier releases), migrate_store (moves a SQLite store into
 # PostgreSQL: it runs in the SQLite run above and makes its own databases), openapi and page (no
-# store behaviour), load (a figure for the release binary, measured on SQLite), the unit tests and
+# store behaviour), load (a figure for the optimised binary, measured on SQLite), the unit tests and
 # benches.
 POSTGRES_SUITES=(
     api_access api_edge app_lifecycle cycle_faults engine legacy_removal logs_activation logs_audit
@@ -42,4 +60,4 @@ args=()
 for suite in "${POSTGRES_SUITES[@]}"; do
     args+=(--test "$suite")
 done
-SCIM_BRIDGE_TEST_STORE=postgres cargo test "${args[@]}" "$@"
+SCIM_BRIDGE_TEST_STORE=postgres run_tests "${args[@]}" "$@"

@@ -29,6 +29,25 @@ use crate::config::Config;
 use crate::crypto::{KEY_CHECK_OWNER, Sealer};
 use crate::provisioning::{Ctx, Engine};
 
+/// A builder for every HTTP client of the process (the SCIM and Graph clients, `send`, the bench,
+/// the tests). The one TLS stack is rustls with ring, shared with sqlx; reqwest is built without a
+/// provider of its own, so ring is installed as the process's default before the first client.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        // Err only when a default is already installed, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
+
+/// A client with reqwest's defaults, on the one TLS stack ([`http_client_builder`]).
+pub fn http_client() -> reqwest::Client {
+    http_client_builder()
+        .build()
+        .expect("an HTTP client with the default settings")
+}
+
 /// Opens the store, applies migrations and starts the provisioning engine.
 pub async fn start_engine(config: Config, clock: SharedClock) -> anyhow::Result<Arc<Engine>> {
     metrics::install();

@@ -355,7 +355,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let t = chrono::Utc::now().timestamp();
             let signature = scim_bridge::crypto::signature_header(config.webhook_secrets[0].expose(), t, &body);
-            let answer = reqwest::Client::new()
+            let answer = scim_bridge::http_client()
                 .post(format!("{}/v1/webhooks/pim", url.trim_end_matches('/')))
                 .header("content-type", "application/json")
                 .header("x-bridge-signature", signature)

@@ -421,7 +421,7 @@ async fn bridge_output_holds_no_secret() {
 #[tokio::test]
 async fn bad_api_bodies_are_problems_naming_the_field() {
     let bridge = Bridge::start().await;
-    let malformed = reqwest::Client::new()
+    let malformed = scim_bridge::http_client()
         .post(format!("{}/v1/apps", bridge.url))
         .bearer_auth(&bridge.admin_token)
         .header("content-type", "application/json")

@@ -24,7 +24,7 @@ fn token_of(created: &Value) -> String {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    scim_bridge::http_client_builder()
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client")

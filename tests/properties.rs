@@ -573,7 +573,7 @@ fn any_log_cursor_is_a_page_or_a_400_problem_naming_cursor() {
                 &[("cursor", cursor.as_str())],
             )
             .expect("url");
-            let response = reqwest::Client::new()
+            let response = scim_bridge::http_client()
                 .get(url)
                 .bearer_auth(&bridge.admin_token)
                 .timeout(Duration::from_secs(10))

@@ -76,7 +76,7 @@ impl Client {
             let _ = stopped.await;
         }));
         let client = Client {
-            http: reqwest::Client::new(),
+            http: scim_bridge::http_client(),
             url,
             secret,
             admin,

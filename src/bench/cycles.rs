@@ -60,7 +60,7 @@ pub(super) async fn throughput(scale: Scale, rows: &mut Vec<Row>) -> anyhow::Res
     let (responder, target) = Responder::start().await?;
     responder.record(false);
     let serve = ServeChild::start("cycles").await?;
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     let apps = scale.cycle_apps;
     let per_group = scale.memberships.div_ceil(apps.max(1));
     let registering = Instant::now();
@@ -160,7 +160,7 @@ pub(super) async fn throughput(scale: Scale, rows: &mut Vec<Row>) -> anyhow::Res
 /// (one user look-up per member, one PATCH adding `per_patch` members per that many look-ups)
 /// from as many concurrent senders as the machine serves well.
 async fn responder_ceiling(target: &str, scale: Scale, per_patch: usize) -> anyhow::Result<f64> {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let http = crate::http_client_builder().pool_max_idle_per_host(64).build()?;
     let time = Duration::from_secs(scale.seconds);
     let done = Arc::new(AtomicU64::new(0));
     let senders = 64;
@@ -219,7 +219,7 @@ pub(super) async fn real_target(scale: Scale, rows: &mut Vec<Row>) -> anyhow::Re
         println!("skipped: {why}");
         return Ok(Some(why.to_string()));
     };
-    let scim = reqwest::Client::new();
+    let scim = crate::http_client();
     let n = scale.real_target_members;
     let principals: Vec<String> = (0..n).map(|i| format!("real-{i}")).collect();
     // The users already exist there, as the bridge would send them: found, nothing to update.
@@ -243,7 +243,7 @@ pub(super) async fn real_target(scale: Scale, rows: &mut Vec<Row>) -> anyhow::Re
     }
 
     let serve = ServeChild::start("real-target").await?;
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     let settings = json!({"pacing": {"requestsPerSecond": 10_000}, "driftRepair": "off"});
     let app = register_app(
         &http,

@@ -181,7 +181,7 @@ async fn send(http: &reqwest::Client, url: &str, secret: &str) -> Option<f64> {
 
 /// `senders` clients each sending one webhook after the other: events/s, accept p50 and p99.
 async fn closed_loop(url: &str, secret: &str, senders: usize, time: Duration) -> (f64, f64, f64) {
-    let http = reqwest::Client::builder()
+    let http = crate::http_client_builder()
         .pool_max_idle_per_host(senders)
         .build()
         .expect("client");
@@ -214,7 +214,7 @@ async fn closed_loop(url: &str, secret: &str, senders: usize, time: Duration) ->
 
 /// Webhooks sent at a fixed rate, whatever the answers: the rate answered and accept p50, p99.
 async fn open_loop(url: &str, secret: &str, per_second: u64, time: Duration) -> (u64, f64, f64, f64) {
-    let http = reqwest::Client::builder()
+    let http = crate::http_client_builder()
         .pool_max_idle_per_host(1024)
         .build()
         .expect("client");

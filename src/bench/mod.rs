@@ -342,7 +342,7 @@ pub async fn start_scim2_server() -> anyhow::Result<Option<(tokio::process::Chil
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
     let base = format!("http://127.0.0.1:{port}/v2");
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     let up = std::time::Instant::now();
     while http.get(format!("{base}/ServiceProviderConfig")).send().await.is_err() {
         anyhow::ensure!(up.elapsed() < Duration::from_secs(30), "scim2-server did not start");
@@ -408,7 +408,7 @@ async fn start_in_process(db: &Database, rate_limit: RateLimit) -> anyhow::Resul
 }
 
 async fn wait_healthy(url: &str) {
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     for _ in 0..400 {
         if http.get(format!("{url}/healthz")).send().await.is_ok() {
             break;

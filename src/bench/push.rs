@@ -25,14 +25,14 @@ pub(super) async fn push_path(scale: Scale, backend: &Backend, rows: &mut Vec<Ro
     let (responder, target) = Responder::start().await?;
     let db = backend.fresh("push").await?;
     let bridge = start_in_process(&db, UNLIMITED).await?;
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     let group = uuid::Uuid::new_v4().to_string();
     register_app(&http, &bridge.url, ADMIN, &target, json!({}), &group, TARGET_NAME).await?;
 
     let mut through = Vec::new();
     let mut direct = Vec::new();
     let mut own = Vec::new();
-    let replay = reqwest::Client::new();
+    let replay = crate::http_client();
     // The first few set up connections and the group: not counted.
     for i in 0..scale.activations + 5 {
         responder.take();
@@ -160,7 +160,7 @@ pub(super) async fn revocation_under_load(scale: Scale, backend: &Backend, rows:
     responder.record(false);
     let db = backend.fresh("revoke").await?;
     let bridge = start_in_process(&db, UNLIMITED).await?;
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     let group = uuid::Uuid::new_v4().to_string();
     let settings = json!({"pacing": {"requestsPerSecond": CYCLE_PACING}, "driftRepair": "off"});
     let app_id = register_app(&http, &bridge.url, ADMIN, &target, settings, &group, TARGET_NAME).await?;
@@ -276,7 +276,7 @@ pub(super) async fn activation_under_signature_floods(scale: Scale, rows: &mut V
     responder.record(false);
     let db = Backend::Sqlite.fresh("flood").await?;
     let bridge = start_in_process(&db, UNLIMITED).await?;
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     let group = uuid::Uuid::new_v4().to_string();
     register_app(&http, &bridge.url, ADMIN, &target, json!({}), &group, TARGET_NAME).await?;
     let n = scale.activations / 2;
@@ -301,7 +301,7 @@ pub(super) async fn activation_under_signature_floods(scale: Scale, rows: &mut V
     for _ in 0..FLOODS {
         let (stop, header, body, refused) = (stop.clone(), header.clone(), body.clone(), refused.clone());
         let url = format!("{}/v1/webhooks/pim", bridge.url);
-        let client = reqwest::Client::new();
+        let client = crate::http_client();
         floods.push(tokio::spawn(async move {
             while !stop.is_cancelled() {
                 let sent = client

@@ -79,7 +79,7 @@ impl ServeChild {
 pub(super) async fn memory(scale: Scale, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let serve = ServeChild::start("memory").await?;
     let (idle_rss, _) = rss(serve.pid)?;
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     let registered = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for worker in 0..8 {
@@ -164,7 +164,7 @@ pub(super) async fn log_pages_and_export(scale: Scale, rows: &mut Vec<Row>) -> a
     let seeding = Instant::now();
     seed_log(&serve, n).await?;
     println!("seeded {n} log entries in {:.1} s", seeding.elapsed().as_secs_f64());
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     let (before, _) = rss(serve.pid)?;
     reset_peak(serve.pid);
 

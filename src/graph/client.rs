@@ -88,7 +88,7 @@ impl GraphClient {
         check_literal_host(&authority, allow_private, "SCIM_BRIDGE_GRAPH_AUTHORITY")?;
         let origin = graph.origin().ascii_serialization();
         let scope = format!("{origin}/.default");
-        let http = reqwest::Client::builder()
+        let http = crate::http_client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))

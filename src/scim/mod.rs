@@ -321,7 +321,7 @@ fn patch(operations: Value) -> Value {
 /// all apps, instead of one per app. No redirects (a target must not steer the bridge, and its
 /// credentials, elsewhere); the timeouts and the address check apply to every request.
 pub fn http_client(options: &ClientOptions) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+    Ok(crate::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(options.connect_timeout)
         .timeout(options.request_timeout)

@@ -74,7 +74,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 pub(crate) fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    scim_bridge::http_client_builder()
         .timeout(Duration::from_secs(30))
         .build()
         .expect("http client")
