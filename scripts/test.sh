@@ -9,8 +9,11 @@
 # Without PostgreSQL the second run is skipped with a message; under CI=true it fails.
 set -euo pipefail
 
+# SCIM_BRIDGE_TEST_BUILD_ONLY=1: only the builds (the optimised binary, the tests), no test-deps.sh
+# and no test run (`.ci/run` compiles while test-deps.sh installs).
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$ROOT/scripts/test-deps.sh"
+BUILD_ONLY="${SCIM_BRIDGE_TEST_BUILD_ONLY:-}"
+[[ -n "$BUILD_ONLY" ]] || "$ROOT/scripts/test-deps.sh"
 
 export SCIM_BRIDGE_TEST_DEPS=1
 cd "$ROOT"
@@ -27,9 +30,16 @@ export SCIM_BRIDGE_FAST_BIN="$TARGET_DIR/fast/scim-bridge"
 
 if cargo nextest --version >/dev/null 2>&1; then
     run_tests() { cargo nextest run --no-fail-fast "$@"; }
+    build_tests() { cargo nextest run --no-run "$@"; }
 else
     echo "test.sh: cargo-nextest not installed: the suites run one after another under cargo test"
     run_tests() { cargo test "$@"; }
+    build_tests() { cargo test --no-run "$@"; }
+fi
+
+if [[ -n "$BUILD_ONLY" ]]; then
+    build_tests --all-targets
+    exit 0
 fi
 
 echo "== tests on SQLite"

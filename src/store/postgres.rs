@@ -1145,6 +1145,8 @@ impl Store for PostgresStore {
                     .bind(None::<i64>)
                     .bind(None::<String>)
                     .bind(now)
+                    // No target group of its own: it removes where the event's group put the member.
+                    .bind(None::<String>)
                     .execute(&mut *tx)
                     .await?;
                 if !woken.contains(&app_id) {
