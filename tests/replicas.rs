@@ -206,7 +206,9 @@ async fn three_replicas_keep_one_window_per_app_and_spread_the_apps() {
     assert!(holders.len() >= 2, "the apps did not spread:\n{}", show(&table));
     assert!(table.contains_key("timers"), "{}", show(&table));
 
-    // Ten activations inside one second, round-robin to the three replicas.
+    // Ten activations at once, round-robin to the three replicas. They take about a second on a
+    // busy machine; what the test needs is that all ten fall inside one window (10 s) of the first
+    // push, so that five are pushed and five deferred.
     let events: Vec<Event> = (0..10).map(|_| Event::activation(&Principal::new(), &group)).collect();
     let sent = Instant::now();
     for (i, event) in events.iter().enumerate() {
@@ -214,8 +216,8 @@ async fn three_replicas_keep_one_window_per_app_and_spread_the_apps() {
         assert!(answer.to_string().contains("accepted"), "{answer}");
     }
     assert!(
-        sent.elapsed() < Duration::from_secs(1),
-        "the ten took {:?}",
+        sent.elapsed() < Duration::from_secs(5),
+        "the ten took {:?}: too slow to fall inside one window",
         sent.elapsed()
     );
     let mut pushed = 0;
