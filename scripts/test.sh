@@ -29,10 +29,12 @@ cp "$TARGET_DIR/debug/scim-bridge" "$TARGET_DIR/fast/scim-bridge"
 export SCIM_BRIDGE_FAST_BIN="$TARGET_DIR/fast/scim-bridge"
 
 if cargo nextest --version >/dev/null 2>&1; then
+    RUNNER=nextest
     run_tests() { cargo nextest run --no-fail-fast "$@"; }
     build_tests() { cargo nextest run --no-run "$@"; }
 else
-    echo "test.sh: cargo-nextest not installed: the suites run one after another under cargo test"
+    RUNNER=cargo
+    echo "test.sh: cargo-nextest not installed: the tests run under cargo test"
     run_tests() { cargo test "$@"; }
     build_tests() { cargo test --no-run "$@"; }
 fi
@@ -45,7 +47,7 @@ fi
 echo "== tests on SQLite"
 SCIM_BRIDGE_TEST_STORE=sqlite run_tests --all-targets "$@"
 
-# The suites whose behaviour depends on the store: window, cycle, expiry, logs, API, intake.
+# The suites (modules of tests/suite.rs) whose behaviour depends on the store: window, cycle, expiry, logs, API, intake.
 # Left out: upgrade (SQLite files of earlier releases), migrate_store (moves a SQLite store into
 # PostgreSQL: it runs in the SQLite run above and makes its own databases), openapi and page (no
 # store behaviour), load (a figure for the optimised binary, measured on SQLite), the unit tests and
@@ -66,8 +68,14 @@ if ! psql "$PG_URL" -qAtc "SELECT 1" >/dev/null 2>&1; then
     exit 0
 fi
 echo "== the behaviour suite on PostgreSQL ($PG_URL)"
-args=()
-for suite in "${POSTGRES_SUITES[@]}"; do
-    args+=(--test "$suite")
-done
-SCIM_BRIDGE_TEST_STORE=postgres run_tests "${args[@]}" "$@"
+# The suites are modules of the one test binary (tests/suite.rs): selected by their module path.
+if [[ "$RUNNER" == nextest ]]; then
+    alternatives="$(IFS='|'; echo "${POSTGRES_SUITES[*]}")"
+    SCIM_BRIDGE_TEST_STORE=postgres run_tests --test suite -E "test(/^($alternatives)::/)" "$@"
+else
+    filters=()
+    for suite in "${POSTGRES_SUITES[@]}"; do
+        filters+=("$suite::")
+    done
+    SCIM_BRIDGE_TEST_STORE=postgres run_tests --test suite "$@" -- "${filters[@]}"
+fi

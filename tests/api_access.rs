@@ -1,6 +1,6 @@
 //! Who may do what with the API, and where credentials must never show (SPEC sections 3 and 6).
 
-mod common;
+use crate::common;
 
 use common::{Bridge, Event, Kind, Principal, SourceGroup, Stack, app_id};
 use reqwest::{Method, StatusCode};

@@ -4,7 +4,7 @@
 //! principal's attributes, CSV cells never run as formulas, metadata addresses are refused, and
 //! the encryption key can be rotated.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

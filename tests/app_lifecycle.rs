@@ -1,7 +1,7 @@
 //! Deleting apps (with and without deprovisioning) and on-demand provisioning, against a real
 //! target; and the command-line helpers.
 
-mod common;
+use crate::common;
 
 use common::{Bridge, Event, Kind, Principal, Stack};
 use reqwest::{Method, StatusCode};

@@ -2,7 +2,7 @@
 //! but answered 502. The step is settled by reading the target group before anything is sent
 //! again, so the target ends with each member exactly once.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! order through the window, the window rebuilt from admissions after a crash, retries on the
 //! bridge's clock, and cycles that resume under their id. Against a real scim2-server.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

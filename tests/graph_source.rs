@@ -1,7 +1,7 @@
 //! The Graph source (SPEC §7) end to end: the real binary polls the Graph-shaped server of
 //! `scim-fixtures/graph-server.mjs` every second and provisions scim2-server.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

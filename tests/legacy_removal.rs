@@ -3,7 +3,7 @@
 //! once, and remember it per app; a 501 is never retried as a server error. SCIMMY takes both
 //! forms; the fault proxy in front of it refuses the filter path, so only the legacy form works.
 
-mod common;
+use crate::common;
 
 use common::clocked::{FaultProxy, Proxied, behind_fault_proxy};
 use common::{Event, Kind, Principal, SourceGroup, Stack};

@@ -14,7 +14,7 @@
 //! `SCIM_BRIDGE_TEST_DEPS=1`), where it fails. The debug build cannot take 500/s on two cores
 //! (about 220/s measured); the fast one answers 495 to 498/s here, the release one more.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! `GET /v1/activations/{eventId}`: one look at what happened to an activation in every app it
 //! went to, against scim2-server.
 
-mod common;
+use crate::common;
 
 use common::{Event, Kind, Principal, SourceGroup, Stack, short_id};
 use reqwest::{Method, StatusCode};

@@ -1,6 +1,6 @@
 //! `GET /v1/audit`: who (the token's name) changed what through the API, and when.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, Utc};
 use common::{Event, Kind, Principal, SourceGroup, Stack, short_id};

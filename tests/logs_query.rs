@@ -1,7 +1,7 @@
 //! Provisioning logs for operators (SPEC section 3): the entry and its steps, filters, cursor
 //! paging while new entries arrive, and the CSV and JSON lines export, against scim2-server.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::Arc;

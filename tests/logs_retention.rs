@@ -1,7 +1,7 @@
 //! Retention: provisioning log entries older than `SCIM_BRIDGE_LOG_RETENTION` (30 days) are
 //! purged in the background, in batches, on the bridge's (here manual) clock.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! reaches users already provisioned at the next cycle; bad mappings are refused with the entry
 //! and the position. Against scim2-server and SCIMMY (both keep the enterprise extension).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! `/metrics` moves with what the bridge does: webhooks by outcome, pushes, deferrals, window
 //! rejections, SCIM request latency, cycles and the deferred work waiting, against scim2-server.
 
-mod common;
+use crate::common;
 
 use common::{Bridge, Event, Kind, PUSH_TIMEOUT, Principal, Stack, wait_until};
 use reqwest::{Method, StatusCode};

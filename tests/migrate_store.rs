@@ -5,7 +5,7 @@
 //! These run in the SQLite run of the suite and need a PostgreSQL server of their own
 //! (`TestDatabase::postgres`): without one they say so and pass, except under `CI=true`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Apps authenticated with OAuth2 client credentials against a real token endpoint; the SCIMMY
 //! target accepts only tokens that endpoint issued.
 
-mod common;
+use crate::common;
 
 use common::{Event, Kind, Principal, Stack, connection_test_succeeded};
 use reqwest::{Method, StatusCode};

@@ -1,6 +1,6 @@
 //! `/openapi.json` documents exactly what the router serves, and every answer carries a request id.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

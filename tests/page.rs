@@ -3,7 +3,7 @@
 //! an entry shows its steps, an activation can be looked up, the token stays in the tab.
 //! Leaves a screenshot at `target/operator-page.png`.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;

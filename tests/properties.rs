@@ -5,7 +5,7 @@
 //! small, bounded number of cases to a bridge in this process (and, for filter escaping, to a real
 //! scim2-server), because each case is a request.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

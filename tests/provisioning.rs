@@ -1,7 +1,7 @@
 //! End-to-end: webhooks in, membership on real SCIM targets out. Every scenario runs against
 //! both scim2-server and the SCIMMY server.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! End-to-end on the real binary and real time, where a few seconds suffice.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

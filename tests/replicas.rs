@@ -4,7 +4,7 @@
 //! These tests need PostgreSQL whichever store is under test; without it they skip (fail under
 //! CI=true).
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

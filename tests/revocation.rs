@@ -3,7 +3,7 @@
 //! 403 included), and is made where the member was provisioned. Real scim2-server behind the
 //! fault proxy, on a manual clock.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

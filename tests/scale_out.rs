@@ -1,7 +1,7 @@
 //! Running on a shared PostgreSQL: one set of secrets for every replica, a key check kept in the
 //! database, and a log cursor that holds while several writers commit at once.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! SIGTERM drains in-flight pushes, then the bridge exits (SPEC section 6).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

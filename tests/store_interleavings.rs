@@ -3,7 +3,7 @@
 //! no sleeps. These tests need PostgreSQL whichever store is under test; without it they skip
 //! (fail under CI=true).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! target, a deferred one reaches it with the cycle at the stored `nextSyncAt`, and the old log
 //! entries are still there next to the new ones.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -1,6 +1,6 @@
 //! Every answer of `POST /v1/webhooks/pim` (SPEC section 2).
 
-mod common;
+use crate::common;
 
 use chrono::Utc;
 use common::{Answer, Bridge, Event, Principal, SourceGroup, batch, batch_statuses, single_status};

@@ -1,7 +1,7 @@
 //! The per-app rate window, revocation, the synchronization cycle, expiry and quarantine (SPEC
 //! sections 1 and 5), against a real scim2-server, on a manual clock.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
