@@ -1,9 +1,19 @@
-//! Persistence. One trait, one implementation per backend (embedded SQLite, shared PostgreSQL),
-//! chosen from the URL.
+//! Persistence. One trait, one implementation (`SqlStore`) on either database (embedded SQLite,
+//! shared PostgreSQL), chosen from the URL. A query is written once, in the file of its aggregate;
+//! what differs between the databases is listed in `dialect`.
 
+mod apps;
+mod audit;
+mod cycles;
+mod dialect;
+mod logs;
 pub mod migrate;
 mod postgres;
+mod sources;
+mod sql;
 mod sqlite;
+mod targets;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -16,8 +26,12 @@ use crate::clock::Millis;
 use crate::config::RateLimit;
 use crate::mapping::{AppMapping, AppMappingError, MappingEntry};
 
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use sql::SqlStore;
+
+/// The names `migrate` and the tests open one database by: the one `SqlStore`, its backend chosen
+/// from the URL.
+pub type SqliteStore = SqlStore;
+pub type PostgresStore = SqlStore;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -617,48 +631,32 @@ pub trait Store: Send + Sync + 'static {
     // the cluster (several replicas on one PostgreSQL; see `crate::provisioning::cluster`)
     /// Whether several processes may share this store, so that work goes by leases. The SQLite
     /// store is one process's: it answers `false` and none of the methods below is called.
-    fn shared(&self) -> bool {
-        false
-    }
+    fn shared(&self) -> bool;
     /// Says `replica` (this process: `instance`) is alive for `ttl` more; answers the replicas
     /// alive now, this one included. `None`: another live process has written the same replica
     /// id since this one's last heartbeat (`first`: there was none, the row is this process's).
     async fn heartbeat(
         &self,
         replica: &str,
-        _instance: &str,
-        _first: bool,
-        _ttl: Millis,
-    ) -> StoreResult<Option<Vec<String>>> {
-        Ok(Some(vec![replica.to_string()]))
-    }
+        instance: &str,
+        first: bool,
+        ttl: Millis,
+    ) -> StoreResult<Option<Vec<String>>>;
     /// The replica stops: its row goes (its leases are released before).
-    async fn leave(&self, _replica: &str) -> StoreResult<()> {
-        Ok(())
-    }
+    async fn leave(&self, replica: &str) -> StoreResult<()>;
     /// Grants the lease to `holder` for `ttl` if it is free, expired, released or its own
     /// (with a new token each time); `None` while another holder's lease runs.
-    async fn acquire_lease(&self, _name: &str, _holder: &str, _ttl: Millis) -> StoreResult<Option<Grant>> {
-        Ok(None)
-    }
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Millis) -> StoreResult<Option<Grant>>;
     /// Extends every lease `holder` still holds (not expired, not released) by `ttl`; answers
     /// their names and tokens. A lease it held that is not in the answer is lost.
-    async fn renew_leases(&self, _holder: &str, _ttl: Millis) -> StoreResult<Vec<(String, i64)>> {
-        Ok(Vec::new())
-    }
+    async fn renew_leases(&self, holder: &str, ttl: Millis) -> StoreResult<Vec<(String, i64)>>;
     /// Gives leases up once the work under them has stopped; `forget` deletes the rows (the
     /// work no longer exists: a deleted app).
-    async fn release_leases(&self, _holder: &str, _names: &[String], _forget: bool) -> StoreResult<()> {
-        Ok(())
-    }
+    async fn release_leases(&self, holder: &str, names: &[String], forget: bool) -> StoreResult<()>;
     /// Tells every replica listening that there is work (`app:<id>`, `expiry`, `leases`).
-    async fn notify_work(&self, _what: &str) -> StoreResult<()> {
-        Ok(())
-    }
+    async fn notify_work(&self, what: &str) -> StoreResult<()>;
     /// Listens for `notify_work` (and the notifications writes send in their transactions).
-    async fn listen_work(&self) -> StoreResult<Option<Box<dyn WorkListener>>> {
-        Ok(None)
-    }
+    async fn listen_work(&self) -> StoreResult<Option<Box<dyn WorkListener>>>;
 }
 
 /// A lease granted by `acquire_lease`.
@@ -720,6 +718,11 @@ pub(crate) fn take_audit() -> Option<AuditEntry> {
     AUDIT.try_with(|a| a.borrow_mut().take()).ok().flatten()
 }
 
+/// JSON as the text a query binds (`{jsonb $N}` makes it `jsonb` on PostgreSQL).
+fn to_json(v: &(impl Serialize + ?Sized)) -> String {
+    serde_json::to_string(v).expect("serializes")
+}
+
 /// Re-encrypts one sealed credential of the app named (`None`: the key check): `None` if no
 /// accepted key opens it.
 pub type Reseal = dyn Fn(Option<&str>, &[u8]) -> Option<Vec<u8>> + Send + Sync;
@@ -728,10 +731,8 @@ pub type SharedStore = Arc<dyn Store>;
 
 /// Opens the store named by the URL.
 pub async fn open(url: &str) -> anyhow::Result<SharedStore> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url).await?))
-    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(PostgresStore::open(url).await?))
+    if url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(SqlStore::open(url).await?))
     } else {
         anyhow::bail!("SCIM_BRIDGE_DATABASE_URL must start with sqlite:// or postgres://")
     }

@@ -1,9 +1,10 @@
 //! The shared store: PostgreSQL, for several replicas on one database. Times are `timestamptz`
 //! and app ids `uuid` in the tables; the store trait speaks unix milliseconds and strings, so
 //! every query converts at the boundary with the SQL functions `from_ms` and `to_ms` (see
-//! `migrations/postgres/0001_init.sql`) and `::uuid` / `::text` casts. This file holds SQL and row
-//! mapping; what a transaction contains is decided in `crate::rules` and by the engine, exactly
-//! as for SQLite.
+//! `migrations/postgres/0001_init.sql`) and `::uuid` / `::text` casts (the fragments of
+//! `store::dialect`). This file holds what only PostgreSQL does (see `dialect`) and the methods
+//! not yet written once for both databases in their aggregate's file; what a transaction contains
+//! is decided in `crate::rules` and by the engine, exactly as for SQLite.
 //!
 //! Several replicas share it: the leases and the fencing check of every write done under one
 //! are in `begin` and the lease methods at the end; new work is announced with `pg_notify` on
@@ -17,11 +18,14 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 use tracing::instrument;
 
+use super::audit::insert_audit;
+use super::dialect::Dialect;
+use super::logs::insert_log;
 use super::*;
 use crate::rules::{self, AssignedApp, MembershipState, MembershipWrite, StoredAttributes};
 
-pub struct PostgresStore {
-    pool: PgPool,
+pub struct PostgresDb {
+    pub(super) pool: PgPool,
 }
 
 type Tx = Transaction<'static, Postgres>;
@@ -44,89 +48,12 @@ fn app_key(id: &str) -> Option<&str> {
 }
 
 // Column lists that turn a row into the trait's types: milliseconds for times, text for uuids.
-macro_rules! app_columns {
-    () => {
-        "id::text AS id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status, status_reason,
-         legacy_remove, to_ms(next_sync_at) AS next_sync_at, quarantine_level, to_ms(created_at) AS created_at,
-         to_ms(deleted_at) AS deleted_at"
-    };
-}
-
 macro_rules! job_columns {
     () => {
         "seq, id, app_id::text AS app_id, event_id, principal_id, group_id, kind, trigger, state,
          to_ms(not_before) AS not_before, to_ms(received_at) AS received_at, to_ms(deferred_until) AS deferred_until,
          attempt, flag, to_ms(admitted_at) AS admitted_at, target_display_name"
     };
-}
-
-macro_rules! log_columns {
-    () => {
-        "COALESCE(seq, 0) AS seq, id, to_ms(time) AS time, app_id::text AS app_id, app_name, trigger, cycle_id,
-         event_id, job_id, principal_id, user_principal_name, group_id, action, status, reason,
-         to_ms(deferred_until) AS deferred_until, target_user_id, target_group_id, attempt, duration_ms, latency_ms,
-         steps"
-    };
-}
-
-macro_rules! cycle_columns {
-    () => {
-        "id, app_id::text AS app_id, trigger, dry_run, to_ms(started_at) AS started_at, to_ms(ended_at) AS ended_at,
-         status, counts, progress, report"
-    };
-}
-
-const INSERT_LOG: &str =
-    "INSERT INTO provisioning_logs (id, time, app_id, app_name, trigger, cycle_id, event_id, job_id,
-    principal_id, user_principal_name, group_id, action, status, reason, deferred_until, target_user_id,
-    target_group_id, attempt, duration_ms, latency_ms, steps)
-    VALUES ($1, from_ms($2), $3::uuid, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, from_ms($15), $16, $17, $18,
-    $19, $20, $21)";
-
-async fn insert_audit_in<'e, E>(executor: E, e: &AuditEntry) -> StoreResult<()>
-where
-    E: sqlx::Executor<'e, Database = Postgres>,
-{
-    sqlx::query("INSERT INTO audit (time, actor, action, target, detail) VALUES (from_ms($1), $2, $3, $4, $5)")
-        .bind(e.time)
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(&e.target)
-        .bind(Json(&e.detail))
-        .execute(executor)
-        .await?;
-    Ok(())
-}
-
-async fn insert_log_in<'e, E>(executor: E, e: &LogEntry) -> StoreResult<()>
-where
-    E: sqlx::Executor<'e, Database = Postgres>,
-{
-    sqlx::query(INSERT_LOG)
-        .bind(&e.id)
-        .bind(e.time)
-        .bind(&e.app_id)
-        .bind(&e.app_name)
-        .bind(&e.trigger)
-        .bind(&e.cycle_id)
-        .bind(&e.event_id)
-        .bind(&e.job_id)
-        .bind(&e.principal_id)
-        .bind(&e.user_principal_name)
-        .bind(&e.group_id)
-        .bind(&e.action)
-        .bind(&e.status)
-        .bind(&e.reason)
-        .bind(e.deferred_until)
-        .bind(&e.target_user_id)
-        .bind(&e.target_group_id)
-        .bind(e.attempt)
-        .bind(e.duration_ms)
-        .bind(e.latency_ms)
-        .bind(Json(&e.steps))
-        .execute(executor)
-        .await?;
-    Ok(())
 }
 
 const INSERT_JOB: &str = "INSERT INTO jobs (id, app_id, event_seq, event_id, principal_id, group_id, kind, trigger,
@@ -155,18 +82,6 @@ async fn insert_job_in(conn: &mut sqlx::PgConnection, job: &Job, now: Millis) ->
         .await?;
     Ok(())
 }
-
-/// A removal job of the member (principal `$3`) from target group `$2` is pending or in flight:
-/// handed on by a cycle with that target group, or an event's, whose group is assigned to it or
-/// was the one the member was provisioned there for.
-const REMOVAL_OPEN: &str = "SELECT 1 FROM jobs j
-    WHERE j.app_id = $1::uuid AND j.principal_id = $3 AND j.kind = 'remove' AND j.state IN ('pending', 'in_flight')
-      AND (j.target_display_name = $2
-           OR (j.target_display_name IS NULL AND j.group_id IN (
-                 SELECT ga.group_id FROM group_assignments ga WHERE ga.app_id = $1::uuid AND ga.target_display_name = $2
-                 UNION SELECT p.group_id FROM provisioned p
-                   WHERE p.app_id = $1::uuid AND p.target_display_name = $2 AND p.principal_id = $3)))
-    LIMIT 1";
 
 const ENTITLED_VIA: &str = "SELECT ga.group_id FROM group_assignments ga
     WHERE ga.app_id = $1::uuid AND ga.target_display_name = $2 AND (
@@ -203,7 +118,16 @@ impl PrincipalRow {
 const SELECT_PRINCIPAL: &str = "SELECT user_principal_name, display_name, given_name, surname, mail,
     attributes::text AS attributes FROM principals WHERE principal_id = $1";
 
-impl PostgresStore {
+impl PostgresDb {
+    pub(super) fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    /// See `app_key` (the function).
+    pub(super) fn app_key<'a>(&self, id: &'a str) -> Option<&'a str> {
+        app_key(id)
+    }
+
     pub async fn open(url: &str) -> StoreResult<Self> {
         // A lock held longer than this fails the statement, as SQLite's busy timeout does: the
         // webhook answers 503 and its sender retries, instead of hanging.
@@ -220,7 +144,7 @@ impl PostgresStore {
     /// still carry this holder and token: it is locked (`FOR SHARE`) until the write commits, so
     /// no other replica can take the lease over between the check and the commit. A replica that
     /// lost the lease writes nothing (`StoreError::Fenced`).
-    async fn begin(&self) -> StoreResult<Tx> {
+    pub(super) async fn begin(&self) -> StoreResult<Tx> {
         let mut tx = self.pool.begin().await?;
         if let Some(fence) = crate::lease::current() {
             let held: Option<i32> = sqlx::query_scalar(
@@ -241,10 +165,10 @@ impl PostgresStore {
 
     /// Commits a write, with the audit entry that records it if one is pending
     /// (`store::audited`): the change and its audit entry commit together or not at all.
-    async fn commit(&self, mut tx: Tx) -> StoreResult<()> {
+    pub(super) async fn commit(&self, mut tx: Tx) -> StoreResult<()> {
         let audit = take_audit();
         if let Some(e) = &audit {
-            insert_audit_in(&mut *tx, e).await?;
+            insert_audit!(self, &mut *tx, e)?;
         }
         tx.commit().await?;
         if audit.is_some() {
@@ -271,10 +195,38 @@ impl PostgresStore {
     /// see `assign_commit_order` in the migration. Runs in a transaction of its own, so it is
     /// called after the writer's commit; a failure here loses nothing (the next call numbers
     /// them), so it is only logged.
-    async fn order_commits(&self) {
+    pub(super) async fn order_commits(&self) {
         if let Err(e) = sqlx::query("SELECT assign_commit_order()").execute(&self.pool).await {
             tracing::warn!(error = %e, "numbering committed log entries failed; the next write or read does it");
         }
+    }
+
+    /// Deleting an app takes its lease row first, then the job rows: the order a dispatcher's
+    /// write takes them in (`begin` locks the lease row, then it writes its jobs), so the two never
+    /// deadlock. A replica dispatching for the app loses its lease: it writes nothing more for it.
+    pub(super) async fn forget_app_lease(&self, tx: &mut Tx, app_id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM leases WHERE name = 'app:' || $1")
+            .bind(app_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// `AND app_id IN (...)` for a query built piece by piece, the ids as one `uuid[]` (those no
+    /// app can have left out).
+    pub(super) fn push_app_ids(&self, q: &mut sqlx::QueryBuilder<Postgres>, ids: &[String]) {
+        let ids: Vec<String> = ids.iter().filter_map(|id| app_key(id)).map(str::to_string).collect();
+        q.push(" AND app_id = ANY(").push_bind(ids).push("::uuid[])");
+    }
+
+    /// Requests of one app take turns, as SQLite's single writer makes them: the merge in
+    /// `request_cycle` must see a request another replica is adding.
+    pub(super) async fn lock_cycle_requests(&self, tx: &mut Tx, app_id: &str) -> StoreResult<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('cycle request'), hashtext($1))")
+            .bind(app_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     /// Locks the principal for a write outside `accept_events` (which locks the same key with
@@ -490,7 +442,7 @@ impl PostgresStore {
             jobs.push((job_id, job.app_id.clone()));
         }
         for entry in &plan.logs {
-            insert_log_in(&mut **tx, entry).await?;
+            insert_log!(Dialect::Postgres, &mut **tx, entry)?;
         }
         Ok(Acceptance::Accepted { jobs })
     }
@@ -531,244 +483,20 @@ impl PostgresStore {
     }
 }
 
-#[async_trait]
-impl Store for PostgresStore {
-    async fn migrate(&self) -> StoreResult<()> {
+/// The methods of `Store` that have not moved to their aggregate's file yet (see `dialect`).
+impl PostgresDb {
+    pub(super) async fn migrate(&self) -> StoreResult<()> {
         sqlx::migrate!("migrations/postgres").run(&self.pool).await?;
         Ok(())
     }
 
-    async fn ping(&self) -> StoreResult<()> {
+    pub(super) async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
-    async fn insert_token(&self, t: &TokenRecord, hash: &str) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO tokens (id, name, role, hash, created_at) VALUES ($1, $2, $3, $4, from_ms($5))")
-            .bind(&t.id)
-            .bind(&t.name)
-            .bind(&t.role)
-            .bind(hash)
-            .bind(t.created_at)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
-        Ok(sqlx::query_as(
-            "SELECT id, name, role, to_ms(created_at) AS created_at FROM tokens WHERE hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(hash)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
-        Ok(sqlx::query_as(
-            "SELECT id, name, role, to_ms(created_at) AS created_at FROM tokens WHERE revoked_at IS NULL
-             ORDER BY created_at",
-        )
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn revoke_token(&self, id: &str, now: Millis) -> StoreResult<bool> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query("UPDATE tokens SET revoked_at = from_ms($1) WHERE id = $2 AND revoked_at IS NULL")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn insert_app(&self, a: &AppRecord) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO apps (id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status,
-             status_reason, legacy_remove, next_sync_at, quarantine_level, created_at)
-             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, from_ms($11), $12, from_ms($13))",
-        )
-        .bind(&a.id)
-        .bind(&a.name)
-        .bind(&a.scim_base_url)
-        .bind(&a.auth_type)
-        .bind(&a.auth_sealed)
-        .bind(Json(&a.settings))
-        .bind(Json(&a.owners))
-        .bind(&a.status)
-        .bind(&a.status_reason)
-        .bind(a.legacy_remove)
-        .bind(a.next_sync_at)
-        .bind(a.quarantine_level)
-        .bind(a.created_at)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn change_app(&self, id: &str, c: &AppChanges) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        let Some(id) = app_key(id) else { return Ok(()) };
-        // Each column keeps its stored value unless the change sets it.
-        sqlx::query(
-            "UPDATE apps SET name = COALESCE($1, name), scim_base_url = COALESCE($2, scim_base_url),
-               auth_type = COALESCE($3, auth_type), auth_sealed = COALESCE($4, auth_sealed),
-               settings = COALESCE($5, settings), owners = COALESCE($6, owners),
-               status = COALESCE($7, status), status_reason = CASE WHEN $8 THEN $9 ELSE status_reason END
-             WHERE id = $10::uuid",
-        )
-        .bind(&c.name)
-        .bind(&c.scim_base_url)
-        .bind(c.auth.as_ref().map(|(kind, _)| kind))
-        .bind(c.auth.as_ref().map(|(_, sealed)| sealed))
-        .bind(c.settings.as_ref().map(Json))
-        .bind(c.owners.as_ref().map(Json))
-        .bind(c.status.as_ref().map(|(s, _)| s))
-        .bind(c.status.is_some())
-        .bind(c.status.as_ref().and_then(|(_, r)| r.clone()))
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn get_app(&self, id: &str) -> StoreResult<Option<AppRecord>> {
-        let Some(id) = app_key(id) else { return Ok(None) };
-        Ok(sqlx::query_as(concat!(
-            "SELECT ",
-            app_columns!(),
-            " FROM apps WHERE id = $1::uuid AND deleted_at IS NULL"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn list_apps(&self) -> StoreResult<Vec<AppRecord>> {
-        Ok(sqlx::query_as(concat!(
-            "SELECT ",
-            app_columns!(),
-            " FROM apps WHERE deleted_at IS NULL ORDER BY apps.created_at, apps.id"
-        ))
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn set_app_status(&self, id: &str, status: &str, reason: Option<&str>, level: i64) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        let Some(id) = app_key(id) else { return Ok(()) };
-        sqlx::query("UPDATE apps SET status = $1, status_reason = $2, quarantine_level = $3 WHERE id = $4::uuid")
-            .bind(status)
-            .bind(reason)
-            .bind(level)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn set_next_sync(&self, id: &str, at: Millis) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        let Some(id) = app_key(id) else { return Ok(()) };
-        sqlx::query("UPDATE apps SET next_sync_at = from_ms($1) WHERE id = $2::uuid")
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()> {
-        let Some(id) = app_key(id) else { return Ok(()) };
-        let mut tx = self.begin().await?;
-        // The lease row first, then the job rows: the order a dispatcher's write takes them in
-        // (`begin` locks the lease row, then it writes its jobs), so the two never deadlock. A
-        // replica dispatching for the app loses its lease: it writes nothing more for it.
-        sqlx::query("DELETE FROM leases WHERE name = 'app:' || $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE apps SET deleted_at = from_ms($1) WHERE id = $2::uuid")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM group_assignments WHERE app_id = $1::uuid")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', updated_at = from_ms($1)
-             WHERE app_id = $2::uuid AND state IN ('pending', 'deferred', 'in_flight')",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        // Deleting an app forgets its links (what was last sent for each principal).
-        sqlx::query("DELETE FROM target_users WHERE app_id = $1::uuid")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO group_assignments (app_id, group_id, target_display_name, created_at)
-             VALUES ($1::uuid, $2, $3, from_ms($4))
-             ON CONFLICT (app_id, group_id) DO UPDATE SET target_display_name = excluded.target_display_name",
-        )
-        .bind(&a.app_id)
-        .bind(&a.group_id)
-        .bind(&a.target_display_name)
-        .bind(a.created_at)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn delete_assignment(&self, app_id: &str, group_id: &str) -> StoreResult<bool> {
-        let mut tx = self.begin().await?;
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(false);
-        };
-        let done = sqlx::query("DELETE FROM group_assignments WHERE app_id = $1::uuid AND group_id = $2")
-            .bind(app_id)
-            .bind(group_id)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(Vec::new());
-        };
-        Ok(sqlx::query_as(
-            "SELECT app_id::text AS app_id, group_id, target_display_name, to_ms(created_at) AS created_at
-             FROM group_assignments WHERE app_id = $1::uuid ORDER BY created_at, group_id COLLATE \"C\"",
-        )
-        .bind(app_id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
     #[instrument(skip_all, fields(events = items.len()))]
-    async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
+    pub(super) async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
         // One transaction per webhook: each event is still judged alone, and 202 means all committed.
         let mut tx = self.begin().await?;
         // SQLite runs one writer at a time; here webhooks commit side by side, so what they share
@@ -824,7 +552,7 @@ impl Store for PostgresStore {
         Ok(answers)
     }
 
-    async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
+    pub(super) async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
         Ok(sqlx::query_as(
             "SELECT seq, id, status, body, to_ms(received_at) AS received_at, outcome, reason FROM events
              WHERE id = $1 ORDER BY seq",
@@ -834,7 +562,7 @@ impl Store for PostgresStore {
         .await?)
     }
 
-    async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
+    pub(super) async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
         let row: Option<PrincipalRow> = sqlx::query_as(SELECT_PRINCIPAL)
             .bind(principal_id)
             .fetch_optional(&self.pool)
@@ -842,7 +570,10 @@ impl Store for PostgresStore {
         Ok(row.and_then(|r| r.attributes().principal()))
     }
 
-    async fn principal_attributes(&self, principal_id: &str) -> StoreResult<Option<serde_json::Map<String, Value>>> {
+    pub(super) async fn principal_attributes(
+        &self,
+        principal_id: &str,
+    ) -> StoreResult<Option<serde_json::Map<String, Value>>> {
         let row: Option<PrincipalRow> = sqlx::query_as(SELECT_PRINCIPAL)
             .bind(principal_id)
             .fetch_optional(&self.pool)
@@ -850,7 +581,7 @@ impl Store for PostgresStore {
         Ok(row.map(|r| r.attributes().values()))
     }
 
-    async fn put_standing_member(
+    pub(super) async fn put_standing_member(
         &self,
         group_id: &str,
         principal: &str,
@@ -876,18 +607,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query("DELETE FROM standing_members WHERE group_id = $1 AND principal_id = $2")
-            .bind(group_id)
-            .bind(principal)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+    pub(super) async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
         self.delete_unlisted(
             "DELETE FROM standing_members WHERE group_id = $1 AND NOT (principal_id = ANY($2))",
             group_id,
@@ -896,7 +616,7 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
+    pub(super) async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
         let Some(app_id) = app_key(app_id) else {
             return Ok(Vec::new());
         };
@@ -916,7 +636,7 @@ impl Store for PostgresStore {
         .await?)
     }
 
-    async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>> {
+    pub(super) async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>> {
         let Some(app_id) = app_key(app_id) else {
             return Ok(None);
         };
@@ -930,7 +650,7 @@ impl Store for PostgresStore {
         .await?)
     }
 
-    async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>> {
+    pub(super) async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>> {
         let Some(app_id) = app_key(app_id) else {
             return Ok(Vec::new());
         };
@@ -945,7 +665,7 @@ impl Store for PostgresStore {
         .await?)
     }
 
-    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<bool> {
+    pub(super) async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
         // The row lock taken here is the claim: a concurrent writer of the job (an app deletion
         // cancelling it) is waited for, as SQLite's single writer would be, and a job it
@@ -964,7 +684,7 @@ impl Store for PostgresStore {
         Ok(claimed.rows_affected() > 0)
     }
 
-    async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
+    pub(super) async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
         let Some(app_id) = app_key(app_id) else {
             return Ok(Vec::new());
         };
@@ -978,7 +698,7 @@ impl Store for PostgresStore {
         .await?)
     }
 
-    async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>> {
+    pub(super) async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>> {
         let mut tx = self.begin().await?;
         let Some(app_id) = app_key(app_id) else {
             return Ok(Vec::new());
@@ -995,7 +715,7 @@ impl Store for PostgresStore {
         Ok(answer)
     }
 
-    async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
+    pub(super) async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
         let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = from_ms($1)
@@ -1009,7 +729,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
+    pub(super) async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
         let Some(app_id) = app_key(app_id) else {
             return Ok(0);
         };
@@ -1027,7 +747,7 @@ impl Store for PostgresStore {
         Ok(moved)
     }
 
-    async fn open_adds_for(
+    pub(super) async fn open_adds_for(
         &self,
         app_id: &str,
         principal_id: &str,
@@ -1051,14 +771,14 @@ impl Store for PostgresStore {
         .await?)
     }
 
-    async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
+    pub(super) async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
         let mut tx = self.begin().await?;
         insert_job_in(&mut tx, job, now).await?;
         self.commit(tx).await?;
         Ok(())
     }
 
-    async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
+    pub(super) async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
         let found: Option<i32> = sqlx::query_scalar(
             "SELECT 1 FROM memberships WHERE principal_id = $1 AND group_id = $2 AND access_id = 'member' AND active
              AND (end_at IS NULL OR end_at > from_ms($3))",
@@ -1071,7 +791,7 @@ impl Store for PostgresStore {
         Ok(found.is_some())
     }
 
-    async fn entitled_via(
+    pub(super) async fn entitled_via(
         &self,
         app_id: &str,
         target: &str,
@@ -1091,7 +811,7 @@ impl Store for PostgresStore {
     }
 
     #[instrument(skip_all)]
-    async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>> {
+    pub(super) async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>> {
         #[derive(sqlx::FromRow)]
         struct Due {
             principal_id: String,
@@ -1158,7 +878,7 @@ impl Store for PostgresStore {
         Ok(woken)
     }
 
-    async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
+    pub(super) async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
         Ok(sqlx::query_scalar(
             "SELECT to_ms(MIN(end_at)) FROM memberships WHERE active AND expired_at IS NULL AND end_at IS NOT NULL",
         )
@@ -1167,7 +887,7 @@ impl Store for PostgresStore {
     }
 
     #[instrument(skip_all, fields(app_id = %o.app_id))]
-    async fn record(&self, o: &Outcome) -> StoreResult<()> {
+    pub(super) async fn record(&self, o: &Outcome) -> StoreResult<()> {
         let now = o.time;
         let mut tx = self.begin().await?;
         for (job_id, change) in &o.jobs {
@@ -1209,7 +929,7 @@ impl Store for PostgresStore {
             insert_job_in(&mut tx, job, now).await?;
         }
         for entry in &o.logs {
-            insert_log_in(&mut *tx, entry).await?;
+            insert_log!(self, &mut *tx, entry)?;
         }
         if let Some(c) = &o.cycle {
             sqlx::query(
@@ -1254,320 +974,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(None);
-        };
-        Ok(sqlx::query_as(
-            "SELECT target_user_id, fingerprint, created_by_us, disabled FROM target_users
-             WHERE app_id = $1::uuid AND principal_id = $2",
-        )
-        .bind(app_id)
-        .bind(principal_id)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn put_target_user(&self, app_id: &str, principal_id: &str, u: &TargetUser) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO target_users (app_id, principal_id, target_user_id, fingerprint, created_by_us, disabled)
-             VALUES ($1::uuid, $2, $3, $4, $5, $6)
-             ON CONFLICT (app_id, principal_id) DO UPDATE SET target_user_id = excluded.target_user_id,
-               fingerprint = excluded.fingerprint,
-               created_by_us = target_users.created_by_us OR excluded.created_by_us,
-               disabled = excluded.disabled",
-        )
-        .bind(app_id)
-        .bind(principal_id)
-        .bind(&u.target_user_id)
-        .bind(&u.fingerprint)
-        .bind(u.created_by_us)
-        .bind(u.disabled)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn target_users(&self, app_id: &str) -> StoreResult<Vec<(String, TargetUser)>> {
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            principal_id: String,
-            #[sqlx(flatten)]
-            user: TargetUser,
-        }
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(Vec::new());
-        };
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT principal_id, target_user_id, fingerprint, created_by_us, disabled FROM target_users
-             WHERE app_id = $1::uuid ORDER BY principal_id COLLATE \"C\"",
-        )
-        .bind(app_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|r| (r.principal_id, r.user)).collect())
-    }
-
-    async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(None);
-        };
-        Ok(sqlx::query_scalar(
-            "SELECT target_group_id FROM target_groups WHERE app_id = $1::uuid AND display_name = $2",
-        )
-        .bind(app_id)
-        .bind(display_name)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO target_groups (app_id, display_name, target_group_id) VALUES ($1::uuid, $2, $3)
-             ON CONFLICT (app_id, display_name) DO UPDATE SET target_group_id = excluded.target_group_id",
-        )
-        .bind(app_id)
-        .bind(display_name)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn forget_target_group(&self, app_id: &str, display_name: &str) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        let Some(app_id) = app_key(app_id) else { return Ok(()) };
-        sqlx::query("DELETE FROM target_groups WHERE app_id = $1::uuid AND display_name = $2")
-            .bind(app_id)
-            .bind(display_name)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn provisioned_targets_of(
-        &self,
-        app_id: &str,
-        principal_id: &str,
-        group_id: &str,
-    ) -> StoreResult<Vec<String>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(Vec::new());
-        };
-        Ok(sqlx::query_scalar(
-            "SELECT target_display_name FROM provisioned WHERE app_id = $1::uuid AND principal_id = $2
-             AND group_id = $3 ORDER BY target_display_name COLLATE \"C\"",
-        )
-        .bind(app_id)
-        .bind(principal_id)
-        .bind(group_id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn provisioned_for(&self, app_id: &str, m: &TargetMember) -> StoreResult<Option<String>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(None);
-        };
-        let found: Option<Option<String>> = sqlx::query_scalar(
-            "SELECT group_id FROM provisioned WHERE app_id = $1::uuid AND target_display_name = $2 AND principal_id = $3",
-        )
-        .bind(app_id)
-        .bind(&m.target_display_name)
-        .bind(&m.principal_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(found.flatten())
-    }
-
-    async fn removal_open(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(false);
-        };
-        let found: Option<i32> = sqlx::query_scalar(REMOVAL_OPEN)
-            .bind(app_id)
-            .bind(&m.target_display_name)
-            .bind(&m.principal_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(found.is_some())
-    }
-
-    async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(false);
-        };
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM provisioned WHERE app_id = $1::uuid AND target_display_name = $2 AND principal_id = $3",
-        )
-        .bind(app_id)
-        .bind(&m.target_display_name)
-        .bind(&m.principal_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(found.is_some())
-    }
-
-    async fn is_confirmed(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(false);
-        };
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM provisioned WHERE app_id = $1::uuid AND target_display_name = $2 AND principal_id = $3
-             AND confirmed",
-        )
-        .bind(app_id)
-        .bind(&m.target_display_name)
-        .bind(&m.principal_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(found.is_some())
-    }
-
-    async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(Vec::new());
-        };
-        Ok(sqlx::query_as(
-            "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = $1::uuid AND NOT confirmed
-             ORDER BY target_display_name COLLATE \"C\", principal_id COLLATE \"C\"",
-        )
-        .bind(app_id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(Vec::new());
-        };
-        Ok(sqlx::query_as(
-            "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = $1::uuid
-             ORDER BY target_display_name COLLATE \"C\", principal_id COLLATE \"C\"",
-        )
-        .bind(app_id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(Vec::new());
-        };
-        Ok(sqlx::query_as(
-            "SELECT target_display_name, principal_id FROM (
-               SELECT ga.target_display_name, s.principal_id FROM group_assignments ga
-                 JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = $1::uuid
-               UNION
-               SELECT ga.target_display_name, m.principal_id FROM group_assignments ga
-                 JOIN memberships m ON m.group_id = ga.group_id
-               WHERE ga.app_id = $1::uuid AND m.access_id = 'member' AND m.active
-                 AND (m.start_at IS NULL OR m.start_at <= from_ms($2)) AND (m.end_at IS NULL OR m.end_at > from_ms($2))
-             ) d ORDER BY target_display_name COLLATE \"C\", principal_id COLLATE \"C\"",
-        )
-        .bind(app_id)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn standing_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(Vec::new());
-        };
-        Ok(sqlx::query_as(
-            "SELECT target_display_name, principal_id FROM (
-               SELECT DISTINCT ga.target_display_name, s.principal_id FROM group_assignments ga
-                 JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = $1::uuid
-             ) d ORDER BY target_display_name COLLATE \"C\", principal_id COLLATE \"C\"",
-        )
-        .bind(app_id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        insert_log_in(&mut *tx, entry).await?;
-        self.order_commits().await;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn query_logs(&self, f: &LogFilter) -> StoreResult<Vec<LogEntry>> {
-        // Entries a writer committed but could not number yet (it died in between) are numbered
-        // before the page is read.
-        self.order_commits().await;
-        let mut q = sqlx::QueryBuilder::<Postgres>::new(concat!(
-            "SELECT ",
-            log_columns!(),
-            " FROM provisioning_logs WHERE seq IS NOT NULL"
-        ));
-        if let Some(ids) = &f.app_ids {
-            let ids: Vec<String> = ids.iter().filter_map(|id| app_key(id)).map(str::to_string).collect();
-            q.push(" AND app_id = ANY(").push_bind(ids).push("::uuid[])");
-        }
-        if let Some(app_id) = &f.app_id {
-            let Some(app_id) = app_key(app_id) else {
-                return Ok(Vec::new());
-            };
-            q.push(" AND app_id = ").push_bind(app_id.to_string()).push("::uuid");
-        }
-        let equal = [
-            ("principal_id", &f.principal_id),
-            ("group_id", &f.group_id),
-            ("event_id", &f.event_id),
-            ("status", &f.status),
-            ("action", &f.action),
-            ("trigger", &f.trigger),
-        ];
-        for (column, value) in equal {
-            if let Some(value) = value {
-                q.push(format_args!(" AND {column} = ")).push_bind(value.clone());
-            }
-        }
-        if let Some(since) = f.since {
-            q.push(" AND time >= from_ms(").push_bind(since).push(")");
-        }
-        if let Some(until) = f.until {
-            q.push(" AND time < from_ms(").push_bind(until).push(")");
-        }
-        if let Some(before) = f.before_seq {
-            q.push(" AND seq < ").push_bind(before);
-        }
-        q.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
-        Ok(q.build_query_as().fetch_all(&self.pool).await?)
-    }
-
-    async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>> {
-        Ok(sqlx::query_as(concat!(
-            "SELECT ",
-            log_columns!(),
-            " FROM provisioning_logs WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
-        let done = sqlx::query(
-            "DELETE FROM provisioning_logs WHERE pos IN (SELECT pos FROM provisioning_logs WHERE time < from_ms($1)
-             ORDER BY pos LIMIT $2)",
-        )
-        .bind(older_than)
-        .bind(batch)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn purge_records(&self, now: Millis, older_than: Millis, batch: i64) -> StoreResult<u64> {
+    pub(super) async fn purge_records(&self, now: Millis, older_than: Millis, batch: i64) -> StoreResult<u64> {
         let mut tx = self.begin().await?;
         let mut purged = 0;
         // Finished jobs first: their events may then go too.
@@ -1672,7 +1079,7 @@ impl Store for PostgresStore {
         Ok(purged)
     }
 
-    async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+    pub(super) async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>> {
         Ok(
             sqlx::query_as("SELECT app_id::text, COUNT(*) FROM jobs WHERE state = 'deferred' GROUP BY app_id")
                 .fetch_all(&self.pool)
@@ -1680,227 +1087,7 @@ impl Store for PostgresStore {
         )
     }
 
-    async fn purge_audit(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
-        let done = sqlx::query(
-            "DELETE FROM audit WHERE pos IN (SELECT pos FROM audit WHERE time < from_ms($1) ORDER BY pos LIMIT $2)",
-        )
-        .bind(older_than)
-        .bind(batch)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO sync_cycles (id, app_id, trigger, dry_run, started_at, ended_at, status, counts, progress, report)
-             VALUES ($1, $2::uuid, $3, $4, from_ms($5), from_ms($6), $7, $8, $9, $10)",
-        )
-        .bind(&c.id)
-        .bind(&c.app_id)
-        .bind(&c.trigger)
-        .bind(c.dry_run)
-        .bind(c.started_at)
-        .bind(c.ended_at)
-        .bind(&c.status)
-        .bind(Json(&c.counts))
-        .bind(&c.progress)
-        .bind(c.report.as_ref().map(Json))
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn list_cycles(&self, app_id: &str, limit: i64) -> StoreResult<Vec<CycleRecord>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(Vec::new());
-        };
-        Ok(sqlx::query_as(concat!(
-            "SELECT ",
-            cycle_columns!(),
-            " FROM sync_cycles WHERE app_id = $1::uuid ORDER BY sync_cycles.started_at DESC, pos DESC LIMIT $2"
-        ))
-        .bind(app_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn running_cycles(&self, app_id: &str) -> StoreResult<Vec<CycleRecord>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(Vec::new());
-        };
-        Ok(sqlx::query_as(concat!(
-            "SELECT ",
-            cycle_columns!(),
-            " FROM sync_cycles WHERE app_id = $1::uuid AND sync_cycles.ended_at IS NULL
-             ORDER BY sync_cycles.started_at, pos"
-        ))
-        .bind(app_id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn request_cycle(&self, app_id: &str, cycle_id: &str, dry_run: bool, now: Millis) -> StoreResult<String> {
-        let mut tx = self.begin().await?;
-        // Requests of one app take turns, as SQLite's single writer makes them: the merge below
-        // must see a request another replica is adding.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('cycle request'), hashtext($1))")
-            .bind(app_id)
-            .execute(&mut *tx)
-            .await?;
-        if !dry_run {
-            // A writing cycle that runs, or is already asked for, takes this request in.
-            let merged: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM (
-                   SELECT id, 0 AS rank, started_at AS t FROM sync_cycles
-                     WHERE app_id = $1::uuid AND ended_at IS NULL AND NOT dry_run
-                   UNION ALL
-                   SELECT cycle_id, 1, created_at FROM cycle_requests WHERE app_id = $1::uuid AND NOT dry_run) c
-                 ORDER BY rank, t LIMIT 1",
-            )
-            .bind(app_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(id) = merged {
-                // Tells the running cycle to plan again before it ends.
-                sqlx::query(
-                    "INSERT INTO cycle_requests (cycle_id, app_id, dry_run, created_at)
-                     VALUES ($1, $2::uuid, false, from_ms($3)) ON CONFLICT DO NOTHING",
-                )
-                .bind(&id)
-                .bind(app_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                name_cycle_in_audit(&id);
-                self.commit(tx).await?;
-                return Ok(id);
-            }
-        }
-        sqlx::query(
-            "INSERT INTO cycle_requests (cycle_id, app_id, dry_run, created_at) VALUES ($1, $2::uuid, $3, from_ms($4))",
-        )
-        .bind(cycle_id)
-        .bind(app_id)
-        .bind(dry_run)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        name_cycle_in_audit(cycle_id);
-        self.commit(tx).await?;
-        Ok(cycle_id.to_string())
-    }
-
-    async fn take_replan(&self, app_id: &str, cycle_id: &str) -> StoreResult<bool> {
-        let mut tx = self.begin().await?;
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(false);
-        };
-        let done = sqlx::query("DELETE FROM cycle_requests WHERE app_id = $1::uuid AND cycle_id = $2")
-            .bind(app_id)
-            .bind(cycle_id)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>> {
-        let mut tx = self.begin().await?;
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(None);
-        };
-        // A claim: a request another transaction is taking is skipped, never taken twice.
-        let answer = sqlx::query_as(
-            "DELETE FROM cycle_requests WHERE cycle_id = (SELECT cycle_id FROM cycle_requests WHERE app_id = $1::uuid
-             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING cycle_id, dry_run",
-        )
-        .bind(app_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(answer)
-    }
-
-    async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()> {
-        insert_audit_in(&self.pool, e).await?;
-        self.order_commits().await;
-        Ok(())
-    }
-
-    async fn list_audit(&self, limit: i64, before_seq: Option<i64>) -> StoreResult<Vec<AuditEntry>> {
-        self.order_commits().await;
-        Ok(sqlx::query_as(
-            "SELECT seq, to_ms(time) AS time, actor, action, target, detail FROM audit
-             WHERE seq IS NOT NULL AND ($1::bigint IS NULL OR seq < $1) ORDER BY seq DESC LIMIT $2",
-        )
-        .bind(before_seq)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn reseal_credentials(&self, reseal: &Reseal) -> StoreResult<(usize, Vec<String>)> {
-        let mut tx = self.begin().await?;
-        let rows: Vec<(String, Vec<u8>)> =
-            sqlx::query_as("SELECT id::text, auth_sealed FROM apps ORDER BY created_at, id FOR UPDATE")
-                .fetch_all(&mut *tx)
-                .await?;
-        let mut resealed = 0;
-        let mut unopened = Vec::new();
-        for (id, sealed) in &rows {
-            match reseal(Some(id), sealed) {
-                Some(again) => {
-                    sqlx::query("UPDATE apps SET auth_sealed = $1 WHERE id = $2::uuid")
-                        .bind(again)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                    resealed += 1;
-                }
-                None => unopened.push(id.clone()),
-            }
-        }
-        let check: Option<Vec<u8>> = sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(again) = check.as_deref().and_then(|sealed| reseal(None, sealed)) {
-            sqlx::query("UPDATE key_check SET sealed = $1 WHERE id = 1")
-                .bind(again)
-                .execute(&mut *tx)
-                .await?;
-        }
-        self.commit(tx).await?;
-        Ok((resealed, unopened))
-    }
-
-    async fn key_check(&self) -> StoreResult<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn init_key_check(&self, sealed: &[u8], now: Millis) -> StoreResult<Vec<u8>> {
-        sqlx::query(
-            "INSERT INTO key_check (id, sealed, created_at) VALUES (1, $1, from_ms($2)) ON CONFLICT DO NOTHING",
-        )
-        .bind(sealed)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
-    fn shared(&self) -> bool {
-        true
-    }
-
-    async fn heartbeat(
+    pub(super) async fn heartbeat(
         &self,
         replica: &str,
         instance: &str,
@@ -1938,7 +1125,7 @@ impl Store for PostgresStore {
         Ok(Some(alive))
     }
 
-    async fn leave(&self, replica: &str) -> StoreResult<()> {
+    pub(super) async fn leave(&self, replica: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM replicas WHERE id = $1")
             .bind(replica)
             .execute(&self.pool)
@@ -1946,7 +1133,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Millis) -> StoreResult<Option<Grant>> {
+    pub(super) async fn acquire_lease(&self, name: &str, holder: &str, ttl: Millis) -> StoreResult<Option<Grant>> {
         let mut tx = self.pool.begin().await?;
         let current: Option<(String, bool, bool)> =
             sqlx::query_as("SELECT holder, expires_at > now(), released FROM leases WHERE name = $1 FOR UPDATE")
@@ -1988,7 +1175,7 @@ impl Store for PostgresStore {
         Ok(token.map(|token| Grant { token, ..grant }))
     }
 
-    async fn renew_leases(&self, holder: &str, ttl: Millis) -> StoreResult<Vec<(String, i64)>> {
+    pub(super) async fn renew_leases(&self, holder: &str, ttl: Millis) -> StoreResult<Vec<(String, i64)>> {
         Ok(sqlx::query_as(
             "UPDATE leases SET expires_at = now() + $2 * interval '1 millisecond'
              WHERE holder = $1 AND NOT released AND expires_at > now() RETURNING name, token",
@@ -1999,7 +1186,7 @@ impl Store for PostgresStore {
         .await?)
     }
 
-    async fn release_leases(&self, holder: &str, names: &[String], forget: bool) -> StoreResult<()> {
+    pub(super) async fn release_leases(&self, holder: &str, names: &[String], forget: bool) -> StoreResult<()> {
         let sql = if forget {
             "DELETE FROM leases WHERE holder = $1 AND name = ANY($2)"
         } else {
@@ -2009,7 +1196,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn notify_work(&self, what: &str) -> StoreResult<()> {
+    pub(super) async fn notify_work(&self, what: &str) -> StoreResult<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(WORK_CHANNEL)
             .bind(what)
@@ -2018,14 +1205,19 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn listen_work(&self) -> StoreResult<Option<Box<dyn WorkListener>>> {
+    pub(super) async fn listen_work(&self) -> StoreResult<Option<Box<dyn WorkListener>>> {
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
         listener.listen(WORK_CHANNEL).await?;
         Ok(Some(Box::new(PgWorkListener(listener))))
     }
 
     // the Graph source (SPEC §7)
-    async fn put_principal_attributes(&self, principal_id: &str, attributes: &Value, now: Millis) -> StoreResult<()> {
+    pub(super) async fn put_principal_attributes(
+        &self,
+        principal_id: &str,
+        attributes: &Value,
+        now: Millis,
+    ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
         Self::lock_principal(&mut tx, principal_id).await?;
         Self::merge_principal(&mut tx, principal_id, attributes, now, now).await?;
@@ -2033,93 +1225,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn assigned_group_ids(&self) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT g.group_id FROM group_assignments g JOIN apps a ON a.id = g.app_id
-             WHERE a.deleted_at IS NULL ORDER BY g.group_id",
-        )
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn source_state(&self, id: &str) -> StoreResult<Option<SourceState>> {
-        Ok(sqlx::query_as(
-            "SELECT id, kind, group_id, delta_link, group_info, to_ms(group_info_at) AS group_info_at,
-               to_ms(last_attempt_at) AS last_attempt_at, to_ms(last_success_at) AS last_success_at, last_error,
-               to_ms(next_poll_at) AS next_poll_at
-             FROM sources WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn list_sources(&self) -> StoreResult<Vec<SourceState>> {
-        Ok(sqlx::query_as(
-            "SELECT id, kind, group_id, delta_link, group_info, to_ms(group_info_at) AS group_info_at,
-               to_ms(last_attempt_at) AS last_attempt_at, to_ms(last_success_at) AS last_success_at, last_error,
-               to_ms(next_poll_at) AS next_poll_at
-             FROM sources ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn put_source_state(&self, s: &SourceState) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO sources (id, kind, group_id, delta_link, group_info, group_info_at, last_attempt_at,
-               last_success_at, last_error, next_poll_at)
-             VALUES ($1, $2, $3, $4, $5::jsonb, from_ms($6), from_ms($7), from_ms($8), $9, from_ms($10))
-             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, group_id = excluded.group_id,
-               delta_link = excluded.delta_link, group_info = excluded.group_info,
-               group_info_at = excluded.group_info_at, last_attempt_at = excluded.last_attempt_at,
-               last_success_at = excluded.last_success_at, last_error = excluded.last_error,
-               next_poll_at = excluded.next_poll_at",
-        )
-        .bind(&s.id)
-        .bind(&s.kind)
-        .bind(&s.group_id)
-        .bind(&s.delta_link)
-        .bind(s.group_info.as_ref().map(Value::to_string))
-        .bind(s.group_info_at)
-        .bind(s.last_attempt_at)
-        .bind(s.last_success_at)
-        .bind(&s.last_error)
-        .bind(s.next_poll_at)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await
-    }
-
-    async fn seen_requests(&self, group_id: &str) -> StoreResult<Vec<(String, String)>> {
-        Ok(
-            sqlx::query_as("SELECT request_id, status FROM source_seen_requests WHERE group_id = $1")
-                .bind(group_id)
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn mark_requests_seen(&self, group_id: &str, pairs: &[(String, String)], now: Millis) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        for (id, status) in pairs {
-            sqlx::query(
-                "INSERT INTO source_seen_requests (group_id, request_id, status, seen_at)
-                 VALUES ($1, $2, $3, from_ms($4)) ON CONFLICT DO NOTHING",
-            )
-            .bind(group_id)
-            .bind(id)
-            .bind(status)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+    pub(super) async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
         self.delete_unlisted(
             "DELETE FROM source_seen_requests WHERE group_id = $1 AND NOT (request_id = ANY($2))",
             group_id,
@@ -2159,7 +1265,7 @@ mod tests {
     /// A fresh, migrated database on the test PostgreSQL server (`SCIM_BRIDGE_TEST_POSTGRES_URL`,
     /// default the local cluster), dropped by `drop_database`. `None` (the test skips, saying
     /// why) when there is no server, except under `CI=true`.
-    async fn fresh_store() -> Option<(PostgresStore, String, String)> {
+    async fn fresh_store() -> Option<(PostgresDb, String, String)> {
         let server = std::env::var("SCIM_BRIDGE_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://scim_bridge_test:scim_bridge_test@127.0.0.1/scim_bridge_test".into());
         let mut admin = match sqlx::PgConnection::connect(&server).await {
@@ -2179,12 +1285,12 @@ mod tests {
             .expect("create a test database");
         let mut url = url::Url::parse(&server).expect("URL");
         url.set_path(&format!("/{name}"));
-        let store = PostgresStore::open(url.as_str()).await.expect("open");
+        let store = PostgresDb::open(url.as_str()).await.expect("open");
         store.migrate().await.expect("migrate");
         Some((store, server, name))
     }
 
-    async fn drop_database(store: PostgresStore, server: &str, name: &str) {
+    async fn drop_database(store: PostgresDb, server: &str, name: &str) {
         store.pool.close().await;
         if let Ok(mut admin) = sqlx::PgConnection::connect(server).await {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -2196,7 +1302,7 @@ mod tests {
     }
 
     /// Waits (without sleeping on a guess) until some backend of the database waits for a lock.
-    async fn until_someone_waits_for_a_lock(store: &PostgresStore) {
+    async fn until_someone_waits_for_a_lock(store: &PostgresDb) {
         loop {
             let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted")
                 .fetch_one(&store.pool)
@@ -2221,8 +1327,8 @@ mod tests {
         let now = 1_000_000;
         // The first writer is a webhook: `accept_events` holds the principal's key.
         let mut first = store.begin().await.unwrap();
-        PostgresStore::lock_principal(&mut first, "p-1").await.unwrap();
-        PostgresStore::merge_principal(
+        PostgresDb::lock_principal(&mut first, "p-1").await.unwrap();
+        PostgresDb::merge_principal(
             &mut first,
             "p-1",
             &serde_json::json!({"userPrincipalName": "ada@example.test", "mail": "ada@example.test"}),

@@ -1,20 +1,23 @@
 //! The embedded store: SQLite in WAL mode. Times are integer unix milliseconds. This file holds
-//! SQL and row mapping; what a transaction contains is decided in `crate::rules` and by the
-//! engine.
+//! what only SQLite does (the write turn, the webhooks' group commit; see `store::dialect`) and the
+//! methods not yet written once for both databases in their aggregate's file; what a transaction
+//! contains is decided in `crate::rules` and by the engine.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use tracing::instrument;
 
+use super::audit::insert_audit;
+use super::dialect::Dialect;
+use super::logs::insert_log;
 use super::*;
 use crate::rules::{self, AssignedApp, MembershipState, MembershipWrite, StoredAttributes};
 
-pub struct SqliteStore {
-    pool: SqlitePool,
+pub struct SqliteDb {
+    pub(super) pool: SqlitePool,
     /// Write transactions take turns here, first come first served, before they take a pooled
     /// connection: SQLite runs one writer at a time anyway, and waiting here (not on the
     /// database's busy handler, holding a connection) keeps a flood of webhooks from taking every
@@ -35,47 +38,6 @@ type Tx = Transaction<'static, Sqlite>;
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-fn to_json(v: &impl Serialize) -> String {
-    serde_json::to_string(v).expect("serializes")
-}
-
-const INSERT_LOG: &str =
-    "INSERT INTO provisioning_logs (id, time, app_id, app_name, trigger, cycle_id, event_id, job_id,
-    principal_id, user_principal_name, group_id, action, status, reason, deferred_until, target_user_id,
-    target_group_id, attempt, duration_ms, latency_ms, steps)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-
-async fn insert_log_in<'e, E>(executor: E, e: &LogEntry) -> StoreResult<()>
-where
-    E: sqlx::Executor<'e, Database = Sqlite>,
-{
-    sqlx::query(INSERT_LOG)
-        .bind(&e.id)
-        .bind(e.time)
-        .bind(&e.app_id)
-        .bind(&e.app_name)
-        .bind(&e.trigger)
-        .bind(&e.cycle_id)
-        .bind(&e.event_id)
-        .bind(&e.job_id)
-        .bind(&e.principal_id)
-        .bind(&e.user_principal_name)
-        .bind(&e.group_id)
-        .bind(&e.action)
-        .bind(&e.status)
-        .bind(&e.reason)
-        .bind(e.deferred_until)
-        .bind(&e.target_user_id)
-        .bind(&e.target_group_id)
-        .bind(e.attempt)
-        .bind(e.duration_ms)
-        .bind(e.latency_ms)
-        .bind(to_json(&e.steps))
-        .execute(executor)
-        .await?;
-    Ok(())
 }
 
 const INSERT_JOB: &str = "INSERT INTO jobs (id, app_id, event_seq, event_id, principal_id, group_id, kind, trigger,
@@ -104,18 +66,6 @@ async fn insert_job_in(conn: &mut sqlx::SqliteConnection, job: &Job, now: Millis
         .await?;
     Ok(())
 }
-
-/// A removal job of the member (principal `?3`) from target group `?2` is pending or in flight:
-/// handed on by a cycle with that target group, or an event's, whose group is assigned to it or
-/// was the one the member was provisioned there for.
-const REMOVAL_OPEN: &str = "SELECT 1 FROM jobs j
-    WHERE j.app_id = ?1 AND j.principal_id = ?3 AND j.kind = 'remove' AND j.state IN ('pending', 'in_flight')
-      AND (j.target_display_name = ?2
-           OR (j.target_display_name IS NULL AND j.group_id IN (
-                 SELECT ga.group_id FROM group_assignments ga WHERE ga.app_id = ?1 AND ga.target_display_name = ?2
-                 UNION SELECT p.group_id FROM provisioned p
-                   WHERE p.app_id = ?1 AND p.target_display_name = ?2 AND p.principal_id = ?3)))
-    LIMIT 1";
 
 const ENTITLED_VIA: &str = "SELECT ga.group_id FROM group_assignments ga
     WHERE ga.app_id = ? AND ga.target_display_name = ? AND (
@@ -211,7 +161,37 @@ pub(crate) fn moved_to(e: &sqlx::Error) -> Option<String> {
         .map(|at| message[at + MOVED_MESSAGE.len()..].to_string())
 }
 
-impl SqliteStore {
+impl SqliteDb {
+    pub(super) fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    /// Any string may be an app's id here: a made-up one finds nothing.
+    pub(super) fn app_key<'a>(&self, id: &'a str) -> Option<&'a str> {
+        Some(id)
+    }
+
+    /// No leases here (see `PostgresDb::forget_app_lease`).
+    pub(super) async fn forget_app_lease(&self, _tx: &mut Tx, _app_id: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// The write turn already orders them (see `PostgresDb::lock_cycle_requests`).
+    pub(super) async fn lock_cycle_requests(&self, _tx: &mut Tx, _app_id: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// `AND app_id IN (...)` for a query built piece by piece, the ids as one JSON array (a list
+    /// can hold more ids than SQLite binds parameters).
+    pub(super) fn push_app_ids(&self, q: &mut sqlx::QueryBuilder<Sqlite>, ids: &[String]) {
+        q.push(" AND app_id IN (SELECT value FROM json_each(")
+            .push_bind(to_json(ids))
+            .push("))");
+    }
+
+    /// Nothing to number: an entry's `seq` is its rowid, given as it is written.
+    pub(super) async fn order_commits(&self) {}
+
     /// Where `migrate-store` moved this store, if it did (SPEC §6, "Moving stores").
     async fn moved_to(&self) -> StoreResult<Option<String>> {
         let marked: Option<i64> =
@@ -259,15 +239,15 @@ impl SqliteStore {
 
     /// Commits a write, with the audit entry that records it if one is pending
     /// (`store::audited`): the change and its audit entry commit together or not at all.
-    async fn commit(&self, mut tx: Tx) -> StoreResult<()> {
+    pub(super) async fn commit(&self, mut tx: Tx) -> StoreResult<()> {
         if let Some(e) = take_audit() {
-            insert_audit_in(&mut *tx, &e).await?;
+            insert_audit!(self, &mut *tx, &e)?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    async fn begin(&self) -> StoreResult<(tokio::sync::MutexGuard<'_, ()>, Tx)> {
+    pub(super) async fn begin(&self) -> StoreResult<(tokio::sync::MutexGuard<'_, ()>, Tx)> {
         let turn = self.write_turn.lock().await;
         Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
@@ -504,7 +484,7 @@ impl SqliteStore {
             jobs.push((job_id, job.app_id.clone()));
         }
         for entry in &plan.logs {
-            insert_log_in(&mut **tx, entry).await?;
+            insert_log!(Dialect::Sqlite, &mut **tx, entry)?;
         }
         Ok(Acceptance::Accepted { jobs })
     }
@@ -541,9 +521,9 @@ impl SqliteStore {
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn migrate(&self) -> StoreResult<()> {
+/// The methods of `Store` that have not moved to their aggregate's file yet (see `dialect`).
+impl SqliteDb {
+    pub(super) async fn migrate(&self) -> StoreResult<()> {
         // A moved store is left as it was: no bridge starts on it, no migration changes it.
         if let Some(destination) = self.moved_to().await? {
             return Err(StoreError::Moved(destination));
@@ -552,209 +532,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn ping(&self) -> StoreResult<()> {
+    pub(super) async fn ping(&self) -> StoreResult<()> {
         match self.moved_to().await? {
             Some(destination) => Err(StoreError::Moved(destination)),
             None => Ok(()),
         }
     }
 
-    async fn insert_token(&self, t: &TokenRecord, hash: &str) -> StoreResult<()> {
-        let (_turn, mut tx) = self.begin().await?;
-        sqlx::query("INSERT INTO tokens (id, name, role, hash, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(&t.id)
-            .bind(&t.name)
-            .bind(&t.role)
-            .bind(hash)
-            .bind(t.created_at)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
-        Ok(
-            sqlx::query_as("SELECT id, name, role, created_at FROM tokens WHERE hash = ? AND revoked_at IS NULL")
-                .bind(hash)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
-        Ok(
-            sqlx::query_as(
-                "SELECT id, name, role, created_at FROM tokens WHERE revoked_at IS NULL ORDER BY created_at",
-            )
-            .fetch_all(&self.pool)
-            .await?,
-        )
-    }
-
-    async fn revoke_token(&self, id: &str, now: Millis) -> StoreResult<bool> {
-        let (_turn, mut tx) = self.begin().await?;
-        let done = sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn insert_app(&self, a: &AppRecord) -> StoreResult<()> {
-        let (_turn, mut tx) = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO apps (id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status,
-             status_reason, legacy_remove, next_sync_at, quarantine_level, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&a.id)
-        .bind(&a.name)
-        .bind(&a.scim_base_url)
-        .bind(&a.auth_type)
-        .bind(&a.auth_sealed)
-        .bind(to_json(&a.settings))
-        .bind(to_json(&a.owners))
-        .bind(&a.status)
-        .bind(&a.status_reason)
-        .bind(a.legacy_remove)
-        .bind(a.next_sync_at)
-        .bind(a.quarantine_level)
-        .bind(a.created_at)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn change_app(&self, id: &str, c: &AppChanges) -> StoreResult<()> {
-        let (_turn, mut tx) = self.begin().await?;
-        // Each column keeps its stored value unless the change sets it.
-        sqlx::query(
-            "UPDATE apps SET name = COALESCE(?, name), scim_base_url = COALESCE(?, scim_base_url),
-               auth_type = COALESCE(?, auth_type), auth_sealed = COALESCE(?, auth_sealed),
-               settings = COALESCE(?, settings), owners = COALESCE(?, owners),
-               status = COALESCE(?, status), status_reason = CASE WHEN ? THEN ? ELSE status_reason END
-             WHERE id = ?",
-        )
-        .bind(&c.name)
-        .bind(&c.scim_base_url)
-        .bind(c.auth.as_ref().map(|(kind, _)| kind))
-        .bind(c.auth.as_ref().map(|(_, sealed)| sealed))
-        .bind(c.settings.as_ref().map(to_json))
-        .bind(c.owners.as_ref().map(to_json))
-        .bind(c.status.as_ref().map(|(s, _)| s))
-        .bind(c.status.is_some())
-        .bind(c.status.as_ref().and_then(|(_, r)| r.clone()))
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn get_app(&self, id: &str) -> StoreResult<Option<AppRecord>> {
-        Ok(sqlx::query_as("SELECT * FROM apps WHERE id = ? AND deleted_at IS NULL")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn list_apps(&self) -> StoreResult<Vec<AppRecord>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM apps WHERE deleted_at IS NULL ORDER BY created_at, id")
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn set_app_status(&self, id: &str, status: &str, reason: Option<&str>, level: i64) -> StoreResult<()> {
-        let (_turn, mut tx) = self.begin().await?;
-        sqlx::query("UPDATE apps SET status = ?, status_reason = ?, quarantine_level = ? WHERE id = ?")
-            .bind(status)
-            .bind(reason)
-            .bind(level)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn set_next_sync(&self, id: &str, at: Millis) -> StoreResult<()> {
-        sqlx::query("UPDATE apps SET next_sync_at = ? WHERE id = ?")
-            .bind(at)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()> {
-        let (_turn, mut tx) = self.begin().await?;
-        sqlx::query("UPDATE apps SET deleted_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM group_assignments WHERE app_id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE jobs SET state = 'cancelled', updated_at = ? WHERE app_id = ? AND state IN ('pending', 'deferred', 'in_flight')")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        // Deleting an app forgets its links (what was last sent for each principal).
-        sqlx::query("DELETE FROM target_users WHERE app_id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {
-        let (_turn, mut tx) = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO group_assignments (app_id, group_id, target_display_name, created_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (app_id, group_id) DO UPDATE SET target_display_name = excluded.target_display_name",
-        )
-        .bind(&a.app_id)
-        .bind(&a.group_id)
-        .bind(&a.target_display_name)
-        .bind(a.created_at)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn delete_assignment(&self, app_id: &str, group_id: &str) -> StoreResult<bool> {
-        let (_turn, mut tx) = self.begin().await?;
-        let done = sqlx::query("DELETE FROM group_assignments WHERE app_id = ? AND group_id = ?")
-            .bind(app_id)
-            .bind(group_id)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM group_assignments WHERE app_id = ? ORDER BY created_at, group_id")
-                .bind(app_id)
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
-
     #[instrument(skip_all, fields(events = items.len()))]
-    async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
+    pub(super) async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
         // Group commit: a webhook queues its events and waits for its turn to write. Webhooks
         // that arrived while another commit was being made to disk are then committed together,
         // one fsync for all (if one webhook's write fails, each is written again alone, so only
@@ -789,7 +575,7 @@ impl Store for SqliteStore {
             .unwrap_or_else(|_| Err(StoreError::Corrupt("a webhook's commit was abandoned".into())))
     }
 
-    async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
+    pub(super) async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
         Ok(sqlx::query_as(
             "SELECT seq, id, status, body, received_at, outcome, reason FROM events WHERE id = ? ORDER BY seq",
         )
@@ -798,17 +584,20 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
+    pub(super) async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
         let row = self.principal_row(principal_id).await?;
         Ok(row.and_then(|r| r.attributes().principal()))
     }
 
-    async fn principal_attributes(&self, principal_id: &str) -> StoreResult<Option<serde_json::Map<String, Value>>> {
+    pub(super) async fn principal_attributes(
+        &self,
+        principal_id: &str,
+    ) -> StoreResult<Option<serde_json::Map<String, Value>>> {
         let row = self.principal_row(principal_id).await?;
         Ok(row.map(|r| r.attributes().values()))
     }
 
-    async fn put_standing_member(
+    pub(super) async fn put_standing_member(
         &self,
         group_id: &str,
         principal: &str,
@@ -832,18 +621,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool> {
-        let (_turn, mut tx) = self.begin().await?;
-        let done = sqlx::query("DELETE FROM standing_members WHERE group_id = ? AND principal_id = ?")
-            .bind(group_id)
-            .bind(principal)
-            .execute(&mut *tx)
-            .await?;
-        self.commit(tx).await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+    pub(super) async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
         let (_turn, mut tx) = self.begin().await?;
         let gone = delete_unlisted(
             &mut tx,
@@ -857,89 +635,19 @@ impl Store for SqliteStore {
         Ok(gone)
     }
 
-    async fn put_principal_attributes(&self, principal_id: &str, attributes: &Value, now: Millis) -> StoreResult<()> {
+    pub(super) async fn put_principal_attributes(
+        &self,
+        principal_id: &str,
+        attributes: &Value,
+        now: Millis,
+    ) -> StoreResult<()> {
         let (_turn, mut tx) = self.begin().await?;
         Self::merge_principal(&mut tx, principal_id, attributes, now, now).await?;
         self.commit(tx).await?;
         Ok(())
     }
 
-    async fn assigned_group_ids(&self) -> StoreResult<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT DISTINCT g.group_id FROM group_assignments g JOIN apps a ON a.id = g.app_id
-             WHERE a.deleted_at IS NULL ORDER BY g.group_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(g,)| g).collect())
-    }
-
-    async fn source_state(&self, id: &str) -> StoreResult<Option<SourceState>> {
-        Ok(sqlx::query_as("SELECT * FROM sources WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn list_sources(&self) -> StoreResult<Vec<SourceState>> {
-        Ok(sqlx::query_as("SELECT * FROM sources ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    async fn put_source_state(&self, s: &SourceState) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO sources (id, kind, group_id, delta_link, group_info, group_info_at, last_attempt_at,
-               last_success_at, last_error, next_poll_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, group_id = excluded.group_id,
-               delta_link = excluded.delta_link, group_info = excluded.group_info,
-               group_info_at = excluded.group_info_at, last_attempt_at = excluded.last_attempt_at,
-               last_success_at = excluded.last_success_at, last_error = excluded.last_error,
-               next_poll_at = excluded.next_poll_at",
-        )
-        .bind(&s.id)
-        .bind(&s.kind)
-        .bind(&s.group_id)
-        .bind(&s.delta_link)
-        .bind(s.group_info.as_ref().map(Value::to_string))
-        .bind(s.group_info_at)
-        .bind(s.last_attempt_at)
-        .bind(s.last_success_at)
-        .bind(&s.last_error)
-        .bind(s.next_poll_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn seen_requests(&self, group_id: &str) -> StoreResult<Vec<(String, String)>> {
-        Ok(
-            sqlx::query_as("SELECT request_id, status FROM source_seen_requests WHERE group_id = ?")
-                .bind(group_id)
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn mark_requests_seen(&self, group_id: &str, pairs: &[(String, String)], now: Millis) -> StoreResult<()> {
-        let (_turn, mut tx) = self.begin().await?;
-        for (id, status) in pairs {
-            sqlx::query(
-                "INSERT INTO source_seen_requests (group_id, request_id, status, seen_at) VALUES (?, ?, ?, ?)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(group_id)
-            .bind(id)
-            .bind(status)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+    pub(super) async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
         let (_turn, mut tx) = self.begin().await?;
         let gone = delete_unlisted(
             &mut tx,
@@ -953,7 +661,7 @@ impl Store for SqliteStore {
         Ok(gone)
     }
 
-    async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
+    pub(super) async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
         Ok(sqlx::query_as(
             "SELECT j.* FROM jobs j WHERE j.app_id = ?1 AND j.state = 'pending' AND j.not_before <= ?2
                AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.app_id = j.app_id AND e.principal_id = j.principal_id
@@ -968,7 +676,7 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>> {
+    pub(super) async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>> {
         Ok(sqlx::query_scalar(
             "SELECT MIN(not_before) FROM jobs WHERE app_id = ? AND state = 'pending' AND not_before > ?",
         )
@@ -978,7 +686,7 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>> {
+    pub(super) async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>> {
         Ok(sqlx::query_as(
             "SELECT * FROM jobs WHERE app_id = ? AND state = 'deferred'
              ORDER BY CASE kind WHEN 'remove' THEN 0 ELSE 1 END, seq",
@@ -988,7 +696,7 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<bool> {
+    pub(super) async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<bool> {
         let claimed = sqlx::query(
             "UPDATE jobs SET state = 'in_flight', attempt = attempt + 1, updated_at = ?2,
                admitted_at = CASE WHEN ?3 THEN ?2 ELSE admitted_at END
@@ -1002,7 +710,7 @@ impl Store for SqliteStore {
         Ok(claimed.rows_affected() > 0)
     }
 
-    async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
+    pub(super) async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
         Ok(sqlx::query_scalar(
             "SELECT admitted_at FROM jobs WHERE app_id = ? AND admitted_at >= ? ORDER BY admitted_at",
         )
@@ -1012,7 +720,7 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>> {
+    pub(super) async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>> {
         Ok(sqlx::query_scalar(
             "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = ?
              WHERE app_id = ? AND state = 'in_flight' RETURNING id",
@@ -1023,7 +731,7 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
+    pub(super) async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
         sqlx::query(
             "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = ?
              WHERE id = ? AND state = 'in_flight'",
@@ -1035,7 +743,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
+    pub(super) async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
         Ok(sqlx::query(
             "UPDATE jobs SET not_before = ?2, updated_at = ?2
              WHERE app_id = ?1 AND kind = 'remove' AND state = 'pending' AND not_before > ?2",
@@ -1047,7 +755,7 @@ impl Store for SqliteStore {
         .rows_affected())
     }
 
-    async fn open_adds_for(
+    pub(super) async fn open_adds_for(
         &self,
         app_id: &str,
         principal_id: &str,
@@ -1066,14 +774,14 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
+    pub(super) async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
         let (_turn, mut tx) = self.begin().await?;
         insert_job_in(&mut tx, job, now).await?;
         self.commit(tx).await?;
         Ok(())
     }
 
-    async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
+    pub(super) async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
         let found: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM memberships WHERE principal_id = ? AND group_id = ? AND access_id = 'member' AND active = 1
              AND (end_at IS NULL OR end_at > ?)",
@@ -1086,7 +794,7 @@ impl Store for SqliteStore {
         Ok(found.is_some())
     }
 
-    async fn entitled_via(
+    pub(super) async fn entitled_via(
         &self,
         app_id: &str,
         target: &str,
@@ -1103,7 +811,7 @@ impl Store for SqliteStore {
     }
 
     #[instrument(skip_all)]
-    async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>> {
+    pub(super) async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>> {
         #[derive(sqlx::FromRow)]
         struct Due {
             principal_id: String,
@@ -1163,7 +871,7 @@ impl Store for SqliteStore {
         Ok(woken)
     }
 
-    async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
+    pub(super) async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
         Ok(sqlx::query_scalar(
             "SELECT MIN(end_at) FROM memberships WHERE active = 1 AND expired_at IS NULL AND end_at IS NOT NULL",
         )
@@ -1172,7 +880,7 @@ impl Store for SqliteStore {
     }
 
     #[instrument(skip_all, fields(app_id = %o.app_id))]
-    async fn record(&self, o: &Outcome) -> StoreResult<()> {
+    pub(super) async fn record(&self, o: &Outcome) -> StoreResult<()> {
         let now = o.time;
         let (_turn, mut tx) = self.begin().await?;
         for (job_id, change) in &o.jobs {
@@ -1213,7 +921,7 @@ impl Store for SqliteStore {
             insert_job_in(&mut tx, job, now).await?;
         }
         for entry in &o.logs {
-            insert_log_in(&mut *tx, entry).await?;
+            insert_log!(self, &mut *tx, entry)?;
         }
         if let Some(c) = &o.cycle {
             sqlx::query(
@@ -1254,253 +962,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>> {
-        Ok(sqlx::query_as(
-            "SELECT target_user_id, fingerprint, created_by_us, disabled FROM target_users
-             WHERE app_id = ? AND principal_id = ?",
-        )
-        .bind(app_id)
-        .bind(principal_id)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn put_target_user(&self, app_id: &str, principal_id: &str, u: &TargetUser) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO target_users (app_id, principal_id, target_user_id, fingerprint, created_by_us, disabled)
-             VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (app_id, principal_id) DO UPDATE SET target_user_id = excluded.target_user_id,
-               fingerprint = excluded.fingerprint, created_by_us = MAX(created_by_us, excluded.created_by_us),
-               disabled = excluded.disabled",
-        )
-        .bind(app_id)
-        .bind(principal_id)
-        .bind(&u.target_user_id)
-        .bind(&u.fingerprint)
-        .bind(u.created_by_us)
-        .bind(u.disabled)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn target_users(&self, app_id: &str) -> StoreResult<Vec<(String, TargetUser)>> {
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            principal_id: String,
-            #[sqlx(flatten)]
-            user: TargetUser,
-        }
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT principal_id, target_user_id, fingerprint, created_by_us, disabled FROM target_users
-             WHERE app_id = ? ORDER BY principal_id",
-        )
-        .bind(app_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|r| (r.principal_id, r.user)).collect())
-    }
-
-    async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT target_group_id FROM target_groups WHERE app_id = ? AND display_name = ?")
-                .bind(app_id)
-                .bind(display_name)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO target_groups (app_id, display_name, target_group_id) VALUES (?, ?, ?)
-             ON CONFLICT (app_id, display_name) DO UPDATE SET target_group_id = excluded.target_group_id",
-        )
-        .bind(app_id)
-        .bind(display_name)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn forget_target_group(&self, app_id: &str, display_name: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM target_groups WHERE app_id = ? AND display_name = ?")
-            .bind(app_id)
-            .bind(display_name)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn provisioned_targets_of(
-        &self,
-        app_id: &str,
-        principal_id: &str,
-        group_id: &str,
-    ) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT target_display_name FROM provisioned WHERE app_id = ? AND principal_id = ? AND group_id = ?
-             ORDER BY target_display_name",
-        )
-        .bind(app_id)
-        .bind(principal_id)
-        .bind(group_id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn provisioned_for(&self, app_id: &str, m: &TargetMember) -> StoreResult<Option<String>> {
-        let found: Option<Option<String>> = sqlx::query_scalar(
-            "SELECT group_id FROM provisioned WHERE app_id = ? AND target_display_name = ? AND principal_id = ?",
-        )
-        .bind(app_id)
-        .bind(&m.target_display_name)
-        .bind(&m.principal_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(found.flatten())
-    }
-
-    async fn removal_open(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
-        let found: Option<i64> = sqlx::query_scalar(REMOVAL_OPEN)
-            .bind(app_id)
-            .bind(&m.target_display_name)
-            .bind(&m.principal_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(found.is_some())
-    }
-
-    async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM provisioned WHERE app_id = ? AND target_display_name = ? AND principal_id = ?",
-        )
-        .bind(app_id)
-        .bind(&m.target_display_name)
-        .bind(&m.principal_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(found.is_some())
-    }
-
-    async fn is_confirmed(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM provisioned WHERE app_id = ? AND target_display_name = ? AND principal_id = ? AND confirmed = 1",
-        )
-        .bind(app_id)
-        .bind(&m.target_display_name)
-        .bind(&m.principal_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(found.is_some())
-    }
-
-    async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
-        Ok(sqlx::query_as(
-            "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = ? AND confirmed = 0
-             ORDER BY target_display_name, principal_id",
-        )
-        .bind(app_id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
-        Ok(sqlx::query_as(
-            "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = ? ORDER BY target_display_name, principal_id",
-        )
-        .bind(app_id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>> {
-        Ok(sqlx::query_as(
-            "SELECT DISTINCT ga.target_display_name, s.principal_id FROM group_assignments ga
-               JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = ?1
-             UNION
-             SELECT DISTINCT ga.target_display_name, m.principal_id FROM group_assignments ga
-               JOIN memberships m ON m.group_id = ga.group_id
-             WHERE ga.app_id = ?1 AND m.access_id = 'member' AND m.active = 1
-               AND (m.start_at IS NULL OR m.start_at <= ?2) AND (m.end_at IS NULL OR m.end_at > ?2)
-             ORDER BY 1, 2",
-        )
-        .bind(app_id)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn standing_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
-        Ok(sqlx::query_as(
-            "SELECT DISTINCT ga.target_display_name, s.principal_id FROM group_assignments ga
-               JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = ? ORDER BY 1, 2",
-        )
-        .bind(app_id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()> {
-        insert_log_in(&self.pool, entry).await
-    }
-
-    async fn query_logs(&self, f: &LogFilter) -> StoreResult<Vec<LogEntry>> {
-        // Only the filters given become conditions, so SQLite walks the primary key (or the
-        // app's index) from the cursor down: a page costs the same on the millionth entry.
-        let mut q = sqlx::QueryBuilder::<Sqlite>::new("SELECT * FROM provisioning_logs WHERE 1 = 1");
-        if let Some(ids) = &f.app_ids {
-            q.push(" AND app_id IN (SELECT value FROM json_each(")
-                .push_bind(to_json(ids))
-                .push("))");
-        }
-        let equal = [
-            ("app_id", &f.app_id),
-            ("principal_id", &f.principal_id),
-            ("group_id", &f.group_id),
-            ("event_id", &f.event_id),
-            ("status", &f.status),
-            ("action", &f.action),
-            ("trigger", &f.trigger),
-        ];
-        for (column, value) in equal {
-            if let Some(value) = value {
-                q.push(format_args!(" AND {column} = ")).push_bind(value.clone());
-            }
-        }
-        if let Some(since) = f.since {
-            q.push(" AND time >= ").push_bind(since);
-        }
-        if let Some(until) = f.until {
-            q.push(" AND time < ").push_bind(until);
-        }
-        if let Some(before) = f.before_seq {
-            q.push(" AND seq < ").push_bind(before);
-        }
-        q.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
-        Ok(q.build_query_as().fetch_all(&self.pool).await?)
-    }
-
-    async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>> {
-        Ok(sqlx::query_as("SELECT * FROM provisioning_logs WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
-        let done = sqlx::query(
-            "DELETE FROM provisioning_logs WHERE seq IN (SELECT seq FROM provisioning_logs WHERE time < ? ORDER BY seq LIMIT ?)",
-        )
-        .bind(older_than)
-        .bind(batch)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn purge_records(&self, now: Millis, older_than: Millis, batch: i64) -> StoreResult<u64> {
+    pub(super) async fn purge_records(&self, now: Millis, older_than: Millis, batch: i64) -> StoreResult<u64> {
         let (_turn, mut tx) = self.begin().await?;
         let mut purged = 0;
         // Finished jobs first: their events may then go too.
@@ -1604,206 +1066,13 @@ impl Store for SqliteStore {
         Ok(purged)
     }
 
-    async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+    pub(super) async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>> {
         Ok(
             sqlx::query_as("SELECT app_id, COUNT(*) FROM jobs WHERE state = 'deferred' GROUP BY app_id")
                 .fetch_all(&self.pool)
                 .await?,
         )
     }
-
-    async fn purge_audit(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
-        let done =
-            sqlx::query("DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE time < ? ORDER BY seq LIMIT ?)")
-                .bind(older_than)
-                .bind(batch)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO sync_cycles (id, app_id, trigger, dry_run, started_at, ended_at, status, counts, progress, report)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&c.id)
-        .bind(&c.app_id)
-        .bind(&c.trigger)
-        .bind(c.dry_run)
-        .bind(c.started_at)
-        .bind(c.ended_at)
-        .bind(&c.status)
-        .bind(to_json(&c.counts))
-        .bind(&c.progress)
-        .bind(c.report.as_ref().map(Value::to_string))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn list_cycles(&self, app_id: &str, limit: i64) -> StoreResult<Vec<CycleRecord>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM sync_cycles WHERE app_id = ? ORDER BY started_at DESC, rowid DESC LIMIT ?")
-                .bind(app_id)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn running_cycles(&self, app_id: &str) -> StoreResult<Vec<CycleRecord>> {
-        Ok(
-            sqlx::query_as(
-                "SELECT * FROM sync_cycles WHERE app_id = ? AND ended_at IS NULL ORDER BY started_at, rowid",
-            )
-            .bind(app_id)
-            .fetch_all(&self.pool)
-            .await?,
-        )
-    }
-
-    async fn request_cycle(&self, app_id: &str, cycle_id: &str, dry_run: bool, now: Millis) -> StoreResult<String> {
-        let (_turn, mut tx) = self.begin().await?;
-        if !dry_run {
-            // A writing cycle that runs, or is already asked for, takes this request in.
-            let merged: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM (
-                   SELECT id, 0 AS rank, started_at AS t FROM sync_cycles
-                     WHERE app_id = ?1 AND ended_at IS NULL AND dry_run = 0
-                   UNION ALL
-                   SELECT cycle_id, 1, created_at FROM cycle_requests WHERE app_id = ?1 AND dry_run = 0)
-                 ORDER BY rank, t LIMIT 1",
-            )
-            .bind(app_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(id) = merged {
-                // Tells the running cycle to plan again before it ends.
-                sqlx::query(
-                    "INSERT INTO cycle_requests (cycle_id, app_id, dry_run, created_at) VALUES (?, ?, 0, ?)
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(&id)
-                .bind(app_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                name_cycle_in_audit(&id);
-                self.commit(tx).await?;
-                return Ok(id);
-            }
-        }
-        sqlx::query("INSERT INTO cycle_requests (cycle_id, app_id, dry_run, created_at) VALUES (?, ?, ?, ?)")
-            .bind(cycle_id)
-            .bind(app_id)
-            .bind(dry_run)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        name_cycle_in_audit(cycle_id);
-        self.commit(tx).await?;
-        Ok(cycle_id.to_string())
-    }
-
-    async fn take_replan(&self, app_id: &str, cycle_id: &str) -> StoreResult<bool> {
-        let done = sqlx::query("DELETE FROM cycle_requests WHERE app_id = ? AND cycle_id = ?")
-            .bind(app_id)
-            .bind(cycle_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>> {
-        Ok(sqlx::query_as(
-            "DELETE FROM cycle_requests WHERE cycle_id = (SELECT cycle_id FROM cycle_requests WHERE app_id = ?
-             ORDER BY created_at LIMIT 1) RETURNING cycle_id, dry_run",
-        )
-        .bind(app_id)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()> {
-        insert_audit_in(&self.pool, e).await
-    }
-
-    async fn list_audit(&self, limit: i64, before_seq: Option<i64>) -> StoreResult<Vec<AuditEntry>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM audit WHERE (?1 IS NULL OR seq < ?1) ORDER BY seq DESC LIMIT ?2")
-                .bind(before_seq)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
-
-    // encryption-key rotation (`scim-bridge rekey`)
-    async fn reseal_credentials(&self, reseal: &Reseal) -> StoreResult<(usize, Vec<String>)> {
-        let (_turn, mut tx) = self.begin().await?;
-        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT id, auth_sealed FROM apps ORDER BY created_at, id")
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut resealed = 0;
-        let mut unopened = Vec::new();
-        for (id, sealed) in &rows {
-            match reseal(Some(id), sealed) {
-                Some(again) => {
-                    sqlx::query("UPDATE apps SET auth_sealed = ? WHERE id = ?")
-                        .bind(again)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                    resealed += 1;
-                }
-                None => unopened.push(id.clone()),
-            }
-        }
-        let check: Option<Vec<u8>> = sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(again) = check.as_deref().and_then(|sealed| reseal(None, sealed)) {
-            sqlx::query("UPDATE key_check SET sealed = ? WHERE id = 1")
-                .bind(again)
-                .execute(&mut *tx)
-                .await?;
-        }
-        self.commit(tx).await?;
-        Ok((resealed, unopened))
-    }
-
-    async fn key_check(&self) -> StoreResult<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn init_key_check(&self, sealed: &[u8], now: Millis) -> StoreResult<Vec<u8>> {
-        sqlx::query("INSERT INTO key_check (id, sealed, created_at) VALUES (1, ?, ?) ON CONFLICT DO NOTHING")
-            .bind(sealed)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?)
-    }
-}
-
-async fn insert_audit_in<'e, E>(executor: E, e: &AuditEntry) -> StoreResult<()>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
-{
-    sqlx::query("INSERT INTO audit (time, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
-        .bind(e.time)
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(&e.target)
-        .bind(e.detail.to_string())
-        .execute(executor)
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1830,7 +1099,7 @@ mod tests {
     async fn concurrent_webhooks_committed_together_are_each_answered_as_if_alone() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(
-            SqliteStore::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            SqliteDb::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
                 .await
                 .unwrap(),
         );
@@ -1870,11 +1139,7 @@ mod tests {
         use sqlx::Connection;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let store = Arc::new(
-            SqliteStore::open(&format!("sqlite://{}", path.display()))
-                .await
-                .unwrap(),
-        );
+        let store = Arc::new(SqliteDb::open(&format!("sqlite://{}", path.display())).await.unwrap());
         store.migrate().await.unwrap();
         let now = chrono::Utc::now().timestamp_millis();
 

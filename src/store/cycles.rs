@@ -1,0 +1,165 @@
+//! Synchronization cycles: their records, and the queue of cycles asked for.
+
+use super::dialect::{db_run, db_statement, db_tx, sql};
+use super::*;
+
+/// A cycle row as `CycleRecord` reads it.
+macro_rules! cycle_columns {
+    () => {
+        "id, {text app_id} AS app_id, trigger, dry_run, {ms started_at} AS started_at, {ms ended_at} AS ended_at,
+         status, counts, progress, report"
+    };
+}
+
+impl SqlStore {
+    pub(super) async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()> {
+        db_statement!(self, db, conn => {
+            sqlx::query(sql!(
+                db,
+                "INSERT INTO sync_cycles (id, app_id, trigger, dry_run, started_at, ended_at, status, counts, progress,
+                   report)
+                 VALUES ($1, {uuid $2}, $3, $4, {ts $5}, {ts $6}, $7, {jsonb $8}, $9, {jsonb $10})"
+            ))
+            .bind(&c.id)
+            .bind(&c.app_id)
+            .bind(&c.trigger)
+            .bind(c.dry_run)
+            .bind(c.started_at)
+            .bind(c.ended_at)
+            .bind(&c.status)
+            .bind(to_json(&c.counts))
+            .bind(&c.progress)
+            .bind(c.report.as_ref().map(Value::to_string))
+            .execute(&mut *conn)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub(super) async fn list_cycles(&self, app_id: &str, limit: i64) -> StoreResult<Vec<CycleRecord>> {
+        Ok(db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
+            sqlx::query_as(sql!(
+                db,
+                concat!(
+                    "SELECT ",
+                    cycle_columns!(),
+                    " FROM sync_cycles WHERE app_id = {uuid $1}
+                     ORDER BY sync_cycles.started_at DESC, {pos} DESC LIMIT $2"
+                )
+            ))
+            .bind(app_id)
+            .bind(limit)
+            .fetch_all(&db.pool)
+            .await?
+        }))
+    }
+
+    pub(super) async fn running_cycles(&self, app_id: &str) -> StoreResult<Vec<CycleRecord>> {
+        Ok(db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
+            sqlx::query_as(sql!(
+                db,
+                concat!(
+                    "SELECT ",
+                    cycle_columns!(),
+                    " FROM sync_cycles WHERE app_id = {uuid $1} AND sync_cycles.ended_at IS NULL
+                     ORDER BY sync_cycles.started_at, {pos}"
+                )
+            ))
+            .bind(app_id)
+            .fetch_all(&db.pool)
+            .await?
+        }))
+    }
+
+    pub(super) async fn request_cycle(
+        &self,
+        app_id: &str,
+        cycle_id: &str,
+        dry_run: bool,
+        now: Millis,
+    ) -> StoreResult<String> {
+        Ok(db_tx!(self, db, tx => {
+            db.lock_cycle_requests(&mut tx, app_id).await?;
+            // A writing cycle that runs, or is already asked for, takes this request in.
+            let merged: Option<String> = if dry_run {
+                None
+            } else {
+                sqlx::query_scalar(sql!(
+                    db,
+                    "SELECT id FROM (
+                       SELECT id, 0 AS rank, started_at AS t FROM sync_cycles
+                         WHERE app_id = {uuid $1} AND ended_at IS NULL AND dry_run = FALSE
+                       UNION ALL
+                       SELECT cycle_id, 1, created_at FROM cycle_requests
+                         WHERE app_id = {uuid $1} AND dry_run = FALSE) c
+                     ORDER BY rank, t LIMIT 1"
+                ))
+                .bind(app_id)
+                .fetch_optional(&mut *tx)
+                .await?
+            };
+            match merged {
+                Some(id) => {
+                    // Tells the running cycle to plan again before it ends.
+                    sqlx::query(sql!(
+                        db,
+                        "INSERT INTO cycle_requests (cycle_id, app_id, dry_run, created_at)
+                         VALUES ($1, {uuid $2}, FALSE, {ts $3}) ON CONFLICT DO NOTHING"
+                    ))
+                    .bind(&id)
+                    .bind(app_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    name_cycle_in_audit(&id);
+                    id
+                }
+                None => {
+                    sqlx::query(sql!(
+                        db,
+                        "INSERT INTO cycle_requests (cycle_id, app_id, dry_run, created_at)
+                         VALUES ($1, {uuid $2}, $3, {ts $4})"
+                    ))
+                    .bind(cycle_id)
+                    .bind(app_id)
+                    .bind(dry_run)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    name_cycle_in_audit(cycle_id);
+                    cycle_id.to_string()
+                }
+            }
+        }))
+    }
+
+    pub(super) async fn take_replan(&self, app_id: &str, cycle_id: &str) -> StoreResult<bool> {
+        let done = db_statement!(self, db, conn => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
+            sqlx::query(sql!(db, "DELETE FROM cycle_requests WHERE app_id = {uuid $1} AND cycle_id = $2"))
+                .bind(app_id)
+                .bind(cycle_id)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        });
+        Ok(done > 0)
+    }
+
+    pub(super) async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>> {
+        Ok(db_statement!(self, db, conn => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
+            // A claim: a request another transaction is taking is skipped, never taken twice.
+            sqlx::query_as(sql!(
+                db,
+                "DELETE FROM cycle_requests WHERE cycle_id = (SELECT cycle_id FROM cycle_requests
+                 WHERE app_id = {uuid $1} ORDER BY created_at LIMIT 1 {skip_locked}) RETURNING cycle_id, dry_run"
+            ))
+            .bind(app_id)
+            .fetch_optional(&mut *conn)
+            .await?
+        }))
+    }
+}

@@ -1,0 +1,156 @@
+//! The provisioning log: one entry per thing done (or not done) for a membership at an app,
+//! paged newest first by `seq`.
+
+use super::dialect::{db_run, db_statement, sql};
+use super::*;
+
+pub(super) const INSERT_LOG: &str =
+    "INSERT INTO provisioning_logs (id, time, app_id, app_name, trigger, cycle_id, event_id, job_id,
+    principal_id, user_principal_name, group_id, action, status, reason, deferred_until, target_user_id,
+    target_group_id, attempt, duration_ms, latency_ms, steps)
+    VALUES ($1, {ts $2}, {uuid $3}, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, {ts $15}, $16, $17, $18,
+    $19, $20, {jsonb $21})";
+
+/// Writes the entry `$e` on `$conn` (a backend's connection or transaction); `$db` is the
+/// backend, or its `Dialect`.
+macro_rules! insert_log {
+    ($db:expr, $conn:expr, $e:expr) => {{
+        let e: &$crate::store::LogEntry = $e;
+        sqlx::query($crate::store::dialect::sql!($db, $crate::store::logs::INSERT_LOG))
+            .bind(&e.id)
+            .bind(e.time)
+            .bind(&e.app_id)
+            .bind(&e.app_name)
+            .bind(&e.trigger)
+            .bind(&e.cycle_id)
+            .bind(&e.event_id)
+            .bind(&e.job_id)
+            .bind(&e.principal_id)
+            .bind(&e.user_principal_name)
+            .bind(&e.group_id)
+            .bind(&e.action)
+            .bind(&e.status)
+            .bind(&e.reason)
+            .bind(e.deferred_until)
+            .bind(&e.target_user_id)
+            .bind(&e.target_group_id)
+            .bind(e.attempt)
+            .bind(e.duration_ms)
+            .bind(e.latency_ms)
+            .bind($crate::store::to_json(&e.steps))
+            .execute($conn)
+            .await
+    }};
+}
+pub(super) use insert_log;
+
+/// What the retention purges (`purge_oldest`): the provisioning log, or the audit trail.
+pub(super) enum Trail {
+    Logs,
+    Audit,
+}
+
+/// A log row as `LogEntry` reads it.
+macro_rules! log_columns {
+    () => {
+        "{seq}, id, {ms time} AS time, {text app_id} AS app_id, app_name, trigger, cycle_id,
+         event_id, job_id, principal_id, user_principal_name, group_id, action, status, reason,
+         {ms deferred_until} AS deferred_until, target_user_id, target_group_id, attempt, duration_ms, latency_ms,
+         steps"
+    };
+}
+
+impl SqlStore {
+    pub(super) async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()> {
+        db_statement!(self, db, conn => {
+            insert_log!(db, &mut *conn, entry)?;
+            db.order_commits().await;
+        });
+        Ok(())
+    }
+
+    pub(super) async fn query_logs(&self, f: &LogFilter) -> StoreResult<Vec<LogEntry>> {
+        Ok(db_run!(self, db => {
+            // Entries a writer committed but could not number yet (it died in between) are
+            // numbered before the page is read.
+            db.order_commits().await;
+            // Only the filters given become conditions, so SQLite walks the primary key (or the
+            // app's index) from the cursor down: a page costs the same on the millionth entry.
+            let mut q = sqlx::QueryBuilder::new(sql!(
+                db,
+                concat!("SELECT ", log_columns!(), " FROM provisioning_logs WHERE {numbered}")
+            ));
+            if let Some(ids) = &f.app_ids {
+                db.push_app_ids(&mut q, ids);
+            }
+            if let Some(app_id) = &f.app_id {
+                let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
+                let (open, close) = db.dialect().wrap("uuid");
+                q.push(" AND app_id = ").push(open).push_bind(app_id.to_string()).push(close);
+            }
+            let equal = [
+                ("principal_id", &f.principal_id),
+                ("group_id", &f.group_id),
+                ("event_id", &f.event_id),
+                ("status", &f.status),
+                ("action", &f.action),
+                ("trigger", &f.trigger),
+            ];
+            for (column, value) in equal {
+                if let Some(value) = value {
+                    q.push(format_args!(" AND {column} = ")).push_bind(value.clone());
+                }
+            }
+            let (open, close) = db.dialect().wrap("ts");
+            if let Some(since) = f.since {
+                q.push(" AND time >= ").push(open).push_bind(since).push(close);
+            }
+            if let Some(until) = f.until {
+                q.push(" AND time < ").push(open).push_bind(until).push(close);
+            }
+            if let Some(cursor) = f.before_seq {
+                q.push(" AND seq < ").push_bind(cursor);
+            }
+            q.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
+            q.build_query_as().fetch_all(&db.pool).await?
+        }))
+    }
+
+    pub(super) async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>> {
+        Ok(db_run!(self, db => {
+            sqlx::query_as(sql!(db, concat!("SELECT ", log_columns!(), " FROM provisioning_logs WHERE id = $1")))
+                .bind(id)
+                .fetch_optional(&db.pool)
+                .await?
+        }))
+    }
+
+    pub(super) async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
+        self.purge_oldest(Trail::Logs, older_than, batch).await
+    }
+
+    /// Deletes up to `batch` of the trail's oldest entries written before `older_than`, in the
+    /// order they were written; answers how many went.
+    pub(super) async fn purge_oldest(&self, trail: Trail, older_than: Millis, batch: i64) -> StoreResult<u64> {
+        Ok(db_run!(self, db => {
+            let delete = match trail {
+                Trail::Logs => sql!(
+                    db,
+                    "DELETE FROM provisioning_logs WHERE {pos} IN (SELECT {pos} FROM provisioning_logs
+                     WHERE time < {ts $1} ORDER BY {pos} LIMIT $2)"
+                ),
+                Trail::Audit => sql!(
+                    db,
+                    "DELETE FROM audit WHERE {pos} IN (SELECT {pos} FROM audit
+                     WHERE time < {ts $1} ORDER BY {pos} LIMIT $2)"
+                ),
+            };
+            sqlx::query(delete)
+                .bind(older_than)
+                .bind(batch)
+                .execute(&db.pool)
+                .await?
+                .rows_affected()
+        }))
+    }
+}

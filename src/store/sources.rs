@@ -1,0 +1,119 @@
+//! The sources besides the webhook (SPEC §7): their polling state, the request ids already
+//! taken in, and the standing members a directory listing gives.
+
+use super::dialect::{db_run, db_statement, db_tx, sql};
+use super::*;
+
+/// A source row as `SourceState` reads it.
+macro_rules! source_columns {
+    () => {
+        "id, kind, group_id, delta_link, group_info, {ms group_info_at} AS group_info_at,
+         {ms last_attempt_at} AS last_attempt_at, {ms last_success_at} AS last_success_at, last_error,
+         {ms next_poll_at} AS next_poll_at"
+    };
+}
+
+impl SqlStore {
+    pub(super) async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool> {
+        let done = db_tx!(self, db, tx => {
+            sqlx::query(sql!(db, "DELETE FROM standing_members WHERE group_id = $1 AND principal_id = $2"))
+                .bind(group_id)
+                .bind(principal)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        });
+        Ok(done > 0)
+    }
+
+    pub(super) async fn assigned_group_ids(&self) -> StoreResult<Vec<String>> {
+        Ok(db_run!(self, db => {
+            sqlx::query_scalar(sql!(
+                db,
+                "SELECT DISTINCT g.group_id FROM group_assignments g JOIN apps a ON a.id = g.app_id
+                 WHERE a.deleted_at IS NULL ORDER BY g.group_id"
+            ))
+            .fetch_all(&db.pool)
+            .await?
+        }))
+    }
+
+    pub(super) async fn source_state(&self, id: &str) -> StoreResult<Option<SourceState>> {
+        Ok(db_run!(self, db => {
+            sqlx::query_as(sql!(db, concat!("SELECT ", source_columns!(), " FROM sources WHERE id = $1")))
+                .bind(id)
+                .fetch_optional(&db.pool)
+                .await?
+        }))
+    }
+
+    pub(super) async fn list_sources(&self) -> StoreResult<Vec<SourceState>> {
+        Ok(db_run!(self, db => {
+            sqlx::query_as(sql!(db, concat!("SELECT ", source_columns!(), " FROM sources ORDER BY id")))
+                .fetch_all(&db.pool)
+                .await?
+        }))
+    }
+
+    pub(super) async fn put_source_state(&self, s: &SourceState) -> StoreResult<()> {
+        db_statement!(self, db, conn => {
+            sqlx::query(sql!(
+                db,
+                "INSERT INTO sources (id, kind, group_id, delta_link, group_info, group_info_at, last_attempt_at,
+                   last_success_at, last_error, next_poll_at)
+                 VALUES ($1, $2, $3, $4, {jsonb $5}, {ts $6}, {ts $7}, {ts $8}, $9, {ts $10})
+                 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, group_id = excluded.group_id,
+                   delta_link = excluded.delta_link, group_info = excluded.group_info,
+                   group_info_at = excluded.group_info_at, last_attempt_at = excluded.last_attempt_at,
+                   last_success_at = excluded.last_success_at, last_error = excluded.last_error,
+                   next_poll_at = excluded.next_poll_at"
+            ))
+            .bind(&s.id)
+            .bind(&s.kind)
+            .bind(&s.group_id)
+            .bind(&s.delta_link)
+            .bind(s.group_info.as_ref().map(Value::to_string))
+            .bind(s.group_info_at)
+            .bind(s.last_attempt_at)
+            .bind(s.last_success_at)
+            .bind(&s.last_error)
+            .bind(s.next_poll_at)
+            .execute(&mut *conn)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub(super) async fn seen_requests(&self, group_id: &str) -> StoreResult<Vec<(String, String)>> {
+        Ok(db_run!(self, db => {
+            sqlx::query_as(sql!(db, "SELECT request_id, status FROM source_seen_requests WHERE group_id = $1"))
+                .bind(group_id)
+                .fetch_all(&db.pool)
+                .await?
+        }))
+    }
+
+    pub(super) async fn mark_requests_seen(
+        &self,
+        group_id: &str,
+        pairs: &[(String, String)],
+        now: Millis,
+    ) -> StoreResult<()> {
+        db_tx!(self, db, tx => {
+            for (id, status) in pairs {
+                sqlx::query(sql!(
+                    db,
+                    "INSERT INTO source_seen_requests (group_id, request_id, status, seen_at)
+                     VALUES ($1, $2, $3, {ts $4}) ON CONFLICT DO NOTHING"
+                ))
+                .bind(group_id)
+                .bind(id)
+                .bind(status)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        });
+        Ok(())
+    }
+}

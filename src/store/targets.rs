@@ -1,0 +1,273 @@
+//! What the bridge knows of each app's target: the users it linked or created there, the target
+//! groups it found, and the memberships it provisioned (`provisioned`), against the memberships
+//! the sources entitle.
+
+use super::dialect::{db_run, db_statement, sql};
+use super::*;
+
+/// A removal job of the member (principal `$3`) from target group `$2` is pending or in flight:
+/// handed on by a cycle with that target group, or an event's, whose group is assigned to it or
+/// was the one the member was provisioned there for.
+const REMOVAL_OPEN: &str = "SELECT 1 FROM jobs j
+    WHERE j.app_id = {uuid $1} AND j.principal_id = $3 AND j.kind = 'remove' AND j.state IN ('pending', 'in_flight')
+      AND (j.target_display_name = $2
+           OR (j.target_display_name IS NULL AND j.group_id IN (
+                 SELECT ga.group_id FROM group_assignments ga
+                   WHERE ga.app_id = {uuid $1} AND ga.target_display_name = $2
+                 UNION SELECT p.group_id FROM provisioned p
+                   WHERE p.app_id = {uuid $1} AND p.target_display_name = $2 AND p.principal_id = $3)))
+    LIMIT 1";
+
+impl SqlStore {
+    pub(super) async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>> {
+        Ok(db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
+            sqlx::query_as(sql!(
+                db,
+                "SELECT target_user_id, fingerprint, created_by_us, disabled FROM target_users
+                 WHERE app_id = {uuid $1} AND principal_id = $2"
+            ))
+            .bind(app_id)
+            .bind(principal_id)
+            .fetch_optional(&db.pool)
+            .await?
+        }))
+    }
+
+    pub(super) async fn put_target_user(&self, app_id: &str, principal_id: &str, u: &TargetUser) -> StoreResult<()> {
+        db_statement!(self, db, conn => {
+            sqlx::query(sql!(
+                db,
+                "INSERT INTO target_users (app_id, principal_id, target_user_id, fingerprint, created_by_us, disabled)
+                 VALUES ({uuid $1}, $2, $3, $4, $5, $6)
+                 ON CONFLICT (app_id, principal_id) DO UPDATE SET target_user_id = excluded.target_user_id,
+                   fingerprint = excluded.fingerprint,
+                   created_by_us = target_users.created_by_us OR excluded.created_by_us,
+                   disabled = excluded.disabled"
+            ))
+            .bind(app_id)
+            .bind(principal_id)
+            .bind(&u.target_user_id)
+            .bind(&u.fingerprint)
+            .bind(u.created_by_us)
+            .bind(u.disabled)
+            .execute(&mut *conn)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub(super) async fn target_users(&self, app_id: &str) -> StoreResult<Vec<(String, TargetUser)>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            principal_id: String,
+            #[sqlx(flatten)]
+            user: TargetUser,
+        }
+        let rows: Vec<Row> = db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
+            sqlx::query_as(sql!(
+                db,
+                "SELECT principal_id, target_user_id, fingerprint, created_by_us, disabled FROM target_users
+                 WHERE app_id = {uuid $1} ORDER BY {binary principal_id}"
+            ))
+            .bind(app_id)
+            .fetch_all(&db.pool)
+            .await?
+        });
+        Ok(rows.into_iter().map(|r| (r.principal_id, r.user)).collect())
+    }
+
+    pub(super) async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>> {
+        Ok(db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
+            sqlx::query_scalar(sql!(
+                db,
+                "SELECT target_group_id FROM target_groups WHERE app_id = {uuid $1} AND display_name = $2"
+            ))
+            .bind(app_id)
+            .bind(display_name)
+            .fetch_optional(&db.pool)
+            .await?
+        }))
+    }
+
+    pub(super) async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()> {
+        db_statement!(self, db, conn => {
+            sqlx::query(sql!(
+                db,
+                "INSERT INTO target_groups (app_id, display_name, target_group_id) VALUES ({uuid $1}, $2, $3)
+                 ON CONFLICT (app_id, display_name) DO UPDATE SET target_group_id = excluded.target_group_id"
+            ))
+            .bind(app_id)
+            .bind(display_name)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub(super) async fn forget_target_group(&self, app_id: &str, display_name: &str) -> StoreResult<()> {
+        db_statement!(self, db, conn => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(()) };
+            sqlx::query(sql!(db, "DELETE FROM target_groups WHERE app_id = {uuid $1} AND display_name = $2"))
+                .bind(app_id)
+                .bind(display_name)
+                .execute(&mut *conn)
+                .await?;
+        });
+        Ok(())
+    }
+
+    pub(super) async fn provisioned_targets_of(
+        &self,
+        app_id: &str,
+        principal_id: &str,
+        group_id: &str,
+    ) -> StoreResult<Vec<String>> {
+        Ok(db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
+            sqlx::query_scalar(sql!(
+                db,
+                "SELECT target_display_name FROM provisioned WHERE app_id = {uuid $1} AND principal_id = $2
+                 AND group_id = $3 ORDER BY {binary target_display_name}"
+            ))
+            .bind(app_id)
+            .bind(principal_id)
+            .bind(group_id)
+            .fetch_all(&db.pool)
+            .await?
+        }))
+    }
+
+    pub(super) async fn provisioned_for(&self, app_id: &str, m: &TargetMember) -> StoreResult<Option<String>> {
+        let found: Option<Option<String>> = db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
+            sqlx::query_scalar(sql!(
+                db,
+                "SELECT group_id FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2
+                 AND principal_id = $3"
+            ))
+            .bind(app_id)
+            .bind(&m.target_display_name)
+            .bind(&m.principal_id)
+            .fetch_optional(&db.pool)
+            .await?
+        });
+        Ok(found.flatten())
+    }
+
+    pub(super) async fn removal_open(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
+        let found: Option<i32> = db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
+            sqlx::query_scalar(sql!(db, REMOVAL_OPEN))
+                .bind(app_id)
+                .bind(&m.target_display_name)
+                .bind(&m.principal_id)
+                .fetch_optional(&db.pool)
+                .await?
+        });
+        Ok(found.is_some())
+    }
+
+    pub(super) async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
+        let found: Option<i32> = db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
+            sqlx::query_scalar(sql!(
+                db,
+                "SELECT 1 FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2 AND principal_id = $3"
+            ))
+            .bind(app_id)
+            .bind(&m.target_display_name)
+            .bind(&m.principal_id)
+            .fetch_optional(&db.pool)
+            .await?
+        });
+        Ok(found.is_some())
+    }
+
+    pub(super) async fn is_confirmed(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
+        let found: Option<i32> = db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
+            sqlx::query_scalar(sql!(
+                db,
+                "SELECT 1 FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2 AND principal_id = $3
+                 AND confirmed = TRUE"
+            ))
+            .bind(app_id)
+            .bind(&m.target_display_name)
+            .bind(&m.principal_id)
+            .fetch_optional(&db.pool)
+            .await?
+        });
+        Ok(found.is_some())
+    }
+
+    pub(super) async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
+        Ok(db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
+            sqlx::query_as(sql!(
+                db,
+                "SELECT target_display_name, principal_id FROM provisioned
+                 WHERE app_id = {uuid $1} AND confirmed = FALSE
+                 ORDER BY {binary target_display_name}, {binary principal_id}"
+            ))
+            .bind(app_id)
+            .fetch_all(&db.pool)
+            .await?
+        }))
+    }
+
+    pub(super) async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
+        Ok(db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
+            sqlx::query_as(sql!(
+                db,
+                "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = {uuid $1}
+                 ORDER BY {binary target_display_name}, {binary principal_id}"
+            ))
+            .bind(app_id)
+            .fetch_all(&db.pool)
+            .await?
+        }))
+    }
+
+    pub(super) async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>> {
+        Ok(db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
+            sqlx::query_as(sql!(
+                db,
+                "SELECT target_display_name, principal_id FROM (
+                   SELECT ga.target_display_name, s.principal_id FROM group_assignments ga
+                     JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = {uuid $1}
+                   UNION
+                   SELECT ga.target_display_name, m.principal_id FROM group_assignments ga
+                     JOIN memberships m ON m.group_id = ga.group_id
+                   WHERE ga.app_id = {uuid $1} AND m.access_id = 'member' AND m.active = TRUE
+                     AND (m.start_at IS NULL OR m.start_at <= {ts $2}) AND (m.end_at IS NULL OR m.end_at > {ts $2})
+                 ) d ORDER BY {binary target_display_name}, {binary principal_id}"
+            ))
+            .bind(app_id)
+            .bind(now)
+            .fetch_all(&db.pool)
+            .await?
+        }))
+    }
+
+    pub(super) async fn standing_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
+        Ok(db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
+            sqlx::query_as(sql!(
+                db,
+                "SELECT target_display_name, principal_id FROM (
+                   SELECT DISTINCT ga.target_display_name, s.principal_id FROM group_assignments ga
+                     JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = {uuid $1}
+                 ) d ORDER BY {binary target_display_name}, {binary principal_id}"
+            ))
+            .bind(app_id)
+            .fetch_all(&db.pool)
+            .await?
+        }))
+    }
+}

@@ -1,0 +1,60 @@
+//! API tokens: stored by the hash of their secret, revoked by a time.
+
+use super::dialect::{db_run, db_tx, sql};
+use super::*;
+
+impl SqlStore {
+    pub(super) async fn insert_token(&self, t: &TokenRecord, hash: &str) -> StoreResult<()> {
+        db_tx!(self, db, tx => {
+            sqlx::query(sql!(
+                db,
+                "INSERT INTO tokens (id, name, role, hash, created_at) VALUES ($1, $2, $3, $4, {ts $5})"
+            ))
+            .bind(&t.id)
+            .bind(&t.name)
+            .bind(&t.role)
+            .bind(hash)
+            .bind(t.created_at)
+            .execute(&mut *tx)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub(super) async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
+        Ok(db_run!(self, db => {
+            sqlx::query_as(sql!(
+                db,
+                "SELECT id, name, role, {ms created_at} AS created_at FROM tokens
+                 WHERE hash = $1 AND revoked_at IS NULL"
+            ))
+            .bind(hash)
+            .fetch_optional(&db.pool)
+            .await?
+        }))
+    }
+
+    pub(super) async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        Ok(db_run!(self, db => {
+            sqlx::query_as(sql!(
+                db,
+                "SELECT id, name, role, {ms created_at} AS created_at FROM tokens WHERE revoked_at IS NULL
+                 ORDER BY created_at"
+            ))
+            .fetch_all(&db.pool)
+            .await?
+        }))
+    }
+
+    pub(super) async fn revoke_token(&self, id: &str, now: Millis) -> StoreResult<bool> {
+        let done = db_tx!(self, db, tx => {
+            sqlx::query(sql!(db, "UPDATE tokens SET revoked_at = {ts $1} WHERE id = $2 AND revoked_at IS NULL"))
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        });
+        Ok(done > 0)
+    }
+}
