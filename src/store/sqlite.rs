@@ -44,12 +44,18 @@ const INSERT_JOB: &str = "INSERT INTO jobs (id, app_id, event_seq, event_id, pri
     state, not_before, received_at, deferred_until, attempt, flag, updated_at, target_display_name)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)";
 
-/// Inserts a job that no event brought (on-demand provisioning, a removal a cycle step handed on).
-async fn insert_job_in(conn: &mut sqlx::SqliteConnection, job: &Job, now: Millis) -> StoreResult<()> {
+/// Inserts a job: one no event brought (on-demand provisioning, a removal a cycle step handed on;
+/// `event_seq` `None`) or an expiry's removal (the membership's event).
+async fn insert_job_in(
+    conn: &mut sqlx::SqliteConnection,
+    job: &Job,
+    event_seq: Option<i64>,
+    now: Millis,
+) -> StoreResult<()> {
     sqlx::query(INSERT_JOB)
         .bind(&job.id)
         .bind(&job.app_id)
-        .bind(None::<i64>)
+        .bind(event_seq)
         .bind(&job.event_id)
         .bind(&job.principal_id)
         .bind(&job.group_id)
@@ -776,7 +782,7 @@ impl SqliteDb {
 
     pub(super) async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
         let (_turn, mut tx) = self.begin().await?;
-        insert_job_in(&mut tx, job, now).await?;
+        insert_job_in(&mut tx, job, None, now).await?;
         self.commit(tx).await?;
         Ok(())
     }
@@ -843,25 +849,26 @@ impl SqliteDb {
             .fetch_all(&mut *tx)
             .await?;
             for app_id in apps {
-                sqlx::query(INSERT_JOB)
-                    .bind(uuid::Uuid::now_v7().to_string())
-                    .bind(&app_id)
-                    .bind(m.event_seq)
-                    .bind(&event_id)
-                    .bind(&m.principal_id)
-                    .bind(&m.group_id)
-                    .bind("remove")
-                    .bind("expiry")
-                    .bind("pending")
-                    .bind(now)
-                    .bind(m.end_at)
-                    .bind(None::<i64>)
-                    .bind(None::<String>)
-                    .bind(now)
+                let job = Job {
+                    seq: 0,
+                    id: uuid::Uuid::now_v7().to_string(),
+                    app_id: app_id.clone(),
+                    event_id: event_id.clone(),
+                    principal_id: m.principal_id.clone(),
+                    group_id: m.group_id.clone(),
+                    kind: "remove".into(),
+                    trigger: "expiry".into(),
+                    state: "pending".into(),
+                    not_before: now,
+                    received_at: m.end_at,
+                    deferred_until: None,
+                    attempt: 0,
+                    flag: None,
+                    admitted_at: None,
                     // No target group of its own: it removes where the event's group put the member.
-                    .bind(None::<String>)
-                    .execute(&mut *tx)
-                    .await?;
+                    target_display_name: None,
+                };
+                insert_job_in(&mut tx, &job, Some(m.event_seq), now).await?;
                 if !woken.contains(&app_id) {
                     woken.push(app_id);
                 }
@@ -918,7 +925,7 @@ impl SqliteDb {
             .await?;
         }
         for job in &o.new_jobs {
-            insert_job_in(&mut tx, job, now).await?;
+            insert_job_in(&mut tx, job, None, now).await?;
         }
         for entry in &o.logs {
             insert_log!(self, &mut *tx, entry)?;
