@@ -179,6 +179,10 @@ pub struct Config {
     /// How long a lease lasts without renewal (SCIM_BRIDGE_LEASE_TTL, default 15s): a replica
     /// that dies loses its apps after at most this, and another takes them over.
     pub lease_ttl_ms: Millis,
+    /// How long access may outlive its end at an app before the end counts as over the app's
+    /// objective (SCIM_BRIDGE_ACCESS_END_SLO, default 60s; an app's `accessEndSloSeconds`
+    /// overrides it).
+    pub access_end_slo_ms: Millis,
 }
 
 impl Config {
@@ -203,6 +207,7 @@ impl Config {
             graph: None,
             replica_id: default_replica_id(),
             lease_ttl_ms: 15_000,
+            access_end_slo_ms: 60_000,
         }
     }
 
@@ -311,6 +316,12 @@ impl Config {
             config.lease_ttl_ms = parse_duration_ms(&v).context("SCIM_BRIDGE_LEASE_TTL")?;
             if !(3_000..=300_000).contains(&config.lease_ttl_ms) {
                 bail!("SCIM_BRIDGE_LEASE_TTL must be between 3s and 5m (a dead replica's apps wait this long)");
+            }
+        }
+        if let Some(v) = var("SCIM_BRIDGE_ACCESS_END_SLO") {
+            config.access_end_slo_ms = parse_duration_ms(&v).context("SCIM_BRIDGE_ACCESS_END_SLO")?;
+            if config.access_end_slo_ms < 1_000 {
+                bail!("SCIM_BRIDGE_ACCESS_END_SLO must be at least 1s");
             }
         }
         Ok(config)
@@ -429,6 +440,7 @@ pub const VARIABLES: &[&str] = &[
     "SCIM_BRIDGE_BODY_TIMEOUT",
     "SCIM_BRIDGE_REPLICA_ID",
     "SCIM_BRIDGE_LEASE_TTL",
+    "SCIM_BRIDGE_ACCESS_END_SLO",
     "SCIM_BRIDGE_GRAPH_TENANT_ID",
     "SCIM_BRIDGE_GRAPH_CLIENT_ID",
     "SCIM_BRIDGE_GRAPH_CLIENT_SECRET",

@@ -72,13 +72,13 @@ fn decode_cursor(c: &str) -> ApiResult<i64> {
         .ok_or_else(|| ApiError::bad("cursor", "is not a cursor this API gave out"))
 }
 
-fn time_param(field: &str, v: &Option<String>) -> ApiResult<Option<i64>> {
+pub(super) fn time_param(field: &str, v: &Option<String>) -> ApiResult<Option<i64>> {
     v.as_deref()
         .map(|s| parse_rfc3339(s).ok_or_else(|| ApiError::bad(field, "must be an RFC 3339 date-time")))
         .transpose()
 }
 
-fn one_of(field: &str, value: &Option<String>, allowed: &[&str]) -> ApiResult<()> {
+pub(super) fn one_of(field: &str, value: &Option<String>, allowed: &[&str]) -> ApiResult<()> {
     match value {
         Some(v) if !allowed.contains(&v.as_str()) => {
             Err(ApiError::bad(field, format!("must be one of {}", allowed.join(", "))))
@@ -179,7 +179,7 @@ const CSV_COLUMNS: &[&str] = &[
 
 /// One CSV cell. Text that a spreadsheet would read as a formula (it starts with `=`, `+`, `-`,
 /// `@`, tab or carriage return) gets a leading `'`: names and reasons come from outside.
-fn csv_field(v: &Value) -> String {
+pub(super) fn csv_field(v: &Value) -> String {
     let s = match v {
         Value::Null => String::new(),
         Value::String(s) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => format!("'{s}"),
@@ -258,7 +258,7 @@ pub async fn export(State(ctx): State<ApiContext>, caller: Caller, Query(q): Que
 }
 
 /// A channel-backed stream fed by a producer task.
-fn async_stream<F, Fut>(produce: F) -> impl futures::Stream<Item = Result<String, std::io::Error>>
+pub(super) fn async_stream<F, Fut>(produce: F) -> impl futures::Stream<Item = Result<String, std::io::Error>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<String, std::io::Error>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,

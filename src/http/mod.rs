@@ -1,5 +1,6 @@
 //! The HTTP API: one module per resource, one context, one error type.
 
+mod access_ends;
 mod apps;
 mod auth;
 mod directory;
@@ -398,6 +399,42 @@ pub const ROUTES: &[Route] = &[
         ok: 200,
         body: Body::Json(SchemaOf::of::<crate::types::LogEntryView<'static>>()),
         handler: |m| on(m, logs::get),
+    },
+    Route {
+        method: "get",
+        path: "/v1/access-ends",
+        summary: "Access-end records: how long access outlived each end, newest end first, filtered and paged",
+        tag: "access ends",
+        access: LOG_READERS,
+        query: ParamsOf::of::<access_ends::AccessEndQuery>().except(&["format"]),
+        request: None,
+        ok: 200,
+        body: Body::Json(SchemaOf::of::<model::AccessEndPage>()),
+        handler: |m| on(m, access_ends::list),
+    },
+    Route {
+        method: "get",
+        path: "/v1/access-ends/export",
+        summary: "Every matching access-end record, streamed as CSV or JSON lines",
+        tag: "access ends",
+        access: LOG_READERS,
+        query: ParamsOf::of::<access_ends::AccessEndQuery>().except(&["limit", "cursor"]),
+        request: None,
+        ok: 200,
+        body: Body::Media(&["text/csv", "application/x-ndjson"]),
+        handler: |m| on(m, access_ends::export),
+    },
+    Route {
+        method: "get",
+        path: "/v1/access-ends/summary",
+        summary: "Per app: how long access outlived PIM's ends (p50, p99, max), pending ends, ends over the objective",
+        tag: "access ends",
+        access: LOG_READERS,
+        query: ParamsOf::of::<access_ends::SummaryQuery>(),
+        request: None,
+        ok: 200,
+        body: Body::Json(SchemaOf::of::<model::AccessEndSummary>()),
+        handler: |m| on(m, access_ends::summary),
     },
     Route {
         method: "get",

@@ -307,6 +307,26 @@ const TABLES: &[Table] = &[
             ("revoked_at", Millis),
         ],
     },
+    Table {
+        name: "access_ends",
+        columns: &[
+            ("id", Text),
+            ("app_id", Uuid),
+            ("principal_id", Text),
+            ("user_principal_name", Text),
+            ("group_id", Text),
+            ("target_display_name", Text),
+            ("event_id", Text),
+            ("reason", Text),
+            ("ended_at", Millis),
+            ("learned_at", Millis),
+            ("removed_at", Millis),
+            ("action", Text),
+            ("status", Text),
+            ("waiting_on", Text),
+            ("updated_at", Millis),
+        ],
+    },
 ];
 
 /// sqlx's record of applied migrations: each database keeps its own, written by its migrations.

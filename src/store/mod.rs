@@ -3,6 +3,7 @@
 //! what differs between the databases is listed in `dialect`.
 
 mod apps;
+mod access_ends;
 mod audit;
 mod cycles;
 mod dialect;
@@ -140,6 +141,29 @@ pub enum OutOfScope {
     Disable,
 }
 
+/// What the end of a user's last entitlement to an app does there (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnAccessEnd {
+    /// The membership is removed; the account stays (the default with groups).
+    RemoveMember,
+    /// `active: false` on a user the bridge created or enabled (the default without groups).
+    DisableUser,
+    /// `DELETE /Users/{id}` of a user the bridge created (one it only enabled is disabled).
+    DeleteUser,
+}
+
+impl OnAccessEnd {
+    /// The name the access-end records and the log give the action.
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::RemoveMember => "remove_member",
+            Self::DisableUser => "disable_user",
+            Self::DeleteUser => "delete_user",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pacing {
@@ -188,9 +212,36 @@ pub struct AppSettings {
     /// The mapped targets that find an existing user, in order; `None`: externalId, userName.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matching: Option<Vec<String>>,
+    /// `false`: the app has no groups, the user account is the entitlement (SPEC §8). `None`
+    /// (apps stored before the setting existed too): `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provision_groups: Option<bool>,
+    /// What the end of the last entitlement does at the app; `None`: `removeMember` with groups,
+    /// `disableUser` without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_access_end: Option<OnAccessEnd>,
+    /// How long access may outlive its end here before it counts as late; `None`: the bridge's
+    /// `SCIM_BRIDGE_ACCESS_END_SLO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub access_end_slo_seconds: Option<u64>,
 }
 
 impl AppSettings {
+    /// Whether the bridge reads and writes `/Groups` for the app.
+    pub fn provisions_groups(&self) -> bool {
+        self.provision_groups.unwrap_or(true)
+    }
+
+    /// What the end of the last entitlement does at the app, its default applied.
+    pub fn on_access_end(&self) -> OnAccessEnd {
+        self.on_access_end.unwrap_or(if self.provisions_groups() {
+            OnAccessEnd::RemoveMember
+        } else {
+            OnAccessEnd::DisableUser
+        })
+    }
+
     /// The app's mapping, compiled. A stored mapping was validated when it was saved.
     pub fn compiled_mapping(&self) -> Result<AppMapping, AppMappingError> {
         AppMapping::compile(self.attribute_mapping.as_deref(), self.matching.as_deref())
@@ -281,6 +332,73 @@ pub struct LogFilter {
     pub until: Option<Millis>,
     /// Entries with a smaller sequence number than this (the cursor).
     pub before_seq: Option<i64>,
+    pub limit: i64,
+}
+
+/// One end of an entitlement at an app and what became of it (SPEC §8, "Access-end records").
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AccessEnd {
+    pub id: String,
+    pub app_id: String,
+    pub principal_id: String,
+    pub user_principal_name: Option<String>,
+    pub group_id: String,
+    pub target_display_name: Option<String>,
+    pub event_id: Option<String>,
+    /// A PIM end (`expiry`, `deactivation`, `revoked`, `adminRemove`) or `directory`,
+    /// `unassigned`, `appDeprovisioned`, `outOfScope`.
+    pub reason: String,
+    pub ended_at: Millis,
+    pub learned_at: Millis,
+    pub removed_at: Option<Millis>,
+    pub action: Option<String>,
+    pub status: String,
+    pub waiting_on: Option<String>,
+    pub updated_at: Millis,
+}
+
+/// The reasons that are PIM's own ends: the ones the objective judges.
+pub const PIM_END_REASONS: &[&str] = &["expiry", "deactivation", "revoked", "adminRemove"];
+
+impl AccessEnd {
+    /// Whether PIM ended it (the objective judges these only).
+    pub fn is_pim_end(&self) -> bool {
+        PIM_END_REASONS.contains(&self.reason.as_str())
+    }
+
+    /// Still waiting for the target: pending, or failed and to be tried again.
+    pub fn is_open(&self) -> bool {
+        matches!(self.status.as_str(), "pending" | "failed" | "held")
+    }
+
+    /// How long access outlived its end: to the target's confirmation, or to `now` while open;
+    /// `None` for an end with nothing to remove (`kept`, `notProvisioned`, `rejected`).
+    pub fn excess_ms(&self, now: Millis) -> Option<Millis> {
+        match (self.removed_at, self.is_open()) {
+            (Some(removed), _) => Some((removed - self.ended_at).max(0)),
+            (None, true) => Some((now - self.ended_at).max(0)),
+            (None, false) => None,
+        }
+    }
+}
+
+/// The filters of `GET /v1/access-ends`; pages go newest end first.
+#[derive(Debug, Clone, Default)]
+pub struct AccessEndFilter {
+    /// Only these apps (an app owner's).
+    pub app_ids: Option<Vec<String>>,
+    pub app_id: Option<String>,
+    pub principal_id: Option<String>,
+    pub group_id: Option<String>,
+    pub event_id: Option<String>,
+    pub status: Option<String>,
+    pub reason: Option<String>,
+    /// On `ended_at`: at or after.
+    pub since: Option<Millis>,
+    /// On `ended_at`: before.
+    pub until: Option<Millis>,
+    /// The last record of the previous page (`ended_at`, `id`): the page goes on below it.
+    pub before: Option<(Millis, String)>,
     pub limit: i64,
 }
 
@@ -589,6 +707,10 @@ pub trait Store: Send + Sync + 'static {
     // logs, cycles, audit
     async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()>;
     async fn query_logs(&self, filter: &LogFilter) -> StoreResult<Vec<LogEntry>>;
+    /// Access-end records, newest end first (SPEC §8).
+    async fn query_access_ends(&self, filter: &AccessEndFilter) -> StoreResult<Vec<AccessEnd>>;
+    /// The open access ends (pending, failed, held) of every app, for the objective's gauge.
+    async fn open_access_ends(&self) -> StoreResult<Vec<AccessEnd>>;
     async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>>;
     async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
     /// Purges up to `batch` rows of personal data older than `older_than` that nothing needs any

@@ -305,6 +305,14 @@ impl Store for SqlStore {
         SqlStore::insert_log(self, entry).await
     }
 
+    async fn query_access_ends(&self, filter: &AccessEndFilter) -> StoreResult<Vec<AccessEnd>> {
+        SqlStore::query_access_ends(self, filter).await
+    }
+
+    async fn open_access_ends(&self) -> StoreResult<Vec<AccessEnd>> {
+        SqlStore::open_access_ends(self).await
+    }
+
     async fn query_logs(&self, filter: &LogFilter) -> StoreResult<Vec<LogEntry>> {
         SqlStore::query_logs(self, filter).await
     }

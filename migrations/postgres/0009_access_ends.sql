@@ -1,0 +1,25 @@
+-- One record per end of an entitlement at an app (SPEC §8, "Access-end records"): born in the
+-- commit that decides the end, completed in the commit of the removal's outcome.
+CREATE TABLE access_ends (
+    id                  text PRIMARY KEY,
+    app_id              uuid NOT NULL,
+    principal_id        text NOT NULL,
+    user_principal_name text,
+    group_id            text NOT NULL,
+    target_display_name text,
+    event_id            text,
+    reason              text NOT NULL,   -- expiry | deactivation | revoked | adminRemove | directory | unassigned | appDeprovisioned | outOfScope
+    ended_at            timestamptz NOT NULL,
+    learned_at          timestamptz NOT NULL,
+    removed_at          timestamptz,
+    action              text,            -- remove_member | disable_user | delete_user
+    status              text NOT NULL,   -- pending | failed | removed | kept | notProvisioned | held | rejected
+    waiting_on          text,            -- window | retry | paused | held, while pending
+    updated_at          timestamptz NOT NULL
+);
+-- Pages newest first (by the end), per app or across apps; the open records of a member.
+CREATE INDEX access_ends_ended ON access_ends(ended_at, id);
+CREATE INDEX access_ends_app ON access_ends(app_id, ended_at);
+CREATE INDEX access_ends_open ON access_ends(app_id, principal_id, group_id)
+    WHERE status IN ('pending', 'failed', 'held');
+CREATE INDEX access_ends_event ON access_ends(event_id);

@@ -1,0 +1,26 @@
+-- One record per end of an entitlement at an app (SPEC §8, "Access-end records"): born in the
+-- commit that decides the end, completed in the commit of the removal's outcome. Times are unix
+-- milliseconds.
+CREATE TABLE access_ends (
+    id                  TEXT PRIMARY KEY,
+    app_id              TEXT NOT NULL,
+    principal_id        TEXT NOT NULL,
+    user_principal_name TEXT,
+    group_id            TEXT NOT NULL,
+    target_display_name TEXT,
+    event_id            TEXT,
+    reason              TEXT NOT NULL,   -- expiry | deactivation | revoked | adminRemove | directory | unassigned | appDeprovisioned | outOfScope
+    ended_at            INTEGER NOT NULL,
+    learned_at          INTEGER NOT NULL,
+    removed_at          INTEGER,
+    action              TEXT,            -- remove_member | disable_user | delete_user
+    status              TEXT NOT NULL,   -- pending | failed | removed | kept | notProvisioned | held | rejected
+    waiting_on          TEXT,            -- window | retry | paused | held, while pending
+    updated_at          INTEGER NOT NULL
+);
+-- Pages newest first (by the end), per app or across apps; the open records of a member.
+CREATE INDEX access_ends_ended ON access_ends(ended_at, id);
+CREATE INDEX access_ends_app ON access_ends(app_id, ended_at);
+CREATE INDEX access_ends_open ON access_ends(app_id, principal_id, group_id)
+    WHERE status IN ('pending', 'failed', 'held');
+CREATE INDEX access_ends_event ON access_ends(event_id);
