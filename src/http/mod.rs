@@ -630,7 +630,8 @@ async fn readyz(State(ctx): State<ApiContext>) -> impl IntoResponse {
 }
 
 async fn metrics(State(ctx): State<ApiContext>) -> error::ApiResult<Response> {
-    let text = crate::metrics::render(&ctx.engine.ctx.store).await?;
+    let engine = &ctx.engine.ctx;
+    let text = crate::metrics::render(&engine.store, engine.now(), |app| engine.access_end_slo_ms(app)).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
