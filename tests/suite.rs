@@ -5,6 +5,8 @@
 #[path = "common/mod.rs"]
 mod common;
 
+#[path = "access_end.rs"]
+mod access_end;
 #[path = "api_access.rs"]
 mod api_access;
 #[path = "api_edge.rs"]

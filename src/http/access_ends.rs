@@ -20,7 +20,15 @@ use super::model::{AccessEndPage, AccessEndSummary, AccessEndView, AppAccessEnds
 use crate::clock::{Millis, to_rfc3339};
 use crate::store::{AccessEnd, AccessEndFilter};
 
-const STATUSES: &[&str] = &["pending", "failed", "removed", "kept", "notProvisioned", "held", "rejected"];
+const STATUSES: &[&str] = &[
+    "pending",
+    "failed",
+    "removed",
+    "kept",
+    "notProvisioned",
+    "held",
+    "rejected",
+];
 const REASONS: &[&str] = &[
     "expiry",
     "deactivation",
@@ -94,9 +102,7 @@ fn decode_cursor(c: &str) -> ApiResult<(Millis, String)> {
             let at: Millis = at.parse().ok()?;
             (format!("e{at}:{id}") == s && !id.is_empty()).then(|| (at, id.to_string()))
         })
-        .filter(|(at, id)| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("e{at}:{id}")) == c
-        })
+        .filter(|(at, id)| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("e{at}:{id}")) == c)
         .ok_or_else(|| ApiError::bad("cursor", "is not a cursor this API gave out"))
 }
 
@@ -106,7 +112,9 @@ async fn owned_apps(ctx: &ApiContext, caller: &Caller) -> ApiResult<Option<Vec<S
         return Ok(None);
     }
     let apps = ctx.engine.ctx.store.list_apps().await?;
-    Ok(Some(apps.into_iter().filter(|a| caller.sees(a)).map(|a| a.id).collect()))
+    Ok(Some(
+        apps.into_iter().filter(|a| caller.sees(a)).map(|a| a.id).collect(),
+    ))
 }
 
 async fn filter_for(ctx: &ApiContext, caller: &Caller, q: &AccessEndQuery) -> ApiResult<AccessEndFilter> {
@@ -314,7 +322,13 @@ pub async fn summary(
         if records.is_empty() && app.deleted_at.is_some() {
             continue;
         }
-        items.push(app_summary(&app.id, &app.name, engine.access_end_slo_ms(app), &records, now));
+        items.push(app_summary(
+            &app.id,
+            &app.name,
+            engine.access_end_slo_ms(app),
+            &records,
+            now,
+        ));
     }
     Ok(Json(AccessEndSummary {
         since: to_rfc3339(since),
@@ -323,7 +337,13 @@ pub async fn summary(
     }))
 }
 
-pub(super) fn app_summary(app_id: &str, name: &str, slo_ms: Millis, records: &[AccessEnd], now: Millis) -> AppAccessEnds {
+pub(super) fn app_summary(
+    app_id: &str,
+    name: &str,
+    slo_ms: Millis,
+    records: &[AccessEnd],
+    now: Millis,
+) -> AppAccessEnds {
     let (pim, other): (Vec<&AccessEnd>, Vec<&AccessEnd>) = records.iter().partition(|r| r.is_pim_end());
     let confirmed = |rs: &[&AccessEnd]| -> Vec<i64> {
         rs.iter()

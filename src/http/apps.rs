@@ -122,7 +122,11 @@ async fn check_access_end(
                 "onAccessEnd",
                 format!(
                     "{} users at {url}, which the app {} ({}) also uses: its users would be touched too",
-                    if settings.on_access_end() == OnAccessEnd::DeleteUser { "deleteUser deletes" } else { "disableUser disables" },
+                    if settings.on_access_end() == OnAccessEnd::DeleteUser {
+                        "deleteUser deletes"
+                    } else {
+                        "disableUser disables"
+                    },
                     other.name,
                     other.id
                 ),
@@ -135,7 +139,10 @@ async fn check_access_end(
                     "the app {} ({}) uses this scimBaseUrl with onAccessEnd {}: two apps on one target cannot share it then",
                     other.name,
                     other.id,
-                    serde_json::to_value(other.settings.on_access_end()).unwrap_or_default().as_str().unwrap_or_default()
+                    serde_json::to_value(other.settings.on_access_end())
+                        .unwrap_or_default()
+                        .as_str()
+                        .unwrap_or_default()
                 ),
             ));
         }

@@ -2,8 +2,8 @@
 //! shared PostgreSQL), chosen from the URL. A query is written once, in the file of its aggregate;
 //! what differs between the databases is listed in `dialect`.
 
-mod apps;
 mod access_ends;
+mod apps;
 mod audit;
 mod cycles;
 mod dialect;
