@@ -172,3 +172,232 @@ async fn access_end_records_are_listed_exported_and_summarised_with_their_filter
         .expect("csv");
     assert!(csv.starts_with("id,appId,principalId,"), "{csv}");
 }
+
+/// The access-end records of an event at an app, once `pred` holds for them (on the bridge's
+/// own answers, polled).
+async fn ends_when(bridge: &Bridge, app_id: &str, event_id: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let path = format!("/v1/access-ends?appId={app_id}&eventId={event_id}");
+    let deadline = std::time::Instant::now() + common::PUSH_TIMEOUT;
+    loop {
+        let (status, page) = bridge.admin(Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        if pred(&items) {
+            return items;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "access ends never matched: {page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The bridge's clock moved on to its next whole second (event times are whole seconds), and
+/// that time.
+async fn whole_second(bridge: &Bridge) -> chrono::DateTime<chrono::Utc> {
+    let now = bridge.now();
+    let next = chrono::DateTime::from_timestamp(now.timestamp() + 1, 0).expect("a time");
+    bridge.advance_to(next).await;
+    next
+}
+
+fn millis(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn only(items: &[Value]) -> &Value {
+    assert_eq!(items.len(), 1, "one record per app: {items:?}");
+    &items[0]
+}
+
+fn status_is(status: &'static str) -> impl Fn(&[Value]) -> bool {
+    move |items| items.len() == 1 && items[0]["status"] == status
+}
+
+/// Holds the answer to the next removal PATCH (the target applies it) long enough for the test
+/// to move the bridge's clock while it waits.
+async fn hold_the_removal_answer(proxied: &common::clocked::Proxied) {
+    proxied
+        .proxy
+        .arm(json!({"mode": "delay", "ms": 2_000, "when": "after", "count": 1,
+                    "match": {"method": "PATCH", "pathContains": "/Groups", "bodyContains": "remove"}}))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deactivation_and_an_expiry_give_removed_records_whose_excess_is_the_time_the_target_held_the_answer() {
+    let Some(p) = common::clocked::behind_fault_proxy(Kind::Scim2Server).await else {
+        return;
+    };
+    let bridge = &p.stack.bridge;
+    let target = &p.stack.target;
+    let held = std::time::Duration::from_secs(30);
+
+    // A deactivation: access ends at the request's time (here its arrival on the bridge's clock).
+    let principal = Principal::new();
+    let activation = Event::activation(&principal, &p.group);
+    bridge.deliver(&[&activation]).await;
+    target
+        .assert_members_eventually(&p.target_name, &[principal.upn()])
+        .await;
+    hold_the_removal_answer(&p).await;
+    let ended = whole_second(bridge).await;
+    let deactivation = activation
+        .deactivation()
+        .set("/createdDateTime", json!(common::rfc3339(ended)));
+    bridge.deliver(&[&deactivation]).await;
+    // The target has applied the removal; its answer is held while the bridge's clock moves on.
+    target.assert_members_eventually(&p.target_name, &[]).await;
+    bridge.advance(held).await;
+    let items = ends_when(bridge, &p.app_id, deactivation.id(), status_is("removed")).await;
+    let end = only(&items);
+    assert_eq!(end["reason"], "deactivation", "{end}");
+    assert_eq!(end["endedAt"], millis(ended), "{end}");
+    assert_eq!(end["excessMs"], held.as_millis() as i64, "{end}");
+    assert_eq!(end["action"], "remove_member", "{end}");
+    assert_eq!(end["userPrincipalName"], principal.upn(), "{end}");
+    assert_eq!(end["targetDisplayName"], p.target_name.as_str(), "{end}");
+
+    // An expiry: access ends at the scheduled end.
+    let other = Principal::new();
+    let scheduled_end = whole_second(bridge).await + chrono::Duration::minutes(10);
+    let expiring = Event::activation(&other, &p.group).ending_at(scheduled_end);
+    bridge.deliver(&[&expiring]).await;
+    target.assert_members_eventually(&p.target_name, &[other.upn()]).await;
+    hold_the_removal_answer(&p).await;
+    bridge.advance_to(scheduled_end).await;
+    target.assert_members_eventually(&p.target_name, &[]).await;
+    bridge.advance(held).await;
+    let items = ends_when(bridge, &p.app_id, expiring.id(), status_is("removed")).await;
+    let end = only(&items);
+    assert_eq!(end["reason"], "expiry", "{end}");
+    assert_eq!(end["endedAt"], millis(scheduled_end), "{end}");
+    assert_eq!(end["excessMs"], held.as_millis() as i64, "{end}");
+
+    // The summary judges both against the objective (60 s): neither was late.
+    let (_, summary) = bridge.admin(Method::GET, "/v1/access-ends/summary", None).await;
+    let app = summary["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["appId"] == p.app_id.as_str()).cloned())
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(app["count"], 2, "{summary}");
+    assert_eq!(app["maxMs"], held.as_millis() as i64, "{summary}");
+    assert_eq!(app["overSlo"], 0, "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_refusing_the_removal_leaves_a_failed_record_whose_excess_grows_until_it_is_removed() {
+    let Some(p) = common::clocked::behind_fault_proxy(Kind::Scim2Server).await else {
+        return;
+    };
+    let bridge = &p.stack.bridge;
+    let principal = Principal::new();
+    let activation = Event::activation(&principal, &p.group);
+    bridge.deliver(&[&activation]).await;
+    p.stack
+        .target
+        .assert_members_eventually(&p.target_name, &[principal.upn()])
+        .await;
+    p.proxy
+        .arm(json!({"mode": "status", "status": 503, "count": -1,
+                    "match": {"method": "PATCH", "pathContains": "/Groups", "bodyContains": "remove"}}))
+        .await;
+    let ended = whole_second(bridge).await;
+    let deactivation = activation
+        .deactivation()
+        .set("/createdDateTime", json!(common::rfc3339(ended)));
+    bridge.deliver(&[&deactivation]).await;
+    let items = ends_when(bridge, &p.app_id, deactivation.id(), status_is("failed")).await;
+    let first = only(&items)["excessMs"].as_i64().expect("an excess while failed");
+    bridge.advance(std::time::Duration::from_secs(90)).await;
+    let items = ends_when(bridge, &p.app_id, deactivation.id(), status_is("failed")).await;
+    let later = only(&items)["excessMs"].as_i64().expect("an excess while failed");
+    assert!(
+        later >= first + 90_000,
+        "the excess grows while failed: {first} then {later}"
+    );
+    // Past the objective and still failing: the gauge names the app.
+    let metrics = scim_bridge::http_client()
+        .get(format!("{}/metrics", bridge.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let series = format!("scim_bridge_access_ends_over_slo{{app_id=\"{}\"}} 1", p.app_id);
+    assert!(metrics.contains(&series), "{series} in {metrics}");
+
+    p.proxy.clear().await;
+    // The next retry (backoff capped at 5 minutes) confirms it.
+    bridge.advance(std::time::Duration::from_secs(300)).await;
+    let items = ends_when(bridge, &p.app_id, deactivation.id(), status_is("removed")).await;
+    let end = only(&items);
+    assert!(end["excessMs"].as_i64().unwrap() >= 390_000, "{end}");
+    p.stack.target.assert_members_eventually(&p.target_name, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_end_while_a_standing_membership_entitles_is_kept_and_one_never_provisioned_is_not_provisioned() {
+    let Some(p) = common::clocked::behind_fault_proxy(Kind::Scim2Server).await else {
+        return;
+    };
+    let bridge = &p.stack.bridge;
+    // Kept: the directory lists the user in the same group; the activation's end removes nothing.
+    let kept = Principal::new();
+    let activation = Event::activation(&kept, &p.group);
+    bridge.deliver(&[&activation]).await;
+    p.stack
+        .target
+        .assert_members_eventually(&p.target_name, &[kept.upn()])
+        .await;
+    let (status, answer) = bridge
+        .admin(
+            Method::PUT,
+            &format!("/v1/groups/{}/members/{}", p.group.id, kept.id),
+            Some(json!({})),
+        )
+        .await;
+    assert!(status.is_success(), "{answer}");
+    let deactivation = activation.deactivation();
+    bridge.deliver(&[&deactivation]).await;
+    let items = ends_when(bridge, &p.app_id, deactivation.id(), status_is("kept")).await;
+    let end = only(&items);
+    assert_eq!(end["excessMs"], Value::Null, "{end}");
+    assert_eq!(end["action"], Value::Null, "{end}");
+    p.stack
+        .target
+        .assert_members_eventually(&p.target_name, &[kept.upn()])
+        .await;
+
+    // Not provisioned: the app is paused, so the activation is deferred; it ends before any add.
+    let (status, answer) = bridge
+        .admin(
+            Method::PATCH,
+            &format!("/v1/apps/{}", p.app_id),
+            Some(json!({"status": "paused"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let never = Principal::new();
+    let activation = Event::activation(&never, &p.group);
+    bridge.deliver(&[&activation]).await;
+    bridge
+        .wait_for_event_log(&activation, "deferred", Some("add_member"))
+        .await;
+    let deactivation = activation.deactivation();
+    bridge.deliver(&[&deactivation]).await;
+    let items = ends_when(bridge, &p.app_id, deactivation.id(), status_is("pending")).await;
+    assert_eq!(only(&items)["waitingOn"], "paused", "{items:?}");
+    let (status, answer) = bridge
+        .admin(
+            Method::PATCH,
+            &format!("/v1/apps/{}", p.app_id),
+            Some(json!({"status": "active"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let items = ends_when(bridge, &p.app_id, deactivation.id(), status_is("notProvisioned")).await;
+    assert_eq!(only(&items)["excessMs"], Value::Null, "{items:?}");
+}

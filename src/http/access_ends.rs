@@ -1,7 +1,7 @@
 //! Access-end records (SPEC §8): how long access outlived its end at each app, listed, exported
 //! and summarised per app against the app's objective.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use axum::Json;
 use axum::body::Body;
@@ -139,7 +139,21 @@ async fn filter_for(ctx: &ApiContext, caller: &Caller, q: &AccessEndQuery) -> Ap
     })
 }
 
-pub(super) fn view(r: &AccessEnd, now: Millis) -> AccessEndView {
+/// The apps whose removals wait because they are paused: their pending ends wait on `paused`.
+async fn paused_apps(ctx: &ApiContext) -> ApiResult<HashSet<String>> {
+    let apps = ctx.engine.ctx.store.list_apps().await?;
+    Ok(apps
+        .into_iter()
+        .filter(|a| a.status == "paused")
+        .map(|a| a.id)
+        .collect())
+}
+
+pub(super) fn view(r: &AccessEnd, now: Millis, paused: &HashSet<String>) -> AccessEndView {
+    // A pending end waits for its app (paused) or for its removal's turn in the window.
+    let waiting_on = r.waiting_on.clone().or_else(|| {
+        (r.status == "pending").then(|| if paused.contains(&r.app_id) { "paused" } else { "window" }.to_string())
+    });
     AccessEndView {
         id: r.id.clone(),
         app_id: r.app_id.clone(),
@@ -155,7 +169,7 @@ pub(super) fn view(r: &AccessEnd, now: Millis) -> AccessEndView {
         excess_ms: r.excess_ms(now),
         action: r.action.clone(),
         status: r.status.clone(),
-        waiting_on: r.waiting_on.clone(),
+        waiting_on,
     }
 }
 
@@ -174,9 +188,10 @@ pub async fn list(
     let more = items.len() as i64 > filter.limit;
     items.truncate(filter.limit as usize);
     let now = ctx.engine.ctx.now();
+    let paused = paused_apps(&ctx).await?;
     Ok(Json(AccessEndPage {
         next_cursor: more.then(|| items.last().map(encode_cursor)).flatten(),
-        items: items.iter().map(|r| view(r, now)).collect(),
+        items: items.iter().map(|r| view(r, now, &paused)).collect(),
     }))
 }
 
@@ -213,6 +228,7 @@ pub async fn export(
     let mut filter = filter_for(&ctx, &caller, &AccessEndQuery { limit: Some(500), ..q }).await?;
     let store = ctx.engine.ctx.store.clone();
     let now = ctx.engine.ctx.now();
+    let paused = paused_apps(&ctx).await?;
     let stream = async_stream(
         move |tx: tokio::sync::mpsc::Sender<Result<String, std::io::Error>>| async move {
             if csv && tx.send(Ok(format!("{}\n", CSV_COLUMNS.join(",")))).await.is_err() {
@@ -228,7 +244,7 @@ pub async fn export(
                 };
                 let mut chunk = String::new();
                 for r in &page {
-                    let v = serde_json::to_value(view(r, now)).expect("a record serializes");
+                    let v = serde_json::to_value(view(r, now, &paused)).expect("a record serializes");
                     if csv {
                         let row: Vec<String> = CSV_COLUMNS.iter().map(|c| csv_field(&v[*c])).collect();
                         chunk.push_str(&row.join(","));

@@ -15,7 +15,9 @@ use tracing::Instrument;
 use crate::clock::Millis;
 use crate::mapping::AppMapping;
 use crate::scim::{ScimClient, ScimResult};
-use crate::store::{AppRecord, Job, JobChange, LogEntry, MemberChange, Outcome, Overflow, Step, TargetMember};
+use crate::store::{
+    AccessEndChange, AppRecord, Job, JobChange, LogEntry, MemberChange, Outcome, Overflow, Step, TargetMember,
+};
 
 use super::cycle::Cycle;
 use super::pacing::Pacer;
@@ -508,6 +510,27 @@ impl Dispatcher {
         status: &str,
         reason: &str,
     ) -> anyhow::Result<()> {
+        self.finish_with(app, job, change, status, reason, Vec::new()).await
+    }
+
+    /// Ends a removal that sends nothing, settling the access ends it was for as `end`
+    /// (`kept`: something else still entitles the user; `notProvisioned`: nothing had reached
+    /// the target), with its log entry, in one commit.
+    async fn finish_removal(&self, app: &AppRecord, job: &Job, end: &'static str, reason: &str) -> anyhow::Result<()> {
+        let settled = vec![access_end_change(job, end, None, None)];
+        self.finish_with(app, job, JobChange::Done, "skipped", reason, settled)
+            .await
+    }
+
+    async fn finish_with(
+        &self,
+        app: &AppRecord,
+        job: &Job,
+        change: JobChange,
+        status: &str,
+        reason: &str,
+        access_ends: Vec<AccessEndChange>,
+    ) -> anyhow::Result<()> {
         let entry = self.entry(app, job, status, Some(reason.to_string())).await?;
         self.ctx
             .store
@@ -516,6 +539,7 @@ impl Dispatcher {
                 time: self.ctx.now(),
                 jobs: vec![(job.id.clone(), change)],
                 logs: vec![entry],
+                access_ends,
                 ..Default::default()
             })
             .await?;
@@ -613,7 +637,7 @@ impl Dispatcher {
             if let Some(via) = store.entitled_via(&app.id, &target, &job.principal_id, now).await? {
                 if moved.is_empty() {
                     let reason = format!("still entitled to `{target}` through group {via}: membership kept");
-                    self.finish(app, job, JobChange::Done, "skipped", &reason).await?;
+                    self.finish_removal(app, job, "kept", &reason).await?;
                     return Ok(None);
                 }
                 removals = moved;
@@ -640,7 +664,7 @@ impl Dispatcher {
                     store.record(&cancel).await?;
                     if !store.is_provisioned(&app.id, &member).await? && moved.is_empty() {
                         let reason = "the activation was still deferred: cancelled, nothing pushed";
-                        self.finish(app, job, JobChange::Done, "skipped", reason).await?;
+                        self.finish_removal(app, job, "notProvisioned", reason).await?;
                         return Ok(None);
                     }
                 }
@@ -650,7 +674,7 @@ impl Dispatcher {
                 removals.extend(moved);
                 if removals.is_empty() {
                     let reason = "not provisioned by the bridge: nothing to remove";
-                    self.finish(app, job, JobChange::Done, "skipped", reason).await?;
+                    self.finish_removal(app, job, "notProvisioned", reason).await?;
                     return Ok(None);
                 }
             }
@@ -732,12 +756,12 @@ impl Dispatcher {
             .await?
         {
             let reason = format!("entitled to `{target}` again through group {via}: membership kept");
-            self.finish(app, job, JobChange::Done, "skipped", &reason).await?;
+            self.finish_removal(app, job, "kept", &reason).await?;
             return Ok(None);
         }
         if !store.is_provisioned(&app.id, &member).await? {
             let reason = "no longer provisioned by the bridge: nothing to remove";
-            self.finish(app, job, JobChange::Done, "skipped", reason).await?;
+            self.finish_removal(app, job, "notProvisioned", reason).await?;
             return Ok(None);
         }
         if let Err(at) = self.pacer(app).take() {
@@ -829,6 +853,12 @@ impl Dispatcher {
                     outcome.sources.push((members[0].clone(), job.group_id.clone()));
                 }
                 outcome.jobs.push((job.id.clone(), JobChange::Done));
+                if job.is_removal() {
+                    // The target confirmed the removal: access ended now.
+                    outcome
+                        .access_ends
+                        .push(access_end_change(job, "removed", Some(now), Some("remove_member")));
+                }
                 outcome.legacy_remove = done.legacy_detected;
                 entry.target_user_id = done.target_user_id;
                 entry.target_group_id = done.target_group_id;
@@ -860,6 +890,10 @@ impl Dispatcher {
                     // it succeeds or the member is entitled again: never left to the cycle.
                     let at = retry_at(now, attempted.attempt, &e);
                     outcome.jobs.push((job.id.clone(), JobChange::Retry { at }));
+                    if job.is_removal() {
+                        // Not final: the excess keeps growing until a later attempt confirms.
+                        outcome.access_ends.push(access_end_change(job, "failed", None, None));
+                    }
                     entry.status = "deferred".into();
                     entry.deferred_until = Some(at);
                     entry.reason = Some(with_flag(format!("{e}; retrying")));
@@ -947,6 +981,22 @@ impl Dispatcher {
             done.legacy_detected |= removed.legacy_detected;
         }
         Ok(done)
+    }
+}
+
+/// What an outcome settles of the access ends a removal job was for.
+fn access_end_change(
+    job: &Job,
+    status: &'static str,
+    removed_at: Option<Millis>,
+    action: Option<&'static str>,
+) -> AccessEndChange {
+    AccessEndChange {
+        principal_id: job.principal_id.clone(),
+        group_id: job.group_id.clone(),
+        status,
+        removed_at,
+        action,
     }
 }
 

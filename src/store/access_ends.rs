@@ -16,8 +16,8 @@ macro_rules! access_end_columns {
 }
 
 /// Writes a new record on the connection `$conn` of the backend `$db` (in the transaction that
-/// decides the end).
-#[allow(unused_macros)]
+/// decides the end). A `userPrincipalName` or `targetDisplayName` the record does not carry is
+/// copied from the principal and the group's assignment as they are now.
 macro_rules! insert_access_end {
     ($db:expr, $conn:expr, $r:expr) => {{
         let r: &$crate::store::AccessEnd = $r;
@@ -26,7 +26,11 @@ macro_rules! insert_access_end {
             "INSERT INTO access_ends (id, app_id, principal_id, user_principal_name, group_id,
                target_display_name, event_id, reason, ended_at, learned_at, removed_at, action, status,
                waiting_on, updated_at)
-             VALUES ($1, {uuid $2}, $3, $4, $5, $6, $7, $8, {ts $9}, {ts $10}, {ts $11}, $12, $13, $14, {ts $15})"
+             VALUES ($1, {uuid $2}, $3,
+               COALESCE($4, (SELECT user_principal_name FROM principals WHERE principal_id = $3)), $5,
+               COALESCE($6, (SELECT target_display_name FROM group_assignments
+                               WHERE app_id = {uuid $2} AND group_id = $5)),
+               $7, $8, {ts $9}, {ts $10}, {ts $11}, $12, $13, $14, {ts $15})"
         ))
         .bind(&r.id)
         .bind(&r.app_id)
@@ -48,35 +52,38 @@ macro_rules! insert_access_end {
     }};
 }
 
-/// Settles the open records of a member's entitlement to `group_id` at the app (`$app_id`,
-/// `$principal_id`, `$group_id`) on the connection `$conn`: to `$status` (`removed`, `failed`,
-/// `kept`, `notProvisioned`), with the confirmation time and the action where there is one. A
-/// `failed` record stays open; a final status closes it.
-#[allow(unused_macros)]
+/// Settles, on the connection `$conn` of the backend `$db`, the open records of app `$app_id`
+/// that the change `$c` (an `AccessEndChange`) names: `removed` with the target's confirmation,
+/// `failed` (still open), or a final `kept` / `notProvisioned`. A removal confirmed observes
+/// how long access outlived the end (`metrics::access_excess`).
 macro_rules! settle_access_ends {
-    ($db:expr, $conn:expr, $app_id:expr, $principal_id:expr, $group_id:expr, $status:expr, $removed_at:expr, $action:expr, $now:expr) => {{
-        let removed_at: Option<$crate::clock::Millis> = $removed_at;
-        let action: Option<&str> = $action;
-        sqlx::query($crate::store::dialect::sql!(
+    ($db:expr, $conn:expr, $app_id:expr, $c:expr, $now:expr) => {{
+        let c: &$crate::store::AccessEndChange = $c;
+        let settled: Vec<(String, $crate::clock::Millis)> = sqlx::query_as($crate::store::dialect::sql!(
             $db,
-            "UPDATE access_ends SET status = $4, removed_at = COALESCE({ts $5}, removed_at),
-               action = COALESCE($6, action), waiting_on = NULL, updated_at = {ts $7}
+            "UPDATE access_ends SET status = $4, removed_at = {ts $5}, action = $6, updated_at = {ts $7}
              WHERE app_id = {uuid $1} AND principal_id = $2 AND group_id = $3
-               AND status IN ('pending', 'failed', 'held')"
+               AND status IN ('pending', 'failed', 'held')
+             RETURNING reason, {ms ended_at} AS ended_at"
         ))
         .bind($app_id)
-        .bind($principal_id)
-        .bind($group_id)
-        .bind($status)
-        .bind(removed_at)
-        .bind(action)
+        .bind(&c.principal_id)
+        .bind(&c.group_id)
+        .bind(c.status)
+        .bind(c.removed_at)
+        .bind(c.action)
         .bind($now)
-        .execute($conn)
-        .await
+        .fetch_all($conn)
+        .await?;
+        if let Some(removed_at) = c.removed_at {
+            for (reason, ended_at) in &settled {
+                let pim = $crate::store::PIM_END_REASONS.contains(&reason.as_str());
+                $crate::metrics::access_excess(pim, removed_at - ended_at);
+            }
+        }
     }};
 }
 
-#[allow(unused_imports)]
 pub(super) use {insert_access_end, settle_access_ends};
 
 impl SqlStore {

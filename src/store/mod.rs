@@ -545,6 +545,22 @@ pub struct Outcome {
     /// Jobs this outcome starts: a removal a cycle step could not make goes on as a job of its
     /// own, retried on the clock until it succeeds (SPEC §8).
     pub new_jobs: Vec<Job>,
+    /// What became of the app's open access ends (SPEC §8): settled in the outcome's commit.
+    pub access_ends: Vec<AccessEndChange>,
+}
+
+/// What an outcome settles of the open access-end records of one principal's entitlement
+/// through one group at the outcome's app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessEndChange {
+    pub principal_id: String,
+    pub group_id: String,
+    /// `removed`, `failed` (still open), `kept` or `notProvisioned`.
+    pub status: &'static str,
+    /// The target's confirmation of the request that ended access (`removed` only).
+    pub removed_at: Option<Millis>,
+    /// `remove_member`, `disable_user` or `delete_user`; `None` when nothing was sent.
+    pub action: Option<&'static str>,
 }
 
 /// The fields of an app that a change sets; `None` leaves a field as it is.

@@ -18,6 +18,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 use tracing::instrument;
 
+use super::access_ends::{insert_access_end, settle_access_ends};
 use super::audit::insert_audit;
 use super::dialect::Dialect;
 use super::logs::insert_log;
@@ -450,6 +451,9 @@ impl PostgresDb {
         for entry in &plan.logs {
             insert_log!(Dialect::Postgres, &mut **tx, entry)?;
         }
+        for end in &plan.access_ends {
+            insert_access_end!(Dialect::Postgres, &mut **tx, end)?;
+        }
         Ok(Acceptance::Accepted { jobs })
     }
 
@@ -876,6 +880,17 @@ impl PostgresDb {
                     target_display_name: None,
                 };
                 insert_job_in(&mut tx, &job, Some(m.event_seq), now).await?;
+                let end = rules::access_end(
+                    &app_id,
+                    &m.principal_id,
+                    None,
+                    &m.group_id,
+                    event_id.clone(),
+                    "expiry",
+                    m.end_at,
+                    now,
+                );
+                insert_access_end!(self, &mut *tx, &end)?;
                 if !woken.contains(&app_id) {
                     woken.push(app_id);
                 }
@@ -937,6 +952,9 @@ impl PostgresDb {
         }
         for entry in &o.logs {
             insert_log!(self, &mut *tx, entry)?;
+        }
+        for change in &o.access_ends {
+            settle_access_ends!(self, &mut *tx, &o.app_id, change, now);
         }
         if let Some(c) = &o.cycle {
             sqlx::query(

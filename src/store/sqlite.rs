@@ -10,6 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use tracing::instrument;
 
+use super::access_ends::{insert_access_end, settle_access_ends};
 use super::audit::insert_audit;
 use super::dialect::Dialect;
 use super::logs::insert_log;
@@ -492,6 +493,9 @@ impl SqliteDb {
         for entry in &plan.logs {
             insert_log!(Dialect::Sqlite, &mut **tx, entry)?;
         }
+        for end in &plan.access_ends {
+            insert_access_end!(Dialect::Sqlite, &mut **tx, end)?;
+        }
         Ok(Acceptance::Accepted { jobs })
     }
 
@@ -869,6 +873,17 @@ impl SqliteDb {
                     target_display_name: None,
                 };
                 insert_job_in(&mut tx, &job, Some(m.event_seq), now).await?;
+                let end = rules::access_end(
+                    &app_id,
+                    &m.principal_id,
+                    None,
+                    &m.group_id,
+                    event_id.clone(),
+                    "expiry",
+                    m.end_at,
+                    now,
+                );
+                insert_access_end!(self, &mut *tx, &end)?;
                 if !woken.contains(&app_id) {
                     woken.push(app_id);
                 }
@@ -929,6 +944,9 @@ impl SqliteDb {
         }
         for entry in &o.logs {
             insert_log!(self, &mut *tx, entry)?;
+        }
+        for change in &o.access_ends {
+            settle_access_ends!(self, &mut *tx, &o.app_id, change, now);
         }
         if let Some(c) = &o.cycle {
             sqlx::query(
