@@ -401,3 +401,139 @@ async fn an_end_while_a_standing_membership_entitles_is_kept_and_one_never_provi
     let items = ends_when(bridge, &p.app_id, deactivation.id(), status_is("notProvisioned")).await;
     assert_eq!(only(&items)["excessMs"], Value::Null, "{items:?}");
 }
+
+/// The access-end records of a principal at an app, once `pred` holds for them.
+async fn principal_ends_when(
+    bridge: &Bridge,
+    app_id: &str,
+    principal_id: &str,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let path = format!("/v1/access-ends?appId={app_id}&principalId={principal_id}");
+    let deadline = std::time::Instant::now() + common::PUSH_TIMEOUT;
+    loop {
+        let (_, page) = bridge.admin(Method::GET, &path, None).await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        if pred(&items) {
+            return items;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "access ends never matched: {page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn directory_unassignment_and_deprovisioning_ends_are_measured_apart_from_pim_ends() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let bridge = &stack.bridge;
+    let app_id = stack.app_id.as_str();
+    let (group, target_name) = stack.assigned_group().await;
+    whole_second(bridge).await;
+
+    // A standing member, added by a cycle, then removed from the directory: its end is the
+    // removal's arrival, and the next cycle (five minutes later) confirms it.
+    let standing = Principal::new();
+    let member_path = format!("/v1/groups/{}/members/{}", group.id, standing.id);
+    let body = json!({"principal": {"userPrincipalName": standing.upn()}});
+    let (status, answer) = bridge.admin(Method::PUT, &member_path, Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    bridge.sync_and_wait(app_id, false).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[standing.upn()])
+        .await;
+    let ended = bridge.now();
+    let (status, answer) = bridge.admin(Method::DELETE, &member_path, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    let items = principal_ends_when(bridge, app_id, &standing.id, status_is("pending")).await;
+    assert_eq!(only(&items)["reason"], "directory", "{items:?}");
+    assert_eq!(only(&items)["endedAt"], millis(ended), "{items:?}");
+    bridge.advance(std::time::Duration::from_secs(300)).await;
+    bridge.sync_and_wait(app_id, false).await;
+    stack.target.assert_members_eventually(&target_name, &[]).await;
+    let items = principal_ends_when(bridge, app_id, &standing.id, status_is("removed")).await;
+    assert_eq!(only(&items)["excessMs"], 300_000, "{items:?}");
+
+    // A PIM end, removed at once.
+    let principal = Principal::new();
+    let activation = Event::activation(&principal, &group);
+    bridge.deliver(&[&activation]).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[principal.upn()])
+        .await;
+    let ended = whole_second(bridge).await;
+    let deactivation = activation
+        .deactivation()
+        .set("/createdDateTime", json!(common::rfc3339(ended)));
+    bridge.deliver(&[&deactivation]).await;
+    let items = ends_when(bridge, app_id, deactivation.id(), status_is("removed")).await;
+    assert_eq!(only(&items)["excessMs"], 0, "{items:?}");
+
+    // The summary's percentiles are the PIM end's; the directory end is apart, under `other`.
+    let (_, summary) = bridge.admin(Method::GET, "/v1/access-ends/summary", None).await;
+    let app = summary["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["appId"] == app_id).cloned())
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(
+        (app["count"].clone(), app["maxMs"].clone()),
+        (json!(1), json!(0)),
+        "{summary}"
+    );
+    assert_eq!(app["overSlo"], 0, "a directory end is not judged: {summary}");
+    assert_eq!(app["other"]["count"], 1, "{summary}");
+    assert_eq!(app["other"]["maxMs"], 300_000, "{summary}");
+
+    // An unassignment ends the access of the members provisioned through the group.
+    let unassigned = Principal::new();
+    let activation = Event::activation(&unassigned, &group);
+    bridge.deliver(&[&activation]).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[unassigned.upn()])
+        .await;
+    let (status, answer) = bridge
+        .admin(Method::DELETE, &format!("/v1/apps/{app_id}/groups/{}", group.id), None)
+        .await;
+    assert!(status.is_success(), "{answer}");
+    let items = principal_ends_when(bridge, app_id, &unassigned.id, |items| {
+        items.iter().any(|e| e["reason"] == "unassigned")
+    })
+    .await;
+    assert_eq!(items[0]["targetDisplayName"], target_name.as_str(), "{items:?}");
+    bridge.sync_and_wait(app_id, false).await;
+    principal_ends_when(bridge, app_id, &unassigned.id, |items| {
+        items
+            .iter()
+            .any(|e| e["reason"] == "unassigned" && e["status"] == "removed")
+    })
+    .await;
+
+    // Deprovisioning ends the access of every member the bridge provisioned at the app.
+    let (other_group, other_target) = stack.assigned_group().await;
+    let last = Principal::new();
+    let activation = Event::activation(&last, &other_group);
+    bridge.deliver(&[&activation]).await;
+    stack
+        .target
+        .assert_members_eventually(&other_target, &[last.upn()])
+        .await;
+    let (status, answer) = bridge
+        .admin(Method::DELETE, &format!("/v1/apps/{app_id}?deprovision=true"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let items = principal_ends_when(bridge, app_id, &last.id, |items| {
+        items
+            .iter()
+            .any(|e| e["reason"] == "appDeprovisioned" && e["status"] == "removed")
+    })
+    .await;
+    assert!(items.iter().all(|e| e["action"] == "remove_member"), "{items:?}");
+    stack.target.assert_members_eventually(&other_target, &[]).await;
+}

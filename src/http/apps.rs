@@ -567,6 +567,7 @@ pub async fn delete(
         // when none is left. Asking again retries a failing removal at once.
         let changes = AppChanges {
             status: Some(("deleting".into(), Some(DEPROVISIONING.into()))),
+            deprovision_at: Some(engine.now()),
             ..Default::default()
         };
         ctx.audited(
@@ -665,7 +666,10 @@ pub async fn delete_group(
             "group.unassign",
             &app.id,
             json!({"groupId": group_id}),
-            ctx.engine.ctx.store.delete_assignment(&app.id, &group_id),
+            ctx.engine
+                .ctx
+                .store
+                .delete_assignment(&app.id, &group_id, ctx.engine.ctx.now()),
         )
         .await?;
     if !deleted {

@@ -853,12 +853,6 @@ impl Dispatcher {
                     outcome.sources.push((members[0].clone(), job.group_id.clone()));
                 }
                 outcome.jobs.push((job.id.clone(), JobChange::Done));
-                if job.is_removal() {
-                    // The target confirmed the removal: access ended now.
-                    outcome
-                        .access_ends
-                        .push(access_end_change(job, "removed", Some(now), Some("remove_member")));
-                }
                 outcome.legacy_remove = done.legacy_detected;
                 entry.target_user_id = done.target_user_id;
                 entry.target_group_id = done.target_group_id;

@@ -84,7 +84,120 @@ macro_rules! settle_access_ends {
     }};
 }
 
-pub(super) use {insert_access_end, settle_access_ends};
+/// The columns an `INSERT ... SELECT` of new records writes, after `id, app_id, principal_id,
+/// group_id, target_display_name` chosen by its query: the principal's name now, no event, the
+/// reason `$R` ended at `$T`, learned at `$T`.
+macro_rules! born_columns {
+    () => {
+        "INSERT INTO access_ends (id, app_id, principal_id, group_id, target_display_name, user_principal_name,
+           event_id, reason, ended_at, learned_at, removed_at, action, status, waiting_on, updated_at)"
+    };
+}
+
+/// Records born with an end that the directory or an unassignment decides: one per member the
+/// bridge provisioned in the target group that the group `$2` is assigned to (SPEC §8), pending
+/// until the removal's outcome, unless an end of the same member at the same target group is
+/// already open (the first end is the one measured). `$1` the app (or NULL: every app the group
+/// is assigned to), `$3` the principal (or NULL: every member), `$4` the reason, `$5` the time.
+/// An unassignment writes them before the assignment goes.
+pub(super) const BIRTHS: &str = concat!(
+    born_columns!(),
+    " SELECT {new_id}, p.app_id, p.principal_id, ga.group_id, p.target_display_name,
+       (SELECT pr.user_principal_name FROM principals pr WHERE pr.principal_id = p.principal_id),
+       NULL, $4, {ts $5}, {ts $5}, NULL, NULL, 'pending', NULL, {ts $5}
+     FROM provisioned p
+     JOIN group_assignments ga ON ga.app_id = p.app_id AND ga.target_display_name = p.target_display_name
+     WHERE ga.group_id = $2 AND ({uuid $1} IS NULL OR p.app_id = {uuid $1})
+       AND ({text $3} IS NULL OR p.principal_id = $3)
+       AND NOT EXISTS (SELECT 1 FROM access_ends e WHERE e.app_id = p.app_id AND e.principal_id = p.principal_id
+             AND e.target_display_name = p.target_display_name AND e.status IN ('pending', 'failed', 'held'))"
+);
+
+/// Records born with a deprovisioning (`DELETE /v1/apps/{id}?deprovision=true`, SPEC §8): one per
+/// member the bridge provisioned at the app `$1`, at `$2`, unless an end of it is already open.
+pub(super) const DEPROVISIONED: &str = concat!(
+    born_columns!(),
+    " SELECT {new_id}, p.app_id, p.principal_id, COALESCE(p.group_id, ''), p.target_display_name,
+       (SELECT pr.user_principal_name FROM principals pr WHERE pr.principal_id = p.principal_id),
+       NULL, 'appDeprovisioned', {ts $2}, {ts $2}, NULL, NULL, 'pending', NULL, {ts $2}
+     FROM provisioned p
+     WHERE p.app_id = {uuid $1}
+       AND NOT EXISTS (SELECT 1 FROM access_ends e WHERE e.app_id = p.app_id AND e.principal_id = p.principal_id
+             AND e.target_display_name = p.target_display_name AND e.status IN ('pending', 'failed', 'held'))"
+);
+
+/// Writes, on the connection `$conn` of the backend `$db`, the records of the ends that a
+/// directory removal or an unassignment decides (see `BIRTHS`).
+macro_rules! birth_access_ends {
+    ($db:expr, $conn:expr, app: $app_id:expr, group: $group_id:expr, principal: $principal_id:expr, $reason:expr, $now:expr) => {{
+        let (app_id, group_id, principal_id): (Option<&str>, &str, Option<&str>) = ($app_id, $group_id, $principal_id);
+        sqlx::query($crate::store::dialect::sql!($db, $crate::store::access_ends::BIRTHS))
+            .bind(app_id)
+            .bind(group_id)
+            .bind(principal_id)
+            .bind($reason)
+            .bind($now)
+            .execute($conn)
+            .await
+    }};
+}
+
+/// Settles as `removed`, on the connection `$conn` of the backend `$db`, the open records of a
+/// member (`$m`, a `TargetMember`) of the app `$app_id` whose removal the target confirmed at
+/// `$now` (a member gone from the target group, whatever removed it); observes each excess.
+macro_rules! settle_removed {
+    ($db:expr, $conn:expr, $app_id:expr, $m:expr, $now:expr) => {{
+        let m: &$crate::store::TargetMember = $m;
+        let now: $crate::clock::Millis = $now;
+        let settled: Vec<(String, $crate::clock::Millis)> = sqlx::query_as($crate::store::dialect::sql!(
+            $db,
+            "UPDATE access_ends SET status = 'removed', removed_at = {ts $4}, action = 'remove_member',
+               updated_at = {ts $4}
+             WHERE app_id = {uuid $1} AND principal_id = $2 AND target_display_name = $3
+               AND status IN ('pending', 'failed', 'held')
+             RETURNING reason, {ms ended_at} AS ended_at"
+        ))
+        .bind($app_id)
+        .bind(&m.principal_id)
+        .bind(&m.target_display_name)
+        .bind(now)
+        .fetch_all($conn)
+        .await?;
+        for (reason, ended_at) in &settled {
+            let pim = $crate::store::PIM_END_REASONS.contains(&reason.as_str());
+            $crate::metrics::access_excess(pim, now - ended_at);
+        }
+    }};
+}
+
+/// Settles as `kept`, at the end of a cycle of the app `$app_id`, the open records of ends the
+/// cycle did not act on because something still entitles the member at that target group (a
+/// PIM end's own removal settles its record itself).
+macro_rules! settle_kept {
+    ($db:expr, $conn:expr, $app_id:expr, $now:expr) => {{
+        sqlx::query($crate::store::dialect::sql!(
+            $db,
+            "UPDATE access_ends SET status = 'kept', updated_at = {ts $2}
+             WHERE app_id = {uuid $1} AND status = 'pending'
+               AND reason IN ('directory', 'unassigned', 'outOfScope')
+               AND EXISTS (SELECT 1 FROM group_assignments ga
+                 WHERE ga.app_id = access_ends.app_id AND ga.target_display_name = access_ends.target_display_name
+                   AND (EXISTS (SELECT 1 FROM standing_members s
+                                 WHERE s.group_id = ga.group_id AND s.principal_id = access_ends.principal_id)
+                        OR EXISTS (SELECT 1 FROM memberships m
+                                 WHERE m.group_id = ga.group_id AND m.principal_id = access_ends.principal_id
+                                   AND m.access_id = 'member' AND m.active
+                                   AND (m.start_at IS NULL OR m.start_at <= {ts $2})
+                                   AND (m.end_at IS NULL OR m.end_at > {ts $2}))))"
+        ))
+        .bind($app_id)
+        .bind($now)
+        .execute($conn)
+        .await
+    }};
+}
+
+pub(super) use {birth_access_ends, insert_access_end, settle_access_ends, settle_kept, settle_removed};
 
 impl SqlStore {
     pub(super) async fn query_access_ends(&self, f: &AccessEndFilter) -> StoreResult<Vec<AccessEnd>> {

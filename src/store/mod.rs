@@ -574,6 +574,8 @@ pub struct AppChanges {
     pub owners: Option<Vec<String>>,
     /// Status and its reason.
     pub status: Option<(String, Option<String>)>,
+    /// When a change to `deleting` was asked for: the access ends of the deprovisioned members.
+    pub deprovision_at: Option<Millis>,
 }
 
 #[async_trait]
@@ -604,7 +606,7 @@ pub trait Store: Send + Sync + 'static {
     async fn set_next_sync(&self, id: &str, at: Millis) -> StoreResult<()>;
     async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()>;
     async fn put_assignment(&self, a: &Assignment) -> StoreResult<()>;
-    async fn delete_assignment(&self, app_id: &str, group_id: &str) -> StoreResult<bool>;
+    async fn delete_assignment(&self, app_id: &str, group_id: &str, now: Millis) -> StoreResult<bool>;
     async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>>;
 
     // webhook intake
@@ -623,7 +625,7 @@ pub trait Store: Send + Sync + 'static {
         info: Option<&Principal>,
         now: Millis,
     ) -> StoreResult<()>;
-    async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool>;
+    async fn delete_standing_member(&self, group_id: &str, principal: &str, now: Millis) -> StoreResult<bool>;
     /// Removes the group's standing members that `listed` leaves out (a fresh directory listing
     /// lists every member); answers how many went.
     async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64>;

@@ -90,8 +90,8 @@ impl Store for SqlStore {
         SqlStore::put_assignment(self, a).await
     }
 
-    async fn delete_assignment(&self, app_id: &str, group_id: &str) -> StoreResult<bool> {
-        SqlStore::delete_assignment(self, app_id, group_id).await
+    async fn delete_assignment(&self, app_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
+        SqlStore::delete_assignment(self, app_id, group_id, now).await
     }
 
     async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>> {
@@ -124,8 +124,8 @@ impl Store for SqlStore {
         db_run!(self, db => db.put_standing_member(group_id, principal, info, now).await)
     }
 
-    async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool> {
-        SqlStore::delete_standing_member(self, group_id, principal).await
+    async fn delete_standing_member(&self, group_id: &str, principal: &str, now: Millis) -> StoreResult<bool> {
+        SqlStore::delete_standing_member(self, group_id, principal, now).await
     }
 
     async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {

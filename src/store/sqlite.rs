@@ -10,7 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use tracing::instrument;
 
-use super::access_ends::{insert_access_end, settle_access_ends};
+use super::access_ends::{insert_access_end, settle_access_ends, settle_kept, settle_removed};
 use super::audit::insert_audit;
 use super::dialect::Dialect;
 use super::logs::insert_log;
@@ -947,6 +947,14 @@ impl SqliteDb {
         }
         for change in &o.access_ends {
             settle_access_ends!(self, &mut *tx, &o.app_id, change, now);
+        }
+        // A member gone from its target group ends the access its open ends measure (SPEC §8).
+        for (member, _) in o.members.iter().filter(|(_, change)| *change == MemberChange::Gone) {
+            settle_removed!(self, &mut *tx, &o.app_id, member, now);
+        }
+        if o.cycle.as_ref().is_some_and(|c| c.ended_at.is_some()) {
+            // What the cycle left in place because something still entitles it was kept.
+            settle_kept!(self, &mut *tx, &o.app_id, now)?;
         }
         if let Some(c) = &o.cycle {
             sqlx::query(
