@@ -119,8 +119,13 @@ async fn provision_groups_changes_only_while_nothing_is_provisioned() {
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     assert_eq!(app_of(&stack.bridge, &stack.app_id).await["provisionGroups"], true);
 
-    stack.bridge.deliver(&[&event.deactivation()]).await;
+    let deactivation = event.deactivation();
+    stack.bridge.deliver(&[&deactivation]).await;
     stack.target.assert_members_eventually(&target_name, &[]).await;
+    stack
+        .bridge
+        .wait_for_event_log(&deactivation, "success", Some("remove_member"))
+        .await;
     let (status, answer) = patch(false).await;
     assert_eq!(status, StatusCode::OK, "nothing provisioned any more: {answer}");
     assert_eq!(answer["provisionGroups"], false, "{answer}");
@@ -536,4 +541,181 @@ async fn directory_unassignment_and_deprovisioning_ends_are_measured_apart_from_
     .await;
     assert!(items.iter().all(|e| e["action"] == "remove_member"), "{items:?}");
     stack.target.assert_members_eventually(&other_target, &[]).await;
+}
+
+/// A target user's `active`, read until it is `expected` (or the wait runs out).
+async fn active_eventually(target: &common::Target, user_name: &str, expected: bool) -> Value {
+    let deadline = std::time::Instant::now() + common::PUSH_TIMEOUT;
+    loop {
+        let user = target.user_by_user_name(user_name).await;
+        if let Some(user) = &user
+            && user["active"] == expected
+        {
+            return user.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{user_name} never had active {expected}: {user:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// An app without groups (provisionGroups false) on its own target, with `settings`, and a
+/// group assigned to it (no target group named).
+async fn app_without_groups(
+    bridge: &Bridge,
+    target: &common::Target,
+    settings: Value,
+) -> (String, common::SourceGroup) {
+    let mut body = target.app_registration(&format!("accounts-{}", common::short_id()));
+    body["provisionGroups"] = json!(false);
+    for (k, v) in settings.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let (status, app) = bridge.admin(Method::POST, "/v1/apps", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{app}");
+    let app_id = common::app_id(&app);
+    let group = common::SourceGroup::new();
+    let (status, answer) = bridge
+        .admin(
+            Method::PUT,
+            &format!("/v1/apps/{app_id}/groups/{}", group.id),
+            Some(json!({})),
+        )
+        .await;
+    assert!(
+        status.is_success(),
+        "no targetDisplayName needed without groups: {answer}"
+    );
+    (app_id, group)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_groups_the_account_is_the_entitlement_disabled_at_the_end_and_enabled_again() {
+    let Some(target) = common::target(Kind::Scim2Server).await else {
+        return;
+    };
+    let bridge = Bridge::start().await;
+    let (app_id, group) = app_without_groups(&bridge, &target, json!({})).await;
+    assert_eq!(app_of(&bridge, &app_id).await["onAccessEnd"], "disableUser");
+
+    let principal = Principal::new();
+    let activation = Event::activation(&principal, &group);
+    bridge.deliver(&[&activation]).await;
+    let created = active_eventually(&target, principal.upn(), true).await;
+    let (status, groups) = target.get("/Groups", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{groups}");
+    assert_eq!(
+        groups["totalResults"], 0,
+        "no group is ever written without groups: {groups}"
+    );
+
+    let deactivation = activation.deactivation();
+    bridge.deliver(&[&deactivation]).await;
+    let disabled = active_eventually(&target, principal.upn(), false).await;
+    assert_eq!(disabled["id"], created["id"], "{disabled}");
+    let items = ends_when(&bridge, &app_id, deactivation.id(), status_is("removed")).await;
+    assert_eq!(only(&items)["action"], "disable_user", "{items:?}");
+    bridge
+        .wait_for_event_log(&deactivation, "success", Some("disable_user"))
+        .await;
+
+    // The next entitlement (a request after the deactivation) enables the same account: no
+    // second user.
+    let after: chrono::DateTime<chrono::Utc> = deactivation.json["createdDateTime"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("the deactivation's time");
+    let again = Event::activation(&principal, &group).starting(after + chrono::Duration::seconds(1));
+    bridge.deliver(&[&again]).await;
+    let enabled = active_eventually(&target, principal.upn(), true).await;
+    assert_eq!(enabled["id"], created["id"], "{enabled}");
+    assert_eq!(target.users_with_user_name(principal.upn()).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_user_deletes_an_account_the_bridge_created_and_only_disables_one_it_matched() {
+    let Some(target) = common::target(Kind::Scim2Server).await else {
+        return;
+    };
+    let bridge = Bridge::start().await;
+    let (app_id, group) = app_without_groups(&bridge, &target, json!({"onAccessEnd": "deleteUser"})).await;
+
+    // Created by the bridge: deleted at the end.
+    let created = Principal::new();
+    let activation = Event::activation(&created, &group);
+    bridge.deliver(&[&activation]).await;
+    let user = active_eventually(&target, created.upn(), true).await;
+    let deactivation = activation.deactivation();
+    bridge.deliver(&[&deactivation]).await;
+    let items = ends_when(&bridge, &app_id, deactivation.id(), status_is("removed")).await;
+    assert_eq!(only(&items)["action"], "delete_user", "{items:?}");
+    let (status, gone) = target
+        .get(&format!("/Users/{}", common::id_text(&user["id"])), &[])
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "deleted at the target: {gone}");
+
+    // There before the bridge, disabled: matched, enabled by the bridge, and at the end only
+    // disabled, never deleted.
+    let matched = Principal::new();
+    let existing = target.create_user(matched.upn(), None).await;
+    let (status, answer) = target
+        .request(
+            Method::PATCH,
+            &format!("/Users/{existing}"),
+            &[],
+            Some(json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                        "Operations": [{"op": "replace", "path": "active", "value": false}]})),
+        )
+        .await;
+    assert!(status.is_success(), "{answer}");
+    let activation = Event::activation(&matched, &group);
+    bridge.deliver(&[&activation]).await;
+    active_eventually(&target, matched.upn(), true).await;
+    let deactivation = activation.deactivation();
+    bridge.deliver(&[&deactivation]).await;
+    let items = ends_when(&bridge, &app_id, deactivation.id(), status_is("removed")).await;
+    assert_eq!(only(&items)["action"], "disable_user", "{items:?}");
+    let user = active_eventually(&target, matched.upn(), false).await;
+    assert_eq!(
+        common::id_text(&user["id"]),
+        existing,
+        "the same account, still there: {user}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_groups_disable_user_removes_the_membership_first_then_disables_the_account_it_created() {
+    let Some(stack) = Stack::start(Kind::Scim2Server).await else {
+        return;
+    };
+    let bridge = &stack.bridge;
+    let (status, answer) = bridge
+        .admin(
+            Method::PATCH,
+            &format!("/v1/apps/{}", stack.app_id),
+            Some(json!({"onAccessEnd": "disableUser"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (group, target_name) = stack.assigned_group().await;
+    let principal = Principal::new();
+    let activation = Event::activation(&principal, &group);
+    bridge.deliver(&[&activation]).await;
+    stack
+        .target
+        .assert_members_eventually(&target_name, &[principal.upn()])
+        .await;
+    let deactivation = activation.deactivation();
+    bridge.deliver(&[&deactivation]).await;
+    stack.target.assert_members_eventually(&target_name, &[]).await;
+    active_eventually(&stack.target, principal.upn(), false).await;
+    let items = ends_when(bridge, &stack.app_id, deactivation.id(), status_is("removed")).await;
+    // The membership's removal is the request that ended access.
+    assert_eq!(only(&items)["action"], "remove_member", "{items:?}");
+    let entry = bridge
+        .wait_for_event_log(&deactivation, "success", Some("remove_member"))
+        .await;
+    assert!(entry.to_string().contains("account disabled"), "{entry}");
 }

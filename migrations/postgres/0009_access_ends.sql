@@ -23,3 +23,7 @@ CREATE INDEX access_ends_app ON access_ends(app_id, ended_at);
 CREATE INDEX access_ends_open ON access_ends(app_id, principal_id, group_id)
     WHERE status IN ('pending', 'failed', 'held');
 CREATE INDEX access_ends_event ON access_ends(event_id);
+
+-- The bridge set `active: true` on this user (a matched account it found disabled): `disableUser`
+-- may disable it again (SPEC §8). Accounts it created are `created_by_us`.
+ALTER TABLE target_users ADD COLUMN enabled_by_us boolean NOT NULL DEFAULT false;

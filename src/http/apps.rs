@@ -605,8 +605,12 @@ pub async fn put_group(
     let app = visible_app(&ctx, &caller, &id).await?;
     caller.require(&[Role::Admin])?;
     let input = object(body)?;
-    let target =
-        text_field(&input, "targetDisplayName")?.ok_or_else(|| ApiError::bad("targetDisplayName", "is required"))?;
+    // Without groups the target group's name is optional and ignored (SPEC §8).
+    let target = match text_field(&input, "targetDisplayName")? {
+        Some(target) => target,
+        None if !app.settings.provisions_groups() => String::new(),
+        None => return Err(ApiError::bad("targetDisplayName", "is required")),
+    };
     let engine = &ctx.engine.ctx;
     let a = crate::store::Assignment {
         app_id: app.id.clone(),

@@ -15,8 +15,8 @@ use crate::clock::Millis;
 use crate::mapping::AppMapping;
 use crate::scim::{ScimClient, ScimError};
 use crate::store::{
-    AppRecord, CycleCounts, CycleRecord, DriftRepair, Job, JobChange, LogEntry, MemberChange, OutOfScope, Outcome,
-    TargetMember,
+    AppRecord, CycleCounts, CycleRecord, DriftRepair, Job, JobChange, LogEntry, MemberChange, OnAccessEnd, OutOfScope,
+    Outcome, TargetMember,
 };
 use crate::types::Step;
 
@@ -263,9 +263,16 @@ impl Cycle {
         self.app_name = app.name.clone();
         self.standing = store.standing_members(&app.id).await?.into_iter().collect();
         let assignments = store.list_assignments(&app.id).await?;
+        // Without groups the account is the entitlement: one membership per user, at "".
+        let groups = app.settings.provisions_groups();
         let target_of: HashMap<&str, &str> = assignments
             .iter()
-            .map(|a| (a.group_id.as_str(), a.target_display_name.as_str()))
+            .map(|a| {
+                (
+                    a.group_id.as_str(),
+                    if groups { a.target_display_name.as_str() } else { "" },
+                )
+            })
             .collect();
         let mut steps = VecDeque::new();
         if !dry_run {
@@ -290,7 +297,17 @@ impl Cycle {
                 self.origin.insert(member, job);
             }
         }
-        let desired: BTreeSet<TargetMember> = store.desired_members(&app.id, now).await?.into_iter().collect();
+        let desired: BTreeSet<TargetMember> = store
+            .desired_members(&app.id, now)
+            .await?
+            .into_iter()
+            .map(|mut m| {
+                if !groups {
+                    m.target_display_name.clear();
+                }
+                m
+            })
+            .collect();
         let provisioned: BTreeSet<TargetMember> = store.provisioned_members(&app.id).await?.into_iter().collect();
         let to_add: Vec<&TargetMember> = desired.difference(&provisioned).collect();
         let to_remove: Vec<&TargetMember> = provisioned.difference(&desired).collect();
@@ -524,6 +541,21 @@ impl Cycle {
         if doubtful.is_empty() {
             return Ok(Done::Next(StepResult::default()));
         }
+        if !app.settings.provisions_groups() {
+            // No group to read: an account the bridge knows is provisioned, one it never
+            // recorded was not created.
+            let mut result = StepResult::default();
+            for member in doubtful {
+                let known = store.target_user(&app.id, &member.principal_id).await?;
+                let change = if known.is_some_and(|u| !u.disabled) {
+                    MemberChange::Confirmed
+                } else {
+                    MemberChange::Gone
+                };
+                result.members.push((member, change));
+            }
+            return Ok(Done::Next(result));
+        }
         let mut steps = Vec::new();
         let group_id = match store.target_group(&app.id, target).await? {
             Some(id) => Some(id),
@@ -560,12 +592,22 @@ impl Cycle {
 
     /// Still to be added: entitled now, and not confirmed at the target.
     async fn wants_add(&self, ctx: &Ctx, app: &AppRecord, member: &TargetMember) -> anyhow::Result<bool> {
+        Ok(Self::entitled(ctx, app, member).await? && !ctx.store.is_confirmed(&app.id, member).await?)
+    }
+
+    /// Whether something entitles the member now: to its target group, or (an app without
+    /// groups, where the account is the entitlement) to the app.
+    async fn entitled(ctx: &Ctx, app: &AppRecord, member: &TargetMember) -> anyhow::Result<bool> {
         let store = &ctx.store;
-        Ok(store
-            .entitled_via(&app.id, &member.target_display_name, &member.principal_id, ctx.now())
-            .await?
-            .is_some()
-            && !store.is_confirmed(&app.id, member).await?)
+        let now = ctx.now();
+        Ok(if app.settings.provisions_groups() {
+            store
+                .entitled_via(&app.id, &member.target_display_name, &member.principal_id, now)
+                .await?
+                .is_some()
+        } else {
+            store.entitled_at_app(&app.id, &member.principal_id, now).await?
+        })
     }
 
     async fn user(
@@ -628,6 +670,20 @@ impl Cycle {
             return Ok(Done::Next(StepResult::default()));
         }
         let members: Vec<TargetMember> = ready.iter().map(|(m, ..)| m.clone()).collect();
+        if !app.settings.provisions_groups() {
+            // No group to add to: the user step created or enabled the account, which is the
+            // entitlement. Recorded as provisioned.
+            let mut result = StepResult::default();
+            for member in members {
+                self.record.counts.added += 1;
+                let mut entry = self.entry(ctx, &member, "add_member", "success").await?;
+                entry.reason =
+                    Some("no groups at this app (provisionGroups false): the account is the entitlement".into());
+                result.logs.push(entry);
+                result.members.push((member, MemberChange::Confirmed));
+            }
+            return Ok(Done::Next(result));
+        }
         let mut steps = Vec::new();
         let source = self.source_group_of(ctx, app, target).await?;
         let started = std::time::Instant::now();
@@ -736,12 +792,7 @@ impl Cycle {
     ) -> anyhow::Result<Done> {
         let store = &ctx.store;
         // Not removed if it was activated (or is entitled otherwise) meanwhile, or is gone.
-        if store
-            .entitled_via(&app.id, &member.target_display_name, &member.principal_id, ctx.now())
-            .await?
-            .is_some()
-            || !store.is_provisioned(&app.id, member).await?
-        {
+        if Self::entitled(ctx, app, member).await? || !store.is_provisioned(&app.id, member).await? {
             return Ok(Done::Next(StepResult::default()));
         }
         // A removal already waiting as a job (an event's, or one an earlier cycle handed on) is
@@ -751,7 +802,7 @@ impl Cycle {
         }
         let mut steps = Vec::new();
         let started = std::time::Instant::now();
-        match push::remove_member(
+        let removed = match push::remove_member(
             ctx,
             app,
             mapping,
@@ -762,15 +813,37 @@ impl Cycle {
         )
         .await
         {
-            Ok(done) => {
+            // Once nothing entitles the user at the app, the account follows (`onAccessEnd`): a
+            // request of its own, in this step.
+            Ok(done)
+                if app.settings.on_access_end() != OnAccessEnd::RemoveMember
+                    && !store.entitled_at_app(&app.id, &member.principal_id, ctx.now()).await? =>
+            {
+                match push::end_account(ctx, app, client, &member.principal_id, &mut steps).await {
+                    Ok(ended) => Ok((done, Some(ended))),
+                    Err(e) => Err(e),
+                }
+            }
+            other => other.map(|done| (done, None)),
+        };
+        match removed {
+            Ok((done, ended)) => {
                 self.tally.ok();
                 self.record.counts.removed += 1;
-                let mut entry = self.entry(ctx, member, "remove_member", "success").await?;
+                let groups = app.settings.provisions_groups();
+                let action = match ended.as_ref().and_then(push::AccountEnd::action) {
+                    Some(action) if !groups => action,
+                    _ => "remove_member",
+                };
+                let mut entry = self.entry(ctx, member, action, "success").await?;
+                if let Some(push::AccountEnd::Left(reason)) = &ended {
+                    entry.reason = Some(format!("account left: {reason}"));
+                }
                 entry.duration_ms = Some(started.elapsed().as_millis() as i64);
                 entry.steps = steps;
                 entry.target_user_id = done.target_user_id;
                 entry.target_group_id = done.target_group_id;
-                entry.reason = done.note;
+                entry.reason = entry.reason.take().or(done.note);
                 Ok(Done::Next(StepResult {
                     members: vec![(member.clone(), MemberChange::Gone)],
                     logs: vec![entry],

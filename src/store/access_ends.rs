@@ -146,12 +146,12 @@ macro_rules! birth_access_ends {
 /// member (`$m`, a `TargetMember`) of the app `$app_id` whose removal the target confirmed at
 /// `$now` (a member gone from the target group, whatever removed it); observes each excess.
 macro_rules! settle_removed {
-    ($db:expr, $conn:expr, $app_id:expr, $m:expr, $now:expr) => {{
+    ($db:expr, $conn:expr, $app_id:expr, $m:expr, $action:expr, $now:expr) => {{
         let m: &$crate::store::TargetMember = $m;
         let now: $crate::clock::Millis = $now;
         let settled: Vec<(String, $crate::clock::Millis)> = sqlx::query_as($crate::store::dialect::sql!(
             $db,
-            "UPDATE access_ends SET status = 'removed', removed_at = {ts $4}, action = 'remove_member',
+            "UPDATE access_ends SET status = 'removed', removed_at = {ts $4}, action = $5,
                updated_at = {ts $4}
              WHERE app_id = {uuid $1} AND principal_id = $2 AND target_display_name = $3
                AND status IN ('pending', 'failed', 'held')
@@ -161,6 +161,7 @@ macro_rules! settle_removed {
         .bind(&m.principal_id)
         .bind(&m.target_display_name)
         .bind(now)
+        .bind($action)
         .fetch_all($conn)
         .await?;
         for (reason, ended_at) in &settled {
@@ -241,6 +242,29 @@ impl SqlStore {
             q.push(" ORDER BY ended_at DESC, id DESC LIMIT ").push_bind(f.limit);
             q.build_query_as().fetch_all(&db.pool).await?
         }))
+    }
+
+    pub(super) async fn entitled_at_app(&self, app_id: &str, principal_id: &str, now: Millis) -> StoreResult<bool> {
+        let found: Option<i64> = db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
+            sqlx::query_scalar(sql!(
+                db,
+                "SELECT 1 FROM group_assignments ga
+                 WHERE ga.app_id = {uuid $1} AND (
+                   EXISTS (SELECT 1 FROM standing_members s WHERE s.group_id = ga.group_id AND s.principal_id = $2)
+                   OR EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = ga.group_id AND m.principal_id = $2
+                              AND m.access_id = 'member' AND m.active
+                              AND (m.start_at IS NULL OR m.start_at <= {ts $3})
+                              AND (m.end_at IS NULL OR m.end_at > {ts $3})))
+                 LIMIT 1"
+            ))
+            .bind(app_id)
+            .bind(principal_id)
+            .bind(now)
+            .fetch_optional(&db.pool)
+            .await?
+        });
+        Ok(found.is_some())
     }
 
     pub(super) async fn open_access_ends(&self) -> StoreResult<Vec<AccessEnd>> {

@@ -190,6 +190,7 @@ const TABLES: &[Table] = &[
             ("fingerprint", Text),
             ("created_by_us", Bool),
             ("disabled", Bool),
+            ("enabled_by_us", Bool),
         ],
     },
     Table {

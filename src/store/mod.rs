@@ -445,6 +445,9 @@ pub struct TargetUser {
     pub fingerprint: String,
     pub created_by_us: bool,
     pub disabled: bool,
+    /// The bridge set `active: true` on it (a matched account it found disabled).
+    #[sqlx(default)]
+    pub enabled_by_us: bool,
 }
 
 /// A membership the bridge wants at a target: one principal in one target group.
@@ -547,6 +550,9 @@ pub struct Outcome {
     pub new_jobs: Vec<Job>,
     /// What became of the app's open access ends (SPEC §8): settled in the outcome's commit.
     pub access_ends: Vec<AccessEndChange>,
+    /// The action that ended access for the members gone (`disable_user`, `delete_user` at an app
+    /// without groups); `None`: `remove_member`.
+    pub end_action: Option<&'static str>,
 }
 
 /// What an outcome settles of the open access-end records of one principal's entitlement
@@ -693,6 +699,9 @@ pub trait Store: Send + Sync + 'static {
 
     // what the bridge knows of targets
     async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>>;
+    async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()>;
+    /// Whether anything entitles the principal at the app now (any assigned group).
+    async fn entitled_at_app(&self, app_id: &str, principal_id: &str, now: Millis) -> StoreResult<bool>;
     async fn put_target_user(&self, app_id: &str, principal_id: &str, user: &TargetUser) -> StoreResult<()>;
     async fn target_users(&self, app_id: &str) -> StoreResult<Vec<(String, TargetUser)>>;
     async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>>;

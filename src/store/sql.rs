@@ -236,6 +236,14 @@ impl Store for SqlStore {
         db_run!(self, db => db.record(outcome).await)
     }
 
+    async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()> {
+        SqlStore::forget_target_user(self, app_id, principal_id).await
+    }
+
+    async fn entitled_at_app(&self, app_id: &str, principal_id: &str, now: Millis) -> StoreResult<bool> {
+        SqlStore::entitled_at_app(self, app_id, principal_id, now).await
+    }
+
     async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>> {
         SqlStore::target_user(self, app_id, principal_id).await
     }

@@ -950,7 +950,14 @@ impl SqliteDb {
         }
         // A member gone from its target group ends the access its open ends measure (SPEC §8).
         for (member, _) in o.members.iter().filter(|(_, change)| *change == MemberChange::Gone) {
-            settle_removed!(self, &mut *tx, &o.app_id, member, now);
+            settle_removed!(
+                self,
+                &mut *tx,
+                &o.app_id,
+                member,
+                o.end_action.unwrap_or("remove_member"),
+                now
+            );
         }
         if o.cycle.as_ref().is_some_and(|c| c.ended_at.is_some()) {
             // What the cycle left in place because something still entitles it was kept.
