@@ -719,3 +719,52 @@ async fn with_groups_disable_user_removes_the_membership_first_then_disables_the
         .await;
     assert!(entry.to_string().contains("account disabled"), "{entry}");
 }
+
+async fn set_active_at_target(target: &common::Target, user_id: &str, active: bool) {
+    let (status, answer) = target
+        .request(
+            Method::PATCH,
+            &format!("/Users/{user_id}"),
+            &[],
+            Some(json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                        "Operations": [{"op": "replace", "path": "active", "value": active}]})),
+        )
+        .await;
+    assert!(status.is_success(), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_groups_a_cycle_reads_each_account_and_repairs_its_active_flag() {
+    let Some(target) = common::target(Kind::Scim2Server).await else {
+        return;
+    };
+    let bridge = Bridge::start().await;
+    let (app_id, group) = app_without_groups(&bridge, &target, json!({"driftRepair": "repair"})).await;
+    // One account enabled by an activation, one disabled at its end.
+    let (kept, ended) = (Principal::new(), Principal::new());
+    let kept_activation = Event::activation(&kept, &group);
+    let ended_activation = Event::activation(&ended, &group);
+    bridge.deliver(&[&kept_activation, &ended_activation]).await;
+    let kept_user = active_eventually(&target, kept.upn(), true).await;
+    active_eventually(&target, ended.upn(), true).await;
+    let deactivation = ended_activation.deactivation();
+    bridge.deliver(&[&deactivation]).await;
+    let ended_user = active_eventually(&target, ended.upn(), false).await;
+    bridge
+        .wait_for_event_log(&deactivation, "success", Some("disable_user"))
+        .await;
+
+    // Someone at the target flips both.
+    set_active_at_target(&target, &common::id_text(&kept_user["id"]), false).await;
+    set_active_at_target(&target, &common::id_text(&ended_user["id"]), true).await;
+    let cycle = bridge.sync_and_wait(&app_id, false).await;
+    assert_eq!(cycle["counts"]["driftFound"], 2, "{cycle}");
+    active_eventually(&target, kept.upn(), true).await;
+    active_eventually(&target, ended.upn(), false).await;
+    let (status, groups) = target.get("/Groups", &[]).await;
+    assert_eq!(
+        (status, groups["totalResults"].clone()),
+        (StatusCode::OK, json!(0)),
+        "{groups}"
+    );
+}

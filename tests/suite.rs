@@ -23,6 +23,8 @@ mod engine;
 mod graph_source;
 #[path = "legacy_removal.rs"]
 mod legacy_removal;
+#[path = "links.rs"]
+mod links;
 #[path = "load.rs"]
 mod load;
 #[path = "logs_activation.rs"]

@@ -28,3 +28,6 @@ CREATE INDEX access_ends_event ON access_ends(event_id);
 -- The bridge set `active: true` on this user (a matched account it found disabled): `disableUser`
 -- may disable it again (SPEC §8). Accounts it created are `created_by_us`.
 ALTER TABLE target_users ADD COLUMN enabled_by_us INTEGER NOT NULL DEFAULT 0;
+
+-- An object link's last push (`GET /v1/apps/{id}/users`): the newest entry of a user at an app.
+CREATE INDEX logs_app_principal ON provisioning_logs(app_id, principal_id, time);

@@ -5,6 +5,7 @@ mod apps;
 mod auth;
 mod directory;
 pub mod error;
+mod links;
 mod logs;
 pub mod model;
 mod openapi;
@@ -207,6 +208,42 @@ pub const ROUTES: &[Route] = &[
         ok: 204,
         body: Body::Empty,
         handler: |m| on(m, apps::delete),
+    },
+    Route {
+        method: "get",
+        path: "/v1/apps/{appId}/users",
+        summary: "Object links: which target user is which principal at the app, by principal, paged",
+        tag: "apps",
+        access: APP_READERS,
+        query: ParamsOf::of::<links::LinkQuery>(),
+        request: None,
+        ok: 200,
+        body: Body::Json(SchemaOf::of::<model::UserLinkPage>()),
+        handler: |m| on(m, links::list),
+    },
+    Route {
+        method: "get",
+        path: "/v1/apps/{appId}/users/{principalId}",
+        summary: "One principal's object link at the app",
+        tag: "apps",
+        access: APP_READERS,
+        query: ParamsOf::NONE,
+        request: None,
+        ok: 200,
+        body: Body::Json(SchemaOf::of::<model::UserLink>()),
+        handler: |m| on(m, links::get),
+    },
+    Route {
+        method: "delete",
+        path: "/v1/apps/{appId}/users/{principalId}",
+        summary: "Forget a stale object link (the app must be paused); its memberships stay, in doubt",
+        tag: "apps",
+        access: Access::Roles("admin, operator"),
+        query: ParamsOf::NONE,
+        request: None,
+        ok: 204,
+        body: Body::Empty,
+        handler: |m| on(m, links::delete),
     },
     Route {
         method: "get",

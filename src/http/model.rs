@@ -416,6 +416,43 @@ pub struct LogPage<'a> {
     pub next_cursor: Option<String>,
 }
 
+/// An object link (SPEC §8): the target user the bridge knows for a principal at an app.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserLink {
+    pub principal_id: String,
+    /// The user's id at the target.
+    pub target_id: String,
+    /// The `userName` last sent.
+    pub user_name: Option<String>,
+    pub created_by_bridge: bool,
+    /// `active` as last sent.
+    pub active: bool,
+    /// The user's last successful push at this app.
+    #[schema(format = DateTime)]
+    pub last_push_at: Option<String>,
+    /// The target groups the bridge provisioned the user in.
+    pub groups: Vec<UserLinkGroup>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserLinkGroup {
+    pub target_display_name: String,
+    pub target_group_id: Option<String>,
+    /// The assigned source groups that make this target group.
+    pub source_group_ids: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserLinkPage {
+    /// By principal id.
+    pub items: Vec<UserLink>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
 /// One end of an entitlement at an app and what became of it (SPEC §8).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -90,6 +90,11 @@ enum CycleStep {
     Drift {
         target: String,
     },
+    /// Without groups: read one account the bridge enabled or disabled and compare its `active`
+    /// (`driftRepair`).
+    DriftUser {
+        principal: String,
+    },
     /// `outOfScope: disable`: an account the bridge created that nothing entitles any more.
     Disable {
         principal: String,
@@ -347,7 +352,15 @@ impl Cycle {
             }
             steps.extend(to_remove.iter().map(|m| CycleStep::Remove { member: (*m).clone() }));
         }
-        if app.settings.drift_repair != DriftRepair::Off {
+        if app.settings.drift_repair != DriftRepair::Off && !groups {
+            // The account is the entitlement: each one the bridge enabled (or disabled) is read.
+            for (principal, user) in store.target_users(&app.id).await? {
+                let enabled = provisioned.iter().any(|m| m.principal_id == principal);
+                if enabled || (user.disabled && (user.created_by_us || user.enabled_by_us)) {
+                    steps.push_back(CycleStep::DriftUser { principal });
+                }
+            }
+        } else if app.settings.drift_repair != DriftRepair::Off {
             let targets: BTreeSet<&str> = desired
                 .iter()
                 .chain(provisioned.iter())
@@ -408,6 +421,7 @@ impl Cycle {
             } => self.add(ctx, app, client, &target, &principals, reason).await,
             CycleStep::Remove { member } => self.remove(ctx, app, mapping, client, &member).await,
             CycleStep::Drift { target } => self.drift(ctx, app, client, &target).await,
+            CycleStep::DriftUser { principal } => self.drift_user(ctx, app, client, &principal).await,
             CycleStep::Disable { principal } => self.disable(ctx, app, client, &principal).await,
             CycleStep::CheckUsers => self.check_users(ctx, app, mapping).await,
             CycleStep::UpdateUser { principal } => self.update_user(ctx, app, mapping, client, &principal).await,
@@ -966,6 +980,101 @@ impl Cycle {
                 );
             }
         }
+        Ok(Done::Next(result))
+    }
+
+    /// Without groups: compares one account's `active` with what the bridge last made it (enabled
+    /// while provisioned, disabled after its end): a user the bridge disabled found active again
+    /// is drift too. `driftRepair: report` logs it, `repair` sets it back (or, for an enabled
+    /// account gone at the target, creates it again in this cycle).
+    async fn drift_user(
+        &mut self,
+        ctx: &Ctx,
+        app: &AppRecord,
+        client: &ScimClient,
+        principal: &str,
+    ) -> anyhow::Result<Done> {
+        let store = &ctx.store;
+        let member = TargetMember {
+            target_display_name: String::new(),
+            principal_id: principal.to_string(),
+        };
+        let Some(user) = store.target_user(&app.id, principal).await? else {
+            return Ok(Done::Next(StepResult::default()));
+        };
+        if store.in_doubt_members(&app.id).await?.contains(&member) {
+            return Ok(Done::Next(StepResult::default()));
+        }
+        let expected = !user.disabled && store.is_confirmed(&app.id, &member).await?;
+        let mut steps = Vec::new();
+        let found = match client.get_user(&user.target_user_id, &mut steps).await {
+            Ok(found) => {
+                self.tally.ok();
+                found
+            }
+            Err(e) if e.is_transient() => return Ok(Done::Retry(e, StepResult::default())),
+            Err(e) => {
+                self.tally.failed(&e);
+                return Ok(Done::Next(StepResult::default()));
+            }
+        };
+        let drift = match &found {
+            None if expected => "the account the bridge enabled is gone at the target",
+            None => return Ok(Done::Next(StepResult::default())),
+            // A target that does not say is taken at its word: active.
+            Some(u) if u.get("active").and_then(Value::as_bool).unwrap_or(true) == expected => {
+                return Ok(Done::Next(StepResult::default()));
+            }
+            Some(_) if expected => "the account the bridge enabled is disabled at the target",
+            Some(_) => "the account the bridge disabled is active again at the target",
+        };
+        self.record.counts.drift_found += 1;
+        self.report.push(json!({"principalId": principal, "drift": drift}));
+        let mut result = StepResult::default();
+        let repair = app.settings.drift_repair == DriftRepair::Repair && !self.record.dry_run;
+        let action = if expected { "enable_user" } else { "disable_user" };
+        if !repair {
+            if !self.record.dry_run {
+                let mut entry = self.entry(ctx, &member, action, "skipped").await?;
+                entry.reason = Some(format!("drift: {drift} (driftRepair: report)"));
+                entry.target_user_id = Some(user.target_user_id.clone());
+                result.logs.push(entry);
+            }
+            return Ok(Done::Next(result));
+        }
+        if found.is_none() {
+            // Created again in this cycle: its provisioning starts over.
+            result.members.push((member.clone(), MemberChange::Gone));
+            store.forget_target_user(&app.id, principal).await?;
+            self.steps.insert(1, CycleStep::User { member: member.clone() });
+            self.steps.insert(
+                2,
+                CycleStep::Add {
+                    target: String::new(),
+                    principals: vec![principal.to_string()],
+                    reason: Some("drift repaired: the account was gone at the target"),
+                },
+            );
+            return Ok(Done::Next(result));
+        }
+        let mut entry = match client.set_user_active(&user.target_user_id, expected, &mut steps).await {
+            Ok(()) => {
+                self.tally.ok();
+                let mut entry = self.entry(ctx, &member, action, "success").await?;
+                entry.reason = Some(format!("drift repaired: {drift}"));
+                entry
+            }
+            Err(e) if e.is_transient() => return Ok(Done::Retry(e, result)),
+            Err(e) => {
+                self.tally.failed(&e);
+                let mut entry = self.entry(ctx, &member, action, "failure").await?;
+                entry.reason = Some(format!("drift: {drift}; repair failed: {e}"));
+                entry
+            }
+        };
+        entry.steps = steps;
+        entry.target_user_id = Some(user.target_user_id.clone());
+        result.logs.push(entry);
         Ok(Done::Next(result))
     }
 

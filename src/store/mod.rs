@@ -7,6 +7,7 @@ mod apps;
 mod audit;
 mod cycles;
 mod dialect;
+mod links;
 mod logs;
 pub mod migrate;
 mod postgres;
@@ -450,6 +451,29 @@ pub struct TargetUser {
     pub enabled_by_us: bool,
 }
 
+/// An object link (SPEC §8): the target user the bridge knows for a principal at an app.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LinkRecord {
+    pub principal_id: String,
+    pub target_user_id: String,
+    /// What was last sent (the mapped `always` attributes, as JSON).
+    pub fingerprint: String,
+    pub created_by_us: bool,
+    pub disabled: bool,
+    pub last_push_at: Option<Millis>,
+    #[sqlx(skip)]
+    pub groups: Vec<LinkGroup>,
+}
+
+/// A target group a linked user was provisioned in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkGroup {
+    pub target_display_name: String,
+    pub target_group_id: Option<String>,
+    /// The source group it was provisioned for (unknown for rows of early releases).
+    pub group_id: Option<String>,
+}
+
 /// A membership the bridge wants at a target: one principal in one target group.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::FromRow)]
 pub struct TargetMember {
@@ -699,6 +723,10 @@ pub trait Store: Send + Sync + 'static {
 
     // what the bridge knows of targets
     async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>>;
+    /// Object links of an app, by principal, after `after` (SPEC §8).
+    async fn list_links(&self, app_id: &str, after: Option<&str>, limit: i64) -> StoreResult<Vec<LinkRecord>>;
+    async fn get_link(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<LinkRecord>>;
+    async fn forget_link(&self, app_id: &str, principal_id: &str) -> StoreResult<bool>;
     async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()>;
     /// Whether anything entitles the principal at the app now (any assigned group).
     async fn entitled_at_app(&self, app_id: &str, principal_id: &str, now: Millis) -> StoreResult<bool>;

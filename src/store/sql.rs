@@ -236,6 +236,18 @@ impl Store for SqlStore {
         db_run!(self, db => db.record(outcome).await)
     }
 
+    async fn list_links(&self, app_id: &str, after: Option<&str>, limit: i64) -> StoreResult<Vec<LinkRecord>> {
+        SqlStore::list_links(self, app_id, after, limit).await
+    }
+
+    async fn get_link(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<LinkRecord>> {
+        SqlStore::get_link(self, app_id, principal_id).await
+    }
+
+    async fn forget_link(&self, app_id: &str, principal_id: &str) -> StoreResult<bool> {
+        SqlStore::forget_link(self, app_id, principal_id).await
+    }
+
     async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()> {
         SqlStore::forget_target_user(self, app_id, principal_id).await
     }
