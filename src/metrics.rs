@@ -30,6 +30,7 @@ pub const LEASES_HELD: &str = "scim_bridge_leases_held";
 pub const LEASE_CHANGES: &str = "scim_bridge_lease_changes_total";
 pub const ACCESS_EXCESS: &str = "scim_bridge_access_excess_seconds";
 pub const ACCESS_ENDS_OVER_SLO: &str = "scim_bridge_access_ends_over_slo";
+pub const HELD_REMOVALS: &str = "scim_bridge_held_removals";
 
 /// SCIM calls take milliseconds to a request timeout of 30 s.
 const REQUEST_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -264,6 +265,14 @@ pub async fn render(store: &SharedStore, now: i64, slo_ms: impl Fn(&AppRecord) -
     }
     for (app_id, n) in over {
         out.push_str(&format!("{ACCESS_ENDS_OVER_SLO}{{app_id=\"{}\"}} {n}\n", label(app_id)));
+    }
+    gauge_header(
+        &mut out,
+        HELD_REMOVALS,
+        "Removals the app's deletion guard holds until approved or rejected (a series only while above 0).",
+    );
+    for (app_id, n) in store.held_counts().await? {
+        out.push_str(&format!("{HELD_REMOVALS}{{app_id=\"{}\"}} {n}\n", label(&app_id)));
     }
     gauge_header(
         &mut out,

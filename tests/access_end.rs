@@ -503,6 +503,10 @@ async fn directory_unassignment_and_deprovisioning_ends_are_measured_apart_from_
         .target
         .assert_members_eventually(&target_name, &[unassigned.upn()])
         .await;
+    // Recorded at the bridge (not only at the target) before what follows.
+    bridge
+        .wait_for_event_log(&activation, "success", Some("add_member"))
+        .await;
     let (status, answer) = bridge
         .admin(Method::DELETE, &format!("/v1/apps/{app_id}/groups/{}", group.id), None)
         .await;
@@ -528,6 +532,10 @@ async fn directory_unassignment_and_deprovisioning_ends_are_measured_apart_from_
     stack
         .target
         .assert_members_eventually(&other_target, &[last.upn()])
+        .await;
+    // Recorded at the bridge (not only at the target) before what follows.
+    bridge
+        .wait_for_event_log(&activation, "success", Some("add_member"))
         .await;
     let (status, answer) = bridge
         .admin(Method::DELETE, &format!("/v1/apps/{app_id}?deprovision=true"), None)

@@ -17,6 +17,8 @@ mod app_lifecycle;
 mod compose;
 #[path = "cycle_faults.rs"]
 mod cycle_faults;
+#[path = "deletion_guard.rs"]
+mod deletion_guard;
 #[path = "engine.rs"]
 mod engine;
 #[path = "graph_source.rs"]

@@ -30,3 +30,15 @@ ALTER TABLE target_users ADD COLUMN enabled_by_us boolean NOT NULL DEFAULT false
 
 -- An object link's last push (`GET /v1/apps/{id}/users`): the newest entry of a user at an app.
 CREATE INDEX logs_app_principal ON provisioning_logs(app_id, principal_id, time);
+
+-- Removals a cycle planned but the app's deletion guard holds (SPEC §8): one per member and target
+-- group, until an operator approves (they go as removal jobs) or rejects them (the bridge forgets
+-- the membership), or the member is entitled again.
+CREATE TABLE held_removals (
+    app_id              uuid NOT NULL,
+    target_display_name text NOT NULL,
+    principal_id        text NOT NULL,
+    cycle_id            text NOT NULL,   -- the cycle that held it
+    held_at             timestamptz NOT NULL,
+    PRIMARY KEY (app_id, target_display_name, principal_id)
+);

@@ -31,3 +31,15 @@ ALTER TABLE target_users ADD COLUMN enabled_by_us INTEGER NOT NULL DEFAULT 0;
 
 -- An object link's last push (`GET /v1/apps/{id}/users`): the newest entry of a user at an app.
 CREATE INDEX logs_app_principal ON provisioning_logs(app_id, principal_id, time);
+
+-- Removals a cycle planned but the app's deletion guard holds (SPEC §8): one per member and target
+-- group, until an operator approves (they go as removal jobs) or rejects them (the bridge forgets
+-- the membership), or the member is entitled again.
+CREATE TABLE held_removals (
+    app_id              TEXT NOT NULL,
+    target_display_name TEXT NOT NULL,
+    principal_id        TEXT NOT NULL,
+    cycle_id            TEXT NOT NULL,   -- the cycle that held it
+    held_at             INTEGER NOT NULL,
+    PRIMARY KEY (app_id, target_display_name, principal_id)
+);

@@ -14,7 +14,8 @@ use super::ApiContext;
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ApiResult, JsonBody, Path, Query};
 use super::model::{
-    App, AppList, Assignment, AssignmentList, AuthKind, ConnectionTest, Cycle, CycleList, CycleStarted, MappingPreview,
+    App, AppList, Assignment, AssignmentList, AuthKind, ConnectionTest, Cycle, CycleList, CycleStarted, HeldRemovals,
+    MappingPreview,
 };
 use crate::clock::to_rfc3339;
 use crate::provisioning::DEPROVISIONING;
@@ -40,6 +41,7 @@ pub(super) const SETTINGS_KEYS: &[&str] = &[
     "provisionGroups",
     "onAccessEnd",
     "accessEndSloSeconds",
+    "deletionGuard",
 ];
 
 fn settings_from(base: &AppSettings, input: &Map<String, Value>) -> ApiResult<AppSettings> {
@@ -252,6 +254,8 @@ pub(super) async fn app_body(ctx: &ApiContext, app: &AppRecord) -> ApiResult<App
         provision_groups: settings.provisions_groups(),
         on_access_end: settings.on_access_end(),
         access_end_slo_seconds: engine.access_end_slo_ms(app) / 1000,
+        deletion_guard: settings.deletion_guard(),
+        held_removals: held_summary(&engine.store.held_removals(&app.id).await?),
         members_per_patch: settings.members_per_patch,
         attribute_mapping: settings
             .attribute_mapping
@@ -271,6 +275,71 @@ pub(super) async fn app_body(ctx: &ApiContext, app: &AppRecord) -> ApiResult<App
         members_left_to_remove,
         warnings: Vec::new(),
     })
+}
+
+/// What the deletion guard holds at an app: how many, since when, by which cycle (the first).
+fn held_summary(held: &[crate::store::HeldRemoval]) -> Option<HeldRemovals> {
+    let first = held.first()?;
+    Some(HeldRemovals {
+        count: held.len(),
+        since: to_rfc3339(first.held_at),
+        cycle_id: first.cycle_id.clone(),
+    })
+}
+
+/// Sends the removals the deletion guard holds (SPEC §8): each goes as a removal of its own,
+/// re-checked when it is sent and paced as a cycle's step.
+pub async fn approve_held(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    caller.require(&[Role::Admin, Role::Operator])?;
+    let engine = &ctx.engine.ctx;
+    let count = ctx
+        .audited(
+            &caller,
+            "app.approve_held_removals",
+            &app.id,
+            json!({}),
+            engine.store.approve_held(&app.id, engine.now()),
+        )
+        .await?;
+    if count == 0 {
+        return Err(ApiError::Conflict(
+            "the deletion guard holds no removal at this app".into(),
+        ));
+    }
+    ctx.engine.wake(&app.id);
+    Ok(Json(json!({"count": count})))
+}
+
+/// Forgets the removals the deletion guard holds: the members stay at the target, and the bridge
+/// no longer counts those memberships as its own (SPEC §8).
+pub async fn reject_held(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    caller.require(&[Role::Admin, Role::Operator])?;
+    let engine = &ctx.engine.ctx;
+    let count = ctx
+        .audited(
+            &caller,
+            "app.reject_held_removals",
+            &app.id,
+            json!({}),
+            engine.store.reject_held(&app.id, engine.now()),
+        )
+        .await?;
+    if count == 0 {
+        return Err(ApiError::Conflict(
+            "the deletion guard holds no removal at this app".into(),
+        ));
+    }
+    Ok(Json(json!({"count": count})))
 }
 
 pub(super) fn cycle_body(c: &crate::store::CycleRecord) -> Cycle {

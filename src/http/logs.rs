@@ -31,7 +31,7 @@ pub struct LogQuery {
     /// Only entries of this event (activation).
     event_id: Option<String>,
     /// Only entries with this outcome.
-    #[param(pattern = "^(success|failure|skipped|deferred)$")]
+    #[param(pattern = "^(success|failure|skipped|deferred|held)$")]
     status: Option<String>,
     /// Only entries of this action (`add_member`, `remove_member`, `create_user`, `update_user`,
     /// `disable_user`).
@@ -95,7 +95,11 @@ async fn filter_for(ctx: &ApiContext, caller: &Caller, q: &LogQuery) -> ApiResul
         None
     };
     // A value no entry can have is a mistake to point out, not an empty page.
-    one_of("status", &q.status, &["success", "failure", "skipped", "deferred"])?;
+    one_of(
+        "status",
+        &q.status,
+        &["success", "failure", "skipped", "deferred", "held"],
+    )?;
     one_of(
         "trigger",
         &q.trigger,

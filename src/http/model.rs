@@ -11,7 +11,9 @@ use utoipa::ToSchema;
 
 use crate::config::RateLimit;
 use crate::mapping::MappingEntry;
-use crate::store::{AppSettings, CycleCounts, DriftRepair, OnAccessEnd, OutOfScope, Overflow, Pacing, PatchStyle};
+use crate::store::{
+    AppSettings, CycleCounts, DeletionGuard, DriftRepair, OnAccessEnd, OutOfScope, Overflow, Pacing, PatchStyle,
+};
 use crate::types::{LogEntryView, Principal, Step};
 
 /// RFC 9457 problem details: every error answer, and each refused event of a batch.
@@ -224,6 +226,10 @@ pub struct App {
     /// How long access may outlive its end here before the end is late (the app's own or the
     /// bridge's `SCIM_BRIDGE_ACCESS_END_SLO`).
     pub access_end_slo_seconds: i64,
+    /// The deletion guard in effect; null when turned off.
+    pub deletion_guard: Option<DeletionGuard>,
+    /// What the deletion guard holds; null when nothing is held.
+    pub held_removals: Option<HeldRemovals>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub members_per_patch: Option<u32>,
     /// What a target receives as a User (the default mapping when none was set).
@@ -249,6 +255,25 @@ pub struct App {
     /// stands, each naming its field (a `scimBaseUrl` whose name does not resolve).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// Removals the deletion guard holds at an app (SPEC §8).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldRemovals {
+    pub count: usize,
+    /// When the first was held.
+    #[schema(format = DateTime)]
+    pub since: String,
+    /// The cycle that held the first.
+    pub cycle_id: String,
+}
+
+/// The answer to approving or rejecting held removals.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeldCount {
+    /// How many removals were sent (approve) or forgotten (reject).
+    pub count: u64,
 }
 
 /// Which kind of credentials the app has.

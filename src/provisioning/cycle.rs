@@ -106,6 +106,13 @@ enum CycleStep {
     UpdateUser {
         principal: String,
     },
+    /// The deletion guard's decision (SPEC §8): removals it holds (`newly`: logged `held`, once
+    /// per pair) and held ones whose member is entitled again.
+    Hold {
+        hold: Vec<TargetMember>,
+        newly: Vec<TargetMember>,
+        release: Vec<TargetMember>,
+    },
     /// Plan again if a manual cycle was merged in, else record the end.
     Finish,
 }
@@ -118,6 +125,9 @@ struct StepResult {
     legacy_remove: bool,
     /// A removal this step could not make, handed on to be retried on the clock.
     new_jobs: Vec<Job>,
+    /// Removals the deletion guard holds, and held ones whose member is entitled again.
+    hold: Vec<TargetMember>,
+    release: Vec<TargetMember>,
 }
 
 /// How a step ended.
@@ -315,7 +325,51 @@ impl Cycle {
             .collect();
         let provisioned: BTreeSet<TargetMember> = store.provisioned_members(&app.id).await?.into_iter().collect();
         let to_add: Vec<&TargetMember> = desired.difference(&provisioned).collect();
-        let to_remove: Vec<&TargetMember> = provisioned.difference(&desired).collect();
+        let mut to_remove: Vec<&TargetMember> = provisioned.difference(&desired).collect();
+        // The deletion guard (SPEC §8): a removal that settles a PIM end is never counted nor
+        // held; the others (a directory removal, an unassignment, drift) count, and more than the
+        // threshold, or any while a hold is open, are held all together.
+        let held: BTreeSet<TargetMember> = store
+            .held_removals(&app.id)
+            .await?
+            .into_iter()
+            .map(|h| TargetMember {
+                target_display_name: h.target_display_name,
+                principal_id: h.principal_id,
+            })
+            .collect();
+        let release: Vec<TargetMember> = held.iter().filter(|m| desired.contains(*m)).cloned().collect();
+        let pim_ends: BTreeSet<(String, String)> = store
+            .open_access_ends()
+            .await?
+            .into_iter()
+            .filter(|e| e.app_id == app.id && e.is_pim_end() && e.status != "held")
+            .map(|e| (e.principal_id, e.target_display_name.unwrap_or_default()))
+            .collect();
+        let counted: Vec<TargetMember> = to_remove
+            .iter()
+            .filter(|m| !held.contains(**m))
+            .filter(|m| !pim_ends.contains(&(m.principal_id.clone(), m.target_display_name.clone())))
+            .map(|m| (*m).clone())
+            .collect();
+        let still_held = held.len() - release.len();
+        let holding = app
+            .settings
+            .deletion_guard()
+            .is_some_and(|g| still_held > 0 || counted.len() as u64 > g.threshold);
+        let hold: Vec<TargetMember> = if holding { counted } else { Vec::new() };
+        to_remove.retain(|m| !held.contains(*m) && !hold.contains(*m));
+        if !hold.is_empty() || !release.is_empty() {
+            let newly: Vec<TargetMember> = hold.iter().filter(|m| !held.contains(*m)).cloned().collect();
+            for m in &hold {
+                self.report.push(
+                    json!({"targetGroup": m.target_display_name, "principalId": m.principal_id, "change": "remove", "held": true}),
+                );
+            }
+            if !dry_run {
+                steps.push_back(CycleStep::Hold { hold, newly, release });
+            }
+        }
         for m in &to_add {
             self.report
                 .push(json!({"targetGroup": m.target_display_name, "principalId": m.principal_id, "change": "add"}));
@@ -412,6 +466,7 @@ impl Cycle {
         }
         let result = match step {
             CycleStep::Finish => return self.finish(ctx, app).await,
+            CycleStep::Hold { hold, newly, release } => self.hold(ctx, hold, &newly, release).await,
             CycleStep::Settle { target } => self.settle(ctx, app, client, &target).await,
             CycleStep::User { member } => self.user(ctx, app, mapping, client, &member).await,
             CycleStep::Add {
@@ -469,6 +524,8 @@ impl Cycle {
                 logs: result.logs,
                 legacy_remove: result.legacy_remove,
                 new_jobs: result.new_jobs,
+                hold: result.hold,
+                release: result.release,
                 cycle: Some(self.record.clone()),
                 ..Default::default()
             })
@@ -980,6 +1037,39 @@ impl Cycle {
                 );
             }
         }
+        Ok(Done::Next(result))
+    }
+
+    /// Records the deletion guard's decision: the held removals (each newly held pair logged
+    /// `held` once) and those that leave the hold because their member is entitled again.
+    async fn hold(
+        &mut self,
+        ctx: &Ctx,
+        hold: Vec<TargetMember>,
+        newly: &[TargetMember],
+        release: Vec<TargetMember>,
+    ) -> anyhow::Result<Done> {
+        let mut result = StepResult::default();
+        for member in newly {
+            let mut entry = self.entry(ctx, member, "remove_member", "held").await?;
+            entry.reason = Some(format!(
+                "held by the deletion guard: this cycle planned more removals than its threshold; approve with POST \
+                 /v1/apps/{}/held-removals/approve or reject with .../reject",
+                self.record.app_id
+            ));
+            result.logs.push(entry);
+        }
+        for member in &release {
+            let mut entry = self.entry(ctx, member, "remove_member", "skipped").await?;
+            entry.reason = Some("entitled again: the held removal leaves the hold".into());
+            result.logs.push(entry);
+        }
+        if !hold.is_empty() {
+            tracing::warn!(app_id = %self.record.app_id, cycle_id = %self.record.id, held = hold.len(),
+                "the deletion guard holds this cycle's removals");
+        }
+        result.hold = hold;
+        result.release = release;
         Ok(Done::Next(result))
     }
 

@@ -328,6 +328,16 @@ const TABLES: &[Table] = &[
             ("updated_at", Millis),
         ],
     },
+    Table {
+        name: "held_removals",
+        columns: &[
+            ("app_id", Uuid),
+            ("target_display_name", Text),
+            ("principal_id", Text),
+            ("cycle_id", Text),
+            ("held_at", Millis),
+        ],
+    },
 ];
 
 /// sqlx's record of applied migrations: each database keeps its own, written by its migrations.

@@ -7,6 +7,7 @@ mod apps;
 mod audit;
 mod cycles;
 mod dialect;
+mod held;
 mod links;
 mod logs;
 pub mod migrate;
@@ -226,12 +227,40 @@ pub struct AppSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub access_end_slo_seconds: Option<u64>,
+    /// The deletion guard (SPEC §8): missing, `{"threshold": 500}`; `null`, off.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    #[schema(value_type = Option<DeletionGuard>)]
+    pub deletion_guard: Option<Option<DeletionGuard>>,
+}
+
+/// A cycle that plans more than `threshold` counted removals holds them all (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeletionGuard {
+    pub threshold: u64,
+}
+
+/// The default deletion guard of an app that does not set one.
+pub const DEFAULT_DELETION_GUARD: DeletionGuard = DeletionGuard { threshold: 500 };
+
+/// A setting given (`null` included) as `Some`, so that a missing key and `null` differ.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl AppSettings {
     /// Whether the bridge reads and writes `/Groups` for the app.
     pub fn provisions_groups(&self) -> bool {
         self.provision_groups.unwrap_or(true)
+    }
+
+    /// The deletion guard in effect: the app's own, the default, or `None` when turned off.
+    pub fn deletion_guard(&self) -> Option<DeletionGuard> {
+        self.deletion_guard.unwrap_or(Some(DEFAULT_DELETION_GUARD))
     }
 
     /// What the end of the last entitlement does at the app, its default applied.
@@ -451,6 +480,16 @@ pub struct TargetUser {
     pub enabled_by_us: bool,
 }
 
+/// A removal the deletion guard holds (SPEC §8).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct HeldRemoval {
+    pub target_display_name: String,
+    pub principal_id: String,
+    /// The cycle that held it.
+    pub cycle_id: String,
+    pub held_at: Millis,
+}
+
 /// An object link (SPEC §8): the target user the bridge knows for a principal at an app.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LinkRecord {
@@ -577,6 +616,10 @@ pub struct Outcome {
     /// The action that ended access for the members gone (`disable_user`, `delete_user` at an app
     /// without groups); `None`: `remove_member`.
     pub end_action: Option<&'static str>,
+    /// Removals the deletion guard holds, by the outcome's cycle (SPEC §8).
+    pub hold: Vec<TargetMember>,
+    /// Held removals whose member is entitled again: they leave the hold.
+    pub release: Vec<TargetMember>,
 }
 
 /// What an outcome settles of the open access-end records of one principal's entitlement
@@ -724,6 +767,14 @@ pub trait Store: Send + Sync + 'static {
     // what the bridge knows of targets
     async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>>;
     /// Object links of an app, by principal, after `after` (SPEC §8).
+    /// The removals the deletion guard holds at the app, oldest first.
+    async fn held_removals(&self, app_id: &str) -> StoreResult<Vec<HeldRemoval>>;
+    /// How many removals the deletion guard holds, per app that holds any.
+    async fn held_counts(&self) -> StoreResult<Vec<(String, i64)>>;
+    /// Sends the held removals as removal jobs; answers how many.
+    async fn approve_held(&self, app_id: &str, now: Millis) -> StoreResult<u64>;
+    /// Forgets the held pairs (they stay at the target); answers how many.
+    async fn reject_held(&self, app_id: &str, now: Millis) -> StoreResult<u64>;
     async fn list_links(&self, app_id: &str, after: Option<&str>, limit: i64) -> StoreResult<Vec<LinkRecord>>;
     async fn get_link(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<LinkRecord>>;
     async fn forget_link(&self, app_id: &str, principal_id: &str) -> StoreResult<bool>;

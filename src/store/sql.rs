@@ -236,6 +236,22 @@ impl Store for SqlStore {
         db_run!(self, db => db.record(outcome).await)
     }
 
+    async fn held_removals(&self, app_id: &str) -> StoreResult<Vec<HeldRemoval>> {
+        SqlStore::held_removals(self, app_id).await
+    }
+
+    async fn held_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        SqlStore::held_counts(self).await
+    }
+
+    async fn approve_held(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
+        SqlStore::approve_held(self, app_id, now).await
+    }
+
+    async fn reject_held(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
+        SqlStore::reject_held(self, app_id, now).await
+    }
+
     async fn list_links(&self, app_id: &str, after: Option<&str>, limit: i64) -> StoreResult<Vec<LinkRecord>> {
         SqlStore::list_links(self, app_id, after, limit).await
     }

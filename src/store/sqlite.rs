@@ -13,6 +13,7 @@ use tracing::instrument;
 use super::access_ends::{insert_access_end, settle_access_ends, settle_kept, settle_removed};
 use super::audit::insert_audit;
 use super::dialect::Dialect;
+use super::held::{hold_removal, release_held};
 use super::logs::insert_log;
 use super::*;
 use crate::rules::{self, AssignedApp, MembershipState, MembershipWrite, StoredAttributes};
@@ -958,6 +959,14 @@ impl SqliteDb {
                 o.end_action.unwrap_or("remove_member"),
                 now
             );
+        }
+        if let Some(cycle) = &o.cycle {
+            for member in &o.hold {
+                hold_removal!(self, &mut *tx, &o.app_id, member, &cycle.id, now)?;
+            }
+        }
+        for member in &o.release {
+            release_held!(self, &mut *tx, &o.app_id, member, now)?;
         }
         if o.cycle.as_ref().is_some_and(|c| c.ended_at.is_some()) {
             // What the cycle left in place because something still entitles it was kept.
