@@ -6,9 +6,13 @@ mod apps;
 mod audit;
 mod cycles;
 mod dialect;
+mod jobs;
 mod logs;
+mod memberships;
 pub mod migrate;
+mod outcomes;
 mod postgres;
+mod retention;
 mod sources;
 mod sql;
 mod sqlite;
@@ -427,6 +431,13 @@ pub struct Outcome {
     /// Jobs this outcome starts: a removal a cycle step could not make goes on as a job of its
     /// own, retried on the clock until it succeeds (SPEC §8).
     pub new_jobs: Vec<Job>,
+    /// What the push learned of principals' users at the target (matched, created, brought up
+    /// to date), by principal id: written in the outcome's commit, not one of their own. A user
+    /// created at the target whose outcome was never recorded (a crash in between) is matched
+    /// there again at the next attempt.
+    pub users: Vec<(String, TargetUser)>,
+    /// The target's ids of the target groups the push found or created, by display name.
+    pub groups: Vec<(String, String)>,
 }
 
 /// The fields of an app that a change sets; `None` leaves a field as it is.

@@ -1,0 +1,132 @@
+//! An outcome: everything one push, one cancellation or one cycle step changes, in one commit
+//! (the job's state, what the bridge knows of the target, the log entries, the cycle's record
+//! and the app's schedule and status).
+
+use super::dialect::{db_run, db_tx, sql};
+use super::jobs::insert_job_in;
+use super::logs::insert_log;
+use super::targets::{put_target_group, put_target_user};
+use super::*;
+
+impl SqlStore {
+    #[tracing::instrument(skip_all, fields(app_id = %o.app_id))]
+    pub(super) async fn record(&self, o: &Outcome) -> StoreResult<()> {
+        let now = o.time;
+        db_tx!(self, db, tx => {
+            for (job_id, change) in &o.jobs {
+                let (state, not_before, deferred_until) = match change {
+                    JobChange::Done => ("done", None, None),
+                    JobChange::Failed => ("failed", None, None),
+                    JobChange::Cancelled => ("cancelled", None, None),
+                    JobChange::Deferred { until } => ("deferred", None, Some(*until)),
+                    JobChange::Retry { at } => ("pending", Some(*at), None),
+                };
+                sqlx::query(sql!(
+                    db,
+                    "UPDATE jobs SET state = $1, not_before = COALESCE({ts $2}, not_before),
+                       deferred_until = COALESCE({ts $3}, deferred_until), updated_at = {ts $4} WHERE id = $5"
+                ))
+                .bind(state)
+                .bind(not_before)
+                .bind(deferred_until)
+                .bind(now)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for (principal_id, user) in &o.users {
+                put_target_user!(db, &mut *tx, &o.app_id, principal_id, user)?;
+            }
+            for (display_name, id) in &o.groups {
+                put_target_group!(db, &mut *tx, &o.app_id, display_name, id)?;
+            }
+            for (m, change) in &o.members {
+                let query = match change {
+                    MemberChange::Confirmed => sqlx::query(sql!(
+                        db,
+                        "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed)
+                         VALUES ({uuid $1}, $2, $3, {ts $4}, TRUE)
+                         ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE SET confirmed = TRUE"
+                    )),
+                    MemberChange::InDoubt => sqlx::query(sql!(
+                        db,
+                        "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed)
+                         VALUES ({uuid $1}, $2, $3, {ts $4}, FALSE) ON CONFLICT DO NOTHING"
+                    )),
+                    MemberChange::Gone => sqlx::query(sql!(
+                        db,
+                        "DELETE FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2
+                         AND principal_id = $3"
+                    )),
+                };
+                let query = query.bind(&o.app_id).bind(&m.target_display_name).bind(&m.principal_id);
+                let query = if *change == MemberChange::Gone { query } else { query.bind(now) };
+                query.execute(&mut *tx).await?;
+            }
+            for (m, group_id) in &o.sources {
+                sqlx::query(sql!(
+                    db,
+                    "UPDATE provisioned SET group_id = $1
+                     WHERE app_id = {uuid $2} AND target_display_name = $3 AND principal_id = $4"
+                ))
+                .bind(group_id)
+                .bind(&o.app_id)
+                .bind(&m.target_display_name)
+                .bind(&m.principal_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for job in &o.new_jobs {
+                insert_job_in!(db, &mut *tx, job, None, now)?;
+            }
+            for entry in &o.logs {
+                insert_log!(db, &mut *tx, entry)?;
+            }
+            if let Some(c) = &o.cycle {
+                sqlx::query(sql!(
+                    db,
+                    "UPDATE sync_cycles SET ended_at = {ts $1}, status = $2, counts = {jsonb $3}, progress = $4,
+                       report = {jsonb $5}
+                     WHERE id = $6"
+                ))
+                .bind(c.ended_at)
+                .bind(&c.status)
+                .bind(to_json(&c.counts))
+                .bind(&c.progress)
+                .bind(c.report.as_ref().map(Value::to_string))
+                .bind(&c.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(at) = o.next_sync_at {
+                sqlx::query(sql!(db, "UPDATE apps SET next_sync_at = {ts $1} WHERE id = {uuid $2}"))
+                    .bind(at)
+                    .bind(&o.app_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some((status, reason, level)) = &o.status {
+                sqlx::query(sql!(
+                    db,
+                    "UPDATE apps SET status = $1, status_reason = $2, quarantine_level = $3 WHERE id = {uuid $4}"
+                ))
+                .bind(status)
+                .bind(reason)
+                .bind(level)
+                .bind(&o.app_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if o.legacy_remove {
+                sqlx::query(sql!(db, "UPDATE apps SET legacy_remove = TRUE WHERE id = {uuid $1}"))
+                    .bind(&o.app_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        });
+        if !o.logs.is_empty() {
+            db_run!(self, db => db.order_commits().await);
+        }
+        Ok(())
+    }
+}
