@@ -583,6 +583,9 @@ impl Cycle {
         let mut pushed = push::PushResult::default();
         match push::ensure_user(ctx, app, mapping, client, &member.principal_id, &mut steps, &mut pushed).await {
             Ok(_) => {
+                if let Some(user) = &pushed.user_record {
+                    ctx.store.put_target_user(&app.id, &member.principal_id, user).await?;
+                }
                 self.tally.ok();
                 self.record.counts.users_created += pushed.user_created as i64;
                 self.record.counts.users_updated += pushed.user_updated as i64;
@@ -631,8 +634,14 @@ impl Cycle {
         let mut steps = Vec::new();
         let source = self.source_group_of(ctx, app, target).await?;
         let started = std::time::Instant::now();
-        let group_id = match push::ensure_group(ctx, app, client, target, &source, &mut steps).await {
-            Ok(id) => id,
+        let mut pushed = push::PushResult::default();
+        let group_id = match push::ensure_group(ctx, app, client, target, &source, &mut steps, &mut pushed).await {
+            Ok(id) => {
+                if let Some((name, id)) = &pushed.group_record {
+                    store.put_target_group(&app.id, name, id).await?;
+                }
+                id
+            }
             Err(e) => {
                 return self
                     .failed(ctx, e, &members, "add_member", steps, StepResult::default())

@@ -654,21 +654,25 @@ impl Dispatcher {
                     return Ok(None);
                 }
             }
-        } else {
-            let on_demand = job.trigger == "on_demand";
-            if !on_demand && !store.membership_active(&job.principal_id, &job.group_id, now).await? {
+        }
+        let mut provisioned = false;
+        if !job.is_removal() {
+            // The membership, and what the bridge knows of the member at the target: one read.
+            let checks = store.add_checks(&app.id, &member, &job.group_id, now).await?;
+            if job.trigger != "on_demand" && !checks.active {
                 let reason = "the membership is no longer active";
                 self.finish(app, job, JobChange::Cancelled, "skipped", reason).await?;
                 return Ok(None);
             }
-            if !in_doubt && store.is_confirmed(&app.id, &member).await? {
+            if !in_doubt && checks.confirmed {
                 let reason = "already a member: the bridge's record matches, nothing sent";
                 self.finish(app, job, JobChange::Done, "success", reason).await?;
                 return Ok(None);
             }
+            provisioned = checks.provisioned;
         }
         // An earlier add of this pair has an unknown outcome: read the target before adding.
-        let in_doubt = in_doubt || (!job.is_removal() && store.is_provisioned(&app.id, &member).await?);
+        let in_doubt = in_doubt || provisioned;
         let members = if job.is_removal() { removals } else { vec![member] };
 
         // On-demand provisioning is not windowed, and a retry of an admitted push is not a new
@@ -798,9 +802,11 @@ impl Dispatcher {
             app_id: app.id.clone(),
             ..Default::default()
         };
+        let mut done = PushResult::default();
         let result = if job.is_removal() {
             self.remove_everywhere(app, mapping, client, job, members, &mut steps, &mut outcome)
                 .await
+                .map(|removed| done = removed)
         } else {
             push::add_member(
                 &self.ctx,
@@ -812,9 +818,16 @@ impl Dispatcher {
                 &members[0].target_display_name,
                 in_doubt,
                 &mut steps,
+                &mut done,
             )
             .await
         };
+        // The user and the group the push found or created are recorded with its outcome, in
+        // one commit, whatever became of the push.
+        outcome
+            .users
+            .extend(done.user_record.take().map(|u| (job.principal_id.clone(), u)));
+        outcome.groups.extend(done.group_record.take());
         let now = self.ctx.now();
         let mut attempted = job.clone();
         attempted.attempt += 1;
@@ -823,7 +836,7 @@ impl Dispatcher {
         entry.steps = steps;
         outcome.time = now;
         match result {
-            Ok(done) => {
+            Ok(()) => {
                 if !job.is_removal() {
                     outcome.members.push((members[0].clone(), MemberChange::Confirmed));
                     outcome.sources.push((members[0].clone(), job.group_id.clone()));

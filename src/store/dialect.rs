@@ -37,9 +37,38 @@
 //!
 //! The macros below run a body written once on the store's backend: `db_run!` as it is,
 //! `db_tx!` in a write transaction, `db_statement!` as one fenced statement.
+//!
+//! The store counts what it sends (`store_counts`): every query written with `sql!` and the
+//! fencing and numbering statements are statements; every durable commit is a commit (a
+//! transaction's, or on SQLite a write sent alone). Two relaxed atomic increments per statement
+//! cost nothing next to a round trip, so they are always compiled in: a test in `tests/` (which
+//! sees the library built without `cfg(test)`) asserts what one push costs, with no feature to
+//! enable. The intake's statements not written with `sql!` yet are not counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::postgres::PostgresDb;
 use super::sqlite::SqliteDb;
+
+static COMMITS: AtomicU64 = AtomicU64::new(0);
+static STATEMENTS: AtomicU64 = AtomicU64::new(0);
+
+/// One durable commit more.
+pub(super) fn count_commit() {
+    COMMITS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One statement more.
+pub(super) fn count_statement() {
+    STATEMENTS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The commits and statements the stores of this process have made so far (see above). For the
+/// tests that count what an operation costs; one process, every store alike.
+#[doc(hidden)]
+pub fn store_counts() -> (u64, u64) {
+    (COMMITS.load(Ordering::Relaxed), STATEMENTS.load(Ordering::Relaxed))
+}
 
 /// The database a query text is written out for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +169,7 @@ macro_rules! sql {
         let dialect = $db.dialect();
         let (written_for, text) = TEXT.get_or_init(|| (dialect, dialect.expand($text)));
         debug_assert_eq!(*written_for, dialect, "one call site of sql! ran on both backends");
+        $crate::store::dialect::count_statement();
         text.as_str()
     }};
 }
@@ -188,7 +218,9 @@ macro_rules! db_statement {
         match &$store.backend {
             $crate::store::dialect::Backend::Sqlite($db) => {
                 let mut $conn = $db.pool.acquire().await?;
-                $body
+                let answer = $body;
+                $crate::store::dialect::count_commit();
+                answer
             }
             $crate::store::dialect::Backend::Postgres($db) => {
                 let mut $conn = $db.begin().await?;

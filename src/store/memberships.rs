@@ -16,20 +16,32 @@ pub(super) const ENTITLED_VIA: &str = "SELECT ga.group_id FROM group_assignments
     LIMIT 1";
 
 impl SqlStore {
-    pub(super) async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
-        let found: Option<i32> = db_run!(self, db => {
-            sqlx::query_scalar(sql!(
+    pub(super) async fn add_checks(
+        &self,
+        app_id: &str,
+        m: &TargetMember,
+        group_id: &str,
+        now: Millis,
+    ) -> StoreResult<AddChecks> {
+        Ok(db_run!(self, db => {
+            // An app id no stored app can have (`app_key`) is bound as NULL: nothing provisioned.
+            sqlx::query_as(sql!(
                 db,
-                "SELECT 1 FROM memberships WHERE principal_id = $1 AND group_id = $2 AND access_id = 'member'
-                 AND active = TRUE AND (end_at IS NULL OR end_at > {ts $3})"
+                "SELECT EXISTS (SELECT 1 FROM memberships WHERE principal_id = $3 AND group_id = $4
+                          AND access_id = 'member' AND active = TRUE AND (end_at IS NULL OR end_at > {ts $5})) AS active,
+                   EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = $2
+                          AND p.principal_id = $3) AS provisioned,
+                   EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = $2
+                          AND p.principal_id = $3 AND p.confirmed = TRUE) AS confirmed"
             ))
-            .bind(principal_id)
+            .bind(db.app_key(app_id))
+            .bind(&m.target_display_name)
+            .bind(&m.principal_id)
             .bind(group_id)
             .bind(now)
-            .fetch_optional(&db.pool)
+            .fetch_one(&db.pool)
             .await?
-        });
-        Ok(found.is_some())
+        }))
     }
 
     pub(super) async fn entitled_via(

@@ -30,6 +30,7 @@ use crate::clock::Millis;
 use crate::config::RateLimit;
 use crate::mapping::{AppMapping, AppMappingError, MappingEntry};
 
+pub use dialect::store_counts;
 pub use sql::SqlStore;
 
 /// The names `migrate` and the tests open one database by: the one `SqlStore`, its backend chosen
@@ -397,6 +398,17 @@ pub enum JobChange {
     },
 }
 
+/// What an add checks before it is sent (`Store::add_checks`), read in one statement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct AddChecks {
+    /// The principal's membership of the source group is active now.
+    pub active: bool,
+    /// The bridge has, or may have, put the member in the target group (`is_provisioned`).
+    pub provisioned: bool,
+    /// The target confirmed the member (`is_confirmed`).
+    pub confirmed: bool,
+}
+
 /// What the bridge now knows of one membership at a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberChange {
@@ -552,7 +564,14 @@ pub trait Store: Send + Sync + 'static {
         before_seq: i64,
     ) -> StoreResult<Vec<Job>>;
     async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()>;
-    async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool>;
+    /// What an add of `member` for the source group checks before it is sent, in one read.
+    async fn add_checks(
+        &self,
+        app_id: &str,
+        member: &TargetMember,
+        group_id: &str,
+        now: Millis,
+    ) -> StoreResult<AddChecks>;
     /// A source group assigned to the app that still entitles the principal to the target group.
     async fn entitled_via(
         &self,

@@ -107,6 +107,7 @@ impl PostgresDb {
     pub(super) async fn begin(&self) -> StoreResult<Tx> {
         let mut tx = self.pool.begin().await?;
         if let Some(fence) = crate::lease::current() {
+            super::dialect::count_statement();
             let held: Option<i32> = sqlx::query_scalar(
                 "SELECT 1 FROM leases WHERE name = $1 AND holder = $2 AND token = $3 AND NOT released
                    AND expires_at > now() FOR SHARE",
@@ -131,6 +132,7 @@ impl PostgresDb {
             insert_audit!(self, &mut *tx, e)?;
         }
         tx.commit().await?;
+        super::dialect::count_commit();
         if audit.is_some() {
             self.order_commits().await;
         }
@@ -156,6 +158,7 @@ impl PostgresDb {
     /// called after the writer's commit; a failure here loses nothing (the next call numbers
     /// them), so it is only logged.
     pub(super) async fn order_commits(&self) {
+        super::dialect::count_statement();
         if let Err(e) = sqlx::query("SELECT assign_commit_order()").execute(&self.pool).await {
             tracing::warn!(error = %e, "numbering committed log entries failed; the next write or read does it");
         }

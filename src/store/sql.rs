@@ -210,8 +210,14 @@ impl Store for SqlStore {
         SqlStore::insert_job(self, job, now).await
     }
 
-    async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
-        SqlStore::membership_active(self, principal_id, group_id, now).await
+    async fn add_checks(
+        &self,
+        app_id: &str,
+        member: &TargetMember,
+        group_id: &str,
+        now: Millis,
+    ) -> StoreResult<AddChecks> {
+        SqlStore::add_checks(self, app_id, member, group_id, now).await
     }
 
     async fn entitled_via(

@@ -213,6 +213,7 @@ impl SqliteDb {
             insert_audit!(self, &mut *tx, &e)?;
         }
         tx.commit().await?;
+        super::dialect::count_commit();
         Ok(())
     }
 
@@ -258,6 +259,7 @@ impl SqliteDb {
             results.push(answers);
         }
         tx.commit().await?;
+        super::dialect::count_commit();
         Ok(results)
     }
 
