@@ -581,7 +581,18 @@ impl Cycle {
         }
         let mut steps = Vec::new();
         let mut pushed = push::PushResult::default();
-        match push::ensure_user(ctx, app, mapping, client, &member.principal_id, &mut steps, &mut pushed).await {
+        match push::ensure_user(
+            ctx,
+            app,
+            mapping,
+            client,
+            &member.principal_id,
+            None,
+            &mut steps,
+            &mut pushed,
+        )
+        .await
+        {
             Ok(_) => {
                 if let Some(user) = &pushed.user_record {
                     ctx.store.put_target_user(&app.id, &member.principal_id, user).await?;
@@ -635,7 +646,8 @@ impl Cycle {
         let source = self.source_group_of(ctx, app, target).await?;
         let started = std::time::Instant::now();
         let mut pushed = push::PushResult::default();
-        let group_id = match push::ensure_group(ctx, app, client, target, &source, &mut steps, &mut pushed).await {
+        let group_id = match push::ensure_group(ctx, app, client, target, &source, None, &mut steps, &mut pushed).await
+        {
             Ok(id) => {
                 if let Some((name, id)) = &pushed.group_record {
                     store.put_target_group(&app.id, name, id).await?;

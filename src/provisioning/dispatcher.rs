@@ -794,9 +794,11 @@ impl Dispatcher {
         let started = std::time::Instant::now();
         // The claim (and the admission time the window is rebuilt from) is committed before
         // anything is sent.
-        if !store.claim_job(&job.id, self.ctx.now(), admitted).await? {
+        // What the push reads before it sends comes back with the claim.
+        let target = members.first().map_or("", |m| m.target_display_name.as_str());
+        let Some(claim) = store.claim_job(&job.id, self.ctx.now(), admitted, target).await? else {
             return Ok(None);
-        }
+        };
         let mut steps = Vec::new();
         let mut outcome = Outcome {
             app_id: app.id.clone(),
@@ -817,6 +819,7 @@ impl Dispatcher {
                 &job.group_id,
                 &members[0].target_display_name,
                 in_doubt,
+                Some(claim),
                 &mut steps,
                 &mut done,
             )

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 
 use crate::mapping::{self, AppMapping};
 use crate::scim::{ScimClient, ScimError, ScimResult, filter_literal, id_of};
-use crate::store::{AppRecord, PatchStyle, Step, TargetUser};
+use crate::store::{AppRecord, Claim, PatchStyle, Step, TargetUser};
 
 use super::Ctx;
 
@@ -78,25 +78,31 @@ async fn mapped(ctx: &Ctx, mapping: &AppMapping, principal_id: &str) -> ScimResu
 
 /// The target's id for the principal: the stored one, else matched, else created, with the
 /// app's attribute mapping. Attributes whose mapped value changed since they were last sent are
-/// replaced; an account the bridge disabled is enabled again.
+/// replaced; an account the bridge disabled is enabled again. `stored`: the stored record, when
+/// the caller has read it already (`Store::claim_job`); `None`: read it here.
+#[allow(clippy::too_many_arguments)]
 pub async fn ensure_user(
     ctx: &Ctx,
     app: &AppRecord,
     mapping: &AppMapping,
     client: &ScimClient,
     principal_id: &str,
+    stored: Option<Option<TargetUser>>,
     steps: &mut Vec<Step>,
     result: &mut PushResult,
 ) -> ScimResult<String> {
-    let store = &ctx.store;
     let user = mapped(ctx, mapping, principal_id).await?;
     let print = user.always.to_string();
+    let stored = match stored {
+        Some(stored) => stored,
+        None => ctx
+            .store
+            .target_user(&app.id, principal_id)
+            .await
+            .map_err(|e| ScimError::Protocol(e.to_string()))?,
+    };
 
-    if let Some(mut known) = store
-        .target_user(&app.id, principal_id)
-        .await
-        .map_err(|e| ScimError::Protocol(e.to_string()))?
-    {
+    if let Some(mut known) = stored {
         let changed = known.fingerprint != print || known.disabled;
         if known.fingerprint != print {
             // What was last sent (older records hold the principal's attributes: all differ).
@@ -182,22 +188,28 @@ pub async fn update_user(
 }
 
 /// The target's id for a target group: stored, else found by displayName, else created (then
-/// left in `result.group_record`, for the outcome to record).
+/// left in `result.group_record`, for the outcome to record). `stored`: the stored id, when the
+/// caller has read it already (`Store::claim_job`); `None`: read it here.
+#[allow(clippy::too_many_arguments)]
 pub async fn ensure_group(
     ctx: &Ctx,
     app: &AppRecord,
     client: &ScimClient,
     display_name: &str,
     source_group_id: &str,
+    stored: Option<Option<String>>,
     steps: &mut Vec<Step>,
     result: &mut PushResult,
 ) -> ScimResult<String> {
-    let store = &ctx.store;
-    if let Some(id) = store
-        .target_group(&app.id, display_name)
-        .await
-        .map_err(|e| ScimError::Protocol(e.to_string()))?
-    {
+    let stored = match stored {
+        Some(stored) => stored,
+        None => ctx
+            .store
+            .target_group(&app.id, display_name)
+            .await
+            .map_err(|e| ScimError::Protocol(e.to_string()))?,
+    };
+    if let Some(id) = stored {
         return Ok(id);
     }
     let id = match client.find_group(display_name, steps).await? {
@@ -210,7 +222,8 @@ pub async fn ensure_group(
 
 #[allow(clippy::too_many_arguments)]
 /// Adds one principal to one target group. `in_doubt`: an earlier attempt may have reached the
-/// target, so read the group first (some servers keep a member twice). Each request goes at most
+/// target, so read the group first (some servers keep a member twice). `claim`: what the claim
+/// read of the stored user and group (`None`: read here). Each request goes at most
 /// once: one that must be retried (an unknown outcome included) ends the attempt, and the caller
 /// reschedules the push on the clock; what succeeded (the user, the group) is in `result`, for
 /// the outcome to record, so the next attempt goes on from there.
@@ -223,14 +236,31 @@ pub async fn add_member(
     source_group_id: &str,
     target_display_name: &str,
     in_doubt: bool,
+    claim: Option<Claim>,
     steps: &mut Vec<Step>,
     result: &mut PushResult,
 ) -> ScimResult<()> {
-    let user_id = ensure_user(ctx, app, mapping, client, principal_id, steps, result).await?;
+    let (stored_user, mut stored_group) = match claim {
+        Some(claim) => (Some(claim.user), Some(claim.group_id)),
+        None => (None, None),
+    };
+    let user_id = ensure_user(ctx, app, mapping, client, principal_id, stored_user, steps, result).await?;
     result.target_user_id = Some(user_id.clone());
     let mut resolved_again = false;
     loop {
-        let group_id = ensure_group(ctx, app, client, target_display_name, source_group_id, steps, result).await?;
+        // After a stale id was forgotten, the group is resolved again from the store.
+        let stored = stored_group.take();
+        let group_id = ensure_group(
+            ctx,
+            app,
+            client,
+            target_display_name,
+            source_group_id,
+            stored,
+            steps,
+            result,
+        )
+        .await?;
         result.target_group_id = Some(group_id.clone());
         let outcome = async {
             if in_doubt && client.group_member_ids(&group_id, steps).await?.contains(&user_id) {

@@ -106,25 +106,61 @@ impl SqlStore {
         }))
     }
 
-    pub(super) async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<bool> {
+    pub(super) async fn claim_job(
+        &self,
+        job_id: &str,
+        now: Millis,
+        admitted: bool,
+        target: &str,
+    ) -> StoreResult<Option<Claim>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            target_user_id: Option<String>,
+            fingerprint: Option<String>,
+            created_by_us: Option<bool>,
+            disabled: Option<bool>,
+            target_group_id: Option<String>,
+        }
         // On PostgreSQL the row lock taken here is the claim: a concurrent writer of the job (an
         // app deletion cancelling it) is waited for, as SQLite's single writer would be, and a
-        // job it cancelled is not claimed.
-        let claimed = db_statement!(self, db, conn => {
-            sqlx::query(sql!(
+        // job it cancelled is not claimed. What the push reads next comes back with it.
+        let claimed: Option<Row> = db_statement!(self, db, conn => {
+            sqlx::query_as(sql!(
                 db,
                 "UPDATE jobs SET state = 'in_flight', attempt = attempt + 1, updated_at = {ts $2},
                    admitted_at = CASE WHEN $3 THEN {ts $2} ELSE admitted_at END
-                 WHERE id = $1 AND state IN ('pending', 'deferred')"
+                 WHERE id = $1 AND state IN ('pending', 'deferred')
+                 RETURNING
+                   (SELECT t.target_user_id FROM target_users t
+                      WHERE t.app_id = jobs.app_id AND t.principal_id = jobs.principal_id) AS target_user_id,
+                   (SELECT t.fingerprint FROM target_users t
+                      WHERE t.app_id = jobs.app_id AND t.principal_id = jobs.principal_id) AS fingerprint,
+                   (SELECT t.created_by_us FROM target_users t
+                      WHERE t.app_id = jobs.app_id AND t.principal_id = jobs.principal_id) AS created_by_us,
+                   (SELECT t.disabled FROM target_users t
+                      WHERE t.app_id = jobs.app_id AND t.principal_id = jobs.principal_id) AS disabled,
+                   (SELECT g.target_group_id FROM target_groups g
+                      WHERE g.app_id = jobs.app_id AND g.display_name = $4) AS target_group_id"
             ))
             .bind(job_id)
             .bind(now)
             .bind(admitted)
-            .execute(&mut *conn)
+            .bind(target)
+            .fetch_optional(&mut *conn)
             .await?
-            .rows_affected()
         });
-        Ok(claimed > 0)
+        Ok(claimed.map(|r| Claim {
+            user: match (r.target_user_id, r.fingerprint) {
+                (Some(target_user_id), Some(fingerprint)) => Some(TargetUser {
+                    target_user_id,
+                    fingerprint,
+                    created_by_us: r.created_by_us.unwrap_or(false),
+                    disabled: r.disabled.unwrap_or(false),
+                }),
+                _ => None,
+            },
+            group_id: r.target_group_id,
+        }))
     }
 
     pub(super) async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {

@@ -398,6 +398,16 @@ pub enum JobChange {
     },
 }
 
+/// What a claim answers (`Store::claim_job`), read in the claim's own statement: what a push
+/// would otherwise read before it sends.
+#[derive(Debug, Clone, Default)]
+pub struct Claim {
+    /// The principal's user at the app, as last recorded (`Store::target_user`).
+    pub user: Option<TargetUser>,
+    /// The target's id of the target group named (`Store::target_group`).
+    pub group_id: Option<String>,
+}
+
 /// What an add checks before it is sent (`Store::add_checks`), read in one statement.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct AddChecks {
@@ -542,9 +552,11 @@ pub trait Store: Send + Sync + 'static {
     async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>>;
     async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>>;
     /// Claims a job for sending: in flight, one more attempt, and (when the window admitted it)
-    /// its admission time, in one commit before anything is sent. `false`: the job is no longer
-    /// waiting (an app deletion cancelled it meanwhile): nothing is to be sent.
-    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<bool>;
+    /// its admission time, in one commit before anything is sent; answers, read in the same
+    /// statement, what the bridge knows of the job's principal's user at the app and of the
+    /// target group `target` (see `Claim`). `None`: the job is no longer waiting (an app deletion
+    /// cancelled it meanwhile): nothing is to be sent.
+    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool, target: &str) -> StoreResult<Option<Claim>>;
     /// When the window admitted the app's pushes since `since`, sent or not: a restart rebuilds
     /// the window from them.
     async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>>;

@@ -40,18 +40,26 @@ impl SqlStore {
             for (display_name, id) in &o.groups {
                 put_target_group!(db, &mut *tx, &o.app_id, display_name, id)?;
             }
+            // A member's source group goes in the statement that writes the member; a source
+            // with no such write of its own is an update.
+            let source_of = |m: &TargetMember| o.sources.iter().rfind(|(s, _)| s == m).map(|(_, g)| g.as_str());
             for (m, change) in &o.members {
                 let query = match change {
                     MemberChange::Confirmed => sqlx::query(sql!(
                         db,
-                        "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed)
-                         VALUES ({uuid $1}, $2, $3, {ts $4}, TRUE)
-                         ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE SET confirmed = TRUE"
+                        "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed,
+                           group_id)
+                         VALUES ({uuid $1}, $2, $3, {ts $4}, TRUE, $5)
+                         ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE SET confirmed = TRUE,
+                           group_id = COALESCE(excluded.group_id, provisioned.group_id)"
                     )),
                     MemberChange::InDoubt => sqlx::query(sql!(
                         db,
-                        "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed)
-                         VALUES ({uuid $1}, $2, $3, {ts $4}, FALSE) ON CONFLICT DO NOTHING"
+                        "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed,
+                           group_id)
+                         VALUES ({uuid $1}, $2, $3, {ts $4}, FALSE, $5)
+                         ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE
+                           SET group_id = excluded.group_id WHERE excluded.group_id IS NOT NULL"
                     )),
                     MemberChange::Gone => sqlx::query(sql!(
                         db,
@@ -60,10 +68,15 @@ impl SqlStore {
                     )),
                 };
                 let query = query.bind(&o.app_id).bind(&m.target_display_name).bind(&m.principal_id);
-                let query = if *change == MemberChange::Gone { query } else { query.bind(now) };
+                let query = if *change == MemberChange::Gone {
+                    query
+                } else {
+                    query.bind(now).bind(source_of(m))
+                };
                 query.execute(&mut *tx).await?;
             }
-            for (m, group_id) in &o.sources {
+            let written = |m: &TargetMember| o.members.iter().any(|(w, c)| w == m && *c != MemberChange::Gone);
+            for (m, group_id) in o.sources.iter().filter(|(m, _)| !written(m)) {
                 sqlx::query(sql!(
                     db,
                     "UPDATE provisioned SET group_id = $1

@@ -176,8 +176,8 @@ impl Store for SqlStore {
         SqlStore::deferred_jobs(self, app_id).await
     }
 
-    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<bool> {
-        SqlStore::claim_job(self, job_id, now, admitted).await
+    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool, target: &str) -> StoreResult<Option<Claim>> {
+        SqlStore::claim_job(self, job_id, now, admitted, target).await
     }
 
     async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
