@@ -622,21 +622,22 @@ impl Cycle {
         let store = &ctx.store;
         // Checked against the membership state just before sending: nobody revoked meanwhile
         // is added, nobody added meanwhile (by an immediate push) is added twice.
+        // The whole chunk in one read.
         let mut ready: Vec<(TargetMember, String, bool)> = Vec::new();
-        for p in principals {
-            let member = TargetMember {
-                target_display_name: target.to_string(),
-                principal_id: p.clone(),
-            };
-            if !self.wants_add(ctx, app, &member).await? {
+        for c in store.add_chunk_checks(&app.id, target, principals, ctx.now()).await? {
+            // Still to be added: entitled now, and not confirmed at the target.
+            if !c.entitled || c.confirmed {
                 continue;
             }
             // A member whose user could not be prepared was logged by its user step.
-            let Some(user) = store.target_user(&app.id, p).await? else {
+            let Some(user_id) = c.target_user_id else {
                 continue;
             };
-            let in_doubt = store.is_provisioned(&app.id, &member).await?;
-            ready.push((member, user.target_user_id, in_doubt));
+            let member = TargetMember {
+                target_display_name: target.to_string(),
+                principal_id: c.principal_id,
+            };
+            ready.push((member, user_id, c.provisioned));
         }
         if ready.is_empty() {
             return Ok(Done::Next(StepResult::default()));

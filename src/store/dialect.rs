@@ -12,6 +12,7 @@
 //! | `{text X}` | `X::text` | `X` | a `uuid` or `jsonb` column read as text |
 //! | `{jsonb X}` | `X::jsonb` | `X` | JSON given as text: `jsonb` / text |
 //! | `{bigint X}` | `X::bigint` | `X` | a parameter PostgreSQL cannot type alone (`$1 IS NULL`) |
+//! | `{each X}` | `(SELECT unnest(X::text[]) AS value)` | `(SELECT value FROM json_each(X))` | a list of strings as rows of `value`, bound with the backend's `text_list` (a `text[]` / a JSON array: a list can hold more values than SQLite binds parameters) |
 //! | `{binary X}` | `X COLLATE "C"` | `X` | text ordered by its bytes (SQLite's BINARY collation) |
 //! | `{pos}` | `pos` | `rowid` | insertion order |
 //! | `{for_update}` | `FOR UPDATE` | nothing | a row lock (SQLite's writers take turns anyway) |
@@ -142,6 +143,8 @@ impl Dialect {
             (Postgres, "jsonb") => ("", "::jsonb"),
             (Postgres, "bigint") => ("", "::bigint"),
             (Postgres, "binary") => ("", " COLLATE \"C\""),
+            (Sqlite, "each") => ("(SELECT value FROM json_each(", "))"),
+            (Postgres, "each") => ("(SELECT unnest(", "::text[]) AS value)"),
             _ => return None,
         })
     }

@@ -5,15 +5,27 @@ use super::dialect::{db_run, db_tx, sql};
 use super::jobs::insert_job_in;
 use super::*;
 
-/// A source group assigned to app `$1` with target group `$2` that entitles principal `$3` at
-/// `$4`: a standing member, or an active membership within its schedule.
-pub(super) const ENTITLED_VIA: &str = "SELECT ga.group_id FROM group_assignments ga
-    WHERE ga.app_id = {uuid $1} AND ga.target_display_name = $2 AND (
-      EXISTS (SELECT 1 FROM standing_members s WHERE s.group_id = ga.group_id AND s.principal_id = $3)
-      OR EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = ga.group_id AND m.principal_id = $3
+/// The assignments `ga` of app `$1` with target group `$2` whose source group entitles the
+/// principal (the SQL expression given) at `$4`: a standing member, or an active membership
+/// within its schedule.
+macro_rules! entitling_assignments {
+    ($principal:literal) => {
+        concat!(
+            "FROM group_assignments ga WHERE ga.app_id = {uuid $1} AND ga.target_display_name = $2 AND (
+               EXISTS (SELECT 1 FROM standing_members s WHERE s.group_id = ga.group_id AND s.principal_id = ",
+            $principal,
+            ")
+               OR EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = ga.group_id AND m.principal_id = ",
+            $principal,
+            "
                  AND m.access_id = 'member' AND m.active = TRUE
-                 AND (m.start_at IS NULL OR m.start_at <= {ts $4}) AND (m.end_at IS NULL OR m.end_at > {ts $4})))
-    LIMIT 1";
+                 AND (m.start_at IS NULL OR m.start_at <= {ts $4}) AND (m.end_at IS NULL OR m.end_at > {ts $4})))"
+        )
+    };
+}
+
+/// A source group assigned to app `$1` with target group `$2` that entitles principal `$3` at `$4`.
+pub(super) const ENTITLED_VIA: &str = concat!("SELECT ga.group_id ", entitling_assignments!("$3"), " LIMIT 1");
 
 impl SqlStore {
     pub(super) async fn add_checks(
@@ -42,6 +54,44 @@ impl SqlStore {
             .fetch_one(&db.pool)
             .await?
         }))
+    }
+
+    pub(super) async fn add_chunk_checks(
+        &self,
+        app_id: &str,
+        target: &str,
+        principals: &[String],
+        now: Millis,
+    ) -> StoreResult<Vec<ChunkMember>> {
+        let rows: Vec<ChunkMember> = db_run!(self, db => {
+            // An app id no stored app can have (`app_key`) is bound as NULL: nothing entitled.
+            sqlx::query_as(sql!(
+                db,
+                concat!(
+                    "SELECT v.value AS principal_id,
+                       EXISTS (SELECT 1 ",
+                    entitling_assignments!("v.value"),
+                    ") AS entitled,
+                       EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = $2
+                              AND p.principal_id = v.value) AS provisioned,
+                       EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = $2
+                              AND p.principal_id = v.value AND p.confirmed = TRUE) AS confirmed,
+                       (SELECT t.target_user_id FROM target_users t WHERE t.app_id = {uuid $1}
+                          AND t.principal_id = v.value) AS target_user_id
+                     FROM {each $3} v"
+                )
+            ))
+            .bind(db.app_key(app_id))
+            .bind(target)
+            .bind(db.text_list(principals))
+            .bind(now)
+            .fetch_all(&db.pool)
+            .await?
+        });
+        // In the order given.
+        let mut rows: std::collections::HashMap<String, ChunkMember> =
+            rows.into_iter().map(|r| (r.principal_id.clone(), r)).collect();
+        Ok(principals.iter().filter_map(|p| rows.remove(p)).collect())
     }
 
     pub(super) async fn entitled_via(

@@ -398,6 +398,22 @@ pub enum JobChange {
     },
 }
 
+/// One principal of a cycle's chunk to add, as checked before it is sent
+/// (`Store::add_chunk_checks`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ChunkMember {
+    pub principal_id: String,
+    /// A source group assigned to the app entitles the principal to the target group now
+    /// (`Store::entitled_via`).
+    pub entitled: bool,
+    /// The bridge has, or may have, put the member there (`Store::is_provisioned`).
+    pub provisioned: bool,
+    /// The target confirmed the member (`Store::is_confirmed`).
+    pub confirmed: bool,
+    /// The principal's user at the app (`Store::target_user`).
+    pub target_user_id: Option<String>,
+}
+
 /// What a claim answers (`Store::claim_job`), read in the claim's own statement: what a push
 /// would otherwise read before it sends.
 #[derive(Debug, Clone, Default)]
@@ -592,6 +608,15 @@ pub trait Store: Send + Sync + 'static {
         principal_id: &str,
         now: Millis,
     ) -> StoreResult<Option<String>>;
+    /// What a cycle's add of `principals` to the target group checks before it is sent, for the
+    /// whole chunk in one read, in the order given (a principal given twice is answered once).
+    async fn add_chunk_checks(
+        &self,
+        app_id: &str,
+        target: &str,
+        principals: &[String],
+        now: Millis,
+    ) -> StoreResult<Vec<ChunkMember>>;
     async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>>;
     async fn next_expiry(&self) -> StoreResult<Option<Millis>>;
     /// Records one outcome in one commit.

@@ -182,6 +182,11 @@ impl PostgresDb {
         q.push(" AND app_id = ANY(").push_bind(ids).push("::uuid[])");
     }
 
+    /// A list of strings as `{each $N}` takes it: a `text[]`.
+    pub(super) fn text_list(&self, values: &[String]) -> Vec<String> {
+        values.to_vec()
+    }
+
     /// Requests of one app take turns, as SQLite's single writer makes them: the merge in
     /// `request_cycle` must see a request another replica is adding.
     pub(super) async fn lock_cycle_requests(&self, tx: &mut Tx, app_id: &str) -> StoreResult<()> {

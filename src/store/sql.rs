@@ -230,6 +230,16 @@ impl Store for SqlStore {
         SqlStore::entitled_via(self, app_id, target_display_name, principal_id, now).await
     }
 
+    async fn add_chunk_checks(
+        &self,
+        app_id: &str,
+        target: &str,
+        principals: &[String],
+        now: Millis,
+    ) -> StoreResult<Vec<ChunkMember>> {
+        SqlStore::add_chunk_checks(self, app_id, target, principals, now).await
+    }
+
     async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>> {
         SqlStore::expire_due(self, now).await
     }

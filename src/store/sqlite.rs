@@ -158,6 +158,11 @@ impl SqliteDb {
             .push("))");
     }
 
+    /// A list of strings as `{each $N}` takes it: one JSON array.
+    pub(super) fn text_list(&self, values: &[String]) -> String {
+        to_json(values)
+    }
+
     /// Nothing to number: an entry's `seq` is its rowid, given as it is written.
     pub(super) async fn order_commits(&self) {}
 
