@@ -59,6 +59,11 @@ async fn push_cost(stack: &Stack, event: &Event, target_name: &str, expected: &[
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_push_costs_three_commits_and_a_counted_number_of_statements() {
+    // The bridge's log, shown if the test fails (a push that never came says why here).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("scim_bridge=info")
+        .with_test_writer()
+        .try_init();
     let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |c| c.lease_ttl_ms = 300_000).await else {
         return;
     };

@@ -31,6 +31,12 @@
 //!   PostgreSQL, compared key by key on SQLite (a listing can hold more keys than it binds);
 //! - a filter on a list of app ids (`push_app_ids`): `= ANY($N::uuid[])` on PostgreSQL, `IN
 //!   (SELECT value FROM json_each($N))` on SQLite;
+//! - a list of strings bound for `{each $N}` (`text_list`): a `Vec<String>` (`text[]`) on
+//!   PostgreSQL, one JSON array on SQLite (a cycle chunk's principals, `add_chunk_checks`);
+//! - claims that skip what another writer holds (`{skip_locked}`): the expiry's
+//!   (`expire_due`: `... WHERE (principal_id, group_id, access_id) IN (SELECT ... FOR UPDATE SKIP
+//!   LOCKED)`) and the cycle request's (`take_cycle_request`), PostgreSQL only; the job's claim
+//!   (`claim_job`) is its `UPDATE`'s row lock on PostgreSQL, SQLite's single writer elsewhere;
 //! - advisory locks (`pg_advisory_xact_lock`), leases, `LISTEN/NOTIFY`: PostgreSQL only;
 //! - the webhook intake's group commit: SQLite only (`SqliteDb::accept_events`);
 //! - the cluster methods of `Store` (heartbeats, leases, notifications): PostgreSQL's in
