@@ -12,6 +12,7 @@
 //! | `{text X}` | `X::text` | `X` | a `uuid` or `jsonb` column read as text |
 //! | `{jsonb X}` | `X::jsonb` | `X` | JSON given as text: `jsonb` / text |
 //! | `{bigint X}` | `X::bigint` | `X` | a parameter PostgreSQL cannot type alone (`$1 IS NULL`) |
+//! | `{members X}` | `(SELECT t, p, g FROM jsonb_to_recordset(X::jsonb) AS r(t text, p text, g text))` | `(SELECT json_extract(value, '$.t') AS t, ... FROM json_each(X))` | members as rows of `t` (target group), `p` (principal), `g` (source group), given as one JSON array of objects |
 //! | `{each X}` | `(SELECT unnest(X::text[]) AS value)` | `(SELECT value FROM json_each(X))` | a list of strings as rows of `value`, bound with the backend's `text_list` (a `text[]` / a JSON array: a list can hold more values than SQLite binds parameters) |
 //! | `{binary X}` | `X COLLATE "C"` | `X` | text ordered by its bytes (SQLite's BINARY collation) |
 //! | `{pos}` | `pos` | `rowid` | insertion order |
@@ -150,6 +151,15 @@ impl Dialect {
             (Postgres, "bigint") => ("", "::bigint"),
             (Postgres, "binary") => ("", " COLLATE \"C\""),
             (Sqlite, "each") => ("(SELECT value FROM json_each(", "))"),
+            (Sqlite, "members") => (
+                "(SELECT json_extract(value, '$.t') AS t, json_extract(value, '$.p') AS p, \
+                 json_extract(value, '$.g') AS g FROM json_each(",
+                "))",
+            ),
+            (Postgres, "members") => (
+                "(SELECT t, p, g FROM jsonb_to_recordset(",
+                "::jsonb) AS r(t text, p text, g text))",
+            ),
             (Postgres, "each") => ("(SELECT unnest(", "::text[]) AS value)"),
             _ => return None,
         })

@@ -40,40 +40,45 @@ impl SqlStore {
             for (display_name, id) in &o.groups {
                 put_target_group!(db, &mut *tx, &o.app_id, display_name, id)?;
             }
-            // A member's source group goes in the statement that writes the member; a source
-            // with no such write of its own is an update.
+            // Each run of members with the same change is written by one statement (a cycle's
+            // chunk: one), in the order given; a member's source group goes in the statement
+            // that writes it, and a source with no such write of its own is an update.
             let source_of = |m: &TargetMember| o.sources.iter().rfind(|(s, _)| s == m).map(|(_, g)| g.as_str());
-            for (m, change) in &o.members {
-                let query = match change {
-                    MemberChange::Confirmed => sqlx::query(sql!(
+            for (change, run) in member_runs(&o.members) {
+                let rows: Vec<Value> = run
+                    .iter()
+                    .map(|m| serde_json::json!({"t": m.target_display_name, "p": m.principal_id, "g": source_of(m)}))
+                    .collect();
+                let text = match change {
+                    MemberChange::Confirmed => sql!(
                         db,
                         "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed,
                            group_id)
-                         VALUES ({uuid $1}, $2, $3, {ts $4}, TRUE, $5)
+                         SELECT {uuid $1}, v.t, v.p, {ts $2}, TRUE, v.g FROM {members $3} v WHERE TRUE
                          ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE SET confirmed = TRUE,
                            group_id = COALESCE(excluded.group_id, provisioned.group_id)"
-                    )),
-                    MemberChange::InDoubt => sqlx::query(sql!(
+                    ),
+                    MemberChange::InDoubt => sql!(
                         db,
                         "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed,
                            group_id)
-                         VALUES ({uuid $1}, $2, $3, {ts $4}, FALSE, $5)
+                         SELECT {uuid $1}, v.t, v.p, {ts $2}, FALSE, v.g FROM {members $3} v WHERE TRUE
                          ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE
                            SET group_id = excluded.group_id WHERE excluded.group_id IS NOT NULL"
-                    )),
-                    MemberChange::Gone => sqlx::query(sql!(
+                    ),
+                    // `$2` is bound but not used: every run binds the same parameters.
+                    MemberChange::Gone => sql!(
                         db,
-                        "DELETE FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2
-                         AND principal_id = $3"
-                    )),
+                        "DELETE FROM provisioned WHERE app_id = {uuid $1}
+                         AND (target_display_name, principal_id) IN (SELECT v.t, v.p FROM {members $3} v)"
+                    ),
                 };
-                let query = query.bind(&o.app_id).bind(&m.target_display_name).bind(&m.principal_id);
-                let query = if *change == MemberChange::Gone {
-                    query
-                } else {
-                    query.bind(now).bind(source_of(m))
-                };
-                query.execute(&mut *tx).await?;
+                sqlx::query(text)
+                    .bind(&o.app_id)
+                    .bind(now)
+                    .bind(to_json(&rows))
+                    .execute(&mut *tx)
+                    .await?;
             }
             let written = |m: &TargetMember| o.members.iter().any(|(w, c)| w == m && *c != MemberChange::Gone);
             for (m, group_id) in o.sources.iter().filter(|(m, _)| !written(m)) {
@@ -142,4 +147,21 @@ impl SqlStore {
         }
         Ok(())
     }
+}
+
+/// The members in runs of the same change, in order, each member once in its run (one statement
+/// may not write a row twice).
+fn member_runs(members: &[(TargetMember, MemberChange)]) -> Vec<(MemberChange, Vec<&TargetMember>)> {
+    let mut runs: Vec<(MemberChange, Vec<&TargetMember>)> = Vec::new();
+    for (m, change) in members {
+        match runs.last_mut() {
+            Some((kind, run)) if kind == change => {
+                if !run.contains(&m) {
+                    run.push(m);
+                }
+            }
+            _ => runs.push((*change, vec![m])),
+        }
+    }
+    runs
 }
