@@ -116,30 +116,27 @@ impl SqlStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            if let Some(at) = o.next_sync_at {
-                sqlx::query(sql!(db, "UPDATE apps SET next_sync_at = {ts $1} WHERE id = {uuid $2}"))
-                    .bind(at)
-                    .bind(&o.app_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            if let Some((status, reason, level)) = &o.status {
+            // What the outcome changes of the app: one statement.
+            if o.next_sync_at.is_some() || o.status.is_some() || o.legacy_remove {
+                let (status, reason, level) = match &o.status {
+                    Some((status, reason, level)) => (Some(status.as_str()), reason.as_deref(), Some(*level)),
+                    None => (None, None, None),
+                };
                 sqlx::query(sql!(
                     db,
-                    "UPDATE apps SET status = $1, status_reason = $2, quarantine_level = $3 WHERE id = {uuid $4}"
+                    "UPDATE apps SET next_sync_at = COALESCE({ts $1}, next_sync_at), status = COALESCE($2, status),
+                       status_reason = CASE WHEN $2 IS NULL THEN status_reason ELSE $3 END,
+                       quarantine_level = COALESCE($4, quarantine_level), legacy_remove = (legacy_remove OR $5)
+                     WHERE id = {uuid $6}"
                 ))
+                .bind(o.next_sync_at)
                 .bind(status)
                 .bind(reason)
                 .bind(level)
+                .bind(o.legacy_remove)
                 .bind(&o.app_id)
                 .execute(&mut *tx)
                 .await?;
-            }
-            if o.legacy_remove {
-                sqlx::query(sql!(db, "UPDATE apps SET legacy_remove = TRUE WHERE id = {uuid $1}"))
-                    .bind(&o.app_id)
-                    .execute(&mut *tx)
-                    .await?;
             }
         });
         if !o.logs.is_empty() {
