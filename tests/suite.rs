@@ -53,6 +53,8 @@ mod page;
 mod properties;
 #[path = "provisioning.rs"]
 mod provisioning;
+#[path = "push_cost.rs"]
+mod push_cost;
 #[path = "realtime.rs"]
 mod realtime;
 #[path = "replicas.rs"]

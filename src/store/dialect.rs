@@ -12,6 +12,8 @@
 //! | `{text X}` | `X::text` | `X` | a `uuid` or `jsonb` column read as text |
 //! | `{jsonb X}` | `X::jsonb` | `X` | JSON given as text: `jsonb` / text |
 //! | `{bigint X}` | `X::bigint` | `X` | a parameter PostgreSQL cannot type alone (`$1 IS NULL`) |
+//! | `{members X}` | `(SELECT t, p, g FROM jsonb_to_recordset(X::jsonb) AS r(t text, p text, g text))` | `(SELECT json_extract(value, '$.t') AS t, ... FROM json_each(X))` | members as rows of `t` (target group), `p` (principal), `g` (source group), given as one JSON array of objects |
+//! | `{each X}` | `(SELECT unnest(X::text[]) AS value)` | `(SELECT value FROM json_each(X))` | a list of strings as rows of `value`, bound with the backend's `text_list` (a `text[]` / a JSON array: a list can hold more values than SQLite binds parameters) |
 //! | `{binary X}` | `X COLLATE "C"` | `X` | text ordered by its bytes (SQLite's BINARY collation) |
 //! | `{pos}` | `pos` | `rowid` | insertion order |
 //! | `{for_update}` | `FOR UPDATE` | nothing | a row lock (SQLite's writers take turns anyway) |
@@ -31,6 +33,12 @@
 //!   PostgreSQL, compared key by key on SQLite (a listing can hold more keys than it binds);
 //! - a filter on a list of app ids (`push_app_ids`): `= ANY($N::uuid[])` on PostgreSQL, `IN
 //!   (SELECT value FROM json_each($N))` on SQLite;
+//! - a list of strings bound for `{each $N}` (`text_list`): a `Vec<String>` (`text[]`) on
+//!   PostgreSQL, one JSON array on SQLite (a cycle chunk's principals, `add_chunk_checks`);
+//! - claims that skip what another writer holds (`{skip_locked}`): the expiry's
+//!   (`expire_due`: `... WHERE (principal_id, group_id, access_id) IN (SELECT ... FOR UPDATE SKIP
+//!   LOCKED)`) and the cycle request's (`take_cycle_request`), PostgreSQL only; the job's claim
+//!   (`claim_job`) is its `UPDATE`'s row lock on PostgreSQL, SQLite's single writer elsewhere;
 //! - advisory locks (`pg_advisory_xact_lock`), leases, `LISTEN/NOTIFY`: PostgreSQL only;
 //! - the webhook intake's group commit: SQLite only (`SqliteDb::accept_events`);
 //! - the cluster methods of `Store` (heartbeats, leases, notifications): PostgreSQL's in
@@ -38,9 +46,38 @@
 //!
 //! The macros below run a body written once on the store's backend: `db_run!` as it is,
 //! `db_tx!` in a write transaction, `db_statement!` as one fenced statement.
+//!
+//! The store counts what it sends (`store_counts`): every query written with `sql!` and the
+//! fencing and numbering statements are statements; every durable commit is a commit (a
+//! transaction's, or on SQLite a write sent alone). Two relaxed atomic increments per statement
+//! cost nothing next to a round trip, so they are always compiled in: a test in `tests/` (which
+//! sees the library built without `cfg(test)`) asserts what one push costs, with no feature to
+//! enable. The intake's statements not written with `sql!` yet are not counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::postgres::PostgresDb;
 use super::sqlite::SqliteDb;
+
+static COMMITS: AtomicU64 = AtomicU64::new(0);
+static STATEMENTS: AtomicU64 = AtomicU64::new(0);
+
+/// One durable commit more.
+pub(super) fn count_commit() {
+    COMMITS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One statement more.
+pub(super) fn count_statement() {
+    STATEMENTS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The commits and statements the stores of this process have made so far (see above). For the
+/// tests that count what an operation costs; one process, every store alike.
+#[doc(hidden)]
+pub fn store_counts() -> (u64, u64) {
+    (COMMITS.load(Ordering::Relaxed), STATEMENTS.load(Ordering::Relaxed))
+}
 
 /// The database a query text is written out for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +153,17 @@ impl Dialect {
             (Postgres, "jsonb") => ("", "::jsonb"),
             (Postgres, "bigint") => ("", "::bigint"),
             (Postgres, "binary") => ("", " COLLATE \"C\""),
+            (Sqlite, "each") => ("(SELECT value FROM json_each(", "))"),
+            (Sqlite, "members") => (
+                "(SELECT json_extract(value, '$.t') AS t, json_extract(value, '$.p') AS p, \
+                 json_extract(value, '$.g') AS g FROM json_each(",
+                "))",
+            ),
+            (Postgres, "members") => (
+                "(SELECT t, p, g FROM jsonb_to_recordset(",
+                "::jsonb) AS r(t text, p text, g text))",
+            ),
+            (Postgres, "each") => ("(SELECT unnest(", "::text[]) AS value)"),
             _ => return None,
         })
     }
@@ -143,6 +191,7 @@ macro_rules! sql {
         let dialect = $db.dialect();
         let (written_for, text) = TEXT.get_or_init(|| (dialect, dialect.expand($text)));
         debug_assert_eq!(*written_for, dialect, "one call site of sql! ran on both backends");
+        $crate::store::dialect::count_statement();
         text.as_str()
     }};
 }
@@ -191,7 +240,9 @@ macro_rules! db_statement {
         match &$store.backend {
             $crate::store::dialect::Backend::Sqlite($db) => {
                 let mut $conn = $db.pool.acquire().await?;
-                $body
+                let answer = $body;
+                $crate::store::dialect::count_commit();
+                answer
             }
             $crate::store::dialect::Backend::Postgres($db) => {
                 let mut $conn = $db.begin().await?;

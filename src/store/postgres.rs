@@ -18,10 +18,9 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 use tracing::instrument;
 
-use super::access_ends::{insert_access_end, settle_access_ends, settle_kept, settle_removed};
+use super::access_ends::insert_access_end;
 use super::audit::insert_audit;
 use super::dialect::Dialect;
-use super::held::{hold_removal, release_held};
 use super::logs::insert_log;
 use super::*;
 use crate::rules::{self, AssignedApp, MembershipState, MembershipWrite, StoredAttributes};
@@ -49,55 +48,9 @@ fn app_key(id: &str) -> Option<&str> {
         .map(|_| id)
 }
 
-// Column lists that turn a row into the trait's types: milliseconds for times, text for uuids.
-macro_rules! job_columns {
-    () => {
-        "seq, id, app_id::text AS app_id, event_id, principal_id, group_id, kind, trigger, state,
-         to_ms(not_before) AS not_before, to_ms(received_at) AS received_at, to_ms(deferred_until) AS deferred_until,
-         attempt, flag, to_ms(admitted_at) AS admitted_at, target_display_name"
-    };
-}
-
 const INSERT_JOB: &str = "INSERT INTO jobs (id, app_id, event_seq, event_id, principal_id, group_id, kind, trigger,
     state, not_before, received_at, deferred_until, attempt, flag, updated_at, target_display_name)
     VALUES ($1, $2::uuid, $3, $4, $5, $6, $7, $8, $9, from_ms($10), from_ms($11), from_ms($12), 0, $13, from_ms($14), $15)";
-
-/// Inserts a job: one no event brought (on-demand provisioning, a removal a cycle step handed on;
-/// `event_seq` `None`) or an expiry's removal (the membership's event).
-async fn insert_job_in(
-    conn: &mut sqlx::PgConnection,
-    job: &Job,
-    event_seq: Option<i64>,
-    now: Millis,
-) -> StoreResult<()> {
-    sqlx::query(INSERT_JOB)
-        .bind(&job.id)
-        .bind(&job.app_id)
-        .bind(event_seq)
-        .bind(&job.event_id)
-        .bind(&job.principal_id)
-        .bind(&job.group_id)
-        .bind(&job.kind)
-        .bind(&job.trigger)
-        .bind(&job.state)
-        .bind(job.not_before)
-        .bind(job.received_at)
-        .bind(job.deferred_until)
-        .bind(&job.flag)
-        .bind(now)
-        .bind(&job.target_display_name)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-const ENTITLED_VIA: &str = "SELECT ga.group_id FROM group_assignments ga
-    WHERE ga.app_id = $1::uuid AND ga.target_display_name = $2 AND (
-      EXISTS (SELECT 1 FROM standing_members s WHERE s.group_id = ga.group_id AND s.principal_id = $3)
-      OR EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = ga.group_id AND m.principal_id = $3
-                 AND m.access_id = 'member' AND m.active
-                 AND (m.start_at IS NULL OR m.start_at <= from_ms($4)) AND (m.end_at IS NULL OR m.end_at > from_ms($4))))
-    LIMIT 1";
 
 /// A principal's row: the classic columns and the attributes with their times.
 #[derive(sqlx::FromRow)]
@@ -155,6 +108,7 @@ impl PostgresDb {
     pub(super) async fn begin(&self) -> StoreResult<Tx> {
         let mut tx = self.pool.begin().await?;
         if let Some(fence) = crate::lease::current() {
+            super::dialect::count_statement();
             let held: Option<i32> = sqlx::query_scalar(
                 "SELECT 1 FROM leases WHERE name = $1 AND holder = $2 AND token = $3 AND NOT released
                    AND expires_at > now() FOR SHARE",
@@ -179,6 +133,7 @@ impl PostgresDb {
             insert_audit!(self, &mut *tx, e)?;
         }
         tx.commit().await?;
+        super::dialect::count_commit();
         if audit.is_some() {
             self.order_commits().await;
         }
@@ -204,6 +159,7 @@ impl PostgresDb {
     /// called after the writer's commit; a failure here loses nothing (the next call numbers
     /// them), so it is only logged.
     pub(super) async fn order_commits(&self) {
+        super::dialect::count_statement();
         if let Err(e) = sqlx::query("SELECT assign_commit_order()").execute(&self.pool).await {
             tracing::warn!(error = %e, "numbering committed log entries failed; the next write or read does it");
         }
@@ -225,6 +181,11 @@ impl PostgresDb {
     pub(super) fn push_app_ids(&self, q: &mut sqlx::QueryBuilder<Postgres>, ids: &[String]) {
         let ids: Vec<String> = ids.iter().filter_map(|id| app_key(id)).map(str::to_string).collect();
         q.push(" AND app_id = ANY(").push_bind(ids).push("::uuid[])");
+    }
+
+    /// A list of strings as `{each $N}` takes it: a `text[]`.
+    pub(super) fn text_list(&self, values: &[String]) -> Vec<String> {
+        values.to_vec()
     }
 
     /// Requests of one app take turns, as SQLite's single writer makes them: the merge in
@@ -457,41 +418,6 @@ impl PostgresDb {
         }
         Ok(Acceptance::Accepted { jobs })
     }
-
-    async fn set_member_in(
-        tx: &mut Tx,
-        app_id: &str,
-        m: &TargetMember,
-        change: MemberChange,
-        now: Millis,
-    ) -> StoreResult<()> {
-        let sql = match change {
-            MemberChange::Confirmed => {
-                "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed)
-                 VALUES ($1::uuid, $2, $3, from_ms($4), true)
-                 ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE SET confirmed = true"
-            }
-            MemberChange::InDoubt => {
-                "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed)
-                 VALUES ($1::uuid, $2, $3, from_ms($4), false)
-                 ON CONFLICT DO NOTHING"
-            }
-            MemberChange::Gone => {
-                "DELETE FROM provisioned WHERE app_id = $1::uuid AND target_display_name = $2 AND principal_id = $3"
-            }
-        };
-        let query = sqlx::query(sql)
-            .bind(app_id)
-            .bind(&m.target_display_name)
-            .bind(&m.principal_id);
-        let query = if change == MemberChange::Gone {
-            query
-        } else {
-            query.bind(now)
-        };
-        query.execute(&mut **tx).await?;
-        Ok(())
-    }
 }
 
 /// The methods of `Store` that have not moved to their aggregate's file yet (see `dialect`).
@@ -625,515 +551,6 @@ impl PostgresDb {
             listed,
         )
         .await
-    }
-
-    pub(super) async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(Vec::new());
-        };
-        Ok(sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs j WHERE j.app_id = $1::uuid AND j.state = 'pending' AND j.not_before <= from_ms($2)
-               AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.app_id = j.app_id AND e.principal_id = j.principal_id
-                 AND e.group_id = j.group_id AND e.seq < j.seq AND e.state = 'pending' AND e.not_before > from_ms($2)
-                 AND NOT (j.kind = 'remove' AND e.kind = 'add') AND e.target_display_name IS NULL)
-             ORDER BY j.seq LIMIT $3"
-        ))
-        .bind(app_id)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    pub(super) async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(None);
-        };
-        Ok(sqlx::query_scalar(
-            "SELECT to_ms(MIN(not_before)) FROM jobs WHERE app_id = $1::uuid AND state = 'pending'
-             AND not_before > from_ms($2)",
-        )
-        .bind(app_id)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    pub(super) async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(Vec::new());
-        };
-        Ok(sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE app_id = $1::uuid AND state = 'deferred'
-             ORDER BY CASE kind WHEN 'remove' THEN 0 ELSE 1 END, seq"
-        ))
-        .bind(app_id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    pub(super) async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<bool> {
-        let mut tx = self.begin().await?;
-        // The row lock taken here is the claim: a concurrent writer of the job (an app deletion
-        // cancelling it) is waited for, as SQLite's single writer would be, and a job it
-        // cancelled is not claimed.
-        let claimed = sqlx::query(
-            "UPDATE jobs SET state = 'in_flight', attempt = attempt + 1, updated_at = from_ms($2),
-               admitted_at = CASE WHEN $3 THEN from_ms($2) ELSE admitted_at END
-             WHERE id = $1 AND state IN ('pending', 'deferred')",
-        )
-        .bind(job_id)
-        .bind(now)
-        .bind(admitted)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(claimed.rows_affected() > 0)
-    }
-
-    pub(super) async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(Vec::new());
-        };
-        Ok(sqlx::query_scalar(
-            "SELECT to_ms(admitted_at) FROM jobs WHERE app_id = $1::uuid AND admitted_at >= from_ms($2)
-             ORDER BY admitted_at",
-        )
-        .bind(app_id)
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    pub(super) async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>> {
-        let mut tx = self.begin().await?;
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(Vec::new());
-        };
-        let answer = sqlx::query_scalar(
-            "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = from_ms($1)
-             WHERE app_id = $2::uuid AND state = 'in_flight' RETURNING id",
-        )
-        .bind(now)
-        .bind(app_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(answer)
-    }
-
-    pub(super) async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = from_ms($1)
-             WHERE id = $2 AND state = 'in_flight'",
-        )
-        .bind(now)
-        .bind(job_id)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    pub(super) async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(0);
-        };
-        let mut tx = self.begin().await?;
-        let moved = sqlx::query(
-            "UPDATE jobs SET not_before = from_ms($2), updated_at = from_ms($2)
-             WHERE app_id = $1::uuid AND kind = 'remove' AND state = 'pending' AND not_before > from_ms($2)",
-        )
-        .bind(app_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        self.commit(tx).await?;
-        Ok(moved)
-    }
-
-    pub(super) async fn open_adds_for(
-        &self,
-        app_id: &str,
-        principal_id: &str,
-        group_id: &str,
-        before_seq: i64,
-    ) -> StoreResult<Vec<Job>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(Vec::new());
-        };
-        Ok(sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE app_id = $1::uuid AND principal_id = $2 AND group_id = $3 AND kind = 'add'
-             AND state IN ('pending', 'deferred') AND seq < $4 ORDER BY seq"
-        ))
-        .bind(app_id)
-        .bind(principal_id)
-        .bind(group_id)
-        .bind(before_seq)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    pub(super) async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        insert_job_in(&mut tx, job, None, now).await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    pub(super) async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM memberships WHERE principal_id = $1 AND group_id = $2 AND access_id = 'member' AND active
-             AND (end_at IS NULL OR end_at > from_ms($3))",
-        )
-        .bind(principal_id)
-        .bind(group_id)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(found.is_some())
-    }
-
-    pub(super) async fn entitled_via(
-        &self,
-        app_id: &str,
-        target: &str,
-        principal_id: &str,
-        now: Millis,
-    ) -> StoreResult<Option<String>> {
-        let Some(app_id) = app_key(app_id) else {
-            return Ok(None);
-        };
-        Ok(sqlx::query_scalar(ENTITLED_VIA)
-            .bind(app_id)
-            .bind(target)
-            .bind(principal_id)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    #[instrument(skip_all)]
-    pub(super) async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>> {
-        #[derive(sqlx::FromRow)]
-        struct Due {
-            principal_id: String,
-            group_id: String,
-            access_id: String,
-            end_at: Millis,
-            event_seq: i64,
-        }
-        let mut tx = self.begin().await?;
-        // A claim: memberships another replica is expiring right now, or a webhook is judging
-        // (`accept_in` reads the row `FOR UPDATE` until it commits), are skipped and expire at a
-        // later pass if still due; the `expired_at IS NULL` condition keeps one expiry from
-        // queuing twice.
-        let due: Vec<Due> = sqlx::query_as(
-            "UPDATE memberships m SET active = false, expired_at = from_ms($1)
-             FROM (SELECT principal_id, group_id, access_id FROM memberships
-                   WHERE active AND expired_at IS NULL AND end_at IS NOT NULL AND end_at <= from_ms($1)
-                   FOR UPDATE SKIP LOCKED) d
-             WHERE m.principal_id = d.principal_id AND m.group_id = d.group_id AND m.access_id = d.access_id
-             RETURNING m.principal_id, m.group_id, m.access_id, to_ms(m.end_at) AS end_at, m.event_seq",
-        )
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut woken = Vec::new();
-        for m in due.iter().filter(|m| m.access_id == "member") {
-            let event_id: Option<String> = sqlx::query_scalar("SELECT id FROM events WHERE seq = $1")
-                .bind(m.event_seq)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let apps: Vec<String> = sqlx::query_scalar(
-                "SELECT ga.app_id::text FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
-                 WHERE ga.group_id = $1 AND a.deleted_at IS NULL",
-            )
-            .bind(&m.group_id)
-            .fetch_all(&mut *tx)
-            .await?;
-            for app_id in apps {
-                let job = Job {
-                    seq: 0,
-                    id: uuid::Uuid::now_v7().to_string(),
-                    app_id: app_id.clone(),
-                    event_id: event_id.clone(),
-                    principal_id: m.principal_id.clone(),
-                    group_id: m.group_id.clone(),
-                    kind: "remove".into(),
-                    trigger: "expiry".into(),
-                    state: "pending".into(),
-                    not_before: now,
-                    received_at: m.end_at,
-                    deferred_until: None,
-                    attempt: 0,
-                    flag: None,
-                    admitted_at: None,
-                    // No target group of its own: it removes where the event's group put the member.
-                    target_display_name: None,
-                };
-                insert_job_in(&mut tx, &job, Some(m.event_seq), now).await?;
-                let end = rules::access_end(
-                    &app_id,
-                    &m.principal_id,
-                    None,
-                    &m.group_id,
-                    event_id.clone(),
-                    "expiry",
-                    m.end_at,
-                    now,
-                );
-                insert_access_end!(self, &mut *tx, &end)?;
-                if !woken.contains(&app_id) {
-                    woken.push(app_id);
-                }
-            }
-        }
-        self.commit(tx).await?;
-        Ok(woken)
-    }
-
-    pub(super) async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
-        Ok(sqlx::query_scalar(
-            "SELECT to_ms(MIN(end_at)) FROM memberships WHERE active AND expired_at IS NULL AND end_at IS NOT NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    #[instrument(skip_all, fields(app_id = %o.app_id))]
-    pub(super) async fn record(&self, o: &Outcome) -> StoreResult<()> {
-        let now = o.time;
-        let mut tx = self.begin().await?;
-        for (job_id, change) in &o.jobs {
-            let (state, not_before, deferred_until) = match change {
-                JobChange::Done => ("done", None, None),
-                JobChange::Failed => ("failed", None, None),
-                JobChange::Cancelled => ("cancelled", None, None),
-                JobChange::Deferred { until } => ("deferred", None, Some(*until)),
-                JobChange::Retry { at } => ("pending", Some(*at), None),
-            };
-            sqlx::query(
-                "UPDATE jobs SET state = $1, not_before = COALESCE(from_ms($2), not_before),
-                   deferred_until = COALESCE(from_ms($3), deferred_until), updated_at = from_ms($4) WHERE id = $5",
-            )
-            .bind(state)
-            .bind(not_before)
-            .bind(deferred_until)
-            .bind(now)
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for (member, change) in &o.members {
-            Self::set_member_in(&mut tx, &o.app_id, member, *change, now).await?;
-        }
-        for (member, group_id) in &o.sources {
-            sqlx::query(
-                "UPDATE provisioned SET group_id = $1
-                 WHERE app_id = $2::uuid AND target_display_name = $3 AND principal_id = $4",
-            )
-            .bind(group_id)
-            .bind(&o.app_id)
-            .bind(&member.target_display_name)
-            .bind(&member.principal_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for job in &o.new_jobs {
-            insert_job_in(&mut tx, job, None, now).await?;
-        }
-        for entry in &o.logs {
-            insert_log!(self, &mut *tx, entry)?;
-        }
-        for change in &o.access_ends {
-            settle_access_ends!(self, &mut *tx, &o.app_id, change, now);
-        }
-        // A member gone from its target group ends the access its open ends measure (SPEC §8).
-        for (member, _) in o.members.iter().filter(|(_, change)| *change == MemberChange::Gone) {
-            settle_removed!(
-                self,
-                &mut *tx,
-                &o.app_id,
-                member,
-                o.end_action.unwrap_or("remove_member"),
-                now
-            );
-        }
-        if let Some(cycle) = &o.cycle {
-            for member in &o.hold {
-                hold_removal!(self, &mut *tx, &o.app_id, member, &cycle.id, now)?;
-            }
-        }
-        for member in &o.release {
-            release_held!(self, &mut *tx, &o.app_id, member, now)?;
-        }
-        if o.cycle.as_ref().is_some_and(|c| c.ended_at.is_some()) {
-            // What the cycle left in place because something still entitles it was kept.
-            settle_kept!(self, &mut *tx, &o.app_id, now)?;
-        }
-        if let Some(c) = &o.cycle {
-            sqlx::query(
-                "UPDATE sync_cycles SET ended_at = from_ms($1), status = $2, counts = $3, progress = $4, report = $5
-                 WHERE id = $6",
-            )
-            .bind(c.ended_at)
-            .bind(&c.status)
-            .bind(Json(&c.counts))
-            .bind(&c.progress)
-            .bind(c.report.as_ref().map(Json))
-            .bind(&c.id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(at) = o.next_sync_at {
-            sqlx::query("UPDATE apps SET next_sync_at = from_ms($1) WHERE id = $2::uuid")
-                .bind(at)
-                .bind(&o.app_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some((status, reason, level)) = &o.status {
-            sqlx::query("UPDATE apps SET status = $1, status_reason = $2, quarantine_level = $3 WHERE id = $4::uuid")
-                .bind(status)
-                .bind(reason)
-                .bind(level)
-                .bind(&o.app_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if o.legacy_remove {
-            sqlx::query("UPDATE apps SET legacy_remove = true WHERE id = $1::uuid")
-                .bind(&o.app_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        self.commit(tx).await?;
-        if !o.logs.is_empty() {
-            self.order_commits().await;
-        }
-        Ok(())
-    }
-
-    pub(super) async fn purge_records(&self, now: Millis, older_than: Millis, batch: i64) -> StoreResult<u64> {
-        let mut tx = self.begin().await?;
-        let mut purged = 0;
-        // Finished jobs first: their events may then go too.
-        purged += sqlx::query(
-            "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state IN ('done', 'failed', 'cancelled')
-               AND updated_at < from_ms($1) ORDER BY seq LIMIT $2)",
-        )
-        .bind(older_than)
-        .bind(batch)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // Ended memberships: not active, ended before the cutoff, no open job for the pair.
-        purged += sqlx::query(
-            "DELETE FROM memberships WHERE (principal_id, group_id, access_id) IN (
-               SELECT m.principal_id, m.group_id, m.access_id FROM memberships m
-               WHERE NOT m.active AND COALESCE(m.end_at, timestamptz '1970-01-01 00:00:00+00') < from_ms($1)
-                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.principal_id = m.principal_id
-                   AND j.group_id = m.group_id AND j.state IN ('pending', 'in_flight', 'deferred'))
-               LIMIT $2)",
-        )
-        .bind(older_than)
-        .bind(batch)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // Events (their bodies hold names and mail addresses) that nothing points to any more.
-        purged += sqlx::query(
-            "DELETE FROM events WHERE seq IN (SELECT e.seq FROM events e WHERE e.received_at < from_ms($1)
-               AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.event_seq = e.seq)
-               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_seq = e.seq)
-               ORDER BY e.seq LIMIT $2)",
-        )
-        .bind(older_than)
-        .bind(batch)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        purged += sqlx::query(
-            "DELETE FROM sync_cycles WHERE id IN (SELECT id FROM sync_cycles WHERE ended_at IS NOT NULL
-               AND ended_at < from_ms($1) LIMIT $2)",
-        )
-        .bind(older_than)
-        .bind(batch)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // Revoked request ids whose scheduled end has passed (no end: once the pair has no
-        // membership state left), whatever the retention period.
-        purged += sqlx::query(
-            "DELETE FROM revoked_requests WHERE request_id IN (SELECT r.request_id FROM revoked_requests r
-               WHERE (r.end_at IS NOT NULL AND r.end_at <= from_ms($1))
-                  OR (r.end_at IS NULL AND NOT EXISTS (SELECT 1 FROM memberships m
-                        WHERE m.principal_id = r.principal_id AND m.group_id = r.group_id))
-               LIMIT $2)",
-        )
-        .bind(now)
-        .bind(batch)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // What was last sent to an app for a principal nothing refers to any more (a link to a
-        // user the bridge disabled stays until its app is deleted; a deleted app's links go).
-        purged += sqlx::query(
-            "DELETE FROM target_users WHERE (app_id, principal_id) IN (SELECT t.app_id, t.principal_id
-               FROM target_users t JOIN apps a ON a.id = t.app_id
-               WHERE a.deleted_at IS NOT NULL
-                  OR (NOT t.disabled
-                      AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.principal_id = t.principal_id)
-                      AND NOT EXISTS (SELECT 1 FROM standing_members s WHERE s.principal_id = t.principal_id)
-                      AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.principal_id = t.principal_id
-                                        AND j.state IN ('pending', 'in_flight', 'deferred'))
-                      AND NOT EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = t.app_id
-                                        AND p.principal_id = t.principal_id)
-                      AND NOT EXISTS (SELECT 1 FROM revoked_requests r WHERE r.principal_id = t.principal_id))
-               LIMIT $1)",
-        )
-        .bind(batch)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // Principals (names, mail, mapped attributes) nothing refers to any more.
-        purged += sqlx::query(
-            "DELETE FROM principals WHERE principal_id IN (SELECT p.principal_id FROM principals p
-               WHERE p.updated_at < from_ms($1)
-                 AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.principal_id = p.principal_id)
-                 AND NOT EXISTS (SELECT 1 FROM standing_members s WHERE s.principal_id = p.principal_id)
-                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.principal_id = p.principal_id
-                                   AND j.state IN ('pending', 'in_flight', 'deferred'))
-                 AND NOT EXISTS (SELECT 1 FROM provisioned v JOIN apps a ON a.id = v.app_id
-                                   WHERE v.principal_id = p.principal_id AND a.deleted_at IS NULL)
-                 AND NOT EXISTS (SELECT 1 FROM revoked_requests r WHERE r.principal_id = p.principal_id)
-                 AND NOT EXISTS (SELECT 1 FROM target_users t WHERE t.principal_id = p.principal_id)
-               LIMIT $2)",
-        )
-        .bind(older_than)
-        .bind(batch)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        self.commit(tx).await?;
-        Ok(purged)
-    }
-
-    pub(super) async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>> {
-        Ok(
-            sqlx::query_as("SELECT app_id::text, COUNT(*) FROM jobs WHERE state = 'deferred' GROUP BY app_id")
-                .fetch_all(&self.pool)
-                .await?,
-        )
     }
 
     pub(super) async fn heartbeat(

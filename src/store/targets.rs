@@ -18,6 +18,57 @@ const REMOVAL_OPEN: &str = "SELECT 1 FROM jobs j
                    WHERE p.app_id = {uuid $1} AND p.target_display_name = $2 AND p.principal_id = $3)))
     LIMIT 1";
 
+pub(super) const PUT_TARGET_USER: &str =
+    "INSERT INTO target_users (app_id, principal_id, target_user_id, fingerprint, created_by_us, disabled,
+       enabled_by_us)
+     VALUES ({uuid $1}, $2, $3, $4, $5, $6, $7)
+     ON CONFLICT (app_id, principal_id) DO UPDATE SET target_user_id = excluded.target_user_id,
+       fingerprint = excluded.fingerprint,
+       created_by_us = target_users.created_by_us OR excluded.created_by_us,
+       disabled = excluded.disabled, enabled_by_us = excluded.enabled_by_us";
+
+/// Writes what the bridge knows of the principal's user at the app (`$u`, a `TargetUser`) on
+/// `$conn`: alone, or in an outcome's commit.
+macro_rules! put_target_user {
+    ($db:expr, $conn:expr, $app_id:expr, $principal_id:expr, $u:expr) => {{
+        let u: &$crate::store::TargetUser = $u;
+        sqlx::query($crate::store::dialect::sql!(
+            $db,
+            $crate::store::targets::PUT_TARGET_USER
+        ))
+        .bind($app_id)
+        .bind($principal_id)
+        .bind(&u.target_user_id)
+        .bind(&u.fingerprint)
+        .bind(u.created_by_us)
+        .bind(u.disabled)
+        .bind(u.enabled_by_us)
+        .execute($conn)
+        .await
+    }};
+}
+pub(super) use put_target_user;
+
+pub(super) const PUT_TARGET_GROUP: &str =
+    "INSERT INTO target_groups (app_id, display_name, target_group_id) VALUES ({uuid $1}, $2, $3)
+     ON CONFLICT (app_id, display_name) DO UPDATE SET target_group_id = excluded.target_group_id";
+
+/// Writes the target's id of a target group on `$conn`: alone, or in an outcome's commit.
+macro_rules! put_target_group {
+    ($db:expr, $conn:expr, $app_id:expr, $display_name:expr, $id:expr) => {{
+        sqlx::query($crate::store::dialect::sql!(
+            $db,
+            $crate::store::targets::PUT_TARGET_GROUP
+        ))
+        .bind($app_id)
+        .bind($display_name)
+        .bind($id)
+        .execute($conn)
+        .await
+    }};
+}
+pub(super) use put_target_group;
+
 impl SqlStore {
     pub(super) async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>> {
         Ok(db_run!(self, db => {
@@ -36,25 +87,7 @@ impl SqlStore {
 
     pub(super) async fn put_target_user(&self, app_id: &str, principal_id: &str, u: &TargetUser) -> StoreResult<()> {
         db_statement!(self, db, conn => {
-            sqlx::query(sql!(
-                db,
-                "INSERT INTO target_users (app_id, principal_id, target_user_id, fingerprint, created_by_us, disabled,
-                   enabled_by_us)
-                 VALUES ({uuid $1}, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (app_id, principal_id) DO UPDATE SET target_user_id = excluded.target_user_id,
-                   fingerprint = excluded.fingerprint,
-                   created_by_us = target_users.created_by_us OR excluded.created_by_us,
-                   disabled = excluded.disabled, enabled_by_us = excluded.enabled_by_us"
-            ))
-            .bind(app_id)
-            .bind(principal_id)
-            .bind(&u.target_user_id)
-            .bind(&u.fingerprint)
-            .bind(u.created_by_us)
-            .bind(u.disabled)
-            .bind(u.enabled_by_us)
-            .execute(&mut *conn)
-            .await?;
+            put_target_user!(db, &mut *conn, app_id, principal_id, u)?;
         });
         Ok(())
     }
@@ -109,16 +142,7 @@ impl SqlStore {
 
     pub(super) async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()> {
         db_statement!(self, db, conn => {
-            sqlx::query(sql!(
-                db,
-                "INSERT INTO target_groups (app_id, display_name, target_group_id) VALUES ({uuid $1}, $2, $3)
-                 ON CONFLICT (app_id, display_name) DO UPDATE SET target_group_id = excluded.target_group_id"
-            ))
-            .bind(app_id)
-            .bind(display_name)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+            put_target_group!(db, &mut *conn, app_id, display_name, id)?;
         });
         Ok(())
     }
