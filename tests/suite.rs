@@ -19,6 +19,8 @@ mod cycle_faults;
 mod engine;
 #[path = "graph_source.rs"]
 mod graph_source;
+#[path = "intake_batches.rs"]
+mod intake_batches;
 #[path = "legacy_removal.rs"]
 mod legacy_removal;
 #[path = "load.rs"]

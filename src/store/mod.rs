@@ -6,9 +6,11 @@ mod apps;
 mod audit;
 mod cycles;
 mod dialect;
+mod events;
 mod logs;
 pub mod migrate;
 mod postgres;
+mod principals;
 mod sources;
 mod sql;
 mod sqlite;
@@ -26,6 +28,7 @@ use crate::clock::Millis;
 use crate::config::RateLimit;
 use crate::mapping::{AppMapping, AppMappingError, MappingEntry};
 
+pub use dialect::{StoreCounts, store_counts};
 pub use sql::SqlStore;
 
 /// The names `migrate` and the tests open one database by: the one `SqlStore`, its backend chosen
