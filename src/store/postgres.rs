@@ -21,6 +21,7 @@ use tracing::instrument;
 use super::audit::insert_audit;
 use super::dialect::{Dialect, count_commit, count_statement};
 use super::logs::insert_log;
+use super::targets::set_members;
 use super::*;
 
 pub struct PostgresDb {
@@ -259,41 +260,6 @@ impl PostgresDb {
             .bind(&wakes)
             .execute(&mut **tx)
             .await?;
-        Ok(())
-    }
-
-    async fn set_member_in(
-        tx: &mut Tx,
-        app_id: &str,
-        m: &TargetMember,
-        change: MemberChange,
-        now: Millis,
-    ) -> StoreResult<()> {
-        let sql = match change {
-            MemberChange::Confirmed => {
-                "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed)
-                 VALUES ($1::uuid, $2, $3, from_ms($4), true)
-                 ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE SET confirmed = true"
-            }
-            MemberChange::InDoubt => {
-                "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed)
-                 VALUES ($1::uuid, $2, $3, from_ms($4), false)
-                 ON CONFLICT DO NOTHING"
-            }
-            MemberChange::Gone => {
-                "DELETE FROM provisioned WHERE app_id = $1::uuid AND target_display_name = $2 AND principal_id = $3"
-            }
-        };
-        let query = sqlx::query(sql)
-            .bind(app_id)
-            .bind(&m.target_display_name)
-            .bind(&m.principal_id);
-        let query = if change == MemberChange::Gone {
-            query
-        } else {
-            query.bind(now)
-        };
-        query.execute(&mut **tx).await?;
         Ok(())
     }
 }
@@ -605,9 +571,7 @@ impl PostgresDb {
             .execute(&mut *tx)
             .await?;
         }
-        for (member, change) in &o.members {
-            Self::set_member_in(&mut tx, &o.app_id, member, *change, now).await?;
-        }
+        set_members(&mut *tx, &o.app_id, &o.members, now).await?;
         for (member, group_id) in &o.sources {
             sqlx::query(
                 "UPDATE provisioned SET group_id = $1

@@ -14,6 +14,7 @@ use super::audit::insert_audit;
 use super::dialect::{Dialect, count_commit};
 use super::events::{Item, write_batch};
 use super::logs::insert_log;
+use super::targets::set_members;
 use super::*;
 
 pub struct SqliteDb {
@@ -285,37 +286,6 @@ impl SqliteDb {
     pub(super) async fn lock_principal(&self, _tx: &mut Tx, _principal_id: &str) -> StoreResult<()> {
         Ok(())
     }
-
-    async fn set_member_in(
-        tx: &mut Tx,
-        app_id: &str,
-        m: &TargetMember,
-        change: MemberChange,
-        now: Millis,
-    ) -> StoreResult<()> {
-        let sql = match change {
-            MemberChange::Confirmed => {
-                "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed) VALUES (?, ?, ?, ?, 1)
-                 ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE SET confirmed = 1"
-            }
-            MemberChange::InDoubt => {
-                "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed) VALUES (?, ?, ?, ?, 0)
-                 ON CONFLICT DO NOTHING"
-            }
-            MemberChange::Gone => "DELETE FROM provisioned WHERE app_id = ? AND target_display_name = ? AND principal_id = ?",
-        };
-        let query = sqlx::query(sql)
-            .bind(app_id)
-            .bind(&m.target_display_name)
-            .bind(&m.principal_id);
-        let query = if change == MemberChange::Gone {
-            query
-        } else {
-            query.bind(now)
-        };
-        query.execute(&mut **tx).await?;
-        Ok(())
-    }
 }
 
 /// The methods of `Store` that have not moved to their aggregate's file yet (see `dialect`).
@@ -579,9 +549,7 @@ impl SqliteDb {
             .execute(&mut *tx)
             .await?;
         }
-        for (member, change) in &o.members {
-            Self::set_member_in(&mut tx, &o.app_id, member, *change, now).await?;
-        }
+        set_members(&mut *tx, &o.app_id, &o.members, now).await?;
         for (member, group_id) in &o.sources {
             sqlx::query(
                 "UPDATE provisioned SET group_id = ? WHERE app_id = ? AND target_display_name = ? AND principal_id = ?",

@@ -2,7 +2,7 @@
 //! groups it found, and the memberships it provisioned (`provisioned`), against the memberships
 //! the sources entitle.
 
-use super::dialect::{db_run, db_statement, sql};
+use super::dialect::{RowsConn, db_run, db_statement, json_rows, sql};
 use super::*;
 
 /// A removal job of the member (principal `$3`) from target group `$2` is pending or in flight:
@@ -270,4 +270,83 @@ impl SqlStore {
             .await?
         }))
     }
+}
+
+/// Writes what an outcome learnt of the app's memberships, in at most three statements however
+/// many they are, with the result of applying each change in order (a member may come twice):
+/// `Confirmed` confirms it (adding it if unknown), `InDoubt` adds it unconfirmed unless known,
+/// `Gone` forgets it.
+pub(super) async fn set_members(
+    conn: &mut impl RowsConn,
+    app_id: &str,
+    changes: &[(TargetMember, MemberChange)],
+    now: Millis,
+) -> StoreResult<()> {
+    // Each member's changes folded into one: the last `Confirmed` or `Gone` decides, and an
+    // `InDoubt` after a `Gone` adds it back unconfirmed.
+    let mut last: std::collections::BTreeMap<&TargetMember, (Option<MemberChange>, bool)> = Default::default();
+    for (member, change) in changes {
+        let (decided, in_doubt_after) = last.entry(member).or_default();
+        if *change == MemberChange::InDoubt {
+            *in_doubt_after = true;
+        } else {
+            *decided = Some(*change);
+            *in_doubt_after = false;
+        }
+    }
+    let row = |m: &TargetMember| {
+        (
+            app_id.to_string(),
+            m.target_display_name.clone(),
+            m.principal_id.clone(),
+            now,
+        )
+    };
+    let (mut gone, mut in_doubt, mut confirmed) = (Vec::new(), Vec::new(), Vec::new());
+    for (member, (decided, in_doubt_after)) in last {
+        match decided {
+            Some(MemberChange::Confirmed) => confirmed.push(row(member)),
+            Some(MemberChange::Gone) => gone.push(row(member)),
+            _ => {}
+        }
+        if in_doubt_after {
+            in_doubt.push(row(member));
+        }
+    }
+    for chunk in json_rows(&gone) {
+        conn.execute_rows(
+            sql!(
+                conn,
+                "DELETE FROM provisioned WHERE (app_id, target_display_name, principal_id) IN
+                   (SELECT {field 0 uuid}, {field 1 text}, {field 2 text} FROM {rows $1})"
+            ),
+            chunk,
+        )
+        .await?;
+    }
+    for chunk in json_rows(&in_doubt) {
+        conn.execute_rows(
+            sql!(
+                conn,
+                "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed)
+                 SELECT {field 0 uuid}, {field 1 text}, {field 2 text}, {field 3 ts}, FALSE FROM {rows $1} WHERE true
+                 ON CONFLICT DO NOTHING"
+            ),
+            chunk,
+        )
+        .await?;
+    }
+    for chunk in json_rows(&confirmed) {
+        conn.execute_rows(
+            sql!(
+                conn,
+                "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed)
+                 SELECT {field 0 uuid}, {field 1 text}, {field 2 text}, {field 3 ts}, TRUE FROM {rows $1} WHERE true
+                 ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE SET confirmed = TRUE"
+            ),
+            chunk,
+        )
+        .await?;
+    }
+    Ok(())
 }
