@@ -66,6 +66,11 @@ pub(super) enum Dialect {
 }
 
 impl Dialect {
+    /// Itself, so that `sql!` takes a dialect where no backend is at hand (`execute_chunked`).
+    pub(super) fn dialect(self) -> Dialect {
+        self
+    }
+
     /// The query text with its fragments (`{name argument}`, see the table above) written out.
     /// A fragment it does not know is a mistake in the code: it panics, naming it.
     pub(super) fn expand(self, text: &str) -> String {
@@ -173,7 +178,8 @@ pub(super) enum Backend {
     Postgres(PostgresDb),
 }
 
-/// The query text for the backend `$db` (a `SqliteDb`, a `PostgresDb` or a `RowsConn`), its fragments written out once per call site and backend and kept. Each use
+/// The query text for the backend `$db` (a `SqliteDb`, a `PostgresDb`, a `RowsConn` or a
+/// `Dialect`), its fragments written out once per call site and backend and kept. Each use
 /// counts as one statement sent (`store_counts`): a query text is taken to be run.
 macro_rules! sql {
     ($db:expr, $text:expr) => {{
@@ -234,6 +240,20 @@ pub(super) const ROWS_PER_STATEMENT: usize = 5_000;
 pub(super) fn json_rows<T: serde::Serialize>(rows: &[T]) -> impl Iterator<Item = String> + '_ {
     rows.chunks(ROWS_PER_STATEMENT)
         .map(|chunk| serde_json::to_string(chunk).expect("rows serialize"))
+}
+
+/// Runs the statement `sql` gives for the connection's dialect (a `sql!` text) over the rows, one
+/// statement per chunk of them (`json_rows`); none for no rows.
+pub(super) async fn execute_chunked<T: serde::Serialize + Sync>(
+    conn: &mut impl RowsConn,
+    sql: impl Fn(Dialect) -> &'static str + Send,
+    rows: &[T],
+) -> Result<(), sqlx::Error> {
+    for chunk in json_rows(rows) {
+        let text = sql(conn.dialect());
+        conn.execute_rows(text, chunk).await?;
+    }
+    Ok(())
 }
 
 /// A connection (or transaction) of either backend that runs statements taking their rows as one

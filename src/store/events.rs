@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use tracing::instrument;
 
-use super::dialect::{Backend, RowsConn, db_run, json_rows, sql};
+use super::dialect::{Backend, RowsConn, db_run, execute_chunked, json_rows, sql};
 use super::logs::insert_logs;
 use super::principals::{read_principals, write_principals};
 use super::*;
@@ -432,9 +432,7 @@ impl Plan<'_> {
             .iter()
             .map(|(e, until, now)| (&e.id, &e.principal_id, &e.group_id, until, now))
             .collect();
-        for chunk in json_rows(&revoked) {
-            conn.execute_rows(sql!(conn, INSERT_REVOKED), chunk).await?;
-        }
+        execute_chunked(conn, |d| sql!(d, INSERT_REVOKED), &revoked).await?;
 
         let events: Vec<Value> = self
             .events
@@ -495,9 +493,7 @@ impl Plan<'_> {
                 ))
             })
             .collect();
-        for chunk in json_rows(&memberships) {
-            conn.execute_rows(sql!(conn, PUT_MEMBERSHIPS), chunk).await?;
-        }
+        execute_chunked(conn, |d| sql!(d, PUT_MEMBERSHIPS), &memberships).await?;
 
         let jobs: Vec<_> = self
             .jobs
@@ -520,9 +516,7 @@ impl Plan<'_> {
                 )
             })
             .collect();
-        for chunk in json_rows(&jobs) {
-            conn.execute_rows(sql!(conn, INSERT_JOBS), chunk).await?;
-        }
+        execute_chunked(conn, |d| sql!(d, INSERT_JOBS), &jobs).await?;
 
         if !self.logs.is_empty() {
             insert_logs(conn, &self.logs).await?;

@@ -1,7 +1,7 @@
 //! The provisioning log: one entry per thing done (or not done) for a membership at an app,
 //! paged newest first by `seq`.
 
-use super::dialect::{RowsConn, db_run, db_statement, json_rows, sql};
+use super::dialect::{RowsConn, db_run, db_statement, execute_chunked, sql};
 use super::*;
 
 pub(super) const INSERT_LOG: &str =
@@ -51,10 +51,7 @@ pub(super) async fn insert_logs(conn: &mut impl RowsConn, entries: &[LogEntry]) 
             ])
         })
         .collect();
-    for chunk in json_rows(&rows) {
-        conn.execute_rows(sql!(conn, INSERT_LOGS), chunk).await?;
-    }
-    Ok(())
+    Ok(execute_chunked(conn, |d| sql!(d, INSERT_LOGS), &rows).await?)
 }
 
 /// Writes the entry `$e` on `$conn` (a backend's connection or transaction); `$db` is the

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::dialect::{RowsConn, db_run, db_tx, json_rows, sql};
+use super::dialect::{RowsConn, db_run, db_tx, execute_chunked, sql};
 use super::*;
 use crate::rules::StoredAttributes;
 
@@ -96,10 +96,7 @@ pub(super) async fn write_principals(
             ))
         })
         .collect();
-    for chunk in json_rows(&rows) {
-        conn.execute_rows(sql!(conn, PUT_PRINCIPALS), chunk).await?;
-    }
-    Ok(())
+    Ok(execute_chunked(conn, |d| sql!(d, PUT_PRINCIPALS), &rows).await?)
 }
 
 /// Takes what the directory feed's `principal` object carries, field by field, unless a newer

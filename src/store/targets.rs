@@ -2,7 +2,7 @@
 //! groups it found, and the memberships it provisioned (`provisioned`), against the memberships
 //! the sources entitle.
 
-use super::dialect::{RowsConn, db_run, db_statement, json_rows, sql};
+use super::dialect::{RowsConn, db_run, db_statement, execute_chunked, sql};
 use super::*;
 
 /// A removal job of the member (principal `$3`) from target group `$2` is pending or in flight:
@@ -272,7 +272,7 @@ impl SqlStore {
     }
 }
 
-/// Writes what an outcome learnt of the app's memberships, in at most three statements however
+/// Writes what an outcome learnt of the app's memberships, in at most two statements however
 /// many they are, with the result of applying each change in order (a member may come twice):
 /// `Confirmed` confirms it (adding it if unknown), `InDoubt` adds it unconfirmed unless known,
 /// `Gone` forgets it.
@@ -294,59 +294,43 @@ pub(super) async fn set_members(
             *in_doubt_after = false;
         }
     }
-    let row = |m: &TargetMember| {
-        (
-            app_id.to_string(),
-            m.target_display_name.clone(),
-            m.principal_id.clone(),
-            now,
-        )
-    };
-    let (mut gone, mut in_doubt, mut confirmed) = (Vec::new(), Vec::new(), Vec::new());
-    for (member, (decided, in_doubt_after)) in last {
-        match decided {
-            Some(MemberChange::Confirmed) => confirmed.push(row(member)),
-            Some(MemberChange::Gone) => gone.push(row(member)),
-            _ => {}
+    let (mut gone, mut known) = (Vec::new(), Vec::new());
+    for (m, (decided, in_doubt_after)) in last {
+        let confirmed = decided == Some(MemberChange::Confirmed);
+        if decided == Some(MemberChange::Gone) {
+            gone.push((app_id, &m.target_display_name, &m.principal_id));
         }
-        if in_doubt_after {
-            in_doubt.push(row(member));
+        if confirmed || in_doubt_after {
+            known.push((app_id, &m.target_display_name, &m.principal_id, now, confirmed));
         }
     }
-    for chunk in json_rows(&gone) {
-        conn.execute_rows(
+    execute_chunked(
+        conn,
+        |d| {
             sql!(
-                conn,
+                d,
                 "DELETE FROM provisioned WHERE (app_id, target_display_name, principal_id) IN
                    (SELECT {field 0 uuid}, {field 1 text}, {field 2 text} FROM {rows $1})"
-            ),
-            chunk,
-        )
-        .await?;
-    }
-    for chunk in json_rows(&in_doubt) {
-        conn.execute_rows(
+            )
+        },
+        &gone,
+    )
+    .await?;
+    // An unconfirmed member leaves a known one as it is; a confirmed one is confirmed.
+    execute_chunked(
+        conn,
+        |d| {
             sql!(
-                conn,
+                d,
                 "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed)
-                 SELECT {field 0 uuid}, {field 1 text}, {field 2 text}, {field 3 ts}, FALSE FROM {rows $1} WHERE true
-                 ON CONFLICT DO NOTHING"
-            ),
-            chunk,
-        )
-        .await?;
-    }
-    for chunk in json_rows(&confirmed) {
-        conn.execute_rows(
-            sql!(
-                conn,
-                "INSERT INTO provisioned (app_id, target_display_name, principal_id, added_at, confirmed)
-                 SELECT {field 0 uuid}, {field 1 text}, {field 2 text}, {field 3 ts}, TRUE FROM {rows $1} WHERE true
-                 ON CONFLICT (app_id, target_display_name, principal_id) DO UPDATE SET confirmed = TRUE"
-            ),
-            chunk,
-        )
-        .await?;
-    }
+                 SELECT {field 0 uuid}, {field 1 text}, {field 2 text}, {field 3 ts}, {field 4 bool}
+                 FROM {rows $1} WHERE true
+                 ON CONFLICT (app_id, target_display_name, principal_id)
+                   DO UPDATE SET confirmed = provisioned.confirmed OR excluded.confirmed"
+            )
+        },
+        &known,
+    )
+    .await?;
     Ok(())
 }
