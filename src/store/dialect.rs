@@ -193,8 +193,10 @@ macro_rules! sql {
 static STATEMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// One statement sent (besides `BEGIN` and `COMMIT`): each `sql!` counts its own, the few texts
-/// written for one backend only count themselves.
+/// One statement sent (besides `BEGIN` and `COMMIT`): each `sql!` counts its own; a text written
+/// for one backend only counts itself with this (the fence check, the intake's locks and
+/// notifications, `order_commits`; the methods of `sqlite.rs` and `postgres.rs` not written once
+/// yet are not counted).
 pub(super) fn count_statement() {
     STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }

@@ -122,6 +122,7 @@ impl PostgresDb {
     pub(super) async fn begin(&self) -> StoreResult<Tx> {
         let mut tx = self.pool.begin().await?;
         if let Some(fence) = crate::lease::current() {
+            count_statement();
             let held: Option<i32> = sqlx::query_scalar(
                 "SELECT 1 FROM leases WHERE name = $1 AND holder = $2 AND token = $3 AND NOT released
                    AND expires_at > now() FOR SHARE",
