@@ -36,10 +36,14 @@ const POSTGRES_STATEMENTS_NEXT_PUSH: u64 = 22;
 
 /// The counts once the bridge has settled: unchanged over a quarter of a second.
 async fn settled_counts() -> (u64, u64) {
-    let mut last = store_counts();
+    let counts = || {
+        let c = store_counts();
+        (c.commits, c.statements)
+    };
+    let mut last = counts();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let now = store_counts();
+        let now = counts();
         if now == last {
             return now;
         }

@@ -7,6 +7,7 @@ mod apps;
 mod audit;
 mod cycles;
 mod dialect;
+mod events;
 mod held;
 mod jobs;
 mod links;
@@ -15,6 +16,7 @@ mod memberships;
 pub mod migrate;
 mod outcomes;
 mod postgres;
+mod principals;
 mod retention;
 mod sources;
 mod sql;
@@ -33,7 +35,7 @@ use crate::clock::Millis;
 use crate::config::RateLimit;
 use crate::mapping::{AppMapping, AppMappingError, MappingEntry};
 
-pub use dialect::store_counts;
+pub use dialect::{StoreCounts, store_counts};
 pub use sql::SqlStore;
 
 /// The names `migrate` and the tests open one database by: the one `SqlStore`, its backend chosen

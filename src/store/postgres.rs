@@ -14,16 +14,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
-use tracing::instrument;
 
-use super::access_ends::insert_access_end;
 use super::audit::insert_audit;
-use super::dialect::Dialect;
-use super::logs::insert_log;
+use super::dialect::{Dialect, count_commit, count_statement};
 use super::*;
-use crate::rules::{self, AssignedApp, MembershipState, MembershipWrite, StoredAttributes};
 
 pub struct PostgresDb {
     pub(super) pool: PgPool,
@@ -34,10 +29,6 @@ type Tx = Transaction<'static, Postgres>;
 /// The channel on which new work is announced to the replicas (`Store::notify_work`).
 const WORK_CHANNEL: &str = "scim_bridge_work";
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
 /// An app id as the `uuid` column holds it, or `None` for a string that no stored app can have
 /// (not a uuid, or not in its canonical lowercase form, which is all the API hands out): the
 /// query is not sent, so a made-up id finds nothing instead of failing the cast, as in SQLite.
@@ -47,37 +38,6 @@ fn app_key(id: &str) -> Option<&str> {
         .filter(|u| u.hyphenated().to_string() == id)
         .map(|_| id)
 }
-
-const INSERT_JOB: &str = "INSERT INTO jobs (id, app_id, event_seq, event_id, principal_id, group_id, kind, trigger,
-    state, not_before, received_at, deferred_until, attempt, flag, updated_at, target_display_name)
-    VALUES ($1, $2::uuid, $3, $4, $5, $6, $7, $8, $9, from_ms($10), from_ms($11), from_ms($12), 0, $13, from_ms($14), $15)";
-
-/// A principal's row: the classic columns and the attributes with their times.
-#[derive(sqlx::FromRow)]
-struct PrincipalRow {
-    user_principal_name: String,
-    display_name: Option<String>,
-    given_name: Option<String>,
-    surname: Option<String>,
-    mail: Option<String>,
-    attributes: Option<String>,
-}
-
-impl PrincipalRow {
-    fn attributes(&self) -> StoredAttributes {
-        let legacy = Principal {
-            user_principal_name: self.user_principal_name.clone(),
-            display_name: self.display_name.clone(),
-            given_name: self.given_name.clone(),
-            surname: self.surname.clone(),
-            mail: self.mail.clone(),
-        };
-        StoredAttributes::from_stored(self.attributes.as_deref(), Some(&legacy))
-    }
-}
-
-const SELECT_PRINCIPAL: &str = "SELECT user_principal_name, display_name, given_name, surname, mail,
-    attributes::text AS attributes FROM principals WHERE principal_id = $1";
 
 impl PostgresDb {
     pub(super) fn dialect(&self) -> Dialect {
@@ -108,7 +68,7 @@ impl PostgresDb {
     pub(super) async fn begin(&self) -> StoreResult<Tx> {
         let mut tx = self.pool.begin().await?;
         if let Some(fence) = crate::lease::current() {
-            super::dialect::count_statement();
+            count_statement();
             let held: Option<i32> = sqlx::query_scalar(
                 "SELECT 1 FROM leases WHERE name = $1 AND holder = $2 AND token = $3 AND NOT released
                    AND expires_at > now() FOR SHARE",
@@ -133,25 +93,11 @@ impl PostgresDb {
             insert_audit!(self, &mut *tx, e)?;
         }
         tx.commit().await?;
-        super::dialect::count_commit();
+        count_commit();
         if audit.is_some() {
             self.order_commits().await;
         }
         Ok(())
-    }
-
-    /// Runs `delete` (`... WHERE group_id = $1 AND NOT (<key> = ANY($2))`: the group's rows that
-    /// `listed` leaves out) as one fenced write; answers how many went.
-    async fn delete_unlisted(&self, delete: &'static str, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        let mut tx = self.begin().await?;
-        let gone = sqlx::query(delete)
-            .bind(group_id)
-            .bind(listed)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        self.commit(tx).await?;
-        Ok(gone)
     }
 
     /// Numbers the log and audit entries committed so far in commit order (the paging cursor);
@@ -159,7 +105,7 @@ impl PostgresDb {
     /// called after the writer's commit; a failure here loses nothing (the next call numbers
     /// them), so it is only logged.
     pub(super) async fn order_commits(&self) {
-        super::dialect::count_statement();
+        count_statement();
         if let Err(e) = sqlx::query("SELECT assign_commit_order()").execute(&self.pool).await {
             tracing::warn!(error = %e, "numbering committed log entries failed; the next write or read does it");
         }
@@ -198,10 +144,12 @@ impl PostgresDb {
         Ok(())
     }
 
-    /// Locks the principal for a write outside `accept_events` (which locks the same key with
-    /// its others): two writers merging into one principal take turns, also while it has no row
-    /// yet (a row lock alone locks nothing then), so the directory feed and webhooks take turns.
-    async fn lock_principal(tx: &mut Tx, principal_id: &str) -> StoreResult<()> {
+    /// Locks the principal for a write outside the intake (which locks the same key with its
+    /// others, `lock_intake`): two writers merging into one principal take turns, also while it
+    /// has no row yet (a row lock alone locks nothing then), so the directory feed and webhooks
+    /// take turns.
+    pub(super) async fn lock_principal(&self, tx: &mut Tx, principal_id: &str) -> StoreResult<()> {
+        count_statement();
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('principal' || chr(10) || $1, 0))")
             .bind(principal_id)
             .execute(&mut **tx)
@@ -209,214 +157,62 @@ impl PostgresDb {
         Ok(())
     }
 
-    /// Takes what an event's (or the directory feed's) `principal` object carries, field by
-    /// field, unless a newer event already set that field. The caller holds the principal's lock
-    /// (`lock_principal`, or `accept_events`' keys).
-    async fn merge_principal(
-        tx: &mut Tx,
-        principal_id: &str,
-        given: &Value,
-        created: Millis,
-        now: Millis,
-    ) -> StoreResult<()> {
-        let row: Option<PrincipalRow> = sqlx::query_as(
-            "SELECT user_principal_name, display_name, given_name, surname, mail, attributes::text AS attributes
-             FROM principals WHERE principal_id = $1 FOR UPDATE",
-        )
-        .bind(principal_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let mut attributes = row.as_ref().map(PrincipalRow::attributes).unwrap_or_default();
-        attributes.merge(given, created);
-        let Some(p) = attributes.principal() else {
-            return Ok(()); // nothing usable yet (no userPrincipalName ever seen)
-        };
+    /// Locks what a batch of events shares with concurrent writers before it reads anything.
+    /// SQLite runs one writer at a time; here webhooks commit side by side, so what they share is
+    /// locked first: the event's (id, status), whose second copy must find the first committed,
+    /// and the membership and principal an event judges and updates, which must see what an
+    /// earlier event wrote. All of a batch's locks are taken at once, in one order, so two
+    /// batches never wait on each other in a circle.
+    pub(super) async fn lock_intake(&self, tx: &mut Tx, items: &[(Event, Effect)]) -> StoreResult<()> {
+        let mut keys = Vec::with_capacity(items.len() * 3);
+        for (e, _) in items {
+            keys.push(format!("event\n{}\n{}", e.id, e.status));
+            keys.push(format!(
+                "membership\n{}\n{}\n{}",
+                e.principal_id, e.group_id, e.access_id
+            ));
+            keys.push(format!("principal\n{}", e.principal_id));
+        }
+        count_statement();
         sqlx::query(
-            "INSERT INTO principals (principal_id, user_principal_name, display_name, given_name, surname, mail,
-               updated_at, attributes) VALUES ($1, $2, $3, $4, $5, $6, from_ms($7), $8::jsonb)
-             ON CONFLICT (principal_id) DO UPDATE SET user_principal_name = excluded.user_principal_name,
-               display_name = excluded.display_name, given_name = excluded.given_name, surname = excluded.surname,
-               mail = excluded.mail, updated_at = excluded.updated_at, attributes = excluded.attributes",
+            "SELECT pg_advisory_xact_lock(k) FROM (
+               SELECT DISTINCT hashtextextended(key, 0) AS k FROM unnest($1::text[]) AS key ORDER BY k) keys",
         )
-        .bind(principal_id)
-        .bind(&p.user_principal_name)
-        .bind(&p.display_name)
-        .bind(&p.given_name)
-        .bind(&p.surname)
-        .bind(&p.mail)
-        .bind(now)
-        .bind(attributes.to_json())
+        .bind(&keys)
         .execute(&mut **tx)
         .await?;
         Ok(())
     }
 
-    /// Records one event, updates its membership and queues its jobs, inside the caller's
-    /// transaction.
-    async fn accept_in(tx: &mut Tx, event: &Event, effect: &Effect, now: Millis) -> StoreResult<Acceptance> {
-        let existing: Option<(i64, Json<Value>)> =
-            sqlx::query_as("SELECT seq, body FROM events WHERE id = $1 AND status = $2")
-                .bind(&event.id)
-                .bind(&event.status)
-                .fetch_optional(&mut **tx)
-                .await?;
-        if let Some((seq, Json(stored))) = existing {
-            if stored != event.raw {
-                return Ok(Acceptance::Conflict);
-            }
-            let jobs: Vec<(String, String)> =
-                sqlx::query_as("SELECT id, app_id::text FROM jobs WHERE event_seq = $1 ORDER BY seq")
-                    .bind(seq)
-                    .fetch_all(&mut **tx)
-                    .await?;
-            return Ok(Acceptance::Duplicate { jobs });
+    /// The replicas that dispatch for the apps of the accepted jobs hear of them when the batch
+    /// commits; the one that runs the timers hears of every accepted event, since one may have
+    /// moved an end closer (a shortened extension queues no job, but its expiry is due sooner).
+    pub(super) async fn announce_intake(&self, tx: &mut Tx, answers: &[Acceptance]) -> StoreResult<()> {
+        let accepted: Vec<&Vec<(String, String)>> = answers
+            .iter()
+            .filter_map(|a| match a {
+                Acceptance::Accepted { jobs } => Some(jobs),
+                _ => None,
+            })
+            .collect();
+        if accepted.is_empty() {
+            return Ok(());
         }
-
-        if let Some(given) = event.raw.get("principal").filter(|p| p.is_object()) {
-            Self::merge_principal(tx, &event.principal_id, given, event.created_at, now).await?;
-        }
-        // The row is locked as it is read: the expiry (`expire_due`, which claims rows with row
-        // locks) and this event then take turns on it, so an extension is judged against the
-        // state the expiry left, never applied to a row the expiry ended meanwhile.
-        let state: Option<MembershipState> = sqlx::query_as(
-            "SELECT active, to_ms(start_at) AS start_at, to_ms(end_at) AS end_at, to_ms(event_created) AS event_created,
-               grant_request_id FROM memberships
-             WHERE principal_id = $1 AND group_id = $2 AND access_id = $3 FOR UPDATE",
-        )
-        .bind(&event.principal_id)
-        .bind(&event.group_id)
-        .bind(&event.access_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let apps: Vec<AssignedApp> = sqlx::query_as(
-            "SELECT a.id::text AS id, a.name, to_ms(a.next_sync_at) AS next_sync_at
-             FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
-             WHERE ga.group_id = $1 AND a.deleted_at IS NULL AND a.status != 'deleting' ORDER BY a.id",
-        )
-        .bind(&event.group_id)
-        .fetch_all(&mut **tx)
-        .await?;
-        let already_revoked = rules::grants(effect)
-            && sqlx::query_scalar::<_, i32>("SELECT 1 FROM revoked_requests WHERE request_id = $1")
-                .bind(&event.id)
-                .fetch_optional(&mut **tx)
-                .await?
-                .is_some();
-        let plan = rules::intake(event, effect, state.as_ref(), &apps, already_revoked, now);
-        if rules::remembers_revocation(event) {
-            sqlx::query(
-                "INSERT INTO revoked_requests (request_id, principal_id, group_id, end_at, revoked_at)
-                 VALUES ($1, $2, $3, from_ms($4), from_ms($5)) ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(&event.id)
-            .bind(&event.principal_id)
-            .bind(&event.group_id)
-            .bind(rules::revocation_remembered_until(event, state.as_ref()))
-            .bind(now)
+        let mut wakes: Vec<String> = accepted
+            .into_iter()
+            .flatten()
+            .map(|(_, app_id)| format!("app:{app_id}"))
+            .collect();
+        wakes.sort();
+        wakes.dedup();
+        wakes.push("expiry".into());
+        count_statement();
+        sqlx::query("SELECT pg_notify($1, w) FROM unnest($2::text[]) AS w")
+            .bind(WORK_CHANNEL)
+            .bind(&wakes)
             .execute(&mut **tx)
             .await?;
-        }
-
-        let event_seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (id, status, body, action, access_id, principal_id, group_id, created_at, received_at,
-             start_at, end_at, outcome, reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, from_ms($8), from_ms($9), from_ms($10), from_ms($11), $12, $13)
-             RETURNING seq",
-        )
-        .bind(&event.id)
-        .bind(&event.status)
-        .bind(Json(&event.raw))
-        .bind(&event.action_name)
-        .bind(&event.access_id)
-        .bind(&event.principal_id)
-        .bind(&event.group_id)
-        .bind(event.created_at)
-        .bind(now)
-        .bind(event.start_at)
-        .bind(event.end_at)
-        .bind(plan.outcome)
-        .bind(&plan.reason)
-        .fetch_one(&mut **tx)
-        .await?;
-
-        match &plan.membership {
-            None => {}
-            Some(MembershipWrite::Set {
-                active,
-                source,
-                start_at,
-                end_at,
-                grant_request_id,
-            }) => {
-                sqlx::query(
-                    "INSERT INTO memberships (principal_id, group_id, access_id, active, source, start_at, end_at,
-                       event_seq, event_created, expired_at, grant_request_id)
-                     VALUES ($1, $2, $3, $4, $5, from_ms($6), from_ms($7), $8, from_ms($9), NULL, $10)
-                     ON CONFLICT (principal_id, group_id, access_id) DO UPDATE SET active = excluded.active,
-                       source = excluded.source, start_at = excluded.start_at, end_at = excluded.end_at,
-                       event_seq = excluded.event_seq, event_created = excluded.event_created, expired_at = NULL,
-                       grant_request_id = excluded.grant_request_id",
-                )
-                .bind(&event.principal_id)
-                .bind(&event.group_id)
-                .bind(&event.access_id)
-                .bind(active)
-                .bind(source)
-                .bind(start_at)
-                .bind(end_at)
-                .bind(event_seq)
-                .bind(event.created_at)
-                .bind(grant_request_id)
-                .execute(&mut **tx)
-                .await?;
-            }
-            Some(MembershipWrite::Extend { end_at, clear_expiry }) => {
-                sqlx::query(
-                    "UPDATE memberships SET end_at = from_ms($1), event_seq = $2, event_created = from_ms($3),
-                       expired_at = CASE WHEN $4 THEN NULL ELSE expired_at END
-                     WHERE principal_id = $5 AND group_id = $6 AND access_id = $7",
-                )
-                .bind(end_at)
-                .bind(event_seq)
-                .bind(event.created_at)
-                .bind(clear_expiry)
-                .bind(&event.principal_id)
-                .bind(&event.group_id)
-                .bind(&event.access_id)
-                .execute(&mut **tx)
-                .await?;
-            }
-        }
-        let mut jobs = Vec::with_capacity(plan.jobs.len());
-        for job in &plan.jobs {
-            let job_id = uuid::Uuid::now_v7().to_string();
-            sqlx::query(INSERT_JOB)
-                .bind(&job_id)
-                .bind(&job.app_id)
-                .bind(event_seq)
-                .bind(&event.id)
-                .bind(&event.principal_id)
-                .bind(&event.group_id)
-                .bind(job.kind)
-                .bind(job.trigger)
-                .bind("pending")
-                .bind(job.not_before)
-                .bind(now)
-                .bind(None::<i64>)
-                .bind(&job.flag)
-                .bind(now)
-                .bind(None::<String>)
-                .execute(&mut **tx)
-                .await?;
-            jobs.push((job_id, job.app_id.clone()));
-        }
-        for entry in &plan.logs {
-            insert_log!(Dialect::Postgres, &mut **tx, entry)?;
-        }
-        for end in &plan.access_ends {
-            insert_access_end!(Dialect::Postgres, &mut **tx, end)?;
-        }
-        Ok(Acceptance::Accepted { jobs })
+        Ok(())
     }
 }
 
@@ -430,127 +226,6 @@ impl PostgresDb {
     pub(super) async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    #[instrument(skip_all, fields(events = items.len()))]
-    pub(super) async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
-        // One transaction per webhook: each event is still judged alone, and 202 means all committed.
-        let mut tx = self.begin().await?;
-        // SQLite runs one writer at a time; here webhooks commit side by side, so what they share
-        // is locked first: the event's (id, status), whose second copy must find the first
-        // committed, and the membership and principal an event judges and updates, which must see
-        // what an earlier event wrote. All of a webhook's locks are taken at once, in one order,
-        // so two webhooks never wait on each other in a circle.
-        let mut keys = Vec::with_capacity(items.len() * 3);
-        for (e, _) in items {
-            keys.push(format!("event\n{}\n{}", e.id, e.status));
-            keys.push(format!(
-                "membership\n{}\n{}\n{}",
-                e.principal_id, e.group_id, e.access_id
-            ));
-            keys.push(format!("principal\n{}", e.principal_id));
-        }
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(k) FROM (
-               SELECT DISTINCT hashtextextended(key, 0) AS k FROM unnest($1::text[]) AS key ORDER BY k) keys",
-        )
-        .bind(&keys)
-        .execute(&mut *tx)
-        .await?;
-        let mut answers = Vec::with_capacity(items.len());
-        for (event, effect) in items {
-            answers.push(Self::accept_in(&mut tx, event, effect, now).await?);
-        }
-        // The replicas that dispatch for these apps hear of the work when it commits; the one
-        // that runs the timers hears of every accepted event, since one may have moved an end
-        // closer (a shortened extension queues no job, but its expiry is due sooner).
-        let any_accepted = answers.iter().any(|a| matches!(a, Acceptance::Accepted { .. }));
-        let mut wakes: Vec<String> = answers
-            .iter()
-            .filter_map(|a| match a {
-                Acceptance::Accepted { jobs } => Some(jobs),
-                _ => None,
-            })
-            .flatten()
-            .map(|(_, app_id)| format!("app:{app_id}"))
-            .collect();
-        if any_accepted {
-            wakes.sort();
-            wakes.dedup();
-            wakes.push("expiry".into());
-            sqlx::query("SELECT pg_notify($1, w) FROM unnest($2::text[]) AS w")
-                .bind(WORK_CHANNEL)
-                .bind(&wakes)
-                .execute(&mut *tx)
-                .await?;
-        }
-        self.commit(tx).await?;
-        self.order_commits().await;
-        Ok(answers)
-    }
-
-    pub(super) async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
-        Ok(sqlx::query_as(
-            "SELECT seq, id, status, body, to_ms(received_at) AS received_at, outcome, reason FROM events
-             WHERE id = $1 ORDER BY seq",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    pub(super) async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
-        let row: Option<PrincipalRow> = sqlx::query_as(SELECT_PRINCIPAL)
-            .bind(principal_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.and_then(|r| r.attributes().principal()))
-    }
-
-    pub(super) async fn principal_attributes(
-        &self,
-        principal_id: &str,
-    ) -> StoreResult<Option<serde_json::Map<String, Value>>> {
-        let row: Option<PrincipalRow> = sqlx::query_as(SELECT_PRINCIPAL)
-            .bind(principal_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.attributes().values()))
-    }
-
-    pub(super) async fn put_standing_member(
-        &self,
-        group_id: &str,
-        principal: &str,
-        info: Option<&Principal>,
-        now: Millis,
-    ) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        if let Some(p) = info {
-            let given = serde_json::to_value(p).map_err(|e| corrupt("principal", e))?;
-            Self::lock_principal(&mut tx, principal).await?;
-            Self::merge_principal(&mut tx, principal, &given, now, now).await?;
-        }
-        sqlx::query(
-            "INSERT INTO standing_members (group_id, principal_id, created_at) VALUES ($1, $2, from_ms($3))
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(group_id)
-        .bind(principal)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    pub(super) async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        self.delete_unlisted(
-            "DELETE FROM standing_members WHERE group_id = $1 AND NOT (principal_id = ANY($2))",
-            group_id,
-            listed,
-        )
-        .await
     }
 
     pub(super) async fn heartbeat(
@@ -676,29 +351,6 @@ impl PostgresDb {
         listener.listen(WORK_CHANNEL).await?;
         Ok(Some(Box::new(PgWorkListener(listener))))
     }
-
-    // the Graph source (SPEC §7)
-    pub(super) async fn put_principal_attributes(
-        &self,
-        principal_id: &str,
-        attributes: &Value,
-        now: Millis,
-    ) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        Self::lock_principal(&mut tx, principal_id).await?;
-        Self::merge_principal(&mut tx, principal_id, attributes, now, now).await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    pub(super) async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        self.delete_unlisted(
-            "DELETE FROM source_seen_requests WHERE group_id = $1 AND NOT (request_id = ANY($2))",
-            group_id,
-            listed,
-        )
-        .await
-    }
 }
 
 /// `LISTEN` on its own connection. `PgListener` reconnects by itself but drops what was sent
@@ -726,12 +378,20 @@ impl WorkListener for PgWorkListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::dialect::Backend;
     use sqlx::Connection;
+
+    fn pg(store: &SqlStore) -> &PostgresDb {
+        match &store.backend {
+            Backend::Postgres(db) => db,
+            Backend::Sqlite(_) => unreachable!("a PostgreSQL store"),
+        }
+    }
 
     /// A fresh, migrated database on the test PostgreSQL server (`SCIM_BRIDGE_TEST_POSTGRES_URL`,
     /// default the local cluster), dropped by `drop_database`. `None` (the test skips, saying
     /// why) when there is no server, except under `CI=true`.
-    async fn fresh_store() -> Option<(PostgresDb, String, String)> {
+    async fn fresh_store() -> Option<(SqlStore, String, String)> {
         let server = std::env::var("SCIM_BRIDGE_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://scim_bridge_test:scim_bridge_test@127.0.0.1/scim_bridge_test".into());
         let mut admin = match sqlx::PgConnection::connect(&server).await {
@@ -751,13 +411,13 @@ mod tests {
             .expect("create a test database");
         let mut url = url::Url::parse(&server).expect("URL");
         url.set_path(&format!("/{name}"));
-        let store = PostgresDb::open(url.as_str()).await.expect("open");
+        let store = SqlStore::open(url.as_str()).await.expect("open");
         store.migrate().await.expect("migrate");
         Some((store, server, name))
     }
 
-    async fn drop_database(store: PostgresDb, server: &str, name: &str) {
-        store.pool.close().await;
+    async fn drop_database(store: SqlStore, server: &str, name: &str) {
+        pg(&store).pool.close().await;
         if let Ok(mut admin) = sqlx::PgConnection::connect(server).await {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
@@ -792,10 +452,10 @@ mod tests {
         let store = Arc::new(store);
         let now = 1_000_000;
         // The first writer is a webhook: `accept_events` holds the principal's key.
-        let mut first = store.begin().await.unwrap();
-        PostgresDb::lock_principal(&mut first, "p-1").await.unwrap();
-        PostgresDb::merge_principal(
-            &mut first,
+        let mut first = pg(&store).begin().await.unwrap();
+        pg(&store).lock_principal(&mut first, "p-1").await.unwrap();
+        crate::store::principals::merge_principal(
+            &mut *first,
             "p-1",
             &serde_json::json!({"userPrincipalName": "ada@example.test", "mail": "ada@example.test"}),
             now,
@@ -815,7 +475,7 @@ mod tests {
                     .await
             })
         };
-        until_someone_waits_for_a_lock(&store).await;
+        until_someone_waits_for_a_lock(pg(&store)).await;
         first.commit().await.unwrap();
         second.await.unwrap().unwrap();
 

@@ -99,19 +99,19 @@ impl Store for SqlStore {
     }
 
     async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
-        db_run!(self, db => db.accept_events(items, now).await)
+        SqlStore::accept_events(self, items, now).await
     }
 
     async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
-        db_run!(self, db => db.get_event(id).await)
+        SqlStore::get_event(self, id).await
     }
 
     async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
-        db_run!(self, db => db.principal(principal_id).await)
+        SqlStore::principal(self, principal_id).await
     }
 
     async fn principal_attributes(&self, principal_id: &str) -> StoreResult<Option<serde_json::Map<String, Value>>> {
-        db_run!(self, db => db.principal_attributes(principal_id).await)
+        SqlStore::principal_attributes(self, principal_id).await
     }
 
     async fn put_standing_member(
@@ -121,7 +121,7 @@ impl Store for SqlStore {
         info: Option<&Principal>,
         now: Millis,
     ) -> StoreResult<()> {
-        db_run!(self, db => db.put_standing_member(group_id, principal, info, now).await)
+        SqlStore::put_standing_member(self, group_id, principal, info, now).await
     }
 
     async fn delete_standing_member(&self, group_id: &str, principal: &str, now: Millis) -> StoreResult<bool> {
@@ -129,11 +129,11 @@ impl Store for SqlStore {
     }
 
     async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        db_run!(self, db => db.retain_standing_members(group_id, listed).await)
+        SqlStore::retain_standing_members(self, group_id, listed).await
     }
 
     async fn put_principal_attributes(&self, principal_id: &str, attributes: &Value, now: Millis) -> StoreResult<()> {
-        db_run!(self, db => db.put_principal_attributes(principal_id, attributes, now).await)
+        SqlStore::put_principal_attributes(self, principal_id, attributes, now).await
     }
 
     async fn assigned_group_ids(&self) -> StoreResult<Vec<String>> {
@@ -161,7 +161,7 @@ impl Store for SqlStore {
     }
 
     async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        db_run!(self, db => db.forget_requests_except(group_id, listed).await)
+        SqlStore::forget_requests_except(self, group_id, listed).await
     }
 
     async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {

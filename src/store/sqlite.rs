@@ -8,14 +8,11 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
-use tracing::instrument;
 
-use super::access_ends::insert_access_end;
 use super::audit::insert_audit;
-use super::dialect::Dialect;
-use super::logs::insert_log;
+use super::dialect::{Dialect, count_commit};
+use super::events::{Item, write_batch};
 use super::*;
-use crate::rules::{self, AssignedApp, MembershipState, MembershipWrite, StoredAttributes};
 
 pub struct SqliteDb {
     pub(super) pool: SqlitePool,
@@ -36,40 +33,6 @@ struct Waiting {
 }
 
 type Tx = Transaction<'static, Sqlite>;
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-const INSERT_JOB: &str = "INSERT INTO jobs (id, app_id, event_seq, event_id, principal_id, group_id, kind, trigger,
-    state, not_before, received_at, deferred_until, attempt, flag, updated_at, target_display_name)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)";
-
-const SELECT_PRINCIPAL: &str = "SELECT user_principal_name, display_name, given_name, surname, mail, attributes FROM principals WHERE principal_id = ?";
-
-/// A principal's row: the classic columns and, since 0003, the attributes with their times.
-#[derive(sqlx::FromRow)]
-struct PrincipalRow {
-    user_principal_name: String,
-    display_name: Option<String>,
-    given_name: Option<String>,
-    surname: Option<String>,
-    mail: Option<String>,
-    attributes: Option<String>,
-}
-
-impl PrincipalRow {
-    fn attributes(&self) -> StoredAttributes {
-        let legacy = Principal {
-            user_principal_name: self.user_principal_name.clone(),
-            display_name: self.display_name.clone(),
-            given_name: self.given_name.clone(),
-            surname: self.surname.clone(),
-            mail: self.mail.clone(),
-        };
-        StoredAttributes::from_stored(self.attributes.as_deref(), Some(&legacy))
-    }
-}
 
 /// Narrows the database file and its `-wal` and `-shm` files to their owner (0600): they hold
 /// principals' names and mail addresses and the whole log. Done once connected, so a file SQLite
@@ -93,30 +56,6 @@ fn owner_only(database: &std::path::Path) {
             tracing::warn!(path = %path.display(), error = %e, "could not make the database file readable by its owner only");
         }
     }
-}
-
-/// Deletes the group's rows whose key `listed` leaves out: `select` reads the group's keys,
-/// `delete` removes one (group, key). Compared here, not in one statement: a listing can hold more
-/// keys than SQLite takes parameters. Answers how many went.
-async fn delete_unlisted(
-    tx: &mut Tx,
-    select: &'static str,
-    delete: &'static str,
-    group_id: &str,
-    listed: &[String],
-) -> StoreResult<u64> {
-    let listed: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
-    let stored: Vec<(String,)> = sqlx::query_as(select).bind(group_id).fetch_all(&mut **tx).await?;
-    let mut gone = 0;
-    for (key,) in stored.into_iter().filter(|(key,)| !listed.contains(key.as_str())) {
-        gone += sqlx::query(delete)
-            .bind(group_id)
-            .bind(&key)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-    }
-    Ok(gone)
 }
 
 /// What the triggers of a moved store answer to a write (`migrate::mark_moved`), followed by
@@ -204,14 +143,6 @@ impl SqliteDb {
         })
     }
 
-    /// A write transaction, in turn (see `write_turn`): hold the guard until it commits.
-    async fn principal_row(&self, principal_id: &str) -> StoreResult<Option<PrincipalRow>> {
-        Ok(sqlx::query_as(SELECT_PRINCIPAL)
-            .bind(principal_id)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
     /// Commits a write, with the audit entry that records it if one is pending
     /// (`store::audited`): the change and its audit entry commit together or not at all.
     pub(super) async fn commit(&self, mut tx: Tx) -> StoreResult<()> {
@@ -219,277 +150,18 @@ impl SqliteDb {
             insert_audit!(self, &mut *tx, &e)?;
         }
         tx.commit().await?;
-        super::dialect::count_commit();
+        count_commit();
         Ok(())
     }
 
+    /// A write transaction, in turn (see `write_turn`): hold the guard until it commits.
     pub(super) async fn begin(&self) -> StoreResult<(tokio::sync::MutexGuard<'_, ()>, Tx)> {
         let turn = self.write_turn.lock().await;
         Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 
-    /// Commits the queued webhooks in one transaction and answers each (the caller holds the
-    /// write turn). If one webhook's write fails, the group is rolled back and each webhook is
-    /// committed alone, so that only the failing one is refused.
-    async fn commit_group(pool: &SqlitePool, group: Vec<Waiting>) {
-        let results = match Self::write_group(pool, &group).await {
-            Ok(results) => results.into_iter().map(Ok).collect(),
-            Err(_) if group.len() > 1 => {
-                let mut results = Vec::with_capacity(group.len());
-                for w in &group {
-                    results.push(
-                        Self::write_group(pool, std::slice::from_ref(w))
-                            .await
-                            .map(|mut r| r.pop().expect("one webhook, one answer")),
-                    );
-                }
-                results
-            }
-            Err(e) => vec![Err(e)],
-        };
-        for (w, result) in group.into_iter().zip(results) {
-            let _ = w.answer.send(result);
-        }
-    }
-
-    /// The webhooks' events in one transaction: every answer, or the first error (nothing
-    /// written).
-    async fn write_group(pool: &SqlitePool, group: &[Waiting]) -> StoreResult<Vec<Vec<Acceptance>>> {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut results = Vec::with_capacity(group.len());
-        for w in group {
-            let mut answers = Vec::with_capacity(w.items.len());
-            for (event, effect) in &w.items {
-                answers.push(Self::accept_in(&mut tx, event, effect, w.now).await?);
-            }
-            results.push(answers);
-        }
-        tx.commit().await?;
-        super::dialect::count_commit();
-        Ok(results)
-    }
-
-    /// Takes what an event's (or the directory feed's) `principal` object carries, field by
-    /// field, unless a newer event already set that field.
-    async fn merge_principal(
-        tx: &mut Tx,
-        principal_id: &str,
-        given: &Value,
-        created: Millis,
-        now: Millis,
-    ) -> StoreResult<()> {
-        let row: Option<PrincipalRow> = sqlx::query_as(SELECT_PRINCIPAL)
-            .bind(principal_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-        let mut attributes = row.as_ref().map(PrincipalRow::attributes).unwrap_or_default();
-        attributes.merge(given, created);
-        let Some(p) = attributes.principal() else {
-            return Ok(()); // nothing usable yet (no userPrincipalName ever seen)
-        };
-        sqlx::query(
-            "INSERT INTO principals (principal_id, user_principal_name, display_name, given_name, surname, mail,
-               updated_at, attributes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (principal_id) DO UPDATE SET user_principal_name = excluded.user_principal_name,
-               display_name = excluded.display_name, given_name = excluded.given_name, surname = excluded.surname,
-               mail = excluded.mail, updated_at = excluded.updated_at, attributes = excluded.attributes",
-        )
-        .bind(principal_id)
-        .bind(&p.user_principal_name)
-        .bind(&p.display_name)
-        .bind(&p.given_name)
-        .bind(&p.surname)
-        .bind(&p.mail)
-        .bind(now)
-        .bind(attributes.to_json())
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    /// Records one event, updates its membership and queues its jobs, inside the caller's
-    /// transaction.
-    async fn accept_in(tx: &mut Tx, event: &Event, effect: &Effect, now: Millis) -> StoreResult<Acceptance> {
-        let existing: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, body FROM events WHERE id = ? AND status = ?")
-                .bind(&event.id)
-                .bind(&event.status)
-                .fetch_optional(&mut **tx)
-                .await?;
-        if let Some((seq, body)) = existing {
-            let stored: Value = serde_json::from_str(&body).map_err(|e| corrupt("event body", e))?;
-            if stored != event.raw {
-                return Ok(Acceptance::Conflict);
-            }
-            let jobs: Vec<(String, String)> =
-                sqlx::query_as("SELECT id, app_id FROM jobs WHERE event_seq = ? ORDER BY seq")
-                    .bind(seq)
-                    .fetch_all(&mut **tx)
-                    .await?;
-            return Ok(Acceptance::Duplicate { jobs });
-        }
-
-        if let Some(given) = event.raw.get("principal").filter(|p| p.is_object()) {
-            Self::merge_principal(tx, &event.principal_id, given, event.created_at, now).await?;
-        }
-        let state: Option<MembershipState> = sqlx::query_as(
-            "SELECT active, start_at, end_at, event_created, grant_request_id FROM memberships
-             WHERE principal_id = ? AND group_id = ? AND access_id = ?",
-        )
-        .bind(&event.principal_id)
-        .bind(&event.group_id)
-        .bind(&event.access_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let apps: Vec<AssignedApp> = sqlx::query_as(
-            "SELECT a.id, a.name, a.next_sync_at FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
-             WHERE ga.group_id = ? AND a.deleted_at IS NULL AND a.status != 'deleting' ORDER BY a.id",
-        )
-        .bind(&event.group_id)
-        .fetch_all(&mut **tx)
-        .await?;
-        let already_revoked = rules::grants(effect)
-            && sqlx::query_scalar::<_, i64>("SELECT 1 FROM revoked_requests WHERE request_id = ?")
-                .bind(&event.id)
-                .fetch_optional(&mut **tx)
-                .await?
-                .is_some();
-        let plan = rules::intake(event, effect, state.as_ref(), &apps, already_revoked, now);
-        if rules::remembers_revocation(event) {
-            sqlx::query(
-                "INSERT INTO revoked_requests (request_id, principal_id, group_id, end_at, revoked_at)
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(&event.id)
-            .bind(&event.principal_id)
-            .bind(&event.group_id)
-            .bind(rules::revocation_remembered_until(event, state.as_ref()))
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-        }
-
-        let event_seq = sqlx::query(
-            "INSERT INTO events (id, status, body, action, access_id, principal_id, group_id, created_at, received_at,
-             start_at, end_at, outcome, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&event.id)
-        .bind(&event.status)
-        .bind(event.raw.to_string())
-        .bind(&event.action_name)
-        .bind(&event.access_id)
-        .bind(&event.principal_id)
-        .bind(&event.group_id)
-        .bind(event.created_at)
-        .bind(now)
-        .bind(event.start_at)
-        .bind(event.end_at)
-        .bind(plan.outcome)
-        .bind(&plan.reason)
-        .execute(&mut **tx)
-        .await?
-        .last_insert_rowid();
-
-        match &plan.membership {
-            None => {}
-            Some(MembershipWrite::Set {
-                active,
-                source,
-                start_at,
-                end_at,
-                grant_request_id,
-            }) => {
-                sqlx::query(
-                    "INSERT INTO memberships (principal_id, group_id, access_id, active, source, start_at, end_at,
-                       event_seq, event_created, expired_at, grant_request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)
-                     ON CONFLICT (principal_id, group_id, access_id) DO UPDATE SET active = excluded.active,
-                       source = excluded.source, start_at = excluded.start_at, end_at = excluded.end_at,
-                       event_seq = excluded.event_seq, event_created = excluded.event_created, expired_at = NULL,
-                       grant_request_id = excluded.grant_request_id",
-                )
-                .bind(&event.principal_id)
-                .bind(&event.group_id)
-                .bind(&event.access_id)
-                .bind(active)
-                .bind(source)
-                .bind(start_at)
-                .bind(end_at)
-                .bind(event_seq)
-                .bind(event.created_at)
-                .bind(grant_request_id)
-                .execute(&mut **tx)
-                .await?;
-            }
-            Some(MembershipWrite::Extend { end_at, clear_expiry }) => {
-                sqlx::query(
-                    "UPDATE memberships SET end_at = ?, event_seq = ?, event_created = ?,
-                       expired_at = CASE WHEN ? THEN NULL ELSE expired_at END
-                     WHERE principal_id = ? AND group_id = ? AND access_id = ?",
-                )
-                .bind(end_at)
-                .bind(event_seq)
-                .bind(event.created_at)
-                .bind(clear_expiry)
-                .bind(&event.principal_id)
-                .bind(&event.group_id)
-                .bind(&event.access_id)
-                .execute(&mut **tx)
-                .await?;
-            }
-        }
-        let mut jobs = Vec::with_capacity(plan.jobs.len());
-        for job in &plan.jobs {
-            let job_id = uuid::Uuid::now_v7().to_string();
-            sqlx::query(INSERT_JOB)
-                .bind(&job_id)
-                .bind(&job.app_id)
-                .bind(event_seq)
-                .bind(&event.id)
-                .bind(&event.principal_id)
-                .bind(&event.group_id)
-                .bind(job.kind)
-                .bind(job.trigger)
-                .bind("pending")
-                .bind(job.not_before)
-                .bind(now)
-                .bind(None::<i64>)
-                .bind(&job.flag)
-                .bind(now)
-                .bind(None::<String>)
-                .execute(&mut **tx)
-                .await?;
-            jobs.push((job_id, job.app_id.clone()));
-        }
-        for entry in &plan.logs {
-            insert_log!(Dialect::Sqlite, &mut **tx, entry)?;
-        }
-        for end in &plan.access_ends {
-            insert_access_end!(Dialect::Sqlite, &mut **tx, end)?;
-        }
-        Ok(Acceptance::Accepted { jobs })
-    }
-}
-
-/// The methods of `Store` that have not moved to their aggregate's file yet (see `dialect`).
-impl SqliteDb {
-    pub(super) async fn migrate(&self) -> StoreResult<()> {
-        // A moved store is left as it was: no bridge starts on it, no migration changes it.
-        if let Some(destination) = self.moved_to().await? {
-            return Err(StoreError::Moved(destination));
-        }
-        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
-        Ok(())
-    }
-
-    pub(super) async fn ping(&self) -> StoreResult<()> {
-        match self.moved_to().await? {
-            Some(destination) => Err(StoreError::Moved(destination)),
-            None => Ok(()),
-        }
-    }
-
-    #[instrument(skip_all, fields(events = items.len()))]
-    pub(super) async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
+    /// The webhook intake's group commit (`SqlStore::accept_events`).
+    pub(super) async fn accept_grouped(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
         // Group commit: a webhook queues its events and waits for its turn to write. Webhooks
         // that arrived while another commit was being made to disk are then committed together,
         // one fsync for all (if one webhook's write fails, each is written again alone, so only
@@ -524,90 +196,75 @@ impl SqliteDb {
             .unwrap_or_else(|_| Err(StoreError::Corrupt("a webhook's commit was abandoned".into())))
     }
 
-    pub(super) async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
-        Ok(sqlx::query_as(
-            "SELECT seq, id, status, body, received_at, outcome, reason FROM events WHERE id = ? ORDER BY seq",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    pub(super) async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
-        let row = self.principal_row(principal_id).await?;
-        Ok(row.and_then(|r| r.attributes().principal()))
-    }
-
-    pub(super) async fn principal_attributes(
-        &self,
-        principal_id: &str,
-    ) -> StoreResult<Option<serde_json::Map<String, Value>>> {
-        let row = self.principal_row(principal_id).await?;
-        Ok(row.map(|r| r.attributes().values()))
-    }
-
-    pub(super) async fn put_standing_member(
-        &self,
-        group_id: &str,
-        principal: &str,
-        info: Option<&Principal>,
-        now: Millis,
-    ) -> StoreResult<()> {
-        let (_turn, mut tx) = self.begin().await?;
-        if let Some(p) = info {
-            let given = serde_json::to_value(p).map_err(|e| corrupt("principal", e))?;
-            Self::merge_principal(&mut tx, principal, &given, now, now).await?;
+    /// Commits the queued webhooks in one transaction and answers each (the caller holds the
+    /// write turn). If one webhook's write fails, the group is rolled back and each webhook is
+    /// committed alone, so that only the failing one is refused.
+    async fn commit_group(pool: &SqlitePool, group: Vec<Waiting>) {
+        let results = match Self::write_group(pool, &group).await {
+            Ok(results) => results.into_iter().map(Ok).collect(),
+            Err(_) if group.len() > 1 => {
+                let mut results = Vec::with_capacity(group.len());
+                for w in &group {
+                    results.push(
+                        Self::write_group(pool, std::slice::from_ref(w))
+                            .await
+                            .map(|mut r| r.pop().expect("one webhook, one answer")),
+                    );
+                }
+                results
+            }
+            Err(e) => vec![Err(e)],
+        };
+        for (w, result) in group.into_iter().zip(results) {
+            let _ = w.answer.send(result);
         }
-        sqlx::query(
-            "INSERT INTO standing_members (group_id, principal_id, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(group_id)
-        .bind(principal)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        self.commit(tx).await?;
+    }
+
+    /// The webhooks' events in one transaction: every answer, or the first error (nothing
+    /// written).
+    async fn write_group(pool: &SqlitePool, group: &[Waiting]) -> StoreResult<Vec<Vec<Acceptance>>> {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let batch: Vec<Item> = group
+            .iter()
+            .flat_map(|w| {
+                w.items.iter().map(|(event, effect)| Item {
+                    event,
+                    effect,
+                    now: w.now,
+                })
+            })
+            .collect();
+        let mut answers = write_batch(&mut *tx, &batch).await?.answers.into_iter();
+        tx.commit().await?;
+        count_commit();
+        Ok(group
+            .iter()
+            .map(|w| answers.by_ref().take(w.items.len()).collect())
+            .collect())
+    }
+
+    /// No principal locks here: SQLite's writers take turns (see `PostgresDb::lock_principal`).
+    pub(super) async fn lock_principal(&self, _tx: &mut Tx, _principal_id: &str) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+/// The methods of `Store` that have not moved to their aggregate's file yet (see `dialect`).
+impl SqliteDb {
+    pub(super) async fn migrate(&self) -> StoreResult<()> {
+        // A moved store is left as it was: no bridge starts on it, no migration changes it.
+        if let Some(destination) = self.moved_to().await? {
+            return Err(StoreError::Moved(destination));
+        }
+        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
         Ok(())
     }
 
-    pub(super) async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        let (_turn, mut tx) = self.begin().await?;
-        let gone = delete_unlisted(
-            &mut tx,
-            "SELECT principal_id FROM standing_members WHERE group_id = ?",
-            "DELETE FROM standing_members WHERE group_id = ? AND principal_id = ?",
-            group_id,
-            listed,
-        )
-        .await?;
-        self.commit(tx).await?;
-        Ok(gone)
-    }
-
-    pub(super) async fn put_principal_attributes(
-        &self,
-        principal_id: &str,
-        attributes: &Value,
-        now: Millis,
-    ) -> StoreResult<()> {
-        let (_turn, mut tx) = self.begin().await?;
-        Self::merge_principal(&mut tx, principal_id, attributes, now, now).await?;
-        self.commit(tx).await?;
-        Ok(())
-    }
-
-    pub(super) async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        let (_turn, mut tx) = self.begin().await?;
-        let gone = delete_unlisted(
-            &mut tx,
-            "SELECT DISTINCT request_id FROM source_seen_requests WHERE group_id = ?",
-            "DELETE FROM source_seen_requests WHERE group_id = ? AND request_id = ?",
-            group_id,
-            listed,
-        )
-        .await?;
-        self.commit(tx).await?;
-        Ok(gone)
+    pub(super) async fn ping(&self) -> StoreResult<()> {
+        match self.moved_to().await? {
+            Some(destination) => Err(StoreError::Moved(destination)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -648,7 +305,7 @@ mod tests {
             let id = format!("event-{}", i % 100);
             let principal = format!("p-{}", i % 100);
             tasks.push(tokio::spawn(async move {
-                store.accept_events(&[event(&id, &principal, now)], now).await
+                store.accept_grouped(&[event(&id, &principal, now)], now).await
             }));
         }
         let mut accepted = 0;
@@ -683,7 +340,7 @@ mod tests {
         let turn = store.write_turn.clone().lock_owned().await;
         let accept = |id: &'static str| {
             let store = store.clone();
-            tokio::spawn(async move { store.accept_events(&[event(id, id, now)], now).await })
+            tokio::spawn(async move { store.accept_grouped(&[event(id, id, now)], now).await })
         };
         let leader = accept("leader");
         while store.intake.lock().unwrap().is_empty() {
