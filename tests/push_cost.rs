@@ -18,21 +18,22 @@ use crate::common::{self, Event, Kind, Principal, Stack};
 const COMMITS_PER_PUSH: u64 = 3;
 
 /// The statements of one activation's push, intake included, when the push creates both the
-/// user and the group at the target, measured. On SQLite: the dispatcher's pass reads the app,
-/// its runnable jobs, the app again and its assignments; the add's checks (membership active,
-/// member provisioned, confirmed) are one read; the claim, which answers the stored user and
-/// group; the outcome writes the job, the user, the group, the membership with its source group,
-/// and the log entry; then the pass's cycle-request check and next job time; and the expiry
-/// timer, woken by the event, reads the next end. PostgreSQL adds the lease fence of each write
-/// done under the app's lease and the numbering of committed log entries. The intake's own
-/// statements, and the principal's reads, are not counted yet (they are not written with
-/// `sql!`): when they are, these constants rise by what the intake's count says.
-const SQLITE_STATEMENTS_FIRST_PUSH: u64 = 14;
-const POSTGRES_STATEMENTS_FIRST_PUSH: u64 = 23;
+/// user and the group at the target, measured. The intake (one commit): the batch's reads (stored
+/// events, their jobs, principals, memberships, assigned apps, revoked ids) and its writes
+/// (principal, event, membership, jobs), one statement each however many events the batch holds.
+/// The dispatcher's pass reads the app, its runnable jobs, the app again and its assignments; the
+/// add's checks (membership active, member provisioned, confirmed) are one read; the claim, which
+/// answers the stored user and group; the outcome writes the job, the user, the group, the
+/// membership with its source group, and the log entry; then the pass's cycle-request check and
+/// next job time; and the expiry timer, woken by the event, reads the next end. PostgreSQL adds
+/// the lease fence of each write done under the app's lease, the intake's principal locks and its
+/// notification, and the numbering of committed log entries.
+const SQLITE_STATEMENTS_FIRST_PUSH: u64 = 25;
+const POSTGRES_STATEMENTS_FIRST_PUSH: u64 = 35;
 /// The same for a second principal: the group is known (one write fewer), only the user is
 /// created.
-const SQLITE_STATEMENTS_NEXT_PUSH: u64 = 13;
-const POSTGRES_STATEMENTS_NEXT_PUSH: u64 = 22;
+const SQLITE_STATEMENTS_NEXT_PUSH: u64 = 24;
+const POSTGRES_STATEMENTS_NEXT_PUSH: u64 = 34;
 
 /// The counts once the bridge has settled: unchanged over a quarter of a second.
 async fn settled_counts() -> (u64, u64) {
