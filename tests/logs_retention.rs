@@ -152,6 +152,9 @@ async fn personal_data_past_retention_is_purged_but_never_a_live_membership_or_p
     for event in [&live, &ended, &end, &later] {
         assert_eq!(activation_status(&stack, event).await, StatusCode::OK);
     }
+    let ends_of = |event: &Event| format!("/v1/access-ends?eventId={}", event.id());
+    let (_, ends) = stack.bridge.admin(Method::GET, &ends_of(&end), None).await;
+    assert_eq!(ends["items"][0]["status"], "removed", "{ends}");
 
     stack.bridge.advance(31 * DAY).await;
     let purged = wait_until(PUSH_TIMEOUT, || async {
@@ -163,6 +166,9 @@ async fn personal_data_past_retention_is_purged_but_never_a_live_membership_or_p
         purged,
         "the ended activation's events (names, mail addresses) are purged"
     );
+    // Its access-end record (a name too) is kept as long as the log, and no longer.
+    let (_, ends) = stack.bridge.admin(Method::GET, &ends_of(&end), None).await;
+    assert_eq!(ends["items"], serde_json::json!([]), "{ends}");
     // What is still needed stays: the live membership's event, the pending activation.
     assert_eq!(activation_status(&stack, &live).await, StatusCode::OK);
     let (status, pending) = stack

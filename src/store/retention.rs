@@ -42,6 +42,16 @@ impl SqlStore {
                     ),
                     older_than,
                 ),
+                // Access-end records are kept as long as the log (SPEC §8): the settled ones that
+                // ended before the cutoff (an open one, still measured, stays).
+                (
+                    sql!(
+                        db,
+                        "DELETE FROM access_ends WHERE id IN (SELECT id FROM access_ends
+                           WHERE ended_at < {ts $1} AND status NOT IN ('pending', 'failed', 'held') LIMIT $2)"
+                    ),
+                    older_than,
+                ),
                 (
                     sql!(
                         db,
