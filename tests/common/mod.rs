@@ -1173,6 +1173,26 @@ impl Bridge {
         self.post_webhook(body, Some("application/json"), Some(signature)).await
     }
 
+    /// Posts a signed webhook body too large to be taken: answers the status, or `None` when the
+    /// bridge answered and closed the connection before the client had written the whole body
+    /// (the client then sees a broken pipe, not the answer).
+    pub async fn webhook_too_large(&self, body: Vec<u8>) -> Option<StatusCode> {
+        let signature = Bridge::sign(&self.secret, self.signing_time(), &body);
+        let sent = self
+            .http
+            .post(format!("{}/v1/webhooks/pim", self.url))
+            .header("Content-Type", "application/json")
+            .header("X-Bridge-Signature", signature)
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(answer) => Some(answer.status()),
+            Err(e) if e.is_request() => None,
+            Err(e) => panic!("POST /v1/webhooks/pim: {e}"),
+        }
+    }
+
     /// Delivers events (one object, or a batch for several) and insists on 202; answers the body.
     pub async fn deliver(&self, events: &[&Event]) -> Value {
         let body = match events {
