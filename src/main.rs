@@ -144,7 +144,8 @@ fn init_tracing(json: bool) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let log = if json { log.json().boxed() } else { log.boxed() };
     tracing_subscriber::registry()
-        .with(log.with_filter(filter))
+        .with(scim_bridge::trace::enable_spans(filter))
+        .with(log)
         .with(scim_bridge::trace::layer())
         .init();
 }

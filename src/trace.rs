@@ -56,17 +56,110 @@ where
             .with_span_processor(Queue)
             .build()
     });
-    tracing_opentelemetry::layer()
+    let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(SERVICE_NAME))
         .with_location(false)
         .with_threads(false)
         .with_target(false)
         .with_level(false)
-        .with_tracked_inactivity(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-            meta.is_span() && meta.target() == TARGET
-        }))
-        .boxed()
+        .with_tracked_inactivity(false);
+    Box::new(OnlyTraced(otel))
+}
+
+/// The log's filter (`RUST_LOG`) with the traced spans always enabled: trace ids do not depend
+/// on how much is logged.
+pub fn enable_spans(filter: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
+    filter.add_directive(format!("{TARGET}=info").parse().expect("a valid directive"))
+}
+
+/// Hands the layer inside only the spans of [`TARGET`] (never an event, so no log line becomes a
+/// span event). A wrapper rather than a per-layer filter: it makes no callsite enabled or
+/// disabled (the log's filter decides), and a traced span's parent is the traced span entered
+/// around it (the OpenTelemetry context each one activates), whatever other spans lie between.
+struct OnlyTraced<L>(L);
+
+fn traced<S: tracing::Subscriber + for<'a> LookupSpan<'a>>(
+    id: &tracing::span::Id,
+    ctx: &tracing_subscriber::layer::Context<'_, S>,
+) -> bool {
+    ctx.metadata(id).is_some_and(|meta| meta.target() == TARGET)
+}
+
+impl<S, L> Layer<S> for OnlyTraced<L>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    L: Layer<S>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.0.on_register_dispatch(subscriber);
+    }
+
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.0.on_layer(subscriber);
+    }
+
+    fn register_callsite(&self, _meta: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().target() == TARGET {
+            self.0.on_new_span(attrs, id, ctx);
+        }
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if traced(id, &ctx) {
+            self.0.on_record(id, values, ctx);
+        }
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if traced(id, &ctx) {
+            self.0.on_enter(id, ctx);
+        }
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if traced(id, &ctx) {
+            self.0.on_exit(id, ctx);
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if traced(&id, &ctx) {
+            self.0.on_close(id, ctx);
+        }
+    }
+
+    fn on_id_change(
+        &self,
+        old: &tracing::span::Id,
+        new: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_id_change(old, new, ctx);
+    }
+
+    // `Span::context()` and `set_parent` find the OpenTelemetry layer through the dispatch.
+    unsafe fn downcast_raw(&self, id: std::any::TypeId) -> Option<*const ()> {
+        if id == std::any::TypeId::of::<Self>() {
+            Some(self as *const Self as *const ())
+        } else {
+            // SAFETY: the inner layer answers for its own types, as `Layered` relies on.
+            unsafe { self.0.downcast_raw(id) }
+        }
+    }
 }
 
 /// The process's resource: `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` (read by the
@@ -154,10 +247,7 @@ pub fn start_export(protocol: Protocol, endpoint: Option<&str>) -> anyhow::Resul
     exporter.set_resource(&resource());
     let (queue, spans) = mpsc::channel(queue_size);
     let task = tokio::spawn(send_batches(exporter, spans, batch_size, delay));
-    let previous = EXPORT
-        .write()
-        .expect("export lock")
-        .replace(Exporting { queue, task });
+    let previous = EXPORT.write().expect("export lock").replace(Exporting { queue, task });
     if let Some(previous) = previous {
         previous.task.abort();
     }
@@ -239,14 +329,8 @@ impl SpanProcessor for Queue {
 
 /// The W3C `traceparent` of a span context: `00-<trace id>-<span id>-<flags>`.
 pub fn format_traceparent(cx: &SpanContext) -> Option<String> {
-    cx.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            cx.trace_id(),
-            cx.span_id(),
-            cx.trace_flags().to_u8()
-        )
-    })
+    cx.is_valid()
+        .then(|| format!("00-{}-{}-{:02x}", cx.trace_id(), cx.span_id(), cx.trace_flags().to_u8()))
 }
 
 /// The context a `traceparent` names (a remote parent), if it is well formed.

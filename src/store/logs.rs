@@ -7,9 +7,9 @@ use super::*;
 pub(super) const INSERT_LOG: &str =
     "INSERT INTO provisioning_logs (id, time, app_id, app_name, trigger, cycle_id, event_id, job_id,
     principal_id, user_principal_name, group_id, action, status, reason, deferred_until, target_user_id,
-    target_group_id, attempt, duration_ms, latency_ms, steps)
+    target_group_id, attempt, duration_ms, latency_ms, steps, trace_id)
     VALUES ($1, {ts $2}, {uuid $3}, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, {ts $15}, $16, $17, $18,
-    $19, $20, {jsonb $21})";
+    $19, $20, {jsonb $21}, $22)";
 
 /// Writes the entry `$e` on `$conn` (a backend's connection or transaction); `$db` is the
 /// backend, or its `Dialect`.
@@ -38,6 +38,7 @@ macro_rules! insert_log {
             .bind(e.duration_ms)
             .bind(e.latency_ms)
             .bind($crate::store::to_json(&e.steps))
+            .bind(&e.trace_id)
             .execute($conn)
             .await
     }};
@@ -56,7 +57,7 @@ macro_rules! log_columns {
         "{seq}, id, {ms time} AS time, {text app_id} AS app_id, app_name, trigger, cycle_id,
          event_id, job_id, principal_id, user_principal_name, group_id, action, status, reason,
          {ms deferred_until} AS deferred_until, target_user_id, target_group_id, attempt, duration_ms, latency_ms,
-         steps"
+         steps, trace_id"
     };
 }
 

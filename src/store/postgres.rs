@@ -52,13 +52,13 @@ macro_rules! job_columns {
     () => {
         "seq, id, app_id::text AS app_id, event_id, principal_id, group_id, kind, trigger, state,
          to_ms(not_before) AS not_before, to_ms(received_at) AS received_at, to_ms(deferred_until) AS deferred_until,
-         attempt, flag, to_ms(admitted_at) AS admitted_at, target_display_name"
+         attempt, flag, to_ms(admitted_at) AS admitted_at, target_display_name, trace_context"
     };
 }
 
 const INSERT_JOB: &str = "INSERT INTO jobs (id, app_id, event_seq, event_id, principal_id, group_id, kind, trigger,
-    state, not_before, received_at, deferred_until, attempt, flag, updated_at, target_display_name)
-    VALUES ($1, $2::uuid, $3, $4, $5, $6, $7, $8, $9, from_ms($10), from_ms($11), from_ms($12), 0, $13, from_ms($14), $15)";
+    state, not_before, received_at, deferred_until, attempt, flag, updated_at, target_display_name, trace_context)
+    VALUES ($1, $2::uuid, $3, $4, $5, $6, $7, $8, $9, from_ms($10), from_ms($11), from_ms($12), 0, $13, from_ms($14), $15, $16)";
 
 /// Inserts a job: one no event brought (on-demand provisioning, a removal a cycle step handed on;
 /// `event_seq` `None`) or an expiry's removal (the membership's event).
@@ -84,6 +84,7 @@ async fn insert_job_in(
         .bind(&job.flag)
         .bind(now)
         .bind(&job.target_display_name)
+        .bind(&job.trace_context)
         .execute(conn)
         .await?;
     Ok(())
@@ -443,6 +444,7 @@ impl PostgresDb {
                 .bind(&job.flag)
                 .bind(now)
                 .bind(None::<String>)
+                .bind(&event.traceparent)
                 .execute(&mut **tx)
                 .await?;
             jobs.push((job_id, job.app_id.clone()));
@@ -874,6 +876,7 @@ impl PostgresDb {
                     admitted_at: None,
                     // No target group of its own: it removes where the event's group put the member.
                     target_display_name: None,
+                    trace_context: None,
                 };
                 insert_job_in(&mut tx, &job, Some(m.event_seq), now).await?;
                 if !woken.contains(&app_id) {

@@ -41,8 +41,8 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 const INSERT_JOB: &str = "INSERT INTO jobs (id, app_id, event_seq, event_id, principal_id, group_id, kind, trigger,
-    state, not_before, received_at, deferred_until, attempt, flag, updated_at, target_display_name)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)";
+    state, not_before, received_at, deferred_until, attempt, flag, updated_at, target_display_name, trace_context)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)";
 
 /// Inserts a job: one no event brought (on-demand provisioning, a removal a cycle step handed on;
 /// `event_seq` `None`) or an expiry's removal (the membership's event).
@@ -68,6 +68,7 @@ async fn insert_job_in(
         .bind(&job.flag)
         .bind(now)
         .bind(&job.target_display_name)
+        .bind(&job.trace_context)
         .execute(conn)
         .await?;
     Ok(())
@@ -485,6 +486,7 @@ impl SqliteDb {
                 .bind(&job.flag)
                 .bind(now)
                 .bind(None::<String>)
+                .bind(&event.traceparent)
                 .execute(&mut **tx)
                 .await?;
             jobs.push((job_id, job.app_id.clone()));
@@ -867,6 +869,7 @@ impl SqliteDb {
                     admitted_at: None,
                     // No target group of its own: it removes where the event's group put the member.
                     target_display_name: None,
+                    trace_context: None,
                 };
                 insert_job_in(&mut tx, &job, Some(m.event_seq), now).await?;
                 if !woken.contains(&app_id) {
