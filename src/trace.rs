@@ -37,6 +37,10 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// The export in progress, if any: where finished spans are queued, and the task sending them.
 static EXPORT: RwLock<Option<Exporting>> = RwLock::new(None);
 
+/// While set, finished spans are not queued even with an export running (the bench compares the
+/// push path with and without export on one bridge).
+static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 struct Exporting {
     queue: mpsc::Sender<SpanData>,
     task: tokio::task::JoinHandle<()>,
@@ -265,6 +269,11 @@ pub async fn stop_export(timeout: Duration) {
     }
 }
 
+/// Holds the export (spans end unqueued) or lets it go on.
+pub fn pause_export(paused: bool) {
+    PAUSED.store(paused, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Sends queued spans in batches: a batch goes when it is full or `delay` after its first span.
 async fn send_batches(
     exporter: opentelemetry_otlp::SpanExporter,
@@ -310,6 +319,9 @@ impl SpanProcessor for Queue {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
 
     fn on_end(&self, span: SpanData) {
+        if PAUSED.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let export = EXPORT.read().expect("export lock");
         if let Some(export) = export.as_ref()
             && let Err(mpsc::error::TrySendError::Full(_)) = export.queue.try_send(span)
