@@ -214,13 +214,14 @@ pub fn start_export_from_env() -> anyhow::Result<bool> {
     let Some(protocol) = requested_protocol()? else {
         return Ok(false);
     };
-    start_export(protocol, None)?;
+    start_export(protocol, None, None)?;
     Ok(true)
 }
 
 /// Starts exporting (replacing an export in progress) with `protocol`, to `endpoint` or where
-/// the variables say. The batch settings are the standard `OTEL_BSP_*` variables.
-pub fn start_export(protocol: Protocol, endpoint: Option<&str>) -> anyhow::Result<()> {
+/// the variables say. The batch settings are the standard `OTEL_BSP_*` variables; `delay`, when
+/// given, replaces `OTEL_BSP_SCHEDULE_DELAY`.
+pub fn start_export(protocol: Protocol, endpoint: Option<&str>, delay: Option<Duration>) -> anyhow::Result<()> {
     let number = |name: &str, default: u64| {
         std::env::var(name)
             .ok()
@@ -230,7 +231,7 @@ pub fn start_export(protocol: Protocol, endpoint: Option<&str>) -> anyhow::Resul
     };
     let queue_size = number("OTEL_BSP_MAX_QUEUE_SIZE", 2048) as usize;
     let batch_size = (number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512) as usize).min(queue_size);
-    let delay = Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000));
+    let delay = delay.unwrap_or_else(|| Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000)));
     let timeout = Duration::from_millis(number("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000));
     let client = crate::http_client_builder()
         .timeout(timeout)
