@@ -311,6 +311,9 @@ async fn send_batches(
     }
 }
 
+/// Spans dropped by a full queue since the process started (the metric counts the same).
+static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The span processor: finished spans go to the export queue when an export runs; a full queue
 /// drops the span and counts it, so no traced work ever waits for the exporter.
 #[derive(Debug)]
@@ -327,6 +330,7 @@ impl SpanProcessor for Queue {
         if let Some(export) = export.as_ref()
             && let Err(mpsc::error::TrySendError::Full(_)) = export.queue.try_send(span)
         {
+            DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             crate::metrics::trace_span_dropped();
         }
     }
@@ -409,6 +413,26 @@ pub fn route_template(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A collector that takes nothing (its queue full) costs a traced task nothing: the spans
+    /// that do not fit are dropped and counted at once.
+    #[tokio::test]
+    async fn a_full_export_queue_drops_and_counts_spans_instead_of_waiting() {
+        use opentelemetry::trace::{Span as _, Tracer as _};
+        let (queue, mut queued) = mpsc::channel(2);
+        let task = tokio::spawn(std::future::pending::<()>());
+        *EXPORT.write().unwrap() = Some(Exporting { queue, task });
+        let provider = SdkTracerProvider::builder().with_span_processor(Queue).build();
+        let tracer = provider.tracer("test");
+        let dropped_before = DROPPED.load(std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..5 {
+            tracer.start("span").end();
+        }
+        assert_eq!(DROPPED.load(std::sync::atomic::Ordering::Relaxed) - dropped_before, 3);
+        assert!(queued.try_recv().is_ok() && queued.try_recv().is_ok());
+        assert!(queued.try_recv().is_err(), "two queued, no more");
+        stop_export(Duration::from_millis(10)).await;
+    }
 
     #[test]
     fn a_scim_path_becomes_its_route_template() {
