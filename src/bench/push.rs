@@ -25,16 +25,41 @@ pub(super) async fn push_path(scale: Scale, backend: &Backend, rows: &mut Vec<Ro
     export_overhead(scale, backend, rows).await
 }
 
+/// What the push path runs against: the responder, a fresh database, a bridge on it with no
+/// window, and an app on the responder with the bench's group assigned.
+struct PushSetup {
+    responder: Responder,
+    target: String,
+    db: super::Database,
+    bridge: InProcess,
+    http: reqwest::Client,
+    group: String,
+}
+
+impl PushSetup {
+    async fn start(backend: &Backend, what: &str) -> anyhow::Result<Self> {
+        let (responder, target) = Responder::start().await?;
+        let db = backend.fresh(what).await?;
+        let bridge = start_in_process(&db, UNLIMITED).await?;
+        let http = crate::http_client();
+        let group = uuid::Uuid::new_v4().to_string();
+        register_app(&http, &bridge.url, ADMIN, &target, json!({}), &group, TARGET_NAME).await?;
+        Ok(Self {
+            responder,
+            target,
+            db,
+            bridge,
+            http,
+            group,
+        })
+    }
+}
+
 /// Activations one at a time on one bridge, export on and off in turn (so warm-up, the machine's
 /// other load and the store's growth fall on both alike): every span of the "on" ones goes over
 /// OTLP/HTTP to a local receiver, through the same bounded queue as in `serve`.
 async fn export_overhead(scale: Scale, backend: &Backend, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let (responder, target) = Responder::start().await?;
-    let db = backend.fresh("push-export").await?;
-    let bridge = start_in_process(&db, UNLIMITED).await?;
-    let http = crate::http_client();
-    let group = uuid::Uuid::new_v4().to_string();
-    register_app(&http, &bridge.url, ADMIN, &target, json!({}), &group, TARGET_NAME).await?;
+    let setup = PushSetup::start(backend, "push-export").await?;
     let sink = super::otlp_sink().await?;
     // Batches go every 100 ms (not the default 5 s): their encoding and sending fall inside the
     // measured pushes rather than after them.
@@ -50,7 +75,7 @@ async fn export_overhead(scale: Scale, backend: &Backend, rows: &mut Vec<Row>) -
         let exporting = i % 2 == 1;
         crate::trace::pause_export(!exporting);
         let principal = uuid::Uuid::new_v4().to_string();
-        let pushed = activate(&http, &bridge, &responder, &principal, &group).await;
+        let pushed = activate(&setup.http, &setup.bridge, &setup.responder, &principal, &setup.group).await;
         // The push's own spans end once its outcome is recorded, just after the PATCH: they are
         // let end (and be queued) before the next turn, outside what is measured.
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -68,8 +93,8 @@ async fn export_overhead(scale: Scale, backend: &Backend, rows: &mut Vec<Row>) -
     }
     crate::trace::pause_export(false);
     crate::trace::stop_export(Duration::from_secs(10)).await;
-    bridge.stop().await;
-    db.remove().await;
+    setup.bridge.stop().await;
+    setup.db.remove().await;
     measured?;
     let exported = sink.batches();
     let name = backend.name();
@@ -96,12 +121,14 @@ async fn export_overhead(scale: Scale, backend: &Backend, rows: &mut Vec<Row>) -
 /// handled at the target, beside the same SCIM requests replayed by a plain client. The
 /// difference is the bridge's own time (intake, commit, wake-up, mapping, records).
 async fn push_path_once(scale: Scale, backend: &Backend, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let (responder, target) = Responder::start().await?;
-    let db = backend.fresh("push").await?;
-    let bridge = start_in_process(&db, UNLIMITED).await?;
-    let http = crate::http_client();
-    let group = uuid::Uuid::new_v4().to_string();
-    register_app(&http, &bridge.url, ADMIN, &target, json!({}), &group, TARGET_NAME).await?;
+    let PushSetup {
+        responder,
+        target,
+        db,
+        bridge,
+        http,
+        group,
+    } = PushSetup::start(backend, "push").await?;
 
     let mut through = Vec::new();
     let mut direct = Vec::new();
