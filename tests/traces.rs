@@ -673,3 +673,79 @@ async fn a_cycle_is_a_trace_of_its_own_whose_steps_link_to_the_deferred_activati
     assert_allow_listed(&spans);
     receiver.assert_holds_nothing_personal(&principal);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_graph_poll_takes_in_is_one_trace_with_a_span_per_event_down_to_the_scim_requests() {
+    let receiver = Receiver::start().await;
+    let Some(graph) = common::graph::GraphServer::start(10).await else {
+        return;
+    };
+    let mut env = receiver.env("r1");
+    env.extend(graph.bridge_env().into_iter().map(|(k, v)| (k.to_string(), v)));
+    let Some(stack) = Stack::start_with(Kind::Scim2Server, &refs(&env)).await else {
+        return;
+    };
+    let group = common::SourceGroup::new();
+    graph.put_group(&group, None).await;
+    let (first, second) = (Principal::new(), Principal::new());
+    let now = chrono::Utc::now();
+    let mut requests = Vec::new();
+    for principal in [&first, &second] {
+        graph.add_user(principal).await;
+        let request = common::graph::pim_request("selfActivate", "Provisioned", principal, &group, now);
+        graph.put_request(&request).await;
+        requests.push(request["id"].as_str().expect("a request id").to_string());
+    }
+    // Assigned once both are there: the group's first poll reads the two together.
+    stack
+        .bridge
+        .assign_group(&stack.app_id, &group.id, &format!("Polled {}", common::short_id()))
+        .await;
+    let mut traces = Vec::new();
+    for id in &requests {
+        let entry = stack
+            .bridge
+            .wait_for_log(
+                &[("eventId", id), ("status", "success"), ("action", "add_member")],
+                |_| true,
+                Duration::from_secs(15),
+            )
+            .await;
+        traces.push(entry["traceId"].as_str().expect("a traceId").to_string());
+    }
+    assert_eq!(traces[0], traces[1], "one poll, one trace: {traces:?}");
+    let trace_id = traces[0].clone();
+    let spans = receiver
+        .wait_for("both pushes under the poll's span", |spans| {
+            let trace = one_trace(spans, &trace_id);
+            trace
+                .iter()
+                .filter(|s| s.name == "PATCH /Groups/{id}" && ancestry(&trace, s).len() == 5)
+                .count()
+                == 2
+        })
+        .await;
+    let trace = one_trace(&spans, &trace_id);
+    let page = trace.iter().find(|s| s.name == "graph.page").expect("the poll's span");
+    assert!(page.parent.is_empty(), "the poll starts the trace");
+    let events: Vec<&&Exported> = trace.iter().filter(|s| s.name == "event").collect();
+    assert_eq!(events.len(), 2, "{}", show(&spans));
+    for event in &events {
+        assert_eq!(event.parent, page.span_id, "{}", show(&spans));
+        assert!(requests.contains(&event.attributes["event.id"]), "{event:?}");
+    }
+    let patch = trace.iter().find(|s| s.name == "PATCH /Groups/{id}").unwrap();
+    assert_eq!(
+        ancestry(&trace, patch),
+        ["PATCH /Groups/{id}", "push", "admission", "event", "graph.page"]
+    );
+    assert_allow_listed(&spans);
+    receiver.assert_holds_nothing_personal(&first);
+    receiver.assert_holds_nothing_personal(&second);
+    let raw = receiver.received.lock().unwrap().raw.clone();
+    assert!(
+        !raw.windows(graph.client_secret.len())
+            .any(|w| w == graph.client_secret.as_bytes()),
+        "the Graph client secret is not exported"
+    );
+}
