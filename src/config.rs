@@ -182,6 +182,10 @@ pub struct Config {
     /// SCIM_BRIDGE_TRACE_URL: a URL with `{traceId}`, where the page links each log entry's
     /// trace (a Jaeger or Grafana address, say); `None`: the trace id is shown without a link.
     pub trace_url: Option<String>,
+    /// How long access may outlive its end at an app before the end counts as over the app's
+    /// objective (SCIM_BRIDGE_ACCESS_END_SLO, default 60s; an app's `accessEndSloSeconds`
+    /// overrides it).
+    pub access_end_slo_ms: Millis,
 }
 
 impl Config {
@@ -207,6 +211,7 @@ impl Config {
             replica_id: default_replica_id(),
             lease_ttl_ms: 15_000,
             trace_url: None,
+            access_end_slo_ms: 60_000,
         }
     }
 
@@ -324,6 +329,12 @@ impl Config {
             }
             config.trace_url = Some(v.to_string());
         }
+        if let Some(v) = var("SCIM_BRIDGE_ACCESS_END_SLO") {
+            config.access_end_slo_ms = parse_duration_ms(&v).context("SCIM_BRIDGE_ACCESS_END_SLO")?;
+            if config.access_end_slo_ms < 1_000 {
+                bail!("SCIM_BRIDGE_ACCESS_END_SLO must be at least 1s");
+            }
+        }
         Ok(config)
     }
 
@@ -440,6 +451,7 @@ pub const VARIABLES: &[&str] = &[
     "SCIM_BRIDGE_BODY_TIMEOUT",
     "SCIM_BRIDGE_REPLICA_ID",
     "SCIM_BRIDGE_LEASE_TTL",
+    "SCIM_BRIDGE_ACCESS_END_SLO",
     "SCIM_BRIDGE_GRAPH_TENANT_ID",
     "SCIM_BRIDGE_GRAPH_CLIENT_ID",
     "SCIM_BRIDGE_GRAPH_CLIENT_SECRET",

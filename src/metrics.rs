@@ -9,7 +9,7 @@ use std::time::Duration;
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::store::{CycleCounts, SharedStore, StoreResult};
+use crate::store::{AppRecord, CycleCounts, SharedStore, StoreResult};
 
 pub const WEBHOOK_EVENTS: &str = "scim_bridge_webhook_events_total";
 pub const WEBHOOK_REJECTIONS: &str = "scim_bridge_webhook_rejections_total";
@@ -30,12 +30,20 @@ pub const LEASES_HELD: &str = "scim_bridge_leases_held";
 pub const LEASE_CHANGES: &str = "scim_bridge_lease_changes_total";
 pub const TRACE_SPANS_DROPPED: &str = "scim_bridge_trace_spans_dropped_total";
 pub const TRACE_EXPORTS: &str = "scim_bridge_trace_exports_total";
+pub const ACCESS_EXCESS: &str = "scim_bridge_access_excess_seconds";
+pub const ACCESS_ENDS_OVER_SLO: &str = "scim_bridge_access_ends_over_slo";
+pub const HELD_REMOVALS: &str = "scim_bridge_held_removals";
 
 /// SCIM calls take milliseconds to a request timeout of 30 s.
 const REQUEST_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 /// Arrival to confirmation: immediate pushes take well under a second, deferred ones up to a cycle.
 const LATENCY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 2400.0, 3600.0, 86400.0,
+];
+/// How long access outlived its end: a second or less when all goes well, up to hours when a
+/// target refuses removals for long.
+const EXCESS_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 2400.0, 3600.0, 14400.0, 86400.0,
 ];
 const CYCLE_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
 
@@ -48,6 +56,7 @@ pub fn install() -> &'static PrometheusHandle {
             .set_buckets_for_metric(Matcher::Full(SCIM_REQUEST_DURATION.into()), REQUEST_BUCKETS)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PUSH_LATENCY.into()), LATENCY_BUCKETS))
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CYCLE_DURATION.into()), CYCLE_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ACCESS_EXCESS.into()), EXCESS_BUCKETS))
             .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -113,6 +122,11 @@ fn describe() {
     describe_counter!(
         LEASE_CHANGES,
         "Leases this replica took from another one, by reason: takeover (the other's had expired), handover (released)."
+    );
+    describe_histogram!(
+        ACCESS_EXCESS,
+        Unit::Seconds,
+        "How long access outlived its end at an app (end to the target's confirmation), by reason_class: pim (expiry, deactivation, revoked, adminRemove), other."
     );
     describe_histogram!(
         CYCLE_DURATION,
@@ -216,8 +230,15 @@ pub fn cycle_ended(app_id: &str, trigger: &str, status: &str, duration_ms: i64, 
     }
 }
 
-/// The exposition text: what was recorded, then the gauges read from the store now.
-pub async fn render(store: &SharedStore) -> StoreResult<String> {
+/// An access end confirmed by the target: how long access outlived it.
+pub fn access_excess(pim_end: bool, excess_ms: i64) {
+    let class = if pim_end { "pim" } else { "other" };
+    histogram!(ACCESS_EXCESS, "reason_class" => class).record(excess_ms.max(0) as f64 / 1000.0);
+}
+
+/// The exposition text: what was recorded, then the gauges read from the store now (`now` on
+/// the bridge's clock; `slo_ms` gives each app's access-end objective).
+pub async fn render(store: &SharedStore, now: i64, slo_ms: impl Fn(&AppRecord) -> i64) -> StoreResult<String> {
     let mut out = install().render();
     let apps = store.list_apps().await?;
     gauge_header(&mut out, APPS, "Registered apps by status.");
@@ -247,6 +268,31 @@ pub async fn render(store: &SharedStore) -> StoreResult<String> {
     for app in &apps {
         let n = deferred.get(&app.id).copied().unwrap_or(0);
         out.push_str(&format!("{DEFERRED_JOBS}{{app_id=\"{}\"}} {n}\n", label(&app.id)));
+    }
+    gauge_header(
+        &mut out,
+        ACCESS_ENDS_OVER_SLO,
+        "PIM ends still waiting for the target longer than the app's access-end objective (a series only while above 0).",
+    );
+    let mut over: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    let open = store.open_access_ends().await?;
+    for end in open.iter().filter(|e| e.is_pim_end() && e.status != "held") {
+        if let Some(app) = apps.iter().find(|a| a.id == end.app_id)
+            && now - end.ended_at > slo_ms(app)
+        {
+            *over.entry(app.id.as_str()).or_default() += 1;
+        }
+    }
+    for (app_id, n) in over {
+        out.push_str(&format!("{ACCESS_ENDS_OVER_SLO}{{app_id=\"{}\"}} {n}\n", label(app_id)));
+    }
+    gauge_header(
+        &mut out,
+        HELD_REMOVALS,
+        "Removals the app's deletion guard holds until approved or rejected (a series only while above 0).",
+    );
+    for (app_id, n) in store.held_counts().await? {
+        out.push_str(&format!("{HELD_REMOVALS}{{app_id=\"{}\"}} {n}\n", label(&app_id)));
     }
     gauge_header(
         &mut out,

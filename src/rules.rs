@@ -6,6 +6,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::activation::{Action, Effect, Event, MIN_DURATION_MS};
+use crate::store::AccessEnd;
 use crate::types::{LogEntry, Millis, Principal};
 
 /// The stored membership of one (principal, group, access), as far as the rules need it.
@@ -63,6 +64,55 @@ pub struct Intake {
     pub membership: Option<MembershipWrite>,
     pub jobs: Vec<NewJob>,
     pub logs: Vec<LogEntry>,
+    /// The access ends the event decides, one per assigned app (SPEC §8), born pending in the
+    /// event's commit.
+    pub access_ends: Vec<AccessEnd>,
+}
+
+/// Which PIM end an event is (`deactivation`, `adminRemove`, `revoked`) and when access should
+/// have ended: a deactivation's or an admin removal's request time, never later than its
+/// arrival; a revocation's arrival (SPEC §8).
+pub fn pim_end_of(event: &Event, now: Millis) -> (&'static str, Millis) {
+    if event.status == "Revoked" {
+        ("revoked", now)
+    } else if event.action == Action::AdminRemove {
+        ("adminRemove", event.created_at.min(now))
+    } else {
+        ("deactivation", event.created_at.min(now))
+    }
+}
+
+/// A new, pending access-end record of the end of a principal's entitlement through a group at
+/// one app. Its `userPrincipalName` and `targetDisplayName`, when not given, are copied by the
+/// store when it writes the record.
+#[allow(clippy::too_many_arguments)]
+pub fn access_end(
+    app_id: &str,
+    principal_id: &str,
+    user_principal_name: Option<String>,
+    group_id: &str,
+    event_id: Option<String>,
+    reason: &str,
+    ended_at: Millis,
+    now: Millis,
+) -> AccessEnd {
+    AccessEnd {
+        id: uuid::Uuid::now_v7().to_string(),
+        app_id: app_id.to_string(),
+        principal_id: principal_id.to_string(),
+        user_principal_name,
+        group_id: group_id.to_string(),
+        target_display_name: None,
+        event_id,
+        reason: reason.to_string(),
+        ended_at,
+        learned_at: now,
+        removed_at: None,
+        action: None,
+        status: "pending".into(),
+        waiting_on: None,
+        updated_at: now,
+    }
 }
 
 /// Whether the event takes membership away (a deactivation, an admin removal or `Revoked`).
@@ -115,6 +165,7 @@ pub fn intake(
         reason: Some(reason),
         membership: None,
         jobs: Vec::new(),
+        access_ends: Vec::new(),
     };
     match effect {
         Effect::Skip(reason) => skip(reason.clone()),
@@ -145,6 +196,7 @@ pub fn intake(
                 })
                 .collect(),
             logs: Vec::new(),
+            access_ends: Vec::new(),
         },
         Effect::Assign { start, end } => {
             let reason = "assignments are provisioned by the next synchronization cycle";
@@ -160,6 +212,7 @@ pub fn intake(
                 }),
                 jobs: Vec::new(),
                 logs: log_for_each(apps, event, "deferred", reason, true, now),
+                access_ends: Vec::new(),
             }
         }
         Effect::Extend { .. } if !state.is_some_and(|s| s.active) => {
@@ -174,6 +227,7 @@ pub fn intake(
             }),
             jobs: Vec::new(),
             logs: Vec::new(),
+            access_ends: Vec::new(),
         },
         Effect::Remove => {
             let start = state.and_then(|s| s.start_at).or(event.start_at);
@@ -203,6 +257,25 @@ pub fn intake(
                     })
                     .collect(),
                 logs: Vec::new(),
+                access_ends: {
+                    let (reason, ended_at) = pim_end_of(event, now);
+                    let upn = event.principal.as_ref().map(|p| p.user_principal_name.clone());
+                    apps.iter()
+                        .map(|a| {
+                            let (principal, group) = (&event.principal_id, &event.group_id);
+                            access_end(
+                                &a.id,
+                                principal,
+                                upn.clone(),
+                                group,
+                                Some(event.id.clone()),
+                                reason,
+                                ended_at,
+                                now,
+                            )
+                        })
+                        .collect()
+                },
             }
         }
     }

@@ -5,6 +5,8 @@
 #[path = "common/mod.rs"]
 mod common;
 
+#[path = "access_end.rs"]
+mod access_end;
 #[path = "api_access.rs"]
 mod api_access;
 #[path = "api_edge.rs"]
@@ -15,12 +17,16 @@ mod app_lifecycle;
 mod compose;
 #[path = "cycle_faults.rs"]
 mod cycle_faults;
+#[path = "deletion_guard.rs"]
+mod deletion_guard;
 #[path = "engine.rs"]
 mod engine;
 #[path = "graph_source.rs"]
 mod graph_source;
 #[path = "legacy_removal.rs"]
 mod legacy_removal;
+#[path = "links.rs"]
+mod links;
 #[path = "load.rs"]
 mod load;
 #[path = "logs_activation.rs"]

@@ -330,6 +330,10 @@ async fn a_database_of_the_previous_release_opens_and_its_pending_and_deferred_w
     assert_eq!(app["owners"], json!(["admin"]), "{app}");
     assert_eq!(app["status"], "active", "{app}");
     assert_eq!(app["driftRepair"], "report", "{app}");
+    // Stored before the access-end settings existed: it reads as SPEC §8 says.
+    assert_eq!(app["provisionGroups"], true, "{app}");
+    assert_eq!(app["onAccessEnd"], "removeMember", "{app}");
+    assert_eq!(app["accessEndSloSeconds"], 60, "{app}");
     assert!(
         !app.to_string().contains(target.credential()),
         "secrets never shown: {app}"
@@ -554,6 +558,9 @@ async fn a_postgres_database_of_the_previous_release_opens_and_its_pending_work_
     .await;
     let app = bridge.app(&app_id).await;
     assert_eq!(app["name"], app_name.as_str(), "{app}");
+    assert_eq!(app["provisionGroups"], true, "{app}");
+    assert_eq!(app["onAccessEnd"], "removeMember", "{app}");
+    assert_eq!(app["accessEndSloSeconds"], 60, "{app}");
     target.assert_members_eventually(&target_name, &[pending.upn()]).await;
     bridge.wait_for_event_log(&event, "success", Some("add_member")).await;
     let again = bridge.deliver(&[&event]).await;

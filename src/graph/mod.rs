@@ -517,7 +517,7 @@ impl Poller {
                     .is_none_or(|t| t == "#microsoft.graph.user");
                 if member.get("@removed").is_some() {
                     store
-                        .delete_standing_member(&self.group_id, principal_id)
+                        .delete_standing_member(&self.group_id, principal_id, self.ctx().now())
                         .await
                         .map_err(store_error)?;
                     continue;

@@ -14,11 +14,12 @@ use super::ApiContext;
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ApiResult, JsonBody, Path, Query};
 use super::model::{
-    App, AppList, Assignment, AssignmentList, AuthKind, ConnectionTest, Cycle, CycleList, CycleStarted, MappingPreview,
+    App, AppList, Assignment, AssignmentList, AuthKind, ConnectionTest, Cycle, CycleList, CycleStarted, HeldRemovals,
+    MappingPreview,
 };
 use crate::clock::to_rfc3339;
 use crate::provisioning::DEPROVISIONING;
-use crate::store::{AppChanges, AppRecord, AppSettings, Job, LogFilter, TargetMember};
+use crate::store::{AppChanges, AppRecord, AppSettings, Job, LogFilter, OnAccessEnd, OutOfScope, TargetMember};
 
 /// The fields each body may hold besides the settings (`model::AppRegistration`, `model::AppUpdate`,
 /// `model::MappingPreviewRequest` describe them; a test checks they agree).
@@ -37,6 +38,10 @@ pub(super) const SETTINGS_KEYS: &[&str] = &[
     "membersPerPatch",
     "attributeMapping",
     "matching",
+    "provisionGroups",
+    "onAccessEnd",
+    "accessEndSloSeconds",
+    "deletionGuard",
 ];
 
 fn settings_from(base: &AppSettings, input: &Map<String, Value>) -> ApiResult<AppSettings> {
@@ -75,11 +80,94 @@ fn settings_from(base: &AppSettings, input: &Map<String, Value>) -> ApiResult<Ap
     if settings.pacing.requests_per_second == 0 {
         return Err(ApiError::bad("pacing.requestsPerSecond", "must be at least 1"));
     }
+    if settings.access_end_slo_seconds == Some(0) {
+        return Err(ApiError::bad("accessEndSloSeconds", "must be at least 1"));
+    }
+    if !settings.provisions_groups() && settings.on_access_end == Some(OnAccessEnd::RemoveMember) {
+        return Err(ApiError::unprocessable(
+            "onAccessEnd",
+            "removeMember needs groups: with provisionGroups false the account is the entitlement (disableUser or deleteUser)",
+        ));
+    }
+    if settings.out_of_scope == OutOfScope::Disable && settings.on_access_end() != OnAccessEnd::RemoveMember {
+        return Err(ApiError::unprocessable(
+            "outOfScope",
+            "outOfScope disable is the cycle-time disable of removeMember apps: with onAccessEnd disableUser or deleteUser the end already acts on the account",
+        ));
+    }
     // Parsed once here, when it is saved: a mapping that does not compile is never stored.
     settings
         .compiled_mapping()
         .map_err(|e| ApiError::unprocessable(&e.field, e.message))?;
     Ok(settings)
+}
+
+/// The checks of an app's access-end settings against the other apps and what it provisioned
+/// (SPEC §8): an app that disables or deletes users must be the only one on its `scimBaseUrl`
+/// (another app's users would be disabled or deleted with its own), and `provisionGroups` only
+/// changes while nothing is provisioned.
+async fn check_access_end(
+    ctx: &ApiContext,
+    app_id: &str,
+    url: &str,
+    settings: &AppSettings,
+    before: Option<&AppSettings>,
+) -> ApiResult<()> {
+    let store = &ctx.engine.ctx.store;
+    let acts_on_users = |s: &AppSettings| s.on_access_end() != OnAccessEnd::RemoveMember;
+    for other in store.list_apps().await? {
+        if other.id == app_id || other.deleted_at.is_some() || !same_target(&other.scim_base_url, url) {
+            continue;
+        }
+        if acts_on_users(settings) {
+            return Err(ApiError::unprocessable(
+                "onAccessEnd",
+                format!(
+                    "{} users at {url}, which the app {} ({}) also uses: its users would be touched too",
+                    if settings.on_access_end() == OnAccessEnd::DeleteUser {
+                        "deleteUser deletes"
+                    } else {
+                        "disableUser disables"
+                    },
+                    other.name,
+                    other.id
+                ),
+            ));
+        }
+        if acts_on_users(&other.settings) {
+            return Err(ApiError::unprocessable(
+                "scimBaseUrl",
+                format!(
+                    "the app {} ({}) uses this scimBaseUrl with onAccessEnd {}: two apps on one target cannot share it then",
+                    other.name,
+                    other.id,
+                    serde_json::to_value(other.settings.on_access_end())
+                        .unwrap_or_default()
+                        .as_str()
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    if let Some(before) = before
+        && before.provisions_groups() != settings.provisions_groups()
+        && !store.provisioned_members(app_id).await?.is_empty()
+    {
+        return Err(ApiError::Conflict(
+            "provisionGroups changes only while the app has no provisioned users: deprovision them first (DELETE ?deprovision=true, or end their entitlements)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Two `scimBaseUrl`s name the same target: the same URL, compared without a trailing slash
+/// and with the scheme and host in lower case.
+fn same_target(a: &str, b: &str) -> bool {
+    let norm = |u: &str| match url::Url::parse(u) {
+        Ok(url) => url.as_str().trim_end_matches('/').to_string(),
+        Err(_) => u.trim_end_matches('/').to_string(),
+    };
+    norm(a) == norm(b)
 }
 
 /// Refuses URLs that are not http(s), ones that reach a cloud metadata address, and (unless
@@ -163,6 +251,11 @@ pub(super) async fn app_body(ctx: &ApiContext, app: &AppRecord) -> ApiResult<App
         patch_style: settings.patch_style,
         drift_repair: settings.drift_repair,
         out_of_scope: settings.out_of_scope,
+        provision_groups: settings.provisions_groups(),
+        on_access_end: settings.on_access_end(),
+        access_end_slo_seconds: engine.access_end_slo_ms(app) / 1000,
+        deletion_guard: settings.deletion_guard(),
+        held_removals: held_summary(&engine.store.held_removals(&app.id).await?),
         members_per_patch: settings.members_per_patch,
         attribute_mapping: settings
             .attribute_mapping
@@ -182,6 +275,71 @@ pub(super) async fn app_body(ctx: &ApiContext, app: &AppRecord) -> ApiResult<App
         members_left_to_remove,
         warnings: Vec::new(),
     })
+}
+
+/// What the deletion guard holds at an app: how many, since when, by which cycle (the first).
+fn held_summary(held: &[crate::store::HeldRemoval]) -> Option<HeldRemovals> {
+    let first = held.first()?;
+    Some(HeldRemovals {
+        count: held.len(),
+        since: to_rfc3339(first.held_at),
+        cycle_id: first.cycle_id.clone(),
+    })
+}
+
+/// Sends the removals the deletion guard holds (SPEC §8): each goes as a removal of its own,
+/// re-checked when it is sent and paced as a cycle's step.
+pub async fn approve_held(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    caller.require(&[Role::Admin, Role::Operator])?;
+    let engine = &ctx.engine.ctx;
+    let count = ctx
+        .audited(
+            &caller,
+            "app.approve_held_removals",
+            &app.id,
+            json!({}),
+            engine.store.approve_held(&app.id, engine.now()),
+        )
+        .await?;
+    if count == 0 {
+        return Err(ApiError::Conflict(
+            "the deletion guard holds no removal at this app".into(),
+        ));
+    }
+    ctx.engine.wake(&app.id);
+    Ok(Json(json!({"count": count})))
+}
+
+/// Forgets the removals the deletion guard holds: the members stay at the target, and the bridge
+/// no longer counts those memberships as its own (SPEC §8).
+pub async fn reject_held(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let app = visible_app(&ctx, &caller, &id).await?;
+    caller.require(&[Role::Admin, Role::Operator])?;
+    let engine = &ctx.engine.ctx;
+    let count = ctx
+        .audited(
+            &caller,
+            "app.reject_held_removals",
+            &app.id,
+            json!({}),
+            engine.store.reject_held(&app.id, engine.now()),
+        )
+        .await?;
+    if count == 0 {
+        return Err(ApiError::Conflict(
+            "the deletion guard holds no removal at this app".into(),
+        ));
+    }
+    Ok(Json(json!({"count": count})))
 }
 
 pub(super) fn cycle_body(c: &crate::store::CycleRecord) -> Cycle {
@@ -271,6 +429,7 @@ pub async fn create(
     let id = uuid::Uuid::now_v7().to_string();
     let (auth_type, sealed) = seal_auth(&ctx, &id, auth, &mut warnings).await?;
     let settings = settings_from(&AppSettings::default(), &input)?;
+    check_access_end(&ctx, &id, &url, &settings, None).await?;
     let mut owners = vec![caller.name.clone()];
     if caller.role == Role::Admin {
         for o in owners_field(&input)?.unwrap_or_default() {
@@ -382,6 +541,11 @@ pub async fn update(
     if SETTINGS_KEYS.iter().any(|k| input.contains_key(*k)) {
         changes.settings = Some(settings_from(&app.settings, &input)?);
     }
+    if changes.settings.is_some() || changes.scim_base_url.is_some() {
+        let url = changes.scim_base_url.as_deref().unwrap_or(&app.scim_base_url);
+        let settings = changes.settings.as_ref().unwrap_or(&app.settings);
+        check_access_end(&ctx, &app.id, url, settings, Some(&app.settings)).await?;
+    }
     // `paused` and `active` are the owner's switch; a quarantine is the bridge's verdict and
     // only `quarantine/clear` lifts it. While quarantined (`quarantine_level > 0`) the status
     // reason stays the quarantine's, paused or not.
@@ -472,6 +636,7 @@ pub async fn delete(
         // when none is left. Asking again retries a failing removal at once.
         let changes = AppChanges {
             status: Some(("deleting".into(), Some(DEPROVISIONING.into()))),
+            deprovision_at: Some(engine.now()),
             ..Default::default()
         };
         ctx.audited(
@@ -509,8 +674,12 @@ pub async fn put_group(
     let app = visible_app(&ctx, &caller, &id).await?;
     caller.require(&[Role::Admin])?;
     let input = object(body)?;
-    let target =
-        text_field(&input, "targetDisplayName")?.ok_or_else(|| ApiError::bad("targetDisplayName", "is required"))?;
+    // Without groups the target group's name is optional and ignored (SPEC §8).
+    let target = match text_field(&input, "targetDisplayName")? {
+        Some(target) => target,
+        None if !app.settings.provisions_groups() => String::new(),
+        None => return Err(ApiError::bad("targetDisplayName", "is required")),
+    };
     let engine = &ctx.engine.ctx;
     let a = crate::store::Assignment {
         app_id: app.id.clone(),
@@ -570,7 +739,10 @@ pub async fn delete_group(
             "group.unassign",
             &app.id,
             json!({"groupId": group_id}),
-            ctx.engine.ctx.store.delete_assignment(&app.id, &group_id),
+            ctx.engine
+                .ctx
+                .store
+                .delete_assignment(&app.id, &group_id, ctx.engine.ctx.now()),
         )
         .await?;
     if !deleted {

@@ -68,7 +68,10 @@ pub async fn delete_member(
             "directory.delete_member",
             &group_id,
             json!({"principalId": principal_id}),
-            ctx.engine.ctx.store.delete_standing_member(&group_id, &principal_id),
+            ctx.engine
+                .ctx
+                .store
+                .delete_standing_member(&group_id, &principal_id, ctx.engine.ctx.now()),
         )
         .await?;
     if !deleted {

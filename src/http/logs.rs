@@ -31,7 +31,7 @@ pub struct LogQuery {
     /// Only entries of this event (activation).
     event_id: Option<String>,
     /// Only entries with this outcome.
-    #[param(pattern = "^(success|failure|skipped|deferred)$")]
+    #[param(pattern = "^(success|failure|skipped|deferred|held)$")]
     status: Option<String>,
     /// Only entries of this action (`add_member`, `remove_member`, `create_user`, `update_user`,
     /// `disable_user`).
@@ -72,13 +72,13 @@ fn decode_cursor(c: &str) -> ApiResult<i64> {
         .ok_or_else(|| ApiError::bad("cursor", "is not a cursor this API gave out"))
 }
 
-fn time_param(field: &str, v: &Option<String>) -> ApiResult<Option<i64>> {
+pub(super) fn time_param(field: &str, v: &Option<String>) -> ApiResult<Option<i64>> {
     v.as_deref()
         .map(|s| parse_rfc3339(s).ok_or_else(|| ApiError::bad(field, "must be an RFC 3339 date-time")))
         .transpose()
 }
 
-fn one_of(field: &str, value: &Option<String>, allowed: &[&str]) -> ApiResult<()> {
+pub(super) fn one_of(field: &str, value: &Option<String>, allowed: &[&str]) -> ApiResult<()> {
     match value {
         Some(v) if !allowed.contains(&v.as_str()) => {
             Err(ApiError::bad(field, format!("must be one of {}", allowed.join(", "))))
@@ -95,7 +95,11 @@ async fn filter_for(ctx: &ApiContext, caller: &Caller, q: &LogQuery) -> ApiResul
         None
     };
     // A value no entry can have is a mistake to point out, not an empty page.
-    one_of("status", &q.status, &["success", "failure", "skipped", "deferred"])?;
+    one_of(
+        "status",
+        &q.status,
+        &["success", "failure", "skipped", "deferred", "held"],
+    )?;
     one_of(
         "trigger",
         &q.trigger,
@@ -180,7 +184,7 @@ const CSV_COLUMNS: &[&str] = &[
 
 /// One CSV cell. Text that a spreadsheet would read as a formula (it starts with `=`, `+`, `-`,
 /// `@`, tab or carriage return) gets a leading `'`: names and reasons come from outside.
-fn csv_field(v: &Value) -> String {
+pub(super) fn csv_field(v: &Value) -> String {
     let s = match v {
         Value::Null => String::new(),
         Value::String(s) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => format!("'{s}"),
@@ -259,7 +263,7 @@ pub async fn export(State(ctx): State<ApiContext>, caller: Caller, Query(q): Que
 }
 
 /// A channel-backed stream fed by a producer task.
-fn async_stream<F, Fut>(produce: F) -> impl futures::Stream<Item = Result<String, std::io::Error>>
+pub(super) fn async_stream<F, Fut>(produce: F) -> impl futures::Stream<Item = Result<String, std::io::Error>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<String, std::io::Error>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,

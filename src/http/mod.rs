@@ -1,9 +1,11 @@
 //! The HTTP API: one module per resource, one context, one error type.
 
+mod access_ends;
 mod apps;
 mod auth;
 mod directory;
 pub mod error;
+mod links;
 mod logs;
 pub mod model;
 mod openapi;
@@ -208,6 +210,66 @@ pub const ROUTES: &[Route] = &[
         handler: |m| on(m, apps::delete),
     },
     Route {
+        method: "post",
+        path: "/v1/apps/{appId}/held-removals/approve",
+        summary: "Send the removals the deletion guard holds (each re-checked, paced as a cycle's step)",
+        tag: "apps",
+        access: Access::Roles("admin, operator"),
+        query: ParamsOf::NONE,
+        request: None,
+        ok: 200,
+        body: Body::Json(SchemaOf::of::<model::HeldCount>()),
+        handler: |m| on(m, apps::approve_held),
+    },
+    Route {
+        method: "post",
+        path: "/v1/apps/{appId}/held-removals/reject",
+        summary: "Forget the removals the deletion guard holds: the members stay at the target",
+        tag: "apps",
+        access: Access::Roles("admin, operator"),
+        query: ParamsOf::NONE,
+        request: None,
+        ok: 200,
+        body: Body::Json(SchemaOf::of::<model::HeldCount>()),
+        handler: |m| on(m, apps::reject_held),
+    },
+    Route {
+        method: "get",
+        path: "/v1/apps/{appId}/users",
+        summary: "Object links: which target user is which principal at the app, by principal, paged",
+        tag: "apps",
+        access: APP_READERS,
+        query: ParamsOf::of::<links::LinkQuery>(),
+        request: None,
+        ok: 200,
+        body: Body::Json(SchemaOf::of::<model::UserLinkPage>()),
+        handler: |m| on(m, links::list),
+    },
+    Route {
+        method: "get",
+        path: "/v1/apps/{appId}/users/{principalId}",
+        summary: "One principal's object link at the app",
+        tag: "apps",
+        access: APP_READERS,
+        query: ParamsOf::NONE,
+        request: None,
+        ok: 200,
+        body: Body::Json(SchemaOf::of::<model::UserLink>()),
+        handler: |m| on(m, links::get),
+    },
+    Route {
+        method: "delete",
+        path: "/v1/apps/{appId}/users/{principalId}",
+        summary: "Forget a stale object link (the app must be paused); its memberships stay, in doubt",
+        tag: "apps",
+        access: Access::Roles("admin, operator"),
+        query: ParamsOf::NONE,
+        request: None,
+        ok: 204,
+        body: Body::Empty,
+        handler: |m| on(m, links::delete),
+    },
+    Route {
         method: "get",
         path: "/v1/apps/{appId}/groups",
         summary: "The source groups assigned to an app",
@@ -398,6 +460,42 @@ pub const ROUTES: &[Route] = &[
         ok: 200,
         body: Body::Json(SchemaOf::of::<crate::types::LogEntryView<'static>>()),
         handler: |m| on(m, logs::get),
+    },
+    Route {
+        method: "get",
+        path: "/v1/access-ends",
+        summary: "Access-end records: how long access outlived each end, newest end first, filtered and paged",
+        tag: "access ends",
+        access: LOG_READERS,
+        query: ParamsOf::of::<access_ends::AccessEndQuery>().except(&["format"]),
+        request: None,
+        ok: 200,
+        body: Body::Json(SchemaOf::of::<model::AccessEndPage>()),
+        handler: |m| on(m, access_ends::list),
+    },
+    Route {
+        method: "get",
+        path: "/v1/access-ends/export",
+        summary: "Every matching access-end record, streamed as CSV or JSON lines",
+        tag: "access ends",
+        access: LOG_READERS,
+        query: ParamsOf::of::<access_ends::AccessEndQuery>().except(&["limit", "cursor"]),
+        request: None,
+        ok: 200,
+        body: Body::Media(&["text/csv", "application/x-ndjson"]),
+        handler: |m| on(m, access_ends::export),
+    },
+    Route {
+        method: "get",
+        path: "/v1/access-ends/summary",
+        summary: "Per app: how long access outlived PIM's ends (p50, p99, max), pending ends, ends over the objective",
+        tag: "access ends",
+        access: LOG_READERS,
+        query: ParamsOf::of::<access_ends::SummaryQuery>(),
+        request: None,
+        ok: 200,
+        body: Body::Json(SchemaOf::of::<model::AccessEndSummary>()),
+        handler: |m| on(m, access_ends::summary),
     },
     Route {
         method: "get",
@@ -593,7 +691,8 @@ async fn readyz(State(ctx): State<ApiContext>) -> impl IntoResponse {
 }
 
 async fn metrics(State(ctx): State<ApiContext>) -> error::ApiResult<Response> {
-    let text = crate::metrics::render(&ctx.engine.ctx.store).await?;
+    let engine = &ctx.engine.ctx;
+    let text = crate::metrics::render(&engine.store, engine.now(), |app| engine.access_end_slo_ms(app)).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

@@ -11,7 +11,9 @@ use utoipa::ToSchema;
 
 use crate::config::RateLimit;
 use crate::mapping::MappingEntry;
-use crate::store::{AppSettings, CycleCounts, DriftRepair, OutOfScope, Overflow, Pacing, PatchStyle};
+use crate::store::{
+    AppSettings, CycleCounts, DeletionGuard, DriftRepair, OnAccessEnd, OutOfScope, Overflow, Pacing, PatchStyle,
+};
 use crate::types::{LogEntryView, Principal, Step};
 
 /// RFC 9457 problem details: every error answer, and each refused event of a batch.
@@ -217,6 +219,17 @@ pub struct App {
     pub patch_style: PatchStyle,
     pub drift_repair: DriftRepair,
     pub out_of_scope: OutOfScope,
+    /// `false`: no groups at the target, the user account is the entitlement (SPEC §8).
+    pub provision_groups: bool,
+    /// What the end of a user's last entitlement to the app does there.
+    pub on_access_end: OnAccessEnd,
+    /// How long access may outlive its end here before the end is late (the app's own or the
+    /// bridge's `SCIM_BRIDGE_ACCESS_END_SLO`).
+    pub access_end_slo_seconds: i64,
+    /// The deletion guard in effect; null when turned off.
+    pub deletion_guard: Option<DeletionGuard>,
+    /// What the deletion guard holds; null when nothing is held.
+    pub held_removals: Option<HeldRemovals>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub members_per_patch: Option<u32>,
     /// What a target receives as a User (the default mapping when none was set).
@@ -242,6 +255,25 @@ pub struct App {
     /// stands, each naming its field (a `scimBaseUrl` whose name does not resolve).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// Removals the deletion guard holds at an app (SPEC §8).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldRemovals {
+    pub count: usize,
+    /// When the first was held.
+    #[schema(format = DateTime)]
+    pub since: String,
+    /// The cycle that held the first.
+    pub cycle_id: String,
+}
+
+/// The answer to approving or rejecting held removals.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeldCount {
+    /// How many removals were sent (approve) or forgotten (reject).
+    pub count: u64,
 }
 
 /// Which kind of credentials the app has.
@@ -407,6 +439,128 @@ pub struct LogPage<'a> {
     pub items: Vec<LogEntryView<'a>>,
     /// Pass as `cursor` for the next (older) page; null on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// An object link (SPEC §8): the target user the bridge knows for a principal at an app.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserLink {
+    pub principal_id: String,
+    /// The user's id at the target.
+    pub target_id: String,
+    /// The `userName` last sent.
+    pub user_name: Option<String>,
+    pub created_by_bridge: bool,
+    /// `active` as last sent.
+    pub active: bool,
+    /// The user's last successful push at this app.
+    #[schema(format = DateTime)]
+    pub last_push_at: Option<String>,
+    /// The target groups the bridge provisioned the user in.
+    pub groups: Vec<UserLinkGroup>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserLinkGroup {
+    pub target_display_name: String,
+    pub target_group_id: Option<String>,
+    /// The assigned source groups that make this target group.
+    pub source_group_ids: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserLinkPage {
+    /// By principal id.
+    pub items: Vec<UserLink>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One end of an entitlement at an app and what became of it (SPEC §8).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessEndView {
+    pub id: String,
+    pub app_id: String,
+    pub principal_id: String,
+    pub user_principal_name: Option<String>,
+    pub group_id: String,
+    pub target_display_name: Option<String>,
+    pub event_id: Option<String>,
+    #[schema(pattern = "^(expiry|deactivation|revoked|adminRemove|directory|unassigned|appDeprovisioned|outOfScope)$")]
+    pub reason: String,
+    /// When access should have ended (the scheduled end, the request's time, its arrival...).
+    #[schema(format = DateTime)]
+    pub ended_at: String,
+    /// When the bridge learned of the end.
+    #[schema(format = DateTime)]
+    pub learned_at: String,
+    /// The target's confirmation of the first request that ended access.
+    #[schema(format = DateTime)]
+    pub removed_at: Option<String>,
+    /// `removedAt` − `endedAt`, or now − `endedAt` while not removed; null when nothing was to be
+    /// removed.
+    pub excess_ms: Option<i64>,
+    #[schema(pattern = "^(remove_member|disable_user|delete_user)$")]
+    pub action: Option<String>,
+    #[schema(pattern = "^(pending|failed|removed|kept|notProvisioned|held|rejected)$")]
+    pub status: String,
+    /// While pending: `window`, `retry`, `paused` or `held`.
+    pub waiting_on: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessEndPage {
+    /// Newest end first.
+    pub items: Vec<AccessEndView>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Percentiles of how long access outlived its end, over confirmed ends.
+#[derive(Debug, Default, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExcessFigures {
+    pub count: usize,
+    pub p50_ms: Option<i64>,
+    pub p99_ms: Option<i64>,
+    pub max_ms: Option<i64>,
+}
+
+/// One app's access ends over the summary's period: PIM ends judged against its objective, the
+/// other reasons apart.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppAccessEnds {
+    pub app_id: String,
+    pub app_name: String,
+    pub slo_seconds: i64,
+    /// Confirmed PIM ends.
+    pub count: usize,
+    pub p50_ms: Option<i64>,
+    pub p99_ms: Option<i64>,
+    pub max_ms: Option<i64>,
+    /// PIM ends still waiting for the target (pending or failed).
+    pub pending: usize,
+    /// How long the oldest of those has outlived its end.
+    pub oldest_pending_ms: Option<i64>,
+    /// PIM ends confirmed later than the objective, or still pending past it.
+    pub over_slo: usize,
+    /// The ends with other reasons (directory, unassigned, appDeprovisioned, outOfScope).
+    pub other: ExcessFigures,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessEndSummary {
+    #[schema(format = DateTime)]
+    pub since: String,
+    #[schema(format = DateTime)]
+    pub until: String,
+    pub items: Vec<AppAccessEnds>,
 }
 
 /// One activation (event id): each status received for it and, per app it concerns, where it stands.

@@ -37,6 +37,7 @@ pub fn document() -> Value {
             {"name": "directory", "description": "Standing (non-activation) memberships"},
             {"name": "sources", "description": "Where events come from: the webhook and the Graph pollers"},
             {"name": "logs", "description": "Provisioning logs, activations and the audit trail"},
+            {"name": "access ends", "description": "How long access outlived each end of an entitlement, per app (SPEC §8)"},
             {"name": "tokens", "description": "API tokens"},
             {"name": "service", "description": "Health, metrics, this document and the operator page"},
         ],

@@ -16,8 +16,8 @@ use crate::clock::Millis;
 use crate::mapping::AppMapping;
 use crate::scim::{ScimClient, ScimError};
 use crate::store::{
-    AppRecord, CycleCounts, CycleRecord, DriftRepair, Job, JobChange, LogEntry, MemberChange, OutOfScope, Outcome,
-    TargetMember,
+    AppRecord, CycleCounts, CycleRecord, DriftRepair, Job, JobChange, LogEntry, MemberChange, OnAccessEnd, OutOfScope,
+    Outcome, TargetMember,
 };
 use crate::types::Step;
 
@@ -91,6 +91,11 @@ enum CycleStep {
     Drift {
         target: String,
     },
+    /// Without groups: read one account the bridge enabled or disabled and compare its `active`
+    /// (`driftRepair`).
+    DriftUser {
+        principal: String,
+    },
     /// `outOfScope: disable`: an account the bridge created that nothing entitles any more.
     Disable {
         principal: String,
@@ -101,6 +106,13 @@ enum CycleStep {
     /// Replaces the changed `always` attributes of one known user.
     UpdateUser {
         principal: String,
+    },
+    /// The deletion guard's decision (SPEC §8): removals it holds (`newly`: logged `held`, once
+    /// per pair) and held ones whose member is entitled again.
+    Hold {
+        hold: Vec<TargetMember>,
+        newly: Vec<TargetMember>,
+        release: Vec<TargetMember>,
     },
     /// Plan again if a manual cycle was merged in, else record the end.
     Finish,
@@ -114,6 +126,9 @@ struct StepResult {
     legacy_remove: bool,
     /// A removal this step could not make, handed on to be retried on the clock.
     new_jobs: Vec<Job>,
+    /// Removals the deletion guard holds, and held ones whose member is entitled again.
+    hold: Vec<TargetMember>,
+    release: Vec<TargetMember>,
 }
 
 /// How a step ended.
@@ -269,9 +284,16 @@ impl Cycle {
         self.app_name = app.name.clone();
         self.standing = store.standing_members(&app.id).await?.into_iter().collect();
         let assignments = store.list_assignments(&app.id).await?;
+        // Without groups the account is the entitlement: one membership per user, at "".
+        let groups = app.settings.provisions_groups();
         let target_of: HashMap<&str, &str> = assignments
             .iter()
-            .map(|a| (a.group_id.as_str(), a.target_display_name.as_str()))
+            .map(|a| {
+                (
+                    a.group_id.as_str(),
+                    if groups { a.target_display_name.as_str() } else { "" },
+                )
+            })
             .collect();
         let mut steps = VecDeque::new();
         if !dry_run {
@@ -296,10 +318,64 @@ impl Cycle {
                 self.origin.insert(member, job);
             }
         }
-        let desired: BTreeSet<TargetMember> = store.desired_members(&app.id, now).await?.into_iter().collect();
+        let desired: BTreeSet<TargetMember> = store
+            .desired_members(&app.id, now)
+            .await?
+            .into_iter()
+            .map(|mut m| {
+                if !groups {
+                    m.target_display_name.clear();
+                }
+                m
+            })
+            .collect();
         let provisioned: BTreeSet<TargetMember> = store.provisioned_members(&app.id).await?.into_iter().collect();
         let to_add: Vec<&TargetMember> = desired.difference(&provisioned).collect();
-        let to_remove: Vec<&TargetMember> = provisioned.difference(&desired).collect();
+        let mut to_remove: Vec<&TargetMember> = provisioned.difference(&desired).collect();
+        // The deletion guard (SPEC §8): a removal that settles a PIM end is never counted nor
+        // held; the others (a directory removal, an unassignment, drift) count, and more than the
+        // threshold, or any while a hold is open, are held all together.
+        let held: BTreeSet<TargetMember> = store
+            .held_removals(&app.id)
+            .await?
+            .into_iter()
+            .map(|h| TargetMember {
+                target_display_name: h.target_display_name,
+                principal_id: h.principal_id,
+            })
+            .collect();
+        let release: Vec<TargetMember> = held.iter().filter(|m| desired.contains(*m)).cloned().collect();
+        let pim_ends: BTreeSet<(String, String)> = store
+            .open_access_ends()
+            .await?
+            .into_iter()
+            .filter(|e| e.app_id == app.id && e.is_pim_end() && e.status != "held")
+            .map(|e| (e.principal_id, e.target_display_name.unwrap_or_default()))
+            .collect();
+        let counted: Vec<TargetMember> = to_remove
+            .iter()
+            .filter(|m| !held.contains(**m))
+            .filter(|m| !pim_ends.contains(&(m.principal_id.clone(), m.target_display_name.clone())))
+            .map(|m| (*m).clone())
+            .collect();
+        let still_held = held.len() - release.len();
+        let holding = app
+            .settings
+            .deletion_guard()
+            .is_some_and(|g| still_held > 0 || counted.len() as u64 > g.threshold);
+        let hold: Vec<TargetMember> = if holding { counted } else { Vec::new() };
+        to_remove.retain(|m| !held.contains(*m) && !hold.contains(*m));
+        if !hold.is_empty() || !release.is_empty() {
+            let newly: Vec<TargetMember> = hold.iter().filter(|m| !held.contains(*m)).cloned().collect();
+            for m in &hold {
+                self.report.push(
+                    json!({"targetGroup": m.target_display_name, "principalId": m.principal_id, "change": "remove", "held": true}),
+                );
+            }
+            if !dry_run {
+                steps.push_back(CycleStep::Hold { hold, newly, release });
+            }
+        }
         for m in &to_add {
             self.report
                 .push(json!({"targetGroup": m.target_display_name, "principalId": m.principal_id, "change": "add"}));
@@ -336,7 +412,15 @@ impl Cycle {
             }
             steps.extend(to_remove.iter().map(|m| CycleStep::Remove { member: (*m).clone() }));
         }
-        if app.settings.drift_repair != DriftRepair::Off {
+        if app.settings.drift_repair != DriftRepair::Off && !groups {
+            // The account is the entitlement: each one the bridge enabled (or disabled) is read.
+            for (principal, user) in store.target_users(&app.id).await? {
+                let enabled = provisioned.iter().any(|m| m.principal_id == principal);
+                if enabled || (user.disabled && (user.created_by_us || user.enabled_by_us)) {
+                    steps.push_back(CycleStep::DriftUser { principal });
+                }
+            }
+        } else if app.settings.drift_repair != DriftRepair::Off {
             let targets: BTreeSet<&str> = desired
                 .iter()
                 .chain(provisioned.iter())
@@ -398,6 +482,7 @@ impl Cycle {
         let result = async {
             match step {
                 CycleStep::Finish => unreachable!("handled above"),
+                CycleStep::Hold { hold, newly, release } => self.hold(ctx, hold, &newly, release).await,
                 CycleStep::Settle { target } => self.settle(ctx, app, client, &target).await,
                 CycleStep::User { member } => self.user(ctx, app, mapping, client, &member).await,
                 CycleStep::Add {
@@ -407,6 +492,7 @@ impl Cycle {
                 } => self.add(ctx, app, client, &target, &principals, reason).await,
                 CycleStep::Remove { member } => self.remove(ctx, app, mapping, client, &member).await,
                 CycleStep::Drift { target } => self.drift(ctx, app, client, &target).await,
+                CycleStep::DriftUser { principal } => self.drift_user(ctx, app, client, &principal).await,
                 CycleStep::Disable { principal } => self.disable(ctx, app, client, &principal).await,
                 CycleStep::CheckUsers => self.check_users(ctx, app, mapping).await,
                 CycleStep::UpdateUser { principal } => self.update_user(ctx, app, mapping, client, &principal).await,
@@ -457,6 +543,8 @@ impl Cycle {
                 logs: result.logs,
                 legacy_remove: result.legacy_remove,
                 new_jobs: result.new_jobs,
+                hold: result.hold,
+                release: result.release,
                 cycle: Some(self.record.clone()),
                 ..Default::default()
             })
@@ -560,6 +648,21 @@ impl Cycle {
         if doubtful.is_empty() {
             return Ok(Done::Next(StepResult::default()));
         }
+        if !app.settings.provisions_groups() {
+            // No group to read: an account the bridge knows is provisioned, one it never
+            // recorded was not created.
+            let mut result = StepResult::default();
+            for member in doubtful {
+                let known = store.target_user(&app.id, &member.principal_id).await?;
+                let change = if known.is_some_and(|u| !u.disabled) {
+                    MemberChange::Confirmed
+                } else {
+                    MemberChange::Gone
+                };
+                result.members.push((member, change));
+            }
+            return Ok(Done::Next(result));
+        }
         let mut steps = Vec::new();
         let group_id = match store.target_group(&app.id, target).await? {
             Some(id) => Some(id),
@@ -596,12 +699,22 @@ impl Cycle {
 
     /// Still to be added: entitled now, and not confirmed at the target.
     async fn wants_add(&self, ctx: &Ctx, app: &AppRecord, member: &TargetMember) -> anyhow::Result<bool> {
+        Ok(Self::entitled(ctx, app, member).await? && !ctx.store.is_confirmed(&app.id, member).await?)
+    }
+
+    /// Whether something entitles the member now: to its target group, or (an app without
+    /// groups, where the account is the entitlement) to the app.
+    async fn entitled(ctx: &Ctx, app: &AppRecord, member: &TargetMember) -> anyhow::Result<bool> {
         let store = &ctx.store;
-        Ok(store
-            .entitled_via(&app.id, &member.target_display_name, &member.principal_id, ctx.now())
-            .await?
-            .is_some()
-            && !store.is_confirmed(&app.id, member).await?)
+        let now = ctx.now();
+        Ok(if app.settings.provisions_groups() {
+            store
+                .entitled_via(&app.id, &member.target_display_name, &member.principal_id, now)
+                .await?
+                .is_some()
+        } else {
+            store.entitled_at_app(&app.id, &member.principal_id, now).await?
+        })
     }
 
     async fn user(
@@ -664,6 +777,20 @@ impl Cycle {
             return Ok(Done::Next(StepResult::default()));
         }
         let members: Vec<TargetMember> = ready.iter().map(|(m, ..)| m.clone()).collect();
+        if !app.settings.provisions_groups() {
+            // No group to add to: the user step created or enabled the account, which is the
+            // entitlement. Recorded as provisioned.
+            let mut result = StepResult::default();
+            for member in members {
+                self.record.counts.added += 1;
+                let mut entry = self.entry(ctx, &member, "add_member", "success").await?;
+                entry.reason =
+                    Some("no groups at this app (provisionGroups false): the account is the entitlement".into());
+                result.logs.push(entry);
+                result.members.push((member, MemberChange::Confirmed));
+            }
+            return Ok(Done::Next(result));
+        }
         let mut steps = Vec::new();
         let source = self.source_group_of(ctx, app, target).await?;
         let started = std::time::Instant::now();
@@ -772,12 +899,7 @@ impl Cycle {
     ) -> anyhow::Result<Done> {
         let store = &ctx.store;
         // Not removed if it was activated (or is entitled otherwise) meanwhile, or is gone.
-        if store
-            .entitled_via(&app.id, &member.target_display_name, &member.principal_id, ctx.now())
-            .await?
-            .is_some()
-            || !store.is_provisioned(&app.id, member).await?
-        {
+        if Self::entitled(ctx, app, member).await? || !store.is_provisioned(&app.id, member).await? {
             return Ok(Done::Next(StepResult::default()));
         }
         // A removal already waiting as a job (an event's, or one an earlier cycle handed on) is
@@ -787,7 +909,7 @@ impl Cycle {
         }
         let mut steps = Vec::new();
         let started = std::time::Instant::now();
-        match push::remove_member(
+        let removed = match push::remove_member(
             ctx,
             app,
             mapping,
@@ -798,15 +920,37 @@ impl Cycle {
         )
         .await
         {
-            Ok(done) => {
+            // Once nothing entitles the user at the app, the account follows (`onAccessEnd`): a
+            // request of its own, in this step.
+            Ok(done)
+                if app.settings.on_access_end() != OnAccessEnd::RemoveMember
+                    && !store.entitled_at_app(&app.id, &member.principal_id, ctx.now()).await? =>
+            {
+                match push::end_account(ctx, app, client, &member.principal_id, &mut steps).await {
+                    Ok(ended) => Ok((done, Some(ended))),
+                    Err(e) => Err(e),
+                }
+            }
+            other => other.map(|done| (done, None)),
+        };
+        match removed {
+            Ok((done, ended)) => {
                 self.tally.ok();
                 self.record.counts.removed += 1;
-                let mut entry = self.entry(ctx, member, "remove_member", "success").await?;
+                let groups = app.settings.provisions_groups();
+                let action = match ended.as_ref().and_then(push::AccountEnd::action) {
+                    Some(action) if !groups => action,
+                    _ => "remove_member",
+                };
+                let mut entry = self.entry(ctx, member, action, "success").await?;
+                if let Some(push::AccountEnd::Left(reason)) = &ended {
+                    entry.reason = Some(format!("account left: {reason}"));
+                }
                 entry.duration_ms = Some(started.elapsed().as_millis() as i64);
                 entry.steps = steps;
                 entry.target_user_id = done.target_user_id;
                 entry.target_group_id = done.target_group_id;
-                entry.reason = done.note;
+                entry.reason = entry.reason.take().or(done.note);
                 Ok(Done::Next(StepResult {
                     members: vec![(member.clone(), MemberChange::Gone)],
                     logs: vec![entry],
@@ -930,6 +1074,134 @@ impl Cycle {
                 );
             }
         }
+        Ok(Done::Next(result))
+    }
+
+    /// Records the deletion guard's decision: the held removals (each newly held pair logged
+    /// `held` once) and those that leave the hold because their member is entitled again.
+    async fn hold(
+        &mut self,
+        ctx: &Ctx,
+        hold: Vec<TargetMember>,
+        newly: &[TargetMember],
+        release: Vec<TargetMember>,
+    ) -> anyhow::Result<Done> {
+        let mut result = StepResult::default();
+        for member in newly {
+            let mut entry = self.entry(ctx, member, "remove_member", "held").await?;
+            entry.reason = Some(format!(
+                "held by the deletion guard: this cycle planned more removals than its threshold; approve with POST \
+                 /v1/apps/{}/held-removals/approve or reject with .../reject",
+                self.record.app_id
+            ));
+            result.logs.push(entry);
+        }
+        for member in &release {
+            let mut entry = self.entry(ctx, member, "remove_member", "skipped").await?;
+            entry.reason = Some("entitled again: the held removal leaves the hold".into());
+            result.logs.push(entry);
+        }
+        if !hold.is_empty() {
+            tracing::warn!(app_id = %self.record.app_id, cycle_id = %self.record.id, held = hold.len(),
+                "the deletion guard holds this cycle's removals");
+        }
+        result.hold = hold;
+        result.release = release;
+        Ok(Done::Next(result))
+    }
+
+    /// Without groups: compares one account's `active` with what the bridge last made it (enabled
+    /// while provisioned, disabled after its end): a user the bridge disabled found active again
+    /// is drift too. `driftRepair: report` logs it, `repair` sets it back (or, for an enabled
+    /// account gone at the target, creates it again in this cycle).
+    async fn drift_user(
+        &mut self,
+        ctx: &Ctx,
+        app: &AppRecord,
+        client: &ScimClient,
+        principal: &str,
+    ) -> anyhow::Result<Done> {
+        let store = &ctx.store;
+        let member = TargetMember {
+            target_display_name: String::new(),
+            principal_id: principal.to_string(),
+        };
+        let Some(user) = store.target_user(&app.id, principal).await? else {
+            return Ok(Done::Next(StepResult::default()));
+        };
+        if store.in_doubt_members(&app.id).await?.contains(&member) {
+            return Ok(Done::Next(StepResult::default()));
+        }
+        let expected = !user.disabled && store.is_confirmed(&app.id, &member).await?;
+        let mut steps = Vec::new();
+        let found = match client.get_user(&user.target_user_id, &mut steps).await {
+            Ok(found) => {
+                self.tally.ok();
+                found
+            }
+            Err(e) if e.is_transient() => return Ok(Done::Retry(e, StepResult::default())),
+            Err(e) => {
+                self.tally.failed(&e);
+                return Ok(Done::Next(StepResult::default()));
+            }
+        };
+        let drift = match &found {
+            None if expected => "the account the bridge enabled is gone at the target",
+            None => return Ok(Done::Next(StepResult::default())),
+            // A target that does not say is taken at its word: active.
+            Some(u) if u.get("active").and_then(Value::as_bool).unwrap_or(true) == expected => {
+                return Ok(Done::Next(StepResult::default()));
+            }
+            Some(_) if expected => "the account the bridge enabled is disabled at the target",
+            Some(_) => "the account the bridge disabled is active again at the target",
+        };
+        self.record.counts.drift_found += 1;
+        self.report.push(json!({"principalId": principal, "drift": drift}));
+        let mut result = StepResult::default();
+        let repair = app.settings.drift_repair == DriftRepair::Repair && !self.record.dry_run;
+        let action = if expected { "enable_user" } else { "disable_user" };
+        if !repair {
+            if !self.record.dry_run {
+                let mut entry = self.entry(ctx, &member, action, "skipped").await?;
+                entry.reason = Some(format!("drift: {drift} (driftRepair: report)"));
+                entry.target_user_id = Some(user.target_user_id.clone());
+                result.logs.push(entry);
+            }
+            return Ok(Done::Next(result));
+        }
+        if found.is_none() {
+            // Created again in this cycle: its provisioning starts over.
+            result.members.push((member.clone(), MemberChange::Gone));
+            store.forget_target_user(&app.id, principal).await?;
+            self.steps.insert(1, CycleStep::User { member: member.clone() });
+            self.steps.insert(
+                2,
+                CycleStep::Add {
+                    target: String::new(),
+                    principals: vec![principal.to_string()],
+                    reason: Some("drift repaired: the account was gone at the target"),
+                },
+            );
+            return Ok(Done::Next(result));
+        }
+        let mut entry = match client.set_user_active(&user.target_user_id, expected, &mut steps).await {
+            Ok(()) => {
+                self.tally.ok();
+                let mut entry = self.entry(ctx, &member, action, "success").await?;
+                entry.reason = Some(format!("drift repaired: {drift}"));
+                entry
+            }
+            Err(e) if e.is_transient() => return Ok(Done::Retry(e, result)),
+            Err(e) => {
+                self.tally.failed(&e);
+                let mut entry = self.entry(ctx, &member, action, "failure").await?;
+                entry.reason = Some(format!("drift: {drift}; repair failed: {e}"));
+                entry
+            }
+        };
+        entry.steps = steps;
+        entry.target_user_id = Some(user.target_user_id.clone());
+        result.logs.push(entry);
         Ok(Done::Next(result))
     }
 

@@ -15,7 +15,10 @@ use tracing::Instrument;
 use crate::clock::Millis;
 use crate::mapping::AppMapping;
 use crate::scim::{ScimClient, ScimResult};
-use crate::store::{AppRecord, Job, JobChange, LogEntry, MemberChange, Outcome, Overflow, Step, TargetMember};
+use crate::store::{
+    AccessEndChange, AppRecord, Job, JobChange, LogEntry, MemberChange, OnAccessEnd, Outcome, Overflow, Step,
+    TargetMember,
+};
 
 use super::cycle::Cycle;
 use super::pacing::Pacer;
@@ -370,7 +373,12 @@ impl Dispatcher {
             }
             self.removal_not_before = 0;
         }
-        let Some(member) = store.provisioned_members(&app.id).await?.into_iter().next() else {
+        let provisioned = store.provisioned_members(&app.id).await?;
+        // The member's last membership at the app: once it is removed, the account follows
+        // (`onAccessEnd`: deprovisioning applies it to each user).
+        let last_of_user =
+            |m: &TargetMember| provisioned.iter().filter(|p| p.principal_id == m.principal_id).count() == 1;
+        let Some(member) = provisioned.first().cloned() else {
             store.delete_app(&app.id, now).await?;
             tracing::info!(app_id = %app.id, "every member the bridge provisioned is removed: app deleted");
             return Ok(None);
@@ -382,7 +390,8 @@ impl Dispatcher {
         let started = std::time::Instant::now();
         let mut steps = Vec::new();
         let sent_before = client.requests_sent();
-        let result = push::remove_member(
+        let mut ended = None;
+        let result = match push::remove_member(
             &self.ctx,
             app,
             mapping,
@@ -391,7 +400,19 @@ impl Dispatcher {
             &member.target_display_name,
             &mut steps,
         )
-        .await;
+        .await
+        {
+            Ok(done) if app.settings.on_access_end() != OnAccessEnd::RemoveMember && last_of_user(&member) => {
+                match push::end_account(&self.ctx, app, client, &member.principal_id, &mut steps).await {
+                    Ok(end) => {
+                        ended = end.action();
+                        Ok(done)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        };
         self.charge_requests(app, client, sent_before);
         let now = self.ctx.now();
         let mut entry = LogEntry {
@@ -422,6 +443,12 @@ impl Dispatcher {
                 self.removal_attempts.remove(&member);
                 self.removal_failed_with = None;
                 outcome.members.push((member.clone(), MemberChange::Gone));
+                if !app.settings.provisions_groups()
+                    && let Some(action) = ended
+                {
+                    entry.action = action.into();
+                    outcome.end_action = Some(action);
+                }
                 outcome.legacy_remove = done.legacy_detected;
                 entry.target_user_id = done.target_user_id;
                 entry.target_group_id = done.target_group_id;
@@ -510,6 +537,27 @@ impl Dispatcher {
         status: &str,
         reason: &str,
     ) -> anyhow::Result<()> {
+        self.finish_with(app, job, change, status, reason, Vec::new()).await
+    }
+
+    /// Ends a removal that sends nothing, settling the access ends it was for as `end`
+    /// (`kept`: something else still entitles the user; `notProvisioned`: nothing had reached
+    /// the target), with its log entry, in one commit.
+    async fn finish_removal(&self, app: &AppRecord, job: &Job, end: &'static str, reason: &str) -> anyhow::Result<()> {
+        let settled = vec![access_end_change(job, end, None, None)];
+        self.finish_with(app, job, JobChange::Done, "skipped", reason, settled)
+            .await
+    }
+
+    async fn finish_with(
+        &self,
+        app: &AppRecord,
+        job: &Job,
+        change: JobChange,
+        status: &str,
+        reason: &str,
+        access_ends: Vec<AccessEndChange>,
+    ) -> anyhow::Result<()> {
         let entry = self.entry(app, job, status, Some(reason.to_string())).await?;
         self.ctx
             .store
@@ -518,6 +566,7 @@ impl Dispatcher {
                 time: self.ctx.now(),
                 jobs: vec![(job.id.clone(), change)],
                 logs: vec![entry],
+                access_ends,
                 ..Default::default()
             })
             .await?;
@@ -608,11 +657,13 @@ impl Dispatcher {
             return self.take_handed_on_removal(app, mapping, client, job, target).await;
         }
 
+        let groups = app.settings.provisions_groups();
         let Some(target) = self
             .ctx
             .assignment(&app.id, &job.group_id)
             .await?
-            .map(|a| a.target_display_name)
+            // Without groups the account is the entitlement: one membership per user, at "".
+            .map(|a| if groups { a.target_display_name } else { String::new() })
         else {
             let reason = "the group is no longer assigned to this app";
             self.finish(app, job, JobChange::Cancelled, "skipped", reason).await?;
@@ -629,11 +680,23 @@ impl Dispatcher {
         // not moved yet): a removal is made where the member is.
         let mut removals = Vec::new();
         if job.is_removal() {
-            let moved = self.moved_members(app, job, &target, now).await?;
-            if let Some(via) = store.entitled_via(&app.id, &target, &job.principal_id, now).await? {
+            let moved = if groups {
+                self.moved_members(app, job, &target, now).await?
+            } else {
+                Vec::new()
+            };
+            let still = if groups {
+                store.entitled_via(&app.id, &target, &job.principal_id, now).await?
+            } else {
+                store
+                    .entitled_at_app(&app.id, &job.principal_id, now)
+                    .await?
+                    .then(|| "another group assigned to the app".to_string())
+            };
+            if let Some(via) = still {
                 if moved.is_empty() {
                     let reason = format!("still entitled to `{target}` through group {via}: membership kept");
-                    self.finish(app, job, JobChange::Done, "skipped", &reason).await?;
+                    self.finish_removal(app, job, "kept", &reason).await?;
                     return Ok(None);
                 }
                 removals = moved;
@@ -660,7 +723,7 @@ impl Dispatcher {
                     store.record(&cancel).await?;
                     if !store.is_provisioned(&app.id, &member).await? && moved.is_empty() {
                         let reason = "the activation was still deferred: cancelled, nothing pushed";
-                        self.finish(app, job, JobChange::Done, "skipped", reason).await?;
+                        self.finish_removal(app, job, "notProvisioned", reason).await?;
                         return Ok(None);
                     }
                 }
@@ -668,9 +731,14 @@ impl Dispatcher {
                     removals.push(member.clone());
                 }
                 removals.extend(moved);
-                if removals.is_empty() {
+                // Nothing left in a group, but the account is still to be ended (its disable or
+                // deletion failed before, or the app has no groups): the push goes on for it.
+                let account_left = removals.is_empty()
+                    && push::account_to_end(&self.ctx, app, &job.principal_id).await?
+                    && !store.entitled_at_app(&app.id, &job.principal_id, now).await?;
+                if removals.is_empty() && !account_left {
                     let reason = "not provisioned by the bridge: nothing to remove";
-                    self.finish(app, job, JobChange::Done, "skipped", reason).await?;
+                    self.finish_removal(app, job, "notProvisioned", reason).await?;
                     return Ok(None);
                 }
             }
@@ -752,12 +820,12 @@ impl Dispatcher {
             .await?
         {
             let reason = format!("entitled to `{target}` again through group {via}: membership kept");
-            self.finish(app, job, JobChange::Done, "skipped", &reason).await?;
+            self.finish_removal(app, job, "kept", &reason).await?;
             return Ok(None);
         }
         if !store.is_provisioned(&app.id, &member).await? {
             let reason = "no longer provisioned by the bridge: nothing to remove";
-            self.finish(app, job, JobChange::Done, "skipped", reason).await?;
+            self.finish_removal(app, job, "notProvisioned", reason).await?;
             return Ok(None);
         }
         if let Err(at) = self.pacer(app).take() {
@@ -820,9 +888,30 @@ impl Dispatcher {
             app_id: app.id.clone(),
             ..Default::default()
         };
+        let mut account_end = None;
         let result = if job.is_removal() {
-            self.remove_everywhere(app, mapping, client, job, members, &mut steps, &mut outcome)
-                .await
+            let removed = self
+                .remove_everywhere(app, mapping, client, job, members, &mut steps, &mut outcome)
+                .await;
+            match removed {
+                // Once nothing entitles the user at the app (judged now, before the request),
+                // the account follows (`onAccessEnd`): part of this push, its own request.
+                Ok(done)
+                    if app.settings.on_access_end() != OnAccessEnd::RemoveMember
+                        && !store
+                            .entitled_at_app(&app.id, &job.principal_id, self.ctx.now())
+                            .await? =>
+                {
+                    match push::end_account(&self.ctx, app, client, &job.principal_id, &mut steps).await {
+                        Ok(ended) => {
+                            account_end = Some(ended);
+                            Ok(done)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            }
         } else {
             push::add_member(
                 &self.ctx,
@@ -842,6 +931,28 @@ impl Dispatcher {
         attempted.attempt += 1;
         let mut entry = self.entry(app, &attempted, "success", None).await?;
         entry.duration_ms = Some(started.elapsed().as_millis() as i64);
+        if let Some(ended) = &account_end {
+            let groups = app.settings.provisions_groups();
+            match ended.action() {
+                // Without groups the account's end is the request that ended access.
+                Some(action) if !groups => {
+                    entry.action = action.into();
+                    outcome.end_action = Some(action);
+                }
+                Some(_) => {}
+                None if !groups => {
+                    if let push::AccountEnd::Left(reason) = ended {
+                        entry.status = "skipped".into();
+                        entry.reason = Some(reason.clone());
+                    }
+                    // Nothing the bridge sent gave this access: there was nothing to end.
+                    outcome
+                        .access_ends
+                        .push(access_end_change(job, "notProvisioned", None, None));
+                }
+                None => {}
+            }
+        }
         entry.steps = steps;
         outcome.time = now;
         match result {
@@ -857,7 +968,19 @@ impl Dispatcher {
                 entry.latency_ms = Some((now - job.received_at).max(0));
                 crate::metrics::push_latency(&app.id, now - job.received_at);
                 let flag = job.flag.as_deref().filter(|f| *f != "outcome unknown");
-                entry.reason = match (flag, done.note) {
+                let done_note = match (&account_end, done.note) {
+                    (Some(push::AccountEnd::Disabled), note) if app.settings.provisions_groups() => {
+                        Some(note.map_or(String::new(), |n| format!("{n}; ")) + "account disabled (onAccessEnd)")
+                    }
+                    (Some(push::AccountEnd::Deleted), note) if app.settings.provisions_groups() => {
+                        Some(note.map_or(String::new(), |n| format!("{n}; ")) + "account deleted (onAccessEnd)")
+                    }
+                    (Some(push::AccountEnd::Left(reason)), note) => {
+                        Some(note.map_or(String::new(), |n| format!("{n}; ")) + &format!("account left: {reason}"))
+                    }
+                    (_, note) => note,
+                };
+                entry.reason = match (flag, done_note) {
                     (Some(flag), Some(note)) => Some(format!("{flag}; {note}")),
                     (Some(flag), None) => Some(flag.to_string()),
                     (None, note) => note,
@@ -882,6 +1005,10 @@ impl Dispatcher {
                     // it succeeds or the member is entitled again: never left to the cycle.
                     let at = retry_at(now, attempted.attempt, &e);
                     outcome.jobs.push((job.id.clone(), JobChange::Retry { at }));
+                    if job.is_removal() {
+                        // Not final: the excess keeps growing until a later attempt confirms.
+                        outcome.access_ends.push(access_end_change(job, "failed", None, None));
+                    }
                     entry.status = "deferred".into();
                     entry.deferred_until = Some(at);
                     entry.reason = Some(with_flag(format!("{e}; retrying")));
@@ -969,6 +1096,22 @@ impl Dispatcher {
             done.legacy_detected |= removed.legacy_detected;
         }
         Ok(done)
+    }
+}
+
+/// What an outcome settles of the access ends a removal job was for.
+fn access_end_change(
+    job: &Job,
+    status: &'static str,
+    removed_at: Option<Millis>,
+    action: Option<&'static str>,
+) -> AccessEndChange {
+    AccessEndChange {
+        principal_id: job.principal_id.clone(),
+        group_id: job.group_id.clone(),
+        status,
+        removed_at,
+        action,
     }
 }
 

@@ -105,6 +105,15 @@ impl Ctx {
             .unwrap_or(self.config.sync_interval_ms)
     }
 
+    /// How long access may outlive its end at the app before the end is late: its own
+    /// `accessEndSloSeconds`, else `SCIM_BRIDGE_ACCESS_END_SLO`.
+    pub fn access_end_slo_ms(&self, app: &AppRecord) -> Millis {
+        app.settings
+            .access_end_slo_seconds
+            .map(|s| (s as Millis).saturating_mul(1000))
+            .unwrap_or(self.config.access_end_slo_ms)
+    }
+
     /// The app's window: its own setting, else the configured one.
     pub fn window(&self, app: &AppRecord) -> RateLimit {
         app.settings.rate_limit.unwrap_or(self.config.rate_limit)

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 
 use crate::mapping::{self, AppMapping};
 use crate::scim::{ScimClient, ScimError, ScimResult, filter_literal, id_of};
-use crate::store::{AppRecord, PatchStyle, Step, TargetUser};
+use crate::store::{AppRecord, OnAccessEnd, PatchStyle, Step, TargetUser};
 
 use super::Ctx;
 
@@ -119,6 +119,7 @@ pub async fn ensure_user(
         return Ok(id);
     }
 
+    let mut enabled = false;
     let (id, created) = match client.find_user(&user.filters, steps).await? {
         Some(found) => {
             let id = id_of(&found).ok_or_else(|| ScimError::Protocol("matched user has no id".into()))?;
@@ -126,6 +127,12 @@ pub async fn ensure_user(
             if !changes.is_empty() {
                 client.update_user(&id, &changes, steps).await?;
                 result.user_updated = true;
+            }
+            // Without groups the account is the entitlement: a matched account found disabled
+            // is enabled, and the bridge may disable it again when the entitlement ends.
+            if !app.settings.provisions_groups() && found.get("active") == Some(&Value::Bool(false)) {
+                client.set_user_active(&id, true, steps).await?;
+                enabled = true;
             }
             (id, false)
         }
@@ -137,6 +144,7 @@ pub async fn ensure_user(
         fingerprint: print,
         created_by_us: created,
         disabled: false,
+        enabled_by_us: enabled,
     })
     .await?;
     Ok(id)
@@ -227,6 +235,10 @@ pub async fn add_member(
     let mut result = PushResult::default();
     let user_id = ensure_user(ctx, app, mapping, client, principal_id, steps, &mut result).await?;
     result.target_user_id = Some(user_id.clone());
+    if !app.settings.provisions_groups() {
+        // The account is the entitlement: created, or enabled, is provisioned.
+        return Ok(result);
+    }
     let mut resolved_again = false;
     loop {
         let group_id = ensure_group(ctx, app, client, target_display_name, source_group_id, steps).await?;
@@ -258,7 +270,93 @@ pub async fn add_member(
     }
 }
 
+/// What the end of a user's last entitlement to the app did to the account (`onAccessEnd`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccountEnd {
+    /// `active: false` was confirmed.
+    Disabled,
+    /// The account was deleted (and its link forgotten).
+    Deleted,
+    /// Nothing was sent, for this reason (logged `skipped`).
+    Left(String),
+}
+
+impl AccountEnd {
+    /// The action an access-end record names for it.
+    pub fn action(&self) -> Option<&'static str> {
+        match self {
+            Self::Disabled => Some("disable_user"),
+            Self::Deleted => Some("delete_user"),
+            Self::Left(_) => None,
+        }
+    }
+}
+
+/// Whether the end of the user's last entitlement would act on the account at this app: the app
+/// disables or deletes users, and the bridge created or enabled this one, still active.
+pub async fn account_to_end(ctx: &Ctx, app: &AppRecord, principal_id: &str) -> ScimResult<bool> {
+    if app.settings.on_access_end() == OnAccessEnd::RemoveMember {
+        return Ok(false);
+    }
+    let known = ctx
+        .store
+        .target_user(&app.id, principal_id)
+        .await
+        .map_err(|e| ScimError::Protocol(e.to_string()))?;
+    Ok(known.is_some_and(|u| !u.disabled && (u.created_by_us || u.enabled_by_us)))
+}
+
+/// Applies the app's `onAccessEnd` to the account of a user nothing entitles at the app any more
+/// (the caller judged that immediately before): `disableUser` disables an account the bridge
+/// created or enabled; `deleteUser` deletes one it created and disables one it only enabled.
+/// Any other account is left as it is, with the reason (SPEC §8).
+pub async fn end_account(
+    ctx: &Ctx,
+    app: &AppRecord,
+    client: &ScimClient,
+    principal_id: &str,
+    steps: &mut Vec<Step>,
+) -> ScimResult<AccountEnd> {
+    let store = &ctx.store;
+    let protocol = |e: crate::store::StoreError| ScimError::Protocol(e.to_string());
+    let Some(mut known) = store.target_user(&app.id, principal_id).await.map_err(protocol)? else {
+        return Ok(AccountEnd::Left(
+            "no account of this user is known at the target".into(),
+        ));
+    };
+    let policy = app.settings.on_access_end();
+    if policy == OnAccessEnd::RemoveMember {
+        return Ok(AccountEnd::Left(
+            "onAccessEnd is removeMember: the account stays".into(),
+        ));
+    }
+    if policy == OnAccessEnd::DeleteUser && known.created_by_us {
+        client.delete_user(&known.target_user_id, steps).await?;
+        store
+            .forget_target_user(&app.id, principal_id)
+            .await
+            .map_err(protocol)?;
+        return Ok(AccountEnd::Deleted);
+    }
+    if known.disabled {
+        return Ok(AccountEnd::Left("the account is already disabled".into()));
+    }
+    if !(known.created_by_us || known.enabled_by_us) {
+        return Ok(AccountEnd::Left(
+            "the account was neither created nor enabled by the bridge: left as it is".into(),
+        ));
+    }
+    client.set_user_active(&known.target_user_id, false, steps).await?;
+    known.disabled = true;
+    store
+        .put_target_user(&app.id, principal_id, &known)
+        .await
+        .map_err(protocol)?;
+    Ok(AccountEnd::Disabled)
+}
+
 /// Removes one principal from one target group. Absent users, groups and members are successes.
+/// An app without groups has no membership to remove: its account is ended by `end_account`.
 pub async fn remove_member(
     ctx: &Ctx,
     app: &AppRecord,
@@ -270,6 +368,9 @@ pub async fn remove_member(
 ) -> ScimResult<PushResult> {
     let store = &ctx.store;
     let mut result = PushResult::default();
+    if !app.settings.provisions_groups() {
+        return Ok(result);
+    }
     let user_id = match store
         .target_user(&app.id, principal_id)
         .await

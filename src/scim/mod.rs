@@ -647,6 +647,37 @@ impl ScimClient {
         Ok(())
     }
 
+    /// Reads one user; `None` when the target no longer has it (404).
+    pub async fn get_user(&self, user_id: &str, steps: &mut Vec<Step>) -> ScimResult<Option<Value>> {
+        match self
+            .call(Method::GET, &format!("/Users/{user_id}"), &[], None, "read_user", steps)
+            .await
+        {
+            Ok((_, user)) => Ok(user),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes one user; one the target no longer has (404) is gone already: a success.
+    pub async fn delete_user(&self, user_id: &str, steps: &mut Vec<Step>) -> ScimResult<()> {
+        match self
+            .call(
+                Method::DELETE,
+                &format!("/Users/{user_id}"),
+                &[],
+                None,
+                "delete_user",
+                steps,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(404) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn find_group(&self, display_name: &str, steps: &mut Vec<Step>) -> ScimResult<Option<String>> {
         let filter = format!("displayName eq {}", filter_literal(display_name));
         let found = self

@@ -1,5 +1,6 @@
 //! Apps (the SCIM targets), their group assignments, and the sealed credentials' key check.
 
+use super::access_ends::birth_access_ends;
 use super::dialect::{db_run, db_statement, db_tx, sql};
 use super::*;
 
@@ -67,6 +68,14 @@ impl SqlStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+            if c.status.as_ref().is_some_and(|(status, _)| status == "deleting") {
+                // Deprovisioning ends every provisioned member's access at the app now (SPEC §8).
+                sqlx::query(sql!(db, super::access_ends::DEPROVISIONED))
+                    .bind(id)
+                    .bind(c.deprovision_at.unwrap_or_default())
+                    .execute(&mut *tx)
+                    .await?;
+            }
         });
         Ok(())
     }
@@ -183,9 +192,12 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn delete_assignment(&self, app_id: &str, group_id: &str) -> StoreResult<bool> {
+    pub(super) async fn delete_assignment(&self, app_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
         let done = db_tx!(self, db, tx => {
             let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
+            // The members provisioned through the assignment lose that entitlement now (SPEC §8):
+            // their access ends are written while the assignment still says where they are.
+            birth_access_ends!(db, &mut *tx, app: Some(app_id), group: group_id, principal: None, "unassigned", now)?;
             sqlx::query(sql!(db, "DELETE FROM group_assignments WHERE app_id = {uuid $1} AND group_id = $2"))
                 .bind(app_id)
                 .bind(group_id)

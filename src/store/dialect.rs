@@ -18,6 +18,7 @@
 //! | `{skip_locked}` | `FOR UPDATE SKIP LOCKED` | nothing | a claim that skips rows another writer takes |
 //! | `{seq}` | `COALESCE(seq, 0) AS seq` | `seq` | the paging cursor read, 0 until PostgreSQL numbers it |
 //! | `{numbered}` | `seq IS NOT NULL` | `1 = 1` | an entry has its paging cursor (`order_commits`) |
+//! | `{new_id}` | `gen_random_uuid()::text` | `lower(hex(randomblob(16)))` | a new random id per row written by an `INSERT ... SELECT` |
 //!
 //! The bodies that differ as a whole stay with their backend, each beside the SQL that differs:
 //! - writes: `SqliteDb::begin` (the write turn, then `BEGIN IMMEDIATE`) and `PostgresDb::begin`
@@ -95,6 +96,8 @@ impl Dialect {
             (Sqlite, "seq") => "seq",
             (Postgres, "seq") => "COALESCE(seq, 0) AS seq",
             (Postgres, "numbered") => "seq IS NOT NULL",
+            (Sqlite, "new_id") => "lower(hex(randomblob(16)))",
+            (Postgres, "new_id") => "gen_random_uuid()::text",
             _ => return None,
         };
         Some(fragment.to_string())

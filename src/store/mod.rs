@@ -2,10 +2,13 @@
 //! shared PostgreSQL), chosen from the URL. A query is written once, in the file of its aggregate;
 //! what differs between the databases is listed in `dialect`.
 
+mod access_ends;
 mod apps;
 mod audit;
 mod cycles;
 mod dialect;
+mod held;
+mod links;
 mod logs;
 pub mod migrate;
 mod postgres;
@@ -140,6 +143,29 @@ pub enum OutOfScope {
     Disable,
 }
 
+/// What the end of a user's last entitlement to an app does there (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnAccessEnd {
+    /// The membership is removed; the account stays (the default with groups).
+    RemoveMember,
+    /// `active: false` on a user the bridge created or enabled (the default without groups).
+    DisableUser,
+    /// `DELETE /Users/{id}` of a user the bridge created (one it only enabled is disabled).
+    DeleteUser,
+}
+
+impl OnAccessEnd {
+    /// The name the access-end records and the log give the action.
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::RemoveMember => "remove_member",
+            Self::DisableUser => "disable_user",
+            Self::DeleteUser => "delete_user",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pacing {
@@ -188,9 +214,64 @@ pub struct AppSettings {
     /// The mapped targets that find an existing user, in order; `None`: externalId, userName.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matching: Option<Vec<String>>,
+    /// `false`: the app has no groups, the user account is the entitlement (SPEC §8). `None`
+    /// (apps stored before the setting existed too): `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provision_groups: Option<bool>,
+    /// What the end of the last entitlement does at the app; `None`: `removeMember` with groups,
+    /// `disableUser` without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_access_end: Option<OnAccessEnd>,
+    /// How long access may outlive its end here before it counts as late; `None`: the bridge's
+    /// `SCIM_BRIDGE_ACCESS_END_SLO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub access_end_slo_seconds: Option<u64>,
+    /// The deletion guard (SPEC §8): missing, `{"threshold": 500}`; `null`, off.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    #[schema(value_type = Option<DeletionGuard>)]
+    pub deletion_guard: Option<Option<DeletionGuard>>,
+}
+
+/// A cycle that plans more than `threshold` counted removals holds them all (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeletionGuard {
+    pub threshold: u64,
+}
+
+/// The default deletion guard of an app that does not set one.
+pub const DEFAULT_DELETION_GUARD: DeletionGuard = DeletionGuard { threshold: 500 };
+
+/// A setting given (`null` included) as `Some`, so that a missing key and `null` differ.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl AppSettings {
+    /// Whether the bridge reads and writes `/Groups` for the app.
+    pub fn provisions_groups(&self) -> bool {
+        self.provision_groups.unwrap_or(true)
+    }
+
+    /// The deletion guard in effect: the app's own, the default, or `None` when turned off.
+    pub fn deletion_guard(&self) -> Option<DeletionGuard> {
+        self.deletion_guard.unwrap_or(Some(DEFAULT_DELETION_GUARD))
+    }
+
+    /// What the end of the last entitlement does at the app, its default applied.
+    pub fn on_access_end(&self) -> OnAccessEnd {
+        self.on_access_end.unwrap_or(if self.provisions_groups() {
+            OnAccessEnd::RemoveMember
+        } else {
+            OnAccessEnd::DisableUser
+        })
+    }
+
     /// The app's mapping, compiled. A stored mapping was validated when it was saved.
     pub fn compiled_mapping(&self) -> Result<AppMapping, AppMappingError> {
         AppMapping::compile(self.attribute_mapping.as_deref(), self.matching.as_deref())
@@ -288,6 +369,73 @@ pub struct LogFilter {
     pub limit: i64,
 }
 
+/// One end of an entitlement at an app and what became of it (SPEC §8, "Access-end records").
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AccessEnd {
+    pub id: String,
+    pub app_id: String,
+    pub principal_id: String,
+    pub user_principal_name: Option<String>,
+    pub group_id: String,
+    pub target_display_name: Option<String>,
+    pub event_id: Option<String>,
+    /// A PIM end (`expiry`, `deactivation`, `revoked`, `adminRemove`) or `directory`,
+    /// `unassigned`, `appDeprovisioned`, `outOfScope`.
+    pub reason: String,
+    pub ended_at: Millis,
+    pub learned_at: Millis,
+    pub removed_at: Option<Millis>,
+    pub action: Option<String>,
+    pub status: String,
+    pub waiting_on: Option<String>,
+    pub updated_at: Millis,
+}
+
+/// The reasons that are PIM's own ends: the ones the objective judges.
+pub const PIM_END_REASONS: &[&str] = &["expiry", "deactivation", "revoked", "adminRemove"];
+
+impl AccessEnd {
+    /// Whether PIM ended it (the objective judges these only).
+    pub fn is_pim_end(&self) -> bool {
+        PIM_END_REASONS.contains(&self.reason.as_str())
+    }
+
+    /// Still waiting for the target: pending, or failed and to be tried again.
+    pub fn is_open(&self) -> bool {
+        matches!(self.status.as_str(), "pending" | "failed" | "held")
+    }
+
+    /// How long access outlived its end: to the target's confirmation, or to `now` while open;
+    /// `None` for an end with nothing to remove (`kept`, `notProvisioned`, `rejected`).
+    pub fn excess_ms(&self, now: Millis) -> Option<Millis> {
+        match (self.removed_at, self.is_open()) {
+            (Some(removed), _) => Some((removed - self.ended_at).max(0)),
+            (None, true) => Some((now - self.ended_at).max(0)),
+            (None, false) => None,
+        }
+    }
+}
+
+/// The filters of `GET /v1/access-ends`; pages go newest end first.
+#[derive(Debug, Clone, Default)]
+pub struct AccessEndFilter {
+    /// Only these apps (an app owner's).
+    pub app_ids: Option<Vec<String>>,
+    pub app_id: Option<String>,
+    pub principal_id: Option<String>,
+    pub group_id: Option<String>,
+    pub event_id: Option<String>,
+    pub status: Option<String>,
+    pub reason: Option<String>,
+    /// On `ended_at`: at or after.
+    pub since: Option<Millis>,
+    /// On `ended_at`: before.
+    pub until: Option<Millis>,
+    /// The last record of the previous page (`ended_at`, `id`): the page goes on below it.
+    pub before: Option<(Millis, String)>,
+    pub limit: i64,
+}
+
 /// A source besides the webhook (a Graph-polled group), as stored.
 #[derive(Debug, Clone, Default, sqlx::FromRow)]
 pub struct SourceState {
@@ -331,6 +479,42 @@ pub struct TargetUser {
     pub fingerprint: String,
     pub created_by_us: bool,
     pub disabled: bool,
+    /// The bridge set `active: true` on it (a matched account it found disabled).
+    #[sqlx(default)]
+    pub enabled_by_us: bool,
+}
+
+/// A removal the deletion guard holds (SPEC §8).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct HeldRemoval {
+    pub target_display_name: String,
+    pub principal_id: String,
+    /// The cycle that held it.
+    pub cycle_id: String,
+    pub held_at: Millis,
+}
+
+/// An object link (SPEC §8): the target user the bridge knows for a principal at an app.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LinkRecord {
+    pub principal_id: String,
+    pub target_user_id: String,
+    /// What was last sent (the mapped `always` attributes, as JSON).
+    pub fingerprint: String,
+    pub created_by_us: bool,
+    pub disabled: bool,
+    pub last_push_at: Option<Millis>,
+    #[sqlx(skip)]
+    pub groups: Vec<LinkGroup>,
+}
+
+/// A target group a linked user was provisioned in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkGroup {
+    pub target_display_name: String,
+    pub target_group_id: Option<String>,
+    /// The source group it was provisioned for (unknown for rows of early releases).
+    pub group_id: Option<String>,
 }
 
 /// A membership the bridge wants at a target: one principal in one target group.
@@ -431,6 +615,29 @@ pub struct Outcome {
     /// Jobs this outcome starts: a removal a cycle step could not make goes on as a job of its
     /// own, retried on the clock until it succeeds (SPEC §8).
     pub new_jobs: Vec<Job>,
+    /// What became of the app's open access ends (SPEC §8): settled in the outcome's commit.
+    pub access_ends: Vec<AccessEndChange>,
+    /// The action that ended access for the members gone (`disable_user`, `delete_user` at an app
+    /// without groups); `None`: `remove_member`.
+    pub end_action: Option<&'static str>,
+    /// Removals the deletion guard holds, by the outcome's cycle (SPEC §8).
+    pub hold: Vec<TargetMember>,
+    /// Held removals whose member is entitled again: they leave the hold.
+    pub release: Vec<TargetMember>,
+}
+
+/// What an outcome settles of the open access-end records of one principal's entitlement
+/// through one group at the outcome's app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessEndChange {
+    pub principal_id: String,
+    pub group_id: String,
+    /// `removed`, `failed` (still open), `kept` or `notProvisioned`.
+    pub status: &'static str,
+    /// The target's confirmation of the request that ended access (`removed` only).
+    pub removed_at: Option<Millis>,
+    /// `remove_member`, `disable_user` or `delete_user`; `None` when nothing was sent.
+    pub action: Option<&'static str>,
 }
 
 /// The fields of an app that a change sets; `None` leaves a field as it is.
@@ -444,6 +651,8 @@ pub struct AppChanges {
     pub owners: Option<Vec<String>>,
     /// Status and its reason.
     pub status: Option<(String, Option<String>)>,
+    /// When a change to `deleting` was asked for: the access ends of the deprovisioned members.
+    pub deprovision_at: Option<Millis>,
 }
 
 #[async_trait]
@@ -474,7 +683,7 @@ pub trait Store: Send + Sync + 'static {
     async fn set_next_sync(&self, id: &str, at: Millis) -> StoreResult<()>;
     async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()>;
     async fn put_assignment(&self, a: &Assignment) -> StoreResult<()>;
-    async fn delete_assignment(&self, app_id: &str, group_id: &str) -> StoreResult<bool>;
+    async fn delete_assignment(&self, app_id: &str, group_id: &str, now: Millis) -> StoreResult<bool>;
     async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>>;
 
     // webhook intake
@@ -493,7 +702,7 @@ pub trait Store: Send + Sync + 'static {
         info: Option<&Principal>,
         now: Millis,
     ) -> StoreResult<()>;
-    async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool>;
+    async fn delete_standing_member(&self, group_id: &str, principal: &str, now: Millis) -> StoreResult<bool>;
     /// Removes the group's standing members that `listed` leaves out (a fresh directory listing
     /// lists every member); answers how many went.
     async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64>;
@@ -561,6 +770,21 @@ pub trait Store: Send + Sync + 'static {
 
     // what the bridge knows of targets
     async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>>;
+    /// Object links of an app, by principal, after `after` (SPEC §8).
+    /// The removals the deletion guard holds at the app, oldest first.
+    async fn held_removals(&self, app_id: &str) -> StoreResult<Vec<HeldRemoval>>;
+    /// How many removals the deletion guard holds, per app that holds any.
+    async fn held_counts(&self) -> StoreResult<Vec<(String, i64)>>;
+    /// Sends the held removals as removal jobs; answers how many.
+    async fn approve_held(&self, app_id: &str, now: Millis) -> StoreResult<u64>;
+    /// Forgets the held pairs (they stay at the target); answers how many.
+    async fn reject_held(&self, app_id: &str, now: Millis) -> StoreResult<u64>;
+    async fn list_links(&self, app_id: &str, after: Option<&str>, limit: i64) -> StoreResult<Vec<LinkRecord>>;
+    async fn get_link(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<LinkRecord>>;
+    async fn forget_link(&self, app_id: &str, principal_id: &str) -> StoreResult<bool>;
+    async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()>;
+    /// Whether anything entitles the principal at the app now (any assigned group).
+    async fn entitled_at_app(&self, app_id: &str, principal_id: &str, now: Millis) -> StoreResult<bool>;
     async fn put_target_user(&self, app_id: &str, principal_id: &str, user: &TargetUser) -> StoreResult<()>;
     async fn target_users(&self, app_id: &str) -> StoreResult<Vec<(String, TargetUser)>>;
     async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>>;
@@ -593,6 +817,10 @@ pub trait Store: Send + Sync + 'static {
     // logs, cycles, audit
     async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()>;
     async fn query_logs(&self, filter: &LogFilter) -> StoreResult<Vec<LogEntry>>;
+    /// Access-end records, newest end first (SPEC §8).
+    async fn query_access_ends(&self, filter: &AccessEndFilter) -> StoreResult<Vec<AccessEnd>>;
+    /// The open access ends (pending, failed, held) of every app, for the objective's gauge.
+    async fn open_access_ends(&self) -> StoreResult<Vec<AccessEnd>>;
     async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>>;
     async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
     /// Purges up to `batch` rows of personal data older than `older_than` that nothing needs any

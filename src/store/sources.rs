@@ -1,6 +1,7 @@
 //! The sources besides the webhook (SPEC §7): their polling state, the request ids already
 //! taken in, and the standing members a directory listing gives.
 
+use super::access_ends::birth_access_ends;
 use super::dialect::{db_run, db_statement, db_tx, sql};
 use super::*;
 
@@ -14,14 +15,25 @@ macro_rules! source_columns {
 }
 
 impl SqlStore {
-    pub(super) async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool> {
+    pub(super) async fn delete_standing_member(
+        &self,
+        group_id: &str,
+        principal: &str,
+        now: Millis,
+    ) -> StoreResult<bool> {
         let done = db_tx!(self, db, tx => {
-            sqlx::query(sql!(db, "DELETE FROM standing_members WHERE group_id = $1 AND principal_id = $2"))
+            let gone = sqlx::query(sql!(db, "DELETE FROM standing_members WHERE group_id = $1 AND principal_id = $2"))
                 .bind(group_id)
                 .bind(principal)
                 .execute(&mut *tx)
                 .await?
-                .rows_affected()
+                .rows_affected();
+            if gone > 0 {
+                // The directory ended the member's entitlement through the group: at each app the
+                // group is assigned to, an access end from now (SPEC §8).
+                birth_access_ends!(db, &mut *tx, app: None, group: group_id, principal: Some(principal), "directory", now)?;
+            }
+            gone
         });
         Ok(done > 0)
     }

@@ -90,8 +90,8 @@ impl Store for SqlStore {
         SqlStore::put_assignment(self, a).await
     }
 
-    async fn delete_assignment(&self, app_id: &str, group_id: &str) -> StoreResult<bool> {
-        SqlStore::delete_assignment(self, app_id, group_id).await
+    async fn delete_assignment(&self, app_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
+        SqlStore::delete_assignment(self, app_id, group_id, now).await
     }
 
     async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>> {
@@ -124,8 +124,8 @@ impl Store for SqlStore {
         db_run!(self, db => db.put_standing_member(group_id, principal, info, now).await)
     }
 
-    async fn delete_standing_member(&self, group_id: &str, principal: &str) -> StoreResult<bool> {
-        SqlStore::delete_standing_member(self, group_id, principal).await
+    async fn delete_standing_member(&self, group_id: &str, principal: &str, now: Millis) -> StoreResult<bool> {
+        SqlStore::delete_standing_member(self, group_id, principal, now).await
     }
 
     async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
@@ -236,6 +236,42 @@ impl Store for SqlStore {
         db_run!(self, db => db.record(outcome).await)
     }
 
+    async fn held_removals(&self, app_id: &str) -> StoreResult<Vec<HeldRemoval>> {
+        SqlStore::held_removals(self, app_id).await
+    }
+
+    async fn held_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        SqlStore::held_counts(self).await
+    }
+
+    async fn approve_held(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
+        SqlStore::approve_held(self, app_id, now).await
+    }
+
+    async fn reject_held(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
+        SqlStore::reject_held(self, app_id, now).await
+    }
+
+    async fn list_links(&self, app_id: &str, after: Option<&str>, limit: i64) -> StoreResult<Vec<LinkRecord>> {
+        SqlStore::list_links(self, app_id, after, limit).await
+    }
+
+    async fn get_link(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<LinkRecord>> {
+        SqlStore::get_link(self, app_id, principal_id).await
+    }
+
+    async fn forget_link(&self, app_id: &str, principal_id: &str) -> StoreResult<bool> {
+        SqlStore::forget_link(self, app_id, principal_id).await
+    }
+
+    async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()> {
+        SqlStore::forget_target_user(self, app_id, principal_id).await
+    }
+
+    async fn entitled_at_app(&self, app_id: &str, principal_id: &str, now: Millis) -> StoreResult<bool> {
+        SqlStore::entitled_at_app(self, app_id, principal_id, now).await
+    }
+
     async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>> {
         SqlStore::target_user(self, app_id, principal_id).await
     }
@@ -303,6 +339,14 @@ impl Store for SqlStore {
 
     async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()> {
         SqlStore::insert_log(self, entry).await
+    }
+
+    async fn query_access_ends(&self, filter: &AccessEndFilter) -> StoreResult<Vec<AccessEnd>> {
+        SqlStore::query_access_ends(self, filter).await
+    }
+
+    async fn open_access_ends(&self) -> StoreResult<Vec<AccessEnd>> {
+        SqlStore::open_access_ends(self).await
     }
 
     async fn query_logs(&self, filter: &LogFilter) -> StoreResult<Vec<LogEntry>> {

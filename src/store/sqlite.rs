@@ -10,8 +10,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use tracing::instrument;
 
+use super::access_ends::{insert_access_end, settle_access_ends, settle_kept, settle_removed};
 use super::audit::insert_audit;
 use super::dialect::Dialect;
+use super::held::{hold_removal, release_held};
 use super::logs::insert_log;
 use super::*;
 use crate::rules::{self, AssignedApp, MembershipState, MembershipWrite, StoredAttributes};
@@ -494,6 +496,9 @@ impl SqliteDb {
         for entry in &plan.logs {
             insert_log!(Dialect::Sqlite, &mut **tx, entry)?;
         }
+        for end in &plan.access_ends {
+            insert_access_end!(Dialect::Sqlite, &mut **tx, end)?;
+        }
         Ok(Acceptance::Accepted { jobs })
     }
 
@@ -872,6 +877,17 @@ impl SqliteDb {
                     trace_context: None,
                 };
                 insert_job_in(&mut tx, &job, Some(m.event_seq), now).await?;
+                let end = rules::access_end(
+                    &app_id,
+                    &m.principal_id,
+                    None,
+                    &m.group_id,
+                    event_id.clone(),
+                    "expiry",
+                    m.end_at,
+                    now,
+                );
+                insert_access_end!(self, &mut *tx, &end)?;
                 if !woken.contains(&app_id) {
                     woken.push(app_id);
                 }
@@ -932,6 +948,32 @@ impl SqliteDb {
         }
         for entry in &o.logs {
             insert_log!(self, &mut *tx, entry)?;
+        }
+        for change in &o.access_ends {
+            settle_access_ends!(self, &mut *tx, &o.app_id, change, now);
+        }
+        // A member gone from its target group ends the access its open ends measure (SPEC §8).
+        for (member, _) in o.members.iter().filter(|(_, change)| *change == MemberChange::Gone) {
+            settle_removed!(
+                self,
+                &mut *tx,
+                &o.app_id,
+                member,
+                o.end_action.unwrap_or("remove_member"),
+                now
+            );
+        }
+        if let Some(cycle) = &o.cycle {
+            for member in &o.hold {
+                hold_removal!(self, &mut *tx, &o.app_id, member, &cycle.id, now)?;
+            }
+        }
+        for member in &o.release {
+            release_held!(self, &mut *tx, &o.app_id, member, now)?;
+        }
+        if o.cycle.as_ref().is_some_and(|c| c.ended_at.is_some()) {
+            // What the cycle left in place because something still entitles it was kept.
+            settle_kept!(self, &mut *tx, &o.app_id, now)?;
         }
         if let Some(c) = &o.cycle {
             sqlx::query(

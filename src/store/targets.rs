@@ -24,7 +24,7 @@ impl SqlStore {
             let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
             sqlx::query_as(sql!(
                 db,
-                "SELECT target_user_id, fingerprint, created_by_us, disabled FROM target_users
+                "SELECT target_user_id, fingerprint, created_by_us, disabled, enabled_by_us FROM target_users
                  WHERE app_id = {uuid $1} AND principal_id = $2"
             ))
             .bind(app_id)
@@ -38,12 +38,13 @@ impl SqlStore {
         db_statement!(self, db, conn => {
             sqlx::query(sql!(
                 db,
-                "INSERT INTO target_users (app_id, principal_id, target_user_id, fingerprint, created_by_us, disabled)
-                 VALUES ({uuid $1}, $2, $3, $4, $5, $6)
+                "INSERT INTO target_users (app_id, principal_id, target_user_id, fingerprint, created_by_us, disabled,
+                   enabled_by_us)
+                 VALUES ({uuid $1}, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (app_id, principal_id) DO UPDATE SET target_user_id = excluded.target_user_id,
                    fingerprint = excluded.fingerprint,
                    created_by_us = target_users.created_by_us OR excluded.created_by_us,
-                   disabled = excluded.disabled"
+                   disabled = excluded.disabled, enabled_by_us = excluded.enabled_by_us"
             ))
             .bind(app_id)
             .bind(principal_id)
@@ -51,8 +52,22 @@ impl SqlStore {
             .bind(&u.fingerprint)
             .bind(u.created_by_us)
             .bind(u.disabled)
+            .bind(u.enabled_by_us)
             .execute(&mut *conn)
             .await?;
+        });
+        Ok(())
+    }
+
+    /// Forgets the link to a deleted account: the next entitlement matches or creates one.
+    pub(super) async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()> {
+        db_statement!(self, db, conn => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(()) };
+            sqlx::query(sql!(db, "DELETE FROM target_users WHERE app_id = {uuid $1} AND principal_id = $2"))
+                .bind(app_id)
+                .bind(principal_id)
+                .execute(&mut *conn)
+                .await?;
         });
         Ok(())
     }
@@ -68,7 +83,7 @@ impl SqlStore {
             let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
             sqlx::query_as(sql!(
                 db,
-                "SELECT principal_id, target_user_id, fingerprint, created_by_us, disabled FROM target_users
+                "SELECT principal_id, target_user_id, fingerprint, created_by_us, disabled, enabled_by_us FROM target_users
                  WHERE app_id = {uuid $1} ORDER BY {binary principal_id}"
             ))
             .bind(app_id)
