@@ -115,6 +115,11 @@ async fn provision_groups_changes_only_while_nothing_is_provisioned() {
         .target
         .assert_members_eventually(&target_name, &[principal.upn()])
         .await;
+    // Recorded at the bridge, not only at the target.
+    stack
+        .bridge
+        .wait_for_event_log(&event, "success", Some("add_member"))
+        .await;
     let (status, answer) = patch(false).await;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     assert_eq!(app_of(&stack.bridge, &stack.app_id).await["provisionGroups"], true);

@@ -23,6 +23,8 @@ mod deletion_guard;
 mod engine;
 #[path = "graph_source.rs"]
 mod graph_source;
+#[path = "intake_batches.rs"]
+mod intake_batches;
 #[path = "legacy_removal.rs"]
 mod legacy_removal;
 #[path = "links.rs"]
@@ -53,6 +55,8 @@ mod page;
 mod properties;
 #[path = "provisioning.rs"]
 mod provisioning;
+#[path = "push_cost.rs"]
+mod push_cost;
 #[path = "realtime.rs"]
 mod realtime;
 #[path = "replicas.rs"]

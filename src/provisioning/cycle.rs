@@ -730,8 +730,22 @@ impl Cycle {
         }
         let mut steps = Vec::new();
         let mut pushed = push::PushResult::default();
-        match push::ensure_user(ctx, app, mapping, client, &member.principal_id, &mut steps, &mut pushed).await {
+        match push::ensure_user(
+            ctx,
+            app,
+            mapping,
+            client,
+            &member.principal_id,
+            None,
+            &mut steps,
+            &mut pushed,
+        )
+        .await
+        {
             Ok(_) => {
+                if let Some(user) = &pushed.user_record {
+                    ctx.store.put_target_user(&app.id, &member.principal_id, user).await?;
+                }
                 self.tally.ok();
                 self.record.counts.users_created += pushed.user_created as i64;
                 self.record.counts.users_updated += pushed.user_updated as i64;
@@ -757,21 +771,22 @@ impl Cycle {
         let store = &ctx.store;
         // Checked against the membership state just before sending: nobody revoked meanwhile
         // is added, nobody added meanwhile (by an immediate push) is added twice.
+        // The whole chunk in one read.
         let mut ready: Vec<(TargetMember, String, bool)> = Vec::new();
-        for p in principals {
-            let member = TargetMember {
-                target_display_name: target.to_string(),
-                principal_id: p.clone(),
-            };
-            if !self.wants_add(ctx, app, &member).await? {
+        for c in store.add_chunk_checks(&app.id, target, principals, ctx.now()).await? {
+            // Still to be added: entitled now, and not confirmed at the target.
+            if !c.entitled || c.confirmed {
                 continue;
             }
             // A member whose user could not be prepared was logged by its user step.
-            let Some(user) = store.target_user(&app.id, p).await? else {
+            let Some(user_id) = c.target_user_id else {
                 continue;
             };
-            let in_doubt = store.is_provisioned(&app.id, &member).await?;
-            ready.push((member, user.target_user_id, in_doubt));
+            let member = TargetMember {
+                target_display_name: target.to_string(),
+                principal_id: c.principal_id,
+            };
+            ready.push((member, user_id, c.provisioned));
         }
         if ready.is_empty() {
             return Ok(Done::Next(StepResult::default()));
@@ -794,8 +809,15 @@ impl Cycle {
         let mut steps = Vec::new();
         let source = self.source_group_of(ctx, app, target).await?;
         let started = std::time::Instant::now();
-        let group_id = match push::ensure_group(ctx, app, client, target, &source, &mut steps).await {
-            Ok(id) => id,
+        let mut pushed = push::PushResult::default();
+        let group_id = match push::ensure_group(ctx, app, client, target, &source, None, &mut steps, &mut pushed).await
+        {
+            Ok(id) => {
+                if let Some((name, id)) = &pushed.group_record {
+                    store.put_target_group(&app.id, name, id).await?;
+                }
+                id
+            }
             Err(e) => {
                 return self
                     .failed(ctx, e, &members, "add_member", steps, StepResult::default())

@@ -742,21 +742,25 @@ impl Dispatcher {
                     return Ok(None);
                 }
             }
-        } else {
-            let on_demand = job.trigger == "on_demand";
-            if !on_demand && !store.membership_active(&job.principal_id, &job.group_id, now).await? {
+        }
+        let mut provisioned = false;
+        if !job.is_removal() {
+            // The membership, and what the bridge knows of the member at the target: one read.
+            let checks = store.add_checks(&app.id, &member, &job.group_id, now).await?;
+            if job.trigger != "on_demand" && !checks.active {
                 let reason = "the membership is no longer active";
                 self.finish(app, job, JobChange::Cancelled, "skipped", reason).await?;
                 return Ok(None);
             }
-            if !in_doubt && store.is_confirmed(&app.id, &member).await? {
+            if !in_doubt && checks.confirmed {
                 let reason = "already a member: the bridge's record matches, nothing sent";
                 self.finish(app, job, JobChange::Done, "success", reason).await?;
                 return Ok(None);
             }
+            provisioned = checks.provisioned;
         }
         // An earlier add of this pair has an unknown outcome: read the target before adding.
-        let in_doubt = in_doubt || (!job.is_removal() && store.is_provisioned(&app.id, &member).await?);
+        let in_doubt = in_doubt || provisioned;
         let members = if job.is_removal() { removals } else { vec![member] };
 
         // On-demand provisioning is not windowed, and a retry of an admitted push is not a new
@@ -880,35 +884,35 @@ impl Dispatcher {
         let started = std::time::Instant::now();
         // The claim (and the admission time the window is rebuilt from) is committed before
         // anything is sent.
-        if !store.claim_job(&job.id, self.ctx.now(), admitted).await? {
+        // What the push reads before it sends comes back with the claim.
+        let target = members.first().map_or("", |m| m.target_display_name.as_str());
+        let Some(claim) = store.claim_job(&job.id, self.ctx.now(), admitted, target).await? else {
             return Ok(None);
-        }
+        };
         let mut steps = Vec::new();
         let mut outcome = Outcome {
             app_id: app.id.clone(),
             ..Default::default()
         };
+        let mut done = PushResult::default();
         let mut account_end = None;
         let result = if job.is_removal() {
             let removed = self
                 .remove_everywhere(app, mapping, client, job, members, &mut steps, &mut outcome)
-                .await;
+                .await
+                .map(|removed| done = removed);
             match removed {
                 // Once nothing entitles the user at the app (judged now, before the request),
                 // the account follows (`onAccessEnd`): part of this push, its own request.
-                Ok(done)
+                Ok(())
                     if app.settings.on_access_end() != OnAccessEnd::RemoveMember
                         && !store
                             .entitled_at_app(&app.id, &job.principal_id, self.ctx.now())
                             .await? =>
                 {
-                    match push::end_account(&self.ctx, app, client, &job.principal_id, &mut steps).await {
-                        Ok(ended) => {
-                            account_end = Some(ended);
-                            Ok(done)
-                        }
-                        Err(e) => Err(e),
-                    }
+                    push::end_account(&self.ctx, app, client, &job.principal_id, &mut steps)
+                        .await
+                        .map(|ended| account_end = Some(ended))
                 }
                 other => other,
             }
@@ -922,10 +926,18 @@ impl Dispatcher {
                 &job.group_id,
                 &members[0].target_display_name,
                 in_doubt,
+                Some(claim),
                 &mut steps,
+                &mut done,
             )
             .await
         };
+        // The user and the group the push found or created are recorded with its outcome, in
+        // one commit, whatever became of the push.
+        outcome
+            .users
+            .extend(done.user_record.take().map(|u| (job.principal_id.clone(), u)));
+        outcome.groups.extend(done.group_record.take());
         let now = self.ctx.now();
         let mut attempted = job.clone();
         attempted.attempt += 1;
@@ -956,7 +968,7 @@ impl Dispatcher {
         entry.steps = steps;
         outcome.time = now;
         match result {
-            Ok(done) => {
+            Ok(()) => {
                 if !job.is_removal() {
                     outcome.members.push((members[0].clone(), MemberChange::Confirmed));
                     outcome.sources.push((members[0].clone(), job.group_id.clone()));

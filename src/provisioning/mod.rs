@@ -482,17 +482,22 @@ impl Engine {
 async fn expiry_loop(ctx: Arc<Ctx>, engine: std::sync::Weak<Engine>, wake: Arc<Notify>, stop: CancellationToken) {
     loop {
         let now = ctx.now();
-        match ctx.store.expire_due(now).await {
-            Ok(apps) => {
-                if let Some(engine) = engine.upgrade() {
-                    for app in apps {
-                        engine.wake(&app);
+        // Most wakes (an event that set an end) find nothing due: one read, no write.
+        let mut next = ctx.store.next_expiry().await;
+        if !matches!(next, Ok(None)) && !matches!(next, Ok(Some(t)) if t > now) {
+            match ctx.store.expire_due(now).await {
+                Ok(apps) => {
+                    if let Some(engine) = engine.upgrade() {
+                        for app in apps {
+                            engine.wake(&app);
+                        }
                     }
                 }
+                Err(e) => tracing::error!(error = %e, "expiry scan failed"),
             }
-            Err(e) => tracing::error!(error = %e, "expiry scan failed"),
+            next = ctx.store.next_expiry().await;
         }
-        let next = match ctx.store.next_expiry().await {
+        let next = match next {
             Ok(Some(t)) => t.min(now + 60_000),
             _ => now + 60_000,
         };

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 
 use crate::mapping::{self, AppMapping};
 use crate::scim::{ScimClient, ScimError, ScimResult, filter_literal, id_of};
-use crate::store::{AppRecord, OnAccessEnd, PatchStyle, Step, TargetUser};
+use crate::store::{AppRecord, Claim, OnAccessEnd, PatchStyle, Step, TargetUser};
 
 use super::Ctx;
 
@@ -20,6 +20,13 @@ pub struct PushResult {
     /// The target refused the filter-path removal and took the legacy form: remembered per app
     /// in the same commit as the outcome.
     pub legacy_detected: bool,
+    /// What the bridge now knows of the principal's user at the target (matched, created or
+    /// brought up to date), to be recorded with the outcome (`Outcome::users`); `None`: the
+    /// stored record still says it. Kept when a later request of the push fails.
+    pub user_record: Option<TargetUser>,
+    /// A target group found or created (display name, the target's id), to be recorded with the
+    /// outcome (`Outcome::groups`).
+    pub group_record: Option<(String, String)>,
 }
 
 /// What the mapping makes of one principal: the User to send and the filters that find it.
@@ -71,31 +78,31 @@ async fn mapped(ctx: &Ctx, mapping: &AppMapping, principal_id: &str) -> ScimResu
 
 /// The target's id for the principal: the stored one, else matched, else created, with the
 /// app's attribute mapping. Attributes whose mapped value changed since they were last sent are
-/// replaced; an account the bridge disabled is enabled again.
+/// replaced; an account the bridge disabled is enabled again. `stored`: the stored record, when
+/// the caller has read it already (`Store::claim_job`); `None`: read it here.
+#[allow(clippy::too_many_arguments)]
 pub async fn ensure_user(
     ctx: &Ctx,
     app: &AppRecord,
     mapping: &AppMapping,
     client: &ScimClient,
     principal_id: &str,
+    stored: Option<Option<TargetUser>>,
     steps: &mut Vec<Step>,
     result: &mut PushResult,
 ) -> ScimResult<String> {
-    let store = &ctx.store;
     let user = mapped(ctx, mapping, principal_id).await?;
     let print = user.always.to_string();
-    let persist = |known: TargetUser| async move {
-        store
-            .put_target_user(&app.id, principal_id, &known)
+    let stored = match stored {
+        Some(stored) => stored,
+        None => ctx
+            .store
+            .target_user(&app.id, principal_id)
             .await
-            .map_err(|e| ScimError::Protocol(e.to_string()))
+            .map_err(|e| ScimError::Protocol(e.to_string()))?,
     };
 
-    if let Some(mut known) = store
-        .target_user(&app.id, principal_id)
-        .await
-        .map_err(|e| ScimError::Protocol(e.to_string()))?
-    {
+    if let Some(mut known) = stored {
         let changed = known.fingerprint != print || known.disabled;
         if known.fingerprint != print {
             // What was last sent (older records hold the principal's attributes: all differ).
@@ -112,9 +119,9 @@ pub async fn ensure_user(
             known.disabled = false;
         }
         let id = known.target_user_id.clone();
-        // A record that still says what the target has is not written again (a commit saved).
+        // A record that still says what the target has is not written again.
         if changed {
-            persist(known).await?;
+            result.user_record = Some(known);
         }
         return Ok(id);
     }
@@ -139,14 +146,15 @@ pub async fn ensure_user(
         None => client.create_user(&user.create, &user.filters, steps).await?,
     };
     result.user_created = created;
-    persist(TargetUser {
+    // Recorded with the outcome: a user created here whose outcome is lost (a crash before it
+    // is recorded) is matched at the target by the next attempt instead of created twice.
+    result.user_record = Some(TargetUser {
         target_user_id: id.clone(),
         fingerprint: print,
         created_by_us: created,
         disabled: false,
         enabled_by_us: enabled,
-    })
-    .await?;
+    });
     Ok(id)
 }
 
@@ -187,40 +195,46 @@ pub async fn update_user(
     Ok((!changes.is_empty()).then_some(id))
 }
 
-/// The target's id for a target group: stored, else found by displayName, else created.
+/// The target's id for a target group: stored, else found by displayName, else created (then
+/// left in `result.group_record`, for the outcome to record). `stored`: the stored id, when the
+/// caller has read it already (`Store::claim_job`); `None`: read it here.
+#[allow(clippy::too_many_arguments)]
 pub async fn ensure_group(
     ctx: &Ctx,
     app: &AppRecord,
     client: &ScimClient,
     display_name: &str,
     source_group_id: &str,
+    stored: Option<Option<String>>,
     steps: &mut Vec<Step>,
+    result: &mut PushResult,
 ) -> ScimResult<String> {
-    let store = &ctx.store;
-    if let Some(id) = store
-        .target_group(&app.id, display_name)
-        .await
-        .map_err(|e| ScimError::Protocol(e.to_string()))?
-    {
+    let stored = match stored {
+        Some(stored) => stored,
+        None => ctx
+            .store
+            .target_group(&app.id, display_name)
+            .await
+            .map_err(|e| ScimError::Protocol(e.to_string()))?,
+    };
+    if let Some(id) = stored {
         return Ok(id);
     }
     let id = match client.find_group(display_name, steps).await? {
         Some(id) => id,
         None => client.create_group(display_name, source_group_id, steps).await?,
     };
-    store
-        .put_target_group(&app.id, display_name, &id)
-        .await
-        .map_err(|e| ScimError::Protocol(e.to_string()))?;
+    result.group_record = Some((display_name.to_string(), id.clone()));
     Ok(id)
 }
 
 #[allow(clippy::too_many_arguments)]
 /// Adds one principal to one target group. `in_doubt`: an earlier attempt may have reached the
-/// target, so read the group first (some servers keep a member twice). Each request goes at most
+/// target, so read the group first (some servers keep a member twice). `claim`: what the claim
+/// read of the stored user and group (`None`: read here). Each request goes at most
 /// once: one that must be retried (an unknown outcome included) ends the attempt, and the caller
-/// reschedules the push on the clock; what succeeded (the user, the group) is stored, so the
-/// next attempt goes on from there.
+/// reschedules the push on the clock; what succeeded (the user, the group) is in `result`, for
+/// the outcome to record, so the next attempt goes on from there.
 pub async fn add_member(
     ctx: &Ctx,
     app: &AppRecord,
@@ -230,18 +244,35 @@ pub async fn add_member(
     source_group_id: &str,
     target_display_name: &str,
     in_doubt: bool,
+    claim: Option<Claim>,
     steps: &mut Vec<Step>,
-) -> ScimResult<PushResult> {
-    let mut result = PushResult::default();
-    let user_id = ensure_user(ctx, app, mapping, client, principal_id, steps, &mut result).await?;
+    result: &mut PushResult,
+) -> ScimResult<()> {
+    let (stored_user, mut stored_group) = match claim {
+        Some(claim) => (Some(claim.user), Some(claim.group_id)),
+        None => (None, None),
+    };
+    let user_id = ensure_user(ctx, app, mapping, client, principal_id, stored_user, steps, result).await?;
     result.target_user_id = Some(user_id.clone());
     if !app.settings.provisions_groups() {
         // The account is the entitlement: created, or enabled, is provisioned.
-        return Ok(result);
+        return Ok(());
     }
     let mut resolved_again = false;
     loop {
-        let group_id = ensure_group(ctx, app, client, target_display_name, source_group_id, steps).await?;
+        // After a stale id was forgotten, the group is resolved again from the store.
+        let stored = stored_group.take();
+        let group_id = ensure_group(
+            ctx,
+            app,
+            client,
+            target_display_name,
+            source_group_id,
+            stored,
+            steps,
+            result,
+        )
+        .await?;
         result.target_group_id = Some(group_id.clone());
         let outcome = async {
             if in_doubt && client.group_member_ids(&group_id, steps).await?.contains(&user_id) {
@@ -258,11 +289,12 @@ pub async fn add_member(
         match outcome {
             Ok(note) => {
                 result.note = note;
-                return Ok(result);
+                return Ok(());
             }
             Err(e) if e.status() == Some(404) && !resolved_again => {
                 // The stored group id is stale: resolve once more.
                 resolved_again = true;
+                result.group_record = None;
                 let _ = ctx.store.forget_target_group(&app.id, target_display_name).await;
             }
             Err(e) => return Err(e),

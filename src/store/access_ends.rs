@@ -142,25 +142,23 @@ macro_rules! birth_access_ends {
     }};
 }
 
-/// Settles as `removed`, on the connection `$conn` of the backend `$db`, the open records of a
-/// member (`$m`, a `TargetMember`) of the app `$app_id` whose removal the target confirmed at
-/// `$now` (a member gone from the target group, whatever removed it); observes each excess.
+/// Settles as `removed`, on the connection `$conn` of the backend `$db`, the open records of the
+/// members (`$members`, JSON rows `{"t": target display name, "p": principal}`) of the app
+/// `$app_id` whose removal the target confirmed at `$now` (members gone from their target group,
+/// whatever removed them), with the action `$action`; observes each excess. One statement.
 macro_rules! settle_removed {
-    ($db:expr, $conn:expr, $app_id:expr, $m:expr, $action:expr, $now:expr) => {{
-        let m: &$crate::store::TargetMember = $m;
+    ($db:expr, $conn:expr, $app_id:expr, $members:expr, $action:expr, $now:expr) => {{
         let now: $crate::clock::Millis = $now;
         let settled: Vec<(String, $crate::clock::Millis)> = sqlx::query_as($crate::store::dialect::sql!(
             $db,
-            "UPDATE access_ends SET status = 'removed', removed_at = {ts $4}, action = $5,
-               updated_at = {ts $4}
-             WHERE app_id = {uuid $1} AND principal_id = $2 AND target_display_name = $3
-               AND status IN ('pending', 'failed', 'held')
+            "UPDATE access_ends SET status = 'removed', removed_at = {ts $2}, action = $4, updated_at = {ts $2}
+             WHERE app_id = {uuid $1} AND status IN ('pending', 'failed', 'held')
+               AND (target_display_name, principal_id) IN (SELECT v.t, v.p FROM {members $3} v)
              RETURNING reason, {ms ended_at} AS ended_at"
         ))
         .bind($app_id)
-        .bind(&m.principal_id)
-        .bind(&m.target_display_name)
         .bind(now)
+        .bind($members)
         .bind($action)
         .fetch_all($conn)
         .await?;

@@ -149,6 +149,18 @@ impl SqlStore {
     }
 
     pub(super) async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>> {
+        // Every dispatcher pass asks, and almost always there is none: a read, not a write
+        // transaction (a request added just after is taken at the pass its nudge starts).
+        let queued: Option<i32> = db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
+            sqlx::query_scalar(sql!(db, "SELECT 1 FROM cycle_requests WHERE app_id = {uuid $1} LIMIT 1"))
+                .bind(app_id)
+                .fetch_optional(&db.pool)
+                .await?
+        });
+        if queued.is_none() {
+            return Ok(None);
+        }
         Ok(db_statement!(self, db, conn => {
             let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
             // A claim: a request another transaction is taking is skipped, never taken twice.

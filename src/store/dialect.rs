@@ -12,6 +12,8 @@
 //! | `{text X}` | `X::text` | `X` | a `uuid` or `jsonb` column read as text |
 //! | `{jsonb X}` | `X::jsonb` | `X` | JSON given as text: `jsonb` / text |
 //! | `{bigint X}` | `X::bigint` | `X` | a parameter PostgreSQL cannot type alone (`$1 IS NULL`) |
+//! | `{members X}` | `(SELECT t, p, g FROM jsonb_to_recordset(X::jsonb) AS r(t text, p text, g text))` | `(SELECT json_extract(value, '$.t') AS t, ... FROM json_each(X))` | members as rows of `t` (target group), `p` (principal), `g` (source group), given as one JSON array of objects |
+//! | `{each X}` | `(SELECT unnest(X::text[]) AS value)` | `(SELECT value FROM json_each(X))` | a list of strings as rows of `value`, bound with the backend's `text_list` (a `text[]` / a JSON array: a list can hold more values than SQLite binds parameters) |
 //! | `{binary X}` | `X COLLATE "C"` | `X` | text ordered by its bytes (SQLite's BINARY collation) |
 //! | `{pos}` | `pos` | `rowid` | insertion order |
 //! | `{for_update}` | `FOR UPDATE` | nothing | a row lock (SQLite's writers take turns anyway) |
@@ -19,6 +21,14 @@
 //! | `{seq}` | `COALESCE(seq, 0) AS seq` | `seq` | the paging cursor read, 0 until PostgreSQL numbers it |
 //! | `{numbered}` | `seq IS NOT NULL` | `1 = 1` | an entry has its paging cursor (`order_commits`) |
 //! | `{new_id}` | `gen_random_uuid()::text` | `lower(hex(randomblob(16)))` | a new random id per row written by an `INSERT ... SELECT` |
+//! | `{rows $N}` | `jsonb_array_elements($N::jsonb) WITH ORDINALITY AS r(value, key)` | `json_each($N) AS r` | a set of rows given as one JSON array of arrays (`json_rows`), `r.key` their order |
+//! | `{field I T}` | `(r.value ->> I)` cast to `T` | `(r.value ->> I)` | field `I` of such a row as type `T`: `text`, `bigint`, `bool`, `uuid`, `jsonb`, or `ts` (`from_ms`) |
+//!
+//! A set-based write (the webhook intake's) binds its rows as one JSON parameter (`{rows $1}`), so
+//! a statement's bound parameters stay one however many rows it carries (SQLite takes 32,766 at
+//! most); `json_rows` cuts the rows into chunks of `ROWS_PER_STATEMENT`, which bounds only the size
+//! of one statement's text. Such statements run on a `RowsConn` (either backend's connection), so
+//! the code that issues them is written once, as a plain generic function.
 //!
 //! The bodies that differ as a whole stay with their backend, each beside the SQL that differs:
 //! - writes: `SqliteDb::begin` (the write turn, then `BEGIN IMMEDIATE`) and `PostgresDb::begin`
@@ -27,17 +37,39 @@
 //!   audit entries (`PostgresDb::order_commits`, a no-op on SQLite, whose `seq` is the rowid);
 //! - app ids: `PostgresDb::app_key` answers `None` for a string no `uuid` column can hold, so the
 //!   query is not sent (SQLite's answers `Some` always: the query finds nothing);
-//! - a directory listing's leftovers (`delete_unlisted`): `NOT (key = ANY($2))` in one statement on
-//!   PostgreSQL, compared key by key on SQLite (a listing can hold more keys than it binds);
 //! - a filter on a list of app ids (`push_app_ids`): `= ANY($N::uuid[])` on PostgreSQL, `IN
 //!   (SELECT value FROM json_each($N))` on SQLite;
+//! - a list of strings bound for `{each $N}` (`text_list`): a `Vec<String>` (`text[]`) on
+//!   PostgreSQL, one JSON array on SQLite (a cycle chunk's principals, `add_chunk_checks`);
+//! - claims that skip what another writer holds (`{skip_locked}`): the expiry's
+//!   (`expire_due`: `... WHERE (principal_id, group_id, access_id) IN (SELECT ... FOR UPDATE SKIP
+//!   LOCKED)`) and the cycle request's (`take_cycle_request`), PostgreSQL only; the job's claim
+//!   (`claim_job`) is its `UPDATE`'s row lock on PostgreSQL, SQLite's single writer elsewhere;
 //! - advisory locks (`pg_advisory_xact_lock`), leases, `LISTEN/NOTIFY`: PostgreSQL only;
-//! - the webhook intake's group commit: SQLite only (`SqliteDb::accept_events`);
+//! - the webhook intake's group commit: SQLite queues the webhooks that arrive while a commit is
+//!   being made and writes them together in one `BEGIN IMMEDIATE` transaction
+//!   (`SqliteDb::accept_grouped`, `write_group`); PostgreSQL writes one `accept_events` call's batch
+//!   in its own transaction, after taking the advisory locks of its events, memberships and
+//!   principals in one statement (`SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT
+//!   hashtextextended(key, 0) ...) ORDER BY k`, `PostgresDb::lock_intake`) and announcing the work
+//!   with `pg_notify` before the commit (`PostgresDb::announce_intake`); both write the batch with
+//!   the one `events::write_batch`;
+//! - a principal written outside the intake (`principals.rs`): PostgreSQL takes the principal's
+//!   advisory lock first (`pg_advisory_xact_lock(hashtextextended('principal' || chr(10) || $1,
+//!   0))`, `PostgresDb::lock_principal`), so that it waits for a webhook merging into the same
+//!   principal even while no row exists; SQLite's writers take turns anyway (a no-op);
 //! - the cluster methods of `Store` (heartbeats, leases, notifications): PostgreSQL's in
 //!   `postgres.rs`, SQLite's answers (one process, no leases) in `sql.rs`.
 //!
 //! The macros below run a body written once on the store's backend: `db_run!` as it is,
 //! `db_tx!` in a write transaction, `db_statement!` as one fenced statement.
+//!
+//! The store counts what it sends (`store_counts`): every query written with `sql!` and the
+//! fencing and numbering statements are statements; every durable commit is a commit (a
+//! transaction's, or on SQLite a write sent alone). Two relaxed atomic increments per statement
+//! cost nothing next to a round trip, so they are always compiled in: a test in `tests/` (which
+//! sees the library built without `cfg(test)`) asserts what one push costs, with no feature to
+//! enable. The intake's statements not written with `sql!` yet are not counted.
 
 use super::postgres::PostgresDb;
 use super::sqlite::SqliteDb;
@@ -50,7 +82,7 @@ pub(super) enum Dialect {
 }
 
 impl Dialect {
-    /// Itself, so that `sql!` takes a dialect where no backend is at hand (as `db.dialect()`).
+    /// Itself, so that `sql!` takes a dialect where no backend is at hand (`execute_chunked`).
     pub(super) fn dialect(self) -> Dialect {
         self
     }
@@ -80,6 +112,16 @@ impl Dialect {
 
     fn fragment(self, name: &str, x: &str) -> Option<String> {
         use Dialect::{Postgres, Sqlite};
+        match (self, name) {
+            (Sqlite, "rows") if !x.is_empty() => return Some(format!("json_each({x}) AS r")),
+            (Postgres, "rows") if !x.is_empty() => {
+                return Some(format!(
+                    "jsonb_array_elements({x}::jsonb) WITH ORDINALITY AS r(value, key)"
+                ));
+            }
+            (_, "field") => return self.field(x),
+            _ => {}
+        }
         if let Some((before, after)) = self.wrapping(name) {
             return (!x.is_empty()).then(|| format!("{before}{x}{after}"));
         }
@@ -103,6 +145,26 @@ impl Dialect {
         Some(fragment.to_string())
     }
 
+    /// `{field I T}`: field `I` of the row `{rows ...}` gives, as type `T`.
+    fn field(self, x: &str) -> Option<String> {
+        let (index, kind) = x.split_once(' ')?;
+        index.parse::<usize>().ok()?;
+        let value = format!("(r.value ->> {index})");
+        if self == Dialect::Sqlite {
+            // `->>` answers SQLite's own types: text, integer (also for true and false), NULL.
+            return matches!(kind, "text" | "bigint" | "bool" | "uuid" | "jsonb" | "ts").then_some(value);
+        }
+        Some(match kind {
+            "text" => value,
+            "bigint" => format!("{value}::bigint"),
+            "bool" => format!("{value}::boolean"),
+            "uuid" => format!("{value}::uuid"),
+            "jsonb" => format!("{value}::jsonb"),
+            "ts" => format!("from_ms({value}::bigint)"),
+            _ => return None,
+        })
+    }
+
     /// What the fragment `{name X}` writes before and after `X`; `None` for a fragment without
     /// an argument, or none at all.
     fn wrapping(self, name: &str) -> Option<(&'static str, &'static str)> {
@@ -116,6 +178,17 @@ impl Dialect {
             (Postgres, "jsonb") => ("", "::jsonb"),
             (Postgres, "bigint") => ("", "::bigint"),
             (Postgres, "binary") => ("", " COLLATE \"C\""),
+            (Sqlite, "each") => ("(SELECT value FROM json_each(", "))"),
+            (Sqlite, "members") => (
+                "(SELECT json_extract(value, '$.t') AS t, json_extract(value, '$.p') AS p, \
+                 json_extract(value, '$.g') AS g FROM json_each(",
+                "))",
+            ),
+            (Postgres, "members") => (
+                "(SELECT t, p, g FROM jsonb_to_recordset(",
+                "::jsonb) AS r(t text, p text, g text))",
+            ),
+            (Postgres, "each") => ("(SELECT unnest(", "::text[]) AS value)"),
             _ => return None,
         })
     }
@@ -134,18 +207,138 @@ pub(super) enum Backend {
     Postgres(PostgresDb),
 }
 
-/// The query text for the backend `$db` (a `SqliteDb` or a `PostgresDb`), its fragments written
-/// out once per call site and backend and kept: each expansion of the macro has its own cache,
-/// and `db_run!` expands its body once per backend.
+/// The query text for the backend `$db` (a `SqliteDb`, a `PostgresDb`, a `RowsConn` or a
+/// `Dialect`), its fragments written out once per call site and backend and kept. Each use
+/// counts as one statement sent (`store_counts`): a query text is taken to be run.
 macro_rules! sql {
     ($db:expr, $text:expr) => {{
-        static TEXT: ::std::sync::OnceLock<($crate::store::dialect::Dialect, String)> = ::std::sync::OnceLock::new();
-        let dialect = $db.dialect();
-        let (written_for, text) = TEXT.get_or_init(|| (dialect, dialect.expand($text)));
-        debug_assert_eq!(*written_for, dialect, "one call site of sql! ran on both backends");
-        text.as_str()
+        static TEXT: [::std::sync::OnceLock<String>; 2] = [::std::sync::OnceLock::new(), ::std::sync::OnceLock::new()];
+        let dialect: $crate::store::dialect::Dialect = $db.dialect();
+        $crate::store::dialect::count_statement();
+        TEXT[dialect as usize].get_or_init(|| dialect.expand($text)).as_str()
     }};
 }
+
+static STATEMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One statement sent (besides `BEGIN` and `COMMIT`): each `sql!` counts its own; a text written
+/// for one backend only counts itself with this (the fence check, the intake's locks and
+/// notifications, `order_commits`; the methods of `sqlite.rs` and `postgres.rs` not written once
+/// yet are not counted).
+pub(super) fn count_statement() {
+    STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// One write transaction committed.
+pub(super) fn count_commit() {
+    COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Statements sent and transactions committed by every store of this process so far: a test
+/// takes the difference around one operation to hold its round trips to a number. (Always
+/// counted: two relaxed atomic additions cost nothing beside a round trip to the database.)
+#[doc(hidden)]
+pub fn store_counts() -> StoreCounts {
+    StoreCounts {
+        statements: STATEMENTS.load(std::sync::atomic::Ordering::Relaxed),
+        commits: COMMITS.load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreCounts {
+    pub statements: u64,
+    pub commits: u64,
+}
+
+impl std::ops::Sub for StoreCounts {
+    type Output = StoreCounts;
+    fn sub(self, earlier: StoreCounts) -> StoreCounts {
+        StoreCounts {
+            statements: self.statements - earlier.statements,
+            commits: self.commits - earlier.commits,
+        }
+    }
+}
+
+/// Rows per statement of a set-based write: its rows are one bound parameter whatever their
+/// number (see the header), so this bounds only the size of one statement's JSON.
+pub(super) const ROWS_PER_STATEMENT: usize = 5_000;
+
+/// The rows as the JSON arrays `{rows $N}` reads, in chunks of at most `ROWS_PER_STATEMENT`.
+pub(super) fn json_rows<T: serde::Serialize>(rows: &[T]) -> impl Iterator<Item = String> + '_ {
+    rows.chunks(ROWS_PER_STATEMENT)
+        .map(|chunk| serde_json::to_string(chunk).expect("rows serialize"))
+}
+
+/// Runs the statement `sql` gives for the connection's dialect (a `sql!` text) over the rows, one
+/// statement per chunk of them (`json_rows`); none for no rows.
+pub(super) async fn execute_chunked<T: serde::Serialize + Sync>(
+    conn: &mut impl RowsConn,
+    sql: impl Fn(Dialect) -> &'static str + Send,
+    rows: &[T],
+) -> Result<(), sqlx::Error> {
+    for chunk in json_rows(rows) {
+        let text = sql(conn.dialect());
+        conn.execute_rows(text, chunk).await?;
+    }
+    Ok(())
+}
+
+/// A connection (or transaction) of either backend that runs statements taking their rows as one
+/// JSON parameter (`{rows $1}`): the code that issues them is written once, generic over it.
+pub(super) trait RowsConn: Send {
+    fn dialect(&self) -> Dialect;
+
+    /// Runs `sql` with `rows` as `$1`; answers the rows it changed.
+    fn execute_rows(
+        &mut self,
+        sql: &'static str,
+        rows: String,
+    ) -> impl std::future::Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Runs `sql` with `rows` as `$1`; answers what it reads.
+    fn fetch_rows<R>(
+        &mut self,
+        sql: &'static str,
+        rows: String,
+    ) -> impl std::future::Future<Output = Result<Vec<R>, sqlx::Error>> + Send
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + Send
+            + Unpin;
+}
+
+/// `RowsConn` for a backend's connection (its `dialect` the one given).
+macro_rules! rows_conn {
+    ($conn:ty, $dialect:expr) => {
+        impl RowsConn for $conn {
+            fn dialect(&self) -> Dialect {
+                $dialect
+            }
+
+            async fn execute_rows(&mut self, sql: &'static str, rows: String) -> Result<u64, sqlx::Error> {
+                Ok(sqlx::query(sql).bind(rows).execute(self).await?.rows_affected())
+            }
+
+            async fn fetch_rows<R>(&mut self, sql: &'static str, rows: String) -> Result<Vec<R>, sqlx::Error>
+            where
+                R: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+                    + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+                    + Send
+                    + Unpin,
+            {
+                sqlx::query_as(sql).bind(rows).fetch_all(self).await
+            }
+        }
+    };
+}
+
+rows_conn!(sqlx::SqliteConnection, Dialect::Sqlite);
+rows_conn!(sqlx::PgConnection, Dialect::Postgres);
 
 /// Runs `$body` on the store's backend, `$db` naming it (`&SqliteDb` or `&PostgresDb`): the
 /// body is written once and compiled once per backend, so that sqlx's types are inferred for
@@ -191,7 +384,9 @@ macro_rules! db_statement {
         match &$store.backend {
             $crate::store::dialect::Backend::Sqlite($db) => {
                 let mut $conn = $db.pool.acquire().await?;
-                $body
+                let answer = $body;
+                $crate::store::dialect::count_commit();
+                answer
             }
             $crate::store::dialect::Backend::Postgres($db) => {
                 let mut $conn = $db.begin().await?;
@@ -223,6 +418,26 @@ mod tests {
             "SELECT created_at AS created_at FROM t WHERE id = $1 AND at < $2
              ORDER BY name, rowid "
         );
+    }
+
+    #[test]
+    fn rows_given_as_json_are_read_field_by_field() {
+        let text = "SELECT {field 0 text}, {field 1 ts}, {field 2 bool} FROM {rows $1} ORDER BY r.key";
+        assert_eq!(
+            Dialect::Postgres.expand(text),
+            "SELECT (r.value ->> 0), from_ms((r.value ->> 1)::bigint), (r.value ->> 2)::boolean \
+             FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS r(value, key) ORDER BY r.key"
+        );
+        assert_eq!(
+            Dialect::Sqlite.expand(text),
+            "SELECT (r.value ->> 0), (r.value ->> 1), (r.value ->> 2) FROM json_each($1) AS r ORDER BY r.key"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "no SQL fragment `{field 0 date}`")]
+    fn a_field_of_an_unknown_type_is_a_mistake() {
+        Dialect::Sqlite.expand("SELECT {field 0 date} FROM {rows $1}");
     }
 
     #[test]

@@ -7,11 +7,17 @@ mod apps;
 mod audit;
 mod cycles;
 mod dialect;
+mod events;
 mod held;
+mod jobs;
 mod links;
 mod logs;
+mod memberships;
 pub mod migrate;
+mod outcomes;
 mod postgres;
+mod principals;
+mod retention;
 mod sources;
 mod sql;
 mod sqlite;
@@ -29,6 +35,7 @@ use crate::clock::Millis;
 use crate::config::RateLimit;
 use crate::mapping::{AppMapping, AppMappingError, MappingEntry};
 
+pub use dialect::{StoreCounts, store_counts};
 pub use sql::SqlStore;
 
 /// The names `migrate` and the tests open one database by: the one `SqlStore`, its backend chosen
@@ -581,6 +588,43 @@ pub enum JobChange {
     },
 }
 
+/// One principal of a cycle's chunk to add, as checked before it is sent
+/// (`Store::add_chunk_checks`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ChunkMember {
+    pub principal_id: String,
+    /// A source group assigned to the app entitles the principal to the target group now
+    /// (`Store::entitled_via`).
+    pub entitled: bool,
+    /// The bridge has, or may have, put the member there (`Store::is_provisioned`).
+    pub provisioned: bool,
+    /// The target confirmed the member (`Store::is_confirmed`).
+    pub confirmed: bool,
+    /// The principal's user at the app (`Store::target_user`).
+    pub target_user_id: Option<String>,
+}
+
+/// What a claim answers (`Store::claim_job`), read in the claim's own statement: what a push
+/// would otherwise read before it sends.
+#[derive(Debug, Clone, Default)]
+pub struct Claim {
+    /// The principal's user at the app, as last recorded (`Store::target_user`).
+    pub user: Option<TargetUser>,
+    /// The target's id of the target group named (`Store::target_group`).
+    pub group_id: Option<String>,
+}
+
+/// What an add checks before it is sent (`Store::add_checks`), read in one statement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct AddChecks {
+    /// The principal's membership of the source group is active now.
+    pub active: bool,
+    /// The bridge has, or may have, put the member in the target group (`is_provisioned`).
+    pub provisioned: bool,
+    /// The target confirmed the member (`is_confirmed`).
+    pub confirmed: bool,
+}
+
 /// What the bridge now knows of one membership at a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberChange {
@@ -624,6 +668,13 @@ pub struct Outcome {
     pub hold: Vec<TargetMember>,
     /// Held removals whose member is entitled again: they leave the hold.
     pub release: Vec<TargetMember>,
+    /// What the push learned of principals' users at the target (matched, created, brought up
+    /// to date), by principal id: written in the outcome's commit, not one of their own. A user
+    /// created at the target whose outcome was never recorded (a crash in between) is matched
+    /// there again at the next attempt.
+    pub users: Vec<(String, TargetUser)>,
+    /// The target's ids of the target groups the push found or created, by display name.
+    pub groups: Vec<(String, String)>,
 }
 
 /// What an outcome settles of the open access-end records of one principal's entitlement
@@ -732,9 +783,11 @@ pub trait Store: Send + Sync + 'static {
     async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>>;
     async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>>;
     /// Claims a job for sending: in flight, one more attempt, and (when the window admitted it)
-    /// its admission time, in one commit before anything is sent. `false`: the job is no longer
-    /// waiting (an app deletion cancelled it meanwhile): nothing is to be sent.
-    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<bool>;
+    /// its admission time, in one commit before anything is sent; answers, read in the same
+    /// statement, what the bridge knows of the job's principal's user at the app and of the
+    /// target group `target` (see `Claim`). `None`: the job is no longer waiting (an app deletion
+    /// cancelled it meanwhile): nothing is to be sent.
+    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool, target: &str) -> StoreResult<Option<Claim>>;
     /// When the window admitted the app's pushes since `since`, sent or not: a restart rebuilds
     /// the window from them.
     async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>>;
@@ -754,7 +807,14 @@ pub trait Store: Send + Sync + 'static {
         before_seq: i64,
     ) -> StoreResult<Vec<Job>>;
     async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()>;
-    async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool>;
+    /// What an add of `member` for the source group checks before it is sent, in one read.
+    async fn add_checks(
+        &self,
+        app_id: &str,
+        member: &TargetMember,
+        group_id: &str,
+        now: Millis,
+    ) -> StoreResult<AddChecks>;
     /// A source group assigned to the app that still entitles the principal to the target group.
     async fn entitled_via(
         &self,
@@ -763,6 +823,15 @@ pub trait Store: Send + Sync + 'static {
         principal_id: &str,
         now: Millis,
     ) -> StoreResult<Option<String>>;
+    /// What a cycle's add of `principals` to the target group checks before it is sent, for the
+    /// whole chunk in one read, in the order given (a principal given twice is answered once).
+    async fn add_chunk_checks(
+        &self,
+        app_id: &str,
+        target: &str,
+        principals: &[String],
+        now: Millis,
+    ) -> StoreResult<Vec<ChunkMember>>;
     async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>>;
     async fn next_expiry(&self) -> StoreResult<Option<Millis>>;
     /// Records one outcome in one commit.

@@ -99,19 +99,19 @@ impl Store for SqlStore {
     }
 
     async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
-        db_run!(self, db => db.accept_events(items, now).await)
+        SqlStore::accept_events(self, items, now).await
     }
 
     async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
-        db_run!(self, db => db.get_event(id).await)
+        SqlStore::get_event(self, id).await
     }
 
     async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
-        db_run!(self, db => db.principal(principal_id).await)
+        SqlStore::principal(self, principal_id).await
     }
 
     async fn principal_attributes(&self, principal_id: &str) -> StoreResult<Option<serde_json::Map<String, Value>>> {
-        db_run!(self, db => db.principal_attributes(principal_id).await)
+        SqlStore::principal_attributes(self, principal_id).await
     }
 
     async fn put_standing_member(
@@ -121,7 +121,7 @@ impl Store for SqlStore {
         info: Option<&Principal>,
         now: Millis,
     ) -> StoreResult<()> {
-        db_run!(self, db => db.put_standing_member(group_id, principal, info, now).await)
+        SqlStore::put_standing_member(self, group_id, principal, info, now).await
     }
 
     async fn delete_standing_member(&self, group_id: &str, principal: &str, now: Millis) -> StoreResult<bool> {
@@ -129,11 +129,11 @@ impl Store for SqlStore {
     }
 
     async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        db_run!(self, db => db.retain_standing_members(group_id, listed).await)
+        SqlStore::retain_standing_members(self, group_id, listed).await
     }
 
     async fn put_principal_attributes(&self, principal_id: &str, attributes: &Value, now: Millis) -> StoreResult<()> {
-        db_run!(self, db => db.put_principal_attributes(principal_id, attributes, now).await)
+        SqlStore::put_principal_attributes(self, principal_id, attributes, now).await
     }
 
     async fn assigned_group_ids(&self) -> StoreResult<Vec<String>> {
@@ -161,39 +161,39 @@ impl Store for SqlStore {
     }
 
     async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
-        db_run!(self, db => db.forget_requests_except(group_id, listed).await)
+        SqlStore::forget_requests_except(self, group_id, listed).await
     }
 
     async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
-        db_run!(self, db => db.runnable_jobs(app_id, now, limit).await)
+        SqlStore::runnable_jobs(self, app_id, now, limit).await
     }
 
     async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>> {
-        db_run!(self, db => db.next_job_time(app_id, now).await)
+        SqlStore::next_job_time(self, app_id, now).await
     }
 
     async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>> {
-        db_run!(self, db => db.deferred_jobs(app_id).await)
+        SqlStore::deferred_jobs(self, app_id).await
     }
 
-    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool) -> StoreResult<bool> {
-        db_run!(self, db => db.claim_job(job_id, now, admitted).await)
+    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool, target: &str) -> StoreResult<Option<Claim>> {
+        SqlStore::claim_job(self, job_id, now, admitted, target).await
     }
 
     async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
-        db_run!(self, db => db.admissions_since(app_id, since).await)
+        SqlStore::admissions_since(self, app_id, since).await
     }
 
     async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>> {
-        db_run!(self, db => db.recover_in_flight(app_id, now).await)
+        SqlStore::recover_in_flight(self, app_id, now).await
     }
 
     async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
-        db_run!(self, db => db.requeue_in_doubt(job_id, now).await)
+        SqlStore::requeue_in_doubt(self, job_id, now).await
     }
 
     async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
-        db_run!(self, db => db.retry_removals_now(app_id, now).await)
+        SqlStore::retry_removals_now(self, app_id, now).await
     }
 
     async fn open_adds_for(
@@ -203,15 +203,21 @@ impl Store for SqlStore {
         group_id: &str,
         before_seq: i64,
     ) -> StoreResult<Vec<Job>> {
-        db_run!(self, db => db.open_adds_for(app_id, principal_id, group_id, before_seq).await)
+        SqlStore::open_adds_for(self, app_id, principal_id, group_id, before_seq).await
     }
 
     async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
-        db_run!(self, db => db.insert_job(job, now).await)
+        SqlStore::insert_job(self, job, now).await
     }
 
-    async fn membership_active(&self, principal_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
-        db_run!(self, db => db.membership_active(principal_id, group_id, now).await)
+    async fn add_checks(
+        &self,
+        app_id: &str,
+        member: &TargetMember,
+        group_id: &str,
+        now: Millis,
+    ) -> StoreResult<AddChecks> {
+        SqlStore::add_checks(self, app_id, member, group_id, now).await
     }
 
     async fn entitled_via(
@@ -221,19 +227,29 @@ impl Store for SqlStore {
         principal_id: &str,
         now: Millis,
     ) -> StoreResult<Option<String>> {
-        db_run!(self, db => db.entitled_via(app_id, target_display_name, principal_id, now).await)
+        SqlStore::entitled_via(self, app_id, target_display_name, principal_id, now).await
+    }
+
+    async fn add_chunk_checks(
+        &self,
+        app_id: &str,
+        target: &str,
+        principals: &[String],
+        now: Millis,
+    ) -> StoreResult<Vec<ChunkMember>> {
+        SqlStore::add_chunk_checks(self, app_id, target, principals, now).await
     }
 
     async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>> {
-        db_run!(self, db => db.expire_due(now).await)
+        SqlStore::expire_due(self, now).await
     }
 
     async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
-        db_run!(self, db => db.next_expiry().await)
+        SqlStore::next_expiry(self).await
     }
 
     async fn record(&self, outcome: &Outcome) -> StoreResult<()> {
-        db_run!(self, db => db.record(outcome).await)
+        SqlStore::record(self, outcome).await
     }
 
     async fn held_removals(&self, app_id: &str) -> StoreResult<Vec<HeldRemoval>> {
@@ -362,11 +378,11 @@ impl Store for SqlStore {
     }
 
     async fn purge_records(&self, now: Millis, older_than: Millis, batch: i64) -> StoreResult<u64> {
-        db_run!(self, db => db.purge_records(now, older_than, batch).await)
+        SqlStore::purge_records(self, now, older_than, batch).await
     }
 
     async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>> {
-        db_run!(self, db => db.deferred_counts().await)
+        SqlStore::deferred_counts(self).await
     }
 
     async fn purge_audit(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {

@@ -18,6 +18,57 @@ const REMOVAL_OPEN: &str = "SELECT 1 FROM jobs j
                    WHERE p.app_id = {uuid $1} AND p.target_display_name = $2 AND p.principal_id = $3)))
     LIMIT 1";
 
+pub(super) const PUT_TARGET_USER: &str =
+    "INSERT INTO target_users (app_id, principal_id, target_user_id, fingerprint, created_by_us, disabled,
+       enabled_by_us)
+     VALUES ({uuid $1}, $2, $3, $4, $5, $6, $7)
+     ON CONFLICT (app_id, principal_id) DO UPDATE SET target_user_id = excluded.target_user_id,
+       fingerprint = excluded.fingerprint,
+       created_by_us = target_users.created_by_us OR excluded.created_by_us,
+       disabled = excluded.disabled, enabled_by_us = excluded.enabled_by_us";
+
+/// Writes what the bridge knows of the principal's user at the app (`$u`, a `TargetUser`) on
+/// `$conn`: alone, or in an outcome's commit.
+macro_rules! put_target_user {
+    ($db:expr, $conn:expr, $app_id:expr, $principal_id:expr, $u:expr) => {{
+        let u: &$crate::store::TargetUser = $u;
+        sqlx::query($crate::store::dialect::sql!(
+            $db,
+            $crate::store::targets::PUT_TARGET_USER
+        ))
+        .bind($app_id)
+        .bind($principal_id)
+        .bind(&u.target_user_id)
+        .bind(&u.fingerprint)
+        .bind(u.created_by_us)
+        .bind(u.disabled)
+        .bind(u.enabled_by_us)
+        .execute($conn)
+        .await
+    }};
+}
+pub(super) use put_target_user;
+
+pub(super) const PUT_TARGET_GROUP: &str =
+    "INSERT INTO target_groups (app_id, display_name, target_group_id) VALUES ({uuid $1}, $2, $3)
+     ON CONFLICT (app_id, display_name) DO UPDATE SET target_group_id = excluded.target_group_id";
+
+/// Writes the target's id of a target group on `$conn`: alone, or in an outcome's commit.
+macro_rules! put_target_group {
+    ($db:expr, $conn:expr, $app_id:expr, $display_name:expr, $id:expr) => {{
+        sqlx::query($crate::store::dialect::sql!(
+            $db,
+            $crate::store::targets::PUT_TARGET_GROUP
+        ))
+        .bind($app_id)
+        .bind($display_name)
+        .bind($id)
+        .execute($conn)
+        .await
+    }};
+}
+pub(super) use put_target_group;
+
 impl SqlStore {
     pub(super) async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>> {
         Ok(db_run!(self, db => {
@@ -36,25 +87,7 @@ impl SqlStore {
 
     pub(super) async fn put_target_user(&self, app_id: &str, principal_id: &str, u: &TargetUser) -> StoreResult<()> {
         db_statement!(self, db, conn => {
-            sqlx::query(sql!(
-                db,
-                "INSERT INTO target_users (app_id, principal_id, target_user_id, fingerprint, created_by_us, disabled,
-                   enabled_by_us)
-                 VALUES ({uuid $1}, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (app_id, principal_id) DO UPDATE SET target_user_id = excluded.target_user_id,
-                   fingerprint = excluded.fingerprint,
-                   created_by_us = target_users.created_by_us OR excluded.created_by_us,
-                   disabled = excluded.disabled, enabled_by_us = excluded.enabled_by_us"
-            ))
-            .bind(app_id)
-            .bind(principal_id)
-            .bind(&u.target_user_id)
-            .bind(&u.fingerprint)
-            .bind(u.created_by_us)
-            .bind(u.disabled)
-            .bind(u.enabled_by_us)
-            .execute(&mut *conn)
-            .await?;
+            put_target_user!(db, &mut *conn, app_id, principal_id, u)?;
         });
         Ok(())
     }
@@ -109,16 +142,7 @@ impl SqlStore {
 
     pub(super) async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()> {
         db_statement!(self, db, conn => {
-            sqlx::query(sql!(
-                db,
-                "INSERT INTO target_groups (app_id, display_name, target_group_id) VALUES ({uuid $1}, $2, $3)
-                 ON CONFLICT (app_id, display_name) DO UPDATE SET target_group_id = excluded.target_group_id"
-            ))
-            .bind(app_id)
-            .bind(display_name)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+            put_target_group!(db, &mut *conn, app_id, display_name, id)?;
         });
         Ok(())
     }
@@ -284,5 +308,95 @@ impl SqlStore {
             .fetch_all(&db.pool)
             .await?
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(principal: &str) -> TargetMember {
+        TargetMember {
+            target_display_name: "Target".into(),
+            principal_id: principal.into(),
+        }
+    }
+
+    /// An outcome's membership changes, written set-based, leave each member as applying them one
+    /// by one in order would: the last confirmation or removal decides, and an in-doubt add after
+    /// a removal adds the member back unconfirmed.
+    #[tokio::test]
+    async fn an_outcomes_member_changes_leave_what_applying_them_in_order_would() {
+        use MemberChange::{Confirmed, Gone, InDoubt};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqlStore::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        Store::migrate(&store).await.unwrap();
+        let app_id = uuid::Uuid::now_v7().to_string();
+        store
+            .insert_app(&AppRecord {
+                id: app_id.clone(),
+                name: "app".into(),
+                scim_base_url: "http://127.0.0.1:9/scim/v2".into(),
+                auth_type: "bearer".into(),
+                auth_sealed: vec![0],
+                settings: AppSettings::default(),
+                owners: Vec::new(),
+                status: "active".into(),
+                status_reason: None,
+                legacy_remove: false,
+                next_sync_at: 0,
+                quarantine_level: 0,
+                created_at: 0,
+                deleted_at: None,
+            })
+            .await
+            .unwrap();
+        let record = |members: Vec<(TargetMember, MemberChange)>| Outcome {
+            app_id: app_id.clone(),
+            time: 1,
+            members,
+            ..Default::default()
+        };
+        // Before: p-confirmed confirmed, p-doubt in doubt.
+        let before = record(vec![(member("p-confirmed"), Confirmed), (member("p-doubt"), InDoubt)]);
+        Store::record(&store, &before).await.unwrap();
+
+        let changes = vec![
+            (member("p-new"), InDoubt),
+            (member("p-new"), Confirmed),
+            (member("p-confirmed"), InDoubt),
+            (member("p-doubt"), Confirmed),
+            (member("p-doubt"), Gone),
+            (member("p-back"), Confirmed),
+            (member("p-back"), Gone),
+            (member("p-back"), InDoubt),
+            (member("p-doubt-only"), InDoubt),
+        ];
+        Store::record(&store, &record(changes)).await.unwrap();
+        let state = |p: &'static str| {
+            let store = &store;
+            let app_id = app_id.clone();
+            async move {
+                match (
+                    store.is_provisioned(&app_id, &member(p)).await.unwrap(),
+                    store.is_confirmed(&app_id, &member(p)).await.unwrap(),
+                ) {
+                    (false, _) => "absent",
+                    (true, false) => "in doubt",
+                    (true, true) => "confirmed",
+                }
+            }
+        };
+        assert_eq!(state("p-new").await, "confirmed");
+        assert_eq!(
+            state("p-confirmed").await,
+            "confirmed",
+            "an in-doubt add leaves a confirmed member"
+        );
+        assert_eq!(state("p-doubt").await, "absent");
+        assert_eq!(state("p-back").await, "in doubt");
+        assert_eq!(state("p-doubt-only").await, "in doubt");
     }
 }

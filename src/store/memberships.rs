@@ -1,0 +1,215 @@
+//! Memberships as the sources give them: whether one still entitles its principal, and their
+//! expiry, which queues the removals of the memberships whose end has come.
+
+use super::access_ends::insert_access_end;
+use super::dialect::{db_run, db_tx, sql};
+use super::jobs::insert_job_in;
+use super::*;
+
+/// The assignments `ga` of app `$1` with target group `$2` whose source group entitles the
+/// principal (the SQL expression given) at `$4`: a standing member, or an active membership
+/// within its schedule.
+macro_rules! entitling_assignments {
+    ($principal:literal) => {
+        concat!(
+            "FROM group_assignments ga WHERE ga.app_id = {uuid $1} AND ga.target_display_name = $2 AND (
+               EXISTS (SELECT 1 FROM standing_members s WHERE s.group_id = ga.group_id AND s.principal_id = ",
+            $principal,
+            ")
+               OR EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = ga.group_id AND m.principal_id = ",
+            $principal,
+            "
+                 AND m.access_id = 'member' AND m.active = TRUE
+                 AND (m.start_at IS NULL OR m.start_at <= {ts $4}) AND (m.end_at IS NULL OR m.end_at > {ts $4})))"
+        )
+    };
+}
+
+/// A source group assigned to app `$1` with target group `$2` that entitles principal `$3` at `$4`.
+pub(super) const ENTITLED_VIA: &str = concat!("SELECT ga.group_id ", entitling_assignments!("$3"), " LIMIT 1");
+
+impl SqlStore {
+    pub(super) async fn add_checks(
+        &self,
+        app_id: &str,
+        m: &TargetMember,
+        group_id: &str,
+        now: Millis,
+    ) -> StoreResult<AddChecks> {
+        Ok(db_run!(self, db => {
+            // An app id no stored app can have (`app_key`) is bound as NULL: nothing provisioned.
+            sqlx::query_as(sql!(
+                db,
+                "SELECT EXISTS (SELECT 1 FROM memberships WHERE principal_id = $3 AND group_id = $4
+                          AND access_id = 'member' AND active = TRUE AND (end_at IS NULL OR end_at > {ts $5})) AS active,
+                   EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = $2
+                          AND p.principal_id = $3) AS provisioned,
+                   EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = $2
+                          AND p.principal_id = $3 AND p.confirmed = TRUE) AS confirmed"
+            ))
+            .bind(db.app_key(app_id))
+            .bind(&m.target_display_name)
+            .bind(&m.principal_id)
+            .bind(group_id)
+            .bind(now)
+            .fetch_one(&db.pool)
+            .await?
+        }))
+    }
+
+    pub(super) async fn add_chunk_checks(
+        &self,
+        app_id: &str,
+        target: &str,
+        principals: &[String],
+        now: Millis,
+    ) -> StoreResult<Vec<ChunkMember>> {
+        let rows: Vec<ChunkMember> = db_run!(self, db => {
+            // An app id no stored app can have (`app_key`) is bound as NULL: nothing entitled.
+            sqlx::query_as(sql!(
+                db,
+                concat!(
+                    "SELECT v.value AS principal_id,
+                       EXISTS (SELECT 1 ",
+                    entitling_assignments!("v.value"),
+                    ") AS entitled,
+                       EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = $2
+                              AND p.principal_id = v.value) AS provisioned,
+                       EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = $2
+                              AND p.principal_id = v.value AND p.confirmed = TRUE) AS confirmed,
+                       (SELECT t.target_user_id FROM target_users t WHERE t.app_id = {uuid $1}
+                          AND t.principal_id = v.value) AS target_user_id
+                     FROM {each $3} v"
+                )
+            ))
+            .bind(db.app_key(app_id))
+            .bind(target)
+            .bind(db.text_list(principals))
+            .bind(now)
+            .fetch_all(&db.pool)
+            .await?
+        });
+        // In the order given.
+        let mut rows: std::collections::HashMap<String, ChunkMember> =
+            rows.into_iter().map(|r| (r.principal_id.clone(), r)).collect();
+        Ok(principals.iter().filter_map(|p| rows.remove(p)).collect())
+    }
+
+    pub(super) async fn entitled_via(
+        &self,
+        app_id: &str,
+        target: &str,
+        principal_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<String>> {
+        Ok(db_run!(self, db => {
+            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
+            sqlx::query_scalar(sql!(db, ENTITLED_VIA))
+                .bind(app_id)
+                .bind(target)
+                .bind(principal_id)
+                .bind(now)
+                .fetch_optional(&db.pool)
+                .await?
+        }))
+    }
+
+    /// Ends the memberships whose end has come and queues their removals; answers the apps
+    /// that have new work.
+    #[tracing::instrument(skip_all)]
+    pub(super) async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>> {
+        #[derive(sqlx::FromRow)]
+        struct Due {
+            principal_id: String,
+            group_id: String,
+            access_id: String,
+            end_at: Millis,
+            event_seq: i64,
+        }
+        Ok(db_tx!(self, db, tx => {
+            // A claim on PostgreSQL: memberships another replica is expiring right now, or a
+            // webhook is judging (the intake reads the row `FOR UPDATE` until it commits), are
+            // skipped and expire at a later pass if still due; the `expired_at IS NULL`
+            // condition keeps one expiry from queuing twice.
+            let due: Vec<Due> = sqlx::query_as(sql!(
+                db,
+                "UPDATE memberships SET active = FALSE, expired_at = {ts $1}
+                 WHERE (principal_id, group_id, access_id) IN (
+                   SELECT principal_id, group_id, access_id FROM memberships
+                   WHERE active = TRUE AND expired_at IS NULL AND end_at IS NOT NULL AND end_at <= {ts $1}
+                   {skip_locked})
+                 RETURNING principal_id, group_id, access_id, {ms end_at} AS end_at, event_seq"
+            ))
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut woken = Vec::new();
+            for m in due.iter().filter(|m| m.access_id == "member") {
+                let event_id: Option<String> = sqlx::query_scalar(sql!(db, "SELECT id FROM events WHERE seq = $1"))
+                    .bind(m.event_seq)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let apps: Vec<String> = sqlx::query_scalar(sql!(
+                    db,
+                    "SELECT {text ga.app_id} FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
+                     WHERE ga.group_id = $1 AND a.deleted_at IS NULL"
+                ))
+                .bind(&m.group_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                for app_id in apps {
+                    let job = Job {
+                        seq: 0,
+                        id: uuid::Uuid::now_v7().to_string(),
+                        app_id: app_id.clone(),
+                        event_id: event_id.clone(),
+                        principal_id: m.principal_id.clone(),
+                        group_id: m.group_id.clone(),
+                        kind: "remove".into(),
+                        trigger: "expiry".into(),
+                        state: "pending".into(),
+                        not_before: now,
+                        received_at: m.end_at,
+                        deferred_until: None,
+                        attempt: 0,
+                        flag: None,
+                        admitted_at: None,
+                        // No target group of its own: it removes where the event's group put the member.
+                        target_display_name: None,
+                        // The expiry is no event's span: its push is a trace of its own.
+                        trace_context: None,
+                    };
+                    insert_job_in!(db, &mut *tx, &job, Some(m.event_seq), now)?;
+                    // Access ended at the scheduled end (SPEC §8): its record is born here.
+                    let end = crate::rules::access_end(
+                        &app_id,
+                        &m.principal_id,
+                        None,
+                        &m.group_id,
+                        event_id.clone(),
+                        "expiry",
+                        m.end_at,
+                        now,
+                    );
+                    insert_access_end!(db, &mut *tx, &end)?;
+                    if !woken.contains(&app_id) {
+                        woken.push(app_id);
+                    }
+                }
+            }
+            woken
+        }))
+    }
+
+    pub(super) async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
+        Ok(db_run!(self, db => {
+            sqlx::query_scalar(sql!(
+                db,
+                "SELECT {ms MIN(end_at)} FROM memberships
+                 WHERE active = TRUE AND expired_at IS NULL AND end_at IS NOT NULL"
+            ))
+            .fetch_one(&db.pool)
+            .await?
+        }))
+    }
+}

@@ -1,0 +1,225 @@
+//! Principals: what the events and the directory feed told of each user (field by field, each
+//! with the time of the newest event that carried it), and the standing members the feed lists.
+
+use std::collections::BTreeMap;
+
+use super::dialect::{RowsConn, db_run, db_tx, execute_chunked, sql};
+use super::*;
+use crate::rules::StoredAttributes;
+
+/// A principal's row: the classic columns and the attributes with their times.
+#[derive(sqlx::FromRow)]
+struct PrincipalRow {
+    principal_id: String,
+    user_principal_name: String,
+    display_name: Option<String>,
+    given_name: Option<String>,
+    surname: Option<String>,
+    mail: Option<String>,
+    attributes: Option<String>,
+}
+
+impl PrincipalRow {
+    fn attributes(&self) -> StoredAttributes {
+        let legacy = Principal {
+            user_principal_name: self.user_principal_name.clone(),
+            display_name: self.display_name.clone(),
+            given_name: self.given_name.clone(),
+            surname: self.surname.clone(),
+            mail: self.mail.clone(),
+        };
+        StoredAttributes::from_stored(self.attributes.as_deref(), Some(&legacy))
+    }
+}
+
+macro_rules! principal_columns {
+    () => {
+        "SELECT principal_id, user_principal_name, display_name, given_name, surname, mail,
+           {text attributes} AS attributes FROM principals"
+    };
+}
+
+/// Locked as they are read (PostgreSQL), until the merged attributes are written.
+const READ_PRINCIPALS: &str = concat!(
+    principal_columns!(),
+    " WHERE principal_id IN (SELECT {field 0 text} FROM {rows $1}) {for_update}"
+);
+
+const PUT_PRINCIPALS: &str = "INSERT INTO principals (principal_id, user_principal_name, display_name, given_name,
+      surname, mail, updated_at, attributes)
+    SELECT {field 0 text}, {field 1 text}, {field 2 text}, {field 3 text}, {field 4 text}, {field 5 text},
+      {field 6 ts}, {field 7 jsonb}
+    FROM {rows $1} WHERE true ORDER BY r.key
+    ON CONFLICT (principal_id) DO UPDATE SET user_principal_name = excluded.user_principal_name,
+      display_name = excluded.display_name, given_name = excluded.given_name, surname = excluded.surname,
+      mail = excluded.mail, updated_at = excluded.updated_at, attributes = excluded.attributes";
+
+/// The stored attributes of the principals named (none for one without a row), inside the
+/// caller's transaction.
+pub(super) async fn read_principals(
+    conn: &mut impl RowsConn,
+    ids: impl IntoIterator<Item = &str>,
+) -> StoreResult<BTreeMap<String, StoredAttributes>> {
+    let ids: Vec<[&str; 1]> = ids.into_iter().map(|id| [id]).collect();
+    let rows: Vec<PrincipalRow> = conn
+        .fetch_rows(
+            sql!(conn, READ_PRINCIPALS),
+            serde_json::to_string(&ids).expect("ids serialize"),
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.principal_id.clone(), r.attributes()))
+        .collect())
+}
+
+/// Writes the principals' merged attributes (`updated_at` the time given with each), in one
+/// statement per chunk of them. One whose attributes hold no `userPrincipalName` yet is not
+/// usable and is left out.
+pub(super) async fn write_principals(
+    conn: &mut impl RowsConn,
+    merged: &[(&str, &StoredAttributes, Millis)],
+) -> StoreResult<()> {
+    let rows: Vec<_> = merged
+        .iter()
+        .filter_map(|(id, attributes, now)| {
+            let p = attributes.principal()?;
+            Some((
+                id,
+                p.user_principal_name,
+                p.display_name,
+                p.given_name,
+                p.surname,
+                p.mail,
+                now,
+                attributes.to_json(),
+            ))
+        })
+        .collect();
+    Ok(execute_chunked(conn, |d| sql!(d, PUT_PRINCIPALS), &rows).await?)
+}
+
+/// Takes what the directory feed's `principal` object carries, field by field, unless a newer
+/// event already set that field. The caller holds the principal's lock (`lock_principal`).
+pub(super) async fn merge_principal(
+    conn: &mut impl RowsConn,
+    principal_id: &str,
+    given: &Value,
+    created: Millis,
+    now: Millis,
+) -> StoreResult<()> {
+    let mut attributes = read_principals(conn, [principal_id])
+        .await?
+        .remove(principal_id)
+        .unwrap_or_default();
+    attributes.merge(given, created);
+    write_principals(conn, &[(principal_id, &attributes, now)]).await
+}
+
+/// What a directory listing names: the rows it leaves out go (`delete_unlisted`).
+enum Listed {
+    StandingMembers,
+    SeenRequests,
+}
+
+impl SqlStore {
+    async fn principal_row(&self, principal_id: &str) -> StoreResult<Option<PrincipalRow>> {
+        Ok(db_run!(self, db => {
+            sqlx::query_as(sql!(db, concat!(principal_columns!(), " WHERE principal_id = $1")))
+                .bind(principal_id)
+                .fetch_optional(&db.pool)
+                .await?
+        }))
+    }
+
+    pub(super) async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
+        let row = self.principal_row(principal_id).await?;
+        Ok(row.and_then(|r| r.attributes().principal()))
+    }
+
+    pub(super) async fn principal_attributes(
+        &self,
+        principal_id: &str,
+    ) -> StoreResult<Option<serde_json::Map<String, Value>>> {
+        let row = self.principal_row(principal_id).await?;
+        Ok(row.map(|r| r.attributes().values()))
+    }
+
+    pub(super) async fn put_standing_member(
+        &self,
+        group_id: &str,
+        principal: &str,
+        info: Option<&Principal>,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let given = info
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("principal: {e}")))?;
+        db_tx!(self, db, tx => {
+            if let Some(given) = &given {
+                db.lock_principal(&mut tx, principal).await?;
+                merge_principal(&mut *tx, principal, given, now, now).await?;
+            }
+            sqlx::query(sql!(
+                db,
+                "INSERT INTO standing_members (group_id, principal_id, created_at) VALUES ($1, $2, {ts $3})
+                 ON CONFLICT DO NOTHING"
+            ))
+            .bind(group_id)
+            .bind(principal)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub(super) async fn put_principal_attributes(
+        &self,
+        principal_id: &str,
+        attributes: &Value,
+        now: Millis,
+    ) -> StoreResult<()> {
+        db_tx!(self, db, tx => {
+            db.lock_principal(&mut tx, principal_id).await?;
+            merge_principal(&mut *tx, principal_id, attributes, now, now).await?;
+        });
+        Ok(())
+    }
+
+    pub(super) async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+        self.delete_unlisted(Listed::StandingMembers, group_id, listed).await
+    }
+
+    pub(super) async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+        self.delete_unlisted(Listed::SeenRequests, group_id, listed).await
+    }
+
+    /// Deletes the group's rows whose key `listed` leaves out, compared in the database in one
+    /// statement however many keys it lists (one bound parameter); answers how many went.
+    async fn delete_unlisted(&self, what: Listed, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+        let rows: Vec<[&str; 1]> = listed.iter().map(|k| [k.as_str()]).collect();
+        let listed = serde_json::to_string(&rows).expect("keys serialize");
+        Ok(db_tx!(self, db, tx => {
+            let delete = match what {
+                Listed::StandingMembers => sql!(
+                    db,
+                    "DELETE FROM standing_members WHERE group_id = $1
+                     AND principal_id NOT IN (SELECT {field 0 text} FROM {rows $2})"
+                ),
+                Listed::SeenRequests => sql!(
+                    db,
+                    "DELETE FROM source_seen_requests WHERE group_id = $1
+                     AND request_id NOT IN (SELECT {field 0 text} FROM {rows $2})"
+                ),
+            };
+            sqlx::query(delete)
+                .bind(group_id)
+                .bind(&listed)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        }))
+    }
+}

@@ -1,0 +1,115 @@
+//! What one push costs the store, counted (`scim_bridge::store::store_counts`): the commits and
+//! statements from a webhook's activation to the member added at a real target. A change that
+//! adds a round trip to the push path fails here; one that must, raises the constant and says why.
+//!
+//! The bridge runs in this process (nextest runs each test in a process of its own, so the
+//! counts are this test's), on a manual clock: nothing runs on a timer meanwhile, and on
+//! PostgreSQL the leases are renewed every 100 s, not during the push.
+
+use std::time::Duration;
+
+use scim_bridge::store::store_counts;
+
+use crate::common::{self, Event, Kind, Principal, Stack};
+
+/// A push costs three commits (issue 20): the event's at intake, the claim's (SPEC §1: the
+/// admission is committed before anything is sent) and the outcome's, which carries the job's
+/// state, the membership, the user and group the push found or created, and the log entry.
+const COMMITS_PER_PUSH: u64 = 3;
+
+/// The statements of one activation's push, intake included, when the push creates both the
+/// user and the group at the target, measured. The intake (one commit): the batch's reads (stored
+/// events, their jobs, principals, memberships, assigned apps, revoked ids) and its writes
+/// (principal, event, membership, jobs), one statement each however many events the batch holds.
+/// The dispatcher's pass reads the app, its runnable jobs, the app again and its assignments; the
+/// add's checks (membership active, member provisioned, confirmed) are one read; the claim, which
+/// answers the stored user and group; the outcome writes the job, the user, the group, the
+/// membership with its source group, and the log entry; then the pass's cycle-request check and
+/// next job time; and the expiry timer, woken by the event, reads the next end. PostgreSQL adds
+/// the lease fence of each write done under the app's lease, the intake's principal locks and its
+/// notification, and the numbering of committed log entries.
+const SQLITE_STATEMENTS_FIRST_PUSH: u64 = 25;
+const POSTGRES_STATEMENTS_FIRST_PUSH: u64 = 35;
+/// The same for a second principal: the group is known (one write fewer), only the user is
+/// created.
+const SQLITE_STATEMENTS_NEXT_PUSH: u64 = 24;
+const POSTGRES_STATEMENTS_NEXT_PUSH: u64 = 34;
+
+/// The counts once the bridge has settled: unchanged over a quarter of a second.
+async fn settled_counts() -> (u64, u64) {
+    let counts = || {
+        let c = store_counts();
+        (c.commits, c.statements)
+    };
+    let mut last = counts();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = counts();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Delivers the activation and answers what it cost once the member is at the target (read
+/// there, not through the bridge, whose API reads would be counted).
+async fn push_cost(stack: &Stack, event: &Event, target_name: &str, expected: &[&str]) -> (u64, u64) {
+    let before = settled_counts().await;
+    stack.bridge.deliver(&[event]).await;
+    stack.target.assert_members_eventually(target_name, expected).await;
+    let after = settled_counts().await;
+    (after.0 - before.0, after.1 - before.1)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_push_costs_three_commits_and_a_counted_number_of_statements() {
+    // The bridge's log, shown if the test fails (a push that never came says why here).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("scim_bridge=info")
+        .with_test_writer()
+        .try_init();
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |c| c.lease_ttl_ms = 300_000).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    // Past the app's first cycle (due at once; the group has no members yet).
+    stack
+        .bridge
+        .advance_to(chrono::Utc::now() + chrono::Duration::seconds(1))
+        .await;
+
+    let first = Principal::new();
+    let (commits, statements) =
+        push_cost(&stack, &Event::activation(&first, &group), &target_name, &[first.upn()]).await;
+    let postgres = common::postgres_under_test();
+    let expected = if postgres {
+        POSTGRES_STATEMENTS_FIRST_PUSH
+    } else {
+        SQLITE_STATEMENTS_FIRST_PUSH
+    };
+    assert_eq!(
+        (commits, statements),
+        (COMMITS_PER_PUSH, expected),
+        "the first push (user and group created): commits and statements"
+    );
+
+    let second = Principal::new();
+    let (commits, statements) = push_cost(
+        &stack,
+        &Event::activation(&second, &group),
+        &target_name,
+        &[first.upn(), second.upn()],
+    )
+    .await;
+    let expected = if postgres {
+        POSTGRES_STATEMENTS_NEXT_PUSH
+    } else {
+        SQLITE_STATEMENTS_NEXT_PUSH
+    };
+    assert_eq!(
+        (commits, statements),
+        (COMMITS_PER_PUSH, expected),
+        "the next push (user created, group known): commits and statements"
+    );
+}
