@@ -20,7 +20,8 @@
 //          Faults are tried in the order armed; the first one that matches and has count left applies.
 //   GET    /__faults       armed faults
 //   DELETE /__faults       disarm all
-//   GET    /__faults/log   requests seen: [{time,method,path,status,faulted,mode,body}] (status null: no answer)
+//   GET    /__faults/log   requests seen: [{time,method,path,status,faulted,mode,body,traceparent,tracestate,baggage}]
+//                          (status null: no answer; the trace headers only when the request had them)
 //   DELETE /__faults/log   clear the log
 import http from "node:http";
 import {parseArgs} from "node:util";
@@ -136,8 +137,10 @@ async function proxy(req, res) {
     let url = req.url;
     try { url = decodeURIComponent(req.url); } catch { /* keep it raw */ }
     const fault = takeFault(req.method, url, text);
+    const traceHeaders = Object.fromEntries(["traceparent", "tracestate", "baggage"]
+        .filter((h) => req.headers[h] !== undefined).map((h) => [h, req.headers[h]]));
     const entry = {time: new Date().toISOString(), method: req.method, path: req.url, status: null, faulted: !!fault,
-        ...(fault ? {mode: fault.mode} : {}), ...(text ? {body: text} : {})};
+        ...(fault ? {mode: fault.mode} : {}), ...(text ? {body: text} : {}), ...traceHeaders};
     log.push(entry);
     let clientGone = false;
     res.on("close", () => { clientGone = !res.writableFinished; });

@@ -56,7 +56,7 @@ POSTGRES_SUITES=(
     access_end api_access api_edge app_lifecycle cycle_faults deletion_guard engine legacy_removal logs_activation logs_audit
     links logs_query logs_retention mapping metrics oauth2 properties provisioning realtime revocation scale_out shutdown
     webhook_answers
-    window_cycle graph_source
+    window_cycle graph_source traces
 )
 PG_URL="${SCIM_BRIDGE_TEST_POSTGRES_URL:-postgres://scim_bridge_test:scim_bridge_test@127.0.0.1/scim_bridge_test}"
 if ! psql "$PG_URL" -qAtc "SELECT 1" >/dev/null 2>&1; then

@@ -55,6 +55,24 @@ pub struct Event {
     pub end_at: Option<Millis>,
     pub principal: Option<Principal>,
     pub raw: Value,
+    /// The `traceparent` of the event's span (SPEC §10), set at intake: its jobs store it, so
+    /// whichever replica pushes them joins the event's trace.
+    pub traceparent: Option<String>,
+}
+
+impl Event {
+    /// The trace id of the event's span, as log entries carry it.
+    pub fn trace_id(&self) -> Option<String> {
+        trace_id_of(self.traceparent.as_deref())
+    }
+}
+
+/// The 32 hex digits of a well-formed `traceparent`'s trace id.
+pub fn trace_id_of(traceparent: Option<&str>) -> Option<String> {
+    traceparent
+        .and_then(|tp| tp.get(3..35))
+        .filter(|id| id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
 }
 
 /// What an accepted event means for the membership it names.
@@ -288,6 +306,7 @@ pub fn parse(raw: &Value) -> Result<Event, FieldError> {
         end_at,
         principal,
         raw: raw.clone(),
+        traceparent: None,
     })
 }
 

@@ -179,6 +179,9 @@ pub struct Config {
     /// How long a lease lasts without renewal (SCIM_BRIDGE_LEASE_TTL, default 15s): a replica
     /// that dies loses its apps after at most this, and another takes them over.
     pub lease_ttl_ms: Millis,
+    /// SCIM_BRIDGE_TRACE_URL: a URL with `{traceId}`, where the page links each log entry's
+    /// trace (a Jaeger or Grafana address, say); `None`: the trace id is shown without a link.
+    pub trace_url: Option<String>,
     /// How long access may outlive its end at an app before the end counts as over the app's
     /// objective (SCIM_BRIDGE_ACCESS_END_SLO, default 60s; an app's `accessEndSloSeconds`
     /// overrides it).
@@ -207,6 +210,7 @@ impl Config {
             graph: None,
             replica_id: default_replica_id(),
             lease_ttl_ms: 15_000,
+            trace_url: None,
             access_end_slo_ms: 60_000,
         }
     }
@@ -317,6 +321,13 @@ impl Config {
             if !(3_000..=300_000).contains(&config.lease_ttl_ms) {
                 bail!("SCIM_BRIDGE_LEASE_TTL must be between 3s and 5m (a dead replica's apps wait this long)");
             }
+        }
+        if let Some(v) = var("SCIM_BRIDGE_TRACE_URL") {
+            let v = v.trim();
+            if !(v.starts_with("http://") || v.starts_with("https://")) || !v.contains("{traceId}") {
+                bail!("SCIM_BRIDGE_TRACE_URL must be an http(s) URL with {{traceId}} where the trace id goes");
+            }
+            config.trace_url = Some(v.to_string());
         }
         if let Some(v) = var("SCIM_BRIDGE_ACCESS_END_SLO") {
             config.access_end_slo_ms = parse_duration_ms(&v).context("SCIM_BRIDGE_ACCESS_END_SLO")?;
@@ -447,6 +458,7 @@ pub const VARIABLES: &[&str] = &[
     "SCIM_BRIDGE_GRAPH_AUTHORITY",
     "SCIM_BRIDGE_GRAPH_URL",
     "SCIM_BRIDGE_GRAPH_POLL_INTERVAL",
+    "SCIM_BRIDGE_TRACE_URL",
 ];
 
 #[cfg(test)]

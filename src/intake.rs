@@ -73,6 +73,8 @@ pub async fn take_in(engine: &Arc<Engine>, raws: &[Value], source: Source) -> St
     let mut slots = Vec::new();
     // Principals whose attributes an earlier event of this batch carries.
     let mut described: HashSet<String> = HashSet::new();
+    // Open until the events are committed.
+    let mut spans = Vec::new();
     for raw in raws {
         let mut judged = judge(raw, now, source);
         if let Ok((event, effect)) = &judged
@@ -87,7 +89,12 @@ pub async fn take_in(engine: &Arc<Engine>, raws: &[Value], source: Source) -> St
             });
         }
         match judged {
-            Ok(judged) => {
+            Ok(mut judged) => {
+                // A span per event, under the request's (or the poll page's): its jobs store its
+                // context, so the push joins this trace (SPEC §10).
+                let span = tracing::info_span!(target: crate::trace::TARGET, "event", event.id = %judged.0.id);
+                judged.0.traceparent = crate::trace::traceparent(&span);
+                spans.push(span);
                 if judged.0.principal.is_some() {
                     described.insert(judged.0.principal_id.clone());
                 }
@@ -119,6 +126,7 @@ pub async fn take_in(engine: &Arc<Engine>, raws: &[Value], source: Source) -> St
         .into_iter()
         .map(|v| v.expect("every event is judged"))
         .collect();
+    drop(spans);
     Ok(verdicts)
 }
 

@@ -16,6 +16,7 @@ pub mod rules;
 pub mod scim;
 pub mod server;
 pub mod store;
+pub mod trace;
 pub mod types;
 
 use std::future::Future;

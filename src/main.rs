@@ -133,18 +133,21 @@ enum TokenCommand {
     },
 }
 
+/// The log on stderr (filtered by `RUST_LOG`) and the traces (SPEC §10), whose spans get ids
+/// whatever the log's filter.
 fn init_tracing(json: bool) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let log = if json { log.json().boxed() } else { log.boxed() };
+    tracing_subscriber::registry()
+        .with(scim_bridge::trace::enable_spans(filter))
+        .with(log)
+        .with(scim_bridge::trace::layer())
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -234,6 +237,10 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(config.log_json);
     match cli.command {
         Command::Serve => {
+            // Refused at start, before anything is served: an export that cannot work.
+            if scim_bridge::trace::start_export_from_env()? {
+                tracing::info!("exporting traces over OTLP");
+            }
             let listener = tokio::net::TcpListener::bind(&config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
@@ -241,7 +248,9 @@ async fn main() -> anyhow::Result<()> {
                 "data dir: {} (webhook secret, admin token and encryption key are read from there unless set in the environment)",
                 config.data_dir.display()
             );
-            scim_bridge::run(config, listener, shutdown_signal()).await
+            let served = scim_bridge::run(config, listener, shutdown_signal()).await;
+            scim_bridge::trace::stop_export(std::time::Duration::from_secs(5)).await;
+            served
         }
         Command::Migrate => {
             let store = scim_bridge::store::open(&config.database_url).await?;

@@ -28,6 +28,8 @@ pub const SOURCE_POLLS: &str = "scim_bridge_source_polls_total";
 pub const SOURCE_LAG: &str = "scim_bridge_source_lag_seconds";
 pub const LEASES_HELD: &str = "scim_bridge_leases_held";
 pub const LEASE_CHANGES: &str = "scim_bridge_lease_changes_total";
+pub const TRACE_SPANS_DROPPED: &str = "scim_bridge_trace_spans_dropped_total";
+pub const TRACE_EXPORTS: &str = "scim_bridge_trace_exports_total";
 pub const ACCESS_EXCESS: &str = "scim_bridge_access_excess_seconds";
 pub const ACCESS_ENDS_OVER_SLO: &str = "scim_bridge_access_ends_over_slo";
 pub const HELD_REMOVALS: &str = "scim_bridge_held_removals";
@@ -135,6 +137,24 @@ fn describe() {
         CYCLE_CHANGES,
         "What synchronization cycles did, by app and change (added, removed, users_created, ...)."
     );
+    describe_counter!(
+        TRACE_SPANS_DROPPED,
+        "Finished spans not exported because the export queue was full (OTLP export on; SPEC §10)."
+    );
+    describe_counter!(
+        TRACE_EXPORTS,
+        "OTLP export requests (a batch of spans each), by outcome: success, failure."
+    );
+}
+
+/// A finished span dropped: the export queue was full.
+pub fn trace_span_dropped() {
+    counter!(TRACE_SPANS_DROPPED).increment(1);
+}
+
+/// One OTLP export request: `success` or `failure`.
+pub fn trace_export(outcome: &'static str) {
+    counter!(TRACE_EXPORTS, "outcome" => outcome).increment(1);
 }
 
 /// One poll of a source (`graph:<groupId>`): `success`, `throttled` or `failure`.

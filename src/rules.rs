@@ -311,6 +311,7 @@ fn log_for_each(
             status: status.into(),
             reason: Some(reason.into()),
             deferred_until: deferred.then_some(app.next_sync_at),
+            trace_id: event.trace_id(),
             ..Default::default()
         })
         .collect()

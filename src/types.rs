@@ -87,6 +87,9 @@ pub struct LogEntry {
     pub latency_ms: Option<i64>,
     #[sqlx(json)]
     pub steps: Vec<Step>,
+    /// The trace the entry's work ran in (SPEC §10); `None` for entries from before traces.
+    #[sqlx(default)]
+    pub trace_id: Option<String>,
 }
 
 impl LogEntry {
@@ -112,6 +115,7 @@ impl LogEntry {
             attempt: self.attempt,
             duration_ms: self.duration_ms,
             latency_ms: self.latency_ms,
+            trace_id: self.trace_id.as_deref(),
             steps: &self.steps,
         }
     }
@@ -151,6 +155,10 @@ pub struct LogEntryView<'a> {
     pub duration_ms: Option<i64>,
     /// From the webhook's arrival to the target's confirmation.
     pub latency_ms: Option<i64>,
+    /// The OpenTelemetry trace id (32 hex digits) of the work behind the entry; the `traceparent`
+    /// its SCIM requests carried names the same trace.
+    #[schema(pattern = "^[0-9a-f]{32}$")]
+    pub trace_id: Option<&'a str>,
     pub steps: &'a [Step],
 }
 

@@ -181,6 +181,7 @@ fn the_stack_is_postgres_three_replicas_and_one_load_balancer_publishing_the_onl
 
     let publishing: Vec<&String> = services
         .iter()
+        .filter(|(name, _)| *name != TRACES)
         .filter(|(_, s)| {
             s.get("ports")
                 .and_then(Value::as_sequence)
@@ -197,9 +198,42 @@ fn the_stack_is_postgres_three_replicas_and_one_load_balancer_publishing_the_onl
     assert_eq!(services[balancer]["ports"].as_sequence().unwrap().len(), 1, "one port");
     let others: Vec<&String> = services
         .keys()
-        .filter(|n| !bridges.contains_key(*n) && *n != "postgres" && *n != balancer)
+        .filter(|n| !bridges.contains_key(*n) && *n != "postgres" && *n != balancer && *n != TRACES)
         .collect();
     assert!(others.is_empty(), "no other services: {others:?}");
+}
+
+/// The trace backend of the stack (SPEC §10): Jaeger all-in-one, its UI published on loopback only.
+const TRACES: &str = "jaeger";
+
+#[test]
+fn every_replica_exports_its_traces_to_the_stacks_jaeger_whose_ui_only_loopback_reaches() {
+    let compose = compose();
+    let services = services(&compose);
+    let jaeger = services.get(TRACES).expect("a jaeger service");
+    let image = jaeger["image"].as_str().expect("jaeger runs an image");
+    assert!(image.starts_with("jaegertracing/all-in-one:"), "{image}");
+    let ports: Vec<String> = jaeger["ports"]
+        .as_sequence()
+        .expect("the UI port is published")
+        .iter()
+        .map(|p| p.as_str().expect("a port string").to_string())
+        .collect();
+    assert_eq!(ports.len(), 1, "only the UI: {ports:?}");
+    assert!(
+        ports[0].starts_with("127.0.0.1:") && ports[0].ends_with(":16686"),
+        "{ports:?}"
+    );
+    for (name, bridge) in bridges(&compose) {
+        let env = environment(&bridge);
+        assert_eq!(
+            env.get("OTEL_EXPORTER_OTLP_ENDPOINT").map(String::as_str),
+            Some("http://jaeger:4318"),
+            "{name} exports OTLP/HTTP to jaeger"
+        );
+        let trace_url = env.get("SCIM_BRIDGE_TRACE_URL").expect("the page links traces");
+        assert!(trace_url.contains("{traceId}"), "{trace_url}");
+    }
 }
 
 #[test]
@@ -332,7 +366,7 @@ fn the_load_balancer_sends_round_robin_to_every_replica_on_the_port_they_listen_
     let bridges = bridges(&compose);
     let (_, balancer) = services
         .iter()
-        .find(|(_, s)| s.get("ports").is_some())
+        .find(|(name, s)| *name != TRACES && s.get("ports").is_some())
         .expect("a service publishing a port");
 
     // Its configuration is a file beside compose.yaml, mounted into the container.

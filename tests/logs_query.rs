@@ -13,7 +13,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 
 const CSV_COLUMNS: &str = "id,time,appId,appName,trigger,cycleId,eventId,principalId,userPrincipalName,groupId,\
-action,status,reason,deferredUntil,targetUserId,targetGroupId,attempt,durationMs,latencyMs";
+action,status,reason,deferredUntil,targetUserId,targetGroupId,attempt,durationMs,latencyMs,traceId";
 
 /// An ownership activation: recorded and logged `skipped` for every app of the group at once,
 /// without a SCIM call, so a test can make many entries quickly.

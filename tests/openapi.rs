@@ -144,6 +144,7 @@ async fn the_main_bodies_have_schemas() {
         "attempt",
         "durationMs",
         "latencyMs",
+        "traceId",
         "steps",
     ] {
         assert!(log_entry.contains_key(field), "LogEntry lacks {field}");

@@ -69,6 +69,8 @@ mod scale_out;
 mod shutdown;
 #[path = "store_interleavings.rs"]
 mod store_interleavings;
+#[path = "traces.rs"]
+mod traces;
 #[path = "upgrade.rs"]
 mod upgrade;
 #[path = "webhook_answers.rs"]

@@ -139,7 +139,59 @@ impl Row {
     }
 }
 
+/// A local OTLP/HTTP receiver that takes every export and counts the requests (for the push
+/// path with export on).
+struct OtlpSink {
+    url: String,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OtlpSink {
+    /// Export requests taken so far (a batch of spans each).
+    fn batches(&self) -> String {
+        format!("{} batches", self.requests.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Drop for OtlpSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn otlp_sink() -> anyhow::Result<OtlpSink> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1/traces", listener.local_addr()?);
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = requests.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |_body: axum::body::Bytes| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(OtlpSink { url, requests, task })
+}
+
 pub async fn run(options: Options) -> anyhow::Result<()> {
+    // Spans get ids as they do in `serve` (no log output: the bench prints its own lines).
+    {
+        use tracing_subscriber::prelude::*;
+        let spans_only =
+            tracing_subscriber::filter::Targets::new().with_target(crate::trace::TARGET, tracing::Level::INFO);
+        let _ = tracing_subscriber::registry()
+            .with(spans_only)
+            .with(crate::trace::layer())
+            .try_init();
+    }
     let scale = options.scale;
     let started = std::time::Instant::now();
     println!(

@@ -18,16 +18,117 @@ const UNLIMITED: RateLimit = RateLimit {
 /// The target name of the bench's group (the responder finds any name).
 const TARGET_NAME: &str = "Bench";
 
+/// The push path, then the same with trace export (SPEC §10: export on costs at most 300 µs at
+/// the p50 over export off).
+pub(super) async fn push_path(scale: Scale, backend: &Backend, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    push_path_once(scale, backend, rows).await?;
+    export_overhead(scale, backend, rows).await
+}
+
+/// What the push path runs against: the responder, a fresh database, a bridge on it with no
+/// window, and an app on the responder with the bench's group assigned.
+struct PushSetup {
+    responder: Responder,
+    target: String,
+    db: super::Database,
+    bridge: InProcess,
+    http: reqwest::Client,
+    group: String,
+}
+
+impl PushSetup {
+    async fn start(backend: &Backend, what: &str) -> anyhow::Result<Self> {
+        let (responder, target) = Responder::start().await?;
+        let db = backend.fresh(what).await?;
+        let bridge = start_in_process(&db, UNLIMITED).await?;
+        let http = crate::http_client();
+        let group = uuid::Uuid::new_v4().to_string();
+        register_app(&http, &bridge.url, ADMIN, &target, json!({}), &group, TARGET_NAME).await?;
+        Ok(Self {
+            responder,
+            target,
+            db,
+            bridge,
+            http,
+            group,
+        })
+    }
+}
+
+/// Activations one at a time on one bridge, export on and off in turn (so warm-up, the machine's
+/// other load and the store's growth fall on both alike): every span of the "on" ones goes over
+/// OTLP/HTTP to a local receiver, through the same bounded queue as in `serve`.
+async fn export_overhead(scale: Scale, backend: &Backend, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let setup = PushSetup::start(backend, "push-export").await?;
+    let sink = super::otlp_sink().await?;
+    // Batches go every 100 ms (not the default 5 s): their encoding and sending fall inside the
+    // measured pushes rather than after them.
+    crate::trace::start_export(
+        opentelemetry_otlp::Protocol::HttpBinary,
+        Some(&sink.url),
+        Some(Duration::from_millis(100)),
+    )?;
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    let mut measured = Ok(());
+    // The first few set up connections and the group: not counted.
+    for i in 0..2 * scale.activations + 6 {
+        let exporting = i % 2 == 1;
+        crate::trace::pause_export(!exporting);
+        let principal = uuid::Uuid::new_v4().to_string();
+        let pushed = activate(&setup.http, &setup.bridge, &setup.responder, &principal, &setup.group).await;
+        // The push's own spans end once its outcome is recorded, just after the PATCH: they are
+        // let end (and be queued) before the next turn, outside what is measured.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        match pushed {
+            Ok((sent, reached)) if i >= 6 => {
+                let ms = reached.duration_since(sent).as_secs_f64() * 1000.0;
+                if exporting { on.push(ms) } else { off.push(ms) }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                measured = Err(e);
+                break;
+            }
+        }
+    }
+    crate::trace::pause_export(false);
+    crate::trace::stop_export(Duration::from_secs(10)).await;
+    setup.bridge.stop().await;
+    setup.db.remove().await;
+    measured?;
+    let exported = sink.batches();
+    let name = backend.name();
+    let n = on.len();
+    let (on50, on99) = p50_p99(&mut on);
+    let (off50, off99) = p50_p99(&mut off);
+    println!(
+        "push path ({name}), trace export on and off in turn, {n} each: on p50 {on50:.2} ms, p99 {on99:.2} ms; \
+         off p50 {off50:.2} ms, p99 {off99:.2} ms ({exported} exported)"
+    );
+    rows.push(Row::new(
+        format!("activation, webhook → target PATCH, traces exported over OTLP, {n} ({name})"),
+        format!("p50 {on50:.2} ms, p99 {on99:.2} ms ({exported})"),
+        format!(
+            "the same with export off, in turn, + 0.30 ms: p50 {:.2} ms (off {off50:.2} ms)",
+            off50 + 0.3
+        ),
+        format!("{:+.0} µs p50", (on50 - off50) * 1000.0),
+    ));
+    Ok(())
+}
+
 /// Activations pushed one at a time to the benchmark's responder: webhook sent → group PATCH
 /// handled at the target, beside the same SCIM requests replayed by a plain client. The
 /// difference is the bridge's own time (intake, commit, wake-up, mapping, records).
-pub(super) async fn push_path(scale: Scale, backend: &Backend, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let (responder, target) = Responder::start().await?;
-    let db = backend.fresh("push").await?;
-    let bridge = start_in_process(&db, UNLIMITED).await?;
-    let http = crate::http_client();
-    let group = uuid::Uuid::new_v4().to_string();
-    register_app(&http, &bridge.url, ADMIN, &target, json!({}), &group, TARGET_NAME).await?;
+async fn push_path_once(scale: Scale, backend: &Backend, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let PushSetup {
+        responder,
+        target,
+        db,
+        bridge,
+        http,
+        group,
+    } = PushSetup::start(backend, "push").await?;
 
     let mut through = Vec::new();
     let mut direct = Vec::new();

@@ -12,6 +12,7 @@ mod client;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use tracing::Instrument;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
@@ -399,7 +400,10 @@ impl Poller {
         let incomplete = self.complete_principals(&mut fresh, &attributes).await?;
         for chunk in fresh.chunks(intake::MAX_BATCH) {
             let raws: Vec<Value> = chunk.iter().map(|(_, _, raw)| raw.clone()).collect();
+            // What one poll takes in is one trace, a span per event under it (SPEC §10).
+            let page = tracing::info_span!(target: crate::trace::TARGET, parent: None, "graph.page");
             let verdicts = intake::take_in(&self.engine, &raws, Source::Graph)
+                .instrument(page)
                 .await
                 .map_err(store_error)?;
             let mut taken = Vec::new();

@@ -928,6 +928,7 @@ pub async fn provision_on_demand(
         flag: None,
         admitted_at: None,
         target_display_name: None,
+        trace_context: crate::trace::current_traceparent(),
     };
     ctx.audited(
         &caller,

@@ -179,6 +179,7 @@ const CSV_COLUMNS: &[&str] = &[
     "attempt",
     "durationMs",
     "latencyMs",
+    "traceId",
 ];
 
 /// One CSV cell. Text that a spreadsheet would read as a formula (it starts with `=`, `+`, `-`,

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::ApiContext;
 use super::error::{ApiError, ApiResult, problem_body};
@@ -82,9 +83,31 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v == "application/json" || (v.starts_with("application/") && v.ends_with("+json")))
 }
 
-/// One span per webhook request; `event_ids` is filled once the body is parsed.
+/// One log span per webhook request (`event_ids` is filled once the body is parsed), and one
+/// trace (SPEC §10): the request's server span, a span per event under it. An incoming
+/// `traceparent` is continued only once the signature has verified: an unsigned caller cannot
+/// graft its requests onto someone else's trace.
 #[tracing::instrument(name = "webhook", skip_all, fields(event_ids = tracing::field::Empty, events = tracing::field::Empty))]
 pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let span = tracing::info_span!(target: crate::trace::TARGET, parent: None, "webhook",
+        otel.name = "POST /v1/webhooks/pim", otel.kind = "server", http.request.method = "POST",
+        http.route = "/v1/webhooks/pim", http.response.status_code = tracing::field::Empty);
+    let answer = match verified_body(&ctx, &headers, body).await {
+        Ok(bytes) => {
+            let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok());
+            crate::trace::continue_trace(&span, incoming);
+            let log_span = tracing::Span::current();
+            take_events(&ctx, &bytes, &log_span).instrument(span.clone()).await
+        }
+        Err(e) => Err(e),
+    }
+    .into_response();
+    span.record("http.response.status_code", answer.status().as_u16());
+    Ok(answer)
+}
+
+/// The body, once its size, media type and signature are acceptable.
+async fn verified_body(ctx: &ApiContext, headers: &HeaderMap, body: Body) -> ApiResult<axum::body::Bytes> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -93,7 +116,7 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
         metrics::webhook_rejected("too_large");
         return Err(ApiError::PayloadTooLarge);
     }
-    if !is_json(&headers) {
+    if !is_json(headers) {
         metrics::webhook_rejected("media_type");
         return Err(ApiError::UnsupportedMediaType(
             "the body must be application/json".into(),
@@ -130,9 +153,14 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
         metrics::webhook_rejected("signature");
         ApiError::unauthorized("X-Bridge-Signature", e.to_string())
     })?;
+    Ok(bytes)
+}
+
+/// Judges and takes in the events of a verified body, and answers.
+async fn take_events(ctx: &ApiContext, bytes: &[u8], log_span: &tracing::Span) -> ApiResult<Response> {
     ctx.engine.webhook_received();
 
-    let parsed: Value = serde_json::from_slice(&bytes).map_err(|e| {
+    let parsed: Value = serde_json::from_slice(bytes).map_err(|e| {
         metrics::webhook_rejected("malformed");
         ApiError::bad("(body)", format!("malformed JSON: {e}"))
     })?;
@@ -151,9 +179,8 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
             .collect(),
         None => parsed.get("id").and_then(Value::as_str).into_iter().collect(),
     };
-    let span = tracing::Span::current();
-    span.record("event_ids", ids.join(",").as_str());
-    span.record("events", batch.as_ref().map_or(1, Vec::len));
+    log_span.record("event_ids", ids.join(",").as_str());
+    log_span.record("events", batch.as_ref().map_or(1, Vec::len));
 
     let answer = match batch {
         Some(items) => {

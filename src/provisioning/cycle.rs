@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::clock::Millis;
 use crate::mapping::AppMapping;
@@ -155,6 +156,8 @@ pub(super) struct Cycle {
     app_name: String,
     /// Members the directory feed entitles: their changes are logged with trigger `directory`.
     standing: HashSet<TargetMember>,
+    /// The cycle's trace (SPEC §10): a trace of its own, a span per step under it.
+    trace: tracing::Span,
 }
 
 impl Cycle {
@@ -176,7 +179,10 @@ impl Cycle {
     }
 
     fn new(record: CycleRecord) -> Self {
+        let trace = tracing::info_span!(target: crate::trace::TARGET, parent: None, "cycle",
+            cycle.id = %record.id, app.id = %record.app_id);
         Self {
+            trace,
             record,
             steps: VecDeque::new(),
             tally: Tally::default(),
@@ -464,23 +470,36 @@ impl Cycle {
             self.steps.push_back(CycleStep::Finish);
             self.record.progress = Some("stopped: the app was paused".into());
         }
-        let result = match step {
-            CycleStep::Finish => return self.finish(ctx, app).await,
-            CycleStep::Hold { hold, newly, release } => self.hold(ctx, hold, &newly, release).await,
-            CycleStep::Settle { target } => self.settle(ctx, app, client, &target).await,
-            CycleStep::User { member } => self.user(ctx, app, mapping, client, &member).await,
-            CycleStep::Add {
-                target,
-                principals,
-                reason,
-            } => self.add(ctx, app, client, &target, &principals, reason).await,
-            CycleStep::Remove { member } => self.remove(ctx, app, mapping, client, &member).await,
-            CycleStep::Drift { target } => self.drift(ctx, app, client, &target).await,
-            CycleStep::DriftUser { principal } => self.drift_user(ctx, app, client, &principal).await,
-            CycleStep::Disable { principal } => self.disable(ctx, app, client, &principal).await,
-            CycleStep::CheckUsers => self.check_users(ctx, app, mapping).await,
-            CycleStep::UpdateUser { principal } => self.update_user(ctx, app, mapping, client, &principal).await,
-        };
+        let span = tracing::info_span!(target: crate::trace::TARGET, parent: &self.trace, "cycle.step",
+            cycle.id = %self.record.id, app.id = %self.record.app_id);
+        // A step that carries deferred jobs links to the traces their events began.
+        for job in self.deferred_jobs_of(&step) {
+            crate::trace::link(&span, job.trace_context.as_deref());
+        }
+        if matches!(step, CycleStep::Finish) {
+            return self.finish(ctx, app).instrument(span).await;
+        }
+        let result = async {
+            match step {
+                CycleStep::Finish => unreachable!("handled above"),
+                CycleStep::Hold { hold, newly, release } => self.hold(ctx, hold, &newly, release).await,
+                CycleStep::Settle { target } => self.settle(ctx, app, client, &target).await,
+                CycleStep::User { member } => self.user(ctx, app, mapping, client, &member).await,
+                CycleStep::Add {
+                    target,
+                    principals,
+                    reason,
+                } => self.add(ctx, app, client, &target, &principals, reason).await,
+                CycleStep::Remove { member } => self.remove(ctx, app, mapping, client, &member).await,
+                CycleStep::Drift { target } => self.drift(ctx, app, client, &target).await,
+                CycleStep::DriftUser { principal } => self.drift_user(ctx, app, client, &principal).await,
+                CycleStep::Disable { principal } => self.disable(ctx, app, client, &principal).await,
+                CycleStep::CheckUsers => self.check_users(ctx, app, mapping).await,
+                CycleStep::UpdateUser { principal } => self.update_user(ctx, app, mapping, client, &principal).await,
+            }
+        }
+        .instrument(span)
+        .await;
         let done = match result {
             Ok(done) => done,
             Err(e) => {
@@ -533,6 +552,22 @@ impl Cycle {
         Ok(false)
     }
 
+    /// The deferred jobs whose members `step` changes.
+    fn deferred_jobs_of(&self, step: &CycleStep) -> Vec<&Job> {
+        let members: Vec<TargetMember> = match step {
+            CycleStep::User { member } | CycleStep::Remove { member } => vec![member.clone()],
+            CycleStep::Add { target, principals, .. } => principals
+                .iter()
+                .map(|principal| TargetMember {
+                    target_display_name: target.clone(),
+                    principal_id: principal.clone(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        members.iter().filter_map(|m| self.origin.get(m)).collect()
+    }
+
     async fn entry(
         &mut self,
         ctx: &Ctx,
@@ -573,6 +608,7 @@ impl Cycle {
             latency_ms: origin
                 .filter(|_| status == "success")
                 .map(|j| (now - j.received_at).max(0)),
+            trace_id: crate::trace::current_trace_id(),
             ..Default::default()
         })
     }
@@ -972,6 +1008,7 @@ impl Cycle {
                     flag: None,
                     admitted_at: None,
                     target_display_name: Some(member.target_display_name.clone()),
+                    trace_context: crate::trace::current_traceparent(),
                 };
                 tracing::warn!(app_id = %app.id, cycle_id = %self.record.id, error = %e, retry_at = at,
                     "a cycle's removal failed: retried on the clock as a job of its own");

@@ -266,7 +266,8 @@ impl Dispatcher {
 
         let mapping = self.mapping(&app);
         if app.status == "deleting" {
-            return self.deprovision(&app, &mapping, &client).await;
+            let span = tracing::info_span!(target: crate::trace::TARGET, parent: None, "deprovision", app.id = %app.id);
+            return self.deprovision(&app, &mapping, &client).instrument(span).await;
         }
 
         let mut next: Option<Millis> = None;
@@ -428,6 +429,7 @@ impl Dispatcher {
             duration_ms: Some(started.elapsed().as_millis() as i64),
             steps,
             reason: Some("the app is being deleted with deprovision=true".into()),
+            trace_id: crate::trace::current_trace_id(),
             ..Default::default()
         };
         let mut outcome = Outcome {
@@ -602,9 +604,27 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Decides one job, in its admission span: a span of the trace the job's event began (its
+    /// stored context), whichever replica takes it, or of a trace of its own (SPEC §10).
+    async fn take(
+        &mut self,
+        app: &AppRecord,
+        mapping: &AppMapping,
+        client: &ScimClient,
+        job: &Job,
+    ) -> anyhow::Result<Option<Millis>> {
+        let span = tracing::info_span!(target: crate::trace::TARGET, parent: None, "admission",
+            app.id = %app.id, job.id = %job.id, event.id = tracing::field::Empty);
+        if let Some(event_id) = &job.event_id {
+            span.record("event.id", event_id.as_str());
+        }
+        crate::trace::continue_trace(&span, job.trace_context.as_deref());
+        self.admit(app, mapping, client, job).instrument(span).await
+    }
+
     /// Decides one job. Answers `Some(t)` when the app must be looked at again at `t`: a removal
     /// waits for the window until then, or the push is to be retried then.
-    async fn take(
+    async fn admit(
         &mut self,
         app: &AppRecord,
         mapping: &AppMapping,
@@ -831,9 +851,11 @@ impl Dispatcher {
     ) -> anyhow::Result<Option<Millis>> {
         let span =
             tracing::info_span!("push", app_id = %app.id, event_id = ?job.event_id, job_id = %job.id, kind = %job.kind);
+        let traced = tracing::info_span!(target: crate::trace::TARGET, "push", app.id = %app.id, job.id = %job.id);
         let result = self
             .push_in_span(app, mapping, client, job, members, in_doubt, admitted)
             .instrument(span)
+            .instrument(traced)
             .await;
         if result.is_err() {
             // Whatever broke after the job went in flight, it must not stay there: put it back

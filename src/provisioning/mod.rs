@@ -170,6 +170,9 @@ pub(crate) fn job_log(app: &AppRecord, job: &Job, action: &str, status: &str, no
         action: action.into(),
         status: status.into(),
         attempt: job.attempt,
+        // The trace the job's work runs in: its event's, continued (SPEC §10).
+        trace_id: crate::trace::current_trace_id()
+            .or_else(|| crate::activation::trace_id_of(job.trace_context.as_deref())),
         ..Default::default()
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
@@ -456,11 +457,21 @@ impl ScimClient {
                 steps.push(Step::note(step, "skipped", ScimError::LeaseLost.to_string()));
                 return Err(ScimError::LeaseLost);
             }
+            // A client span per request (SPEC §10): the method, the route template and the status,
+            // never the path's ids, the query or the body. The target gets `traceparent` only.
+            let route = crate::trace::route_template(path);
+            let span = tracing::info_span!(target: crate::trace::TARGET, "scim",
+                otel.name = format!("{method} {route}"), otel.kind = "client",
+                http.request.method = %method, http.route = %route,
+                http.response.status_code = tracing::field::Empty);
             let mut request = self
                 .http
                 .request(method.clone(), &url)
                 .bearer_auth(&token)
                 .header("accept", "application/scim+json, application/json");
+            if let Some(traceparent) = crate::trace::traceparent(&span) {
+                request = request.header("traceparent", traceparent);
+            }
             if !query.is_empty() {
                 request = request.query(query);
             }
@@ -471,7 +482,11 @@ impl ScimClient {
             }
             let started = Instant::now();
             self.sent.fetch_add(1, Ordering::Relaxed);
-            let result = request.send().await;
+            let result = request.send().instrument(span.clone()).await;
+            if let Ok(answer) = &result {
+                span.record("http.response.status_code", answer.status().as_u16());
+            }
+            drop(span);
             let mut trace = HttpTrace {
                 method: method.to_string(),
                 path: shown_path.clone(),

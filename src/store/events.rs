@@ -81,9 +81,10 @@ const PUT_MEMBERSHIPS: &str = "INSERT INTO memberships (principal_id, group_id, 
       grant_request_id = excluded.grant_request_id";
 
 const INSERT_JOBS: &str = "INSERT INTO jobs (id, app_id, event_seq, event_id, principal_id, group_id, kind,
-      trigger, state, not_before, received_at, flag, updated_at)
+      trigger, state, not_before, received_at, flag, updated_at, trace_context)
     SELECT {field 0 text}, {field 1 uuid}, {field 2 bigint}, {field 3 text}, {field 4 text}, {field 5 text},
-      {field 6 text}, {field 7 text}, 'pending', {field 8 ts}, {field 9 ts}, {field 10 text}, {field 9 ts}
+      {field 6 text}, {field 7 text}, 'pending', {field 8 ts}, {field 9 ts}, {field 10 text}, {field 9 ts},
+      {field 11 text}
     FROM {rows $1} ORDER BY r.key";
 
 /// The access ends of a batch's events, pending (SPEC §8): the user's name as the event gave it or
@@ -528,6 +529,8 @@ impl Plan<'_> {
                     job.not_before,
                     item.now,
                     &job.flag,
+                    // The event's span: the push joins its trace (SPEC §10).
+                    &e.traceparent,
                 )
             })
             .collect();

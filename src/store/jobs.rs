@@ -10,13 +10,14 @@ macro_rules! job_columns {
         "j.seq, j.id, {text j.app_id} AS app_id, j.event_id, j.principal_id, j.group_id, j.kind, j.trigger, j.state,
          {ms j.not_before} AS not_before, {ms j.received_at} AS received_at,
          {ms j.deferred_until} AS deferred_until, j.attempt, j.flag, {ms j.admitted_at} AS admitted_at,
-         j.target_display_name"
+         j.target_display_name, j.trace_context"
     };
 }
 
 pub(super) const INSERT_JOB: &str = "INSERT INTO jobs (id, app_id, event_seq, event_id, principal_id, group_id, kind,
-    trigger, state, not_before, received_at, deferred_until, attempt, flag, updated_at, target_display_name)
-    VALUES ($1, {uuid $2}, $3, $4, $5, $6, $7, $8, $9, {ts $10}, {ts $11}, {ts $12}, 0, $13, {ts $14}, $15)";
+    trigger, state, not_before, received_at, deferred_until, attempt, flag, updated_at, target_display_name,
+    trace_context)
+    VALUES ($1, {uuid $2}, $3, $4, $5, $6, $7, $8, $9, {ts $10}, {ts $11}, {ts $12}, 0, $13, {ts $14}, $15, $16)";
 
 /// Inserts the job `$job` on `$conn` (a backend's connection or transaction; `$db` the backend or
 /// its `Dialect`): one no event brought (on-demand provisioning, a removal a cycle step handed on;
@@ -42,6 +43,7 @@ macro_rules! insert_job_in {
             .bind(&job.flag)
             .bind(now)
             .bind(&job.target_display_name)
+            .bind(&job.trace_context)
             .execute($conn)
             .await
     }};

@@ -7,18 +7,18 @@ use super::*;
 pub(super) const INSERT_LOG: &str =
     "INSERT INTO provisioning_logs (id, time, app_id, app_name, trigger, cycle_id, event_id, job_id,
     principal_id, user_principal_name, group_id, action, status, reason, deferred_until, target_user_id,
-    target_group_id, attempt, duration_ms, latency_ms, steps)
+    target_group_id, attempt, duration_ms, latency_ms, steps, trace_id)
     VALUES ($1, {ts $2}, {uuid $3}, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, {ts $15}, $16, $17, $18,
-    $19, $20, {jsonb $21})";
+    $19, $20, {jsonb $21}, $22)";
 
 /// `INSERT_LOG` for many entries at once, their rows as `{rows $1}` (see `insert_logs`).
 const INSERT_LOGS: &str = "INSERT INTO provisioning_logs (id, time, app_id, app_name, trigger, cycle_id, event_id,
     job_id, principal_id, user_principal_name, group_id, action, status, reason, deferred_until, target_user_id,
-    target_group_id, attempt, duration_ms, latency_ms, steps)
+    target_group_id, attempt, duration_ms, latency_ms, steps, trace_id)
     SELECT {field 0 text}, {field 1 ts}, {field 2 uuid}, {field 3 text}, {field 4 text}, {field 5 text},
       {field 6 text}, {field 7 text}, {field 8 text}, {field 9 text}, {field 10 text}, {field 11 text},
       {field 12 text}, {field 13 text}, {field 14 ts}, {field 15 text}, {field 16 text}, {field 17 bigint},
-      {field 18 bigint}, {field 19 bigint}, {field 20 jsonb}
+      {field 18 bigint}, {field 19 bigint}, {field 20 jsonb}, {field 21 text}
     FROM {rows $1} ORDER BY r.key";
 
 /// Writes the entries in order, a statement per chunk of them (`dialect::json_rows`).
@@ -48,6 +48,7 @@ pub(super) async fn insert_logs(conn: &mut impl RowsConn, entries: &[LogEntry]) 
                 e.duration_ms,
                 e.latency_ms,
                 to_json(&e.steps),
+                e.trace_id,
             ])
         })
         .collect();
@@ -81,6 +82,7 @@ macro_rules! insert_log {
             .bind(e.duration_ms)
             .bind(e.latency_ms)
             .bind($crate::store::to_json(&e.steps))
+            .bind(&e.trace_id)
             .execute($conn)
             .await
     }};
@@ -99,7 +101,7 @@ macro_rules! log_columns {
         "{seq}, id, {ms time} AS time, {text app_id} AS app_id, app_name, trigger, cycle_id,
          event_id, job_id, principal_id, user_principal_name, group_id, action, status, reason,
          {ms deferred_until} AS deferred_until, target_user_id, target_group_id, attempt, duration_ms, latency_ms,
-         steps"
+         steps, trace_id"
     };
 }
 

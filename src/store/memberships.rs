@@ -176,6 +176,8 @@ impl SqlStore {
                         admitted_at: None,
                         // No target group of its own: it removes where the event's group put the member.
                         target_display_name: None,
+                        // The expiry is no event's span: its push is a trace of its own.
+                        trace_context: None,
                     };
                     insert_job_in!(db, &mut *tx, &job, Some(m.event_seq), now)?;
                     // Access ended at the scheduled end (SPEC §8): its record is born here.

@@ -179,6 +179,7 @@ const TABLES: &[Table] = &[
             ("updated_at", Millis),
             ("admitted_at", Millis),
             ("target_display_name", Text),
+            ("trace_context", Text),
         ],
     },
     Table {
@@ -233,6 +234,7 @@ const TABLES: &[Table] = &[
             ("duration_ms", Int),
             ("latency_ms", Int),
             ("steps", Json),
+            ("trace_id", Text),
         ],
     },
     Table {

@@ -345,6 +345,10 @@ pub struct Job {
     /// the jobs of an event, whose group's assignment says where.
     #[sqlx(default)]
     pub target_display_name: Option<String>,
+    /// The `traceparent` of the work that queued the job (its event's span, a cycle's step):
+    /// the push joins that trace, whichever replica makes it (SPEC §10).
+    #[sqlx(default)]
+    pub trace_context: Option<String>,
 }
 
 impl Job {
