@@ -749,3 +749,42 @@ async fn what_a_graph_poll_takes_in_is_one_trace_with_a_span_per_event_down_to_t
         "the Graph client secret is not exported"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expirys_removal_joins_the_trace_of_the_activation_it_ends() {
+    // The bridge runs in this process on a manual clock (the expiry comes when the test says):
+    // its spans get trace ids as the binary's do (nextest runs each test in a process of its own).
+    {
+        use tracing_subscriber::prelude::*;
+        let _ = tracing_subscriber::registry()
+            .with(scim_bridge::trace::enable_spans(tracing_subscriber::EnvFilter::new(
+                "warn",
+            )))
+            .with(scim_bridge::trace::layer())
+            .try_init();
+    }
+    let Some(p) = common::clocked::behind_fault_proxy(Kind::Scim2Server).await else {
+        return;
+    };
+    let bridge = &p.stack.bridge;
+    let principal = Principal::new();
+    let end = bridge.now() + chrono::Duration::minutes(10);
+    let activation = Event::activation(&principal, &p.group).ending_at(end);
+    bridge.deliver(&[&activation]).await;
+    bridge
+        .wait_for_event_log(&activation, "success", Some("add_member"))
+        .await;
+    let adds = traceparents_seen(&p.proxy.seen().await);
+    let (_, activation_trace, _) = adds.last().cloned().expect("the add's requests");
+    bridge.advance_to(end + chrono::Duration::seconds(1)).await;
+    p.stack.target.assert_members_eventually(&p.target_name, &[]).await;
+    let all = traceparents_seen(&p.proxy.seen().await);
+    let removal = &all[adds.len()..];
+    assert!(!removal.is_empty(), "the removal's requests: {all:?}");
+    for (method, trace, _) in removal {
+        assert_eq!(
+            trace, &activation_trace,
+            "{method} of the expiry's removal joins the activation's trace"
+        );
+    }
+}

@@ -145,10 +145,21 @@ impl SqlStore {
             .await?;
             let mut woken = Vec::new();
             for m in due.iter().filter(|m| m.access_id == "member") {
-                let event_id: Option<String> = sqlx::query_scalar(sql!(db, "SELECT id FROM events WHERE seq = $1"))
-                    .bind(m.event_seq)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                // The activation's id, and the trace context its jobs stored: the expiry's removal
+                // joins the activation's trace (SPEC §10).
+                let found: Option<(String, Option<String>)> = sqlx::query_as(sql!(
+                    db,
+                    "SELECT e.id, (SELECT j.trace_context FROM jobs j
+                                     WHERE j.event_seq = e.seq AND j.trace_context IS NOT NULL LIMIT 1)
+                     FROM events e WHERE e.seq = $1"
+                ))
+                .bind(m.event_seq)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let (event_id, trace_context) = match found {
+                    Some((id, context)) => (Some(id), context),
+                    None => (None, None),
+                };
                 let apps: Vec<String> = sqlx::query_scalar(sql!(
                     db,
                     "SELECT {text ga.app_id} FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
@@ -176,8 +187,7 @@ impl SqlStore {
                         admitted_at: None,
                         // No target group of its own: it removes where the event's group put the member.
                         target_display_name: None,
-                        // The expiry is no event's span: its push is a trace of its own.
-                        trace_context: None,
+                        trace_context: trace_context.clone(),
                     };
                     insert_job_in!(db, &mut *tx, &job, Some(m.event_seq), now)?;
                     // Access ended at the scheduled end (SPEC §8): its record is born here.
