@@ -74,23 +74,14 @@ fn view(link: &LinkRecord, assignments: &[Assignment]) -> UserLink {
     }
 }
 
-fn readers(caller: &Caller, app: &crate::store::AppRecord) -> ApiResult<()> {
-    // Admins and operators see every app's links, owners their own apps' (visible_app checked).
-    if matches!(caller.role, Role::Admin | Role::Operator) || caller.owns(app) {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound)
-    }
-}
-
 pub async fn list(
     State(ctx): State<ApiContext>,
     caller: Caller,
     Path(app_id): Path<String>,
     Query(q): Query<LinkQuery>,
 ) -> ApiResult<Json<UserLinkPage>> {
+    // Admins and operators see every app's links, owners their own apps' (visible_app).
     let app = visible_app(&ctx, &caller, &app_id).await?;
-    readers(&caller, &app)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad("limit", "must be between 1 and 500"));
@@ -114,8 +105,8 @@ pub async fn get(
     caller: Caller,
     Path((app_id, principal_id)): Path<(String, String)>,
 ) -> ApiResult<Json<UserLink>> {
+    // Admins and operators see every app's links, owners their own apps' (visible_app).
     let app = visible_app(&ctx, &caller, &app_id).await?;
-    readers(&caller, &app)?;
     let store = &ctx.engine.ctx.store;
     let link = store
         .get_link(&app.id, &principal_id)

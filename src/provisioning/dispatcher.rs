@@ -544,7 +544,7 @@ impl Dispatcher {
     /// (`kept`: something else still entitles the user; `notProvisioned`: nothing had reached
     /// the target), with its log entry, in one commit.
     async fn finish_removal(&self, app: &AppRecord, job: &Job, end: &'static str, reason: &str) -> anyhow::Result<()> {
-        let settled = vec![access_end_change(job, end, None, None)];
+        let settled = vec![access_end_change(job, end)];
         self.finish_with(app, job, JobChange::Done, "skipped", reason, settled)
             .await
     }
@@ -958,9 +958,7 @@ impl Dispatcher {
                         entry.reason = Some(reason.clone());
                     }
                     // Nothing the bridge sent gave this access: there was nothing to end.
-                    outcome
-                        .access_ends
-                        .push(access_end_change(job, "notProvisioned", None, None));
+                    outcome.access_ends.push(access_end_change(job, "notProvisioned"));
                 }
                 None => {}
             }
@@ -1019,7 +1017,7 @@ impl Dispatcher {
                     outcome.jobs.push((job.id.clone(), JobChange::Retry { at }));
                     if job.is_removal() {
                         // Not final: the excess keeps growing until a later attempt confirms.
-                        outcome.access_ends.push(access_end_change(job, "failed", None, None));
+                        outcome.access_ends.push(access_end_change(job, "failed"));
                     }
                     entry.status = "deferred".into();
                     entry.deferred_until = Some(at);
@@ -1112,18 +1110,11 @@ impl Dispatcher {
 }
 
 /// What an outcome settles of the access ends a removal job was for.
-fn access_end_change(
-    job: &Job,
-    status: &'static str,
-    removed_at: Option<Millis>,
-    action: Option<&'static str>,
-) -> AccessEndChange {
+fn access_end_change(job: &Job, status: &'static str) -> AccessEndChange {
     AccessEndChange {
         principal_id: job.principal_id.clone(),
         group_id: job.group_id.clone(),
         status,
-        removed_at,
-        action,
     }
 }
 

@@ -53,34 +53,24 @@ macro_rules! insert_access_end {
 }
 
 /// Settles, on the connection `$conn` of the backend `$db`, the open records of app `$app_id`
-/// that the change `$c` (an `AccessEndChange`) names: `removed` with the target's confirmation,
-/// `failed` (still open), or a final `kept` / `notProvisioned`. A removal confirmed observes
-/// how long access outlived the end (`metrics::access_excess`).
+/// that the change `$c` (an `AccessEndChange`) names: `failed` (still open), or a final `kept` /
+/// `notProvisioned`. A confirmed removal settles its records through `settle_removed`.
 macro_rules! settle_access_ends {
     ($db:expr, $conn:expr, $app_id:expr, $c:expr, $now:expr) => {{
         let c: &$crate::store::AccessEndChange = $c;
-        let settled: Vec<(String, $crate::clock::Millis)> = sqlx::query_as($crate::store::dialect::sql!(
+        sqlx::query($crate::store::dialect::sql!(
             $db,
-            "UPDATE access_ends SET status = $4, removed_at = {ts $5}, action = $6, updated_at = {ts $7}
+            "UPDATE access_ends SET status = $4, updated_at = {ts $5}
              WHERE app_id = {uuid $1} AND principal_id = $2 AND group_id = $3
-               AND status IN ('pending', 'failed', 'held')
-             RETURNING reason, {ms ended_at} AS ended_at"
+               AND status IN ('pending', 'failed', 'held')"
         ))
         .bind($app_id)
         .bind(&c.principal_id)
         .bind(&c.group_id)
         .bind(c.status)
-        .bind(c.removed_at)
-        .bind(c.action)
         .bind($now)
-        .fetch_all($conn)
-        .await?;
-        if let Some(removed_at) = c.removed_at {
-            for (reason, ended_at) in &settled {
-                let pim = $crate::store::PIM_END_REASONS.contains(&reason.as_str());
-                $crate::metrics::access_excess(pim, removed_at - ended_at);
-            }
-        }
+        .execute($conn)
+        .await
     }};
 }
 

@@ -683,12 +683,9 @@ pub struct Outcome {
 pub struct AccessEndChange {
     pub principal_id: String,
     pub group_id: String,
-    /// `removed`, `failed` (still open), `kept` or `notProvisioned`.
+    /// `failed` (still open), `kept` or `notProvisioned`: a confirmed removal is settled by the
+    /// member it takes out of its target group (`Outcome::members`).
     pub status: &'static str,
-    /// The target's confirmation of the request that ended access (`removed` only).
-    pub removed_at: Option<Millis>,
-    /// `remove_member`, `disable_user` or `delete_user`; `None` when nothing was sent.
-    pub action: Option<&'static str>,
 }
 
 /// The fields of an app that a change sets; `None` leaves a field as it is.

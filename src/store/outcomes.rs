@@ -103,7 +103,7 @@ impl SqlStore {
                 insert_log!(db, &mut *tx, entry)?;
             }
             for change in &o.access_ends {
-                settle_access_ends!(db, &mut *tx, &o.app_id, change, now);
+                settle_access_ends!(db, &mut *tx, &o.app_id, change, now)?;
             }
             // Members gone from their target group end the access their open ends measure
             // (SPEC §8): one statement for them all.
