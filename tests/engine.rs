@@ -441,7 +441,14 @@ async fn a_cycle_stopped_between_steps_resumes_under_its_id_after_a_restart() {
     for _ in 0..3 {
         stack.bridge.advance(Duration::from_secs(1)).await;
     }
-    let before = cycles(&stack.bridge, &app_id).await;
+    // The cycle's record is written by its dispatcher, a moment after the answer: read until
+    // it is listed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut before = cycles(&stack.bridge, &app_id).await;
+    while before.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        before = cycles(&stack.bridge, &app_id).await;
+    }
     assert!(
         before[0]["endedAt"].is_null(),
         "still running before the stop: {before:?}"
