@@ -53,7 +53,7 @@ SCIM_BRIDGE_TEST_STORE=sqlite run_tests --all-targets "$@"
 # store behaviour), load (a figure for the optimised binary, measured on SQLite), the unit tests and
 # benches.
 POSTGRES_SUITES=(
-    access_end api_access api_edge app_lifecycle cycle_faults deletion_guard engine legacy_removal logs_activation logs_audit
+    access_end api_access api_edge app_lifecycle config_as_code cycle_faults deletion_guard engine legacy_removal logs_activation logs_audit
     links logs_query logs_retention mapping metrics oauth2 properties provisioning realtime revocation scale_out shutdown
     webhook_answers
     window_cycle graph_source traces

@@ -4,6 +4,7 @@ pub mod activation;
 pub mod bench;
 pub mod clock;
 pub mod config;
+pub mod config_as_code;
 pub mod crypto;
 pub mod graph;
 pub mod http;

@@ -61,6 +61,30 @@ enum Command {
         #[arg(long, default_value = "scim-bridge-bench.json")]
         json: PathBuf,
     },
+    /// Apply a configuration document (YAML or JSON, by extension) to a running bridge: plan it,
+    /// print the plan, and apply it if the apps did not change meanwhile (SPEC §9).
+    ///
+    /// `${VARIABLE}`s in the document are replaced from the environment first (a missing one is
+    /// an error, before anything is sent). Talks to SCIM_BRIDGE_URL (default
+    /// http://127.0.0.1:8080) with SCIM_BRIDGE_TOKEN (an admin token). Exits 0 when it applied or
+    /// nothing differs, 2 when --dry-run found changes, 1 on an error.
+    Apply {
+        /// The document: a .yaml, .yml or .json file.
+        file: PathBuf,
+        /// Only plan: print what would change, apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete (with deprovisioning) the apps an earlier applied document created or
+        /// matched and this one no longer holds.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Print every app of a running bridge as a configuration document (GET /v1/config), secrets
+    /// as ${SCIM_BRIDGE_APP_<NAME>_TOKEN} placeholders. Uses SCIM_BRIDGE_URL and SCIM_BRIDGE_TOKEN.
+    Export {
+        #[arg(long, default_value = "yaml", value_parser = ["yaml", "json"])]
+        format: String,
+    },
     /// Print the X-Bridge-Signature header for a payload file.
     Sign {
         /// The payload file, signed byte for byte.
@@ -229,6 +253,15 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
     }
+    // Clients of a running bridge: no configuration, data dir or log of their own.
+    match &cli.command {
+        Command::Apply { file, dry_run, prune } => {
+            let code = scim_bridge::config_as_code::apply(file, *dry_run, *prune).await?;
+            std::process::exit(code);
+        }
+        Command::Export { format } => return scim_bridge::config_as_code::export(format).await,
+        _ => {}
+    }
     if let (Command::MigrateStore { .. }, Ok(source)) = (&cli.command, std::env::var("SCIM_BRIDGE_DATABASE_URL")) {
         // Before the configuration, which would ask a PostgreSQL source for its secrets first.
         scim_bridge::store::migrate::refuse_postgres_source(&source)?;
@@ -291,7 +324,9 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Bench { .. } => unreachable!("handled before the configuration"),
+        Command::Bench { .. } | Command::Apply { .. } | Command::Export { .. } => {
+            unreachable!("handled before the configuration")
+        }
         Command::Sign { file, timestamp } => {
             let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let t = timestamp.unwrap_or_else(|| chrono::Utc::now().timestamp());

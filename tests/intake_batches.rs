@@ -63,6 +63,7 @@ async fn apps_assigned(store: &SharedStore, group: &str, count: usize, now: i64)
                 quarantine_level: 0,
                 created_at: now,
                 deleted_at: None,
+                managed: false,
             })
             .await
             .expect("insert an app");

@@ -15,6 +15,8 @@ mod api_edge;
 mod app_lifecycle;
 #[path = "compose.rs"]
 mod compose;
+#[path = "config_as_code.rs"]
+mod config_as_code;
 #[path = "cycle_faults.rs"]
 mod cycle_faults;
 #[path = "deletion_guard.rs"]

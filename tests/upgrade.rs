@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use base64::Engine;
 use common::{Bridge, Event, Kind, PUSH_TIMEOUT, Principal, SourceGroup};
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use scim_bridge::config::Secret;
 use scim_bridge::crypto::Sealer;
 use serde_json::{Value, json};
@@ -228,6 +228,23 @@ async fn a_database_of_the_previous_release_opens_and_its_pending_and_deferred_w
     .execute(&pool)
     .await
     .expect("insert app");
+    // A second app of the same name: the previous release allowed it (SPEC §9).
+    let twin_id = new_id();
+    sqlx::query(
+        "INSERT INTO apps (id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status,
+         status_reason, legacy_remove, next_sync_at, quarantine_level, created_at)
+         VALUES (?, ?, ?, 'bearer', ?, ?, '[\"admin\"]', 'paused', 'paused by admin', 0, ?, 0, ?)",
+    )
+    .bind(&twin_id)
+    .bind(&app_name)
+    .bind(&target.base_url)
+    .bind(&sealed)
+    .bind(settings)
+    .bind(next_sync_at)
+    .bind(now - 23 * 60 * MINUTE_MS)
+    .execute(&pool)
+    .await
+    .expect("insert the app's twin");
     let group = SourceGroup::new();
     let target_name = format!("Upgraded {}", common::short_id());
     sqlx::query(
@@ -322,9 +339,16 @@ async fn a_database_of_the_previous_release_opens_and_its_pending_and_deferred_w
     })
     .await;
 
-    // The app is there as it was.
+    // The app is there as it was, and so is its twin of the same name, which a configuration
+    // document lists as a shared name.
     let app = bridge.app(&app_id).await;
     assert_eq!(app["name"], app_name.as_str(), "{app}");
+    assert_eq!(bridge.app(&twin_id).await["name"], app_name.as_str());
+    let (status, plan) = bridge
+        .admin(Method::PUT, "/v1/config?dryRun=true", Some(json!({"apps": []})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    assert_eq!(plan["sharedNames"], json!([app_name]), "{plan}");
     assert_eq!(app["scimBaseUrl"], target.base_url.as_str(), "{app}");
     assert_eq!(app["auth"]["type"], "bearer", "{app}");
     assert_eq!(app["owners"], json!(["admin"]), "{app}");

@@ -44,7 +44,7 @@ pub(super) const SETTINGS_KEYS: &[&str] = &[
     "deletionGuard",
 ];
 
-fn settings_from(base: &AppSettings, input: &Map<String, Value>) -> ApiResult<AppSettings> {
+pub(super) fn settings_from(base: &AppSettings, input: &Map<String, Value>) -> ApiResult<AppSettings> {
     let mut merged = serde_json::to_value(base).expect("settings serialize");
     for key in SETTINGS_KEYS {
         if let Some(v) = input.get(*key) {
@@ -160,9 +160,22 @@ async fn check_access_end(
     Ok(())
 }
 
+/// Names are unique (SPEC §9): 409 when another app has `name`. (The store refuses it too, when
+/// two requests race.)
+async fn name_is_free(ctx: &ApiContext, name: &str, except: Option<&str>) -> ApiResult<()> {
+    let apps = ctx.engine.ctx.store.list_apps().await?;
+    match apps.iter().find(|a| a.name == name && Some(a.id.as_str()) != except) {
+        Some(other) => Err(ApiError::conflict_on(
+            "name",
+            format!("is the name of the app {}: names are unique", other.id),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Two `scimBaseUrl`s name the same target: the same URL, compared without a trailing slash
 /// and with the scheme and host in lower case.
-fn same_target(a: &str, b: &str) -> bool {
+pub(super) fn same_target(a: &str, b: &str) -> bool {
     let norm = |u: &str| match url::Url::parse(u) {
         Ok(url) => url.as_str().trim_end_matches('/').to_string(),
         Err(_) => u.trim_end_matches('/').to_string(),
@@ -173,7 +186,7 @@ fn same_target(a: &str, b: &str) -> bool {
 /// Refuses URLs that are not http(s), ones that reach a cloud metadata address, and (unless
 /// allowed) ones that resolve to private addresses. Where private targets are allowed, a host
 /// that does not resolve is accepted with a warning (for the answer): it may not exist yet.
-async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult<Option<String>> {
+pub(super) async fn check_target_url(ctx: &ApiContext, field: &str, raw: &str) -> ApiResult<Option<String>> {
     let url = url::Url::parse(raw).map_err(|_| ApiError::bad(field, "is not a URL"))?;
     if url.scheme() != "https" && url.scheme() != "http" {
         return Err(ApiError::bad(field, "must be an http or https URL"));
@@ -423,6 +436,7 @@ pub async fn create(
     let input = object(body)?;
     check_keys(&input, CREATE_FIELDS)?;
     let name = text_field(&input, "name")?.ok_or_else(|| ApiError::bad("name", "is required"))?;
+    name_is_free(&ctx, &name, None).await?;
     let url = text_field(&input, "scimBaseUrl")?.ok_or_else(|| ApiError::bad("scimBaseUrl", "is required"))?;
     let mut warnings: Vec<String> = check_target_url(&ctx, "scimBaseUrl", &url).await?.into_iter().collect();
     let auth = input.get("auth").ok_or_else(|| ApiError::bad("auth", "is required"))?;
@@ -439,27 +453,8 @@ pub async fn create(
         }
     }
     let engine = &ctx.engine.ctx;
-    let now = engine.now();
-    let mut app = AppRecord {
-        id,
-        name,
-        scim_base_url: url,
-        auth_type,
-        auth_sealed: sealed,
-        settings,
-        owners,
-        status: "active".into(),
-        status_reason: None,
-        legacy_remove: false,
-        next_sync_at: 0,
-        quarantine_level: 0,
-        created_at: now,
-        deleted_at: None,
-    };
-    // Spread first cycles so that many apps registered together do not fire at once.
-    let interval = engine.sync_interval_ms(&app);
-    let jitter = i64::from(u16::from_le_bytes(crate::crypto::random_bytes::<2>())) * (interval / 8) / 65_535;
-    app.next_sync_at = now + interval + jitter;
+    let mut app = new_app(&ctx, &id, &name, &url, (auth_type, sealed), &settings, engine.now());
+    app.owners = owners;
     ctx.audited(
         &caller,
         "app.create",
@@ -472,6 +467,40 @@ pub async fn create(
     let mut body = app_body(&ctx, &app).await?;
     body.warnings = warnings;
     Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// A new app, active, owned by nobody yet, unmanaged, its first cycle an interval away (spread
+/// so that many apps registered together do not fire at once).
+pub(super) fn new_app(
+    ctx: &ApiContext,
+    id: &str,
+    name: &str,
+    url: &str,
+    (auth_type, auth_sealed): (String, Vec<u8>),
+    settings: &AppSettings,
+    now: crate::clock::Millis,
+) -> AppRecord {
+    let mut app = AppRecord {
+        id: id.to_string(),
+        name: name.to_string(),
+        scim_base_url: url.to_string(),
+        auth_type,
+        auth_sealed,
+        settings: settings.clone(),
+        owners: Vec::new(),
+        status: "active".into(),
+        status_reason: None,
+        legacy_remove: false,
+        next_sync_at: 0,
+        quarantine_level: 0,
+        created_at: now,
+        deleted_at: None,
+        managed: false,
+    };
+    let interval = ctx.engine.ctx.sync_interval_ms(&app);
+    let jitter = i64::from(u16::from_le_bytes(crate::crypto::random_bytes::<2>())) * (interval / 8) / 65_535;
+    app.next_sync_at = now + interval + jitter;
+    app
 }
 
 pub async fn list(State(ctx): State<ApiContext>, caller: Caller) -> ApiResult<Json<AppList>> {
@@ -506,9 +535,14 @@ pub async fn update(
     // Only what the request sends is written: a PATCH never undoes what the engine committed
     // meanwhile (a quarantine, the next cycle's time).
     let mut changes = AppChanges {
-        name: text_field(&input, "name")?,
+        // The same name again changes nothing (it may be one stored twice before names were
+        // unique).
+        name: text_field(&input, "name")?.filter(|name| *name != app.name),
         ..Default::default()
     };
+    if let Some(name) = &changes.name {
+        name_is_free(&ctx, name, Some(&app.id)).await?;
+    }
     let mut warnings = Vec::new();
     if let Some(url) = text_field(&input, "scimBaseUrl")? {
         // Stored credentials never follow a changed URL: whoever points the app elsewhere gives

@@ -35,6 +35,9 @@ pub enum ApiError {
     RequestTimeout,
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// `If-Match` named a state that changed since.
+    #[error("{0}")]
+    PreconditionFailed(String),
     #[error("the database cannot commit right now")]
     Unavailable,
     /// A store error that a retry cannot fix: logged with its cause, shown as a plain 500.
@@ -95,6 +98,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::StoreFailed | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -105,6 +109,9 @@ impl From<crate::store::StoreError> for ApiError {
     /// Only an error that a retry can fix asks the client to retry (503 with `Retry-After`);
     /// any other is a 500, so that a sender does not retry forever what can never commit.
     fn from(e: crate::store::StoreError) -> Self {
+        if let crate::store::StoreError::NameTaken(name) = &e {
+            return Self::conflict_on("name", format!("{name:?} is the name of another app: names are unique"));
+        }
         // A moved store (SPEC §6, "Moving stores") is transient too: the sender retries, and
         // reaches the bridge that runs on the new store once traffic goes there.
         if e.is_transient() {

@@ -3,6 +3,7 @@
 mod access_ends;
 mod apps;
 mod auth;
+mod config;
 mod directory;
 pub mod error;
 mod links;
@@ -496,6 +497,30 @@ pub const ROUTES: &[Route] = &[
         ok: 200,
         body: Body::Json(SchemaOf::of::<model::AccessEndSummary>()),
         handler: |m| on(m, access_ends::summary),
+    },
+    Route {
+        method: "get",
+        path: "/v1/config",
+        summary: "Every app as one configuration document (secrets as `${...}` placeholders), with its `ETag`",
+        tag: "config",
+        access: ADMIN,
+        query: ParamsOf::NONE,
+        request: None,
+        ok: 200,
+        body: Body::Json(SchemaOf::of::<model::ConfigDocument>()),
+        handler: |m| on(m, config::get_config),
+    },
+    Route {
+        method: "put",
+        path: "/v1/config",
+        summary: "Plan a configuration document against the apps and apply it in one transaction (`dryRun` only plans; `If-Match` applies only if nothing changed since)",
+        tag: "config",
+        access: ADMIN,
+        query: ParamsOf::of::<config::ConfigQuery>(),
+        request: Some(SchemaOf::of::<model::ConfigDocument>()),
+        ok: 200,
+        body: Body::Json(SchemaOf::of::<model::ConfigPlan>()),
+        handler: |m| on(m, config::put_config),
     },
     Route {
         method: "get",

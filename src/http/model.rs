@@ -745,3 +745,128 @@ mod tests {
         assert_eq!(shown, properties::<LogEntryView>());
     }
 }
+
+// ---- configuration as code (SPEC §9) ----
+
+/// `GET /v1/config` and the body of `PUT /v1/config`: every app as configuration. Its `ETag`
+/// header names the state it was read from.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigDocument {
+    pub apps: Vec<ConfigApp>,
+}
+
+/// One app of a configuration document. Settings left out take their defaults; `auth` holds
+/// `${SCIM_BRIDGE_APP_<NAME>_TOKEN}` (or `_CLIENT_SECRET`) where the export leaves a secret out.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigApp {
+    /// Matches the app with this id (a new `name` renames it); without it the entry matches by
+    /// `name`, or is a new app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub id: Option<String>,
+    pub name: String,
+    pub scim_base_url: String,
+    /// `{"type": "bearer", "token"}` or `{"type": "oauth2ClientCredentials", "tokenUrl",
+    /// "clientId", "clientSecret", "scope"}`.
+    #[schema(value_type = Object)]
+    pub auth: Value,
+    #[serde(flatten)]
+    pub settings: AppSettings,
+    #[serde(default)]
+    pub owners: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<ConfigGroup>,
+}
+
+/// A group assigned to the app, and the target group it becomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigGroup {
+    pub group_id: String,
+    #[serde(default)]
+    pub target_display_name: String,
+}
+
+/// The answer of `PUT /v1/config`: what the document changes, per app.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigPlan {
+    /// `true` when the plan was written (not a dry run, and something to write).
+    pub applied: bool,
+    pub dry_run: bool,
+    pub apps: Vec<PlannedApp>,
+    /// Names that more than one stored app has (stored before names were unique): an entry
+    /// without `id` that would match one is refused until one of them is renamed.
+    pub shared_names: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// One app in a plan.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedApp {
+    /// `create`, `update`, `unchanged`, `delete` (prune), `kept` (managed, in no entry, no
+    /// prune asked) or `unmanaged` (registered through `POST /v1/apps` and in no entry: never
+    /// pruned).
+    pub action: String,
+    /// The app's id (a new app's once applied).
+    #[schema(nullable = false)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub name: String,
+    /// The fields an update changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<FieldChange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub groups: Option<GroupChanges>,
+    /// A pruned app's provisioned members: removed at the target before it goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub provisioned_members: Option<usize>,
+}
+
+/// A changed field: its value before and after, or for a secret only that it changed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldChange {
+    pub field: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object, nullable = false)]
+    pub from: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object, nullable = false)]
+    pub to: Option<Value>,
+}
+
+/// The groups an update or a create assigns, unassigns and renames.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupChanges {
+    pub added: Vec<ConfigGroup>,
+    pub removed: Vec<RemovedGroup>,
+    pub renamed: Vec<RenamedGroup>,
+}
+
+/// An unassigned group and how many members it provisioned (their access ends, reason
+/// `unassigned`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovedGroup {
+    pub group_id: String,
+    pub target_display_name: String,
+    pub provisioned_members: usize,
+}
+
+/// A group whose target group name changes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RenamedGroup {
+    pub group_id: String,
+    pub from: String,
+    pub to: String,
+}

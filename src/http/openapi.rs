@@ -108,6 +108,24 @@ fn operation(route: &Route) -> Value {
             problem("The name is taken by a live token, or is `admin` (the bootstrap token's)"),
         );
     }
+    if (route.path == "/v1/apps" && route.method == "post")
+        || (route.path == "/v1/apps/{appId}" && route.method == "patch")
+    {
+        responses.insert(
+            "409".into(),
+            problem("The name is another app's (names are unique), or the change conflicts with the app's state"),
+        );
+    }
+    if route.path == "/v1/config" && route.method == "put" {
+        responses.insert(
+            "409".into(),
+            problem("The apps changed while the document was planned: send it again"),
+        );
+        responses.insert(
+            "412".into(),
+            problem("`If-Match` names a state of the apps that changed since"),
+        );
+    }
     match route.access {
         Access::Public => {}
         Access::Signed => {

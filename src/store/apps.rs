@@ -1,6 +1,5 @@
 //! Apps (the SCIM targets), their group assignments, and the sealed credentials' key check.
 
-use super::access_ends::birth_access_ends;
 use super::dialect::{db_run, db_statement, db_tx, sql};
 use super::*;
 
@@ -9,9 +8,169 @@ macro_rules! app_columns {
     () => {
         "{text id} AS id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status, status_reason,
          legacy_remove, {ms next_sync_at} AS next_sync_at, quarantine_level, {ms created_at} AS created_at,
-         {ms deleted_at} AS deleted_at"
+         {ms deleted_at} AS deleted_at, managed"
     };
 }
+
+/// Writes the app `$a` on `$conn`; its name is its own (`name_key`, unique: SPEC §9), so a name
+/// taken by another app is `StoreError::NameTaken`.
+macro_rules! insert_app_row {
+    ($db:expr, $conn:expr, $a:expr) => {{
+        let a: &$crate::store::AppRecord = $a;
+        sqlx::query($crate::store::dialect::sql!(
+            $db,
+            "INSERT INTO apps (id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status,
+             status_reason, legacy_remove, next_sync_at, quarantine_level, created_at, managed, name_key)
+             VALUES ({uuid $1}, $2, $3, $4, $5, {jsonb $6}, {jsonb $7}, $8, $9, $10, {ts $11}, $12, {ts $13}, $14, $2)"
+        ))
+        .bind(&a.id)
+        .bind(&a.name)
+        .bind(&a.scim_base_url)
+        .bind(&a.auth_type)
+        .bind(&a.auth_sealed)
+        .bind($crate::store::to_json(&a.settings))
+        .bind($crate::store::to_json(&a.owners))
+        .bind(&a.status)
+        .bind(&a.status_reason)
+        .bind(a.legacy_remove)
+        .bind(a.next_sync_at)
+        .bind(a.quarantine_level)
+        .bind(a.created_at)
+        .bind(a.managed)
+        .execute($conn)
+        .await
+        .map_err(|e| $crate::store::name_taken(e, &a.name))
+    }};
+}
+pub(super) use insert_app_row;
+
+/// Changes the app `$id` on `$conn` as `$c` says (each column keeps its stored value unless the
+/// change sets it; a new name becomes the app's own, see `insert_app_row`); `$managed`: an applied
+/// document now manages it.
+macro_rules! change_app_row {
+    ($db:expr, $conn:expr, $id:expr, $c:expr, $managed:expr) => {{
+        let c: &$crate::store::AppChanges = $c;
+        let managed: bool = $managed;
+        sqlx::query($crate::store::dialect::sql!(
+            $db,
+            "UPDATE apps SET name = COALESCE($1, name), name_key = COALESCE($1, name_key),
+               scim_base_url = COALESCE($2, scim_base_url),
+               auth_type = COALESCE($3, auth_type), auth_sealed = COALESCE($4, auth_sealed),
+               settings = COALESCE({jsonb $5}, settings), owners = COALESCE({jsonb $6}, owners),
+               status = COALESCE($7, status), status_reason = CASE WHEN $8 THEN $9 ELSE status_reason END,
+               managed = managed OR $11
+             WHERE id = {uuid $10}"
+        ))
+        .bind(&c.name)
+        .bind(&c.scim_base_url)
+        .bind(c.auth.as_ref().map(|(kind, _)| kind))
+        .bind(c.auth.as_ref().map(|(_, sealed)| sealed))
+        .bind(c.settings.as_ref().map($crate::store::to_json))
+        .bind(c.owners.as_ref().map($crate::store::to_json))
+        .bind(c.status.as_ref().map(|(s, _)| s))
+        .bind(c.status.is_some())
+        .bind(c.status.as_ref().and_then(|(_, r)| r.clone()))
+        .bind($id)
+        .bind(managed)
+        .execute($conn)
+        .await
+        .map_err(|e| $crate::store::name_taken(e, c.name.as_deref().unwrap_or_default()))?;
+        if c.status.as_ref().is_some_and(|(status, _)| status == "deleting") {
+            // Deprovisioning ends every provisioned member's access at the app now (SPEC §8).
+            sqlx::query($crate::store::dialect::sql!(
+                $db,
+                $crate::store::access_ends::DEPROVISIONED
+            ))
+            .bind($id)
+            .bind(c.deprovision_at.unwrap_or_default())
+            .execute($conn)
+            .await?;
+        }
+    }};
+}
+pub(super) use change_app_row;
+
+/// Deletes the app `$id` in the transaction `$tx`: its lease, its assignments, its work not done
+/// and its links go with it, and its name is free again.
+macro_rules! delete_app_rows {
+    ($db:expr, $tx:expr, $id:expr, $now:expr) => {{
+        let (id, now): (&str, $crate::clock::Millis) = ($id, $now);
+        $db.forget_app_lease(&mut $tx, id).await?;
+        sqlx::query($crate::store::dialect::sql!(
+            $db,
+            "UPDATE apps SET deleted_at = {ts $1}, name_key = NULL WHERE id = {uuid $2}"
+        ))
+        .bind(now)
+        .bind(id)
+        .execute(&mut *$tx)
+        .await?;
+        sqlx::query($crate::store::dialect::sql!(
+            $db,
+            "DELETE FROM group_assignments WHERE app_id = {uuid $1}"
+        ))
+        .bind(id)
+        .execute(&mut *$tx)
+        .await?;
+        sqlx::query($crate::store::dialect::sql!(
+            $db,
+            "UPDATE jobs SET state = 'cancelled', updated_at = {ts $1}
+             WHERE app_id = {uuid $2} AND state IN ('pending', 'deferred', 'in_flight')"
+        ))
+        .bind(now)
+        .bind(id)
+        .execute(&mut *$tx)
+        .await?;
+        // Deleting an app forgets its links (what was last sent for each principal).
+        sqlx::query($crate::store::dialect::sql!(
+            $db,
+            "DELETE FROM target_users WHERE app_id = {uuid $1}"
+        ))
+        .bind(id)
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+pub(super) use delete_app_rows;
+
+/// Assigns a group to an app on `$conn` (a new target display name replaces the old one).
+macro_rules! put_assignment_row {
+    ($db:expr, $conn:expr, $a:expr) => {{
+        let a: &$crate::store::Assignment = $a;
+        sqlx::query($crate::store::dialect::sql!(
+            $db,
+            "INSERT INTO group_assignments (app_id, group_id, target_display_name, created_at)
+             VALUES ({uuid $1}, $2, $3, {ts $4})
+             ON CONFLICT (app_id, group_id) DO UPDATE SET target_display_name = excluded.target_display_name"
+        ))
+        .bind(&a.app_id)
+        .bind(&a.group_id)
+        .bind(&a.target_display_name)
+        .bind(a.created_at)
+        .execute($conn)
+        .await
+    }};
+}
+pub(super) use put_assignment_row;
+
+/// Unassigns a group from an app on `$conn`, in a transaction: the members provisioned through
+/// the assignment lose that entitlement now (SPEC §8), so their access ends are written first,
+/// while the assignment still says where they are. Answers the rows deleted.
+macro_rules! delete_assignment_row {
+    ($db:expr, $conn:expr, $app_id:expr, $group_id:expr, $now:expr) => {{
+        let (app_id, group_id): (&str, &str) = ($app_id, $group_id);
+        $crate::store::access_ends::birth_access_ends!($db, &mut *$conn, app: Some(app_id), group: group_id, principal: None, "unassigned", $now)?;
+        sqlx::query($crate::store::dialect::sql!(
+            $db,
+            "DELETE FROM group_assignments WHERE app_id = {uuid $1} AND group_id = $2"
+        ))
+        .bind(app_id)
+        .bind(group_id)
+        .execute(&mut *$conn)
+        .await
+        .map(|done| done.rows_affected())
+    }};
+}
+pub(super) use delete_assignment_row;
 
 /// The sealed known value (see `Store::key_check`).
 const KEY_CHECK: &str = "SELECT sealed FROM key_check WHERE id = 1";
@@ -19,27 +178,7 @@ const KEY_CHECK: &str = "SELECT sealed FROM key_check WHERE id = 1";
 impl SqlStore {
     pub(super) async fn insert_app(&self, a: &AppRecord) -> StoreResult<()> {
         db_tx!(self, db, tx => {
-            sqlx::query(sql!(
-                db,
-                "INSERT INTO apps (id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status,
-                 status_reason, legacy_remove, next_sync_at, quarantine_level, created_at)
-                 VALUES ({uuid $1}, $2, $3, $4, $5, {jsonb $6}, {jsonb $7}, $8, $9, $10, {ts $11}, $12, {ts $13})"
-            ))
-            .bind(&a.id)
-            .bind(&a.name)
-            .bind(&a.scim_base_url)
-            .bind(&a.auth_type)
-            .bind(&a.auth_sealed)
-            .bind(to_json(&a.settings))
-            .bind(to_json(&a.owners))
-            .bind(&a.status)
-            .bind(&a.status_reason)
-            .bind(a.legacy_remove)
-            .bind(a.next_sync_at)
-            .bind(a.quarantine_level)
-            .bind(a.created_at)
-            .execute(&mut *tx)
-            .await?;
+            insert_app_row!(db, &mut *tx, a)?;
         });
         Ok(())
     }
@@ -47,35 +186,7 @@ impl SqlStore {
     pub(super) async fn change_app(&self, id: &str, c: &AppChanges) -> StoreResult<()> {
         db_tx!(self, db, tx => {
             let Some(id) = db.app_key(id) else { return Ok(()) };
-            // Each column keeps its stored value unless the change sets it.
-            sqlx::query(sql!(
-                db,
-                "UPDATE apps SET name = COALESCE($1, name), scim_base_url = COALESCE($2, scim_base_url),
-                   auth_type = COALESCE($3, auth_type), auth_sealed = COALESCE($4, auth_sealed),
-                   settings = COALESCE({jsonb $5}, settings), owners = COALESCE({jsonb $6}, owners),
-                   status = COALESCE($7, status), status_reason = CASE WHEN $8 THEN $9 ELSE status_reason END
-                 WHERE id = {uuid $10}"
-            ))
-            .bind(&c.name)
-            .bind(&c.scim_base_url)
-            .bind(c.auth.as_ref().map(|(kind, _)| kind))
-            .bind(c.auth.as_ref().map(|(_, sealed)| sealed))
-            .bind(c.settings.as_ref().map(to_json))
-            .bind(c.owners.as_ref().map(to_json))
-            .bind(c.status.as_ref().map(|(s, _)| s))
-            .bind(c.status.is_some())
-            .bind(c.status.as_ref().and_then(|(_, r)| r.clone()))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            if c.status.as_ref().is_some_and(|(status, _)| status == "deleting") {
-                // Deprovisioning ends every provisioned member's access at the app now (SPEC §8).
-                sqlx::query(sql!(db, super::access_ends::DEPROVISIONED))
-                    .bind(id)
-                    .bind(c.deprovision_at.unwrap_or_default())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            change_app_row!(db, &mut *tx, id, c, false);
         });
         Ok(())
     }
@@ -146,48 +257,14 @@ impl SqlStore {
     pub(super) async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()> {
         let Some(id) = self.app_key(id) else { return Ok(()) };
         db_tx!(self, db, tx => {
-            db.forget_app_lease(&mut tx, id).await?;
-            sqlx::query(sql!(db, "UPDATE apps SET deleted_at = {ts $1} WHERE id = {uuid $2}"))
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sql!(db, "DELETE FROM group_assignments WHERE app_id = {uuid $1}"))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sql!(
-                db,
-                "UPDATE jobs SET state = 'cancelled', updated_at = {ts $1}
-                 WHERE app_id = {uuid $2} AND state IN ('pending', 'deferred', 'in_flight')"
-            ))
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            // Deleting an app forgets its links (what was last sent for each principal).
-            sqlx::query(sql!(db, "DELETE FROM target_users WHERE app_id = {uuid $1}"))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            delete_app_rows!(db, tx, id, now);
         });
         Ok(())
     }
 
     pub(super) async fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {
         db_tx!(self, db, tx => {
-            sqlx::query(sql!(
-                db,
-                "INSERT INTO group_assignments (app_id, group_id, target_display_name, created_at)
-                 VALUES ({uuid $1}, $2, $3, {ts $4})
-                 ON CONFLICT (app_id, group_id) DO UPDATE SET target_display_name = excluded.target_display_name"
-            ))
-            .bind(&a.app_id)
-            .bind(&a.group_id)
-            .bind(&a.target_display_name)
-            .bind(a.created_at)
-            .execute(&mut *tx)
-            .await?;
+            put_assignment_row!(db, &mut *tx, a)?;
         });
         Ok(())
     }
@@ -195,15 +272,7 @@ impl SqlStore {
     pub(super) async fn delete_assignment(&self, app_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
         let done = db_tx!(self, db, tx => {
             let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
-            // The members provisioned through the assignment lose that entitlement now (SPEC §8):
-            // their access ends are written while the assignment still says where they are.
-            birth_access_ends!(db, &mut *tx, app: Some(app_id), group: group_id, principal: None, "unassigned", now)?;
-            sqlx::query(sql!(db, "DELETE FROM group_assignments WHERE app_id = {uuid $1} AND group_id = $2"))
-                .bind(app_id)
-                .bind(group_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
+            delete_assignment_row!(db, &mut *tx, app_id, group_id, now)?
         });
         Ok(done > 0)
     }

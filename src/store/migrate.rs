@@ -84,6 +84,8 @@ const TABLES: &[Table] = &[
             ("quarantine_level", Int),
             ("created_at", Millis),
             ("deleted_at", Millis),
+            ("managed", Bool),
+            ("name_key", Text),
         ],
     },
     Table {

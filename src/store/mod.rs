@@ -5,6 +5,7 @@
 mod access_ends;
 mod apps;
 mod audit;
+mod config;
 mod cycles;
 mod dialect;
 mod events;
@@ -56,6 +57,9 @@ pub enum StoreError {
     /// A write of work done under a lease that this replica no longer holds (`crate::lease`).
     #[error("this replica no longer holds the lease `{0}`: the write was refused")]
     Fenced(String),
+    /// An app's name that another app already has (SPEC §9: names are unique).
+    #[error("the name {0:?} is taken by another app")]
+    NameTaken(String),
     /// The SQLite store was copied into PostgreSQL by `migrate-store`: it takes no more writes.
     #[error(
         "this SQLite store was moved to {0} by `scim-bridge migrate-store` and takes no more writes: run the \
@@ -82,8 +86,17 @@ impl StoreError {
         match self {
             Self::Database(e) => database_error_is_transient(e),
             Self::Fenced(_) | Self::Moved(_) => true,
-            Self::Migrate(_) | Self::Corrupt(_) => false,
+            Self::Migrate(_) | Self::Corrupt(_) | Self::NameTaken(_) => false,
         }
+    }
+}
+
+/// A write refused because the app's name is another app's (the unique `name_key`) is
+/// `NameTaken`; any other error is the database's.
+pub(crate) fn name_taken(e: sqlx::Error, name: &str) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::NameTaken(name.to_string()),
+        _ => e.into(),
     }
 }
 
@@ -303,6 +316,9 @@ pub struct AppRecord {
     pub quarantine_level: i64,
     pub created_at: Millis,
     pub deleted_at: Option<Millis>,
+    /// An applied configuration document created or matched the app (SPEC §9): a prune may
+    /// remove it.
+    pub managed: bool,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -734,6 +750,15 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_assignment(&self, app_id: &str, group_id: &str, now: Millis) -> StoreResult<bool>;
     async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>>;
 
+    // configuration as code (SPEC §9)
+    /// What the configuration document reads, as one value that changes whenever it does (the
+    /// `ETag` of `GET /v1/config`).
+    async fn config_fingerprint(&self) -> StoreResult<String>;
+    /// Applies a planned document in one transaction, only if the configuration is still the one
+    /// the plan was made from (`write.expected`); `false` when it changed meanwhile, and nothing
+    /// is written.
+    async fn apply_config(&self, write: &ConfigWrite) -> StoreResult<bool>;
+
     // webhook intake
     /// Records the events of one webhook in one transaction (events, principals, membership
     /// state, jobs, log entries, as `crate::rules` decides); answers each one's verdict.
@@ -983,6 +1008,8 @@ tokio::task_local! {
 /// Runs `write` with the audit entry that records it: the first write transaction it commits
 /// writes the entry too, so the change and its record commit together. An entry no transaction
 /// took (a write that changed nothing) is written alone afterwards.
+pub use config::{ConfigDelete, ConfigUpdate, ConfigWrite};
+
 pub async fn audited<F, T>(store: &dyn Store, entry: AuditEntry, write: F) -> StoreResult<T>
 where
     F: std::future::Future<Output = StoreResult<T>>,

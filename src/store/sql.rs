@@ -58,6 +58,14 @@ impl Store for SqlStore {
         SqlStore::revoke_token(self, id, now).await
     }
 
+    async fn config_fingerprint(&self) -> StoreResult<String> {
+        SqlStore::config_fingerprint(self).await
+    }
+
+    async fn apply_config(&self, write: &ConfigWrite) -> StoreResult<bool> {
+        SqlStore::apply_config(self, write).await
+    }
+
     async fn insert_app(&self, app: &AppRecord) -> StoreResult<()> {
         SqlStore::insert_app(self, app).await
     }

@@ -350,6 +350,7 @@ mod tests {
                 quarantine_level: 0,
                 created_at: 0,
                 deleted_at: None,
+                managed: false,
             })
             .await
             .unwrap();
