@@ -150,8 +150,14 @@ pub fn read_document(file: &Path) -> anyhow::Result<Value> {
     Ok(document)
 }
 
+/// A change of configuration (what a dry run's exit code reports).
 fn is_change(app: &PlannedApp) -> bool {
     matches!(app.action.as_str(), "create" | "update" | "delete")
+}
+
+/// Something applying writes: a change, or an app the document starts to manage.
+fn writes(app: &PlannedApp) -> bool {
+    is_change(app) || app.adopted
 }
 
 /// One line of the plan's table: what changes at the app.
@@ -183,6 +189,9 @@ fn details(app: &PlannedApp) -> String {
     }
     if let Some(members) = app.provisioned_members {
         parts.push(format!("{members} provisioned members removed at the target first"));
+    }
+    if app.adopted {
+        parts.push("registered through the API: this document manages it once applied".into());
     }
     match app.action.as_str() {
         "unmanaged" => parts.push("registered through the API: never pruned".into()),
@@ -223,13 +232,14 @@ pub async fn apply(file: &Path, dry_run: bool, prune: bool) -> anyhow::Result<i3
         println!("dry run: {changes} apps would change");
         return Ok(if changes > 0 { 2 } else { 0 });
     }
-    if changes == 0 {
+    if !plan.apps.iter().any(writes) {
         println!("nothing to apply: the bridge already holds this document");
         return Ok(0);
     }
     let (_, applied) = api.put(&document, false, prune, etag.as_deref()).await?;
     let done = applied.apps.iter().filter(|a| is_change(a)).count();
-    println!("applied: {done} apps changed");
+    let adopted = applied.apps.iter().filter(|a| a.adopted).count();
+    println!("applied: {done} apps changed, {adopted} more now managed by this document");
     Ok(0)
 }
 

@@ -427,3 +427,41 @@ async fn an_etag_after_a_concurrent_change_is_412_and_names_are_unique() {
         vec![("ops".into(), "unchanged".into()), ("ops-2".into(), "update".into())]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_registered_through_the_api_is_managed_once_a_document_matching_it_is_applied() {
+    let Some(target) = common::target(Kind::Scim2Server).await else {
+        return;
+    };
+    let bridge = Bridge::start().await;
+    let app = bridge.register_app(&target).await;
+    let (_, exported) = get_config(&bridge).await;
+    let placeholder = exported["apps"][0]["auth"]["token"].as_str().unwrap().to_string();
+    let variable = placeholder.trim_start_matches("${").trim_end_matches('}').to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "apps.json", &exported.to_string());
+    let secret = [(variable.as_str(), target.credential())];
+
+    // Nothing to change, but the app is not managed yet: a dry run reports no change (0), the
+    // apply adopts it.
+    let (code, out, stderr) = cli(&bridge, &["apply", &file, "--dry-run"], &secret).await;
+    assert_eq!(code, 0, "{out}{stderr}");
+    assert!(
+        out.contains("unchanged") && out.contains("manages it once applied"),
+        "{out}"
+    );
+    let empty = write(dir.path(), "empty.json", r#"{"apps": []}"#);
+    let (code, out, _) = cli(&bridge, &["apply", &empty, "--dry-run", "--prune"], &[]).await;
+    assert_eq!(code, 0, "not managed yet, so not pruned: {out}");
+    assert!(out.contains("unmanaged"), "{out}");
+    let (code, out, stderr) = cli(&bridge, &["apply", &file], &secret).await;
+    assert_eq!(code, 0, "{out}{stderr}");
+    assert!(out.contains("1 more now managed"), "{out}");
+
+    // Managed now: a prune deletes it (nothing provisioned, so at once).
+    let (code, out, stderr) = cli(&bridge, &["apply", &empty, "--prune"], &[]).await;
+    assert_eq!(code, 0, "{out}{stderr}");
+    assert!(out.contains("delete"), "{out}");
+    let (status, answer) = bridge.admin(Method::GET, &format!("/v1/apps/{app}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+}

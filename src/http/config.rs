@@ -667,6 +667,7 @@ pub async fn put_config(
                     added: entry.groups.clone(),
                     ..Default::default()
                 }),
+                adopted: false,
                 provisioned_members: None,
             });
             continue;
@@ -794,6 +795,7 @@ pub async fn put_config(
             name: entry.name.clone(),
             changes,
             groups: groups_changed.then_some(group_changes),
+            adopted: !app.managed,
             provisioned_members: None,
         });
     }
@@ -808,6 +810,7 @@ pub async fn put_config(
                 name: app.name.clone(),
                 changes: Vec::new(),
                 groups: None,
+                adopted: false,
                 provisioned_members: None,
             });
             continue;
@@ -828,6 +831,7 @@ pub async fn put_config(
             name: app.name.clone(),
             changes: Vec::new(),
             groups: None,
+            adopted: false,
             provisioned_members: Some(members),
         });
     }

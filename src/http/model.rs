@@ -822,6 +822,10 @@ pub struct PlannedApp {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub groups: Option<GroupChanges>,
+    /// The app was registered through the API and this document matches it: once applied, the
+    /// document manages it (a later prune may delete it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
     /// A pruned app's provisioned members: removed at the target before it goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
