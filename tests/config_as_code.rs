@@ -330,6 +330,17 @@ async fn a_bad_document_is_refused_whole_naming_the_path_and_a_missing_variable_
         "nothing applied, not even the good entry: {apps}"
     );
 
+    // A document larger than other bodies' 1 MiB is taken.
+    let mut large = entry("first", &target, &[]);
+    large["owners"] = json!(
+        (0..40_000)
+            .map(|i| format!("owner-{i:08}-of-a-large-document"))
+            .collect::<Vec<_>>()
+    );
+    let (status, _, plan) = put_config(&bridge, &json!({"apps": [large]}), "?dryRun=true", None).await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    assert_eq!(plan["apps"][0]["action"], "create", "{plan}");
+
     // A secret still shaped ${...} is refused.
     let mut placeholder = entry("first", &target, &[]);
     placeholder["auth"]["token"] = json!("${NOT_REPLACED}");

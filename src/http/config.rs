@@ -25,6 +25,9 @@ use crate::store::{
     AppChanges, AppRecord, AppSettings, Assignment, AuditEntry, ConfigDelete, ConfigUpdate, ConfigWrite, OnAccessEnd,
 };
 
+/// The largest document `PUT /v1/config` takes.
+pub const MAX_DOCUMENT: usize = 16 * 1024 * 1024;
+
 /// The fields of an entry besides the settings.
 const ENTRY_FIELDS: &[&str] = &["id", "name", "scimBaseUrl", "auth", "owners", "groups"];
 /// The fields of `auth` that are secrets: never answered, compared here.

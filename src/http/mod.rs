@@ -520,7 +520,9 @@ pub const ROUTES: &[Route] = &[
         request: Some(SchemaOf::of::<model::ConfigDocument>()),
         ok: 200,
         body: Body::Json(SchemaOf::of::<model::ConfigPlan>()),
-        handler: |m| on(m, config::put_config),
+        // A document of every app is larger than other bodies: 1,000 apps with their mappings
+        // come to about 2 MiB.
+        handler: |m| on(m, config::put_config).layer(DefaultBodyLimit::max(config::MAX_DOCUMENT)),
     },
     Route {
         method: "get",
