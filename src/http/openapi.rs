@@ -69,8 +69,12 @@ fn operation(route: &Route) -> Value {
             .map(|p| serde_json::to_value(p).expect("parameters serialize")),
     );
 
+    if route.path == "/v1/config" && route.method == "put" {
+        params.push(json!({"name": "If-Match", "in": "header", "required": false, "schema": {"type": "string"},
+            "description": "The `ETag` of a dry run (or of `GET /v1/config`): applies only if the apps did not change since (else 412)"}));
+    }
     let mut responses = Map::new();
-    let ok = match &route.body {
+    let mut ok = match &route.body {
         Body::Empty => json!({"description": route.ok_description()}),
         Body::Json(schema) => json!({
             "description": route.ok_description(),
@@ -84,6 +88,15 @@ fn operation(route: &Route) -> Value {
             json!({"description": route.ok_description(), "content": content})
         }
     };
+    if route.path == "/v1/config" {
+        // The state the document was read from (GET) or the plan was made on (PUT): what
+        // `If-Match` takes.
+        ok["headers"] = json!({"ETag": {
+            "description": "The state of the apps this answer was made from; `If-Match` of `PUT /v1/config` takes it",
+            "required": true,
+            "schema": {"type": "string"},
+        }});
+    }
     responses.insert(route.ok.to_string(), ok);
     if query.iter().any(|p| p.name == "deprovision") {
         responses.insert(
