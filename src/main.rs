@@ -237,7 +237,11 @@ fn principal_id_from_upn(upn: &str) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // A usage error exits 1, as every other error: `apply` keeps 2 for "a dry run found changes".
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { 1 } else { 0 });
+    });
     if let Command::Bench { quick, postgres, json } = cli.command {
         // Before the configuration: the bench touches no data dir but its own scratch ones.
         let scale = if quick {

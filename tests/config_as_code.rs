@@ -341,6 +341,14 @@ async fn a_bad_document_is_refused_whole_naming_the_path_and_a_missing_variable_
     assert_eq!(status, StatusCode::OK, "{plan}");
     assert_eq!(plan["apps"][0]["action"], "create", "{plan}");
 
+    // Only the known fields of auth: anything else could be a secret the export would answer.
+    let mut unknown = entry("first", &target, &[]);
+    unknown["auth"]["password"] = json!("hunter2");
+    let (status, _, problem) = put_config(&bridge, &json!({"apps": [unknown]}), "", None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["field"], "apps[0].auth.password", "{problem}");
+    assert!(!problem.to_string().contains("hunter2"), "{problem}");
+
     // A secret still shaped ${...} is refused.
     let mut placeholder = entry("first", &target, &[]);
     placeholder["auth"]["token"] = json!("${NOT_REPLACED}");
@@ -429,13 +437,60 @@ async fn an_etag_after_a_concurrent_change_is_412_and_names_are_unique() {
     for app in by_id["apps"].as_array_mut().unwrap() {
         app["auth"]["token"] = json!(target.credential());
     }
-    by_id["apps"][1]["name"] = json!("ops-2");
     let (status, _, plan) = put_config(&bridge, &by_id, "?dryRun=true", None).await;
-    assert_eq!(status, StatusCode::OK, "entries with ids match: {plan}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the export holds the ids, so it matches them: {plan}"
+    );
     assert_eq!(plan["sharedNames"], json!(["ops"]), "{plan}");
     assert_eq!(
         actions(&plan),
+        vec![("ops".into(), "unchanged".into()), ("ops".into(), "unchanged".into())]
+    );
+    // Renamed apart, the name is one app's own again.
+    by_id["apps"][1]["name"] = json!("ops-2");
+    let (status, _, plan) = put_config(&bridge, &by_id, "", None).await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    assert_eq!(
+        actions(&plan),
         vec![("ops".into(), "unchanged".into()), ("ops-2".into(), "update".into())]
+    );
+    assert_eq!(
+        plan["sharedNames"],
+        json!(["ops"]),
+        "the plan was made before the rename: {plan}"
+    );
+    assert_eq!(
+        bridge
+            .store_count("SELECT COUNT(*) FROM apps WHERE name_key = 'ops'", &[])
+            .await,
+        1
+    );
+
+    // Names swapped in one document, and a renamed app's old name given to a new one: written in
+    // whatever order, no name is ever two apps'.
+    by_id["apps"][0]["name"] = json!("ops-2");
+    by_id["apps"][1]["name"] = json!("ops");
+    let (status, _, plan) = put_config(&bridge, &by_id, "", None).await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    assert_eq!(
+        actions(&plan),
+        vec![("ops".into(), "update".into()), ("ops-2".into(), "update".into())]
+    );
+    by_id["apps"][0]["name"] = json!("ops-old");
+    let mut new_ops = entry("ops-2", &target, &[]);
+    new_ops["auth"]["token"] = json!(target.credential());
+    by_id["apps"].as_array_mut().unwrap().push(new_ops);
+    let (status, _, plan) = put_config(&bridge, &by_id, "", None).await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    assert_eq!(
+        actions(&plan),
+        vec![
+            ("ops".into(), "unchanged".into()),
+            ("ops-2".into(), "create".into()),
+            ("ops-old".into(), "update".into())
+        ]
     );
 }
 
@@ -473,6 +528,9 @@ async fn an_app_registered_through_the_api_is_managed_once_a_document_matching_i
     let (code, out, stderr) = cli(&bridge, &["apply", &empty, "--prune"], &[]).await;
     assert_eq!(code, 0, "{out}{stderr}");
     assert!(out.contains("delete"), "{out}");
-    let (status, answer) = bridge.admin(Method::GET, &format!("/v1/apps/{app}"), None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    let gone = common::wait_until(std::time::Duration::from_secs(30), || async {
+        bridge.admin(Method::GET, &format!("/v1/apps/{app}"), None).await.0 == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(gone, "a pruned app with nothing provisioned goes at once");
 }

@@ -165,9 +165,10 @@ async fn check_access_end(
 async fn name_is_free(ctx: &ApiContext, name: &str, except: Option<&str>) -> ApiResult<()> {
     let apps = ctx.engine.ctx.store.list_apps().await?;
     match apps.iter().find(|a| a.name == name && Some(a.id.as_str()) != except) {
-        Some(other) => Err(ApiError::conflict_on(
+        // Not which app: the caller may not see it.
+        Some(_) => Err(ApiError::conflict_on(
             "name",
-            format!("is the name of the app {}: names are unique", other.id),
+            "is the name of another app: names are unique",
         )),
         None => Ok(()),
     }

@@ -32,6 +32,9 @@ pub const MAX_DOCUMENT: usize = 16 * 1024 * 1024;
 const ENTRY_FIELDS: &[&str] = &["id", "name", "scimBaseUrl", "auth", "owners", "groups"];
 /// The fields of `auth` that are secrets: never answered, compared here.
 const SECRET_FIELDS: &[(&str, &str)] = &[("token", "TOKEN"), ("clientSecret", "CLIENT_SECRET")];
+/// The fields of `auth` that are not secrets: the only ones a document answers. (Anything else
+/// stored in `auth` counts as a secret.)
+const PLAIN_AUTH_FIELDS: &[&str] = &["type", "tokenUrl", "clientId", "scope"];
 
 /// The apps and assignments as one consistent read, with the fingerprint they have.
 struct Stored {
@@ -137,17 +140,15 @@ fn export(ctx: &ApiContext, stored: &Stored) -> ConfigDocument {
         .live()
         .map(|app| {
             let base = &variables[&app.id];
-            let mut auth = stored_auth(ctx, app).unwrap_or_else(|| {
-                let mut auth = Map::new();
-                auth.insert("type".into(), json!(app.auth_type));
-                auth
-            });
+            let mut auth = stored_auth(ctx, app).unwrap_or_default();
+            auth.retain(|field, _| PLAIN_AUTH_FIELDS.contains(&field.as_str()));
+            auth.entry("type").or_insert_with(|| json!(app.auth_type));
             for (field, suffix) in SECRET_FIELDS {
                 let wanted = match app.auth_type.as_str() {
                     "bearer" => *field == "token",
                     _ => *field == "clientSecret",
                 };
-                if wanted || auth.contains_key(*field) {
+                if wanted {
                     auth.insert((*field).into(), json!(format!("${{{base}_{suffix}}}")));
                 }
             }
@@ -276,6 +277,12 @@ fn parse_entry(index: usize, value: &Value) -> ApiResult<Entry> {
         None => return Err(ApiError::unprocessable(&path(index, "auth"), "is required")),
     };
     for (field, value) in &auth {
+        if !PLAIN_AUTH_FIELDS.contains(&field.as_str()) && !SECRET_FIELDS.iter().any(|(f, _)| f == field) {
+            return Err(ApiError::unprocessable(
+                &path(index, &format!("auth.{field}")),
+                "is not a known field of auth",
+            ));
+        }
         if value.as_str().is_some_and(|s| s.contains("${")) {
             return Err(ApiError::unprocessable(
                 &path(index, &format!("auth.{field}")),
@@ -336,12 +343,9 @@ fn parse_entry(index: usize, value: &Value) -> ApiResult<Entry> {
                 }
                 groups.push(ConfigGroup {
                     group_id,
-                    // Without groups the target group's name is ignored (SPEC §8).
-                    target_display_name: if settings.provisions_groups() {
-                        target
-                    } else {
-                        String::new()
-                    },
+                    // Without groups the target group's name is ignored (SPEC §8), and kept as
+                    // given, as `PUT /v1/apps/{id}/groups/{groupId}` keeps it.
+                    target_display_name: target,
                 });
             }
         }
@@ -394,7 +398,7 @@ fn auth_changes(stored: Option<&Map<String, Value>>, new: &Map<String, Value>) -
     let mut changes = Vec::new();
     for key in keys {
         let (before, after) = (stored.get(key), new.get(key));
-        let secret = SECRET_FIELDS.iter().any(|(f, _)| f == key);
+        let secret = !PLAIN_AUTH_FIELDS.contains(&key.as_str());
         let same = if secret {
             // Compared in constant time: the answer must not time the secret out.
             let bytes = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().as_bytes().to_vec();
@@ -480,71 +484,85 @@ pub async fn put_config(
         .map(|(name, _)| name.to_string())
         .collect();
 
-    // Each entry's app: by id, else by name, else a new one.
-    let mut matched: Vec<Option<&AppRecord>> = Vec::new();
+    // Each entry's app: by id first (so that a rename frees its old name for a new entry), then
+    // by name among the apps no id took, else a new one.
+    let mut matched: Vec<Option<&AppRecord>> = vec![None; entries.len()];
     let mut taken: HashMap<&str, usize> = HashMap::new();
-    let mut names: HashMap<&str, usize> = HashMap::new();
-    for entry in &entries {
-        if let Some(first) = names.insert(entry.name.as_str(), entry.index) {
+    for entry in entries.iter().filter(|e| e.id.is_some()) {
+        let id = entry.id.as_deref().unwrap_or_default();
+        let app = stored.apps.iter().find(|a| a.id == id).ok_or_else(|| {
+            ApiError::unprocessable(&entry.path("id"), "no app has this id (leave it out to create one)")
+        })?;
+        if let Some(first) = taken.insert(app.id.as_str(), entry.index) {
             return Err(ApiError::unprocessable(
-                &entry.path("name"),
-                format!("is also the name of apps[{first}]: names are unique"),
+                &entry.path("id"),
+                format!("matches the same app as apps[{first}]"),
             ));
         }
-        let app = match &entry.id {
-            Some(id) => {
-                let app = stored.apps.iter().find(|a| a.id == *id).ok_or_else(|| {
-                    ApiError::unprocessable(&entry.path("id"), "no app has this id (leave it out to create one)")
-                })?;
-                Some(app)
-            }
-            None => {
-                let same: Vec<&AppRecord> = stored.apps.iter().filter(|a| a.name == entry.name).collect();
-                if same.len() > 1 {
-                    return Err(ApiError::unprocessable(
-                        &entry.path("name"),
-                        format!(
-                            "{} apps are named {:?} (stored before names were unique): give the entry the `id` of one, or rename all but one",
-                            same.len(),
-                            entry.name
-                        ),
-                    ));
-                }
-                same.first().copied()
-            }
-        };
-        if let Some(app) = app {
-            if app.status == "deleting" {
-                return Err(ApiError::unprocessable(
-                    &entry.path(if entry.id.is_some() { "id" } else { "name" }),
-                    format!("the app {} is being deleted", app.id),
-                ));
-            }
-            if let Some(first) = taken.insert(app.id.as_str(), entry.index) {
-                return Err(ApiError::unprocessable(
-                    &entry.path("id"),
-                    format!("matches the same app as apps[{first}]"),
-                ));
-            }
-        }
-        matched.push(app);
+        matched[entry.index] = Some(app);
     }
-    // What stays besides the document's apps: a new name must not be one of theirs.
+    for entry in entries.iter().filter(|e| e.id.is_none()) {
+        let same: Vec<&AppRecord> = stored
+            .apps
+            .iter()
+            .filter(|a| a.name == entry.name && !taken.contains_key(a.id.as_str()))
+            .collect();
+        if same.len() > 1 {
+            return Err(ApiError::unprocessable(
+                &entry.path("name"),
+                format!(
+                    "{} apps are named {:?} (stored before names were unique): give the entry the `id` of one, or rename all but one",
+                    same.len(),
+                    entry.name
+                ),
+            ));
+        }
+        if let Some(app) = same.first() {
+            taken.insert(app.id.as_str(), entry.index);
+            matched[entry.index] = Some(app);
+        }
+    }
+    for (entry, app) in entries.iter().zip(&matched) {
+        if let Some(app) = app
+            && app.status == "deleting"
+        {
+            return Err(ApiError::unprocessable(
+                &entry.path(if entry.id.is_some() { "id" } else { "name" }),
+                format!("the app {} is being deleted", app.id),
+            ));
+        }
+    }
+    // Names are unique once the document applies: a name an entry gives (a new app's, a
+    // rename's) is no other entry's and no other app's. An app that keeps a name it shared
+    // before names were unique keeps it.
     let pruned = |app: &AppRecord| q.prune && app.managed;
     let others: Vec<&AppRecord> = stored
         .apps
         .iter()
         .filter(|a| !taken.contains_key(a.id.as_str()))
         .collect();
+    let keeps_name = |i: usize| matched[i].is_some_and(|app| app.name == entries[i].name);
+    let mut names: HashMap<&str, usize> = HashMap::new();
     for entry in &entries {
+        if let Some(first) = names.insert(entry.name.as_str(), entry.index)
+            && !(keeps_name(first) && keeps_name(entry.index))
+        {
+            return Err(ApiError::unprocessable(
+                &entry.path("name"),
+                format!("is also the name of apps[{first}]: names are unique"),
+            ));
+        }
+        if keeps_name(entry.index) {
+            continue;
+        }
         if let Some(other) = others.iter().find(|a| a.name == entry.name) {
             return Err(ApiError::unprocessable(
                 &entry.path("name"),
                 format!(
-                    "is the name of the app {} which no entry holds{}: names are unique",
+                    "is the name of an app no entry holds ({}){}: names are unique",
                     other.id,
                     if pruned(other) {
-                        " (a prune removes it, but only after this document applies)"
+                        ", which a prune removes, but only after this document applies"
                     } else {
                         ""
                     }
@@ -781,14 +799,19 @@ pub async fn put_config(
         };
         if action == "update" || !app.managed {
             let fields: Vec<&str> = changes.iter().map(|c| c.field.as_str()).collect();
-            write.audit.push(audit(
-                "app.update",
-                &app.id,
-                json!({"source": "config", "fields": fields, "managed": true,
-                       "groupsAdded": group_changes.added.iter().map(|g| &g.group_id).collect::<Vec<_>>(),
-                       "groupsRemoved": group_changes.removed.iter().map(|g| &g.group_id).collect::<Vec<_>>(),
-                       "groupsRenamed": group_changes.renamed.iter().map(|g| &g.group_id).collect::<Vec<_>>()}),
-            ));
+            let mut detail = json!({"source": "config", "fields": fields, "managed": true,
+                   "groupsAdded": group_changes.added.iter().map(|g| &g.group_id).collect::<Vec<_>>(),
+                   "groupsRemoved": group_changes.removed.iter().map(|g| &g.group_id).collect::<Vec<_>>(),
+                   "groupsRenamed": group_changes.renamed.iter().map(|g| &g.group_id).collect::<Vec<_>>()});
+            for c in changes
+                .iter()
+                .filter(|c| c.field == "attributeMapping" || c.field == "matching")
+            {
+                // What a target receives changed: the new mapping is in the audit trail (as a
+                // PATCH puts it there).
+                detail[c.field.as_str()] = c.to.clone().unwrap_or_default();
+            }
+            write.audit.push(audit("app.update", &app.id, detail));
             update.changes = app_changes;
             write.updates.push(update);
         }
@@ -819,10 +842,7 @@ pub async fn put_config(
             continue;
         }
         let members = engine.store.provisioned_members(&app.id).await?.len();
-        write.deletes.push(ConfigDelete {
-            id: app.id.clone(),
-            deprovision: members > 0,
-        });
+        write.deletes.push(ConfigDelete { id: app.id.clone() });
         write.audit.push(audit(
             "app.delete",
             &app.id,
@@ -864,11 +884,8 @@ pub async fn put_config(
             }
         }
         for delete in &write.deletes {
-            if delete.deprovision {
-                ctx.engine.wake(&delete.id);
-            } else {
-                ctx.engine.stop_dispatcher(&delete.id).await;
-            }
+            // Its dispatcher removes the provisioned members, then deletes it.
+            ctx.engine.wake(&delete.id);
         }
         fingerprint = engine.store.config_fingerprint().await?;
         tracing::info!(

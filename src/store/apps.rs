@@ -90,48 +90,6 @@ macro_rules! change_app_row {
 }
 pub(super) use change_app_row;
 
-/// Deletes the app `$id` in the transaction `$tx`: its lease, its assignments, its work not done
-/// and its links go with it, and its name is free again.
-macro_rules! delete_app_rows {
-    ($db:expr, $tx:expr, $id:expr, $now:expr) => {{
-        let (id, now): (&str, $crate::clock::Millis) = ($id, $now);
-        $db.forget_app_lease(&mut $tx, id).await?;
-        sqlx::query($crate::store::dialect::sql!(
-            $db,
-            "UPDATE apps SET deleted_at = {ts $1}, name_key = NULL WHERE id = {uuid $2}"
-        ))
-        .bind(now)
-        .bind(id)
-        .execute(&mut *$tx)
-        .await?;
-        sqlx::query($crate::store::dialect::sql!(
-            $db,
-            "DELETE FROM group_assignments WHERE app_id = {uuid $1}"
-        ))
-        .bind(id)
-        .execute(&mut *$tx)
-        .await?;
-        sqlx::query($crate::store::dialect::sql!(
-            $db,
-            "UPDATE jobs SET state = 'cancelled', updated_at = {ts $1}
-             WHERE app_id = {uuid $2} AND state IN ('pending', 'deferred', 'in_flight')"
-        ))
-        .bind(now)
-        .bind(id)
-        .execute(&mut *$tx)
-        .await?;
-        // Deleting an app forgets its links (what was last sent for each principal).
-        sqlx::query($crate::store::dialect::sql!(
-            $db,
-            "DELETE FROM target_users WHERE app_id = {uuid $1}"
-        ))
-        .bind(id)
-        .execute(&mut *$tx)
-        .await?;
-    }};
-}
-pub(super) use delete_app_rows;
-
 /// Assigns a group to an app on `$conn` (a new target display name replaces the old one).
 macro_rules! put_assignment_row {
     ($db:expr, $conn:expr, $a:expr) => {{
@@ -172,6 +130,21 @@ macro_rules! delete_assignment_row {
 }
 pub(super) use delete_assignment_row;
 
+/// Gives every app whose name is now its alone (another app of that name was renamed or deleted)
+/// its name back as its own (`name_key`), on `$conn`.
+macro_rules! reclaim_names {
+    ($db:expr, $conn:expr) => {
+        sqlx::query($crate::store::dialect::sql!(
+            $db,
+            "UPDATE apps SET name_key = name WHERE name_key IS NULL AND deleted_at IS NULL
+               AND name IN (SELECT name FROM apps WHERE deleted_at IS NULL GROUP BY name HAVING COUNT(*) = 1)"
+        ))
+        .execute($conn)
+        .await
+    };
+}
+pub(super) use reclaim_names;
+
 /// The sealed known value (see `Store::key_check`).
 const KEY_CHECK: &str = "SELECT sealed FROM key_check WHERE id = 1";
 
@@ -187,6 +160,9 @@ impl SqlStore {
         db_tx!(self, db, tx => {
             let Some(id) = db.app_key(id) else { return Ok(()) };
             change_app_row!(db, &mut *tx, id, c, false);
+            if c.name.is_some() {
+                reclaim_names!(db, &mut *tx)?;
+            }
         });
         Ok(())
     }
@@ -257,7 +233,32 @@ impl SqlStore {
     pub(super) async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()> {
         let Some(id) = self.app_key(id) else { return Ok(()) };
         db_tx!(self, db, tx => {
-            delete_app_rows!(db, tx, id, now);
+            db.forget_app_lease(&mut tx, id).await?;
+            // A deleted app's name is free again.
+            sqlx::query(sql!(db, "UPDATE apps SET deleted_at = {ts $1}, name_key = NULL WHERE id = {uuid $2}"))
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sql!(db, "DELETE FROM group_assignments WHERE app_id = {uuid $1}"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sql!(
+                db,
+                "UPDATE jobs SET state = 'cancelled', updated_at = {ts $1}
+                 WHERE app_id = {uuid $2} AND state IN ('pending', 'deferred', 'in_flight')"
+            ))
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            // Deleting an app forgets its links (what was last sent for each principal).
+            sqlx::query(sql!(db, "DELETE FROM target_users WHERE app_id = {uuid $1}"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            reclaim_names!(db, &mut *tx)?;
         });
         Ok(())
     }

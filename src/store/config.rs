@@ -3,7 +3,7 @@
 
 use sha2::Digest;
 
-use super::apps::{change_app_row, delete_app_rows, delete_assignment_row, insert_app_row, put_assignment_row};
+use super::apps::{change_app_row, delete_assignment_row, insert_app_row, put_assignment_row, reclaim_names};
 use super::audit::insert_audit;
 use super::dialect::{db_run, db_tx, sql};
 use super::*;
@@ -34,29 +34,29 @@ pub struct ConfigUpdate {
     pub remove_groups: Vec<String>,
 }
 
+/// An app a prune removes, as `DELETE ?deprovision=true` does: it turns `deleting`, its
+/// dispatcher removes what the bridge provisioned (nothing: at once) and then deletes it.
 #[derive(Debug, Clone)]
 pub struct ConfigDelete {
     pub id: String,
-    /// `Some(at)`: the app has provisioned members; it turns `deleting` and removes them (as
-    /// `DELETE ?deprovision=true`). `false`: it goes at once.
-    pub deprovision: bool,
+}
+
+/// The apps a fingerprint reads.
+macro_rules! fingerprinted_apps {
+    () => {
+        "SELECT {text id} AS id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status,
+         status_reason, legacy_remove, {ms next_sync_at} AS next_sync_at, quarantine_level,
+         {ms created_at} AS created_at, {ms deleted_at} AS deleted_at, managed
+         FROM apps WHERE deleted_at IS NULL ORDER BY {text id}"
+    };
 }
 
 /// The fingerprint, on `$conn`, of every app's configuration (what `GET /v1/config` reads,
-/// secrets included as sealed, and whether the app is being deleted) and every assignment.
-/// In a transaction, the apps' rows stay locked until it ends (PostgreSQL; SQLite's write turn
-/// already excludes every other writer).
+/// secrets included as sealed, and whether the app is being deleted) and every assignment, the
+/// apps read with `$apps` (`fingerprinted_apps!`, locked or not).
 macro_rules! fingerprint {
-    ($db:expr, $conn:expr) => {{
-        let apps: Vec<AppRecord> = sqlx::query_as(sql!(
-            $db,
-            "SELECT {text id} AS id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status,
-             status_reason, legacy_remove, {ms next_sync_at} AS next_sync_at, quarantine_level,
-             {ms created_at} AS created_at, {ms deleted_at} AS deleted_at, managed
-             FROM apps WHERE deleted_at IS NULL ORDER BY {text id} {for_update}"
-        ))
-        .fetch_all(&mut *$conn)
-        .await?;
+    ($db:expr, $conn:expr, $apps:expr) => {{
+        let apps: Vec<AppRecord> = sqlx::query_as(sql!($db, $apps)).fetch_all(&mut *$conn).await?;
         let assignments: Vec<Assignment> = sqlx::query_as(sql!(
             $db,
             "SELECT {text app_id} AS app_id, group_id, target_display_name, {ms created_at} AS created_at
@@ -97,15 +97,24 @@ impl SqlStore {
     pub(super) async fn config_fingerprint(&self) -> StoreResult<String> {
         Ok(db_run!(self, db => {
             let mut conn = db.pool.acquire().await?;
-            fingerprint!(db, conn)
+            fingerprint!(db, conn, fingerprinted_apps!())
         }))
     }
 
     pub(super) async fn apply_config(&self, w: &ConfigWrite) -> StoreResult<bool> {
         Ok(db_tx!(self, db, tx => {
-            if fingerprint!(db, tx) != w.expected {
+            // The apps' rows stay locked until the commit (PostgreSQL; SQLite's write turn already
+            // excludes every other writer).
+            if fingerprint!(db, tx, concat!(fingerprinted_apps!(), " {for_update}")) != w.expected {
                 // Dropped without a commit: nothing is written.
                 return Ok(false);
+            }
+            // A rename's old name is free before any new name is taken: renames may chain or swap.
+            for u in w.updates.iter().filter(|u| u.changes.name.is_some()) {
+                sqlx::query(sql!(db, "UPDATE apps SET name_key = NULL WHERE id = {uuid $1}"))
+                    .bind(&u.id)
+                    .execute(&mut *tx)
+                    .await?;
             }
             for (app, groups) in &w.creates {
                 insert_app_row!(db, &mut *tx, app)?;
@@ -125,17 +134,14 @@ impl SqlStore {
             }
             for d in &w.deletes {
                 let Some(id) = db.app_key(&d.id) else { continue };
-                if d.deprovision {
-                    let changes = AppChanges {
-                        status: Some(("deleting".into(), Some(crate::provisioning::DEPROVISIONING.into()))),
-                        deprovision_at: Some(w.now),
-                        ..Default::default()
-                    };
-                    change_app_row!(db, &mut *tx, id, &changes, false);
-                } else {
-                    delete_app_rows!(db, tx, id, w.now);
-                }
+                let changes = AppChanges {
+                    status: Some(("deleting".into(), Some(crate::provisioning::DEPROVISIONING.into()))),
+                    deprovision_at: Some(w.now),
+                    ..Default::default()
+                };
+                change_app_row!(db, &mut *tx, id, &changes, false);
             }
+            reclaim_names!(db, &mut *tx)?;
             for entry in &w.audit {
                 insert_audit!(db, &mut *tx, entry)?;
             }
