@@ -1,6 +1,6 @@
 //! Synchronization cycles: their records, and the queue of cycles asked for.
 
-use super::dialect::{db_run, db_statement, db_tx, sql};
+use super::dialect::{app_read, db_statement, db_tx, sql};
 use super::*;
 
 /// A cycle row as `CycleRecord` reads it.
@@ -37,40 +37,25 @@ impl SqlStore {
     }
 
     pub(super) async fn list_cycles(&self, app_id: &str, limit: i64) -> StoreResult<Vec<CycleRecord>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                concat!(
-                    "SELECT ",
-                    cycle_columns!(),
-                    " FROM sync_cycles WHERE app_id = {uuid $1}
-                     ORDER BY sync_cycles.started_at DESC, {pos} DESC LIMIT $2"
-                )
-            ))
-            .bind(app_id)
-            .bind(limit)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            concat!(
+                "SELECT ",
+                cycle_columns!(),
+                " FROM sync_cycles WHERE app_id = {uuid $1}
+                 ORDER BY sync_cycles.started_at DESC, {pos} DESC LIMIT $2"
+            ),
+            app_id, limit))
     }
 
     pub(super) async fn running_cycles(&self, app_id: &str) -> StoreResult<Vec<CycleRecord>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                concat!(
-                    "SELECT ",
-                    cycle_columns!(),
-                    " FROM sync_cycles WHERE app_id = {uuid $1} AND sync_cycles.ended_at IS NULL
-                     ORDER BY sync_cycles.started_at, {pos}"
-                )
-            ))
-            .bind(app_id)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            concat!(
+                "SELECT ",
+                cycle_columns!(),
+                " FROM sync_cycles WHERE app_id = {uuid $1} AND sync_cycles.ended_at IS NULL
+                 ORDER BY sync_cycles.started_at, {pos}"
+            ),
+            app_id))
     }
 
     pub(super) async fn request_cycle(
@@ -151,13 +136,9 @@ impl SqlStore {
     pub(super) async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>> {
         // Every dispatcher pass asks, and almost always there is none: a read, not a write
         // transaction (a request added just after is taken at the pass its nudge starts).
-        let queued: Option<i32> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
-            sqlx::query_scalar(sql!(db, "SELECT 1 FROM cycle_requests WHERE app_id = {uuid $1} LIMIT 1"))
-                .bind(app_id)
-                .fetch_optional(&db.pool)
-                .await?
-        });
+        let queued: Option<i32> = app_read!(self, query_scalar fetch_optional, else None,
+            "SELECT 1 FROM cycle_requests WHERE app_id = {uuid $1} LIMIT 1",
+            app_id);
         if queued.is_none() {
             return Ok(None);
         }

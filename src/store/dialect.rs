@@ -62,7 +62,8 @@
 //!   `postgres.rs`, SQLite's answers (one process, no leases) in `sql.rs`.
 //!
 //! The macros below run a body written once on the store's backend: `db_run!` as it is,
-//! `db_tx!` in a write transaction, `db_statement!` as one fenced statement.
+//! `db_tx!` in a write transaction, `db_statement!` as one fenced statement; `app_read!` is the
+//! read of one app's rows that most reads are.
 //!
 //! The store counts what it sends (`store_counts`): every query written with `sql!` and the
 //! fencing and numbering statements are statements; every durable commit is a commit (a
@@ -398,7 +399,24 @@ macro_rules! db_statement {
     };
 }
 
-pub(super) use {db_run, db_statement, db_tx, sql};
+/// Reads what the query `$text` answers of one app: `sqlx::$query` (`query_as`, `query_scalar`)
+/// fetched from the pool with `$fetch` (`fetch_all`, `fetch_optional`, `fetch_one`), the app's
+/// id `$app_id` bound as `$1` and the `$bind`s after it. An app id no stored app can have
+/// (`app_key`) answers `$none` without a query.
+macro_rules! app_read {
+    ($store:expr, $query:ident $fetch:ident, else $none:expr, $text:expr, $app_id:expr $(, $bind:expr)* $(,)?) => {
+        $crate::store::dialect::db_run!($store, db => match db.app_key($app_id) {
+            None => $none,
+            Some(app_id) => sqlx::$query($crate::store::dialect::sql!(db, $text))
+                .bind(app_id)
+                $(.bind($bind))*
+                .$fetch(&db.pool)
+                .await?,
+        })
+    };
+}
+
+pub(super) use {app_read, db_run, db_statement, db_tx, sql};
 
 #[cfg(test)]
 mod tests {

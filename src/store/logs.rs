@@ -105,6 +105,43 @@ macro_rules! log_columns {
     };
 }
 
+/// Pushes onto `$q`, a listing's query on the backend `$db`, the conditions of the filters `$f`
+/// gives (a `LogFilter` or an `AccessEndFilter`): its apps (an owner's), its app, its principal,
+/// group, event and status and each other `(column, value)` of `$equal`, and the column `$time` at
+/// or after `f.since` and before `f.until`. An app id no stored app can have answers an empty page.
+macro_rules! push_filters {
+    ($db:expr, $q:expr, $f:expr, $time:literal, [$($equal:expr),*]) => {{
+        let f = $f;
+        if let Some(ids) = &f.app_ids {
+            $db.push_app_ids(&mut $q, ids);
+        }
+        if let Some(app_id) = &f.app_id {
+            let Some(app_id) = $db.app_key(app_id) else { return Ok(Vec::new()) };
+            let (open, close) = $db.dialect().wrap("uuid");
+            $q.push(" AND app_id = ").push(open).push_bind(app_id.to_string()).push(close);
+        }
+        let common = [
+            ("principal_id", &f.principal_id),
+            ("group_id", &f.group_id),
+            ("event_id", &f.event_id),
+            ("status", &f.status),
+        ];
+        for (column, value) in common.into_iter().chain([$($equal),*]) {
+            if let Some(value) = value {
+                $q.push(format_args!(" AND {column} = ")).push_bind(value.clone());
+            }
+        }
+        let (open, close) = $db.dialect().wrap("ts");
+        if let Some(since) = f.since {
+            $q.push(concat!(" AND ", $time, " >= ")).push(open).push_bind(since).push(close);
+        }
+        if let Some(until) = f.until {
+            $q.push(concat!(" AND ", $time, " < ")).push(open).push_bind(until).push(close);
+        }
+    }};
+}
+pub(super) use push_filters;
+
 impl SqlStore {
     pub(super) async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()> {
         db_statement!(self, db, conn => {
@@ -125,34 +162,7 @@ impl SqlStore {
                 db,
                 concat!("SELECT ", log_columns!(), " FROM provisioning_logs WHERE {numbered}")
             ));
-            if let Some(ids) = &f.app_ids {
-                db.push_app_ids(&mut q, ids);
-            }
-            if let Some(app_id) = &f.app_id {
-                let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-                let (open, close) = db.dialect().wrap("uuid");
-                q.push(" AND app_id = ").push(open).push_bind(app_id.to_string()).push(close);
-            }
-            let equal = [
-                ("principal_id", &f.principal_id),
-                ("group_id", &f.group_id),
-                ("event_id", &f.event_id),
-                ("status", &f.status),
-                ("action", &f.action),
-                ("trigger", &f.trigger),
-            ];
-            for (column, value) in equal {
-                if let Some(value) = value {
-                    q.push(format_args!(" AND {column} = ")).push_bind(value.clone());
-                }
-            }
-            let (open, close) = db.dialect().wrap("ts");
-            if let Some(since) = f.since {
-                q.push(" AND time >= ").push(open).push_bind(since).push(close);
-            }
-            if let Some(until) = f.until {
-                q.push(" AND time < ").push(open).push_bind(until).push(close);
-            }
+            push_filters!(db, q, f, "time", [("action", &f.action), ("trigger", &f.trigger)]);
             if let Some(cursor) = f.before_seq {
                 q.push(" AND seq < ").push_bind(cursor);
             }

@@ -2,7 +2,7 @@
 //! groups it found, and the memberships it provisioned (`provisioned`), against the memberships
 //! the sources entitle.
 
-use super::dialect::{db_run, db_statement, sql};
+use super::dialect::{app_read, db_statement, sql};
 use super::*;
 
 /// A removal job of the member (principal `$3`) from target group `$2` is pending or in flight:
@@ -71,18 +71,10 @@ pub(super) use put_target_group;
 
 impl SqlStore {
     pub(super) async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
-            sqlx::query_as(sql!(
-                db,
-                "SELECT target_user_id, fingerprint, created_by_us, disabled, enabled_by_us FROM target_users
-                 WHERE app_id = {uuid $1} AND principal_id = $2"
-            ))
-            .bind(app_id)
-            .bind(principal_id)
-            .fetch_optional(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_optional, else None,
+            "SELECT target_user_id, fingerprint, created_by_us, disabled, enabled_by_us FROM target_users
+             WHERE app_id = {uuid $1} AND principal_id = $2",
+            app_id, principal_id))
     }
 
     pub(super) async fn put_target_user(&self, app_id: &str, principal_id: &str, u: &TargetUser) -> StoreResult<()> {
@@ -112,32 +104,17 @@ impl SqlStore {
             #[sqlx(flatten)]
             user: TargetUser,
         }
-        let rows: Vec<Row> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                "SELECT principal_id, target_user_id, fingerprint, created_by_us, disabled, enabled_by_us FROM target_users
-                 WHERE app_id = {uuid $1} ORDER BY {binary principal_id}"
-            ))
-            .bind(app_id)
-            .fetch_all(&db.pool)
-            .await?
-        });
+        let rows: Vec<Row> = app_read!(self, query_as fetch_all, else Vec::new(),
+            "SELECT principal_id, target_user_id, fingerprint, created_by_us, disabled, enabled_by_us FROM target_users
+             WHERE app_id = {uuid $1} ORDER BY {binary principal_id}",
+            app_id);
         Ok(rows.into_iter().map(|r| (r.principal_id, r.user)).collect())
     }
 
     pub(super) async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT target_group_id FROM target_groups WHERE app_id = {uuid $1} AND display_name = $2"
-            ))
-            .bind(app_id)
-            .bind(display_name)
-            .fetch_optional(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_scalar fetch_optional, else None,
+            "SELECT target_group_id FROM target_groups WHERE app_id = {uuid $1} AND display_name = $2",
+            app_id, display_name))
     }
 
     pub(super) async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()> {
@@ -165,149 +142,78 @@ impl SqlStore {
         principal_id: &str,
         group_id: &str,
     ) -> StoreResult<Vec<String>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT target_display_name FROM provisioned WHERE app_id = {uuid $1} AND principal_id = $2
-                 AND group_id = $3 ORDER BY {binary target_display_name}"
-            ))
-            .bind(app_id)
-            .bind(principal_id)
-            .bind(group_id)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_scalar fetch_all, else Vec::new(),
+            "SELECT target_display_name FROM provisioned WHERE app_id = {uuid $1} AND principal_id = $2
+             AND group_id = $3 ORDER BY {binary target_display_name}",
+            app_id, principal_id, group_id))
     }
 
     pub(super) async fn provisioned_for(&self, app_id: &str, m: &TargetMember) -> StoreResult<Option<String>> {
-        let found: Option<Option<String>> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT group_id FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2
-                 AND principal_id = $3"
-            ))
-            .bind(app_id)
-            .bind(&m.target_display_name)
-            .bind(&m.principal_id)
-            .fetch_optional(&db.pool)
-            .await?
-        });
+        let found: Option<Option<String>> = app_read!(self, query_scalar fetch_optional, else None,
+            "SELECT group_id FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2
+             AND principal_id = $3",
+            app_id, &m.target_display_name, &m.principal_id);
         Ok(found.flatten())
     }
 
     pub(super) async fn removal_open(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
-        let found: Option<i32> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
-            sqlx::query_scalar(sql!(db, REMOVAL_OPEN))
-                .bind(app_id)
-                .bind(&m.target_display_name)
-                .bind(&m.principal_id)
-                .fetch_optional(&db.pool)
-                .await?
-        });
+        let found: Option<i32> = app_read!(self, query_scalar fetch_optional, else None,
+            REMOVAL_OPEN,
+            app_id, &m.target_display_name, &m.principal_id);
         Ok(found.is_some())
     }
 
     pub(super) async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
-        let found: Option<i32> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT 1 FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2 AND principal_id = $3"
-            ))
-            .bind(app_id)
-            .bind(&m.target_display_name)
-            .bind(&m.principal_id)
-            .fetch_optional(&db.pool)
-            .await?
-        });
+        let found: Option<i32> = app_read!(self, query_scalar fetch_optional, else None,
+            "SELECT 1 FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2 AND principal_id = $3",
+            app_id, &m.target_display_name, &m.principal_id);
         Ok(found.is_some())
     }
 
     pub(super) async fn is_confirmed(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
-        let found: Option<i32> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT 1 FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2 AND principal_id = $3
-                 AND confirmed = TRUE"
-            ))
-            .bind(app_id)
-            .bind(&m.target_display_name)
-            .bind(&m.principal_id)
-            .fetch_optional(&db.pool)
-            .await?
-        });
+        let found: Option<i32> = app_read!(self, query_scalar fetch_optional, else None,
+            "SELECT 1 FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2 AND principal_id = $3
+             AND confirmed = TRUE",
+            app_id, &m.target_display_name, &m.principal_id);
         Ok(found.is_some())
     }
 
     pub(super) async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                "SELECT target_display_name, principal_id FROM provisioned
-                 WHERE app_id = {uuid $1} AND confirmed = FALSE
-                 ORDER BY {binary target_display_name}, {binary principal_id}"
-            ))
-            .bind(app_id)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            "SELECT target_display_name, principal_id FROM provisioned
+             WHERE app_id = {uuid $1} AND confirmed = FALSE
+             ORDER BY {binary target_display_name}, {binary principal_id}",
+            app_id))
     }
 
     pub(super) async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = {uuid $1}
-                 ORDER BY {binary target_display_name}, {binary principal_id}"
-            ))
-            .bind(app_id)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = {uuid $1}
+             ORDER BY {binary target_display_name}, {binary principal_id}",
+            app_id))
     }
 
     pub(super) async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                "SELECT target_display_name, principal_id FROM (
-                   SELECT ga.target_display_name, s.principal_id FROM group_assignments ga
-                     JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = {uuid $1}
-                   UNION
-                   SELECT ga.target_display_name, m.principal_id FROM group_assignments ga
-                     JOIN memberships m ON m.group_id = ga.group_id
-                   WHERE ga.app_id = {uuid $1} AND m.access_id = 'member' AND m.active = TRUE
-                     AND (m.start_at IS NULL OR m.start_at <= {ts $2}) AND (m.end_at IS NULL OR m.end_at > {ts $2})
-                 ) d ORDER BY {binary target_display_name}, {binary principal_id}"
-            ))
-            .bind(app_id)
-            .bind(now)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            "SELECT target_display_name, principal_id FROM (
+               SELECT ga.target_display_name, s.principal_id FROM group_assignments ga
+                 JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = {uuid $1}
+               UNION
+               SELECT ga.target_display_name, m.principal_id FROM group_assignments ga
+                 JOIN memberships m ON m.group_id = ga.group_id
+               WHERE ga.app_id = {uuid $1} AND m.access_id = 'member' AND m.active = TRUE
+                 AND (m.start_at IS NULL OR m.start_at <= {ts $2}) AND (m.end_at IS NULL OR m.end_at > {ts $2})
+             ) d ORDER BY {binary target_display_name}, {binary principal_id}",
+            app_id, now))
     }
 
     pub(super) async fn standing_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                "SELECT target_display_name, principal_id FROM (
-                   SELECT DISTINCT ga.target_display_name, s.principal_id FROM group_assignments ga
-                     JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = {uuid $1}
-                 ) d ORDER BY {binary target_display_name}, {binary principal_id}"
-            ))
-            .bind(app_id)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            "SELECT target_display_name, principal_id FROM (
+               SELECT DISTINCT ga.target_display_name, s.principal_id FROM group_assignments ga
+                 JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = {uuid $1}
+             ) d ORDER BY {binary target_display_name}, {binary principal_id}",
+            app_id))
     }
 }
 
