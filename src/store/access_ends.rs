@@ -3,7 +3,7 @@
 //! access ends"). Their writes are macros run on a transaction of either backend, so that they
 //! ride the commits that decide and settle the end; their reads are the API's and the gauge's.
 
-use super::dialect::{app_read, db_run, sql};
+use super::dialect::{app_read, db_run, read, sql};
 use super::logs::push_filters;
 use super::*;
 
@@ -223,16 +223,10 @@ impl SqlStore {
     }
 
     pub(super) async fn open_access_ends(&self) -> StoreResult<Vec<AccessEnd>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(
-                db,
-                concat!(
-                    "SELECT ", access_end_columns!(), " FROM access_ends
-                     WHERE status IN ('pending', 'failed', 'held') ORDER BY ended_at"
-                )
-            ))
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(read!(self, query_as fetch_all,
+        concat!(
+            "SELECT ", access_end_columns!(), " FROM access_ends
+             WHERE status IN ('pending', 'failed', 'held') ORDER BY ended_at"
+        )))
     }
 }

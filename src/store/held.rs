@@ -1,7 +1,7 @@
 //! The deletion guard's holds (SPEC §8): removals a cycle planned and the guard holds, until an
 //! operator approves or rejects them, or their member is entitled again.
 
-use super::dialect::{app_read, db_run, db_tx, sql};
+use super::dialect::{app_read, db_tx, read, sql};
 use super::*;
 
 /// Holds, on the connection `$conn` of the backend `$db`, a cycle's (`$cycle_id`) removal of the
@@ -77,14 +77,8 @@ impl SqlStore {
 
     /// How many removals the deletion guard holds, per app that holds any.
     pub(super) async fn held_counts(&self) -> StoreResult<Vec<(String, i64)>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(
-                db,
-                "SELECT {text app_id} AS app_id, COUNT(*) AS n FROM held_removals GROUP BY app_id"
-            ))
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(read!(self, query_as fetch_all,
+            "SELECT {text app_id} AS app_id, COUNT(*) AS n FROM held_removals GROUP BY app_id"))
     }
 
     /// Sends the held removals: each becomes a removal job of its own, paced as a cycle's step and

@@ -1,7 +1,7 @@
 //! The job queue: each app's pushes waiting, in flight and deferred, their claim before sending
 //! and the window's admissions they record.
 
-use super::dialect::{app_read, db_run, db_statement, db_tx, sql};
+use super::dialect::{app_read, db_statement, db_tx, read, sql};
 use super::*;
 
 /// A job row as `Job` reads it (the table is named `j`).
@@ -223,13 +223,7 @@ impl SqlStore {
     }
 
     pub(super) async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(
-                db,
-                "SELECT {text app_id}, COUNT(*) FROM jobs WHERE state = 'deferred' GROUP BY app_id"
-            ))
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(read!(self, query_as fetch_all,
+            "SELECT {text app_id}, COUNT(*) FROM jobs WHERE state = 'deferred' GROUP BY app_id"))
     }
 }

@@ -2,7 +2,7 @@
 //! taken in, and the standing members a directory listing gives.
 
 use super::access_ends::birth_access_ends;
-use super::dialect::{db_run, db_statement, db_tx, sql};
+use super::dialect::{db_statement, db_tx, read, sql};
 use super::*;
 
 /// A source row as `SourceState` reads it.
@@ -39,32 +39,19 @@ impl SqlStore {
     }
 
     pub(super) async fn assigned_group_ids(&self) -> StoreResult<Vec<String>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT DISTINCT g.group_id FROM group_assignments g JOIN apps a ON a.id = g.app_id
-                 WHERE a.deleted_at IS NULL ORDER BY g.group_id"
-            ))
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(read!(self, query_scalar fetch_all,
+            "SELECT DISTINCT g.group_id FROM group_assignments g JOIN apps a ON a.id = g.app_id
+             WHERE a.deleted_at IS NULL ORDER BY g.group_id"))
     }
 
     pub(super) async fn source_state(&self, id: &str) -> StoreResult<Option<SourceState>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(db, concat!("SELECT ", source_columns!(), " FROM sources WHERE id = $1")))
-                .bind(id)
-                .fetch_optional(&db.pool)
-                .await?
-        }))
+        Ok(read!(self, query_as fetch_optional,
+            concat!("SELECT ", source_columns!(), " FROM sources WHERE id = $1"),
+            id))
     }
 
     pub(super) async fn list_sources(&self) -> StoreResult<Vec<SourceState>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(db, concat!("SELECT ", source_columns!(), " FROM sources ORDER BY id")))
-                .fetch_all(&db.pool)
-                .await?
-        }))
+        Ok(read!(self, query_as fetch_all, concat!("SELECT ", source_columns!(), " FROM sources ORDER BY id")))
     }
 
     pub(super) async fn put_source_state(&self, s: &SourceState) -> StoreResult<()> {
@@ -97,12 +84,9 @@ impl SqlStore {
     }
 
     pub(super) async fn seen_requests(&self, group_id: &str) -> StoreResult<Vec<(String, String)>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(db, "SELECT request_id, status FROM source_seen_requests WHERE group_id = $1"))
-                .bind(group_id)
-                .fetch_all(&db.pool)
-                .await?
-        }))
+        Ok(read!(self, query_as fetch_all,
+            "SELECT request_id, status FROM source_seen_requests WHERE group_id = $1",
+            group_id))
     }
 
     pub(super) async fn mark_requests_seen(
