@@ -7,7 +7,7 @@ use super::dialect::{db_run, db_tx, sql};
 use super::held::{hold_removal, release_held};
 use super::jobs::insert_job_in;
 use super::logs::insert_logs;
-use super::targets::{put_target_group, put_target_user};
+use super::targets::{put_target_group, put_target_users};
 use super::*;
 
 impl SqlStore {
@@ -36,9 +36,7 @@ impl SqlStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            for (principal_id, user) in &o.users {
-                put_target_user!(db, &mut *tx, &o.app_id, principal_id, user)?;
-            }
+            put_target_users(&mut *tx, &o.app_id, &o.users).await?;
             for (display_name, id) in &o.groups {
                 put_target_group!(db, &mut *tx, &o.app_id, display_name, id)?;
             }

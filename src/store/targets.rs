@@ -2,7 +2,7 @@
 //! groups it found, and the memberships it provisioned (`provisioned`), against the memberships
 //! the sources entitle.
 
-use super::dialect::{app_read, db_statement, sql};
+use super::dialect::{RowsConn, app_read, db_statement, execute_chunked, sql};
 use super::*;
 
 /// A removal job of the member (principal `$3`) from target group `$2` is pending or in flight:
@@ -18,36 +18,53 @@ const REMOVAL_OPEN: &str = "SELECT 1 FROM jobs j
                    WHERE p.app_id = {uuid $1} AND p.target_display_name = $2 AND p.principal_id = $3)))
     LIMIT 1";
 
-pub(super) const PUT_TARGET_USER: &str =
+/// What the bridge knows of principals' users at an app, their rows as `{rows $1}` (see
+/// `put_target_users`).
+const PUT_TARGET_USERS: &str =
     "INSERT INTO target_users (app_id, principal_id, target_user_id, fingerprint, created_by_us, disabled,
        enabled_by_us)
-     VALUES ({uuid $1}, $2, $3, $4, $5, $6, $7)
+     SELECT {field 0 uuid}, {field 1 text}, {field 2 text}, {field 3 text}, {field 4 bool}, {field 5 bool},
+       {field 6 bool}
+     FROM {rows $1} WHERE true
      ON CONFLICT (app_id, principal_id) DO UPDATE SET target_user_id = excluded.target_user_id,
        fingerprint = excluded.fingerprint,
        created_by_us = target_users.created_by_us OR excluded.created_by_us,
        disabled = excluded.disabled, enabled_by_us = excluded.enabled_by_us";
 
-/// Writes what the bridge knows of the principal's user at the app (`$u`, a `TargetUser`) on
-/// `$conn`: alone, or in an outcome's commit.
-macro_rules! put_target_user {
-    ($db:expr, $conn:expr, $app_id:expr, $principal_id:expr, $u:expr) => {{
-        let u: &$crate::store::TargetUser = $u;
-        sqlx::query($crate::store::dialect::sql!(
-            $db,
-            $crate::store::targets::PUT_TARGET_USER
-        ))
-        .bind($app_id)
-        .bind($principal_id)
-        .bind(&u.target_user_id)
-        .bind(&u.fingerprint)
-        .bind(u.created_by_us)
-        .bind(u.disabled)
-        .bind(u.enabled_by_us)
-        .execute($conn)
-        .await
-    }};
+/// Writes what the bridge knows of the principals' users at the app, one statement per chunk of
+/// them (`dialect::json_rows`): alone, or in an outcome's commit. A principal given twice is
+/// written once, as its last record says (the bridge created the user if either says so), since
+/// one statement may not write a row twice.
+pub(super) async fn put_target_users(
+    conn: &mut impl RowsConn,
+    app_id: &str,
+    users: &[(String, TargetUser)],
+) -> StoreResult<()> {
+    let mut rows: Vec<Value> = Vec::with_capacity(users.len());
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (principal_id, u) in users {
+        let mut row = serde_json::json!([
+            app_id,
+            principal_id,
+            u.target_user_id,
+            u.fingerprint,
+            u.created_by_us,
+            u.disabled,
+            u.enabled_by_us
+        ]);
+        match at.get(principal_id.as_str()) {
+            Some(&i) => {
+                row[4] = (u.created_by_us || rows[i][4] == true).into();
+                rows[i] = row;
+            }
+            None => {
+                at.insert(principal_id, rows.len());
+                rows.push(row);
+            }
+        }
+    }
+    Ok(execute_chunked(conn, |d| sql!(d, PUT_TARGET_USERS), &rows).await?)
 }
-pub(super) use put_target_user;
 
 pub(super) const PUT_TARGET_GROUP: &str =
     "INSERT INTO target_groups (app_id, display_name, target_group_id) VALUES ({uuid $1}, $2, $3)
@@ -79,7 +96,7 @@ impl SqlStore {
 
     pub(super) async fn put_target_user(&self, app_id: &str, principal_id: &str, u: &TargetUser) -> StoreResult<()> {
         db_statement!(self, db, conn => {
-            put_target_user!(db, &mut *conn, app_id, principal_id, u)?;
+            put_target_users(&mut *conn, app_id, &[(principal_id.to_string(), u.clone())]).await?;
         });
         Ok(())
     }
