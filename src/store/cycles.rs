@@ -1,6 +1,6 @@
 //! Synchronization cycles: their records, and the queue of cycles asked for.
 
-use super::dialect::{app_read, db_statement, db_tx, sql};
+use super::dialect::{app_read, db_statement, db_tx, execute, sql};
 use super::*;
 
 /// A cycle row as `CycleRecord` reads it.
@@ -13,26 +13,22 @@ macro_rules! cycle_columns {
 
 impl SqlStore {
     pub(super) async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()> {
-        db_statement!(self, db, conn => {
-            sqlx::query(sql!(
-                db,
-                "INSERT INTO sync_cycles (id, app_id, trigger, dry_run, started_at, ended_at, status, counts, progress,
-                   report)
-                 VALUES ($1, {uuid $2}, $3, $4, {ts $5}, {ts $6}, $7, {jsonb $8}, $9, {jsonb $10})"
-            ))
-            .bind(&c.id)
-            .bind(&c.app_id)
-            .bind(&c.trigger)
-            .bind(c.dry_run)
-            .bind(c.started_at)
-            .bind(c.ended_at)
-            .bind(&c.status)
-            .bind(to_json(&c.counts))
-            .bind(&c.progress)
-            .bind(c.report.as_ref().map(Value::to_string))
-            .execute(&mut *conn)
-            .await?;
-        });
+        execute!(
+            self,
+            "INSERT INTO sync_cycles (id, app_id, trigger, dry_run, started_at, ended_at, status, counts, progress,
+               report)
+             VALUES ($1, {uuid $2}, $3, $4, {ts $5}, {ts $6}, $7, {jsonb $8}, $9, {jsonb $10})",
+            &c.id,
+            &c.app_id,
+            &c.trigger,
+            c.dry_run,
+            c.started_at,
+            c.ended_at,
+            &c.status,
+            to_json(&c.counts),
+            &c.progress,
+            c.report.as_ref().map(Value::to_string)
+        );
         Ok(())
     }
 
@@ -121,16 +117,15 @@ impl SqlStore {
     }
 
     pub(super) async fn take_replan(&self, app_id: &str, cycle_id: &str) -> StoreResult<bool> {
-        let done = db_statement!(self, db, conn => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
-            sqlx::query(sql!(db, "DELETE FROM cycle_requests WHERE app_id = {uuid $1} AND cycle_id = $2"))
-                .bind(app_id)
-                .bind(cycle_id)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
-        });
-        Ok(done > 0)
+        let Some(app_id) = self.app_key(app_id) else {
+            return Ok(false);
+        };
+        Ok(execute!(
+            self,
+            "DELETE FROM cycle_requests WHERE app_id = {uuid $1} AND cycle_id = $2",
+            app_id,
+            cycle_id
+        ) > 0)
     }
 
     pub(super) async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>> {

@@ -62,8 +62,9 @@
 //!   `postgres.rs`, SQLite's answers (one process, no leases) in `sql.rs`.
 //!
 //! The macros below run a body written once on the store's backend: `db_run!` as it is,
-//! `db_tx!` in a write transaction, `db_statement!` as one fenced statement; `read!` is a
-//! read of one statement, `app_read!` the read of one app's rows that most reads are.
+//! `db_tx!` in a write transaction, `db_statement!` as one fenced statement; `execute!` is a
+//! write of one statement, `read!` a read of one, `app_read!` the read of one app's rows that most
+//! reads are.
 //!
 //! The store counts what it sends (`store_counts`): every query written with `sql!` and the
 //! fencing and numbering statements are statements; every durable commit is a commit (a
@@ -399,6 +400,18 @@ macro_rules! db_statement {
     };
 }
 
+/// Runs the write `$text` as one statement (`db_statement!`), the `$bind`s bound as `$1`, `$2`,
+/// ...; answers how many rows it changed.
+macro_rules! execute {
+    ($store:expr, $text:expr $(, $bind:expr)* $(,)?) => {
+        $crate::store::dialect::db_statement!($store, db, conn => sqlx::query($crate::store::dialect::sql!(db, $text))
+            $(.bind($bind))*
+            .execute(&mut *conn)
+            .await?
+            .rows_affected())
+    };
+}
+
 /// Reads what the query `$text` answers, the `$bind`s bound as `$1`, `$2`, ...: `sqlx::$query`
 /// (`query_as`, `query_scalar`) fetched from the pool with `$fetch` (`fetch_all`,
 /// `fetch_optional`, `fetch_one`).
@@ -428,7 +441,7 @@ macro_rules! app_read {
     };
 }
 
-pub(super) use {app_read, db_run, db_statement, db_tx, read, sql};
+pub(super) use {app_read, db_run, db_statement, db_tx, execute, read, sql};
 
 #[cfg(test)]
 #[path = "tests/dialect.rs"]

@@ -1,7 +1,7 @@
 //! The job queue: each app's pushes waiting, in flight and deferred, their claim before sending
 //! and the window's admissions they record.
 
-use super::dialect::{app_read, db_statement, db_tx, read, sql};
+use super::dialect::{app_read, db_statement, db_tx, execute, read, sql};
 use super::*;
 
 /// A job row as `Job` reads it (the table is named `j`).
@@ -168,34 +168,27 @@ impl SqlStore {
     }
 
     pub(super) async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
-        db_statement!(self, db, conn => {
-            sqlx::query(sql!(
-                db,
-                "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = {ts $1}
-                 WHERE id = $2 AND state = 'in_flight'"
-            ))
-            .bind(now)
-            .bind(job_id)
-            .execute(&mut *conn)
-            .await?;
-        });
+        execute!(
+            self,
+            "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = {ts $1}
+             WHERE id = $2 AND state = 'in_flight'",
+            now,
+            job_id
+        );
         Ok(())
     }
 
     pub(super) async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
-        Ok(db_statement!(self, db, conn => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(0) };
-            sqlx::query(sql!(
-                db,
-                "UPDATE jobs SET not_before = {ts $2}, updated_at = {ts $2}
-                 WHERE app_id = {uuid $1} AND kind = 'remove' AND state = 'pending' AND not_before > {ts $2}"
-            ))
-            .bind(app_id)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected()
-        }))
+        let Some(app_id) = self.app_key(app_id) else {
+            return Ok(0);
+        };
+        Ok(execute!(
+            self,
+            "UPDATE jobs SET not_before = {ts $2}, updated_at = {ts $2}
+             WHERE app_id = {uuid $1} AND kind = 'remove' AND state = 'pending' AND not_before > {ts $2}",
+            app_id,
+            now
+        ))
     }
 
     pub(super) async fn open_adds_for(

@@ -2,7 +2,7 @@
 //! taken in, and the standing members a directory listing gives.
 
 use super::access_ends::birth_access_ends;
-use super::dialect::{db_statement, db_tx, read, sql};
+use super::dialect::{db_tx, execute, read, sql};
 use super::*;
 
 /// A source row as `SourceState` reads it.
@@ -55,31 +55,27 @@ impl SqlStore {
     }
 
     pub(super) async fn put_source_state(&self, s: &SourceState) -> StoreResult<()> {
-        db_statement!(self, db, conn => {
-            sqlx::query(sql!(
-                db,
-                "INSERT INTO sources (id, kind, group_id, delta_link, group_info, group_info_at, last_attempt_at,
-                   last_success_at, last_error, next_poll_at)
-                 VALUES ($1, $2, $3, $4, {jsonb $5}, {ts $6}, {ts $7}, {ts $8}, $9, {ts $10})
-                 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, group_id = excluded.group_id,
-                   delta_link = excluded.delta_link, group_info = excluded.group_info,
-                   group_info_at = excluded.group_info_at, last_attempt_at = excluded.last_attempt_at,
-                   last_success_at = excluded.last_success_at, last_error = excluded.last_error,
-                   next_poll_at = excluded.next_poll_at"
-            ))
-            .bind(&s.id)
-            .bind(&s.kind)
-            .bind(&s.group_id)
-            .bind(&s.delta_link)
-            .bind(s.group_info.as_ref().map(Value::to_string))
-            .bind(s.group_info_at)
-            .bind(s.last_attempt_at)
-            .bind(s.last_success_at)
-            .bind(&s.last_error)
-            .bind(s.next_poll_at)
-            .execute(&mut *conn)
-            .await?;
-        });
+        execute!(
+            self,
+            "INSERT INTO sources (id, kind, group_id, delta_link, group_info, group_info_at, last_attempt_at,
+               last_success_at, last_error, next_poll_at)
+             VALUES ($1, $2, $3, $4, {jsonb $5}, {ts $6}, {ts $7}, {ts $8}, $9, {ts $10})
+             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, group_id = excluded.group_id,
+               delta_link = excluded.delta_link, group_info = excluded.group_info,
+               group_info_at = excluded.group_info_at, last_attempt_at = excluded.last_attempt_at,
+               last_success_at = excluded.last_success_at, last_error = excluded.last_error,
+               next_poll_at = excluded.next_poll_at",
+            &s.id,
+            &s.kind,
+            &s.group_id,
+            &s.delta_link,
+            s.group_info.as_ref().map(Value::to_string),
+            s.group_info_at,
+            s.last_attempt_at,
+            s.last_success_at,
+            &s.last_error,
+            s.next_poll_at
+        );
         Ok(())
     }
 

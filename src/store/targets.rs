@@ -2,7 +2,7 @@
 //! groups it found, and the memberships it provisioned (`provisioned`), against the memberships
 //! the sources entitle.
 
-use super::dialect::{RowsConn, app_read, db_statement, execute_chunked, sql};
+use super::dialect::{RowsConn, app_read, db_statement, execute, execute_chunked, sql};
 use super::*;
 
 /// A removal job of the member (principal `$3`) from target group `$2` is pending or in flight:
@@ -103,14 +103,14 @@ impl SqlStore {
 
     /// Forgets the link to a deleted account: the next entitlement matches or creates one.
     pub(super) async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()> {
-        db_statement!(self, db, conn => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(()) };
-            sqlx::query(sql!(db, "DELETE FROM target_users WHERE app_id = {uuid $1} AND principal_id = $2"))
-                .bind(app_id)
-                .bind(principal_id)
-                .execute(&mut *conn)
-                .await?;
-        });
+        if let Some(app_id) = self.app_key(app_id) {
+            execute!(
+                self,
+                "DELETE FROM target_users WHERE app_id = {uuid $1} AND principal_id = $2",
+                app_id,
+                principal_id
+            );
+        }
         Ok(())
     }
 
@@ -142,14 +142,14 @@ impl SqlStore {
     }
 
     pub(super) async fn forget_target_group(&self, app_id: &str, display_name: &str) -> StoreResult<()> {
-        db_statement!(self, db, conn => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(()) };
-            sqlx::query(sql!(db, "DELETE FROM target_groups WHERE app_id = {uuid $1} AND display_name = $2"))
-                .bind(app_id)
-                .bind(display_name)
-                .execute(&mut *conn)
-                .await?;
-        });
+        if let Some(app_id) = self.app_key(app_id) {
+            execute!(
+                self,
+                "DELETE FROM target_groups WHERE app_id = {uuid $1} AND display_name = $2",
+                app_id,
+                display_name
+            );
+        }
         Ok(())
     }
 
