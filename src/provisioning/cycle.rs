@@ -3,9 +3,12 @@
 //! `membersPerPatch` members), serving its immediate queue between steps, so a cycle of any size
 //! never holds up a revocation. Each step is checked against the membership state just before it
 //! is sent; an add is marked in doubt (in one commit) before it is sent, so an unknown outcome
-//! is settled by reading the target group, whether the answer was lost or the bridge died. A
-//! step that must be retried is rescheduled on the bridge's clock, never slept on. A cycle
-//! interrupted by a stop resumes under the same id, planned again from the state at that moment.
+//! is settled by reading the target group, whether the answer was lost or the bridge died. The
+//! user steps before an add commit nothing of their own: the users they matched or created ride
+//! their chunk's in-flight mark (or its outcome, when nothing is to be sent), so a chunk costs one
+//! commit before its PATCH and one after. A step that must be retried is rescheduled on the
+//! bridge's clock, never slept on. A cycle interrupted by a stop resumes under the same id,
+//! planned again from the state at that moment.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
@@ -17,7 +20,7 @@ use crate::mapping::AppMapping;
 use crate::scim::{ScimClient, ScimError};
 use crate::store::{
     AppRecord, CycleCounts, CycleRecord, DriftRepair, Job, JobChange, LogEntry, MemberChange, OnAccessEnd, OutOfScope,
-    Outcome, TargetMember,
+    Outcome, TargetMember, TargetUser,
 };
 use crate::types::Step;
 
@@ -129,6 +132,28 @@ struct StepResult {
     /// Removals the deletion guard holds, and held ones whose member is entitled again.
     hold: Vec<TargetMember>,
     release: Vec<TargetMember>,
+    /// Users matched, created or brought up to date, by principal; target groups found or
+    /// created, by display name.
+    users: Vec<(String, TargetUser)>,
+    groups: Vec<(String, String)>,
+}
+
+impl StepResult {
+    /// Takes in what a later step did: after what this one holds, a principal's user as the
+    /// later record says.
+    fn absorb(&mut self, later: StepResult) {
+        self.members.extend(later.members);
+        self.logs.extend(later.logs);
+        self.legacy_remove |= later.legacy_remove;
+        self.new_jobs.extend(later.new_jobs);
+        self.hold.extend(later.hold);
+        self.release.extend(later.release);
+        for (principal, user) in later.users {
+            self.users.retain(|(p, _)| *p != principal);
+            self.users.push((principal, user));
+        }
+        self.groups.extend(later.groups);
+    }
 }
 
 /// How a step ended.
@@ -158,6 +183,9 @@ pub(super) struct Cycle {
     standing: HashSet<TargetMember>,
     /// The cycle's trace (SPEC §10): a trace of its own, a span per step under it.
     trace: tracing::Span,
+    /// What the user steps since the last commit did (the users they matched or created, the
+    /// failures they logged): written with the cycle's next commit, their chunk's.
+    carried: StepResult,
 }
 
 impl Cycle {
@@ -195,6 +223,31 @@ impl Cycle {
             steps_done: 0,
             app_name: String::new(),
             standing: HashSet::new(),
+            carried: StepResult::default(),
+        }
+    }
+
+    /// The principal's user as a step of the chunk recorded it, not committed yet.
+    fn carried_user(&self, principal: &str) -> Option<&TargetUser> {
+        self.carried.users.iter().rfind(|(p, _)| p == principal).map(|(_, u)| u)
+    }
+
+    /// An outcome of the cycle at `now`: what it carries (`carried`), then `result`.
+    fn outcome(&mut self, app_id: &str, now: Millis, result: StepResult) -> Outcome {
+        let mut done = std::mem::take(&mut self.carried);
+        done.absorb(result);
+        Outcome {
+            app_id: app_id.to_string(),
+            time: now,
+            members: done.members,
+            logs: done.logs,
+            legacy_remove: done.legacy_remove,
+            new_jobs: done.new_jobs,
+            hold: done.hold,
+            release: done.release,
+            users: done.users,
+            groups: done.groups,
+            ..Default::default()
         }
     }
 
@@ -394,15 +447,16 @@ impl Cycle {
                     .push(m.principal_id.clone());
             }
             for (target, principals) in adds {
-                for p in &principals {
-                    steps.push_back(CycleStep::User {
-                        member: TargetMember {
-                            target_display_name: target.to_string(),
-                            principal_id: p.clone(),
-                        },
-                    });
-                }
+                // Each chunk's user steps go right before it: their users ride its commits.
                 for chunk in principals.chunks(Self::members_per_patch(app)) {
+                    for p in chunk {
+                        steps.push_back(CycleStep::User {
+                            member: TargetMember {
+                                target_display_name: target.to_string(),
+                                principal_id: p.clone(),
+                            },
+                        });
+                    }
                     steps.push_back(CycleStep::Add {
                         target: target.to_string(),
                         principals: chunk.to_vec(),
@@ -479,6 +533,7 @@ impl Cycle {
         if matches!(step, CycleStep::Finish) {
             return self.finish(ctx, app).instrument(span).await;
         }
+        let user_step = matches!(step, CycleStep::User { .. });
         let result = async {
             match step {
                 CycleStep::Finish => unreachable!("handled above"),
@@ -535,20 +590,16 @@ impl Cycle {
             }
         };
         self.record.progress = Some(format!("{} steps done, {} to go", self.steps_done, self.steps.len()));
-        ctx.store
-            .record(&Outcome {
-                app_id: app.id.clone(),
-                time: now,
-                members: result.members,
-                logs: result.logs,
-                legacy_remove: result.legacy_remove,
-                new_jobs: result.new_jobs,
-                hold: result.hold,
-                release: result.release,
-                cycle: Some(self.record.clone()),
-                ..Default::default()
-            })
-            .await?;
+        if user_step {
+            // Committed with the chunk the user is added in (its in-flight mark, or its outcome).
+            self.carried.absorb(result);
+            return Ok(false);
+        }
+        let outcome = Outcome {
+            cycle: Some(self.record.clone()),
+            ..self.outcome(&app.id, now, result)
+        };
+        ctx.store.record(&outcome).await?;
         Ok(false)
     }
 
@@ -730,26 +781,32 @@ impl Cycle {
         }
         let mut steps = Vec::new();
         let mut pushed = push::PushResult::default();
+        // A user an earlier step of the chunk recorded is not committed yet: it is given here.
+        let carried = self.carried_user(&member.principal_id).map(|u| Some(u.clone()));
         match push::ensure_user(
             ctx,
             app,
             mapping,
             client,
             &member.principal_id,
-            None,
+            carried,
             &mut steps,
             &mut pushed,
         )
         .await
         {
             Ok(_) => {
-                if let Some(user) = &pushed.user_record {
-                    ctx.store.put_target_user(&app.id, &member.principal_id, user).await?;
-                }
                 self.tally.ok();
                 self.record.counts.users_created += pushed.user_created as i64;
                 self.record.counts.users_updated += pushed.user_updated as i64;
-                Ok(Done::Next(StepResult::default()))
+                Ok(Done::Next(StepResult {
+                    users: pushed
+                        .user_record
+                        .map(|u| (member.principal_id.clone(), u))
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }))
             }
             Err(e) => {
                 let members = [member.clone()];
@@ -779,7 +836,8 @@ impl Cycle {
                 continue;
             }
             // A member whose user could not be prepared was logged by its user step.
-            let Some(user_id) = c.target_user_id else {
+            let carried = self.carried_user(&c.principal_id).map(|u| u.target_user_id.clone());
+            let Some(user_id) = carried.or(c.target_user_id) else {
                 continue;
             };
             let member = TargetMember {
@@ -813,9 +871,8 @@ impl Cycle {
         let group_id = match push::ensure_group(ctx, app, client, target, &source, None, &mut steps, &mut pushed).await
         {
             Ok(id) => {
-                if let Some((name, id)) = &pushed.group_record {
-                    store.put_target_group(&app.id, name, id).await?;
-                }
+                // Recorded with the chunk's next commit.
+                self.carried.groups.extend(pushed.group_record.take());
                 id
             }
             Err(e) => {
@@ -847,15 +904,19 @@ impl Cycle {
         }
         // The in-flight mark: committed before the PATCH, so a crash or a lost answer leaves
         // these members in doubt, and the next attempt reads the group instead of adding twice.
-        ctx.store
-            .record(&Outcome {
-                app_id: app.id.clone(),
-                time: ctx.now(),
-                members: ready.iter().map(|(m, ..)| (m.clone(), MemberChange::InDoubt)).collect(),
-                sources: ready.iter().map(|(m, ..)| (m.clone(), source.clone())).collect(),
-                ..Default::default()
-            })
-            .await?;
+        // It carries what the chunk's user steps did.
+        let mark = Outcome {
+            sources: ready.iter().map(|(m, ..)| (m.clone(), source.clone())).collect(),
+            ..self.outcome(
+                &app.id,
+                ctx.now(),
+                StepResult {
+                    members: ready.iter().map(|(m, ..)| (m.clone(), MemberChange::InDoubt)).collect(),
+                    ..Default::default()
+                },
+            )
+        };
+        ctx.store.record(&mark).await?;
         let ids: Vec<String> = ready.iter().map(|(_, id, _)| id.clone()).collect();
         match client.add_members(&group_id, &ids, &mut steps).await {
             Ok(()) => {
@@ -1358,11 +1419,7 @@ impl Cycle {
         let trigger = self.record.trigger.clone();
         let interval = ctx.sync_interval_ms(app);
         let quarantine = if dry_run { None } else { self.tally.quarantine_reason() };
-        let mut outcome = Outcome {
-            app_id: app.id.clone(),
-            time: now,
-            ..Default::default()
-        };
+        let mut outcome = self.outcome(&app.id, now, StepResult::default());
         if !dry_run {
             for job in store.deferred_jobs(&app.id).await? {
                 if self.taken.contains(&job.id) {
@@ -1417,14 +1474,11 @@ impl Cycle {
         self.record.status = "failed".into();
         self.record.ended_at = Some(ctx.now());
         self.record.progress = Some(why.into());
-        ctx.store
-            .record(&Outcome {
-                app_id: app.id.clone(),
-                time: ctx.now(),
-                cycle: Some(self.record.clone()),
-                ..Default::default()
-            })
-            .await?;
+        let outcome = Outcome {
+            cycle: Some(self.record.clone()),
+            ..self.outcome(&app.id, ctx.now(), StepResult::default())
+        };
+        ctx.store.record(&outcome).await?;
         Ok(())
     }
 
@@ -1438,15 +1492,12 @@ impl Cycle {
         self.record.progress = Some(format!("broke off: {error}"));
         let next_sync_at =
             (self.record.trigger == "schedule").then(|| now + ctx.sync_interval_ms(app).min(RETRY_BROKEN_CYCLE_MS));
-        ctx.store
-            .record(&Outcome {
-                app_id: app.id.clone(),
-                time: now,
-                cycle: Some(self.record.clone()),
-                next_sync_at,
-                ..Default::default()
-            })
-            .await?;
+        let outcome = Outcome {
+            cycle: Some(self.record.clone()),
+            next_sync_at,
+            ..self.outcome(&app.id, now, StepResult::default())
+        };
+        ctx.store.record(&outcome).await?;
         Ok(())
     }
 }

@@ -3,7 +3,8 @@
 //! access ends"). Their writes are macros run on a transaction of either backend, so that they
 //! ride the commits that decide and settle the end; their reads are the API's and the gauge's.
 
-use super::dialect::{db_run, sql};
+use super::dialect::{app_read, db_run, read, sql};
+use super::logs::push_filters;
 use super::*;
 
 /// The columns of a record as `AccessEnd` reads them.
@@ -195,34 +196,9 @@ impl SqlStore {
                 db,
                 concat!("SELECT ", access_end_columns!(), " FROM access_ends WHERE 1 = 1")
             ));
-            if let Some(ids) = &f.app_ids {
-                db.push_app_ids(&mut q, ids);
-            }
-            if let Some(app_id) = &f.app_id {
-                let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-                let (open, close) = db.dialect().wrap("uuid");
-                q.push(" AND app_id = ").push(open).push_bind(app_id.to_string()).push(close);
-            }
-            let equal = [
-                ("principal_id", &f.principal_id),
-                ("group_id", &f.group_id),
-                ("event_id", &f.event_id),
-                ("status", &f.status),
-                ("reason", &f.reason),
-            ];
-            for (column, value) in equal {
-                if let Some(value) = value {
-                    q.push(format_args!(" AND {column} = ")).push_bind(value.clone());
-                }
-            }
-            let (open, close) = db.dialect().wrap("ts");
-            if let Some(since) = f.since {
-                q.push(" AND ended_at >= ").push(open).push_bind(since).push(close);
-            }
-            if let Some(until) = f.until {
-                q.push(" AND ended_at < ").push(open).push_bind(until).push(close);
-            }
+            push_filters!(db, q, f, "ended_at", [("reason", &f.reason)]);
             if let Some((ended_at, id)) = &f.before {
+                let (open, close) = db.dialect().wrap("ts");
                 q.push(" AND (ended_at < ").push(open).push_bind(*ended_at).push(close);
                 q.push(" OR (ended_at = ").push(open).push_bind(*ended_at).push(close);
                 q.push(" AND id < ").push_bind(id.clone()).push("))");
@@ -233,39 +209,24 @@ impl SqlStore {
     }
 
     pub(super) async fn entitled_at_app(&self, app_id: &str, principal_id: &str, now: Millis) -> StoreResult<bool> {
-        let found: Option<i64> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT 1 FROM group_assignments ga
-                 WHERE ga.app_id = {uuid $1} AND (
-                   EXISTS (SELECT 1 FROM standing_members s WHERE s.group_id = ga.group_id AND s.principal_id = $2)
-                   OR EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = ga.group_id AND m.principal_id = $2
-                              AND m.access_id = 'member' AND m.active
-                              AND (m.start_at IS NULL OR m.start_at <= {ts $3})
-                              AND (m.end_at IS NULL OR m.end_at > {ts $3})))
-                 LIMIT 1"
-            ))
-            .bind(app_id)
-            .bind(principal_id)
-            .bind(now)
-            .fetch_optional(&db.pool)
-            .await?
-        });
+        let found: Option<i64> = app_read!(self, query_scalar fetch_optional, else None,
+            "SELECT 1 FROM group_assignments ga
+             WHERE ga.app_id = {uuid $1} AND (
+               EXISTS (SELECT 1 FROM standing_members s WHERE s.group_id = ga.group_id AND s.principal_id = $2)
+               OR EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = ga.group_id AND m.principal_id = $2
+                          AND m.access_id = 'member' AND m.active
+                          AND (m.start_at IS NULL OR m.start_at <= {ts $3})
+                          AND (m.end_at IS NULL OR m.end_at > {ts $3})))
+             LIMIT 1",
+            app_id, principal_id, now);
         Ok(found.is_some())
     }
 
     pub(super) async fn open_access_ends(&self) -> StoreResult<Vec<AccessEnd>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(
-                db,
-                concat!(
-                    "SELECT ", access_end_columns!(), " FROM access_ends
-                     WHERE status IN ('pending', 'failed', 'held') ORDER BY ended_at"
-                )
-            ))
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(read!(self, query_as fetch_all,
+        concat!(
+            "SELECT ", access_end_columns!(), " FROM access_ends
+             WHERE status IN ('pending', 'failed', 'held') ORDER BY ended_at"
+        )))
     }
 }

@@ -1,6 +1,6 @@
 //! Synchronization cycles: their records, and the queue of cycles asked for.
 
-use super::dialect::{db_run, db_statement, db_tx, sql};
+use super::dialect::{app_read, db_statement, db_tx, execute, sql};
 use super::*;
 
 /// A cycle row as `CycleRecord` reads it.
@@ -13,64 +13,45 @@ macro_rules! cycle_columns {
 
 impl SqlStore {
     pub(super) async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()> {
-        db_statement!(self, db, conn => {
-            sqlx::query(sql!(
-                db,
-                "INSERT INTO sync_cycles (id, app_id, trigger, dry_run, started_at, ended_at, status, counts, progress,
-                   report)
-                 VALUES ($1, {uuid $2}, $3, $4, {ts $5}, {ts $6}, $7, {jsonb $8}, $9, {jsonb $10})"
-            ))
-            .bind(&c.id)
-            .bind(&c.app_id)
-            .bind(&c.trigger)
-            .bind(c.dry_run)
-            .bind(c.started_at)
-            .bind(c.ended_at)
-            .bind(&c.status)
-            .bind(to_json(&c.counts))
-            .bind(&c.progress)
-            .bind(c.report.as_ref().map(Value::to_string))
-            .execute(&mut *conn)
-            .await?;
-        });
+        execute!(
+            self,
+            "INSERT INTO sync_cycles (id, app_id, trigger, dry_run, started_at, ended_at, status, counts, progress,
+               report)
+             VALUES ($1, {uuid $2}, $3, $4, {ts $5}, {ts $6}, $7, {jsonb $8}, $9, {jsonb $10})",
+            &c.id,
+            &c.app_id,
+            &c.trigger,
+            c.dry_run,
+            c.started_at,
+            c.ended_at,
+            &c.status,
+            to_json(&c.counts),
+            &c.progress,
+            c.report.as_ref().map(Value::to_string)
+        );
         Ok(())
     }
 
     pub(super) async fn list_cycles(&self, app_id: &str, limit: i64) -> StoreResult<Vec<CycleRecord>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                concat!(
-                    "SELECT ",
-                    cycle_columns!(),
-                    " FROM sync_cycles WHERE app_id = {uuid $1}
-                     ORDER BY sync_cycles.started_at DESC, {pos} DESC LIMIT $2"
-                )
-            ))
-            .bind(app_id)
-            .bind(limit)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            concat!(
+                "SELECT ",
+                cycle_columns!(),
+                " FROM sync_cycles WHERE app_id = {uuid $1}
+                 ORDER BY sync_cycles.started_at DESC, {pos} DESC LIMIT $2"
+            ),
+            app_id, limit))
     }
 
     pub(super) async fn running_cycles(&self, app_id: &str) -> StoreResult<Vec<CycleRecord>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                concat!(
-                    "SELECT ",
-                    cycle_columns!(),
-                    " FROM sync_cycles WHERE app_id = {uuid $1} AND sync_cycles.ended_at IS NULL
-                     ORDER BY sync_cycles.started_at, {pos}"
-                )
-            ))
-            .bind(app_id)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            concat!(
+                "SELECT ",
+                cycle_columns!(),
+                " FROM sync_cycles WHERE app_id = {uuid $1} AND sync_cycles.ended_at IS NULL
+                 ORDER BY sync_cycles.started_at, {pos}"
+            ),
+            app_id))
     }
 
     pub(super) async fn request_cycle(
@@ -136,28 +117,23 @@ impl SqlStore {
     }
 
     pub(super) async fn take_replan(&self, app_id: &str, cycle_id: &str) -> StoreResult<bool> {
-        let done = db_statement!(self, db, conn => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
-            sqlx::query(sql!(db, "DELETE FROM cycle_requests WHERE app_id = {uuid $1} AND cycle_id = $2"))
-                .bind(app_id)
-                .bind(cycle_id)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
-        });
-        Ok(done > 0)
+        let Some(app_id) = self.app_key(app_id) else {
+            return Ok(false);
+        };
+        Ok(execute!(
+            self,
+            "DELETE FROM cycle_requests WHERE app_id = {uuid $1} AND cycle_id = $2",
+            app_id,
+            cycle_id
+        ) > 0)
     }
 
     pub(super) async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>> {
         // Every dispatcher pass asks, and almost always there is none: a read, not a write
         // transaction (a request added just after is taken at the pass its nudge starts).
-        let queued: Option<i32> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
-            sqlx::query_scalar(sql!(db, "SELECT 1 FROM cycle_requests WHERE app_id = {uuid $1} LIMIT 1"))
-                .bind(app_id)
-                .fetch_optional(&db.pool)
-                .await?
-        });
+        let queued: Option<i32> = app_read!(self, query_scalar fetch_optional, else None,
+            "SELECT 1 FROM cycle_requests WHERE app_id = {uuid $1} LIMIT 1",
+            app_id);
         if queued.is_none() {
             return Ok(None);
         }

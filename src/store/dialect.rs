@@ -62,7 +62,9 @@
 //!   `postgres.rs`, SQLite's answers (one process, no leases) in `sql.rs`.
 //!
 //! The macros below run a body written once on the store's backend: `db_run!` as it is,
-//! `db_tx!` in a write transaction, `db_statement!` as one fenced statement.
+//! `db_tx!` in a write transaction, `db_statement!` as one fenced statement; `execute!` is a
+//! write of one statement, `read!` a read of one, `app_read!` the read of one app's rows that most
+//! reads are.
 //!
 //! The store counts what it sends (`store_counts`): every query written with `sql!` and the
 //! fencing and numbering statements are statements; every durable commit is a commit (a
@@ -398,57 +400,49 @@ macro_rules! db_statement {
     };
 }
 
-pub(super) use {db_run, db_statement, db_tx, sql};
+/// Runs the write `$text` as one statement (`db_statement!`), the `$bind`s bound as `$1`, `$2`,
+/// ...; answers how many rows it changed.
+macro_rules! execute {
+    ($store:expr, $text:expr $(, $bind:expr)* $(,)?) => {
+        $crate::store::dialect::db_statement!($store, db, conn => sqlx::query($crate::store::dialect::sql!(db, $text))
+            $(.bind($bind))*
+            .execute(&mut *conn)
+            .await?
+            .rows_affected())
+    };
+}
+
+/// Reads what the query `$text` answers, the `$bind`s bound as `$1`, `$2`, ...: `sqlx::$query`
+/// (`query_as`, `query_scalar`) fetched from the pool with `$fetch` (`fetch_all`,
+/// `fetch_optional`, `fetch_one`).
+macro_rules! read {
+    ($store:expr, $query:ident $fetch:ident, $text:expr $(, $bind:expr)* $(,)?) => {
+        $crate::store::dialect::db_run!($store, db => sqlx::$query($crate::store::dialect::sql!(db, $text))
+            $(.bind($bind))*
+            .$fetch(&db.pool)
+            .await?)
+    };
+}
+
+/// Reads what the query `$text` answers of one app: `sqlx::$query` (`query_as`, `query_scalar`)
+/// fetched from the pool with `$fetch` (`fetch_all`, `fetch_optional`, `fetch_one`), the app's
+/// id `$app_id` bound as `$1` and the `$bind`s after it. An app id no stored app can have
+/// (`app_key`) answers `$none` without a query.
+macro_rules! app_read {
+    ($store:expr, $query:ident $fetch:ident, else $none:expr, $text:expr, $app_id:expr $(, $bind:expr)* $(,)?) => {
+        $crate::store::dialect::db_run!($store, db => match db.app_key($app_id) {
+            None => $none,
+            Some(app_id) => sqlx::$query($crate::store::dialect::sql!(db, $text))
+                .bind(app_id)
+                $(.bind($bind))*
+                .$fetch(&db.pool)
+                .await?,
+        })
+    };
+}
+
+pub(super) use {app_read, db_run, db_statement, db_tx, execute, read, sql};
 
 #[cfg(test)]
-mod tests {
-    use super::Dialect;
-
-    #[test]
-    fn fragments_are_written_out_for_each_database() {
-        let text = "SELECT {ms created_at} AS created_at FROM t WHERE id = {uuid $1} AND at < {ts $2}
-             ORDER BY {binary name}, {pos} {for_update}";
-        assert_eq!(
-            Dialect::Postgres.expand(text),
-            "SELECT to_ms(created_at) AS created_at FROM t WHERE id = $1::uuid AND at < from_ms($2)
-             ORDER BY name COLLATE \"C\", pos FOR UPDATE"
-        );
-        assert_eq!(
-            Dialect::Sqlite.expand(text),
-            "SELECT created_at AS created_at FROM t WHERE id = $1 AND at < $2
-             ORDER BY name, rowid "
-        );
-    }
-
-    #[test]
-    fn rows_given_as_json_are_read_field_by_field() {
-        let text = "SELECT {field 0 text}, {field 1 ts}, {field 2 bool} FROM {rows $1} ORDER BY r.key";
-        assert_eq!(
-            Dialect::Postgres.expand(text),
-            "SELECT (r.value ->> 0), from_ms((r.value ->> 1)::bigint), (r.value ->> 2)::boolean \
-             FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS r(value, key) ORDER BY r.key"
-        );
-        assert_eq!(
-            Dialect::Sqlite.expand(text),
-            "SELECT (r.value ->> 0), (r.value ->> 1), (r.value ->> 2) FROM json_each($1) AS r ORDER BY r.key"
-        );
-    }
-
-    #[test]
-    #[should_panic(expected = "no SQL fragment `{field 0 date}`")]
-    fn a_field_of_an_unknown_type_is_a_mistake() {
-        Dialect::Sqlite.expand("SELECT {field 0 date} FROM {rows $1}");
-    }
-
-    #[test]
-    #[should_panic(expected = "no SQL fragment `{time $1}`")]
-    fn an_unknown_fragment_is_a_mistake() {
-        Dialect::Sqlite.expand("SELECT {time $1}");
-    }
-
-    #[test]
-    #[should_panic(expected = "no SQL fragment `{ts}`")]
-    fn a_fragment_without_its_argument_is_a_mistake() {
-        Dialect::Postgres.expand("SELECT {ts}");
-    }
-}
+#[path = "tests/dialect.rs"]
+mod tests;

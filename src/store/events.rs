@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use tracing::instrument;
 
-use super::dialect::{Backend, RowsConn, db_run, execute_chunked, json_rows, sql};
+use super::dialect::{Backend, RowsConn, execute_chunked, json_rows, read, sql};
 use super::logs::insert_logs;
 use super::principals::{read_principals, write_principals};
 use super::*;
@@ -124,16 +124,10 @@ impl SqlStore {
     }
 
     pub(super) async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(
-                db,
-                "SELECT seq, id, status, body, {ms received_at} AS received_at, outcome, reason FROM events
-                 WHERE id = $1 ORDER BY seq"
-            ))
-            .bind(id)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(read!(self, query_as fetch_all,
+            "SELECT seq, id, status, body, {ms received_at} AS received_at, outcome, reason FROM events
+             WHERE id = $1 ORDER BY seq",
+            id))
     }
 }
 

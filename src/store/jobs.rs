@@ -1,7 +1,7 @@
 //! The job queue: each app's pushes waiting, in flight and deferred, their claim before sending
 //! and the window's admissions they record.
 
-use super::dialect::{db_run, db_statement, db_tx, sql};
+use super::dialect::{app_read, db_statement, db_tx, execute, read, sql};
 use super::*;
 
 /// A job row as `Job` reads it (the table is named `j`).
@@ -52,60 +52,36 @@ pub(super) use insert_job_in;
 
 impl SqlStore {
     pub(super) async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                concat!(
-                    "SELECT ",
-                    job_columns!(),
-                    " FROM jobs j WHERE j.app_id = {uuid $1} AND j.state = 'pending' AND j.not_before <= {ts $2}
-                       AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.app_id = j.app_id
-                         AND e.principal_id = j.principal_id AND e.group_id = j.group_id AND e.seq < j.seq
-                         AND e.state = 'pending' AND e.not_before > {ts $2}
-                         AND NOT (j.kind = 'remove' AND e.kind = 'add') AND e.target_display_name IS NULL)
-                     ORDER BY j.seq LIMIT $3"
-                )
-            ))
-            .bind(app_id)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs j WHERE j.app_id = {uuid $1} AND j.state = 'pending' AND j.not_before <= {ts $2}
+                   AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.app_id = j.app_id
+                     AND e.principal_id = j.principal_id AND e.group_id = j.group_id AND e.seq < j.seq
+                     AND e.state = 'pending' AND e.not_before > {ts $2}
+                     AND NOT (j.kind = 'remove' AND e.kind = 'add') AND e.target_display_name IS NULL)
+                 ORDER BY j.seq LIMIT $3"
+            ),
+            app_id, now, limit))
     }
 
     pub(super) async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT {ms MIN(not_before)} FROM jobs WHERE app_id = {uuid $1} AND state = 'pending'
-                 AND not_before > {ts $2}"
-            ))
-            .bind(app_id)
-            .bind(now)
-            .fetch_one(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_scalar fetch_one, else None,
+            "SELECT {ms MIN(not_before)} FROM jobs WHERE app_id = {uuid $1} AND state = 'pending'
+             AND not_before > {ts $2}",
+            app_id, now))
     }
 
     pub(super) async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                concat!(
-                    "SELECT ",
-                    job_columns!(),
-                    " FROM jobs j WHERE j.app_id = {uuid $1} AND j.state = 'deferred'
-                     ORDER BY CASE j.kind WHEN 'remove' THEN 0 ELSE 1 END, j.seq"
-                )
-            ))
-            .bind(app_id)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs j WHERE j.app_id = {uuid $1} AND j.state = 'deferred'
+                 ORDER BY CASE j.kind WHEN 'remove' THEN 0 ELSE 1 END, j.seq"
+            ),
+            app_id))
     }
 
     pub(super) async fn claim_job(
@@ -170,18 +146,10 @@ impl SqlStore {
     }
 
     pub(super) async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT {ms admitted_at} FROM jobs WHERE app_id = {uuid $1} AND admitted_at >= {ts $2}
-                 ORDER BY admitted_at"
-            ))
-            .bind(app_id)
-            .bind(since)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_scalar fetch_all, else Vec::new(),
+            "SELECT {ms admitted_at} FROM jobs WHERE app_id = {uuid $1} AND admitted_at >= {ts $2}
+             ORDER BY admitted_at",
+            app_id, since))
     }
 
     pub(super) async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>> {
@@ -200,34 +168,27 @@ impl SqlStore {
     }
 
     pub(super) async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
-        db_statement!(self, db, conn => {
-            sqlx::query(sql!(
-                db,
-                "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = {ts $1}
-                 WHERE id = $2 AND state = 'in_flight'"
-            ))
-            .bind(now)
-            .bind(job_id)
-            .execute(&mut *conn)
-            .await?;
-        });
+        execute!(
+            self,
+            "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = {ts $1}
+             WHERE id = $2 AND state = 'in_flight'",
+            now,
+            job_id
+        );
         Ok(())
     }
 
     pub(super) async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
-        Ok(db_statement!(self, db, conn => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(0) };
-            sqlx::query(sql!(
-                db,
-                "UPDATE jobs SET not_before = {ts $2}, updated_at = {ts $2}
-                 WHERE app_id = {uuid $1} AND kind = 'remove' AND state = 'pending' AND not_before > {ts $2}"
-            ))
-            .bind(app_id)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected()
-        }))
+        let Some(app_id) = self.app_key(app_id) else {
+            return Ok(0);
+        };
+        Ok(execute!(
+            self,
+            "UPDATE jobs SET not_before = {ts $2}, updated_at = {ts $2}
+             WHERE app_id = {uuid $1} AND kind = 'remove' AND state = 'pending' AND not_before > {ts $2}",
+            app_id,
+            now
+        ))
     }
 
     pub(super) async fn open_adds_for(
@@ -237,24 +198,14 @@ impl SqlStore {
         group_id: &str,
         before_seq: i64,
     ) -> StoreResult<Vec<Job>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                concat!(
-                    "SELECT ",
-                    job_columns!(),
-                    " FROM jobs j WHERE j.app_id = {uuid $1} AND j.principal_id = $2 AND j.group_id = $3
-                       AND j.kind = 'add' AND j.state IN ('pending', 'deferred') AND j.seq < $4 ORDER BY j.seq"
-                )
-            ))
-            .bind(app_id)
-            .bind(principal_id)
-            .bind(group_id)
-            .bind(before_seq)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs j WHERE j.app_id = {uuid $1} AND j.principal_id = $2 AND j.group_id = $3
+                   AND j.kind = 'add' AND j.state IN ('pending', 'deferred') AND j.seq < $4 ORDER BY j.seq"
+            ),
+            app_id, principal_id, group_id, before_seq))
     }
 
     pub(super) async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
@@ -265,13 +216,7 @@ impl SqlStore {
     }
 
     pub(super) async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(
-                db,
-                "SELECT {text app_id}, COUNT(*) FROM jobs WHERE state = 'deferred' GROUP BY app_id"
-            ))
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(read!(self, query_as fetch_all,
+            "SELECT {text app_id}, COUNT(*) FROM jobs WHERE state = 'deferred' GROUP BY app_id"))
     }
 }

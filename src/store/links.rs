@@ -1,7 +1,7 @@
 //! Object links (SPEC §8): which target user is which principal at each app, with the target
 //! groups the bridge provisioned it in, as operators see and clear them.
 
-use super::dialect::{db_run, db_tx, sql};
+use super::dialect::{app_read, db_run, db_tx, sql};
 use super::*;
 
 /// The columns of a link as `LinkRecord` reads them: the target user, what was last sent, and
@@ -42,17 +42,12 @@ impl SqlStore {
     }
 
     pub(super) async fn get_link(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<LinkRecord>> {
-        let link: Option<LinkRecord> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
-            sqlx::query_as(sql!(
-                db,
-                concat!("SELECT ", link_columns!(), " FROM target_users tu WHERE tu.app_id = {uuid $1} AND tu.principal_id = $2")
-            ))
-            .bind(app_id)
-            .bind(principal_id)
-            .fetch_optional(&db.pool)
-            .await?
-        });
+        let link: Option<LinkRecord> = app_read!(self, query_as fetch_optional, else None,
+            concat!(
+                "SELECT ", link_columns!(),
+                " FROM target_users tu WHERE tu.app_id = {uuid $1} AND tu.principal_id = $2"
+            ),
+            app_id, principal_id);
         let mut links: Vec<LinkRecord> = link.into_iter().collect();
         self.add_link_groups(app_id, &mut links).await?;
         Ok(links.pop())
@@ -63,21 +58,13 @@ impl SqlStore {
         let (Some(first), Some(last)) = (links.first(), links.last()) else {
             return Ok(());
         };
-        let rows: Vec<(String, String, Option<String>, Option<String>)> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(()) };
-            sqlx::query_as(sql!(
-                db,
-                "SELECT p.principal_id, p.target_display_name, tg.target_group_id, p.group_id FROM provisioned p
-                 LEFT JOIN target_groups tg ON tg.app_id = p.app_id AND tg.display_name = p.target_display_name
-                 WHERE p.app_id = {uuid $1} AND {binary p.principal_id} >= $2 AND {binary p.principal_id} <= $3
-                 ORDER BY {binary p.target_display_name}"
-            ))
-            .bind(app_id)
-            .bind(&first.principal_id)
-            .bind(&last.principal_id)
-            .fetch_all(&db.pool)
-            .await?
-        });
+        type Row = (String, String, Option<String>, Option<String>);
+        let rows: Vec<Row> = app_read!(self, query_as fetch_all, else Vec::new(),
+            "SELECT p.principal_id, p.target_display_name, tg.target_group_id, p.group_id FROM provisioned p
+             LEFT JOIN target_groups tg ON tg.app_id = p.app_id AND tg.display_name = p.target_display_name
+             WHERE p.app_id = {uuid $1} AND {binary p.principal_id} >= $2 AND {binary p.principal_id} <= $3
+             ORDER BY {binary p.target_display_name}",
+            app_id, &first.principal_id, &last.principal_id);
         for (principal_id, target_display_name, target_group_id, group_id) in rows {
             if let Some(link) = links.iter_mut().find(|l| l.principal_id == principal_id) {
                 link.groups.push(LinkGroup {

@@ -1,17 +1,10 @@
 //! The provisioning log: one entry per thing done (or not done) for a membership at an app,
 //! paged newest first by `seq`.
 
-use super::dialect::{RowsConn, db_run, db_statement, execute_chunked, sql};
+use super::dialect::{RowsConn, db_run, db_statement, execute_chunked, read, sql};
 use super::*;
 
-pub(super) const INSERT_LOG: &str =
-    "INSERT INTO provisioning_logs (id, time, app_id, app_name, trigger, cycle_id, event_id, job_id,
-    principal_id, user_principal_name, group_id, action, status, reason, deferred_until, target_user_id,
-    target_group_id, attempt, duration_ms, latency_ms, steps, trace_id)
-    VALUES ($1, {ts $2}, {uuid $3}, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, {ts $15}, $16, $17, $18,
-    $19, $20, {jsonb $21}, $22)";
-
-/// `INSERT_LOG` for many entries at once, their rows as `{rows $1}` (see `insert_logs`).
+/// The log entries, their rows as `{rows $1}` (see `insert_logs`).
 const INSERT_LOGS: &str = "INSERT INTO provisioning_logs (id, time, app_id, app_name, trigger, cycle_id, event_id,
     job_id, principal_id, user_principal_name, group_id, action, status, reason, deferred_until, target_user_id,
     target_group_id, attempt, duration_ms, latency_ms, steps, trace_id)
@@ -55,40 +48,6 @@ pub(super) async fn insert_logs(conn: &mut impl RowsConn, entries: &[LogEntry]) 
     Ok(execute_chunked(conn, |d| sql!(d, INSERT_LOGS), &rows).await?)
 }
 
-/// Writes the entry `$e` on `$conn` (a backend's connection or transaction); `$db` is the
-/// backend, or its `Dialect`.
-macro_rules! insert_log {
-    ($db:expr, $conn:expr, $e:expr) => {{
-        let e: &$crate::store::LogEntry = $e;
-        sqlx::query($crate::store::dialect::sql!($db, $crate::store::logs::INSERT_LOG))
-            .bind(&e.id)
-            .bind(e.time)
-            .bind(&e.app_id)
-            .bind(&e.app_name)
-            .bind(&e.trigger)
-            .bind(&e.cycle_id)
-            .bind(&e.event_id)
-            .bind(&e.job_id)
-            .bind(&e.principal_id)
-            .bind(&e.user_principal_name)
-            .bind(&e.group_id)
-            .bind(&e.action)
-            .bind(&e.status)
-            .bind(&e.reason)
-            .bind(e.deferred_until)
-            .bind(&e.target_user_id)
-            .bind(&e.target_group_id)
-            .bind(e.attempt)
-            .bind(e.duration_ms)
-            .bind(e.latency_ms)
-            .bind($crate::store::to_json(&e.steps))
-            .bind(&e.trace_id)
-            .execute($conn)
-            .await
-    }};
-}
-pub(super) use insert_log;
-
 /// What the retention purges (`purge_oldest`): the provisioning log, or the audit trail.
 pub(super) enum Trail {
     Logs,
@@ -105,10 +64,47 @@ macro_rules! log_columns {
     };
 }
 
+/// Pushes onto `$q`, a listing's query on the backend `$db`, the conditions of the filters `$f`
+/// gives (a `LogFilter` or an `AccessEndFilter`): its apps (an owner's), its app, its principal,
+/// group, event and status and each other `(column, value)` of `$equal`, and the column `$time` at
+/// or after `f.since` and before `f.until`. An app id no stored app can have answers an empty page.
+macro_rules! push_filters {
+    ($db:expr, $q:expr, $f:expr, $time:literal, [$($equal:expr),*]) => {{
+        let f = $f;
+        if let Some(ids) = &f.app_ids {
+            $db.push_app_ids(&mut $q, ids);
+        }
+        if let Some(app_id) = &f.app_id {
+            let Some(app_id) = $db.app_key(app_id) else { return Ok(Vec::new()) };
+            let (open, close) = $db.dialect().wrap("uuid");
+            $q.push(" AND app_id = ").push(open).push_bind(app_id.to_string()).push(close);
+        }
+        let common = [
+            ("principal_id", &f.principal_id),
+            ("group_id", &f.group_id),
+            ("event_id", &f.event_id),
+            ("status", &f.status),
+        ];
+        for (column, value) in common.into_iter().chain([$($equal),*]) {
+            if let Some(value) = value {
+                $q.push(format_args!(" AND {column} = ")).push_bind(value.clone());
+            }
+        }
+        let (open, close) = $db.dialect().wrap("ts");
+        if let Some(since) = f.since {
+            $q.push(concat!(" AND ", $time, " >= ")).push(open).push_bind(since).push(close);
+        }
+        if let Some(until) = f.until {
+            $q.push(concat!(" AND ", $time, " < ")).push(open).push_bind(until).push(close);
+        }
+    }};
+}
+pub(super) use push_filters;
+
 impl SqlStore {
     pub(super) async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()> {
         db_statement!(self, db, conn => {
-            insert_log!(db, &mut *conn, entry)?;
+            insert_logs(&mut *conn, std::slice::from_ref(entry)).await?;
             db.order_commits().await;
         });
         Ok(())
@@ -125,34 +121,7 @@ impl SqlStore {
                 db,
                 concat!("SELECT ", log_columns!(), " FROM provisioning_logs WHERE {numbered}")
             ));
-            if let Some(ids) = &f.app_ids {
-                db.push_app_ids(&mut q, ids);
-            }
-            if let Some(app_id) = &f.app_id {
-                let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-                let (open, close) = db.dialect().wrap("uuid");
-                q.push(" AND app_id = ").push(open).push_bind(app_id.to_string()).push(close);
-            }
-            let equal = [
-                ("principal_id", &f.principal_id),
-                ("group_id", &f.group_id),
-                ("event_id", &f.event_id),
-                ("status", &f.status),
-                ("action", &f.action),
-                ("trigger", &f.trigger),
-            ];
-            for (column, value) in equal {
-                if let Some(value) = value {
-                    q.push(format_args!(" AND {column} = ")).push_bind(value.clone());
-                }
-            }
-            let (open, close) = db.dialect().wrap("ts");
-            if let Some(since) = f.since {
-                q.push(" AND time >= ").push(open).push_bind(since).push(close);
-            }
-            if let Some(until) = f.until {
-                q.push(" AND time < ").push(open).push_bind(until).push(close);
-            }
+            push_filters!(db, q, f, "time", [("action", &f.action), ("trigger", &f.trigger)]);
             if let Some(cursor) = f.before_seq {
                 q.push(" AND seq < ").push_bind(cursor);
             }
@@ -162,12 +131,9 @@ impl SqlStore {
     }
 
     pub(super) async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(db, concat!("SELECT ", log_columns!(), " FROM provisioning_logs WHERE id = $1")))
-                .bind(id)
-                .fetch_optional(&db.pool)
-                .await?
-        }))
+        Ok(read!(self, query_as fetch_optional,
+            concat!("SELECT ", log_columns!(), " FROM provisioning_logs WHERE id = $1"),
+            id))
     }
 
     pub(super) async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {

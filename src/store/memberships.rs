@@ -2,7 +2,7 @@
 //! expiry, which queues the removals of the memberships whose end has come.
 
 use super::access_ends::insert_access_end;
-use super::dialect::{db_run, db_tx, sql};
+use super::dialect::{app_read, db_run, db_tx, read, sql};
 use super::jobs::insert_job_in;
 use super::*;
 
@@ -102,16 +102,7 @@ impl SqlStore {
         principal_id: &str,
         now: Millis,
     ) -> StoreResult<Option<String>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
-            sqlx::query_scalar(sql!(db, ENTITLED_VIA))
-                .bind(app_id)
-                .bind(target)
-                .bind(principal_id)
-                .bind(now)
-                .fetch_optional(&db.pool)
-                .await?
-        }))
+        Ok(app_read!(self, query_scalar fetch_optional, else None, ENTITLED_VIA, app_id, target, principal_id, now))
     }
 
     /// Ends the memberships whose end has come and queues their removals; answers the apps
@@ -212,14 +203,8 @@ impl SqlStore {
     }
 
     pub(super) async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT {ms MIN(end_at)} FROM memberships
-                 WHERE active = TRUE AND expired_at IS NULL AND end_at IS NOT NULL"
-            ))
-            .fetch_one(&db.pool)
-            .await?
-        }))
+        Ok(read!(self, query_scalar fetch_one,
+            "SELECT {ms MIN(end_at)} FROM memberships
+             WHERE active = TRUE AND expired_at IS NULL AND end_at IS NOT NULL"))
     }
 }

@@ -6,8 +6,8 @@ use super::access_ends::{settle_access_ends, settle_kept, settle_removed};
 use super::dialect::{db_run, db_tx, sql};
 use super::held::{hold_removal, release_held};
 use super::jobs::insert_job_in;
-use super::logs::insert_log;
-use super::targets::{put_target_group, put_target_user};
+use super::logs::insert_logs;
+use super::targets::{put_target_group, put_target_users};
 use super::*;
 
 impl SqlStore {
@@ -36,9 +36,7 @@ impl SqlStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            for (principal_id, user) in &o.users {
-                put_target_user!(db, &mut *tx, &o.app_id, principal_id, user)?;
-            }
+            put_target_users(&mut *tx, &o.app_id, &o.users).await?;
             for (display_name, id) in &o.groups {
                 put_target_group!(db, &mut *tx, &o.app_id, display_name, id)?;
             }
@@ -99,9 +97,7 @@ impl SqlStore {
             for job in &o.new_jobs {
                 insert_job_in!(db, &mut *tx, job, None, now)?;
             }
-            for entry in &o.logs {
-                insert_log!(db, &mut *tx, entry)?;
-            }
+            insert_logs(&mut *tx, &o.logs).await?;
             for change in &o.access_ends {
                 settle_access_ends!(db, &mut *tx, &o.app_id, change, now)?;
             }

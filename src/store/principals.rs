@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::dialect::{RowsConn, db_run, db_tx, execute_chunked, sql};
+use super::dialect::{RowsConn, db_tx, execute_chunked, read, sql};
 use super::*;
 use crate::rules::StoredAttributes;
 
@@ -124,12 +124,9 @@ enum Listed {
 
 impl SqlStore {
     async fn principal_row(&self, principal_id: &str) -> StoreResult<Option<PrincipalRow>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(db, concat!(principal_columns!(), " WHERE principal_id = $1")))
-                .bind(principal_id)
-                .fetch_optional(&db.pool)
-                .await?
-        }))
+        Ok(read!(self, query_as fetch_optional,
+            concat!(principal_columns!(), " WHERE principal_id = $1"),
+            principal_id))
     }
 
     pub(super) async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {

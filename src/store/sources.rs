@@ -2,7 +2,7 @@
 //! taken in, and the standing members a directory listing gives.
 
 use super::access_ends::birth_access_ends;
-use super::dialect::{db_run, db_statement, db_tx, sql};
+use super::dialect::{db_tx, execute, read, sql};
 use super::*;
 
 /// A source row as `SourceState` reads it.
@@ -39,70 +39,50 @@ impl SqlStore {
     }
 
     pub(super) async fn assigned_group_ids(&self) -> StoreResult<Vec<String>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT DISTINCT g.group_id FROM group_assignments g JOIN apps a ON a.id = g.app_id
-                 WHERE a.deleted_at IS NULL ORDER BY g.group_id"
-            ))
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(read!(self, query_scalar fetch_all,
+            "SELECT DISTINCT g.group_id FROM group_assignments g JOIN apps a ON a.id = g.app_id
+             WHERE a.deleted_at IS NULL ORDER BY g.group_id"))
     }
 
     pub(super) async fn source_state(&self, id: &str) -> StoreResult<Option<SourceState>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(db, concat!("SELECT ", source_columns!(), " FROM sources WHERE id = $1")))
-                .bind(id)
-                .fetch_optional(&db.pool)
-                .await?
-        }))
+        Ok(read!(self, query_as fetch_optional,
+            concat!("SELECT ", source_columns!(), " FROM sources WHERE id = $1"),
+            id))
     }
 
     pub(super) async fn list_sources(&self) -> StoreResult<Vec<SourceState>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(db, concat!("SELECT ", source_columns!(), " FROM sources ORDER BY id")))
-                .fetch_all(&db.pool)
-                .await?
-        }))
+        Ok(read!(self, query_as fetch_all, concat!("SELECT ", source_columns!(), " FROM sources ORDER BY id")))
     }
 
     pub(super) async fn put_source_state(&self, s: &SourceState) -> StoreResult<()> {
-        db_statement!(self, db, conn => {
-            sqlx::query(sql!(
-                db,
-                "INSERT INTO sources (id, kind, group_id, delta_link, group_info, group_info_at, last_attempt_at,
-                   last_success_at, last_error, next_poll_at)
-                 VALUES ($1, $2, $3, $4, {jsonb $5}, {ts $6}, {ts $7}, {ts $8}, $9, {ts $10})
-                 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, group_id = excluded.group_id,
-                   delta_link = excluded.delta_link, group_info = excluded.group_info,
-                   group_info_at = excluded.group_info_at, last_attempt_at = excluded.last_attempt_at,
-                   last_success_at = excluded.last_success_at, last_error = excluded.last_error,
-                   next_poll_at = excluded.next_poll_at"
-            ))
-            .bind(&s.id)
-            .bind(&s.kind)
-            .bind(&s.group_id)
-            .bind(&s.delta_link)
-            .bind(s.group_info.as_ref().map(Value::to_string))
-            .bind(s.group_info_at)
-            .bind(s.last_attempt_at)
-            .bind(s.last_success_at)
-            .bind(&s.last_error)
-            .bind(s.next_poll_at)
-            .execute(&mut *conn)
-            .await?;
-        });
+        execute!(
+            self,
+            "INSERT INTO sources (id, kind, group_id, delta_link, group_info, group_info_at, last_attempt_at,
+               last_success_at, last_error, next_poll_at)
+             VALUES ($1, $2, $3, $4, {jsonb $5}, {ts $6}, {ts $7}, {ts $8}, $9, {ts $10})
+             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, group_id = excluded.group_id,
+               delta_link = excluded.delta_link, group_info = excluded.group_info,
+               group_info_at = excluded.group_info_at, last_attempt_at = excluded.last_attempt_at,
+               last_success_at = excluded.last_success_at, last_error = excluded.last_error,
+               next_poll_at = excluded.next_poll_at",
+            &s.id,
+            &s.kind,
+            &s.group_id,
+            &s.delta_link,
+            s.group_info.as_ref().map(Value::to_string),
+            s.group_info_at,
+            s.last_attempt_at,
+            s.last_success_at,
+            &s.last_error,
+            s.next_poll_at
+        );
         Ok(())
     }
 
     pub(super) async fn seen_requests(&self, group_id: &str) -> StoreResult<Vec<(String, String)>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(db, "SELECT request_id, status FROM source_seen_requests WHERE group_id = $1"))
-                .bind(group_id)
-                .fetch_all(&db.pool)
-                .await?
-        }))
+        Ok(read!(self, query_as fetch_all,
+            "SELECT request_id, status FROM source_seen_requests WHERE group_id = $1",
+            group_id))
     }
 
     pub(super) async fn mark_requests_seen(

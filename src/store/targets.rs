@@ -2,7 +2,7 @@
 //! groups it found, and the memberships it provisioned (`provisioned`), against the memberships
 //! the sources entitle.
 
-use super::dialect::{db_run, db_statement, sql};
+use super::dialect::{RowsConn, app_read, db_statement, execute, execute_chunked, sql};
 use super::*;
 
 /// A removal job of the member (principal `$3`) from target group `$2` is pending or in flight:
@@ -18,36 +18,53 @@ const REMOVAL_OPEN: &str = "SELECT 1 FROM jobs j
                    WHERE p.app_id = {uuid $1} AND p.target_display_name = $2 AND p.principal_id = $3)))
     LIMIT 1";
 
-pub(super) const PUT_TARGET_USER: &str =
+/// What the bridge knows of principals' users at an app, their rows as `{rows $1}` (see
+/// `put_target_users`).
+const PUT_TARGET_USERS: &str =
     "INSERT INTO target_users (app_id, principal_id, target_user_id, fingerprint, created_by_us, disabled,
        enabled_by_us)
-     VALUES ({uuid $1}, $2, $3, $4, $5, $6, $7)
+     SELECT {field 0 uuid}, {field 1 text}, {field 2 text}, {field 3 text}, {field 4 bool}, {field 5 bool},
+       {field 6 bool}
+     FROM {rows $1} WHERE true
      ON CONFLICT (app_id, principal_id) DO UPDATE SET target_user_id = excluded.target_user_id,
        fingerprint = excluded.fingerprint,
        created_by_us = target_users.created_by_us OR excluded.created_by_us,
        disabled = excluded.disabled, enabled_by_us = excluded.enabled_by_us";
 
-/// Writes what the bridge knows of the principal's user at the app (`$u`, a `TargetUser`) on
-/// `$conn`: alone, or in an outcome's commit.
-macro_rules! put_target_user {
-    ($db:expr, $conn:expr, $app_id:expr, $principal_id:expr, $u:expr) => {{
-        let u: &$crate::store::TargetUser = $u;
-        sqlx::query($crate::store::dialect::sql!(
-            $db,
-            $crate::store::targets::PUT_TARGET_USER
-        ))
-        .bind($app_id)
-        .bind($principal_id)
-        .bind(&u.target_user_id)
-        .bind(&u.fingerprint)
-        .bind(u.created_by_us)
-        .bind(u.disabled)
-        .bind(u.enabled_by_us)
-        .execute($conn)
-        .await
-    }};
+/// Writes what the bridge knows of the principals' users at the app, one statement per chunk of
+/// them (`dialect::json_rows`): alone, or in an outcome's commit. A principal given twice is
+/// written once, as its last record says (the bridge created the user if either says so), since
+/// one statement may not write a row twice.
+pub(super) async fn put_target_users(
+    conn: &mut impl RowsConn,
+    app_id: &str,
+    users: &[(String, TargetUser)],
+) -> StoreResult<()> {
+    let mut rows: Vec<Value> = Vec::with_capacity(users.len());
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (principal_id, u) in users {
+        let mut row = serde_json::json!([
+            app_id,
+            principal_id,
+            u.target_user_id,
+            u.fingerprint,
+            u.created_by_us,
+            u.disabled,
+            u.enabled_by_us
+        ]);
+        match at.get(principal_id.as_str()) {
+            Some(&i) => {
+                row[4] = (u.created_by_us || rows[i][4] == true).into();
+                rows[i] = row;
+            }
+            None => {
+                at.insert(principal_id, rows.len());
+                rows.push(row);
+            }
+        }
+    }
+    Ok(execute_chunked(conn, |d| sql!(d, PUT_TARGET_USERS), &rows).await?)
 }
-pub(super) use put_target_user;
 
 pub(super) const PUT_TARGET_GROUP: &str =
     "INSERT INTO target_groups (app_id, display_name, target_group_id) VALUES ({uuid $1}, $2, $3)
@@ -71,37 +88,29 @@ pub(super) use put_target_group;
 
 impl SqlStore {
     pub(super) async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
-            sqlx::query_as(sql!(
-                db,
-                "SELECT target_user_id, fingerprint, created_by_us, disabled, enabled_by_us FROM target_users
-                 WHERE app_id = {uuid $1} AND principal_id = $2"
-            ))
-            .bind(app_id)
-            .bind(principal_id)
-            .fetch_optional(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_optional, else None,
+            "SELECT target_user_id, fingerprint, created_by_us, disabled, enabled_by_us FROM target_users
+             WHERE app_id = {uuid $1} AND principal_id = $2",
+            app_id, principal_id))
     }
 
     pub(super) async fn put_target_user(&self, app_id: &str, principal_id: &str, u: &TargetUser) -> StoreResult<()> {
         db_statement!(self, db, conn => {
-            put_target_user!(db, &mut *conn, app_id, principal_id, u)?;
+            put_target_users(&mut *conn, app_id, &[(principal_id.to_string(), u.clone())]).await?;
         });
         Ok(())
     }
 
     /// Forgets the link to a deleted account: the next entitlement matches or creates one.
     pub(super) async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()> {
-        db_statement!(self, db, conn => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(()) };
-            sqlx::query(sql!(db, "DELETE FROM target_users WHERE app_id = {uuid $1} AND principal_id = $2"))
-                .bind(app_id)
-                .bind(principal_id)
-                .execute(&mut *conn)
-                .await?;
-        });
+        if let Some(app_id) = self.app_key(app_id) {
+            execute!(
+                self,
+                "DELETE FROM target_users WHERE app_id = {uuid $1} AND principal_id = $2",
+                app_id,
+                principal_id
+            );
+        }
         Ok(())
     }
 
@@ -112,32 +121,17 @@ impl SqlStore {
             #[sqlx(flatten)]
             user: TargetUser,
         }
-        let rows: Vec<Row> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                "SELECT principal_id, target_user_id, fingerprint, created_by_us, disabled, enabled_by_us FROM target_users
-                 WHERE app_id = {uuid $1} ORDER BY {binary principal_id}"
-            ))
-            .bind(app_id)
-            .fetch_all(&db.pool)
-            .await?
-        });
+        let rows: Vec<Row> = app_read!(self, query_as fetch_all, else Vec::new(),
+            "SELECT principal_id, target_user_id, fingerprint, created_by_us, disabled, enabled_by_us FROM target_users
+             WHERE app_id = {uuid $1} ORDER BY {binary principal_id}",
+            app_id);
         Ok(rows.into_iter().map(|r| (r.principal_id, r.user)).collect())
     }
 
     pub(super) async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT target_group_id FROM target_groups WHERE app_id = {uuid $1} AND display_name = $2"
-            ))
-            .bind(app_id)
-            .bind(display_name)
-            .fetch_optional(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_scalar fetch_optional, else None,
+            "SELECT target_group_id FROM target_groups WHERE app_id = {uuid $1} AND display_name = $2",
+            app_id, display_name))
     }
 
     pub(super) async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()> {
@@ -148,14 +142,14 @@ impl SqlStore {
     }
 
     pub(super) async fn forget_target_group(&self, app_id: &str, display_name: &str) -> StoreResult<()> {
-        db_statement!(self, db, conn => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(()) };
-            sqlx::query(sql!(db, "DELETE FROM target_groups WHERE app_id = {uuid $1} AND display_name = $2"))
-                .bind(app_id)
-                .bind(display_name)
-                .execute(&mut *conn)
-                .await?;
-        });
+        if let Some(app_id) = self.app_key(app_id) {
+            execute!(
+                self,
+                "DELETE FROM target_groups WHERE app_id = {uuid $1} AND display_name = $2",
+                app_id,
+                display_name
+            );
+        }
         Ok(())
     }
 
@@ -165,239 +159,81 @@ impl SqlStore {
         principal_id: &str,
         group_id: &str,
     ) -> StoreResult<Vec<String>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT target_display_name FROM provisioned WHERE app_id = {uuid $1} AND principal_id = $2
-                 AND group_id = $3 ORDER BY {binary target_display_name}"
-            ))
-            .bind(app_id)
-            .bind(principal_id)
-            .bind(group_id)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_scalar fetch_all, else Vec::new(),
+            "SELECT target_display_name FROM provisioned WHERE app_id = {uuid $1} AND principal_id = $2
+             AND group_id = $3 ORDER BY {binary target_display_name}",
+            app_id, principal_id, group_id))
     }
 
     pub(super) async fn provisioned_for(&self, app_id: &str, m: &TargetMember) -> StoreResult<Option<String>> {
-        let found: Option<Option<String>> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT group_id FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2
-                 AND principal_id = $3"
-            ))
-            .bind(app_id)
-            .bind(&m.target_display_name)
-            .bind(&m.principal_id)
-            .fetch_optional(&db.pool)
-            .await?
-        });
+        let found: Option<Option<String>> = app_read!(self, query_scalar fetch_optional, else None,
+            "SELECT group_id FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2
+             AND principal_id = $3",
+            app_id, &m.target_display_name, &m.principal_id);
         Ok(found.flatten())
     }
 
     pub(super) async fn removal_open(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
-        let found: Option<i32> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
-            sqlx::query_scalar(sql!(db, REMOVAL_OPEN))
-                .bind(app_id)
-                .bind(&m.target_display_name)
-                .bind(&m.principal_id)
-                .fetch_optional(&db.pool)
-                .await?
-        });
+        let found: Option<i32> = app_read!(self, query_scalar fetch_optional, else None,
+            REMOVAL_OPEN,
+            app_id, &m.target_display_name, &m.principal_id);
         Ok(found.is_some())
     }
 
     pub(super) async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
-        let found: Option<i32> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT 1 FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2 AND principal_id = $3"
-            ))
-            .bind(app_id)
-            .bind(&m.target_display_name)
-            .bind(&m.principal_id)
-            .fetch_optional(&db.pool)
-            .await?
-        });
+        let found: Option<i32> = app_read!(self, query_scalar fetch_optional, else None,
+            "SELECT 1 FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2 AND principal_id = $3",
+            app_id, &m.target_display_name, &m.principal_id);
         Ok(found.is_some())
     }
 
     pub(super) async fn is_confirmed(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
-        let found: Option<i32> = db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
-            sqlx::query_scalar(sql!(
-                db,
-                "SELECT 1 FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2 AND principal_id = $3
-                 AND confirmed = TRUE"
-            ))
-            .bind(app_id)
-            .bind(&m.target_display_name)
-            .bind(&m.principal_id)
-            .fetch_optional(&db.pool)
-            .await?
-        });
+        let found: Option<i32> = app_read!(self, query_scalar fetch_optional, else None,
+            "SELECT 1 FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2 AND principal_id = $3
+             AND confirmed = TRUE",
+            app_id, &m.target_display_name, &m.principal_id);
         Ok(found.is_some())
     }
 
     pub(super) async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                "SELECT target_display_name, principal_id FROM provisioned
-                 WHERE app_id = {uuid $1} AND confirmed = FALSE
-                 ORDER BY {binary target_display_name}, {binary principal_id}"
-            ))
-            .bind(app_id)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            "SELECT target_display_name, principal_id FROM provisioned
+             WHERE app_id = {uuid $1} AND confirmed = FALSE
+             ORDER BY {binary target_display_name}, {binary principal_id}",
+            app_id))
     }
 
     pub(super) async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = {uuid $1}
-                 ORDER BY {binary target_display_name}, {binary principal_id}"
-            ))
-            .bind(app_id)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = {uuid $1}
+             ORDER BY {binary target_display_name}, {binary principal_id}",
+            app_id))
     }
 
     pub(super) async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                "SELECT target_display_name, principal_id FROM (
-                   SELECT ga.target_display_name, s.principal_id FROM group_assignments ga
-                     JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = {uuid $1}
-                   UNION
-                   SELECT ga.target_display_name, m.principal_id FROM group_assignments ga
-                     JOIN memberships m ON m.group_id = ga.group_id
-                   WHERE ga.app_id = {uuid $1} AND m.access_id = 'member' AND m.active = TRUE
-                     AND (m.start_at IS NULL OR m.start_at <= {ts $2}) AND (m.end_at IS NULL OR m.end_at > {ts $2})
-                 ) d ORDER BY {binary target_display_name}, {binary principal_id}"
-            ))
-            .bind(app_id)
-            .bind(now)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            "SELECT target_display_name, principal_id FROM (
+               SELECT ga.target_display_name, s.principal_id FROM group_assignments ga
+                 JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = {uuid $1}
+               UNION
+               SELECT ga.target_display_name, m.principal_id FROM group_assignments ga
+                 JOIN memberships m ON m.group_id = ga.group_id
+               WHERE ga.app_id = {uuid $1} AND m.access_id = 'member' AND m.active = TRUE
+                 AND (m.start_at IS NULL OR m.start_at <= {ts $2}) AND (m.end_at IS NULL OR m.end_at > {ts $2})
+             ) d ORDER BY {binary target_display_name}, {binary principal_id}",
+            app_id, now))
     }
 
     pub(super) async fn standing_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
-        Ok(db_run!(self, db => {
-            let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
-            sqlx::query_as(sql!(
-                db,
-                "SELECT target_display_name, principal_id FROM (
-                   SELECT DISTINCT ga.target_display_name, s.principal_id FROM group_assignments ga
-                     JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = {uuid $1}
-                 ) d ORDER BY {binary target_display_name}, {binary principal_id}"
-            ))
-            .bind(app_id)
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
+            "SELECT target_display_name, principal_id FROM (
+               SELECT DISTINCT ga.target_display_name, s.principal_id FROM group_assignments ga
+                 JOIN standing_members s ON s.group_id = ga.group_id WHERE ga.app_id = {uuid $1}
+             ) d ORDER BY {binary target_display_name}, {binary principal_id}",
+            app_id))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(principal: &str) -> TargetMember {
-        TargetMember {
-            target_display_name: "Target".into(),
-            principal_id: principal.into(),
-        }
-    }
-
-    /// An outcome's membership changes, written set-based, leave each member as applying them one
-    /// by one in order would: the last confirmation or removal decides, and an in-doubt add after
-    /// a removal adds the member back unconfirmed.
-    #[tokio::test]
-    async fn an_outcomes_member_changes_leave_what_applying_them_in_order_would() {
-        use MemberChange::{Confirmed, Gone, InDoubt};
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqlStore::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
-            .await
-            .unwrap();
-        Store::migrate(&store).await.unwrap();
-        let app_id = uuid::Uuid::now_v7().to_string();
-        store
-            .insert_app(&AppRecord {
-                id: app_id.clone(),
-                name: "app".into(),
-                scim_base_url: "http://127.0.0.1:9/scim/v2".into(),
-                auth_type: "bearer".into(),
-                auth_sealed: vec![0],
-                settings: AppSettings::default(),
-                owners: Vec::new(),
-                status: "active".into(),
-                status_reason: None,
-                legacy_remove: false,
-                next_sync_at: 0,
-                quarantine_level: 0,
-                created_at: 0,
-                deleted_at: None,
-                managed: false,
-            })
-            .await
-            .unwrap();
-        let record = |members: Vec<(TargetMember, MemberChange)>| Outcome {
-            app_id: app_id.clone(),
-            time: 1,
-            members,
-            ..Default::default()
-        };
-        // Before: p-confirmed confirmed, p-doubt in doubt.
-        let before = record(vec![(member("p-confirmed"), Confirmed), (member("p-doubt"), InDoubt)]);
-        Store::record(&store, &before).await.unwrap();
-
-        let changes = vec![
-            (member("p-new"), InDoubt),
-            (member("p-new"), Confirmed),
-            (member("p-confirmed"), InDoubt),
-            (member("p-doubt"), Confirmed),
-            (member("p-doubt"), Gone),
-            (member("p-back"), Confirmed),
-            (member("p-back"), Gone),
-            (member("p-back"), InDoubt),
-            (member("p-doubt-only"), InDoubt),
-        ];
-        Store::record(&store, &record(changes)).await.unwrap();
-        let state = |p: &'static str| {
-            let store = &store;
-            let app_id = app_id.clone();
-            async move {
-                match (
-                    store.is_provisioned(&app_id, &member(p)).await.unwrap(),
-                    store.is_confirmed(&app_id, &member(p)).await.unwrap(),
-                ) {
-                    (false, _) => "absent",
-                    (true, false) => "in doubt",
-                    (true, true) => "confirmed",
-                }
-            }
-        };
-        assert_eq!(state("p-new").await, "confirmed");
-        assert_eq!(
-            state("p-confirmed").await,
-            "confirmed",
-            "an in-doubt add leaves a confirmed member"
-        );
-        assert_eq!(state("p-doubt").await, "absent");
-        assert_eq!(state("p-back").await, "in doubt");
-        assert_eq!(state("p-doubt-only").await, "in doubt");
-    }
-}
+#[path = "tests/targets.rs"]
+mod tests;

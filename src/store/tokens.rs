@@ -1,6 +1,6 @@
 //! API tokens: stored by the hash of their secret, revoked by a time.
 
-use super::dialect::{db_run, db_tx, sql};
+use super::dialect::{db_tx, read, sql};
 use super::*;
 
 impl SqlStore {
@@ -22,28 +22,16 @@ impl SqlStore {
     }
 
     pub(super) async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(
-                db,
-                "SELECT id, name, role, {ms created_at} AS created_at FROM tokens
-                 WHERE hash = $1 AND revoked_at IS NULL"
-            ))
-            .bind(hash)
-            .fetch_optional(&db.pool)
-            .await?
-        }))
+        Ok(read!(self, query_as fetch_optional,
+            "SELECT id, name, role, {ms created_at} AS created_at FROM tokens
+             WHERE hash = $1 AND revoked_at IS NULL",
+            hash))
     }
 
     pub(super) async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
-        Ok(db_run!(self, db => {
-            sqlx::query_as(sql!(
-                db,
-                "SELECT id, name, role, {ms created_at} AS created_at FROM tokens WHERE revoked_at IS NULL
-                 ORDER BY created_at"
-            ))
-            .fetch_all(&db.pool)
-            .await?
-        }))
+        Ok(read!(self, query_as fetch_all,
+            "SELECT id, name, role, {ms created_at} AS created_at FROM tokens WHERE revoked_at IS NULL
+             ORDER BY created_at"))
     }
 
     pub(super) async fn revoke_token(&self, id: &str, now: Millis) -> StoreResult<bool> {

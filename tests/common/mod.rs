@@ -1262,6 +1262,18 @@ impl Bridge {
         );
     }
 
+    /// Makes the principal a standing member of the group, as the directory feed does (admin).
+    pub async fn put_standing_member(&self, group: &SourceGroup, principal: &Principal) {
+        let (status, body) = self
+            .admin(
+                Method::PUT,
+                &format!("/v1/groups/{}/members/{}", group.id, principal.id),
+                Some(json!({"principal": {"userPrincipalName": principal.upn()}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "PUT a standing member: {body}");
+    }
+
     /// `GET /v1/provisioning-logs` with the filters, as the token sees it; answers its `items`.
     pub async fn logs_as(&self, token: &str, filters: &[(&str, &str)]) -> (StatusCode, Vec<Value>) {
         let url = Url::parse_with_params(&format!("{}/v1/provisioning-logs", self.url), filters).expect("log query");

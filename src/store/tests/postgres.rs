@@ -1,0 +1,153 @@
+//! The PostgreSQL backend (`store::postgres`): its locks and notifications, against a real server.
+
+use super::*;
+use crate::store::dialect::Backend;
+use sqlx::Connection;
+
+fn pg(store: &SqlStore) -> &PostgresDb {
+    match &store.backend {
+        Backend::Postgres(db) => db,
+        Backend::Sqlite(_) => unreachable!("a PostgreSQL store"),
+    }
+}
+
+/// A fresh, migrated database on the test PostgreSQL server (`SCIM_BRIDGE_TEST_POSTGRES_URL`,
+/// default the local cluster), dropped by `drop_database`. `None` (the test skips, saying
+/// why) when there is no server, except under `CI=true`.
+async fn fresh_store() -> Option<(SqlStore, String, String)> {
+    let server = std::env::var("SCIM_BRIDGE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://scim_bridge_test:scim_bridge_test@127.0.0.1/scim_bridge_test".into());
+    let mut admin = match sqlx::PgConnection::connect(&server).await {
+        Ok(admin) => admin,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true needs PostgreSQL at {server}: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no PostgreSQL at {server} ({e}); scripts/test-deps.sh starts one");
+            return None;
+        }
+    };
+    let name = format!("scim_bridge_unit_{}", crate::crypto::random_hex(6));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create a test database");
+    let mut url = url::Url::parse(&server).expect("URL");
+    url.set_path(&format!("/{name}"));
+    let store = SqlStore::open(url.as_str()).await.expect("open");
+    store.migrate().await.expect("migrate");
+    Some((store, server, name))
+}
+
+async fn drop_database(store: SqlStore, server: &str, name: &str) {
+    pg(&store).pool.close().await;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(server).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+    }
+}
+
+/// Waits (without sleeping on a guess) until some backend of the database waits for a lock.
+async fn until_someone_waits_for_a_lock(store: &PostgresDb) {
+    loop {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Two writers of a principal that has no row yet (a webhook and the directory feed, on two
+/// replicas): the second waits for the first and merges into what it wrote, so no attribute
+/// is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_of_a_new_principal_take_turns_and_keep_every_attribute() {
+    let Some((store, server, name)) = fresh_store().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    let now = 1_000_000;
+    // The first writer is a webhook: `accept_events` holds the principal's key.
+    let mut first = pg(&store).begin().await.unwrap();
+    pg(&store).lock_principal(&mut first, "p-1").await.unwrap();
+    crate::store::principals::merge_principal(
+        &mut *first,
+        "p-1",
+        &serde_json::json!({"userPrincipalName": "ada@example.test", "mail": "ada@example.test"}),
+        now,
+        now,
+    )
+    .await
+    .unwrap();
+    let second = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .put_principal_attributes(
+                    "p-1",
+                    &serde_json::json!({"userPrincipalName": "ada@example.test", "department": "Research"}),
+                    now + 1,
+                )
+                .await
+        })
+    };
+    until_someone_waits_for_a_lock(pg(&store)).await;
+    first.commit().await.unwrap();
+    second.await.unwrap().unwrap();
+
+    let attributes = store.principal_attributes("p-1").await.unwrap().expect("stored");
+    assert_eq!(attributes["mail"], "ada@example.test", "{attributes:?}");
+    assert_eq!(attributes["department"], "Research", "{attributes:?}");
+    let store = Arc::into_inner(store).expect("the only reference");
+    drop_database(store, &server, &name).await;
+}
+
+fn event(raw: serde_json::Value, now: Millis) -> (Event, Effect) {
+    let event = crate::activation::parse(&raw).expect("a valid event");
+    let effect = crate::activation::judge(&event, now).expect("within the rules");
+    (event, effect)
+}
+
+/// A shortened end queues no job, but the replica that runs the expiry timer must hear of it
+/// at once, not at its next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_extension_that_queues_no_job_still_wakes_the_expiry_timer() {
+    let Some((store, server, name)) = fresh_store().await else {
+        return;
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let at = crate::clock::to_rfc3339(now);
+    let grant = serde_json::json!({
+        "id": "req-1", "action": "selfActivate", "accessId": "member", "principalId": "p-1",
+        "groupId": "g-1", "status": "Provisioned", "createdDateTime": at,
+        "scheduleInfo": {"startDateTime": at, "expiration": {"type": "afterDuration", "duration": "PT8H"}},
+        "principal": {"userPrincipalName": "ada@example.test"},
+    });
+    store.accept_events(&[event(grant, now)], now).await.unwrap();
+
+    let mut listener = store.listen_work().await.unwrap().expect("a listener");
+    let later = crate::clock::to_rfc3339(now + 1_000);
+    let shorten = serde_json::json!({
+        "id": "req-2", "action": "adminUpdate", "accessId": "member", "principalId": "p-1",
+        "groupId": "g-1", "status": "Provisioned", "createdDateTime": later,
+        "scheduleInfo": {"startDateTime": at, "expiration": {"type": "afterDuration", "duration": "PT10M"}},
+    });
+    let answers = store
+        .accept_events(&[event(shorten, now + 1_000)], now + 1_000)
+        .await
+        .unwrap();
+    assert_eq!(answers, [Acceptance::Accepted { jobs: Vec::new() }]);
+    let heard = tokio::time::timeout(Duration::from_secs(10), listener.next())
+        .await
+        .expect("a notification within 10 s");
+    assert_eq!(heard.as_deref(), Some("expiry"));
+    drop(listener);
+    drop_database(store, &server, &name).await;
+}

@@ -1,0 +1,107 @@
+//! The SQLite backend (`store::sqlite`): its group commit of concurrent webhooks.
+
+use super::*;
+
+fn event(id: &str, principal: &str, now: Millis) -> (Event, Effect) {
+    let now = crate::clock::to_rfc3339(now);
+    let raw = serde_json::json!({
+        "id": id, "action": "selfActivate", "accessId": "member", "principalId": principal,
+        "groupId": "g-1", "status": "Provisioned", "createdDateTime": now,
+        "scheduleInfo": {"startDateTime": now, "expiration": {"type": "afterDuration", "duration": "PT2H"}},
+        "principal": {"userPrincipalName": format!("{principal}@example.test")},
+    });
+    let event = crate::activation::parse(&raw).expect("a valid event");
+    let effect = crate::activation::judge(&event, chrono::Utc::now().timestamp_millis()).expect("within the rules");
+    (event, effect)
+}
+
+/// Concurrent webhooks are committed in groups, each answered as if alone: every event is
+/// stored once, and of two copies of one event sent at once, one is accepted and one is a
+/// duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_webhooks_committed_together_are_each_answered_as_if_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteDb::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap(),
+    );
+    store.migrate().await.unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = store.clone();
+        // Events 0..100 are sent twice, at once.
+        let id = format!("event-{}", i % 100);
+        let principal = format!("p-{}", i % 100);
+        tasks.push(tokio::spawn(async move {
+            store.accept_grouped(&[event(&id, &principal, now)], now).await
+        }));
+    }
+    let mut accepted = 0;
+    let mut duplicates = 0;
+    for t in tasks {
+        match t.await.unwrap().expect("committed").as_slice() {
+            [Acceptance::Accepted { .. }] => accepted += 1,
+            [Acceptance::Duplicate { .. }] => duplicates += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!((accepted, duplicates), (100, 100));
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 100);
+}
+
+/// The webhook whose turn commits a group can be dropped mid-commit (its client went away):
+/// the others in the group are still committed and answered, and so is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commit_goes_on_when_the_webhook_that_leads_it_is_dropped() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = Arc::new(SqliteDb::open(&format!("sqlite://{}", path.display())).await.unwrap());
+    store.migrate().await.unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+
+    // Both webhooks queue while the turn is taken, so that the first commits them together.
+    let turn = store.write_turn.clone().lock_owned().await;
+    let accept = |id: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move { store.accept_grouped(&[event(id, id, now)], now).await })
+    };
+    let leader = accept("leader");
+    while store.intake.lock().unwrap().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let follower = accept("follower");
+    while store.intake.lock().unwrap().len() < 2 {
+        tokio::task::yield_now().await;
+    }
+    // Another writer holds the database, so the group's commit waits once it has begun.
+    let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut holder).await.unwrap();
+    drop(turn);
+    while !store.intake.lock().unwrap().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    // The leader took the group: its request goes away.
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+
+    match follower.await.unwrap().expect("the follower is committed").as_slice() {
+        [Acceptance::Accepted { .. }] => {}
+        other => panic!("unexpected answer {other:?}"),
+    }
+    let mut stored: Vec<String> = sqlx::query_scalar("SELECT id FROM events")
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+    stored.sort();
+    assert_eq!(stored, ["follower", "leader"]);
+}
