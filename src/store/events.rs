@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use tracing::instrument;
 
-use super::dialect::{Backend, RowsConn, execute_chunked, json_rows, read, sql};
+use super::dialect::{RowsConn, db_run, execute_chunked, json_rows, read, sql};
 use super::logs::insert_logs;
 use super::principals::{read_principals, write_principals};
 use super::*;
@@ -102,25 +102,8 @@ const INSERT_ACCESS_ENDS: &str = "INSERT INTO access_ends (id, app_id, principal
 impl SqlStore {
     #[instrument(skip_all, fields(events = items.len()))]
     pub(super) async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
-        match &self.backend {
-            Backend::Sqlite(db) => db.accept_grouped(items, now).await,
-            Backend::Postgres(db) => {
-                // One transaction per call: 202 means all of its events are committed.
-                let mut tx = db.begin().await?;
-                db.lock_intake(&mut tx, items).await?;
-                let batch: Vec<Item> = items
-                    .iter()
-                    .map(|(event, effect)| Item { event, effect, now })
-                    .collect();
-                let written = write_batch(&mut *tx, &batch).await?;
-                db.announce_intake(&mut tx, &written.answers).await?;
-                db.commit(tx).await?;
-                if written.logged {
-                    db.order_commits().await;
-                }
-                Ok(written.answers)
-            }
-        }
+        // Both group the webhooks that arrive while a commit is made (`group_commit`).
+        db_run!(self, db => db.accept_grouped(items, now).await)
     }
 
     pub(super) async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {

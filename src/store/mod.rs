@@ -9,6 +9,7 @@ mod config;
 mod cycles;
 mod dialect;
 mod events;
+mod group_commit;
 mod held;
 mod jobs;
 mod links;

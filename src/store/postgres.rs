@@ -18,10 +18,16 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::audit::insert_audit;
 use super::dialect::{Dialect, count_commit, count_statement};
+use super::events::{Item, write_batch};
+use super::group_commit::{GroupCommit, GroupWriter};
 use super::*;
 
+#[derive(Clone)]
 pub struct PostgresDb {
     pub(super) pool: PgPool,
+    /// The webhooks' group commit of this process (see `group_commit`); processes commit side by
+    /// side, their events' advisory locks taken first (`lock_intake`).
+    intake: Arc<GroupCommit>,
 }
 
 type Tx = Transaction<'static, Postgres>;
@@ -58,7 +64,10 @@ impl PostgresDb {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            intake: Arc::new(GroupCommit::new(Arc::new(tokio::sync::Mutex::new(())))),
+        })
     }
 
     /// Begins a write. Inside work done under a lease (`crate::lease::scope`) the lease row must
@@ -163,9 +172,9 @@ impl PostgresDb {
     /// and the membership and principal an event judges and updates, which must see what an
     /// earlier event wrote. All of a batch's locks are taken at once, in one order, so two
     /// batches never wait on each other in a circle.
-    pub(super) async fn lock_intake(&self, tx: &mut Tx, items: &[(Event, Effect)]) -> StoreResult<()> {
+    pub(super) async fn lock_intake(&self, tx: &mut Tx, items: &[Item<'_>]) -> StoreResult<()> {
         let mut keys = Vec::with_capacity(items.len() * 3);
-        for (e, _) in items {
+        for e in items.iter().map(|item| item.event) {
             keys.push(format!("event\n{}\n{}", e.id, e.status));
             keys.push(format!(
                 "membership\n{}\n{}\n{}",
@@ -378,3 +387,28 @@ impl WorkListener for PgWorkListener {
 #[cfg(test)]
 #[path = "tests/postgres.rs"]
 mod tests;
+
+impl PostgresDb {
+    /// The webhook intake's group commit (`SqlStore::accept_events`).
+    pub(super) async fn accept_grouped(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
+        self.intake.accept(Arc::new(self.clone()), items, now).await
+    }
+}
+
+/// A group of webhooks in one transaction: their events' locks first, then the batch, then the
+/// replicas told of the work, all before the commit.
+impl GroupWriter for PostgresDb {
+    fn write<'a>(&'a self, batch: &'a [Item<'a>]) -> futures::future::BoxFuture<'a, StoreResult<Vec<Acceptance>>> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            self.lock_intake(&mut tx, batch).await?;
+            let written = write_batch(&mut *tx, batch).await?;
+            self.announce_intake(&mut tx, &written.answers).await?;
+            self.commit(tx).await?;
+            if written.logged {
+                self.order_commits().await;
+            }
+            Ok(written.answers)
+        })
+    }
+}

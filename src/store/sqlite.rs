@@ -12,6 +12,7 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 use super::audit::insert_audit;
 use super::dialect::{Dialect, count_commit};
 use super::events::{Item, write_batch};
+use super::group_commit::{GroupCommit, GroupWriter};
 use super::*;
 
 pub struct SqliteDb {
@@ -21,15 +22,8 @@ pub struct SqliteDb {
     /// database's busy handler, holding a connection) keeps a flood of webhooks from taking every
     /// connection and starving the dispatchers' reads and commits.
     write_turn: Arc<tokio::sync::Mutex<()>>,
-    /// Webhooks waiting for the next group commit (see `accept_events`).
-    intake: std::sync::Mutex<Vec<Waiting>>,
-}
-
-/// A webhook's events waiting to be committed, and where its answer goes once they are.
-struct Waiting {
-    items: Vec<(Event, Effect)>,
-    now: Millis,
-    answer: tokio::sync::oneshot::Sender<StoreResult<Vec<Acceptance>>>,
+    /// The webhooks' group commit, in the write turn (see `group_commit`).
+    intake: GroupCommit,
 }
 
 type Tx = Transaction<'static, Sqlite>;
@@ -136,10 +130,11 @@ impl SqliteDb {
             .connect_with(options.clone())
             .await?;
         owner_only(options.get_filename());
+        let write_turn = Arc::new(tokio::sync::Mutex::new(()));
         Ok(Self {
             pool,
-            write_turn: Arc::new(tokio::sync::Mutex::new(())),
-            intake: std::sync::Mutex::new(Vec::new()),
+            intake: GroupCommit::new(write_turn.clone()),
+            write_turn,
         })
     }
 
@@ -160,87 +155,9 @@ impl SqliteDb {
         Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 
-    /// The webhook intake's group commit (`SqlStore::accept_events`).
+    /// The webhook intake's group commit (`SqlStore::accept_events`), in the write turn.
     pub(super) async fn accept_grouped(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
-        // Group commit: a webhook queues its events and waits for its turn to write. Webhooks
-        // that arrived while another commit was being made to disk are then committed together,
-        // one fsync for all (if one webhook's write fails, each is written again alone, so only
-        // that one is refused). Each is answered only after the commit: 202 still means committed.
-        let (answer, mut answered) = tokio::sync::oneshot::channel();
-        self.intake.lock().expect("lock").push(Waiting {
-            items: items.to_vec(),
-            now,
-            answer,
-        });
-        let turn = self.write_turn.clone().lock_owned().await;
-        if let Ok(done) = answered.try_recv() {
-            // The turn before this one committed it with its own.
-            return done;
-        }
-        let group = std::mem::take(&mut *self.intake.lock().expect("lock"));
-        // The commit runs in a task of its own, holding the turn: if this webhook's request is
-        // dropped (its client went away), the others in the group are still committed and
-        // answered.
-        let pool = self.pool.clone();
-        let commit = tokio::spawn(async move {
-            Self::commit_group(&pool, group).await;
-            drop(turn);
-        });
-        if let Err(e) = commit.await
-            && e.is_panic()
-        {
-            std::panic::resume_unwind(e.into_panic());
-        }
-        answered
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Corrupt("a webhook's commit was abandoned".into())))
-    }
-
-    /// Commits the queued webhooks in one transaction and answers each (the caller holds the
-    /// write turn). If one webhook's write fails, the group is rolled back and each webhook is
-    /// committed alone, so that only the failing one is refused.
-    async fn commit_group(pool: &SqlitePool, group: Vec<Waiting>) {
-        let results = match Self::write_group(pool, &group).await {
-            Ok(results) => results.into_iter().map(Ok).collect(),
-            Err(_) if group.len() > 1 => {
-                let mut results = Vec::with_capacity(group.len());
-                for w in &group {
-                    results.push(
-                        Self::write_group(pool, std::slice::from_ref(w))
-                            .await
-                            .map(|mut r| r.pop().expect("one webhook, one answer")),
-                    );
-                }
-                results
-            }
-            Err(e) => vec![Err(e)],
-        };
-        for (w, result) in group.into_iter().zip(results) {
-            let _ = w.answer.send(result);
-        }
-    }
-
-    /// The webhooks' events in one transaction: every answer, or the first error (nothing
-    /// written).
-    async fn write_group(pool: &SqlitePool, group: &[Waiting]) -> StoreResult<Vec<Vec<Acceptance>>> {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let batch: Vec<Item> = group
-            .iter()
-            .flat_map(|w| {
-                w.items.iter().map(|(event, effect)| Item {
-                    event,
-                    effect,
-                    now: w.now,
-                })
-            })
-            .collect();
-        let mut answers = write_batch(&mut *tx, &batch).await?.answers.into_iter();
-        tx.commit().await?;
-        count_commit();
-        Ok(group
-            .iter()
-            .map(|w| answers.by_ref().take(w.items.len()).collect())
-            .collect())
+        self.intake.accept(Arc::new(self.pool.clone()), items, now).await
     }
 
     /// No principal locks here: SQLite's writers take turns (see `PostgresDb::lock_principal`).
@@ -271,3 +188,16 @@ impl SqliteDb {
 #[cfg(test)]
 #[path = "tests/sqlite.rs"]
 mod tests;
+
+/// A group of webhooks in one `BEGIN IMMEDIATE` transaction (the caller holds the write turn).
+impl GroupWriter for SqlitePool {
+    fn write<'a>(&'a self, batch: &'a [Item<'a>]) -> futures::future::BoxFuture<'a, StoreResult<Vec<Acceptance>>> {
+        Box::pin(async move {
+            let mut tx = self.begin_with("BEGIN IMMEDIATE").await?;
+            let answers = write_batch(&mut *tx, batch).await?.answers;
+            tx.commit().await?;
+            count_commit();
+            Ok(answers)
+        })
+    }
+}

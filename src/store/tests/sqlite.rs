@@ -73,11 +73,11 @@ async fn a_group_commit_goes_on_when_the_webhook_that_leads_it_is_dropped() {
         tokio::spawn(async move { store.accept_grouped(&[event(id, id, now)], now).await })
     };
     let leader = accept("leader");
-    while store.intake.lock().unwrap().is_empty() {
+    while store.intake.queued() == 0 {
         tokio::task::yield_now().await;
     }
     let follower = accept("follower");
-    while store.intake.lock().unwrap().len() < 2 {
+    while store.intake.queued() < 2 {
         tokio::task::yield_now().await;
     }
     // Another writer holds the database, so the group's commit waits once it has begun.
@@ -86,7 +86,7 @@ async fn a_group_commit_goes_on_when_the_webhook_that_leads_it_is_dropped() {
         .unwrap();
     sqlx::query("BEGIN EXCLUSIVE").execute(&mut holder).await.unwrap();
     drop(turn);
-    while !store.intake.lock().unwrap().is_empty() {
+    while store.intake.queued() > 0 {
         tokio::task::yield_now().await;
     }
     // The leader took the group: its request goes away.
