@@ -486,6 +486,16 @@ async fn a_cycle_stopped_between_steps_resumes_under_its_id_after_a_restart() {
         .await;
     assert_eq!(entry["trigger"], "directory", "{entry}");
     assert_eq!(entry["cycleId"], cycle_id.as_str(), "{entry}");
+    // The users created before the stop, whose chunk had not committed yet, are known as the
+    // bridge's own: the stop wrote them, and the resumed cycle did not match them as strangers.
+    for p in &standing {
+        let (status, link) = stack
+            .bridge
+            .admin(Method::GET, &format!("/v1/apps/{app_id}/users/{}", p.id), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{link}");
+        assert_eq!(link["createdByBridge"], true, "{link}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -227,6 +227,19 @@ impl Cycle {
         }
     }
 
+    /// Writes what the cycle carries, if anything (a stop between a chunk's user steps and its
+    /// PATCH): the users matched or created, the failures logged.
+    pub async fn write_carried(&mut self, ctx: &Ctx) -> anyhow::Result<()> {
+        let c = &self.carried;
+        if c.users.is_empty() && c.groups.is_empty() && c.logs.is_empty() && c.members.is_empty() {
+            return Ok(());
+        }
+        let app_id = self.record.app_id.clone();
+        let outcome = self.outcome(&app_id, ctx.now(), StepResult::default());
+        ctx.store.record(&outcome).await?;
+        Ok(())
+    }
+
     /// The principal's user as a step of the chunk recorded it, not committed yet.
     fn carried_user(&self, principal: &str) -> Option<&TargetUser> {
         self.carried.users.iter().rfind(|(p, _)| p == principal).map(|(_, u)| u)

@@ -165,7 +165,14 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
             _ = ctx.clock.sleep_until(next) => {}
         }
     }
-    if let Some(cycle) = &d.cycle {
+    if let Some(cycle) = &mut d.cycle {
+        // A stop (not a lost lease, whose writes are refused) writes what the cycle's user steps
+        // learned since its last commit, so that the resumed cycle knows the users they created.
+        if stop.is_cancelled()
+            && let Err(e) = cycle.write_carried(&ctx).await
+        {
+            tracing::warn!(app_id, error = %e, "could not write what the stopped cycle's user steps learned");
+        }
         tracing::info!(app_id, cycle_id = %cycle.id(), "cycle stopped between steps; it resumes after the restart");
     }
     tracing::info!(app_id, "dispatcher stopped");

@@ -223,8 +223,7 @@ impl SqlStore {
     }
 
     pub(super) async fn open_access_ends(&self) -> StoreResult<Vec<AccessEnd>> {
-        Ok(read!(self, query_as fetch_all,
-        concat!(
+        Ok(read!(self, query_as fetch_all, concat!(
             "SELECT ", access_end_columns!(), " FROM access_ends
              WHERE status IN ('pending', 'failed', 'held') ORDER BY ended_at"
         )))
