@@ -163,8 +163,8 @@ async fn check_access_end(
 /// Names are unique (SPEC §9): 409 when another app has `name`. (The store refuses it too, when
 /// two requests race.)
 async fn name_is_free(ctx: &ApiContext, name: &str, except: Option<&str>) -> ApiResult<()> {
-    let apps = ctx.engine.ctx.store.list_apps().await?;
-    match apps.iter().find(|a| a.name == name && Some(a.id.as_str()) != except) {
+    let named = ctx.engine.ctx.store.app_named(name).await?;
+    match named.iter().find(|id| Some(id.as_str()) != except) {
         // Not which app: the caller may not see it.
         Some(_) => Err(ApiError::conflict_on(
             "name",

@@ -1,6 +1,6 @@
 //! Apps (the SCIM targets), their group assignments, and the sealed credentials' key check.
 
-use super::dialect::{db_run, db_statement, db_tx, sql};
+use super::dialect::{db_run, db_statement, db_tx, read, sql};
 use super::*;
 
 /// An app row as `AppRecord` reads it.
@@ -178,6 +178,11 @@ impl SqlStore {
             .fetch_optional(&db.pool)
             .await?
         }))
+    }
+
+    pub(super) async fn app_named(&self, name: &str) -> StoreResult<Vec<String>> {
+        Ok(read!(self, query_scalar fetch_all,
+            "SELECT {text id} FROM apps WHERE name = $1 AND deleted_at IS NULL ORDER BY created_at, id", name))
     }
 
     pub(super) async fn list_apps(&self) -> StoreResult<Vec<AppRecord>> {

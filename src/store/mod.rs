@@ -738,6 +738,8 @@ pub trait Store: Send + Sync + 'static {
     async fn change_app(&self, id: &str, changes: &AppChanges) -> StoreResult<()>;
     async fn get_app(&self, id: &str) -> StoreResult<Option<AppRecord>>;
     async fn list_apps(&self) -> StoreResult<Vec<AppRecord>>;
+    /// The ids of the apps (not deleted) that have this name.
+    async fn app_named(&self, name: &str) -> StoreResult<Vec<String>>;
     async fn set_app_status(
         &self,
         id: &str,

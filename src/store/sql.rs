@@ -56,6 +56,7 @@ store_impl! {
     fn change_app(id: &str, changes: &AppChanges) -> ();
     fn get_app(id: &str) -> Option<AppRecord>;
     fn list_apps() -> Vec<AppRecord>;
+    fn app_named(name: &str) -> Vec<String>;
     fn set_app_status(id: &str, status: &str, reason: Option<&str>, level: i64) -> ();
     fn set_next_sync(id: &str, at: Millis) -> ();
     fn delete_app(id: &str, now: Millis) -> ();
