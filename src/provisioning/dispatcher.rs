@@ -216,6 +216,15 @@ impl Dispatcher {
         {
             return mapping.clone();
         }
+        if app.settings.attribute_mapping.is_none() && app.settings.matching.is_none() {
+            // Most apps take the default: one compiled copy for all of them.
+            static DEFAULT: std::sync::OnceLock<Arc<AppMapping>> = std::sync::OnceLock::new();
+            let mapping = DEFAULT
+                .get_or_init(|| Arc::new(AppMapping::compile(None, None).expect("the default mapping compiles")))
+                .clone();
+            self.mapping = Some((key, mapping.clone()));
+            return mapping;
+        }
         let mapping = Arc::new(app.settings.compiled_mapping().unwrap_or_else(|e| {
             // Validated when saved; a mapping stored by hand that does not compile falls back.
             tracing::error!(app_id = %app.id, field = %e.field, error = %e.message, "the app's attribute mapping does not compile: using the default");
