@@ -52,6 +52,17 @@ impl GroupCommit {
         items: &[(Event, Effect)],
         now: Millis,
     ) -> StoreResult<Vec<Acceptance>> {
+        if crate::lease::current().is_some() {
+            // Work done under a lease (a directory poll) is fenced by the lease of the task that
+            // writes it (`PostgresDb::begin`): it is written alone, in this task, never in a
+            // group another task commits.
+            let _turn = self.turn.lock().await;
+            let batch: Vec<Item> = items
+                .iter()
+                .map(|(event, effect)| Item { event, effect, now })
+                .collect();
+            return writer.write(&batch).await;
+        }
         let (answer, mut answered) = tokio::sync::oneshot::channel();
         self.queue.lock().expect("lock").push(Waiting {
             items: items.to_vec(),
