@@ -172,6 +172,10 @@ async fn a_document_dry_runs_applies_and_applies_again_as_unchanged() {
     let (code, yaml, stderr) = cli(&bridge, &["export"], &[]).await;
     assert_eq!(code, 0, "{stderr}");
     let file = write(dir.path(), "apps.yaml", &yaml);
+    let (code, json_text, stderr) = cli(&bridge, &["export", "--format", "json"], &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let as_json: Value = serde_json::from_str(&json_text).expect("export --format json prints JSON");
+    assert_eq!(as_json, exported, "the same document as GET /v1/config");
     let secrets = [
         ("SCIM_BRIDGE_APP_HR_TOKEN", target.credential()),
         ("SCIM_BRIDGE_APP_PAYROLL_TOKEN", target.credential()),

@@ -48,23 +48,15 @@ async fn apps_assigned(store: &SharedStore, group: &str, count: usize, now: i64)
     for i in 0..count {
         let id = uuid::Uuid::now_v7().to_string();
         store
-            .insert_app(&AppRecord {
-                id: id.clone(),
-                name: format!("app {i}"),
-                scim_base_url: "http://127.0.0.1:9/scim/v2".into(),
-                auth_type: "bearer".into(),
-                auth_sealed: vec![0],
-                settings: AppSettings::default(),
-                owners: Vec::new(),
-                status: "active".into(),
-                status_reason: None,
-                legacy_remove: false,
-                next_sync_at: now + 3_600_000,
-                quarantine_level: 0,
-                created_at: now,
-                deleted_at: None,
-                managed: false,
-            })
+            .insert_app(&AppRecord::new(
+                &id,
+                &format!("app {i}"),
+                "http://127.0.0.1:9/scim/v2",
+                ("bearer".into(), vec![0]),
+                AppSettings::default(),
+                now,
+                now + 3_600_000,
+            ))
             .await
             .expect("insert an app");
         store

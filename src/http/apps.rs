@@ -470,8 +470,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-/// A new app, active, owned by nobody yet, unmanaged, its first cycle an interval away (spread
-/// so that many apps registered together do not fire at once).
+/// A new app (`AppRecord::new`), its first cycle an interval away (spread so that many apps
+/// registered together do not fire at once).
 pub(super) fn new_app(
     ctx: &ApiContext,
     id: &str,
@@ -481,23 +481,7 @@ pub(super) fn new_app(
     settings: &AppSettings,
     now: crate::clock::Millis,
 ) -> AppRecord {
-    let mut app = AppRecord {
-        id: id.to_string(),
-        name: name.to_string(),
-        scim_base_url: url.to_string(),
-        auth_type,
-        auth_sealed,
-        settings: settings.clone(),
-        owners: Vec::new(),
-        status: "active".into(),
-        status_reason: None,
-        legacy_remove: false,
-        next_sync_at: 0,
-        quarantine_level: 0,
-        created_at: now,
-        deleted_at: None,
-        managed: false,
-    };
+    let mut app = AppRecord::new(id, name, url, (auth_type, auth_sealed), settings.clone(), now, 0);
     let interval = ctx.engine.ctx.sync_interval_ms(&app);
     let jitter = i64::from(u16::from_le_bytes(crate::crypto::random_bytes::<2>())) * (interval / 8) / 65_535;
     app.next_sync_at = now + interval + jitter;

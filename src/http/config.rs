@@ -121,10 +121,7 @@ fn stored_auth(ctx: &ApiContext, app: &AppRecord) -> Option<Map<String, Value>> 
 /// The settings as a plan compares them: the defaults that do not depend on the bridge's own
 /// configuration filled in, so that naming a default and leaving it out are the same.
 fn comparable(settings: &AppSettings) -> Map<String, Value> {
-    let mut s = settings.clone();
-    s.attribute_mapping.get_or_insert_with(crate::mapping::default_mapping);
-    s.matching
-        .get_or_insert_with(|| crate::mapping::DEFAULT_MATCHING.iter().map(|t| t.to_string()).collect());
+    let mut s = with_mapping(settings);
     s.provision_groups = Some(s.provisions_groups());
     s.on_access_end = Some(s.on_access_end());
     s.deletion_guard = Some(s.deletion_guard());
@@ -132,6 +129,15 @@ fn comparable(settings: &AppSettings) -> Map<String, Value> {
         Value::Object(m) => m,
         _ => Map::new(),
     }
+}
+
+/// The settings with the mapping and matching in effect written out (the document holds them).
+fn with_mapping(settings: &AppSettings) -> AppSettings {
+    let mut s = settings.clone();
+    s.attribute_mapping.get_or_insert_with(crate::mapping::default_mapping);
+    s.matching
+        .get_or_insert_with(|| crate::mapping::DEFAULT_MATCHING.iter().map(|t| t.to_string()).collect());
+    s
 }
 
 fn export(ctx: &ApiContext, stored: &Stored) -> ConfigDocument {
@@ -152,13 +158,7 @@ fn export(ctx: &ApiContext, stored: &Stored) -> ConfigDocument {
                     auth.insert((*field).into(), json!(format!("${{{base}_{suffix}}}")));
                 }
             }
-            let mut settings = app.settings.clone();
-            settings
-                .attribute_mapping
-                .get_or_insert_with(crate::mapping::default_mapping);
-            settings
-                .matching
-                .get_or_insert_with(|| crate::mapping::DEFAULT_MATCHING.iter().map(|t| t.to_string()).collect());
+            let settings = with_mapping(&app.settings);
             ConfigApp {
                 id: Some(app.id.clone()),
                 name: app.name.clone(),
@@ -761,7 +761,6 @@ pub async fn put_config(
             id: app.id.clone(),
             ..Default::default()
         };
-        let counts = provisioned(&ctx, &app.id).await?;
         for g in &entry.groups {
             let put = Assignment {
                 app_id: app.id.clone(),
@@ -780,15 +779,24 @@ pub async fn put_config(
             }
             update.put_groups.push(put);
         }
-        for (group_id, target) in &stored_groups {
-            if !entry.groups.iter().any(|g| g.group_id == *group_id) {
-                group_changes.removed.push(RemovedGroup {
-                    group_id: group_id.to_string(),
-                    target_display_name: target.to_string(),
-                    provisioned_members: counts.get(*target).copied().unwrap_or(0),
-                });
-                update.remove_groups.push(group_id.to_string());
-            }
+        let removed: Vec<(&str, &str)> = stored_groups
+            .iter()
+            .filter(|(group_id, _)| !entry.groups.iter().any(|g| g.group_id == **group_id))
+            .map(|(g, t)| (*g, *t))
+            .collect();
+        // Read only when a group goes: most updates unassign nothing.
+        let counts = if removed.is_empty() {
+            HashMap::new()
+        } else {
+            provisioned(&ctx, &app.id).await?
+        };
+        for (group_id, target) in removed {
+            group_changes.removed.push(RemovedGroup {
+                group_id: group_id.to_string(),
+                target_display_name: target.to_string(),
+                provisioned_members: counts.get(target).copied().unwrap_or(0),
+            });
+            update.remove_groups.push(group_id.to_string());
         }
         let groups_changed =
             !(group_changes.added.is_empty() && group_changes.removed.is_empty() && group_changes.renamed.is_empty());

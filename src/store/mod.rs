@@ -322,6 +322,38 @@ pub struct AppRecord {
     pub managed: bool,
 }
 
+impl AppRecord {
+    /// A new app: active, owned by nobody, not managed by a document, not quarantined, its first
+    /// cycle at `next_sync_at`.
+    pub fn new(
+        id: &str,
+        name: &str,
+        scim_base_url: &str,
+        (auth_type, auth_sealed): (String, Vec<u8>),
+        settings: AppSettings,
+        now: Millis,
+        next_sync_at: Millis,
+    ) -> Self {
+        Self {
+            id: id.to_string(),
+            name: name.to_string(),
+            scim_base_url: scim_base_url.to_string(),
+            auth_type,
+            auth_sealed,
+            settings,
+            owners: Vec::new(),
+            status: "active".into(),
+            status_reason: None,
+            legacy_remove: false,
+            next_sync_at,
+            quarantine_level: 0,
+            created_at: now,
+            deleted_at: None,
+            managed: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TokenRecord {
     pub id: String,

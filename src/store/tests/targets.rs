@@ -22,23 +22,15 @@ async fn an_outcomes_member_changes_leave_what_applying_them_in_order_would() {
     Store::migrate(&store).await.unwrap();
     let app_id = uuid::Uuid::now_v7().to_string();
     store
-        .insert_app(&AppRecord {
-            id: app_id.clone(),
-            name: "app".into(),
-            scim_base_url: "http://127.0.0.1:9/scim/v2".into(),
-            auth_type: "bearer".into(),
-            auth_sealed: vec![0],
-            settings: AppSettings::default(),
-            owners: Vec::new(),
-            status: "active".into(),
-            status_reason: None,
-            legacy_remove: false,
-            next_sync_at: 0,
-            quarantine_level: 0,
-            created_at: 0,
-            deleted_at: None,
-            managed: false,
-        })
+        .insert_app(&AppRecord::new(
+            &app_id,
+            "app",
+            "http://127.0.0.1:9/scim/v2",
+            ("bearer".into(), vec![0]),
+            AppSettings::default(),
+            0,
+            0,
+        ))
         .await
         .unwrap();
     let record = |members: Vec<(TargetMember, MemberChange)>| Outcome {
