@@ -53,18 +53,39 @@ if ! command -v pg_ctlcluster >/dev/null 2>&1; then
 elif [[ "$(id -u)" -ne 0 ]]; then
     say "not root: PostgreSQL cluster left as it is"
 else
-    if pg_ctlcluster 15 main status >/dev/null 2>&1; then
-        say "PostgreSQL 15/main already running"
-    else
-        say "starting PostgreSQL 15/main"
-        pg_ctlcluster 15 main start || say "pg_ctlcluster 15 main start failed (PostgreSQL tests will fail)"
-    fi
+    # A cluster stopped without a shutdown (a machine switched off) first syncs its whole data
+    # directory, which on a slow disk takes longer than pg_ctl's default 60 s: allow 10 minutes, and
+    # take a cluster that is still starting (recovering) as starting, not failed.
+    started=
+    for _ in $(seq 1 600); do
+        pg_isready -q -h 127.0.0.1 && break
+        if ! pg_ctlcluster 15 main status >/dev/null 2>&1; then
+            [[ -n "$started" ]] && break
+            started=1
+            say "starting PostgreSQL 15/main"
+            pg_ctlcluster 15 main start -- -t 600 || say "pg_ctlcluster 15 main start failed"
+            continue
+        fi
+        sleep 1
+    done
+    [[ -z "$started" ]] && say "PostgreSQL 15/main already running"
+    pg_isready -q -h 127.0.0.1 || say "PostgreSQL 15/main does not take connections (PostgreSQL tests will fail)"
     # The tests' own role and database, made once; an existing role of that name is left as it is.
     as_postgres() { (cd / && runuser -u postgres -- "$@"); }
     if [[ "$(as_postgres psql -qAtc "SELECT 1 FROM pg_roles WHERE rolname = 'scim_bridge_test'")" != 1 ]]; then
         say "creating the PostgreSQL role scim_bridge_test (LOGIN CREATEDB)"
         as_postgres psql -q -c "CREATE ROLE scim_bridge_test LOGIN CREATEDB PASSWORD 'scim_bridge_test'" >/dev/null \
             || say "could not create the role scim_bridge_test (PostgreSQL tests may fail)"
+    fi
+    # Databases a test or bench run left behind when it was killed before its cleanup. Each test
+    # makes its own under these prefixes and drops it when done; one still in use has connections,
+    # so a plain DROP DATABASE (no FORCE) refuses it and it is left alone.
+    leftovers="$(as_postgres psql -qAtc "SELECT datname FROM pg_database WHERE datname ~ '^scim_bridge_(test|unit|bench)_[0-9a-f]+$'" || true)"
+    if [[ -n "$leftovers" ]]; then
+        say "dropping $(wc -l <<<"$leftovers") database(s) left by killed test runs"
+        while read -r db; do
+            as_postgres psql -q -c "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true
+        done <<<"$leftovers"
     fi
     if [[ "$(as_postgres psql -qAtc "SELECT 1 FROM pg_database WHERE datname = 'scim_bridge_test'")" != 1 ]]; then
         say "creating the PostgreSQL database scim_bridge_test"
