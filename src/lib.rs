@@ -57,6 +57,10 @@ pub async fn start_engine(config: Config, clock: SharedClock) -> anyhow::Result<
     store.migrate().await.context("applying migrations")?;
     let sealer = Sealer::new(&config.encryption_key_bytes()?);
     check_encryption_keys(store.as_ref(), &sealer, clock.now()).await?;
+    let keyed = store.fill_target_keys().await.context("keying the apps' targets")?;
+    if keyed > 0 {
+        tracing::info!(apps = keyed, "keyed the targets of apps stored by an earlier version");
+    }
     let http = scim::http_client(&scim::ClientOptions {
         allow_private: config.allow_private_targets,
         ..scim::ClientOptions::default()

@@ -40,6 +40,15 @@ async fn an_app_reads_its_access_end_defaults_with_groups_and_without() {
     assert_eq!(answer["provisionGroups"], false, "{answer}");
     assert_eq!(answer["onAccessEnd"], "disableUser", "{answer}");
     assert_eq!(answer["accessEndSloSeconds"], 300, "{answer}");
+    // It disables users by default, without saying `onAccessEnd`: a second app on its target (its
+    // URL spelled with a trailing `/`) is refused, naming it.
+    let no_groups = common::app_id(&answer);
+    let mut body = own.app_registration(&format!("beside-{}", common::short_id()));
+    body["scimBaseUrl"] = json!(format!("{}/", own.base_url));
+    let (status, answer) = bridge.admin(Method::POST, "/v1/apps", Some(body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(field_of(&answer), "scimBaseUrl", "{answer}");
+    assert!(answer.to_string().contains(&no_groups), "names the other app: {answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -349,6 +349,34 @@ async fn a_database_of_the_previous_release_opens_and_its_pending_and_deferred_w
         .await;
     assert_eq!(status, StatusCode::OK, "{plan}");
     assert_eq!(plan["sharedNames"], json!([app_name]), "{plan}");
+    // Stored without a target key, the apps were keyed at start; the check for two apps on one
+    // target (SPEC §8) finds them by it.
+    let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        data_dir.path().join("scim-bridge.db").display()
+    ))
+    .await
+    .expect("open the upgraded database");
+    let unkeyed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM apps WHERE target_key IS NULL")
+        .fetch_one(&mut db)
+        .await
+        .expect("count the apps without a target key");
+    assert_eq!(unkeyed, 0);
+    drop(db);
+    let (status, refused) = bridge
+        .admin(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({
+                "name": format!("{app_name}-beside"),
+                "scimBaseUrl": format!("{}/", target.base_url),
+                "auth": {"type": "bearer", "token": "another-token"},
+                "onAccessEnd": "disableUser",
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(refused.to_string().contains(&app_id), "{refused}");
     assert_eq!(app["scimBaseUrl"], target.base_url.as_str(), "{app}");
     assert_eq!(app["auth"]["type"], "bearer", "{app}");
     assert_eq!(app["owners"], json!(["admin"]), "{app}");

@@ -115,8 +115,10 @@ async fn check_access_end(
 ) -> ApiResult<()> {
     let store = &ctx.engine.ctx.store;
     let acts_on_users = |s: &AppSettings| s.on_access_end() != OnAccessEnd::RemoveMember;
-    for other in store.list_apps().await? {
-        if other.id == app_id || other.deleted_at.is_some() || !same_target(&other.scim_base_url, url) {
+    // Only the apps on this target (an index), and of those only the ones that act on users when
+    // this one does not: registering 10,000 apps on one target read every app each time.
+    for other in store.apps_on_target(url, !acts_on_users(settings)).await? {
+        if other.id == app_id || !same_target(&other.scim_base_url, url) {
             continue;
         }
         if acts_on_users(settings) {
@@ -177,11 +179,7 @@ async fn name_is_free(ctx: &ApiContext, name: &str, except: Option<&str>) -> Api
 /// Two `scimBaseUrl`s name the same target: the same URL, compared without a trailing slash
 /// and with the scheme and host in lower case.
 pub(super) fn same_target(a: &str, b: &str) -> bool {
-    let norm = |u: &str| match url::Url::parse(u) {
-        Ok(url) => url.as_str().trim_end_matches('/').to_string(),
-        Err(_) => u.trim_end_matches('/').to_string(),
-    };
-    norm(a) == norm(b)
+    crate::store::target_key(a) == crate::store::target_key(b)
 }
 
 /// Refuses URLs that are not http(s), ones that reach a cloud metadata address, and (unless

@@ -58,79 +58,11 @@ struct Dispatcher {
 /// stopped renewing its lease, maybe in the middle of a push; the first push waits one full
 /// window, so that at most the window's limit goes out in any window across the handover.
 pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: CancellationToken, takeover: bool) {
-    // A store that fails now (a pool timeout while a replica takes thousands of leases) must not
-    // leave the app without a dispatcher: the start is tried again, on the clock, until it works.
-    let mut wait: Millis = 500;
-    let app = loop {
-        match ctx.store.get_app(&app_id).await {
-            Ok(Some(app)) => break app,
-            Ok(None) => {
-                tracing::info!(app_id, "the app is gone: no dispatcher");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(app_id, error = %e, retry_in_ms = wait, "starting the app's dispatcher failed: trying again");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = ctx.clock.sleep_until(ctx.now() + wait) => {}
-                }
-                wait = (wait * 2).min(IDLE_POLL_MS);
-            }
-        }
+    // Boxed, like each pass and the stop's write below: an idle dispatcher (most of them, most of
+    // the time) keeps only the loop's small state in its task, not the largest state of a step.
+    let Some(mut d) = Box::pin(start(&ctx, &app_id, &stop, takeover)).await else {
+        return;
     };
-    let now = ctx.now();
-    // A restart must not reset the window: rebuild it from the admissions recorded before
-    // sending, whether or not the push got out. A takeover also waits one full window (the
-    // previous holder may have been cut off mid-push, SPEC §6); so does a start that cannot read
-    // the admissions: it never starts with an empty window.
-    let (limit, span) = ctx.rate_limit(&app);
-    let (window, hold_until) = match ctx.store.admissions_since(&app_id, now - span).await {
-        Ok(admitted) => (
-            Window::with_history(limit, span, admitted),
-            if takeover { now + span } else { 0 },
-        ),
-        Err(e) => {
-            tracing::error!(app_id, error = %e, "reading the app's recent admissions failed: the first push waits one full window");
-            (Window::new(limit, span), now + span)
-        }
-    };
-    let mut d = Dispatcher {
-        ctx: ctx.clone(),
-        app_id: app_id.clone(),
-        window,
-        pacer: None,
-        removal_waiting: false,
-        client: None,
-        mapping: None,
-        cycle: None,
-        removal_attempts: HashMap::new(),
-        removal_not_before: 0,
-        removal_failed_with: None,
-        hold_until,
-        in_flight_left: false,
-    };
-    match ctx.store.recover_in_flight(&app_id, now).await {
-        Ok(ids) if !ids.is_empty() => {
-            tracing::warn!(
-                app_id,
-                jobs = ids.len(),
-                "pushes left in flight by a stop: their outcome is unknown, reading the target before sending again"
-            )
-        }
-        Ok(_) => {}
-        Err(e) => tracing::error!(app_id, error = %e, "recovering in-flight pushes failed"),
-    }
-    match Box::pin(Cycle::resume(&ctx, &app_id)).await {
-        Ok(cycle) => d.cycle = cycle,
-        Err(e) => tracing::error!(app_id, error = %e, "resuming an interrupted cycle failed"),
-    }
-    if takeover {
-        tracing::info!(
-            app_id,
-            hold_until,
-            "took the app over: the first push waits one full window"
-        );
-    }
     tracing::info!(app_id, "dispatcher started");
     loop {
         if stop.is_cancelled() {
@@ -169,13 +101,92 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         // A stop (not a lost lease, whose writes are refused) writes what the cycle's user steps
         // learned since its last commit, so that the resumed cycle knows the users they created.
         if stop.is_cancelled()
-            && let Err(e) = cycle.write_carried(&ctx).await
+            && let Err(e) = Box::pin(cycle.write_carried(&ctx)).await
         {
             tracing::warn!(app_id, error = %e, "could not write what the stopped cycle's user steps learned");
         }
         tracing::info!(app_id, cycle_id = %cycle.id(), "cycle stopped between steps; it resumes after the restart");
     }
     tracing::info!(app_id, "dispatcher stopped");
+}
+
+/// The dispatcher of `app_id`, once the app, its recent admissions and any interrupted cycle are
+/// read; `None` when the app is gone or the dispatcher was stopped meanwhile.
+async fn start(ctx: &Arc<Ctx>, app_id: &str, stop: &CancellationToken, takeover: bool) -> Option<Dispatcher> {
+    // A store that fails now (a pool timeout while a replica takes thousands of leases) must not
+    // leave the app without a dispatcher: the start is tried again, on the clock, until it works.
+    let mut wait: Millis = 500;
+    let app = loop {
+        match ctx.store.get_app(app_id).await {
+            Ok(Some(app)) => break app,
+            Ok(None) => {
+                tracing::info!(app_id, "the app is gone: no dispatcher");
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(app_id, error = %e, retry_in_ms = wait, "starting the app's dispatcher failed: trying again");
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = ctx.clock.sleep_until(ctx.now() + wait) => {}
+                }
+                wait = (wait * 2).min(IDLE_POLL_MS);
+            }
+        }
+    };
+    let now = ctx.now();
+    // A restart must not reset the window: rebuild it from the admissions recorded before
+    // sending, whether or not the push got out. A takeover also waits one full window (the
+    // previous holder may have been cut off mid-push, SPEC §6); so does a start that cannot read
+    // the admissions: it never starts with an empty window.
+    let (limit, span) = ctx.rate_limit(&app);
+    let (window, hold_until) = match ctx.store.admissions_since(app_id, now - span).await {
+        Ok(admitted) => (
+            Window::with_history(limit, span, admitted),
+            if takeover { now + span } else { 0 },
+        ),
+        Err(e) => {
+            tracing::error!(app_id, error = %e, "reading the app's recent admissions failed: the first push waits one full window");
+            (Window::new(limit, span), now + span)
+        }
+    };
+    let mut d = Dispatcher {
+        ctx: ctx.clone(),
+        app_id: app_id.to_string(),
+        window,
+        pacer: None,
+        removal_waiting: false,
+        client: None,
+        mapping: None,
+        cycle: None,
+        removal_attempts: HashMap::new(),
+        removal_not_before: 0,
+        removal_failed_with: None,
+        hold_until,
+        in_flight_left: false,
+    };
+    match ctx.store.recover_in_flight(app_id, now).await {
+        Ok(ids) if !ids.is_empty() => {
+            tracing::warn!(
+                app_id,
+                jobs = ids.len(),
+                "pushes left in flight by a stop: their outcome is unknown, reading the target before sending again"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(app_id, error = %e, "recovering in-flight pushes failed"),
+    }
+    match Box::pin(Cycle::resume(ctx, app_id)).await {
+        Ok(cycle) => d.cycle = cycle,
+        Err(e) => tracing::error!(app_id, error = %e, "resuming an interrupted cycle failed"),
+    }
+    if takeover {
+        tracing::info!(
+            app_id,
+            hold_until,
+            "took the app over: the first push waits one full window"
+        );
+    }
+    Some(d)
 }
 
 fn is_fenced(e: &anyhow::Error) -> bool {

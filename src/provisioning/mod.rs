@@ -357,13 +357,15 @@ impl Engine {
         let wake = Arc::new(Notify::new());
         let stop = self.stop.child_token();
         let done = CancellationToken::new();
-        let run = dispatcher::run(
+        // Boxed: awaited inside the block below, it would otherwise be held there twice (once
+        // as the block's capture, once as the await's state), and every idle app pays for a task.
+        let run = Box::pin(dispatcher::run(
             self.ctx.clone(),
             app_id.to_string(),
             wake.clone(),
             stop.clone(),
             takeover,
-        );
+        ));
         let ended = done.clone().drop_guard();
         let run = async move {
             let _ended = ended;

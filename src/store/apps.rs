@@ -1,6 +1,6 @@
 //! Apps (the SCIM targets), their group assignments, and the sealed credentials' key check.
 
-use super::dialect::{db_run, db_statement, db_tx, read, sql};
+use super::dialect::{db_run, db_statement, db_tx, execute, read, sql};
 use super::*;
 
 /// An app row as `AppRecord` reads it.
@@ -20,8 +20,10 @@ macro_rules! insert_app_row {
         sqlx::query($crate::store::dialect::sql!(
             $db,
             "INSERT INTO apps (id, name, scim_base_url, auth_type, auth_sealed, settings, owners, status,
-             status_reason, legacy_remove, next_sync_at, quarantine_level, created_at, managed, name_key)
-             VALUES ({uuid $1}, $2, $3, $4, $5, {jsonb $6}, {jsonb $7}, $8, $9, $10, {ts $11}, $12, {ts $13}, $14, $2)"
+             status_reason, legacy_remove, next_sync_at, quarantine_level, created_at, managed, name_key,
+             target_key)
+             VALUES ({uuid $1}, $2, $3, $4, $5, {jsonb $6}, {jsonb $7}, $8, $9, $10, {ts $11}, $12, {ts $13}, $14, $2,
+             $15)"
         ))
         .bind(&a.id)
         .bind(&a.name)
@@ -37,6 +39,7 @@ macro_rules! insert_app_row {
         .bind(a.quarantine_level)
         .bind(a.created_at)
         .bind(a.managed)
+        .bind($crate::store::target_key(&a.scim_base_url))
         .execute($conn)
         .await
         .map_err(|e| $crate::store::name_taken(e, &a.name))
@@ -54,7 +57,7 @@ macro_rules! change_app_row {
         sqlx::query($crate::store::dialect::sql!(
             $db,
             "UPDATE apps SET name = COALESCE($1, name), name_key = COALESCE($1, name_key),
-               scim_base_url = COALESCE($2, scim_base_url),
+               scim_base_url = COALESCE($2, scim_base_url), target_key = COALESCE($12, target_key),
                auth_type = COALESCE($3, auth_type), auth_sealed = COALESCE($4, auth_sealed),
                settings = COALESCE({jsonb $5}, settings), owners = COALESCE({jsonb $6}, owners),
                status = COALESCE($7, status), status_reason = CASE WHEN $8 THEN $9 ELSE status_reason END,
@@ -72,6 +75,7 @@ macro_rules! change_app_row {
         .bind(c.status.as_ref().and_then(|(_, r)| r.clone()))
         .bind($id)
         .bind(managed)
+        .bind(c.scim_base_url.as_deref().map($crate::store::target_key))
         .execute($conn)
         .await
         .map_err(|e| $crate::store::name_taken(e, c.name.as_deref().unwrap_or_default()))?;
@@ -183,6 +187,32 @@ impl SqlStore {
     pub(super) async fn app_named(&self, name: &str) -> StoreResult<Vec<String>> {
         Ok(read!(self, query_scalar fetch_all,
             "SELECT {text id} FROM apps WHERE name = $1 AND deleted_at IS NULL ORDER BY created_at, id", name))
+    }
+
+    pub(super) async fn apps_on_target(&self, url: &str, acting_only: bool) -> StoreResult<Vec<AppTarget>> {
+        let key = target_key(url);
+        // Acting on users: `onAccessEnd` disableUser or deleteUser, or no `onAccessEnd` and no
+        // groups (`AppSettings::on_access_end`); a superset is fine, the caller decides.
+        Ok(read!(self, query_as fetch_all,
+            "SELECT {text id} AS id, name, scim_base_url, settings FROM apps
+             WHERE (target_key = $1 OR target_key IS NULL) AND deleted_at IS NULL
+               AND (NOT $2 OR settings ->> 'onAccessEnd' IN ('disableUser', 'deleteUser')
+                    OR settings -> 'provisionGroups' = 'false')
+             ORDER BY created_at, id", key, acting_only))
+    }
+
+    pub(super) async fn fill_target_keys(&self) -> StoreResult<u64> {
+        let unkeyed: Vec<(String, String)> =
+            read!(self, query_as fetch_all, "SELECT {text id}, scim_base_url FROM apps WHERE target_key IS NULL");
+        for (id, url) in &unkeyed {
+            execute!(
+                self,
+                "UPDATE apps SET target_key = $2 WHERE id = {uuid $1}",
+                id,
+                target_key(url)
+            );
+        }
+        Ok(unkeyed.len() as u64)
     }
 
     pub(super) async fn list_apps(&self) -> StoreResult<Vec<AppRecord>> {

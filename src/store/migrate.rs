@@ -86,6 +86,7 @@ const TABLES: &[Table] = &[
             ("deleted_at", Millis),
             ("managed", Bool),
             ("name_key", Text),
+            ("target_key", Text),
         ],
     },
     Table {

@@ -94,6 +94,16 @@ impl StoreError {
 
 /// A write refused because the app's name is another app's (the unique `name_key`) is
 /// `NameTaken`; any other error is the database's.
+/// The target an app's `scimBaseUrl` names, as stored in `apps.target_key`: the URL normalized
+/// (scheme and host lower-cased, default port dropped, path resolved), without a trailing `/`. Two
+/// apps with the same key provision the same target.
+pub fn target_key(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(url) => url.as_str().trim_end_matches('/').to_string(),
+        Err(_) => url.trim_end_matches('/').to_string(),
+    }
+}
+
 pub(crate) fn name_taken(e: sqlx::Error, name: &str) -> StoreError {
     match &e {
         sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::NameTaken(name.to_string()),
@@ -297,6 +307,17 @@ impl AppSettings {
     pub fn compiled_mapping(&self) -> Result<AppMapping, AppMappingError> {
         AppMapping::compile(self.attribute_mapping.as_deref(), self.matching.as_deref())
     }
+}
+
+/// An app's target and settings: what a check across apps reads of each (not its credentials,
+/// mapping or owners).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AppTarget {
+    pub id: String,
+    pub name: String,
+    pub scim_base_url: String,
+    #[sqlx(json)]
+    pub settings: AppSettings,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -772,6 +793,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_apps(&self) -> StoreResult<Vec<AppRecord>>;
     /// The ids of the apps (not deleted) that have this name.
     async fn app_named(&self, name: &str) -> StoreResult<Vec<String>>;
+    /// The apps (not deleted) whose `scimBaseUrl` may name the same target as `url`: those with its
+    /// `target_key`, and any stored before keys were (the caller compares their URLs). With
+    /// `acting_only`, only (at least) those whose access end disables or deletes users.
+    async fn apps_on_target(&self, url: &str, acting_only: bool) -> StoreResult<Vec<AppTarget>>;
+    /// Gives every app stored before `target_key` existed its key; answers how many.
+    async fn fill_target_keys(&self) -> StoreResult<u64>;
     async fn set_app_status(
         &self,
         id: &str,

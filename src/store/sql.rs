@@ -57,6 +57,8 @@ store_impl! {
     fn get_app(id: &str) -> Option<AppRecord>;
     fn list_apps() -> Vec<AppRecord>;
     fn app_named(name: &str) -> Vec<String>;
+    fn apps_on_target(url: &str, acting_only: bool) -> Vec<AppTarget>;
+    fn fill_target_keys() -> u64;
     fn set_app_status(id: &str, status: &str, reason: Option<&str>, level: i64) -> ();
     fn set_next_sync(id: &str, at: Millis) -> ();
     fn delete_app(id: &str, now: Millis) -> ();
