@@ -69,7 +69,17 @@ impl GroupCommit {
             now,
             answer,
         });
-        let turn = self.turn.clone().lock_owned().await;
+        // Answered by another webhook's commit, it stops waiting for the turn at once: queued for
+        // the turn, each of a group's webhooks would otherwise take it and hand it on in line,
+        // one task wake-up after the other, before the next group could start (with 64 senders
+        // on 2 cores, that hand-on outlasted the commit).
+        let acquire = self.turn.clone().lock_owned();
+        tokio::pin!(acquire);
+        let turn = tokio::select! {
+            biased;
+            done = &mut answered => return abandoned_if_dropped(done),
+            turn = &mut acquire => turn,
+        };
         if let Ok(done) = answered.try_recv() {
             // The turn before this one committed it with its own.
             return done;
@@ -87,10 +97,15 @@ impl GroupCommit {
         {
             std::panic::resume_unwind(e.into_panic());
         }
-        answered
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Corrupt("a webhook's commit was abandoned".into())))
+        abandoned_if_dropped(answered.await)
     }
+}
+
+/// A webhook's answer; its sender dropped unsent means the commit was abandoned (not written).
+fn abandoned_if_dropped(
+    answer: Result<StoreResult<Vec<Acceptance>>, tokio::sync::oneshot::error::RecvError>,
+) -> StoreResult<Vec<Acceptance>> {
+    answer.unwrap_or_else(|_| Err(StoreError::Corrupt("a webhook's commit was abandoned".into())))
 }
 
 /// Commits the queued webhooks in one transaction and answers each; after a failure, each alone.
