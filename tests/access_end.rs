@@ -49,6 +49,25 @@ async fn an_app_reads_its_access_end_defaults_with_groups_and_without() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     assert_eq!(field_of(&answer), "scimBaseUrl", "{answer}");
     assert!(answer.to_string().contains(&no_groups), "names the other app: {answer}");
+    // Moved to another URL (PATCH), it is found there, and its old target is free.
+    let moved = format!("{}/moved", own.base_url);
+    let auth = own.app_registration("auth")["auth"].clone();
+    let (status, answer) = bridge
+        .admin(
+            Method::PATCH,
+            &format!("/v1/apps/{no_groups}"),
+            Some(json!({"scimBaseUrl": moved, "auth": auth})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let mut body = own.app_registration(&format!("at-moved-{}", common::short_id()));
+    body["scimBaseUrl"] = json!(moved);
+    let (status, answer) = bridge.admin(Method::POST, "/v1/apps", Some(body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(answer.to_string().contains(&no_groups), "names the moved app: {answer}");
+    let body = own.app_registration(&format!("at-old-{}", common::short_id()));
+    let (status, answer) = bridge.admin(Method::POST, "/v1/apps", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "the old target is free: {answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -68,8 +68,6 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         if stop.is_cancelled() {
             break;
         }
-        // Boxed: an idle dispatcher (most of them, most of the time) then keeps only this loop's
-        // small state, not the largest state of a pass, in its task.
         let next = match Box::pin(d.pass(&stop)).await {
             Ok(Some(next)) => next,
             Ok(None) => break,
@@ -227,20 +225,22 @@ impl Dispatcher {
         {
             return mapping.clone();
         }
-        if app.settings.attribute_mapping.is_none() && app.settings.matching.is_none() {
-            // Most apps take the default: one compiled copy for all of them.
-            static DEFAULT: std::sync::OnceLock<Arc<AppMapping>> = std::sync::OnceLock::new();
-            let mapping = DEFAULT
+        // Most apps take the default: one compiled copy for all of them.
+        static DEFAULT: std::sync::OnceLock<Arc<AppMapping>> = std::sync::OnceLock::new();
+        let default = || {
+            DEFAULT
                 .get_or_init(|| Arc::new(AppMapping::compile(None, None).expect("the default mapping compiles")))
-                .clone();
-            self.mapping = Some((key, mapping.clone()));
-            return mapping;
-        }
-        let mapping = Arc::new(app.settings.compiled_mapping().unwrap_or_else(|e| {
-            // Validated when saved; a mapping stored by hand that does not compile falls back.
-            tracing::error!(app_id = %app.id, field = %e.field, error = %e.message, "the app's attribute mapping does not compile: using the default");
-            AppMapping::compile(None, None).expect("the default mapping compiles")
-        }));
+                .clone()
+        };
+        let mapping = if app.settings.attribute_mapping.is_none() && app.settings.matching.is_none() {
+            default()
+        } else {
+            app.settings.compiled_mapping().map(Arc::new).unwrap_or_else(|e| {
+                // Validated when saved; a mapping stored by hand that does not compile falls back.
+                tracing::error!(app_id = %app.id, field = %e.field, error = %e.message, "the app's attribute mapping does not compile: using the default");
+                default()
+            })
+        };
         self.mapping = Some((key, mapping.clone()));
         mapping
     }

@@ -92,8 +92,6 @@ impl StoreError {
     }
 }
 
-/// A write refused because the app's name is another app's (the unique `name_key`) is
-/// `NameTaken`; any other error is the database's.
 /// The target an app's `scimBaseUrl` names, as stored in `apps.target_key`: the URL normalized
 /// (scheme and host lower-cased, default port dropped, path resolved), without a trailing `/`. Two
 /// apps with the same key provision the same target.
@@ -104,6 +102,8 @@ pub fn target_key(url: &str) -> String {
     }
 }
 
+/// A write refused because the app's name is another app's (the unique `name_key`) is
+/// `NameTaken`; any other error is the database's.
 pub(crate) fn name_taken(e: sqlx::Error, name: &str) -> StoreError {
     match &e {
         sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::NameTaken(name.to_string()),
