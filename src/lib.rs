@@ -93,11 +93,7 @@ const KEY_CHECK: &[u8] = b"scim-bridge encryption key check";
 /// app (and seal new credentials that the others cannot open). The database keeps a known value
 /// sealed with the key the credentials are written with; a store from before the check (no
 /// value yet) is judged by its credentials, then gets the value.
-pub async fn check_encryption_keys(
-    store: &dyn store::Store,
-    sealer: &Sealer,
-    now: clock::Millis,
-) -> anyhow::Result<()> {
+pub async fn check_encryption_keys(store: &store::Store, sealer: &Sealer, now: clock::Millis) -> anyhow::Result<()> {
     let refuse = || {
         anyhow::anyhow!(
             "none of the keys in SCIM_BRIDGE_ENCRYPTION_KEY opens the credentials stored in this database: \

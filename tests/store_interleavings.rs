@@ -7,7 +7,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use scim_bridge::store::{PostgresStore, Store};
+use scim_bridge::store::PostgresStore;
 use sqlx::{Connection, PgConnection};
 
 use common::TestDatabase;

@@ -189,8 +189,9 @@ macro_rules! settle_kept {
 
 pub(super) use {birth_access_ends, insert_access_end, settle_access_ends, settle_kept, settle_removed};
 
-impl SqlStore {
-    pub(super) async fn query_access_ends(&self, f: &AccessEndFilter) -> StoreResult<Vec<AccessEnd>> {
+impl Store {
+    /// Access-end records, newest end first (SPEC §8).
+    pub async fn query_access_ends(&self, f: &AccessEndFilter) -> StoreResult<Vec<AccessEnd>> {
         Ok(db_run!(self, db => {
             let mut q = sqlx::QueryBuilder::new(sql!(
                 db,
@@ -208,7 +209,8 @@ impl SqlStore {
         }))
     }
 
-    pub(super) async fn entitled_at_app(&self, app_id: &str, principal_id: &str, now: Millis) -> StoreResult<bool> {
+    /// Whether anything entitles the principal at the app now (any assigned group).
+    pub async fn entitled_at_app(&self, app_id: &str, principal_id: &str, now: Millis) -> StoreResult<bool> {
         let found: Option<i64> = app_read!(self, query_scalar fetch_optional, else None,
             "SELECT 1 FROM group_assignments ga
              WHERE ga.app_id = {uuid $1} AND (
@@ -222,7 +224,8 @@ impl SqlStore {
         Ok(found.is_some())
     }
 
-    pub(super) async fn open_access_ends(&self) -> StoreResult<Vec<AccessEnd>> {
+    /// The open access ends (pending, failed, held) of every app, for the objective's gauge.
+    pub async fn open_access_ends(&self) -> StoreResult<Vec<AccessEnd>> {
         Ok(read!(self, query_as fetch_all, concat!(
             "SELECT ", access_end_columns!(), " FROM access_ends
              WHERE status IN ('pending', 'failed', 'held') ORDER BY ended_at"

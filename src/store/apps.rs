@@ -152,15 +152,17 @@ pub(super) use reclaim_names;
 /// The sealed known value (see `Store::key_check`).
 const KEY_CHECK: &str = "SELECT sealed FROM key_check WHERE id = 1";
 
-impl SqlStore {
-    pub(super) async fn insert_app(&self, a: &AppRecord) -> StoreResult<()> {
+impl Store {
+    pub async fn insert_app(&self, a: &AppRecord) -> StoreResult<()> {
         db_tx!(self, db, tx => {
             insert_app_row!(db, &mut *tx, a)?;
         });
         Ok(())
     }
 
-    pub(super) async fn change_app(&self, id: &str, c: &AppChanges) -> StoreResult<()> {
+    /// Writes only the fields the change sets, so it never undoes what another writer (a cycle
+    /// quarantining the app, say) committed meanwhile.
+    pub async fn change_app(&self, id: &str, c: &AppChanges) -> StoreResult<()> {
         db_tx!(self, db, tx => {
             let Some(id) = db.app_key(id) else { return Ok(()) };
             change_app_row!(db, &mut *tx, id, c, false);
@@ -171,7 +173,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn get_app(&self, id: &str) -> StoreResult<Option<AppRecord>> {
+    pub async fn get_app(&self, id: &str) -> StoreResult<Option<AppRecord>> {
         Ok(db_run!(self, db => {
             let Some(id) = db.app_key(id) else { return Ok(None) };
             sqlx::query_as(sql!(
@@ -184,12 +186,16 @@ impl SqlStore {
         }))
     }
 
-    pub(super) async fn app_named(&self, name: &str) -> StoreResult<Vec<String>> {
+    /// The ids of the apps (not deleted) that have this name.
+    pub async fn app_named(&self, name: &str) -> StoreResult<Vec<String>> {
         Ok(read!(self, query_scalar fetch_all,
             "SELECT {text id} FROM apps WHERE name = $1 AND deleted_at IS NULL ORDER BY created_at, id", name))
     }
 
-    pub(super) async fn apps_on_target(&self, url: &str, acting_only: bool) -> StoreResult<Vec<AppTarget>> {
+    /// The apps (not deleted) whose `scimBaseUrl` may name the same target as `url`: those with its
+    /// `target_key`, and any stored before keys were (the caller compares their URLs). With
+    /// `acting_only`, only (at least) those whose access end disables or deletes users.
+    pub async fn apps_on_target(&self, url: &str, acting_only: bool) -> StoreResult<Vec<AppTarget>> {
         let key = target_key(url);
         // Acting on users: `onAccessEnd` disableUser or deleteUser, or no `onAccessEnd` and no
         // groups (`AppSettings::on_access_end`); a superset is fine, the caller decides.
@@ -201,7 +207,8 @@ impl SqlStore {
              ORDER BY created_at, id", key, acting_only))
     }
 
-    pub(super) async fn fill_target_keys(&self) -> StoreResult<u64> {
+    /// Gives every app stored before `target_key` existed its key; answers how many.
+    pub async fn fill_target_keys(&self) -> StoreResult<u64> {
         let unkeyed: Vec<(String, String)> =
             read!(self, query_as fetch_all, "SELECT {text id}, scim_base_url FROM apps WHERE target_key IS NULL");
         for (id, url) in &unkeyed {
@@ -215,7 +222,7 @@ impl SqlStore {
         Ok(unkeyed.len() as u64)
     }
 
-    pub(super) async fn list_apps(&self) -> StoreResult<Vec<AppRecord>> {
+    pub async fn list_apps(&self) -> StoreResult<Vec<AppRecord>> {
         Ok(db_run!(self, db => {
             sqlx::query_as(sql!(
                 db,
@@ -230,13 +237,7 @@ impl SqlStore {
         }))
     }
 
-    pub(super) async fn set_app_status(
-        &self,
-        id: &str,
-        status: &str,
-        reason: Option<&str>,
-        level: i64,
-    ) -> StoreResult<()> {
+    pub async fn set_app_status(&self, id: &str, status: &str, reason: Option<&str>, level: i64) -> StoreResult<()> {
         db_tx!(self, db, tx => {
             let Some(id) = db.app_key(id) else { return Ok(()) };
             sqlx::query(sql!(
@@ -253,7 +254,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn set_next_sync(&self, id: &str, at: Millis) -> StoreResult<()> {
+    pub async fn set_next_sync(&self, id: &str, at: Millis) -> StoreResult<()> {
         db_statement!(self, db, conn => {
             let Some(id) = db.app_key(id) else { return Ok(()) };
             sqlx::query(sql!(db, "UPDATE apps SET next_sync_at = {ts $1} WHERE id = {uuid $2}"))
@@ -265,7 +266,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()> {
+    pub async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()> {
         let Some(id) = self.app_key(id) else { return Ok(()) };
         db_tx!(self, db, tx => {
             db.forget_app_lease(&mut tx, id).await?;
@@ -298,14 +299,14 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {
+    pub async fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {
         db_tx!(self, db, tx => {
             put_assignment_row!(db, &mut *tx, a)?;
         });
         Ok(())
     }
 
-    pub(super) async fn delete_assignment(&self, app_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
+    pub async fn delete_assignment(&self, app_id: &str, group_id: &str, now: Millis) -> StoreResult<bool> {
         let done = db_tx!(self, db, tx => {
             let Some(app_id) = db.app_key(app_id) else { return Ok(false) };
             delete_assignment_row!(db, &mut *tx, app_id, group_id, now)?
@@ -313,7 +314,7 @@ impl SqlStore {
         Ok(done > 0)
     }
 
-    pub(super) async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>> {
+    pub async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>> {
         Ok(db_run!(self, db => {
             let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
             sqlx::query_as(sql!(
@@ -328,7 +329,10 @@ impl SqlStore {
     }
 
     // encryption-key rotation (`scim-bridge rekey`)
-    pub(super) async fn reseal_credentials(&self, reseal: &Reseal) -> StoreResult<(usize, Vec<String>)> {
+    /// Passes the stored credentials of every app, deleted ones included, through `reseal` in one
+    /// transaction and stores what it answers. Answers how many were resealed, and the ids of the
+    /// apps it answered `None` for (left as they were).
+    pub async fn reseal_credentials(&self, reseal: &Reseal) -> StoreResult<(usize, Vec<String>)> {
         Ok(db_tx!(self, db, tx => {
             let rows: Vec<(String, Vec<u8>)> =
                 sqlx::query_as(sql!(db, "SELECT {text id}, auth_sealed FROM apps ORDER BY created_at, id {for_update}"))
@@ -362,7 +366,10 @@ impl SqlStore {
         }))
     }
 
-    pub(super) async fn key_check(&self) -> StoreResult<Option<Vec<u8>>> {
+    /// The known value sealed with the key the stored credentials are written with (see
+    /// `crate::check_encryption_keys`); `None` until a first start stored it. `reseal_credentials`
+    /// passes it through `reseal` too.
+    pub async fn key_check(&self) -> StoreResult<Option<Vec<u8>>> {
         Ok(db_run!(self, db => {
             sqlx::query_scalar(sql!(db, KEY_CHECK))
                 .fetch_optional(&db.pool)
@@ -370,7 +377,9 @@ impl SqlStore {
         }))
     }
 
-    pub(super) async fn init_key_check(&self, sealed: &[u8], now: Millis) -> StoreResult<Vec<u8>> {
+    /// Stores the sealed known value unless one is stored already (another replica may have got
+    /// there first); answers the one stored now.
+    pub async fn init_key_check(&self, sealed: &[u8], now: Millis) -> StoreResult<Vec<u8>> {
         Ok(db_run!(self, db => {
             sqlx::query(sql!(
                 db,

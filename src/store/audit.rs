@@ -24,8 +24,8 @@ macro_rules! insert_audit {
 }
 pub(super) use insert_audit;
 
-impl SqlStore {
-    pub(super) async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()> {
+impl Store {
+    pub async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()> {
         db_run!(self, db => {
             insert_audit!(db, &db.pool, e)?;
             db.order_commits().await;
@@ -33,7 +33,8 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn list_audit(&self, limit: i64, before_seq: Option<i64>) -> StoreResult<Vec<AuditEntry>> {
+    /// Newest first; `before_seq` continues a listing.
+    pub async fn list_audit(&self, limit: i64, before_seq: Option<i64>) -> StoreResult<Vec<AuditEntry>> {
         Ok(db_run!(self, db => {
             db.order_commits().await;
             sqlx::query_as(sql!(
@@ -48,7 +49,8 @@ impl SqlStore {
         }))
     }
 
-    pub(super) async fn purge_audit(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
+    /// The audit trail is kept as long as the logs.
+    pub async fn purge_audit(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
         self.purge_oldest(Trail::Audit, older_than, batch).await
     }
 }

@@ -93,15 +93,20 @@ fn fingerprint_of(apps: &[AppRecord], assignments: &[Assignment]) -> String {
     hex::encode(&hash.finalize()[..16])
 }
 
-impl SqlStore {
-    pub(super) async fn config_fingerprint(&self) -> StoreResult<String> {
+impl Store {
+    /// What the configuration document reads, as one value that changes whenever it does (the
+    /// `ETag` of `GET /v1/config`).
+    pub async fn config_fingerprint(&self) -> StoreResult<String> {
         Ok(db_run!(self, db => {
             let mut conn = db.pool.acquire().await?;
             fingerprint!(db, conn, fingerprinted_apps!())
         }))
     }
 
-    pub(super) async fn apply_config(&self, w: &ConfigWrite) -> StoreResult<bool> {
+    /// Applies a planned document in one transaction, only if the configuration is still the one
+    /// the plan was made from (`write.expected`); `false` when it changed meanwhile, and nothing
+    /// is written.
+    pub async fn apply_config(&self, w: &ConfigWrite) -> StoreResult<bool> {
         Ok(db_tx!(self, db, tx => {
             // The apps' rows stay locked until the commit (PostgreSQL; SQLite's write turn already
             // excludes every other writer).

@@ -11,8 +11,8 @@ macro_rules! cycle_columns {
     };
 }
 
-impl SqlStore {
-    pub(super) async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()> {
+impl Store {
+    pub async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()> {
         execute!(
             self,
             "INSERT INTO sync_cycles (id, app_id, trigger, dry_run, started_at, ended_at, status, counts, progress,
@@ -32,7 +32,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn list_cycles(&self, app_id: &str, limit: i64) -> StoreResult<Vec<CycleRecord>> {
+    pub async fn list_cycles(&self, app_id: &str, limit: i64) -> StoreResult<Vec<CycleRecord>> {
         Ok(app_read!(self, query_as fetch_all, else Vec::new(),
             concat!(
                 "SELECT ",
@@ -43,7 +43,8 @@ impl SqlStore {
             app_id, limit))
     }
 
-    pub(super) async fn running_cycles(&self, app_id: &str) -> StoreResult<Vec<CycleRecord>> {
+    /// Cycles of the app still marked running (a stop or crash interrupted them).
+    pub async fn running_cycles(&self, app_id: &str) -> StoreResult<Vec<CycleRecord>> {
         Ok(app_read!(self, query_as fetch_all, else Vec::new(),
             concat!(
                 "SELECT ",
@@ -54,13 +55,9 @@ impl SqlStore {
             app_id))
     }
 
-    pub(super) async fn request_cycle(
-        &self,
-        app_id: &str,
-        cycle_id: &str,
-        dry_run: bool,
-        now: Millis,
-    ) -> StoreResult<String> {
+    /// Asks for a cycle. A writing cycle asked for while one runs (or one is already queued) is
+    /// merged into it: answers the id of the cycle that will do the work.
+    pub async fn request_cycle(&self, app_id: &str, cycle_id: &str, dry_run: bool, now: Millis) -> StoreResult<String> {
         Ok(db_tx!(self, db, tx => {
             db.lock_cycle_requests(&mut tx, app_id).await?;
             // A writing cycle that runs, or is already asked for, takes this request in.
@@ -116,7 +113,8 @@ impl SqlStore {
         }))
     }
 
-    pub(super) async fn take_replan(&self, app_id: &str, cycle_id: &str) -> StoreResult<bool> {
+    /// Takes a request to plan the running cycle `cycle_id` again (a merged manual cycle).
+    pub async fn take_replan(&self, app_id: &str, cycle_id: &str) -> StoreResult<bool> {
         let Some(app_id) = self.app_key(app_id) else {
             return Ok(false);
         };
@@ -128,7 +126,8 @@ impl SqlStore {
         ) > 0)
     }
 
-    pub(super) async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>> {
+    /// The oldest cycle request of the app, taken off the queue.
+    pub async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>> {
         // Every dispatcher pass asks, and almost always there is none: a read, not a write
         // transaction (a request added just after is taken at the pass its nudge starts).
         let queued: Option<i32> = app_read!(self, query_scalar fetch_optional, else None,

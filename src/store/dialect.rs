@@ -58,8 +58,10 @@
 //!   advisory lock first (`pg_advisory_xact_lock(hashtextextended('principal' || chr(10) || $1,
 //!   0))`, `PostgresDb::lock_principal`), so that it waits for a webhook merging into the same
 //!   principal even while no row exists; SQLite's writers take turns anyway (a no-op);
-//! - the cluster methods of `Store` (heartbeats, leases, notifications): PostgreSQL's in
-//!   `postgres.rs`, SQLite's answers (one process, no leases) in `sql.rs`.
+//! - the cluster methods of `Store` (heartbeats, leases, notifications): in `postgres.rs`, each
+//!   opening with SQLite's answer (one process, which holds every lease);
+//! - migrations (`migrations/sqlite`, `migrations/postgres`), and SQLite's moved-store mark
+//!   (`migrate` and `ping` refuse a store `migrate-store` moved).
 //!
 //! The macros below run a body written once on the store's backend: `db_run!` as it is,
 //! `db_tx!` in a write transaction, `db_statement!` as one fenced statement; `execute!` is a
@@ -203,7 +205,7 @@ impl Dialect {
     }
 }
 
-/// The database a `SqlStore` runs on.
+/// The database a `Store` runs on.
 pub(super) enum Backend {
     Sqlite(SqliteDb),
     Postgres(PostgresDb),

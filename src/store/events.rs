@@ -99,14 +99,16 @@ const INSERT_ACCESS_ENDS: &str = "INSERT INTO access_ends (id, app_id, principal
       {field 5 text}, {field 6 text}, {field 7 ts}, {field 8 ts}, NULL, NULL, 'pending', NULL, {field 8 ts}
     FROM {rows $1} ORDER BY r.key";
 
-impl SqlStore {
+impl Store {
+    /// Records the events of one webhook in one transaction (events, principals, membership
+    /// state, jobs, log entries, as `crate::rules` decides); answers each one's verdict.
     #[instrument(skip_all, fields(events = items.len()))]
-    pub(super) async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
+    pub async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
         // Both group the webhooks that arrive while a commit is made (`group_commit`).
         db_run!(self, db => db.accept_grouped(items, now).await)
     }
 
-    pub(super) async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
+    pub async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>> {
         Ok(read!(self, query_as fetch_all,
             "SELECT seq, id, status, body, {ms received_at} AS received_at, outcome, reason FROM events
              WHERE id = $1 ORDER BY seq",

@@ -67,8 +67,10 @@ macro_rules! release_held {
 
 pub(super) use {hold_removal, release_held};
 
-impl SqlStore {
-    pub(super) async fn held_removals(&self, app_id: &str) -> StoreResult<Vec<HeldRemoval>> {
+impl Store {
+    /// Object links of an app, by principal, after `after` (SPEC §8).
+    /// The removals the deletion guard holds at the app, oldest first.
+    pub async fn held_removals(&self, app_id: &str) -> StoreResult<Vec<HeldRemoval>> {
         Ok(app_read!(self, query_as fetch_all, else Vec::new(),
             "SELECT target_display_name, principal_id, cycle_id, {ms held_at} AS held_at FROM held_removals
              WHERE app_id = {uuid $1} ORDER BY held_at, {binary target_display_name}, {binary principal_id}",
@@ -76,21 +78,21 @@ impl SqlStore {
     }
 
     /// How many removals the deletion guard holds, per app that holds any.
-    pub(super) async fn held_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+    pub async fn held_counts(&self) -> StoreResult<Vec<(String, i64)>> {
         Ok(read!(self, query_as fetch_all,
             "SELECT {text app_id} AS app_id, COUNT(*) AS n FROM held_removals GROUP BY app_id"))
     }
 
     /// Sends the held removals: each becomes a removal job of its own, paced as a cycle's step and
     /// re-checked when it is taken (entitled again, no longer provisioned). Answers how many.
-    pub(super) async fn approve_held(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
+    pub async fn approve_held(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
         self.end_hold(app_id, now, true).await
     }
 
     /// Forgets the held (member, target group) pairs: the bridge no longer counts them as its
     /// memberships, so they stay at the target, and a later entitlement is provisioned and ended
     /// as usual. Their access ends are `rejected`. Answers how many.
-    pub(super) async fn reject_held(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
+    pub async fn reject_held(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
         self.end_hold(app_id, now, false).await
     }
 

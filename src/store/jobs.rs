@@ -50,8 +50,12 @@ macro_rules! insert_job_in {
 }
 pub(super) use insert_job_in;
 
-impl SqlStore {
-    pub(super) async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
+impl Store {
+    /// Pending jobs due at `now`, in arrival order. A job waits behind an earlier job of the same
+    /// (principal, group) that is still pending (a scheduled retry), so their order holds; a
+    /// removal never waits behind an add (it cancels it), and nothing waits behind a removal a
+    /// cycle handed on (it names its target group and is judged again when it is sent).
+    pub async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
         Ok(app_read!(self, query_as fetch_all, else Vec::new(),
             concat!(
                 "SELECT ",
@@ -66,14 +70,14 @@ impl SqlStore {
             app_id, now, limit))
     }
 
-    pub(super) async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>> {
+    pub async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>> {
         Ok(app_read!(self, query_scalar fetch_one, else None,
             "SELECT {ms MIN(not_before)} FROM jobs WHERE app_id = {uuid $1} AND state = 'pending'
              AND not_before > {ts $2}",
             app_id, now))
     }
 
-    pub(super) async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>> {
+    pub async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>> {
         Ok(app_read!(self, query_as fetch_all, else Vec::new(),
             concat!(
                 "SELECT ",
@@ -84,7 +88,12 @@ impl SqlStore {
             app_id))
     }
 
-    pub(super) async fn claim_job(
+    /// Claims a job for sending: in flight, one more attempt, and (when the window admitted it)
+    /// its admission time, in one commit before anything is sent; answers, read in the same
+    /// statement, what the bridge knows of the job's principal's user at the app and of the
+    /// target group `target` (see `Claim`). `None`: the job is no longer waiting (an app deletion
+    /// cancelled it meanwhile): nothing is to be sent.
+    pub async fn claim_job(
         &self,
         job_id: &str,
         now: Millis,
@@ -145,14 +154,17 @@ impl SqlStore {
         }))
     }
 
-    pub(super) async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
+    /// When the window admitted the app's pushes since `since`, sent or not: a restart rebuilds
+    /// the window from them.
+    pub async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>> {
         Ok(app_read!(self, query_scalar fetch_all, else Vec::new(),
             "SELECT {ms admitted_at} FROM jobs WHERE app_id = {uuid $1} AND admitted_at >= {ts $2}
              ORDER BY admitted_at",
             app_id, since))
     }
 
-    pub(super) async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>> {
+    /// Jobs a stop left in flight go back in line, their outcome unknown.
+    pub async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>> {
         Ok(db_statement!(self, db, conn => {
             let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
             sqlx::query_scalar(sql!(
@@ -167,7 +179,8 @@ impl SqlStore {
         }))
     }
 
-    pub(super) async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
+    /// A job whose push broke off after it went in flight: pending again, its outcome unknown.
+    pub async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()> {
         execute!(
             self,
             "UPDATE jobs SET state = 'pending', flag = COALESCE(flag, 'outcome unknown'), updated_at = {ts $1}
@@ -178,7 +191,9 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
+    /// The app's removals waiting for a retry go now (its credentials changed, or its quarantine
+    /// was cleared); answers how many.
+    pub async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64> {
         let Some(app_id) = self.app_key(app_id) else {
             return Ok(0);
         };
@@ -191,7 +206,8 @@ impl SqlStore {
         ))
     }
 
-    pub(super) async fn open_adds_for(
+    /// Adds for the pair that are not pushed yet and were queued before job `before_seq`.
+    pub async fn open_adds_for(
         &self,
         app_id: &str,
         principal_id: &str,
@@ -208,14 +224,15 @@ impl SqlStore {
             app_id, principal_id, group_id, before_seq))
     }
 
-    pub(super) async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
+    pub async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()> {
         db_tx!(self, db, tx => {
             insert_job_in!(db, &mut *tx, job, None, now)?;
         });
         Ok(())
     }
 
-    pub(super) async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+    /// Deferred jobs per app, counted (for the metrics scrape).
+    pub async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>> {
         Ok(read!(self, query_as fetch_all,
             "SELECT {text app_id}, COUNT(*) FROM jobs WHERE state = 'deferred' GROUP BY app_id"))
     }

@@ -14,13 +14,8 @@ macro_rules! link_columns {
     };
 }
 
-impl SqlStore {
-    pub(super) async fn list_links(
-        &self,
-        app_id: &str,
-        after: Option<&str>,
-        limit: i64,
-    ) -> StoreResult<Vec<LinkRecord>> {
+impl Store {
+    pub async fn list_links(&self, app_id: &str, after: Option<&str>, limit: i64) -> StoreResult<Vec<LinkRecord>> {
         let mut links: Vec<LinkRecord> = db_run!(self, db => {
             let Some(app_id) = db.app_key(app_id) else { return Ok(Vec::new()) };
             sqlx::query_as(sql!(
@@ -41,7 +36,7 @@ impl SqlStore {
         Ok(links)
     }
 
-    pub(super) async fn get_link(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<LinkRecord>> {
+    pub async fn get_link(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<LinkRecord>> {
         let link: Option<LinkRecord> = app_read!(self, query_as fetch_optional, else None,
             concat!(
                 "SELECT ", link_columns!(),
@@ -81,7 +76,7 @@ impl SqlStore {
     /// memberships provisioned for it stay recorded, marked in doubt, so that a removal still
     /// reaches the target (matching the user first) and the next cycle settles them by reading
     /// the groups. Answers whether there was a link.
-    pub(super) async fn forget_link(&self, app_id: &str, principal_id: &str) -> StoreResult<bool> {
+    pub async fn forget_link(&self, app_id: &str, principal_id: &str) -> StoreResult<bool> {
         let Some(app_id) = self.app_key(app_id) else {
             return Ok(false);
         };

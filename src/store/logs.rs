@@ -101,8 +101,8 @@ macro_rules! push_filters {
 }
 pub(super) use push_filters;
 
-impl SqlStore {
-    pub(super) async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()> {
+impl Store {
+    pub async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()> {
         db_statement!(self, db, conn => {
             insert_logs(&mut *conn, std::slice::from_ref(entry)).await?;
             db.order_commits().await;
@@ -110,7 +110,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn query_logs(&self, f: &LogFilter) -> StoreResult<Vec<LogEntry>> {
+    pub async fn query_logs(&self, f: &LogFilter) -> StoreResult<Vec<LogEntry>> {
         Ok(db_run!(self, db => {
             // Entries a writer committed but could not number yet (it died in between) are
             // numbered before the page is read.
@@ -130,13 +130,13 @@ impl SqlStore {
         }))
     }
 
-    pub(super) async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>> {
+    pub async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>> {
         Ok(read!(self, query_as fetch_optional,
             concat!("SELECT ", log_columns!(), " FROM provisioning_logs WHERE id = $1"),
             id))
     }
 
-    pub(super) async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
+    pub async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64> {
         self.purge_oldest(Trail::Logs, older_than, batch).await
     }
 

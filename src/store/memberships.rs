@@ -28,8 +28,9 @@ macro_rules! entitling_assignments {
 /// A source group assigned to app `$1` with target group `$2` that entitles principal `$3` at `$4`.
 pub(super) const ENTITLED_VIA: &str = concat!("SELECT ga.group_id ", entitling_assignments!("$3"), " LIMIT 1");
 
-impl SqlStore {
-    pub(super) async fn add_checks(
+impl Store {
+    /// What an add of `member` for the source group checks before it is sent, in one read.
+    pub async fn add_checks(
         &self,
         app_id: &str,
         m: &TargetMember,
@@ -57,7 +58,9 @@ impl SqlStore {
         }))
     }
 
-    pub(super) async fn add_chunk_checks(
+    /// What a cycle's add of `principals` to the target group checks before it is sent, for the
+    /// whole chunk in one read, in the order given (a principal given twice is answered once).
+    pub async fn add_chunk_checks(
         &self,
         app_id: &str,
         target: &str,
@@ -95,7 +98,8 @@ impl SqlStore {
         Ok(principals.iter().filter_map(|p| rows.remove(p)).collect())
     }
 
-    pub(super) async fn entitled_via(
+    /// A source group assigned to the app that still entitles the principal to the target group.
+    pub async fn entitled_via(
         &self,
         app_id: &str,
         target: &str,
@@ -108,7 +112,7 @@ impl SqlStore {
     /// Ends the memberships whose end has come and queues their removals; answers the apps
     /// that have new work.
     #[tracing::instrument(skip_all)]
-    pub(super) async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>> {
+    pub async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>> {
         #[derive(sqlx::FromRow)]
         struct Due {
             principal_id: String,
@@ -202,7 +206,7 @@ impl SqlStore {
         }))
     }
 
-    pub(super) async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
+    pub async fn next_expiry(&self) -> StoreResult<Option<Millis>> {
         Ok(read!(self, query_scalar fetch_one,
             "SELECT {ms MIN(end_at)} FROM memberships
              WHERE active = TRUE AND expired_at IS NULL AND end_at IS NOT NULL"))

@@ -26,7 +26,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, QueryBuilder, Row, SqliteConnection};
 
-use super::{PostgresStore, SqliteStore, Store};
+use super::{PostgresStore, SqliteStore};
 use crate::config::is_shared_database;
 
 /// How a SQLite column's values become the PostgreSQL column's.

@@ -1,4 +1,4 @@
-//! Persistence. One trait, one implementation (`SqlStore`) on either database (embedded SQLite,
+//! Persistence. One type (`Store`) on either database (embedded SQLite,
 //! shared PostgreSQL), chosen from the URL. A query is written once, in the file of its aggregate;
 //! what differs between the databases is listed in `dialect`.
 
@@ -38,12 +38,12 @@ use crate::config::RateLimit;
 use crate::mapping::{AppMapping, AppMappingError, MappingEntry};
 
 pub use dialect::{StoreCounts, store_counts};
-pub use sql::SqlStore;
+pub use sql::Store;
 
-/// The names `migrate` and the tests open one database by: the one `SqlStore`, its backend chosen
+/// The names `migrate` and the tests open one database by: the one `Store`, its backend chosen
 /// from the URL.
-pub type SqliteStore = SqlStore;
-pub type PostgresStore = SqlStore;
+pub type SqliteStore = Store;
+pub type PostgresStore = Store;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -773,277 +773,6 @@ pub struct AppChanges {
     pub deprovision_at: Option<Millis>,
 }
 
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    async fn migrate(&self) -> StoreResult<()>;
-    async fn ping(&self) -> StoreResult<()>;
-
-    // tokens
-    async fn insert_token(&self, token: &TokenRecord, hash: &str) -> StoreResult<()>;
-    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>>;
-    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
-    async fn revoke_token(&self, id: &str, now: Millis) -> StoreResult<bool>;
-
-    // apps and assignments
-    async fn insert_app(&self, app: &AppRecord) -> StoreResult<()>;
-    /// Writes only the fields the change sets, so it never undoes what another writer (a cycle
-    /// quarantining the app, say) committed meanwhile.
-    async fn change_app(&self, id: &str, changes: &AppChanges) -> StoreResult<()>;
-    async fn get_app(&self, id: &str) -> StoreResult<Option<AppRecord>>;
-    async fn list_apps(&self) -> StoreResult<Vec<AppRecord>>;
-    /// The ids of the apps (not deleted) that have this name.
-    async fn app_named(&self, name: &str) -> StoreResult<Vec<String>>;
-    /// The apps (not deleted) whose `scimBaseUrl` may name the same target as `url`: those with its
-    /// `target_key`, and any stored before keys were (the caller compares their URLs). With
-    /// `acting_only`, only (at least) those whose access end disables or deletes users.
-    async fn apps_on_target(&self, url: &str, acting_only: bool) -> StoreResult<Vec<AppTarget>>;
-    /// Gives every app stored before `target_key` existed its key; answers how many.
-    async fn fill_target_keys(&self) -> StoreResult<u64>;
-    async fn set_app_status(
-        &self,
-        id: &str,
-        status: &str,
-        reason: Option<&str>,
-        quarantine_level: i64,
-    ) -> StoreResult<()>;
-    async fn set_next_sync(&self, id: &str, at: Millis) -> StoreResult<()>;
-    async fn delete_app(&self, id: &str, now: Millis) -> StoreResult<()>;
-    async fn put_assignment(&self, a: &Assignment) -> StoreResult<()>;
-    async fn delete_assignment(&self, app_id: &str, group_id: &str, now: Millis) -> StoreResult<bool>;
-    async fn list_assignments(&self, app_id: &str) -> StoreResult<Vec<Assignment>>;
-
-    // configuration as code (SPEC §9)
-    /// What the configuration document reads, as one value that changes whenever it does (the
-    /// `ETag` of `GET /v1/config`).
-    async fn config_fingerprint(&self) -> StoreResult<String>;
-    /// Applies a planned document in one transaction, only if the configuration is still the one
-    /// the plan was made from (`write.expected`); `false` when it changed meanwhile, and nothing
-    /// is written.
-    async fn apply_config(&self, write: &ConfigWrite) -> StoreResult<bool>;
-
-    // webhook intake
-    /// Records the events of one webhook in one transaction (events, principals, membership
-    /// state, jobs, log entries, as `crate::rules` decides); answers each one's verdict.
-    async fn accept_events(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>>;
-    async fn get_event(&self, id: &str) -> StoreResult<Vec<StoredEvent>>;
-    async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>>;
-    /// Every attribute a source sent for the principal (the newest value of each field), as a
-    /// `principal` object: what an attribute mapping reads.
-    async fn principal_attributes(&self, principal_id: &str) -> StoreResult<Option<serde_json::Map<String, Value>>>;
-    async fn put_standing_member(
-        &self,
-        group_id: &str,
-        principal: &str,
-        info: Option<&Principal>,
-        now: Millis,
-    ) -> StoreResult<()>;
-    async fn delete_standing_member(&self, group_id: &str, principal: &str, now: Millis) -> StoreResult<bool>;
-    /// Removes the group's standing members that `listed` leaves out (a fresh directory listing
-    /// lists every member); answers how many went.
-    async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64>;
-
-    /// Takes a `principal` object's fields (the directory feed's), field by field, unless a newer
-    /// event already set that field.
-    async fn put_principal_attributes(&self, principal_id: &str, attributes: &Value, now: Millis) -> StoreResult<()>;
-
-    // sources besides the webhook (SPEC §7)
-    /// Every source group assigned to an app that is not deleted.
-    async fn assigned_group_ids(&self) -> StoreResult<Vec<String>>;
-    async fn source_state(&self, id: &str) -> StoreResult<Option<SourceState>>;
-    async fn list_sources(&self) -> StoreResult<Vec<SourceState>>;
-    async fn put_source_state(&self, state: &SourceState) -> StoreResult<()>;
-    /// The (request id, status) pairs already taken in for the group.
-    async fn seen_requests(&self, group_id: &str) -> StoreResult<Vec<(String, String)>>;
-    async fn mark_requests_seen(&self, group_id: &str, pairs: &[(String, String)], now: Millis) -> StoreResult<()>;
-    /// Forgets the group's pairs whose request Graph no longer lists.
-    async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64>;
-
-    // the dispatcher's work
-    /// Pending jobs due at `now`, in arrival order. A job waits behind an earlier job of the same
-    /// (principal, group) that is still pending (a scheduled retry), so their order holds; a
-    /// removal never waits behind an add (it cancels it), and nothing waits behind a removal a
-    /// cycle handed on (it names its target group and is judged again when it is sent).
-    async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>>;
-    async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>>;
-    async fn deferred_jobs(&self, app_id: &str) -> StoreResult<Vec<Job>>;
-    /// Claims a job for sending: in flight, one more attempt, and (when the window admitted it)
-    /// its admission time, in one commit before anything is sent; answers, read in the same
-    /// statement, what the bridge knows of the job's principal's user at the app and of the
-    /// target group `target` (see `Claim`). `None`: the job is no longer waiting (an app deletion
-    /// cancelled it meanwhile): nothing is to be sent.
-    async fn claim_job(&self, job_id: &str, now: Millis, admitted: bool, target: &str) -> StoreResult<Option<Claim>>;
-    /// When the window admitted the app's pushes since `since`, sent or not: a restart rebuilds
-    /// the window from them.
-    async fn admissions_since(&self, app_id: &str, since: Millis) -> StoreResult<Vec<Millis>>;
-    /// Jobs a stop left in flight go back in line, their outcome unknown.
-    async fn recover_in_flight(&self, app_id: &str, now: Millis) -> StoreResult<Vec<String>>;
-    /// A job whose push broke off after it went in flight: pending again, its outcome unknown.
-    async fn requeue_in_doubt(&self, job_id: &str, now: Millis) -> StoreResult<()>;
-    /// The app's removals waiting for a retry go now (its credentials changed, or its quarantine
-    /// was cleared); answers how many.
-    async fn retry_removals_now(&self, app_id: &str, now: Millis) -> StoreResult<u64>;
-    /// Adds for the pair that are not pushed yet and were queued before job `before_seq`.
-    async fn open_adds_for(
-        &self,
-        app_id: &str,
-        principal_id: &str,
-        group_id: &str,
-        before_seq: i64,
-    ) -> StoreResult<Vec<Job>>;
-    async fn insert_job(&self, job: &Job, now: Millis) -> StoreResult<()>;
-    /// What an add of `member` for the source group checks before it is sent, in one read.
-    async fn add_checks(
-        &self,
-        app_id: &str,
-        member: &TargetMember,
-        group_id: &str,
-        now: Millis,
-    ) -> StoreResult<AddChecks>;
-    /// A source group assigned to the app that still entitles the principal to the target group.
-    async fn entitled_via(
-        &self,
-        app_id: &str,
-        target_display_name: &str,
-        principal_id: &str,
-        now: Millis,
-    ) -> StoreResult<Option<String>>;
-    /// What a cycle's add of `principals` to the target group checks before it is sent, for the
-    /// whole chunk in one read, in the order given (a principal given twice is answered once).
-    async fn add_chunk_checks(
-        &self,
-        app_id: &str,
-        target: &str,
-        principals: &[String],
-        now: Millis,
-    ) -> StoreResult<Vec<ChunkMember>>;
-    async fn expire_due(&self, now: Millis) -> StoreResult<Vec<String>>;
-    async fn next_expiry(&self) -> StoreResult<Option<Millis>>;
-    /// Records one outcome in one commit.
-    async fn record(&self, outcome: &Outcome) -> StoreResult<()>;
-
-    // what the bridge knows of targets
-    async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>>;
-    /// Object links of an app, by principal, after `after` (SPEC §8).
-    /// The removals the deletion guard holds at the app, oldest first.
-    async fn held_removals(&self, app_id: &str) -> StoreResult<Vec<HeldRemoval>>;
-    /// How many removals the deletion guard holds, per app that holds any.
-    async fn held_counts(&self) -> StoreResult<Vec<(String, i64)>>;
-    /// Sends the held removals as removal jobs; answers how many.
-    async fn approve_held(&self, app_id: &str, now: Millis) -> StoreResult<u64>;
-    /// Forgets the held pairs (they stay at the target); answers how many.
-    async fn reject_held(&self, app_id: &str, now: Millis) -> StoreResult<u64>;
-    async fn list_links(&self, app_id: &str, after: Option<&str>, limit: i64) -> StoreResult<Vec<LinkRecord>>;
-    async fn get_link(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<LinkRecord>>;
-    async fn forget_link(&self, app_id: &str, principal_id: &str) -> StoreResult<bool>;
-    async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()>;
-    /// Whether anything entitles the principal at the app now (any assigned group).
-    async fn entitled_at_app(&self, app_id: &str, principal_id: &str, now: Millis) -> StoreResult<bool>;
-    async fn put_target_user(&self, app_id: &str, principal_id: &str, user: &TargetUser) -> StoreResult<()>;
-    async fn target_users(&self, app_id: &str) -> StoreResult<Vec<(String, TargetUser)>>;
-    async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>>;
-    async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()>;
-    async fn forget_target_group(&self, app_id: &str, display_name: &str) -> StoreResult<()>;
-    /// The target groups where the bridge provisioned the principal for the source group (one,
-    /// or the old one too after a rename of the group's `targetDisplayName`).
-    async fn provisioned_targets_of(
-        &self,
-        app_id: &str,
-        principal_id: &str,
-        group_id: &str,
-    ) -> StoreResult<Vec<String>>;
-    /// The bridge has, or may have, put the member there (confirmed or in doubt).
-    async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool>;
-    /// A removal of the member from that target group waits to be sent or retried as a job (of
-    /// an event, or handed on by a cycle): a cycle leaves the removal to it.
-    async fn removal_open(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool>;
-    /// The source group the member was provisioned there for (`None`: not provisioned, or
-    /// provisioned before that was recorded).
-    async fn provisioned_for(&self, app_id: &str, m: &TargetMember) -> StoreResult<Option<String>>;
-    /// The target confirmed the member.
-    async fn is_confirmed(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool>;
-    async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>>;
-    async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>>;
-    async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>>;
-    /// The members the directory feed (standing membership) entitles.
-    async fn standing_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>>;
-
-    // logs, cycles, audit
-    async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()>;
-    async fn query_logs(&self, filter: &LogFilter) -> StoreResult<Vec<LogEntry>>;
-    /// Access-end records, newest end first (SPEC §8).
-    async fn query_access_ends(&self, filter: &AccessEndFilter) -> StoreResult<Vec<AccessEnd>>;
-    /// The open access ends (pending, failed, held) of every app, for the objective's gauge.
-    async fn open_access_ends(&self) -> StoreResult<Vec<AccessEnd>>;
-    async fn get_log(&self, id: &str) -> StoreResult<Option<LogEntry>>;
-    async fn purge_logs(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
-    /// Purges up to `batch` rows of personal data older than `older_than` that nothing needs any
-    /// more: events no live membership or open job points to, finished jobs, ended memberships,
-    /// ended cycles, principals and what was last sent for them that nothing refers to, and
-    /// revoked request ids whose scheduled end is before `now`. Answers how many rows went.
-    async fn purge_records(&self, now: Millis, older_than: Millis, batch: i64) -> StoreResult<u64>;
-    /// Deferred jobs per app, counted (for the metrics scrape).
-    async fn deferred_counts(&self) -> StoreResult<Vec<(String, i64)>>;
-    /// The audit trail is kept as long as the logs.
-    async fn purge_audit(&self, older_than: Millis, batch: i64) -> StoreResult<u64>;
-    async fn insert_cycle(&self, c: &CycleRecord) -> StoreResult<()>;
-    async fn list_cycles(&self, app_id: &str, limit: i64) -> StoreResult<Vec<CycleRecord>>;
-    /// Cycles of the app still marked running (a stop or crash interrupted them).
-    async fn running_cycles(&self, app_id: &str) -> StoreResult<Vec<CycleRecord>>;
-    /// Asks for a cycle. A writing cycle asked for while one runs (or one is already queued) is
-    /// merged into it: answers the id of the cycle that will do the work.
-    async fn request_cycle(&self, app_id: &str, cycle_id: &str, dry_run: bool, now: Millis) -> StoreResult<String>;
-    /// Takes a request to plan the running cycle `cycle_id` again (a merged manual cycle).
-    async fn take_replan(&self, app_id: &str, cycle_id: &str) -> StoreResult<bool>;
-    /// The oldest cycle request of the app, taken off the queue.
-    async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>>;
-    async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()>;
-    /// Newest first; `before_seq` continues a listing.
-    async fn list_audit(&self, limit: i64, before_seq: Option<i64>) -> StoreResult<Vec<AuditEntry>>;
-
-    // encryption-key rotation (`scim-bridge rekey`)
-    /// Passes the stored credentials of every app, deleted ones included, through `reseal` in one
-    /// transaction and stores what it answers. Answers how many were resealed, and the ids of the
-    /// apps it answered `None` for (left as they were).
-    async fn reseal_credentials(&self, reseal: &Reseal) -> StoreResult<(usize, Vec<String>)>;
-    /// The known value sealed with the key the stored credentials are written with (see
-    /// `crate::check_encryption_keys`); `None` until a first start stored it. `reseal_credentials`
-    /// passes it through `reseal` too.
-    async fn key_check(&self) -> StoreResult<Option<Vec<u8>>>;
-    /// Stores the sealed known value unless one is stored already (another replica may have got
-    /// there first); answers the one stored now.
-    async fn init_key_check(&self, sealed: &[u8], now: Millis) -> StoreResult<Vec<u8>>;
-
-    // the cluster (several replicas on one PostgreSQL; see `crate::provisioning::cluster`)
-    /// Whether several processes may share this store, so that work goes by leases. The SQLite
-    /// store is one process's: it answers `false` and none of the methods below is called.
-    fn shared(&self) -> bool;
-    /// Says `replica` (this process: `instance`) is alive for `ttl` more; answers the replicas
-    /// alive now, this one included. `None`: another live process has written the same replica
-    /// id since this one's last heartbeat (`first`: there was none, the row is this process's).
-    async fn heartbeat(
-        &self,
-        replica: &str,
-        instance: &str,
-        first: bool,
-        ttl: Millis,
-    ) -> StoreResult<Option<Vec<String>>>;
-    /// The replica stops: its row goes (its leases are released before).
-    async fn leave(&self, replica: &str) -> StoreResult<()>;
-    /// Grants the lease to `holder` for `ttl` if it is free, expired, released or its own
-    /// (with a new token each time); `None` while another holder's lease runs.
-    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Millis) -> StoreResult<Option<Grant>>;
-    /// Extends every lease `holder` still holds (not expired, not released) by `ttl`; answers
-    /// their names and tokens. A lease it held that is not in the answer is lost.
-    async fn renew_leases(&self, holder: &str, ttl: Millis) -> StoreResult<Vec<(String, i64)>>;
-    /// Gives leases up once the work under them has stopped; `forget` deletes the rows (the
-    /// work no longer exists: a deleted app).
-    async fn release_leases(&self, holder: &str, names: &[String], forget: bool) -> StoreResult<()>;
-    /// Tells every replica listening that there is work (`app:<id>`, `expiry`, `leases`).
-    async fn notify_work(&self, what: &str) -> StoreResult<()>;
-    /// Listens for `notify_work` (and the notifications writes send in their transactions).
-    async fn listen_work(&self) -> StoreResult<Option<Box<dyn WorkListener>>>;
-}
-
 /// A lease granted by `acquire_lease`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
@@ -1072,7 +801,7 @@ tokio::task_local! {
 /// took (a write that changed nothing) is written alone afterwards.
 pub use config::{ConfigDelete, ConfigUpdate, ConfigWrite};
 
-pub async fn audited<F, T>(store: &dyn Store, entry: AuditEntry, write: F) -> StoreResult<T>
+pub async fn audited<F, T>(store: &Store, entry: AuditEntry, write: F) -> StoreResult<T>
 where
     F: std::future::Future<Output = StoreResult<T>>,
 {
@@ -1114,12 +843,12 @@ fn to_json(v: &(impl Serialize + ?Sized)) -> String {
 /// accepted key opens it.
 pub type Reseal = dyn Fn(Option<&str>, &[u8]) -> Option<Vec<u8>> + Send + Sync;
 
-pub type SharedStore = Arc<dyn Store>;
+pub type SharedStore = Arc<Store>;
 
 /// Opens the store named by the URL.
 pub async fn open(url: &str) -> anyhow::Result<SharedStore> {
     if url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(SqlStore::open(url).await?))
+        Ok(Arc::new(Store::open(url).await?))
     } else {
         anyhow::bail!("SCIM_BRIDGE_DATABASE_URL must start with sqlite:// or postgres://")
     }

@@ -10,9 +10,10 @@ use super::logs::insert_logs;
 use super::targets::{put_target_group, put_target_users};
 use super::*;
 
-impl SqlStore {
+impl Store {
+    /// Records one outcome in one commit.
     #[tracing::instrument(skip_all, fields(app_id = %o.app_id))]
-    pub(super) async fn record(&self, o: &Outcome) -> StoreResult<()> {
+    pub async fn record(&self, o: &Outcome) -> StoreResult<()> {
         let now = o.time;
         db_tx!(self, db, tx => {
             for (job_id, change) in &o.jobs {

@@ -17,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::audit::insert_audit;
-use super::dialect::{Dialect, count_commit, count_statement};
+use super::dialect::{Backend, Dialect, count_commit, count_statement};
 use super::events::{Item, write_batch};
 use super::group_commit::{GroupCommit, GroupWriter};
 use super::*;
@@ -225,7 +225,7 @@ impl PostgresDb {
     }
 }
 
-/// The methods of `Store` that have not moved to their aggregate's file yet (see `dialect`).
+/// What `Store::migrate` and `Store::ping` run here.
 impl PostgresDb {
     pub(super) async fn migrate(&self) -> StoreResult<()> {
         sqlx::migrate!("migrations/postgres").run(&self.pool).await?;
@@ -236,15 +236,26 @@ impl PostgresDb {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
 
-    pub(super) async fn heartbeat(
+/// The cluster (several replicas on one PostgreSQL; see `crate::provisioning::cluster`). A SQLite
+/// store is one process's: it holds every lease and hears of its own work, so each method answers
+/// it at once (its first lines).
+impl Store {
+    /// Says `replica` (this process: `instance`) is alive for `ttl` more; answers the replicas
+    /// alive now, this one included. `None`: another live process has written the same replica
+    /// id since this one's last heartbeat (`first`: there was none, the row is this process's).
+    pub async fn heartbeat(
         &self,
         replica: &str,
         instance: &str,
         first: bool,
         ttl: Millis,
     ) -> StoreResult<Option<Vec<String>>> {
-        let mut tx = self.pool.begin().await?;
+        let Backend::Postgres(db) = &self.backend else {
+            return Ok(Some(vec![replica.to_string()]));
+        };
+        let mut tx = db.pool.begin().await?;
         let written: Option<String> = sqlx::query_scalar("SELECT instance FROM replicas WHERE id = $1 FOR UPDATE")
             .bind(replica)
             .fetch_optional(&mut *tx)
@@ -271,20 +282,29 @@ impl PostgresDb {
         let alive = sqlx::query_scalar("SELECT id FROM replicas WHERE expires_at > now() ORDER BY id")
             .fetch_all(&mut *tx)
             .await?;
-        self.commit(tx).await?;
+        db.commit(tx).await?;
         Ok(Some(alive))
     }
 
-    pub(super) async fn leave(&self, replica: &str) -> StoreResult<()> {
+    /// The replica stops: its row goes (its leases are released before).
+    pub async fn leave(&self, replica: &str) -> StoreResult<()> {
+        let Backend::Postgres(db) = &self.backend else {
+            return Ok(());
+        };
         sqlx::query("DELETE FROM replicas WHERE id = $1")
             .bind(replica)
-            .execute(&self.pool)
+            .execute(&db.pool)
             .await?;
         Ok(())
     }
 
-    pub(super) async fn acquire_lease(&self, name: &str, holder: &str, ttl: Millis) -> StoreResult<Option<Grant>> {
-        let mut tx = self.pool.begin().await?;
+    /// Grants the lease to `holder` for `ttl` if it is free, expired, released or its own (with a
+    /// new token each time); `None` while another holder's lease runs.
+    pub async fn acquire_lease(&self, name: &str, holder: &str, ttl: Millis) -> StoreResult<Option<Grant>> {
+        let Backend::Postgres(db) = &self.backend else {
+            return Ok(None);
+        };
+        let mut tx = db.pool.begin().await?;
         let current: Option<(String, bool, bool)> =
             sqlx::query_as("SELECT holder, expires_at > now(), released FROM leases WHERE name = $1 FOR UPDATE")
                 .bind(name)
@@ -321,42 +341,60 @@ impl PostgresDb {
         .bind(ttl as f64)
         .fetch_optional(&mut *tx)
         .await?;
-        self.commit(tx).await?;
+        db.commit(tx).await?;
         Ok(token.map(|token| Grant { token, ..grant }))
     }
 
-    pub(super) async fn renew_leases(&self, holder: &str, ttl: Millis) -> StoreResult<Vec<(String, i64)>> {
+    /// Extends every lease `holder` still holds (not expired, not released) by `ttl`; answers
+    /// their names and tokens. A lease it held that is not in the answer is lost.
+    pub async fn renew_leases(&self, holder: &str, ttl: Millis) -> StoreResult<Vec<(String, i64)>> {
+        let Backend::Postgres(db) = &self.backend else {
+            return Ok(Vec::new());
+        };
         Ok(sqlx::query_as(
             "UPDATE leases SET expires_at = now() + $2 * interval '1 millisecond'
              WHERE holder = $1 AND NOT released AND expires_at > now() RETURNING name, token",
         )
         .bind(holder)
         .bind(ttl as f64)
-        .fetch_all(&self.pool)
+        .fetch_all(&db.pool)
         .await?)
     }
 
-    pub(super) async fn release_leases(&self, holder: &str, names: &[String], forget: bool) -> StoreResult<()> {
+    /// Gives leases up once the work under them has stopped; `forget` deletes the rows (the work
+    /// no longer exists: a deleted app).
+    pub async fn release_leases(&self, holder: &str, names: &[String], forget: bool) -> StoreResult<()> {
+        let Backend::Postgres(db) = &self.backend else {
+            return Ok(());
+        };
         let sql = if forget {
             "DELETE FROM leases WHERE holder = $1 AND name = ANY($2)"
         } else {
             "UPDATE leases SET released = TRUE, expires_at = now() WHERE holder = $1 AND name = ANY($2)"
         };
-        sqlx::query(sql).bind(holder).bind(names).execute(&self.pool).await?;
+        sqlx::query(sql).bind(holder).bind(names).execute(&db.pool).await?;
         Ok(())
     }
 
-    pub(super) async fn notify_work(&self, what: &str) -> StoreResult<()> {
+    /// Tells every replica listening that there is work (`app:<id>`, `expiry`, `leases`).
+    pub async fn notify_work(&self, what: &str) -> StoreResult<()> {
+        let Backend::Postgres(db) = &self.backend else {
+            return Ok(());
+        };
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(WORK_CHANNEL)
             .bind(what)
-            .execute(&self.pool)
+            .execute(&db.pool)
             .await?;
         Ok(())
     }
 
-    pub(super) async fn listen_work(&self) -> StoreResult<Option<Box<dyn WorkListener>>> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+    /// Listens for `notify_work` (and the notifications writes send in their transactions).
+    pub async fn listen_work(&self) -> StoreResult<Option<Box<dyn WorkListener>>> {
+        let Backend::Postgres(db) = &self.backend else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool).await?;
         listener.listen(WORK_CHANNEL).await?;
         Ok(Some(Box::new(PgWorkListener(listener))))
     }
@@ -389,7 +427,7 @@ impl WorkListener for PgWorkListener {
 mod tests;
 
 impl PostgresDb {
-    /// The webhook intake's group commit (`SqlStore::accept_events`).
+    /// The webhook intake's group commit (`Store::accept_events`).
     pub(super) async fn accept_grouped(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
         self.intake.accept(Arc::new(self.clone()), items, now).await
     }

@@ -122,19 +122,21 @@ enum Listed {
     SeenRequests,
 }
 
-impl SqlStore {
+impl Store {
     async fn principal_row(&self, principal_id: &str) -> StoreResult<Option<PrincipalRow>> {
         Ok(read!(self, query_as fetch_optional,
             concat!(principal_columns!(), " WHERE principal_id = $1"),
             principal_id))
     }
 
-    pub(super) async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
+    pub async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
         let row = self.principal_row(principal_id).await?;
         Ok(row.and_then(|r| r.attributes().principal()))
     }
 
-    pub(super) async fn principal_attributes(
+    /// Every attribute a source sent for the principal (the newest value of each field), as a
+    /// `principal` object: what an attribute mapping reads.
+    pub async fn principal_attributes(
         &self,
         principal_id: &str,
     ) -> StoreResult<Option<serde_json::Map<String, Value>>> {
@@ -142,7 +144,7 @@ impl SqlStore {
         Ok(row.map(|r| r.attributes().values()))
     }
 
-    pub(super) async fn put_standing_member(
+    pub async fn put_standing_member(
         &self,
         group_id: &str,
         principal: &str,
@@ -172,7 +174,9 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn put_principal_attributes(
+    /// Takes a `principal` object's fields (the directory feed's), field by field, unless a newer
+    /// event already set that field.
+    pub async fn put_principal_attributes(
         &self,
         principal_id: &str,
         attributes: &Value,
@@ -185,11 +189,14 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+    /// Removes the group's standing members that `listed` leaves out (a fresh directory listing
+    /// lists every member); answers how many went.
+    pub async fn retain_standing_members(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
         self.delete_unlisted(Listed::StandingMembers, group_id, listed).await
     }
 
-    pub(super) async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
+    /// Forgets the group's pairs whose request Graph no longer lists.
+    pub async fn forget_requests_except(&self, group_id: &str, listed: &[String]) -> StoreResult<u64> {
         self.delete_unlisted(Listed::SeenRequests, group_id, listed).await
     }
 

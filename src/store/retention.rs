@@ -3,8 +3,12 @@
 use super::dialect::{db_tx, sql};
 use super::*;
 
-impl SqlStore {
-    pub(super) async fn purge_records(&self, now: Millis, older_than: Millis, batch: i64) -> StoreResult<u64> {
+impl Store {
+    /// Purges up to `batch` rows of personal data older than `older_than` that nothing needs any
+    /// more: events no live membership or open job points to, finished jobs, ended memberships,
+    /// ended cycles, principals and what was last sent for them that nothing refers to, and
+    /// revoked request ids whose scheduled end is before `now`. Answers how many rows went.
+    pub async fn purge_records(&self, now: Millis, older_than: Millis, batch: i64) -> StoreResult<u64> {
         Ok(db_tx!(self, db, tx => {
             // Each deletes up to `$2` rows older than `$1` (revoked request ids: whose end is
             // before `$1`, now).

@@ -14,13 +14,8 @@ macro_rules! source_columns {
     };
 }
 
-impl SqlStore {
-    pub(super) async fn delete_standing_member(
-        &self,
-        group_id: &str,
-        principal: &str,
-        now: Millis,
-    ) -> StoreResult<bool> {
+impl Store {
+    pub async fn delete_standing_member(&self, group_id: &str, principal: &str, now: Millis) -> StoreResult<bool> {
         let done = db_tx!(self, db, tx => {
             let gone = sqlx::query(sql!(db, "DELETE FROM standing_members WHERE group_id = $1 AND principal_id = $2"))
                 .bind(group_id)
@@ -38,23 +33,24 @@ impl SqlStore {
         Ok(done > 0)
     }
 
-    pub(super) async fn assigned_group_ids(&self) -> StoreResult<Vec<String>> {
+    /// Every source group assigned to an app that is not deleted.
+    pub async fn assigned_group_ids(&self) -> StoreResult<Vec<String>> {
         Ok(read!(self, query_scalar fetch_all,
             "SELECT DISTINCT g.group_id FROM group_assignments g JOIN apps a ON a.id = g.app_id
              WHERE a.deleted_at IS NULL ORDER BY g.group_id"))
     }
 
-    pub(super) async fn source_state(&self, id: &str) -> StoreResult<Option<SourceState>> {
+    pub async fn source_state(&self, id: &str) -> StoreResult<Option<SourceState>> {
         Ok(read!(self, query_as fetch_optional,
             concat!("SELECT ", source_columns!(), " FROM sources WHERE id = $1"),
             id))
     }
 
-    pub(super) async fn list_sources(&self) -> StoreResult<Vec<SourceState>> {
+    pub async fn list_sources(&self) -> StoreResult<Vec<SourceState>> {
         Ok(read!(self, query_as fetch_all, concat!("SELECT ", source_columns!(), " FROM sources ORDER BY id")))
     }
 
-    pub(super) async fn put_source_state(&self, s: &SourceState) -> StoreResult<()> {
+    pub async fn put_source_state(&self, s: &SourceState) -> StoreResult<()> {
         execute!(
             self,
             "INSERT INTO sources (id, kind, group_id, delta_link, group_info, group_info_at, last_attempt_at,
@@ -79,18 +75,14 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn seen_requests(&self, group_id: &str) -> StoreResult<Vec<(String, String)>> {
+    /// The (request id, status) pairs already taken in for the group.
+    pub async fn seen_requests(&self, group_id: &str) -> StoreResult<Vec<(String, String)>> {
         Ok(read!(self, query_as fetch_all,
             "SELECT request_id, status FROM source_seen_requests WHERE group_id = $1",
             group_id))
     }
 
-    pub(super) async fn mark_requests_seen(
-        &self,
-        group_id: &str,
-        pairs: &[(String, String)],
-        now: Millis,
-    ) -> StoreResult<()> {
+    pub async fn mark_requests_seen(&self, group_id: &str, pairs: &[(String, String)], now: Millis) -> StoreResult<()> {
         db_tx!(self, db, tx => {
             for (id, status) in pairs {
                 sqlx::query(sql!(

@@ -155,7 +155,7 @@ impl SqliteDb {
         Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 
-    /// The webhook intake's group commit (`SqlStore::accept_events`), in the write turn.
+    /// The webhook intake's group commit (`Store::accept_events`), in the write turn.
     pub(super) async fn accept_grouped(&self, items: &[(Event, Effect)], now: Millis) -> StoreResult<Vec<Acceptance>> {
         self.intake.accept(Arc::new(self.pool.clone()), items, now).await
     }
@@ -166,7 +166,7 @@ impl SqliteDb {
     }
 }
 
-/// The methods of `Store` that have not moved to their aggregate's file yet (see `dialect`).
+/// What `Store::migrate` and `Store::ping` run here.
 impl SqliteDb {
     pub(super) async fn migrate(&self) -> StoreResult<()> {
         // A moved store is left as it was: no bridge starts on it, no migration changes it.

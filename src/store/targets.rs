@@ -86,15 +86,15 @@ macro_rules! put_target_group {
 }
 pub(super) use put_target_group;
 
-impl SqlStore {
-    pub(super) async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>> {
+impl Store {
+    pub async fn target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<Option<TargetUser>> {
         Ok(app_read!(self, query_as fetch_optional, else None,
             "SELECT target_user_id, fingerprint, created_by_us, disabled, enabled_by_us FROM target_users
              WHERE app_id = {uuid $1} AND principal_id = $2",
             app_id, principal_id))
     }
 
-    pub(super) async fn put_target_user(&self, app_id: &str, principal_id: &str, u: &TargetUser) -> StoreResult<()> {
+    pub async fn put_target_user(&self, app_id: &str, principal_id: &str, u: &TargetUser) -> StoreResult<()> {
         db_statement!(self, db, conn => {
             put_target_users(&mut *conn, app_id, &[(principal_id.to_string(), u.clone())]).await?;
         });
@@ -102,7 +102,7 @@ impl SqlStore {
     }
 
     /// Forgets the link to a deleted account: the next entitlement matches or creates one.
-    pub(super) async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()> {
+    pub async fn forget_target_user(&self, app_id: &str, principal_id: &str) -> StoreResult<()> {
         if let Some(app_id) = self.app_key(app_id) {
             execute!(
                 self,
@@ -114,7 +114,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn target_users(&self, app_id: &str) -> StoreResult<Vec<(String, TargetUser)>> {
+    pub async fn target_users(&self, app_id: &str) -> StoreResult<Vec<(String, TargetUser)>> {
         #[derive(sqlx::FromRow)]
         struct Row {
             principal_id: String,
@@ -128,20 +128,20 @@ impl SqlStore {
         Ok(rows.into_iter().map(|r| (r.principal_id, r.user)).collect())
     }
 
-    pub(super) async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>> {
+    pub async fn target_group(&self, app_id: &str, display_name: &str) -> StoreResult<Option<String>> {
         Ok(app_read!(self, query_scalar fetch_optional, else None,
             "SELECT target_group_id FROM target_groups WHERE app_id = {uuid $1} AND display_name = $2",
             app_id, display_name))
     }
 
-    pub(super) async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()> {
+    pub async fn put_target_group(&self, app_id: &str, display_name: &str, id: &str) -> StoreResult<()> {
         db_statement!(self, db, conn => {
             put_target_group!(db, &mut *conn, app_id, display_name, id)?;
         });
         Ok(())
     }
 
-    pub(super) async fn forget_target_group(&self, app_id: &str, display_name: &str) -> StoreResult<()> {
+    pub async fn forget_target_group(&self, app_id: &str, display_name: &str) -> StoreResult<()> {
         if let Some(app_id) = self.app_key(app_id) {
             execute!(
                 self,
@@ -153,7 +153,9 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn provisioned_targets_of(
+    /// The target groups where the bridge provisioned the principal for the source group (one,
+    /// or the old one too after a rename of the group's `targetDisplayName`).
+    pub async fn provisioned_targets_of(
         &self,
         app_id: &str,
         principal_id: &str,
@@ -165,7 +167,9 @@ impl SqlStore {
             app_id, principal_id, group_id))
     }
 
-    pub(super) async fn provisioned_for(&self, app_id: &str, m: &TargetMember) -> StoreResult<Option<String>> {
+    /// The source group the member was provisioned there for (`None`: not provisioned, or
+    /// provisioned before that was recorded).
+    pub async fn provisioned_for(&self, app_id: &str, m: &TargetMember) -> StoreResult<Option<String>> {
         let found: Option<Option<String>> = app_read!(self, query_scalar fetch_optional, else None,
             "SELECT group_id FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2
              AND principal_id = $3",
@@ -173,21 +177,25 @@ impl SqlStore {
         Ok(found.flatten())
     }
 
-    pub(super) async fn removal_open(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
+    /// A removal of the member from that target group waits to be sent or retried as a job (of
+    /// an event, or handed on by a cycle): a cycle leaves the removal to it.
+    pub async fn removal_open(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
         let found: Option<i32> = app_read!(self, query_scalar fetch_optional, else None,
             REMOVAL_OPEN,
             app_id, &m.target_display_name, &m.principal_id);
         Ok(found.is_some())
     }
 
-    pub(super) async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
+    /// The bridge has, or may have, put the member there (confirmed or in doubt).
+    pub async fn is_provisioned(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
         let found: Option<i32> = app_read!(self, query_scalar fetch_optional, else None,
             "SELECT 1 FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2 AND principal_id = $3",
             app_id, &m.target_display_name, &m.principal_id);
         Ok(found.is_some())
     }
 
-    pub(super) async fn is_confirmed(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
+    /// The target confirmed the member.
+    pub async fn is_confirmed(&self, app_id: &str, m: &TargetMember) -> StoreResult<bool> {
         let found: Option<i32> = app_read!(self, query_scalar fetch_optional, else None,
             "SELECT 1 FROM provisioned WHERE app_id = {uuid $1} AND target_display_name = $2 AND principal_id = $3
              AND confirmed = TRUE",
@@ -195,7 +203,7 @@ impl SqlStore {
         Ok(found.is_some())
     }
 
-    pub(super) async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
+    pub async fn in_doubt_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
         Ok(app_read!(self, query_as fetch_all, else Vec::new(),
             "SELECT target_display_name, principal_id FROM provisioned
              WHERE app_id = {uuid $1} AND confirmed = FALSE
@@ -203,14 +211,14 @@ impl SqlStore {
             app_id))
     }
 
-    pub(super) async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
+    pub async fn provisioned_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
         Ok(app_read!(self, query_as fetch_all, else Vec::new(),
             "SELECT target_display_name, principal_id FROM provisioned WHERE app_id = {uuid $1}
              ORDER BY {binary target_display_name}, {binary principal_id}",
             app_id))
     }
 
-    pub(super) async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>> {
+    pub async fn desired_members(&self, app_id: &str, now: Millis) -> StoreResult<Vec<TargetMember>> {
         Ok(app_read!(self, query_as fetch_all, else Vec::new(),
             "SELECT target_display_name, principal_id FROM (
                SELECT ga.target_display_name, s.principal_id FROM group_assignments ga
@@ -224,7 +232,8 @@ impl SqlStore {
             app_id, now))
     }
 
-    pub(super) async fn standing_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
+    /// The members the directory feed (standing membership) entitles.
+    pub async fn standing_members(&self, app_id: &str) -> StoreResult<Vec<TargetMember>> {
         Ok(app_read!(self, query_as fetch_all, else Vec::new(),
             "SELECT target_display_name, principal_id FROM (
                SELECT DISTINCT ga.target_display_name, s.principal_id FROM group_assignments ga

@@ -3,8 +3,8 @@
 use super::dialect::{db_tx, read, sql};
 use super::*;
 
-impl SqlStore {
-    pub(super) async fn insert_token(&self, t: &TokenRecord, hash: &str) -> StoreResult<()> {
+impl Store {
+    pub async fn insert_token(&self, t: &TokenRecord, hash: &str) -> StoreResult<()> {
         db_tx!(self, db, tx => {
             sqlx::query(sql!(
                 db,
@@ -21,20 +21,20 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
+    pub async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
         Ok(read!(self, query_as fetch_optional,
             "SELECT id, name, role, {ms created_at} AS created_at FROM tokens
              WHERE hash = $1 AND revoked_at IS NULL",
             hash))
     }
 
-    pub(super) async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+    pub async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
         Ok(read!(self, query_as fetch_all,
             "SELECT id, name, role, {ms created_at} AS created_at FROM tokens WHERE revoked_at IS NULL
              ORDER BY created_at"))
     }
 
-    pub(super) async fn revoke_token(&self, id: &str, now: Millis) -> StoreResult<bool> {
+    pub async fn revoke_token(&self, id: &str, now: Millis) -> StoreResult<bool> {
         let done = db_tx!(self, db, tx => {
             sqlx::query(sql!(db, "UPDATE tokens SET revoked_at = {ts $1} WHERE id = $2 AND revoked_at IS NULL"))
                 .bind(now)

@@ -4,7 +4,7 @@ use super::*;
 use crate::store::dialect::Backend;
 use sqlx::Connection;
 
-fn pg(store: &SqlStore) -> &PostgresDb {
+fn pg(store: &Store) -> &PostgresDb {
     match &store.backend {
         Backend::Postgres(db) => db,
         Backend::Sqlite(_) => unreachable!("a PostgreSQL store"),
@@ -14,7 +14,7 @@ fn pg(store: &SqlStore) -> &PostgresDb {
 /// A fresh, migrated database on the test PostgreSQL server (`SCIM_BRIDGE_TEST_POSTGRES_URL`,
 /// default the local cluster), dropped by `drop_database`. `None` (the test skips, saying
 /// why) when there is no server, except under `CI=true`.
-async fn fresh_store() -> Option<(SqlStore, String, String)> {
+async fn fresh_store() -> Option<(Store, String, String)> {
     let server = std::env::var("SCIM_BRIDGE_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://scim_bridge_test:scim_bridge_test@127.0.0.1/scim_bridge_test".into());
     let mut admin = match sqlx::PgConnection::connect(&server).await {
@@ -34,12 +34,12 @@ async fn fresh_store() -> Option<(SqlStore, String, String)> {
         .expect("create a test database");
     let mut url = url::Url::parse(&server).expect("URL");
     url.set_path(&format!("/{name}"));
-    let store = SqlStore::open(url.as_str()).await.expect("open");
+    let store = Store::open(url.as_str()).await.expect("open");
     store.migrate().await.expect("migrate");
     Some((store, server, name))
 }
 
-async fn drop_database(store: SqlStore, server: &str, name: &str) {
+async fn drop_database(store: Store, server: &str, name: &str) {
     pg(&store).pool.close().await;
     if let Ok(mut admin) = sqlx::PgConnection::connect(server).await {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(

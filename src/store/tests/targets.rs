@@ -16,7 +16,7 @@ fn member(principal: &str) -> TargetMember {
 async fn an_outcomes_member_changes_leave_what_applying_them_in_order_would() {
     use MemberChange::{Confirmed, Gone, InDoubt};
     let dir = tempfile::tempdir().unwrap();
-    let store = SqlStore::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+    let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
         .await
         .unwrap();
     Store::migrate(&store).await.unwrap();
