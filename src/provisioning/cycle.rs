@@ -761,11 +761,6 @@ impl Cycle {
         Ok(Done::Next(result))
     }
 
-    /// Still to be added: entitled now, and not confirmed at the target.
-    async fn wants_add(&self, ctx: &Ctx, app: &AppRecord, member: &TargetMember) -> anyhow::Result<bool> {
-        Ok(Self::entitled(ctx, app, member).await? && !ctx.store.is_confirmed(&app.id, member).await?)
-    }
-
     /// Whether something entitles the member now: to its target group, or (an app without
     /// groups, where the account is the entitlement) to the app.
     async fn entitled(ctx: &Ctx, app: &AppRecord, member: &TargetMember) -> anyhow::Result<bool> {
@@ -789,20 +784,29 @@ impl Cycle {
         client: &ScimClient,
         member: &TargetMember,
     ) -> anyhow::Result<Done> {
-        if !self.wants_add(ctx, app, member).await? {
+        // Everything the step reads, in one read.
+        let read = ctx
+            .store
+            .user_step(&app.id, member, app.settings.provisions_groups(), ctx.now())
+            .await?;
+        self.upn
+            .entry(member.principal_id.clone())
+            .or_insert(read.user_principal_name);
+        if !read.wanted {
             return Ok(Done::Next(StepResult::default()));
         }
         let mut steps = Vec::new();
         let mut pushed = push::PushResult::default();
         // A user an earlier step of the chunk recorded is not committed yet: it is given here.
-        let carried = self.carried_user(&member.principal_id).map(|u| Some(u.clone()));
+        let stored = self.carried_user(&member.principal_id).cloned().or(read.user);
         match push::ensure_user(
             ctx,
             app,
             mapping,
             client,
             &member.principal_id,
-            carried,
+            Some(stored),
+            read.attributes,
             &mut steps,
             &mut pushed,
         )

@@ -66,20 +66,31 @@ pub fn map_user(
     })
 }
 
-async fn mapped(ctx: &Ctx, mapping: &AppMapping, principal_id: &str) -> ScimResult<MappedUser> {
-    let principal = ctx
-        .store
-        .principal_attributes(principal_id)
-        .await
-        .map_err(|e| ScimError::Protocol(e.to_string()))?
-        .ok_or_else(|| ScimError::Protocol("no user attributes known for this principal yet".into()))?;
+/// The user as the mapping makes it of the principal's attributes: `read` if the caller has
+/// them, else read here.
+async fn mapped(
+    ctx: &Ctx,
+    mapping: &AppMapping,
+    principal_id: &str,
+    read: Option<serde_json::Map<String, Value>>,
+) -> ScimResult<MappedUser> {
+    let principal = match read {
+        Some(read) => Some(read),
+        None => ctx
+            .store
+            .principal_attributes(principal_id)
+            .await
+            .map_err(|e| ScimError::Protocol(e.to_string()))?,
+    }
+    .ok_or_else(|| ScimError::Protocol("no user attributes known for this principal yet".into()))?;
     map_user(mapping, principal_id, &principal).map_err(ScimError::Protocol)
 }
 
 /// The target's id for the principal: the stored one, else matched, else created, with the
 /// app's attribute mapping. Attributes whose mapped value changed since they were last sent are
 /// replaced; an account the bridge disabled is enabled again. `stored`: the stored record, when
-/// the caller has read it already (`Store::claim_job`); `None`: read it here.
+/// the caller has read it already (`Store::claim_job`, `Store::user_step`); `None`: read it here.
+/// `attributes`: the principal's, when the caller has read them (`Store::user_step`).
 #[allow(clippy::too_many_arguments)]
 pub async fn ensure_user(
     ctx: &Ctx,
@@ -88,10 +99,11 @@ pub async fn ensure_user(
     client: &ScimClient,
     principal_id: &str,
     stored: Option<Option<TargetUser>>,
+    attributes: Option<serde_json::Map<String, Value>>,
     steps: &mut Vec<Step>,
     result: &mut PushResult,
 ) -> ScimResult<String> {
-    let user = mapped(ctx, mapping, principal_id).await?;
+    let user = mapped(ctx, mapping, principal_id, attributes).await?;
     let print = user.always.to_string();
     let stored = match stored {
         Some(stored) => stored,
@@ -176,7 +188,7 @@ pub async fn update_user(
     else {
         return Ok(None);
     };
-    let user = mapped(ctx, mapping, principal_id).await?;
+    let user = mapped(ctx, mapping, principal_id, None).await?;
     let print = user.always.to_string();
     if known.fingerprint == print {
         return Ok(None);
@@ -252,7 +264,18 @@ pub async fn add_member(
         Some(claim) => (Some(claim.user), Some(claim.group_id)),
         None => (None, None),
     };
-    let user_id = ensure_user(ctx, app, mapping, client, principal_id, stored_user, steps, result).await?;
+    let user_id = ensure_user(
+        ctx,
+        app,
+        mapping,
+        client,
+        principal_id,
+        stored_user,
+        None,
+        steps,
+        result,
+    )
+    .await?;
     result.target_user_id = Some(user_id.clone());
     if !app.settings.provisions_groups() {
         // The account is the entitlement: created, or enabled, is provisioned.
@@ -410,7 +433,7 @@ pub async fn remove_member(
     {
         Some(u) => u.target_user_id,
         None => {
-            let filters = match mapped(ctx, mapping, principal_id).await {
+            let filters = match mapped(ctx, mapping, principal_id, None).await {
                 Ok(user) => user.filters,
                 Err(_) => Vec::new(),
             };

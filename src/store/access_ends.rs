@@ -5,6 +5,7 @@
 
 use super::dialect::{app_read, db_run, read, sql};
 use super::logs::push_filters;
+use super::memberships::entitles;
 use super::*;
 
 /// The columns of a record as `AccessEnd` reads them.
@@ -212,14 +213,7 @@ impl Store {
     /// Whether anything entitles the principal at the app now (any assigned group).
     pub async fn entitled_at_app(&self, app_id: &str, principal_id: &str, now: Millis) -> StoreResult<bool> {
         let found: Option<i64> = app_read!(self, query_scalar fetch_optional, else None,
-            "SELECT 1 FROM group_assignments ga
-             WHERE ga.app_id = {uuid $1} AND (
-               EXISTS (SELECT 1 FROM standing_members s WHERE s.group_id = ga.group_id AND s.principal_id = $2)
-               OR EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = ga.group_id AND m.principal_id = $2
-                          AND m.access_id = 'member' AND m.active
-                          AND (m.start_at IS NULL OR m.start_at <= {ts $3})
-                          AND (m.end_at IS NULL OR m.end_at > {ts $3})))
-             LIMIT 1",
+            concat!("SELECT 1 FROM group_assignments ga WHERE ga.app_id = {uuid $1} AND ", entitles!("$2", "$3"), " LIMIT 1"),
             app_id, principal_id, now);
         Ok(found.is_some())
     }

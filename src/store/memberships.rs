@@ -6,21 +6,35 @@ use super::dialect::{app_read, db_run, db_tx, read, sql};
 use super::jobs::insert_job_in;
 use super::*;
 
-/// The assignments `ga` of app `$1` with target group `$2` whose source group entitles the
-/// principal (the SQL expression given) at `$4`: a standing member, or an active membership
-/// within its schedule.
-macro_rules! entitling_assignments {
-    ($principal:literal) => {
+/// Whether the source group of the assignment `ga` entitles the principal (the SQL expression
+/// given) at the time given: a standing member, or an active membership within its schedule.
+macro_rules! entitles {
+    ($principal:literal, $now:literal) => {
         concat!(
-            "FROM group_assignments ga WHERE ga.app_id = {uuid $1} AND ga.target_display_name = $2 AND (
-               EXISTS (SELECT 1 FROM standing_members s WHERE s.group_id = ga.group_id AND s.principal_id = ",
+            "(EXISTS (SELECT 1 FROM standing_members s WHERE s.group_id = ga.group_id AND s.principal_id = ",
             $principal,
             ")
-               OR EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = ga.group_id AND m.principal_id = ",
+              OR EXISTS (SELECT 1 FROM memberships m WHERE m.group_id = ga.group_id AND m.principal_id = ",
             $principal,
             "
                  AND m.access_id = 'member' AND m.active = TRUE
-                 AND (m.start_at IS NULL OR m.start_at <= {ts $4}) AND (m.end_at IS NULL OR m.end_at > {ts $4})))"
+                 AND (m.start_at IS NULL OR m.start_at <= {ts ",
+            $now,
+            "}) AND (m.end_at IS NULL OR m.end_at > {ts ",
+            $now,
+            "})))"
+        )
+    };
+}
+pub(super) use entitles;
+
+/// The assignments `ga` of app `$1` with target group `$2` whose source group entitles the
+/// principal (the SQL expression given) at `$4`.
+macro_rules! entitling_assignments {
+    ($principal:literal) => {
+        concat!(
+            "FROM group_assignments ga WHERE ga.app_id = {uuid $1} AND ga.target_display_name = $2 AND ",
+            entitles!($principal, "$4")
         )
     };
 }

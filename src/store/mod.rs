@@ -674,6 +674,18 @@ pub struct ChunkMember {
     pub target_user_id: Option<String>,
 }
 
+/// What a cycle's user step reads before it sends anything (`Store::user_step`), in one read.
+#[derive(Debug, Clone, Default)]
+pub struct UserStep {
+    /// Still to be added: entitled now, and not confirmed at the target.
+    pub wanted: bool,
+    /// The principal's user at the app, as last recorded (`Store::target_user`).
+    pub user: Option<TargetUser>,
+    pub user_principal_name: Option<String>,
+    /// What an attribute mapping reads (`Store::principal_attributes`); `None`: nothing known.
+    pub attributes: Option<serde_json::Map<String, Value>>,
+}
+
 /// What a claim answers (`Store::claim_job`), read in the claim's own statement: what a push
 /// would otherwise read before it sends.
 #[derive(Debug, Clone, Default)]

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::dialect::{RowsConn, db_tx, execute_chunked, read, sql};
+use super::dialect::{RowsConn, db_run, db_tx, execute_chunked, read, sql};
+use super::memberships::entitles;
 use super::*;
 use crate::rules::StoredAttributes;
 
@@ -122,11 +123,94 @@ enum Listed {
     SeenRequests,
 }
 
+/// What a cycle's user step reads (`Store::user_step`): the checks, the stored user's columns
+/// and the principal's row, each `NULL` where there is none.
+#[derive(sqlx::FromRow)]
+struct UserStepRow {
+    entitled: bool,
+    confirmed: bool,
+    target_user_id: Option<String>,
+    fingerprint: Option<String>,
+    created_by_us: Option<bool>,
+    disabled: Option<bool>,
+    enabled_by_us: Option<bool>,
+    principal_id: Option<String>,
+    user_principal_name: Option<String>,
+    display_name: Option<String>,
+    given_name: Option<String>,
+    surname: Option<String>,
+    mail: Option<String>,
+    attributes: Option<String>,
+}
+
 impl Store {
     async fn principal_row(&self, principal_id: &str) -> StoreResult<Option<PrincipalRow>> {
         Ok(read!(self, query_as fetch_optional,
             concat!(principal_columns!(), " WHERE principal_id = $1"),
             principal_id))
+    }
+
+    /// What a cycle's user step for the member reads before it sends anything, in one read:
+    /// whether it is still to be added (entitled now, to the target group or, for an app without
+    /// groups, to the app; and not confirmed there), the principal's stored user at the app, and
+    /// what is known of the principal.
+    pub async fn user_step(&self, app_id: &str, m: &TargetMember, groups: bool, now: Millis) -> StoreResult<UserStep> {
+        let row: UserStepRow = db_run!(self, db => {
+            // An app id no stored app can have (`app_key`) is bound as NULL: nothing entitled.
+            sqlx::query_as(sql!(
+                db,
+                concat!(
+                    "SELECT EXISTS (SELECT 1 FROM group_assignments ga WHERE ga.app_id = {uuid $1}
+                         AND (ga.target_display_name = $2 OR NOT $5) AND ",
+                    entitles!("$3", "$4"),
+                    ") AS entitled,
+                       EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = $2
+                              AND p.principal_id = $3 AND p.confirmed = TRUE) AS confirmed,
+                       t.target_user_id, t.fingerprint, t.created_by_us, t.disabled, t.enabled_by_us,
+                       pr.principal_id, pr.user_principal_name, pr.display_name, pr.given_name, pr.surname, pr.mail,
+                       {text pr.attributes} AS attributes
+                     FROM (SELECT 1 AS one) one
+                     LEFT JOIN target_users t ON t.app_id = {uuid $1} AND t.principal_id = $3
+                     LEFT JOIN principals pr ON pr.principal_id = $3"
+                )
+            ))
+            .bind(db.app_key(app_id))
+            .bind(&m.target_display_name)
+            .bind(&m.principal_id)
+            .bind(now)
+            .bind(groups)
+            .fetch_one(&db.pool)
+            .await?
+        });
+        let user = row.target_user_id.map(|target_user_id| TargetUser {
+            target_user_id,
+            fingerprint: row.fingerprint.unwrap_or_default(),
+            created_by_us: row.created_by_us.unwrap_or(false),
+            disabled: row.disabled.unwrap_or(false),
+            enabled_by_us: row.enabled_by_us.unwrap_or(false),
+        });
+        let principal = row
+            .principal_id
+            .zip(row.user_principal_name)
+            .map(|(principal_id, user_principal_name)| PrincipalRow {
+                principal_id,
+                user_principal_name,
+                display_name: row.display_name,
+                given_name: row.given_name,
+                surname: row.surname,
+                mail: row.mail,
+                attributes: row.attributes,
+            });
+        let stored = principal.map(|p| p.attributes());
+        Ok(UserStep {
+            wanted: row.entitled && !row.confirmed,
+            user,
+            user_principal_name: stored
+                .as_ref()
+                .and_then(|a| a.principal())
+                .map(|p| p.user_principal_name),
+            attributes: stored.map(|a| a.values()),
+        })
     }
 
     pub async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {
