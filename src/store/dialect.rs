@@ -73,7 +73,9 @@
 //! transaction's, or on SQLite a write sent alone). Two relaxed atomic increments per statement
 //! cost nothing next to a round trip, so they are always compiled in: a test in `tests/` (which
 //! sees the library built without `cfg(test)`) asserts what one push costs, with no feature to
-//! enable. The intake's statements not written with `sql!` yet are not counted.
+//! enable. Not counted: the cluster's own statements (heartbeats, leases, a notification sent
+//! alone), migrations, the moved-store check and the cycle request's lock, none of them on the
+//! path of a push or an event.
 
 use super::postgres::PostgresDb;
 use super::sqlite::SqliteDb;
@@ -228,8 +230,7 @@ static COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 
 /// One statement sent (besides `BEGIN` and `COMMIT`): each `sql!` counts its own; a text written
 /// for one backend only counts itself with this (the fence check, the intake's locks and
-/// notifications, `order_commits`; the methods of `sqlite.rs` and `postgres.rs` not written once
-/// yet are not counted).
+/// notifications, `order_commits`; what is not counted is listed in the header).
 pub(super) fn count_statement() {
     STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
