@@ -28,7 +28,7 @@ impl Store {
     pub async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<()> {
         db_run!(self, db => {
             insert_audit!(db, &db.pool, e)?;
-            db.order_commits().await;
+            db.order_commits_later();
         });
         Ok(())
     }

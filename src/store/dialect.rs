@@ -33,8 +33,9 @@
 //! The bodies that differ as a whole stay with their backend, each beside the SQL that differs:
 //! - writes: `SqliteDb::begin` (the write turn, then `BEGIN IMMEDIATE`) and `PostgresDb::begin`
 //!   (the lease fence, `FOR SHARE` on the lease row); both `commit`s write the pending audit entry
-//!   (`store::audited`) in the same transaction, and PostgreSQL then numbers the committed log and
-//!   audit entries (`PostgresDb::order_commits`, a no-op on SQLite, whose `seq` is the rowid);
+//!   (`store::audited`) in the same transaction, and PostgreSQL then has the committed log and
+//!   audit entries numbered by a task of its own (`PostgresDb::order_commits_later`; a reader
+//!   numbers what is left first, `order_commits`); both no-ops on SQLite, whose `seq` is the rowid;
 //! - app ids: `PostgresDb::app_key` answers `None` for a string no `uuid` column can hold, so the
 //!   query is not sent (SQLite's answers `Some` always: the query finds nothing);
 //! - a filter on a list of app ids (`push_app_ids`): `= ANY($N::uuid[])` on PostgreSQL, `IN

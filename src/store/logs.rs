@@ -105,7 +105,7 @@ impl Store {
     pub async fn insert_log(&self, entry: &LogEntry) -> StoreResult<()> {
         db_statement!(self, db, conn => {
             insert_logs(&mut *conn, std::slice::from_ref(entry)).await?;
-            db.order_commits().await;
+            db.order_commits_later();
         });
         Ok(())
     }

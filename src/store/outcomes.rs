@@ -166,7 +166,7 @@ impl Store {
             }
         });
         if !o.logs.is_empty() {
-            db_run!(self, db => db.order_commits().await);
+            db_run!(self, db => db.order_commits_later());
         }
         Ok(())
     }

@@ -1,10 +1,9 @@
 //! The shared store: PostgreSQL, for several replicas on one database. Times are `timestamptz`
-//! and app ids `uuid` in the tables; the store trait speaks unix milliseconds and strings, so
-//! every query converts at the boundary with the SQL functions `from_ms` and `to_ms` (see
+//! and app ids `uuid` in the tables; `Store` speaks unix milliseconds and strings, so every query
+//! converts at the boundary with the SQL functions `from_ms` and `to_ms` (see
 //! `migrations/postgres/0001_init.sql`) and `::uuid` / `::text` casts (the fragments of
-//! `store::dialect`). This file holds what only PostgreSQL does (see `dialect`) and the methods
-//! not yet written once for both databases in their aggregate's file; what a transaction contains
-//! is decided in `crate::rules` and by the engine, exactly as for SQLite.
+//! `store::dialect`). This file holds what only PostgreSQL does (see `dialect`); what a
+//! transaction contains is decided in `crate::rules` and by the engine, exactly as for SQLite.
 //!
 //! Several replicas share it: the leases and the fencing check of every write done under one
 //! are in `begin` and the lease methods at the end; new work is announced with `pg_notify` on
@@ -28,6 +27,8 @@ pub struct PostgresDb {
     /// The webhooks' group commit of this process (see `group_commit`); processes commit side by
     /// side, their events' advisory locks taken first (`lock_intake`).
     intake: Arc<GroupCommit>,
+    /// Asks this process's numberer to number what a writer committed (`order_commits_later`).
+    numbering: tokio::sync::mpsc::Sender<()>,
 }
 
 type Tx = Transaction<'static, Postgres>;
@@ -59,14 +60,30 @@ impl PostgresDb {
         // A lock held longer than this fails the statement, as SQLite's busy timeout does: the
         // webhook answers 503 and its sender retries, instead of hanging.
         let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([("lock_timeout", "10s")]);
+        let port = options.get_port();
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |_, _| {
+                no_delay(port);
+                Box::pin(async { Ok(()) })
+            })
             .connect_with(options)
             .await?;
+        // The numberer: one task that numbers committed log and audit entries whenever a writer
+        // asks, so that no writer waits for it; asks that arrive while one is queued are one run.
+        // It ends with the last of the store's handles (its channel closes).
+        let (numbering, mut asked) = tokio::sync::mpsc::channel::<()>(1);
+        let numberer = pool.clone();
+        tokio::spawn(async move {
+            while asked.recv().await.is_some() {
+                order(&numberer).await;
+            }
+        });
         Ok(Self {
             pool,
             intake: Arc::new(GroupCommit::new(Arc::new(tokio::sync::Mutex::new(())))),
+            numbering,
         })
     }
 
@@ -104,20 +121,25 @@ impl PostgresDb {
         tx.commit().await?;
         count_commit();
         if audit.is_some() {
-            self.order_commits().await;
+            self.order_commits_later();
         }
         Ok(())
     }
 
-    /// Numbers the log and audit entries committed so far in commit order (the paging cursor);
-    /// see `assign_commit_order` in the migration. Runs in a transaction of its own, so it is
-    /// called after the writer's commit; a failure here loses nothing (the next call numbers
-    /// them), so it is only logged.
+    /// Numbers the log and audit entries committed so far in commit order (the paging cursor),
+    /// before a reader pages through them: see `assign_commit_order` in the migration.
     pub(super) async fn order_commits(&self) {
         count_statement();
-        if let Err(e) = sqlx::query("SELECT assign_commit_order()").execute(&self.pool).await {
-            tracing::warn!(error = %e, "numbering committed log entries failed; the next write or read does it");
-        }
+        order(&self.pool).await;
+    }
+
+    /// Has the numberer (`open`) number what the writer just committed, without waiting for it:
+    /// entries are numbered in a transaction of their own after their writer's commit, and every
+    /// reader numbers what is left before it reads (`order_commits`), so a writer need not wait.
+    /// Counted as the statement it causes (an ask that joins a queued run is counted too).
+    pub(super) fn order_commits_later(&self) {
+        count_statement();
+        let _ = self.numbering.try_send(());
     }
 
     /// Deleting an app takes its lease row first, then the job rows: the order a dispatcher's
@@ -444,9 +466,49 @@ impl GroupWriter for PostgresDb {
             self.announce_intake(&mut tx, &written.answers).await?;
             self.commit(tx).await?;
             if written.logged {
-                self.order_commits().await;
+                self.order_commits_later();
             }
             Ok(written.answers)
         })
     }
+}
+
+/// Runs `assign_commit_order`. A failure loses nothing (the next run numbers the entries), so it
+/// is only logged.
+async fn order(pool: &PgPool) {
+    if let Err(e) = sqlx::query("SELECT assign_commit_order()").execute(pool).await {
+        tracing::warn!(error = %e, "numbering committed log entries failed; the next write or read does it");
+    }
+}
+
+/// Turns Nagle's algorithm off on this process's TCP connections to the server's `port`, as
+/// libpq does on each of its own. sqlx 0.9.0 no longer does it (transact-rs/sqlx#4335, fixed after
+/// that release): a statement whose message does not end on a full TCP segment then waits for the
+/// server's delayed ACK, 40 ms. The intake's multi-row statements hit it: a group of 41 webhooks
+/// took 93 ms, 89 of them two such waits, and the database idle meanwhile. Each new connection
+/// sets it on every such socket (again on those set before, which changes nothing).
+fn no_delay(port: u16) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::BorrowedFd;
+        let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+            return;
+        };
+        for fd in fds.flatten() {
+            let Some(fd) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            // SAFETY: the descriptor was open when listed and is only borrowed for two socket
+            // options; one closed and reused meanwhile answers an error, or is another socket of
+            // this process that gets `TCP_NODELAY` too: harmless either way.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&fd);
+            let to_server = (socket.peer_addr().ok().and_then(|a| a.as_socket())).is_some_and(|a| a.port() == port);
+            if to_server && socket.r#type().is_ok_and(|t| t == socket2::Type::STREAM) {
+                let _ = socket.set_tcp_nodelay(true);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = port;
 }

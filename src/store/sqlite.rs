@@ -100,6 +100,9 @@ impl SqliteDb {
     /// Nothing to number: an entry's `seq` is its rowid, given as it is written.
     pub(super) async fn order_commits(&self) {}
 
+    /// See `order_commits`.
+    pub(super) fn order_commits_later(&self) {}
+
     /// Where `migrate-store` moved this store, if it did (SPEC §6, "Moving stores").
     async fn moved_to(&self) -> StoreResult<Option<String>> {
         let marked: Option<i64> =

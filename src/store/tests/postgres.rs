@@ -151,3 +151,43 @@ async fn an_accepted_extension_that_queues_no_job_still_wakes_the_expiry_timer()
     drop(listener);
     drop_database(store, &server, &name).await;
 }
+
+/// The store's connections send each statement at once (`TCP_NODELAY`, see `no_delay`): without
+/// it a message that does not end on a full segment waits 40 ms for the server's delayed ACK.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_stores_connections_have_nagles_algorithm_off() {
+    let Some((store, server, name)) = fresh_store().await else {
+        return;
+    };
+    let db = pg(&store);
+    let held = futures::future::join_all((0..3).map(|_| db.pool.acquire())).await;
+    assert!(held.iter().all(Result::is_ok));
+    let port = url::Url::parse(&server).unwrap().port().unwrap_or(5432);
+    let mut no_delay = 0;
+    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Some(fd) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: as in `no_delay`: only socket options are read.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&fd);
+        if socket
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .is_some_and(|a| a.port() == port)
+            && socket.tcp_nodelay().unwrap_or(false)
+        {
+            no_delay += 1;
+        }
+    }
+    let connections = db.pool.size() as usize;
+    assert!(connections >= 3, "{connections}");
+    assert!(
+        no_delay >= connections,
+        "{no_delay} of the pool's {connections} connections have TCP_NODELAY"
+    );
+    drop(held);
+    drop_database(store, &server, &name).await;
+}
