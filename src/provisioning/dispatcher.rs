@@ -276,7 +276,9 @@ impl Dispatcher {
             store.recover_in_flight(&self.app_id, pass_started).await?;
             self.in_flight_left = false;
         }
-        let Some(mut app) = store.get_app(&self.app_id).await? else {
+        // The app, and whether any job is due, in one read: a pass with nothing queued (most of
+        // them: each step of a cycle is one) reads no jobs.
+        let Some((mut app, jobs_due)) = store.app_and_work(&self.app_id, pass_started).await? else {
             return Ok(None);
         };
         let (limit, span) = self.ctx.rate_limit(&app);
@@ -299,7 +301,11 @@ impl Dispatcher {
 
         let mut next: Option<Millis> = None;
         'batches: loop {
-            let jobs = store.runnable_jobs(&app.id, self.ctx.now(), BATCH).await?;
+            let jobs = if jobs_due {
+                store.runnable_jobs(&app.id, self.ctx.now(), BATCH).await?
+            } else {
+                Vec::new()
+            };
             if jobs.is_empty() {
                 break;
             }

@@ -173,6 +173,35 @@ impl Store {
         Ok(())
     }
 
+    /// The app (as `get_app`) and whether it has a job due at `now`, in one read: what a
+    /// dispatcher's pass reads first (it reads the jobs themselves only when there are some).
+    pub async fn app_and_work(&self, id: &str, now: Millis) -> StoreResult<Option<(AppRecord, bool)>> {
+        #[derive(sqlx::FromRow)]
+        struct AppWork {
+            #[sqlx(flatten)]
+            app: AppRecord,
+            due: bool,
+        }
+        let row: Option<AppWork> = db_run!(self, db => {
+            let Some(id) = db.app_key(id) else { return Ok(None) };
+            sqlx::query_as(sql!(
+                db,
+                concat!(
+                    "SELECT ",
+                    app_columns!(),
+                    ", EXISTS (SELECT 1 FROM jobs j WHERE j.app_id = apps.id AND j.state = 'pending'
+                         AND j.not_before <= {ts $2}) AS due
+                     FROM apps WHERE id = {uuid $1} AND deleted_at IS NULL"
+                )
+            ))
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&db.pool)
+            .await?
+        });
+        Ok(row.map(|r| (r.app, r.due)))
+    }
+
     pub async fn get_app(&self, id: &str) -> StoreResult<Option<AppRecord>> {
         Ok(db_run!(self, db => {
             let Some(id) = db.app_key(id) else { return Ok(None) };
