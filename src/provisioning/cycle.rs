@@ -293,11 +293,17 @@ impl Cycle {
         Ok(Some(cycle))
     }
 
-    /// Starts the cycle asked for through the API, or the scheduled one when it is due.
-    pub async fn start_if_due(ctx: &Ctx, app: &AppRecord) -> anyhow::Result<Option<Self>> {
+    /// Starts the cycle asked for through the API (`asked`: the pass saw a request, see
+    /// `Store::app_and_work`), or the scheduled one when it is due.
+    pub async fn start_if_due(ctx: &Ctx, app: &AppRecord, asked: bool) -> anyhow::Result<Option<Self>> {
         let store = &ctx.store;
         let now = ctx.now();
-        let (id, trigger, dry_run) = if let Some((id, dry_run)) = store.take_cycle_request(&app.id).await? {
+        let request = if asked {
+            store.take_cycle_request(&app.id).await?
+        } else {
+            None
+        };
+        let (id, trigger, dry_run) = if let Some((id, dry_run)) = request {
             // A merge asked for just as its cycle ended: the work is still done, by a new cycle.
             let ended = store.list_cycles(&app.id, 20).await?.iter().any(|c| c.id == id);
             let id = if ended { uuid::Uuid::now_v7().to_string() } else { id };

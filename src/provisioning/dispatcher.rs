@@ -16,7 +16,7 @@ use crate::clock::Millis;
 use crate::mapping::AppMapping;
 use crate::scim::{ScimClient, ScimResult};
 use crate::store::{
-    AccessEndChange, AppRecord, Job, JobChange, LogEntry, MemberChange, OnAccessEnd, Outcome, Overflow, Step,
+    AccessEndChange, AppRecord, AppWork, Job, JobChange, LogEntry, MemberChange, OnAccessEnd, Outcome, Overflow, Step,
     TargetMember,
 };
 
@@ -276,9 +276,14 @@ impl Dispatcher {
             store.recover_in_flight(&self.app_id, pass_started).await?;
             self.in_flight_left = false;
         }
-        // The app, and whether any job is due, in one read: a pass with nothing queued (most of
-        // them: each step of a cycle is one) reads no jobs.
-        let Some((mut app, jobs_due)) = store.app_and_work(&self.app_id, pass_started).await? else {
+        // The app, whether any job is due and whether a cycle was asked for, in one read: a pass
+        // with nothing queued (most of them: each step of a cycle is one) reads no more.
+        let Some(AppWork {
+            mut app,
+            jobs_due,
+            cycle_asked,
+        }) = store.app_and_work(&self.app_id, pass_started).await?
+        else {
             return Ok(None);
         };
         let (limit, span) = self.ctx.rate_limit(&app);
@@ -340,7 +345,7 @@ impl Dispatcher {
 
         // The cycle: start one if asked for or due, then send at most one step.
         if self.cycle.is_none() && !stop.is_cancelled() {
-            self.cycle = Cycle::start_if_due(&self.ctx, &app).await?;
+            self.cycle = Cycle::start_if_due(&self.ctx, &app, cycle_asked).await?;
         }
         let now = self.ctx.now();
         match self.cycle.as_ref().map(|c| (c.ready_at(), c.next_step_sends())) {

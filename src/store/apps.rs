@@ -173,16 +173,11 @@ impl Store {
         Ok(())
     }
 
-    /// The app (as `get_app`) and whether it has a job due at `now`, in one read: what a
-    /// dispatcher's pass reads first (it reads the jobs themselves only when there are some).
-    pub async fn app_and_work(&self, id: &str, now: Millis) -> StoreResult<Option<(AppRecord, bool)>> {
-        #[derive(sqlx::FromRow)]
-        struct AppWork {
-            #[sqlx(flatten)]
-            app: AppRecord,
-            due: bool,
-        }
-        let row: Option<AppWork> = db_run!(self, db => {
+    /// The app (as `get_app`), whether it has a job due at `now` and whether a cycle was asked
+    /// for, in one read: what a dispatcher's pass reads first (the jobs and the request
+    /// themselves only when there are some).
+    pub async fn app_and_work(&self, id: &str, now: Millis) -> StoreResult<Option<AppWork>> {
+        Ok(db_run!(self, db => {
             let Some(id) = db.app_key(id) else { return Ok(None) };
             sqlx::query_as(sql!(
                 db,
@@ -190,7 +185,8 @@ impl Store {
                     "SELECT ",
                     app_columns!(),
                     ", EXISTS (SELECT 1 FROM jobs j WHERE j.app_id = apps.id AND j.state = 'pending'
-                         AND j.not_before <= {ts $2}) AS due
+                         AND j.not_before <= {ts $2}) AS jobs_due,
+                       EXISTS (SELECT 1 FROM cycle_requests r WHERE r.app_id = apps.id) AS cycle_asked
                      FROM apps WHERE id = {uuid $1} AND deleted_at IS NULL"
                 )
             ))
@@ -198,8 +194,7 @@ impl Store {
             .bind(now)
             .fetch_optional(&db.pool)
             .await?
-        });
-        Ok(row.map(|r| (r.app, r.due)))
+        }))
     }
 
     pub async fn get_app(&self, id: &str) -> StoreResult<Option<AppRecord>> {

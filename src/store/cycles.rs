@@ -128,14 +128,7 @@ impl Store {
 
     /// The oldest cycle request of the app, taken off the queue.
     pub async fn take_cycle_request(&self, app_id: &str) -> StoreResult<Option<(String, bool)>> {
-        // Every dispatcher pass asks, and almost always there is none: a read, not a write
-        // transaction (a request added just after is taken at the pass its nudge starts).
-        let queued: Option<i32> = app_read!(self, query_scalar fetch_optional, else None,
-            "SELECT 1 FROM cycle_requests WHERE app_id = {uuid $1} LIMIT 1",
-            app_id);
-        if queued.is_none() {
-            return Ok(None);
-        }
+        // Asked only by a pass that saw a request (`app_and_work`): no read before the claim.
         Ok(db_statement!(self, db, conn => {
             let Some(app_id) = db.app_key(app_id) else { return Ok(None) };
             // A claim: a request another transaction is taking is skipped, never taken twice.

@@ -674,6 +674,17 @@ pub struct ChunkMember {
     pub target_user_id: Option<String>,
 }
 
+/// What a dispatcher's pass reads first (`Store::app_and_work`), in one read.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AppWork {
+    #[sqlx(flatten)]
+    pub app: AppRecord,
+    /// A job of the app is due.
+    pub jobs_due: bool,
+    /// A cycle was asked for (`request_cycle`) and not taken yet.
+    pub cycle_asked: bool,
+}
+
 /// What a cycle's user step reads before it sends anything (`Store::user_step`), in one read.
 #[derive(Debug, Clone, Default)]
 pub struct UserStep {
