@@ -22,7 +22,7 @@ pub struct MembershipState {
 }
 
 /// An app the event's group is assigned to.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct AssignedApp {
     pub id: String,
     pub name: String,

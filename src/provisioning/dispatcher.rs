@@ -276,13 +276,13 @@ impl Dispatcher {
             store.recover_in_flight(&self.app_id, pass_started).await?;
             self.in_flight_left = false;
         }
-        // The app, whether any job is due and whether a cycle was asked for, in one read: a pass
-        // with nothing queued (most of them: each step of a cycle is one) reads no more.
+        // The app, its jobs due and whether a cycle was asked for, in one read: a pass with
+        // nothing queued (most of them: each step of a cycle is one) reads no more.
         let Some(AppWork {
             mut app,
-            jobs_due,
+            mut jobs,
             cycle_asked,
-        }) = store.app_and_work(&self.app_id, pass_started).await?
+        }) = store.app_and_work(&self.app_id, pass_started, BATCH).await?
         else {
             return Ok(None);
         };
@@ -305,21 +305,7 @@ impl Dispatcher {
         }
 
         let mut next: Option<Millis> = None;
-        'batches: loop {
-            let jobs = if jobs_due {
-                store.runnable_jobs(&app.id, self.ctx.now(), BATCH).await?
-            } else {
-                Vec::new()
-            };
-            if jobs.is_empty() {
-                break;
-            }
-            // Read the app after its jobs: a pause (or quarantine) committed before a job arrived
-            // is always seen by that job.
-            match store.get_app(&self.app_id).await? {
-                Some(fresh) => app = fresh,
-                None => return Ok(None),
-            }
+        while !jobs.is_empty() {
             let mut waiting = false;
             for job in &jobs {
                 if stop.is_cancelled() {
@@ -331,7 +317,12 @@ impl Dispatcher {
                 }
             }
             if waiting || (jobs.len() as i64) < BATCH {
-                break 'batches;
+                break;
+            }
+            // A full batch: the next one, with the app as it stands now.
+            match store.app_and_work(&self.app_id, self.ctx.now(), BATCH).await? {
+                Some(work) => (app, jobs) = (work.app, work.jobs),
+                None => return Ok(None),
             }
         }
 

@@ -1,6 +1,7 @@
 //! Apps (the SCIM targets), their group assignments, and the sealed credentials' key check.
 
 use super::dialect::{db_run, db_statement, db_tx, execute, read, sql};
+use super::jobs::{job_object, runnable};
 use super::*;
 
 /// An app row as `AppRecord` reads it.
@@ -173,27 +174,37 @@ impl Store {
         Ok(())
     }
 
-    /// The app (as `get_app`), whether it has a job due at `now` and whether a cycle was asked
-    /// for, in one read: what a dispatcher's pass reads first (the jobs and the request
-    /// themselves only when there are some).
-    pub async fn app_and_work(&self, id: &str, now: Millis) -> StoreResult<Option<AppWork>> {
-        Ok(db_run!(self, db => {
+    /// The app (as `get_app`), its jobs a pass takes now (at most `limit`, in arrival order; see
+    /// `jobs::runnable`) and whether a cycle was asked for, in one read: what a dispatcher's pass
+    /// reads first. One statement sees the app and its jobs as of one moment, so a pause (or
+    /// quarantine) committed before a job arrived is always seen with that job.
+    pub async fn app_and_work(&self, id: &str, now: Millis, limit: i64) -> StoreResult<Option<AppWork>> {
+        let work: Option<AppWork> = db_run!(self, db => {
             let Some(id) = db.app_key(id) else { return Ok(None) };
             sqlx::query_as(sql!(
                 db,
                 concat!(
                     "SELECT ",
                     app_columns!(),
-                    ", EXISTS (SELECT 1 FROM jobs j WHERE j.app_id = apps.id AND j.state = 'pending'
-                         AND j.not_before <= {ts $2}) AS jobs_due,
-                       EXISTS (SELECT 1 FROM cycle_requests r WHERE r.app_id = apps.id) AS cycle_asked
+                    ", EXISTS (SELECT 1 FROM cycle_requests r WHERE r.app_id = apps.id) AS cycle_asked,
+                       (SELECT {json_agg q.job} FROM (SELECT {object}(",
+                    job_object!(),
+                    ") AS job ",
+                    runnable!(),
+                    ") q) AS jobs
                      FROM apps WHERE id = {uuid $1} AND deleted_at IS NULL"
                 )
             ))
             .bind(id)
             .bind(now)
+            .bind(limit)
             .fetch_optional(&db.pool)
             .await?
+        });
+        Ok(work.map(|mut w| {
+            // An aggregate keeps its rows' order in practice, not by definition.
+            w.jobs.sort_by_key(|j| j.seq);
+            w
         }))
     }
 

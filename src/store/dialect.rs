@@ -14,6 +14,8 @@
 //! | `{bigint X}` | `X::bigint` | `X` | a parameter PostgreSQL cannot type alone (`$1 IS NULL`) |
 //! | `{members X}` | `(SELECT t, p, g FROM jsonb_to_recordset(X::jsonb) AS r(t text, p text, g text))` | `(SELECT json_extract(value, '$.t') AS t, ... FROM json_each(X))` | members as rows of `t` (target group), `p` (principal), `g` (source group), given as one JSON array of objects |
 //! | `{each X}` | `(SELECT unnest(X::text[]) AS value)` | `(SELECT value FROM json_each(X))` | a list of strings as rows of `value`, bound with the backend's `text_list` (a `text[]` / a JSON array: a list can hold more values than SQLite binds parameters) |
+//! | `{json_agg X}` | `COALESCE(jsonb_agg(X), '[]'::jsonb)` | `json_group_array(json(X))` | JSON values (`{object}(...)` of a subquery) as one JSON array, `[]` for none |
+//! | `{object}` | `jsonb_build_object` | `json_object` | a JSON object of keys and values: `{object}('k', v, ...)` |
 //! | `{binary X}` | `X COLLATE "C"` | `X` | text ordered by its bytes (SQLite's BINARY collation) |
 //! | `{pos}` | `pos` | `rowid` | insertion order |
 //! | `{for_update}` | `FOR UPDATE` | nothing | a row lock (SQLite's writers take turns anyway) |
@@ -146,6 +148,8 @@ impl Dialect {
             (Postgres, "seq") => "COALESCE(seq, 0) AS seq",
             (Postgres, "numbered") => "seq IS NOT NULL",
             (Sqlite, "new_id") => "lower(hex(randomblob(16)))",
+            (Sqlite, "object") => "json_object",
+            (Postgres, "object") => "jsonb_build_object",
             (Postgres, "new_id") => "gen_random_uuid()::text",
             _ => return None,
         };
@@ -196,6 +200,8 @@ impl Dialect {
                 "::jsonb) AS r(t text, p text, g text))",
             ),
             (Postgres, "each") => ("(SELECT unnest(", "::text[]) AS value)"),
+            (Sqlite, "json_agg") => ("json_group_array(json(", "))"),
+            (Postgres, "json_agg") => ("COALESCE(jsonb_agg(", "), '[]'::jsonb)"),
             _ => return None,
         })
     }
@@ -305,6 +311,18 @@ pub(super) trait RowsConn: Send {
         rows: String,
     ) -> impl std::future::Future<Output = Result<u64, sqlx::Error>> + Send;
 
+    /// Runs `sql` with `params` as `$1`, `$2`, ...; answers its one row.
+    fn fetch_one_with<R>(
+        &mut self,
+        sql: &'static str,
+        params: Vec<String>,
+    ) -> impl std::future::Future<Output = Result<R, sqlx::Error>> + Send
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + Send
+            + Unpin;
+
     /// Runs `sql` with `rows` as `$1`; answers what it reads.
     fn fetch_rows<R>(
         &mut self,
@@ -328,6 +346,20 @@ macro_rules! rows_conn {
 
             async fn execute_rows(&mut self, sql: &'static str, rows: String) -> Result<u64, sqlx::Error> {
                 Ok(sqlx::query(sql).bind(rows).execute(self).await?.rows_affected())
+            }
+
+            async fn fetch_one_with<R>(&mut self, sql: &'static str, params: Vec<String>) -> Result<R, sqlx::Error>
+            where
+                R: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+                    + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+                    + Send
+                    + Unpin,
+            {
+                let mut query = sqlx::query_as(sql);
+                for p in params {
+                    query = query.bind(p);
+                }
+                query.fetch_one(self).await
             }
 
             async fn fetch_rows<R>(&mut self, sql: &'static str, rows: String) -> Result<Vec<R>, sqlx::Error>

@@ -15,9 +15,10 @@ use tracing::instrument;
 
 use super::dialect::{RowsConn, db_run, execute_chunked, json_rows, read, sql};
 use super::logs::insert_logs;
-use super::principals::{read_principals, write_principals};
+use super::principals::{PrincipalRow, principal_object, write_principals};
 use super::*;
 use crate::rules::{self, AssignedApp, MembershipState, MembershipWrite, NewJob, StoredAttributes};
+use serde::Deserialize;
 
 /// One event of a batch, with the time its webhook arrived.
 pub(super) struct Item<'a> {
@@ -33,29 +34,58 @@ pub(super) struct Written {
     pub logged: bool,
 }
 
-const STORED_EVENTS: &str = "SELECT seq, id, status, {text body} AS body FROM events
-    WHERE (id, status) IN (SELECT {field 0 text}, {field 1 text} FROM {rows $1})";
+/// What a batch's events need to be judged, in one read of one row: the events stored before
+/// (`$1`: id and status) and their jobs, the principals merged into (`$2`), the memberships
+/// (`$3`: principal, group, access id), the apps their groups are assigned to (`$4`) and which of
+/// the request ids were revoked (`$5`). Each a JSON array of objects (`{json_agg ...}`).
+///
+/// The principal and membership rows are locked as they are read (PostgreSQL), in that order:
+/// the expiry (`expire_due`, which claims rows with row locks) and the batch then take turns on
+/// them, so an extension is judged against the state the expiry left, never applied to a row
+/// the expiry ended meanwhile.
+const STATE: &str = concat!(
+    "SELECT
+      (SELECT {json_agg q.o} FROM (SELECT {object}('seq', seq, 'id', id, 'status', status, 'body', {text body}) AS o
+         FROM events WHERE (id, status) IN (SELECT {field 0 text}, {field 1 text} FROM {rows $1})) q) AS events,
+      (SELECT {json_agg q.o} FROM (SELECT {object}('seq', j.seq, 'event_seq', j.event_seq, 'id', j.id,
+           'app_id', {text j.app_id}) AS o
+         FROM jobs j WHERE j.event_seq IN (SELECT e.seq FROM events e
+           WHERE (e.id, e.status) IN (SELECT {field 0 text}, {field 1 text} FROM {rows $1}))) q) AS jobs,
+      (SELECT {json_agg q.o} FROM (SELECT {object}(",
+    principal_object!(),
+    ") AS o FROM principals
+         WHERE principal_id IN (SELECT {field 0 text} FROM {rows $2}) {for_update}) q) AS principals,
+      (SELECT {json_agg q.o} FROM (SELECT {object}('principal_id', principal_id, 'group_id', group_id,
+           'access_id', access_id, 'active', CASE WHEN active THEN 1 ELSE 0 END, 'source', source,
+           'start_at', {ms start_at}, 'end_at', {ms end_at}, 'event_created', {ms event_created},
+           'expired_at', {ms expired_at}, 'grant_request_id', grant_request_id) AS o
+         FROM memberships WHERE (principal_id, group_id, access_id) IN
+           (SELECT {field 0 text}, {field 1 text}, {field 2 text} FROM {rows $3}) {for_update}) q) AS memberships,
+      (SELECT {json_agg q.o} FROM (SELECT {object}('group_id', ga.group_id, 'id', {text a.id}, 'name', a.name,
+           'next_sync_at', {ms a.next_sync_at}) AS o
+         FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
+         WHERE ga.group_id IN (SELECT {field 0 text} FROM {rows $4}) AND a.deleted_at IS NULL
+           AND a.status != 'deleting') q) AS apps,
+      (SELECT {json_agg q.o} FROM (SELECT {object}('id', request_id) AS o FROM revoked_requests
+         WHERE request_id IN (SELECT {field 0 text} FROM {rows $5})) q) AS revoked"
+);
 
-const JOBS_OF_EVENTS: &str = "SELECT event_seq, id, {text app_id} AS app_id FROM jobs
-    WHERE event_seq IN (SELECT {field 0 bigint} FROM {rows $1}) ORDER BY seq";
-
-/// The rows are locked as they are read (PostgreSQL): the expiry (`expire_due`, which claims rows
-/// with row locks) and the batch then take turns on them, so an extension is judged against the
-/// state the expiry left, never applied to a row the expiry ended meanwhile.
-const MEMBERSHIPS: &str = "SELECT principal_id, group_id, access_id, active, source, {ms start_at} AS start_at,
-      {ms end_at} AS end_at, {ms event_created} AS event_created, {ms expired_at} AS expired_at,
-      grant_request_id
-    FROM memberships WHERE (principal_id, group_id, access_id) IN
-      (SELECT {field 0 text}, {field 1 text}, {field 2 text} FROM {rows $1})
-    {for_update}";
-
-const ASSIGNED_APPS: &str = "SELECT ga.group_id, {text a.id} AS id, a.name, {ms a.next_sync_at} AS next_sync_at
-    FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
-    WHERE ga.group_id IN (SELECT {field 0 text} FROM {rows $1}) AND a.deleted_at IS NULL AND a.status != 'deleting'
-    ORDER BY a.id";
-
-const REVOKED: &str =
-    "SELECT request_id FROM revoked_requests WHERE request_id IN (SELECT {field 0 text} FROM {rows $1})";
+/// What `STATE` reads.
+#[derive(sqlx::FromRow)]
+struct StateRead {
+    #[sqlx(json)]
+    events: Vec<StoredKey>,
+    #[sqlx(json)]
+    jobs: Vec<EventJob>,
+    #[sqlx(json)]
+    principals: Vec<PrincipalRow>,
+    #[sqlx(json)]
+    memberships: Vec<MembershipRow>,
+    #[sqlx(json)]
+    apps: Vec<AppOfGroup>,
+    #[sqlx(json)]
+    revoked: Vec<RevokedId>,
+}
 
 const INSERT_REVOKED: &str = "INSERT INTO revoked_requests (request_id, principal_id, group_id, end_at, revoked_at)
     SELECT {field 0 text}, {field 1 text}, {field 2 text}, {field 3 ts}, {field 4 ts} FROM {rows $1} WHERE true
@@ -129,7 +159,7 @@ pub(super) async fn write_batch(conn: &mut impl RowsConn, items: &[Item<'_>]) ->
 }
 
 /// An event stored before the batch.
-#[derive(sqlx::FromRow)]
+#[derive(Deserialize)]
 struct StoredKey {
     seq: i64,
     id: String,
@@ -137,26 +167,42 @@ struct StoredKey {
     body: String,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Deserialize)]
 struct EventJob {
+    seq: i64,
     event_seq: i64,
     id: String,
     app_id: String,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Deserialize)]
 struct AppOfGroup {
     group_id: String,
-    #[sqlx(flatten)]
+    #[serde(flatten)]
     app: AssignedApp,
 }
 
+#[derive(Deserialize)]
+struct RevokedId {
+    id: String,
+}
+
+/// A boolean as either database writes it in JSON: `true` and `false`, or SQLite's 1 and 0.
+fn boolean<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Bool(b) => b,
+        Value::Number(n) => n.as_i64() != Some(0),
+        _ => false,
+    })
+}
+
 /// A membership row as it stands.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, Deserialize)]
 struct MembershipRow {
     principal_id: String,
     group_id: String,
     access_id: String,
+    #[serde(deserialize_with = "boolean")]
     active: bool,
     source: String,
     start_at: Option<Millis>,
@@ -227,41 +273,11 @@ async fn read_state<'a>(conn: &mut impl RowsConn, items: &'a [Item<'a>]) -> Stor
         .iter()
         .map(|i| (i.event.id.as_str(), i.event.status.as_str()))
         .collect();
-    let stored: Vec<StoredKey> = conn.fetch_rows(sql!(conn, STORED_EVENTS), keys(&event_keys)).await?;
-    let mut events = HashMap::with_capacity(items.len());
-    if !stored.is_empty() {
-        let jobs: Vec<EventJob> = conn
-            .fetch_rows(sql!(conn, JOBS_OF_EVENTS), keys(stored.iter().map(|s| [s.seq])))
-            .await?;
-        let mut jobs_of: HashMap<i64, Vec<(String, String)>> = HashMap::new();
-        for j in jobs {
-            jobs_of.entry(j.event_seq).or_default().push((j.id, j.app_id));
-        }
-        for s in stored {
-            let body: Value =
-                serde_json::from_str(&s.body).map_err(|e| StoreError::Corrupt(format!("event body: {e}")))?;
-            let jobs = jobs_of.remove(&s.seq).unwrap_or_default();
-            events.insert(
-                (s.id, s.status),
-                Known {
-                    body: Cow::Owned(body),
-                    jobs,
-                },
-            );
-        }
-    }
-
-    let merged: BTreeSet<&str> = items
+    let merged: BTreeSet<[&str; 1]> = items
         .iter()
         .filter(|i| i.event.raw.get("principal").is_some_and(Value::is_object))
-        .map(|i| i.event.principal_id.as_str())
+        .map(|i| [i.event.principal_id.as_str()])
         .collect();
-    let principals = if merged.is_empty() {
-        BTreeMap::new()
-    } else {
-        read_principals(conn, merged).await?
-    };
-
     let membership_keys: BTreeSet<[&str; 3]> = items
         .iter()
         .map(|i| {
@@ -272,37 +288,70 @@ async fn read_state<'a>(conn: &mut impl RowsConn, items: &'a [Item<'a>]) -> Stor
             ]
         })
         .collect();
-    let rows: Vec<MembershipRow> = conn.fetch_rows(sql!(conn, MEMBERSHIPS), keys(&membership_keys)).await?;
-    let memberships = rows
+    let groups: BTreeSet<[&str; 1]> = items.iter().map(|i| [i.event.group_id.as_str()]).collect();
+    // Only what grants asks whether its request id was revoked.
+    let revocable: BTreeSet<[&str; 1]> = items
+        .iter()
+        .filter(|i| rules::grants(i.effect))
+        .map(|i| [i.event.id.as_str()])
+        .collect();
+    let read: StateRead = conn
+        .fetch_one_with(
+            sql!(conn, STATE),
+            vec![
+                keys(&event_keys),
+                keys(&merged),
+                keys(&membership_keys),
+                keys(&groups),
+                keys(&revocable),
+            ],
+        )
+        .await?;
+
+    let mut jobs_of: HashMap<i64, Vec<(i64, String, String)>> = HashMap::new();
+    for j in read.jobs {
+        jobs_of.entry(j.event_seq).or_default().push((j.seq, j.id, j.app_id));
+    }
+    let mut events = HashMap::with_capacity(items.len());
+    for s in read.events {
+        let body: Value = serde_json::from_str(&s.body).map_err(|e| StoreError::Corrupt(format!("event body: {e}")))?;
+        let mut jobs = jobs_of.remove(&s.seq).unwrap_or_default();
+        jobs.sort();
+        let jobs = jobs.into_iter().map(|(_, id, app_id)| (id, app_id)).collect();
+        events.insert(
+            (s.id, s.status),
+            Known {
+                body: Cow::Owned(body),
+                jobs,
+            },
+        );
+    }
+    let principals = read
+        .principals
+        .into_iter()
+        .map(|r| (r.principal_id.clone(), r.attributes()))
+        .collect();
+    let memberships = read
+        .memberships
         .into_iter()
         .map(|row| {
             let key = (row.principal_id.clone(), row.group_id.clone(), row.access_id.clone());
             (key, Membership { row, written_by: None })
         })
         .collect();
-
-    let groups: BTreeSet<[&str; 1]> = items.iter().map(|i| [i.event.group_id.as_str()]).collect();
-    let assigned: Vec<AppOfGroup> = conn.fetch_rows(sql!(conn, ASSIGNED_APPS), keys(&groups)).await?;
     let mut apps: HashMap<String, Vec<AssignedApp>> = HashMap::new();
-    for a in assigned {
+    for a in read.apps {
         apps.entry(a.group_id).or_default().push(a.app);
     }
-
-    // Only what grants asks whether its request id was revoked.
-    let revoked = if items.iter().any(|i| rules::grants(i.effect)) {
-        let ids: BTreeSet<[&str; 1]> = items.iter().map(|i| [i.event.id.as_str()]).collect();
-        let found: Vec<(String,)> = conn.fetch_rows(sql!(conn, REVOKED), keys(&ids)).await?;
-        found.into_iter().map(|(id,)| id).collect()
-    } else {
-        HashSet::new()
-    };
-
+    for assigned in apps.values_mut() {
+        assigned.sort_by(|a, b| a.id.cmp(&b.id));
+    }
     Ok(State {
         events,
         principals,
         memberships,
         apps,
-        revoked,
+        revoked: read.revoked.into_iter().map(|r| r.id).collect(),
     })
 }
 

@@ -50,24 +50,43 @@ macro_rules! insert_job_in {
 }
 pub(super) use insert_job_in;
 
+/// `Job`'s fields as one JSON object's keys and values (`{object}(...)`; the table is named `j`).
+macro_rules! job_object {
+    () => {
+        "'seq', j.seq, 'id', j.id, 'app_id', {text j.app_id}, 'event_id', j.event_id, 'principal_id', j.principal_id,
+         'group_id', j.group_id, 'kind', j.kind, 'trigger', j.trigger, 'state', j.state,
+         'not_before', {ms j.not_before}, 'received_at', {ms j.received_at},
+         'deferred_until', {ms j.deferred_until}, 'attempt', j.attempt, 'flag', j.flag,
+         'admitted_at', {ms j.admitted_at}, 'target_display_name', j.target_display_name,
+         'trace_context', j.trace_context"
+    };
+}
+pub(super) use job_object;
+
+/// Pending jobs of the app `$1` due at `$2`, in arrival order, at most `$3`. A job waits behind an
+/// earlier job of the same (principal, group) that is still pending (a scheduled retry), so their
+/// order holds; a removal never waits behind an add (it cancels it), and nothing waits behind a
+/// removal a cycle handed on (it names its target group and is judged again when it is sent).
+macro_rules! runnable {
+    () => {
+        "FROM jobs j WHERE j.app_id = {uuid $1} AND j.state = 'pending' AND j.not_before <= {ts $2}
+           AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.app_id = j.app_id
+             AND e.principal_id = j.principal_id AND e.group_id = j.group_id AND e.seq < j.seq
+             AND e.state = 'pending' AND e.not_before > {ts $2}
+             AND NOT (j.kind = 'remove' AND e.kind = 'add') AND e.target_display_name IS NULL)
+         ORDER BY j.seq LIMIT $3"
+    };
+}
+pub(super) use runnable;
+
 impl Store {
-    /// Pending jobs due at `now`, in arrival order. A job waits behind an earlier job of the same
-    /// (principal, group) that is still pending (a scheduled retry), so their order holds; a
-    /// removal never waits behind an add (it cancels it), and nothing waits behind a removal a
-    /// cycle handed on (it names its target group and is judged again when it is sent).
+    /// The jobs a dispatcher's pass takes now (`app_and_work`, which reads them with the app).
     pub async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
-        Ok(app_read!(self, query_as fetch_all, else Vec::new(),
-            concat!(
-                "SELECT ",
-                job_columns!(),
-                " FROM jobs j WHERE j.app_id = {uuid $1} AND j.state = 'pending' AND j.not_before <= {ts $2}
-                   AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.app_id = j.app_id
-                     AND e.principal_id = j.principal_id AND e.group_id = j.group_id AND e.seq < j.seq
-                     AND e.state = 'pending' AND e.not_before > {ts $2}
-                     AND NOT (j.kind = 'remove' AND e.kind = 'add') AND e.target_display_name IS NULL)
-                 ORDER BY j.seq LIMIT $3"
-            ),
-            app_id, now, limit))
+        Ok(self
+            .app_and_work(app_id, now, limit)
+            .await?
+            .map(|w| w.jobs)
+            .unwrap_or_default())
     }
 
     pub async fn next_job_time(&self, app_id: &str, now: Millis) -> StoreResult<Option<Millis>> {

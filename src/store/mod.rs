@@ -391,7 +391,7 @@ pub struct Assignment {
     pub created_at: Millis,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, Deserialize)]
 pub struct Job {
     pub seq: i64,
     pub id: String,
@@ -679,8 +679,9 @@ pub struct ChunkMember {
 pub struct AppWork {
     #[sqlx(flatten)]
     pub app: AppRecord,
-    /// A job of the app is due.
-    pub jobs_due: bool,
+    /// The jobs a pass takes now, in arrival order.
+    #[sqlx(json)]
+    pub jobs: Vec<Job>,
     /// A cycle was asked for (`request_cycle`) and not taken yet.
     pub cycle_asked: bool,
 }

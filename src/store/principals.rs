@@ -9,9 +9,9 @@ use super::*;
 use crate::rules::StoredAttributes;
 
 /// A principal's row: the classic columns and the attributes with their times.
-#[derive(sqlx::FromRow)]
-struct PrincipalRow {
-    principal_id: String,
+#[derive(sqlx::FromRow, serde::Deserialize)]
+pub(super) struct PrincipalRow {
+    pub(super) principal_id: String,
     user_principal_name: String,
     display_name: Option<String>,
     given_name: Option<String>,
@@ -21,7 +21,7 @@ struct PrincipalRow {
 }
 
 impl PrincipalRow {
-    fn attributes(&self) -> StoredAttributes {
+    pub(super) fn attributes(&self) -> StoredAttributes {
         let legacy = Principal {
             user_principal_name: self.user_principal_name.clone(),
             display_name: self.display_name.clone(),
@@ -39,6 +39,15 @@ macro_rules! principal_columns {
            {text attributes} AS attributes FROM principals"
     };
 }
+
+/// A principal's row as one JSON object's keys and values (`{object}(...)`).
+macro_rules! principal_object {
+    () => {
+        "'principal_id', principal_id, 'user_principal_name', user_principal_name, 'display_name', display_name,
+         'given_name', given_name, 'surname', surname, 'mail', mail, 'attributes', {text attributes}"
+    };
+}
+pub(super) use principal_object;
 
 /// Locked as they are read (PostgreSQL), until the merged attributes are written.
 const READ_PRINCIPALS: &str = concat!(
