@@ -82,14 +82,11 @@ fn jobs_of(answer: &Acceptance) -> &[(String, String)] {
 
 /// Whether the principal's membership of the group is active at `now`, as an add checks it.
 async fn active(store: &scim_bridge::store::SharedStore, app_id: &str, principal: &str, group: &str, now: i64) -> bool {
-    let member = scim_bridge::store::TargetMember {
-        target_display_name: "Target".into(),
-        principal_id: principal.into(),
-    };
     store
-        .add_checks(app_id, &member, group, now)
+        .add_checks(app_id, principal, group, true, now)
         .await
         .expect("the checks")
+        .expect("the group is assigned")
         .active
 }
 

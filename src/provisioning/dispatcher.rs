@@ -687,13 +687,22 @@ impl Dispatcher {
         }
 
         let groups = app.settings.provisions_groups();
-        let Some(target) = self
-            .ctx
-            .assignment(&app.id, &job.group_id)
-            .await?
+        // An add reads its target group with its checks (the membership, and what the bridge
+        // knows of the member there), in one read.
+        let (target, checks) = if job.is_removal() {
             // Without groups the account is the entitlement: one membership per user, at "".
-            .map(|a| if groups { a.target_display_name } else { String::new() })
-        else {
+            let assigned = self.ctx.assignment(&app.id, &job.group_id).await?;
+            (
+                assigned.map(|a| if groups { a.target_display_name } else { String::new() }),
+                None,
+            )
+        } else {
+            let checks = store
+                .add_checks(&app.id, &job.principal_id, &job.group_id, groups, now)
+                .await?;
+            (checks.as_ref().map(|c| c.target.clone()), checks)
+        };
+        let Some(target) = target else {
             let reason = "the group is no longer assigned to this app";
             self.finish(app, job, JobChange::Cancelled, "skipped", reason).await?;
             return Ok(None);
@@ -773,9 +782,7 @@ impl Dispatcher {
             }
         }
         let mut provisioned = false;
-        if !job.is_removal() {
-            // The membership, and what the bridge knows of the member at the target: one read.
-            let checks = store.add_checks(&app.id, &member, &job.group_id, now).await?;
+        if let Some(checks) = checks {
             if job.trigger != "on_demand" && !checks.active {
                 let reason = "the membership is no longer active";
                 self.finish(app, job, JobChange::Cancelled, "skipped", reason).await?;

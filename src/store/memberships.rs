@@ -43,33 +43,29 @@ macro_rules! entitling_assignments {
 pub(super) const ENTITLED_VIA: &str = concat!("SELECT ga.group_id ", entitling_assignments!("$3"), " LIMIT 1");
 
 impl Store {
-    /// What an add of `member` for the source group checks before it is sent, in one read.
+    /// What an add of the principal through the source group checks before it is sent, in one
+    /// read: the target group the group's assignment names (`""` at an app without groups,
+    /// `groups` false), and the membership and what the bridge knows of the member there. `None`:
+    /// the group is not assigned to the app.
     pub async fn add_checks(
         &self,
         app_id: &str,
-        m: &TargetMember,
+        principal_id: &str,
         group_id: &str,
+        groups: bool,
         now: Millis,
-    ) -> StoreResult<AddChecks> {
-        Ok(db_run!(self, db => {
-            // An app id no stored app can have (`app_key`) is bound as NULL: nothing provisioned.
-            sqlx::query_as(sql!(
-                db,
-                "SELECT EXISTS (SELECT 1 FROM memberships WHERE principal_id = $3 AND group_id = $4
-                          AND access_id = 'member' AND active = TRUE AND (end_at IS NULL OR end_at > {ts $5})) AS active,
-                   EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = $2
-                          AND p.principal_id = $3) AS provisioned,
-                   EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = $2
-                          AND p.principal_id = $3 AND p.confirmed = TRUE) AS confirmed"
-            ))
-            .bind(db.app_key(app_id))
-            .bind(&m.target_display_name)
-            .bind(&m.principal_id)
-            .bind(group_id)
-            .bind(now)
-            .fetch_one(&db.pool)
-            .await?
-        }))
+    ) -> StoreResult<Option<AddChecks>> {
+        Ok(app_read!(self, query_as fetch_optional, else None,
+            "SELECT t.target,
+               EXISTS (SELECT 1 FROM memberships WHERE principal_id = $2 AND group_id = $3
+                  AND access_id = 'member' AND active = TRUE AND (end_at IS NULL OR end_at > {ts $5})) AS active,
+               EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = t.target
+                  AND p.principal_id = $2) AS provisioned,
+               EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = t.target
+                  AND p.principal_id = $2 AND p.confirmed = TRUE) AS confirmed
+             FROM (SELECT CASE WHEN $4 THEN ga.target_display_name ELSE '' END AS target FROM group_assignments ga
+               WHERE ga.app_id = {uuid $1} AND ga.group_id = $3) t",
+            app_id, principal_id, group_id, groups, now))
     }
 
     /// What a cycle's add of `principals` to the target group checks before it is sent, for the

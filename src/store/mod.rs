@@ -709,8 +709,10 @@ pub struct Claim {
 }
 
 /// What an add checks before it is sent (`Store::add_checks`), read in one statement.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct AddChecks {
+    /// The target group the source group's assignment names (`""` at an app without groups).
+    pub target: String,
     /// The principal's membership of the source group is active now.
     pub active: bool,
     /// The bridge has, or may have, put the member in the target group (`is_provisioned`).
