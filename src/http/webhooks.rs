@@ -19,6 +19,10 @@ use crate::metrics;
 pub const MAX_BODY: usize = 1024 * 1024;
 pub const MAX_BATCH: usize = intake::MAX_BATCH;
 
+/// What a body refused for its declared size is still read of, and for how long (`linger`).
+const LINGER_BYTES: usize = 16 * MAX_BODY;
+const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Counts the verdict in the webhook metrics.
 fn record_metric(verdict: &Verdict) {
     match verdict {
@@ -106,6 +110,27 @@ pub async fn receive(State(ctx): State<ApiContext>, headers: HeaderMap, body: Bo
     Ok(answer)
 }
 
+/// Reads and drops what the client of a refused request is still sending (at most
+/// `LINGER_BYTES`, for at most `LINGER`), in a task of its own, while the refusal goes out: a
+/// connection closed with its body unread is reset, and a client still sending would see the
+/// reset, not the 413. Beyond those bounds the connection is closed as before.
+fn linger(body: Body) {
+    use futures::StreamExt;
+    tokio::spawn(async move {
+        let mut data = body.into_data_stream();
+        let mut read = 0;
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Some(Ok(chunk)) = data.next().await {
+                read += chunk.len();
+                if read > LINGER_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
 /// The body, once its size, media type and signature are acceptable.
 async fn verified_body(ctx: &ApiContext, headers: &HeaderMap, body: Body) -> ApiResult<axum::body::Bytes> {
     let declared = headers
@@ -114,6 +139,7 @@ async fn verified_body(ctx: &ApiContext, headers: &HeaderMap, body: Body) -> Api
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_BODY) {
         metrics::webhook_rejected("too_large");
+        linger(body);
         return Err(ApiError::PayloadTooLarge);
     }
     if !is_json(headers) {
