@@ -16,6 +16,7 @@
 //! | `{each X}` | `(SELECT unnest(X::text[]) AS value)` | `(SELECT value FROM json_each(X))` | a list of strings as rows of `value`, bound with the backend's `text_list` (a `text[]` / a JSON array: a list can hold more values than SQLite binds parameters) |
 //! | `{json_agg X}` | `COALESCE(jsonb_agg(X), '[]'::jsonb)` | `json_group_array(json(X))` | JSON values (`{object}(...)` of a subquery) as one JSON array, `[]` for none |
 //! | `{object}` | `jsonb_build_object` | `json_object` | a JSON object of keys and values: `{object}('k', v, ...)` |
+//! | `{fenced X}` | `AND (X::text IS NULL OR EXISTS (SELECT 1 FROM fence))` | nothing | the condition of a write fenced in its own statement (`fenced`, below); `X` the lease's name, `NULL` outside a lease |
 //! | `{binary X}` | `X COLLATE "C"` | `X` | text ordered by its bytes (SQLite's BINARY collation) |
 //! | `{pos}` | `pos` | `rowid` | insertion order |
 //! | `{for_update}` | `FOR UPDATE` | nothing | a row lock (SQLite's writers take turns anyway) |
@@ -38,6 +39,12 @@
 //!   (`store::audited`) in the same transaction, and PostgreSQL then has the committed log and
 //!   audit entries numbered by a task of its own (`PostgresDb::order_commits_later`; a reader
 //!   numbers what is left first, `order_commits`); both no-ops on SQLite, whose `seq` is the rowid;
+//! - a write of one statement under a lease (the job's claim, `claim_job`): on PostgreSQL the
+//!   fence is part of the statement (`PostgresDb::fenced`: `WITH fence AS (SELECT 1 FROM leases
+//!   ... FOR SHARE), claimed AS (<the write, with {fenced $N}>) SELECT <fence held> AS held, c.* FROM
+//!   (SELECT 1) one LEFT JOIN claimed c ON TRUE`), one round trip instead of `BEGIN`, the fence,
+//!   the write and `COMMIT`; SQLite's single writer needs none (`SqliteDb::fenced` answers
+//!   `TRUE AS held` with the write's own row);
 //! - app ids: `PostgresDb::app_key` answers `None` for a string no `uuid` column can hold, so the
 //!   query is not sent (SQLite's answers `Some` always: the query finds nothing);
 //! - a filter on a list of app ids (`push_app_ids`): `= ANY($N::uuid[])` on PostgreSQL, `IN
@@ -129,6 +136,10 @@ impl Dialect {
                 ));
             }
             (_, "field") => return self.field(x),
+            (Sqlite, "fenced") => return Some(String::new()),
+            (Postgres, "fenced") if !x.is_empty() => {
+                return Some(format!("AND ({x}::text IS NULL OR EXISTS (SELECT 1 FROM fence))"));
+            }
             _ => {}
         }
         if let Some((before, after)) = self.wrapping(name) {

@@ -1,7 +1,7 @@
 //! The job queue: each app's pushes waiting, in flight and deferred, their claim before sending
 //! and the window's admissions they record.
 
-use super::dialect::{app_read, db_statement, db_tx, execute, read, sql};
+use super::dialect::{app_read, count_commit, db_run, db_statement, db_tx, execute, read, sql};
 use super::*;
 
 /// A job row as `Job` reads it (the table is named `j`).
@@ -79,6 +79,24 @@ macro_rules! runnable {
 }
 pub(super) use runnable;
 
+/// The claim (`claim_job`): the job's fence is bound as `$5` to `$7` (`fenced`).
+const CLAIM: &str = "UPDATE jobs SET state = 'in_flight', attempt = attempt + 1, updated_at = {ts $2},
+      admitted_at = CASE WHEN $3 THEN {ts $2} ELSE admitted_at END
+    WHERE id = $1 AND state IN ('pending', 'deferred') {fenced $5}
+    RETURNING TRUE AS claimed,
+      (SELECT t.target_user_id FROM target_users t
+         WHERE t.app_id = jobs.app_id AND t.principal_id = jobs.principal_id) AS target_user_id,
+      (SELECT t.fingerprint FROM target_users t
+         WHERE t.app_id = jobs.app_id AND t.principal_id = jobs.principal_id) AS fingerprint,
+      (SELECT t.created_by_us FROM target_users t
+         WHERE t.app_id = jobs.app_id AND t.principal_id = jobs.principal_id) AS created_by_us,
+      (SELECT t.disabled FROM target_users t
+         WHERE t.app_id = jobs.app_id AND t.principal_id = jobs.principal_id) AS disabled,
+      (SELECT t.enabled_by_us FROM target_users t
+         WHERE t.app_id = jobs.app_id AND t.principal_id = jobs.principal_id) AS enabled_by_us,
+      (SELECT g.target_group_id FROM target_groups g
+         WHERE g.app_id = jobs.app_id AND g.display_name = $4) AS target_group_id";
+
 impl Store {
     /// The jobs a dispatcher's pass takes now (`app_and_work`, which reads them with the app).
     pub async fn runnable_jobs(&self, app_id: &str, now: Millis, limit: i64) -> StoreResult<Vec<Job>> {
@@ -121,6 +139,10 @@ impl Store {
     ) -> StoreResult<Option<Claim>> {
         #[derive(sqlx::FromRow)]
         struct Row {
+            /// The lease fence held (always on SQLite, and outside a lease).
+            held: bool,
+            /// The job was claimed: `None` when it was not (PostgreSQL answers a row anyway).
+            claimed: Option<bool>,
             target_user_id: Option<String>,
             fingerprint: Option<String>,
             created_by_us: Option<bool>,
@@ -130,34 +152,28 @@ impl Store {
         }
         // On PostgreSQL the row lock taken here is the claim: a concurrent writer of the job (an
         // app deletion cancelling it) is waited for, as SQLite's single writer would be, and a
-        // job it cancelled is not claimed. What the push reads next comes back with it.
-        let claimed: Option<Row> = db_statement!(self, db, conn => {
-            sqlx::query_as(sql!(
-                db,
-                "UPDATE jobs SET state = 'in_flight', attempt = attempt + 1, updated_at = {ts $2},
-                   admitted_at = CASE WHEN $3 THEN {ts $2} ELSE admitted_at END
-                 WHERE id = $1 AND state IN ('pending', 'deferred')
-                 RETURNING
-                   (SELECT t.target_user_id FROM target_users t
-                      WHERE t.app_id = jobs.app_id AND t.principal_id = jobs.principal_id) AS target_user_id,
-                   (SELECT t.fingerprint FROM target_users t
-                      WHERE t.app_id = jobs.app_id AND t.principal_id = jobs.principal_id) AS fingerprint,
-                   (SELECT t.created_by_us FROM target_users t
-                      WHERE t.app_id = jobs.app_id AND t.principal_id = jobs.principal_id) AS created_by_us,
-                   (SELECT t.disabled FROM target_users t
-                      WHERE t.app_id = jobs.app_id AND t.principal_id = jobs.principal_id) AS disabled,
-                   (SELECT t.enabled_by_us FROM target_users t
-                      WHERE t.app_id = jobs.app_id AND t.principal_id = jobs.principal_id) AS enabled_by_us,
-                   (SELECT g.target_group_id FROM target_groups g
-                      WHERE g.app_id = jobs.app_id AND g.display_name = $4) AS target_group_id"
-            ))
-            .bind(job_id)
-            .bind(now)
-            .bind(admitted)
-            .bind(target)
-            .fetch_optional(&mut *conn)
-            .await?
+        // job it cancelled is not claimed. What the push reads next comes back with it. It is
+        // one statement, committed alone; on PostgreSQL its lease fence is part of it
+        // (`PostgresDb::fenced`): one round trip, not a transaction of four.
+        let fence = crate::lease::current();
+        let row: Option<Row> = db_run!(self, db => {
+            let row = sqlx::query_as(sql!(db, &db.fenced(CLAIM, 5)))
+                .bind(job_id)
+                .bind(now)
+                .bind(admitted)
+                .bind(target)
+                .bind(fence.as_ref().map(|f| &f.name))
+                .bind(fence.as_ref().map(|f| &f.holder))
+                .bind(fence.as_ref().map(|f| f.token))
+                .fetch_optional(&db.pool)
+                .await?;
+            count_commit();
+            row
         });
+        if let (Some(fence), Some(false)) = (fence, row.as_ref().map(|r| r.held)) {
+            return Err(StoreError::Fenced(fence.name));
+        }
+        let claimed = row.filter(|r| r.claimed.is_some());
         Ok(claimed.map(|r| Claim {
             user: match (r.target_user_id, r.fingerprint) {
                 (Some(target_user_id), Some(fingerprint)) => Some(TargetUser {

@@ -111,6 +111,22 @@ impl PostgresDb {
         Ok(tx)
     }
 
+    /// A write of one statement ending in `RETURNING` (its condition holding `{fenced $N}`), as
+    /// one statement committed alone that takes its own lease fence: the lease named by `$N`
+    /// (holder `$N+1`, token `$N+2`; all NULL outside a lease) is locked `FOR SHARE` by the same
+    /// statement, until it commits, as `begin` does in a transaction. Answers one row always: `held`
+    /// (the fence held, or no lease), and the write's own columns, all NULL when it wrote nothing.
+    pub(super) fn fenced(&self, write: &str, fence_at: usize) -> String {
+        let (name, holder, token) = (fence_at, fence_at + 1, fence_at + 2);
+        format!(
+            "WITH fence AS (SELECT 1 FROM leases WHERE name = ${name} AND holder = ${holder} AND token = ${token}
+               AND NOT released AND expires_at > now() FOR SHARE),
+             claimed AS ({write})
+             SELECT (${name}::text IS NULL OR EXISTS (SELECT 1 FROM fence)) AS held, c.*
+             FROM (SELECT 1) AS one LEFT JOIN claimed c ON TRUE"
+        )
+    }
+
     /// Commits a write, with the audit entry that records it if one is pending
     /// (`store::audited`): the change and its audit entry commit together or not at all.
     pub(super) async fn commit(&self, mut tx: Tx) -> StoreResult<()> {

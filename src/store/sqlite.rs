@@ -69,6 +69,12 @@ impl SqliteDb {
         Dialect::Sqlite
     }
 
+    /// A write of one statement ending in `RETURNING`, fenced (see `PostgresDb::fenced`): one
+    /// writer at a time and no leases here, so its rows say the fence held.
+    pub(super) fn fenced(&self, write: &str, _fence_at: usize) -> String {
+        format!("{write}, TRUE AS held")
+    }
+
     /// Any string may be an app's id here: a made-up one finds nothing.
     pub(super) fn app_key<'a>(&self, id: &'a str) -> Option<&'a str> {
         Some(id)

@@ -191,3 +191,70 @@ async fn the_stores_connections_have_nagles_algorithm_off() {
     drop(held);
     drop_database(store, &server, &name).await;
 }
+
+/// The claim takes its lease fence in its own statement (`PostgresDb::fenced`, one round trip):
+/// under the lease it holds, a replica claims the job, once; with a token another grant replaced,
+/// it claims nothing and is told `Fenced`; outside a lease the claim goes as on SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_under_a_lease_no_longer_held_is_refused_and_claims_nothing() {
+    use std::time::{Duration, Instant};
+    let Some((store, server, name)) = fresh_store().await else {
+        return;
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let app_id = uuid::Uuid::now_v7().to_string();
+    let app = AppRecord::new(
+        &app_id,
+        "app",
+        "http://127.0.0.1:9/scim/v2",
+        ("bearer".into(), vec![0]),
+        AppSettings::default(),
+        now,
+        now,
+    );
+    store.insert_app(&app).await.unwrap();
+    let job = |id: &str| Job {
+        seq: 0,
+        id: id.into(),
+        app_id: app_id.clone(),
+        event_id: None,
+        principal_id: "p-1".into(),
+        group_id: "g-1".into(),
+        kind: "add".into(),
+        trigger: "on_demand".into(),
+        state: "pending".into(),
+        not_before: now,
+        received_at: now,
+        deferred_until: None,
+        attempt: 0,
+        flag: None,
+        admitted_at: None,
+        target_display_name: None,
+        trace_context: None,
+    };
+    store.insert_job(&job("j-1"), now).await.unwrap();
+    store.insert_job(&job("j-2"), now).await.unwrap();
+    let lease = format!("app:{app_id}");
+    let grant = store
+        .acquire_lease(&lease, "r-1", 30_000)
+        .await
+        .unwrap()
+        .expect("granted");
+    let fence = |token| crate::lease::Fence::new(&lease, "r-1", token, Instant::now(), Duration::from_secs(30));
+
+    let stale = crate::lease::scope(fence(grant.token + 1), store.claim_job("j-1", now, true, "T")).await;
+    assert!(matches!(&stale, Err(StoreError::Fenced(n)) if *n == lease), "{stale:?}");
+    let waiting = store.runnable_jobs(&app_id, now, 10).await.unwrap();
+    assert_eq!(waiting.len(), 2, "the refused claim claimed nothing");
+
+    let held = crate::lease::scope(fence(grant.token), store.claim_job("j-1", now, true, "T")).await;
+    assert!(matches!(held, Ok(Some(_))), "{held:?}");
+    let again = crate::lease::scope(fence(grant.token), store.claim_job("j-1", now, true, "T")).await;
+    assert!(matches!(again, Ok(None)), "claimed once: {again:?}");
+    let outside = store.claim_job("j-2", now, false, "T").await;
+    assert!(matches!(outside, Ok(Some(_))), "{outside:?}");
+    let waiting = store.runnable_jobs(&app_id, now, 10).await.unwrap();
+    assert!(waiting.is_empty(), "both in flight: {waiting:?}");
+
+    drop_database(store, &server, &name).await;
+}
