@@ -151,6 +151,8 @@ async fn look(engine: &Arc<Engine>, cluster: &Arc<Cluster>) -> anyhow::Result<()
         tracing::error!(replica = %cluster.holder,
             "another live process runs with this SCIM_BRIDGE_REPLICA_ID: this one stops dispatching; give every replica its own id");
         cluster.duplicate.store(true, Ordering::Relaxed);
+        // The leases under this id are the other process's: its work is announced to it again.
+        store.act_as(None);
         let names: Vec<String> = cluster
             .held
             .lock()

@@ -227,6 +227,7 @@ impl Engine {
         if let Some(cluster) = &engine.cluster {
             tracing::info!(holder = %cluster.holder, ttl_ms = engine.ctx.config.lease_ttl_ms,
                 "shared database: this replica dispatches for the apps whose leases it holds");
+            engine.ctx.store.act_as(Some(&cluster.holder));
             let look = tokio::spawn(cluster::run(engine.clone_weak(), engine.stop.clone()));
             let listen = tokio::spawn(cluster::listen(engine.clone_weak(), engine.stop.clone()));
             engine.background.lock().expect("lock").extend([look, listen]);

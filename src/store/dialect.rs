@@ -62,7 +62,8 @@
 //!   in its own transaction, after taking the advisory locks of its events, memberships and
 //!   principals in one statement (`SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT
 //!   hashtextextended(key, 0) ...) ORDER BY k`, `PostgresDb::lock_intake`) and announcing the work
-//!   with `pg_notify` before the commit (`PostgresDb::announce_intake`); both write the batch with
+//!   with `pg_notify` before the commit (`PostgresDb::announce_intake`; not the work whose lease
+//!   the replica holds, which it wakes itself); both write the batch with
 //!   the one `events::write_batch`;
 //! - a principal written outside the intake (`principals.rs`): PostgreSQL takes the principal's
 //!   advisory lock first (`pg_advisory_xact_lock(hashtextextended('principal' || chr(10) || $1,

@@ -29,6 +29,9 @@ pub struct PostgresDb {
     intake: Arc<GroupCommit>,
     /// Asks this process's numberer to number what a writer committed (`order_commits_later`).
     numbering: tokio::sync::mpsc::Sender<()>,
+    /// The replica this process acts as under its leases (`Store::act_as`): the intake announces
+    /// no work whose lease it holds, since it wakes that work itself.
+    acting_as: Arc<std::sync::RwLock<Option<String>>>,
 }
 
 type Tx = Transaction<'static, Postgres>;
@@ -84,6 +87,7 @@ impl PostgresDb {
             pool,
             intake: Arc::new(GroupCommit::new(Arc::new(tokio::sync::Mutex::new(())))),
             numbering,
+            acting_as: Arc::new(std::sync::RwLock::new(None)),
         })
     }
 
@@ -234,6 +238,7 @@ impl PostgresDb {
     /// The replicas that dispatch for the apps of the accepted jobs hear of them when the batch
     /// commits; the one that runs the timers hears of every accepted event, since one may have
     /// moved an end closer (a shortened extension queues no job, but its expiry is due sooner).
+    /// This replica is not told what it holds the lease of (`act_as`).
     pub(super) async fn announce_intake(&self, tx: &mut Tx, answers: &[Acceptance]) -> StoreResult<()> {
         let accepted: Vec<&Vec<(String, String)>> = answers
             .iter()
@@ -253,12 +258,22 @@ impl PostgresDb {
         wakes.sort();
         wakes.dedup();
         wakes.push("expiry".into());
+        // What this replica holds the lease of (`app:<id>`, and `timers` for the expiry), it
+        // wakes itself after the commit (`intake::commit_and_wake`): announced, it would run a
+        // second, empty pass. The lease row is locked until the commit, so a replica taking the
+        // lease over meanwhile starts after it, and its first pass sees the jobs.
+        let acting_as = self.acting_as.read().expect("lock").clone();
         count_statement();
-        sqlx::query("SELECT pg_notify($1, w) FROM unnest($2::text[]) AS w")
-            .bind(WORK_CHANNEL)
-            .bind(&wakes)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "SELECT pg_notify($1, w) FROM unnest($2::text[]) AS w
+             WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.name = CASE w WHEN 'expiry' THEN 'timers' ELSE w END
+               AND l.holder = $3 AND NOT l.released AND l.expires_at > now() FOR SHARE)",
+        )
+        .bind(WORK_CHANNEL)
+        .bind(&wakes)
+        .bind(acting_as)
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 }
@@ -412,6 +427,14 @@ impl Store {
         };
         sqlx::query(sql).bind(holder).bind(names).execute(&db.pool).await?;
         Ok(())
+    }
+
+    /// The replica this process now acts as under its leases, `None` when it does not (it
+    /// stopped, or another live process has its id): the intake then announces all its work.
+    pub fn act_as(&self, holder: Option<&str>) {
+        if let Backend::Postgres(db) = &self.backend {
+            *db.acting_as.write().expect("lock") = holder.map(str::to_string);
+        }
     }
 
     /// Tells every replica listening that there is work (`app:<id>`, `expiry`, `leases`).

@@ -192,6 +192,20 @@ async fn the_stores_connections_have_nagles_algorithm_off() {
     drop_database(store, &server, &name).await;
 }
 
+/// An app named by its id, on a target nothing listens on.
+async fn insert_app(store: &Store, app_id: &str, now: Millis) {
+    let app = AppRecord::new(
+        app_id,
+        app_id,
+        "http://127.0.0.1:9/scim/v2",
+        ("bearer".into(), vec![0]),
+        AppSettings::default(),
+        now,
+        now,
+    );
+    store.insert_app(&app).await.unwrap();
+}
+
 /// The claim takes its lease fence in its own statement (`PostgresDb::fenced`, one round trip):
 /// under the lease it holds, a replica claims the job, once; with a token another grant replaced,
 /// it claims nothing and is told `Fenced`; outside a lease the claim goes as on SQLite.
@@ -203,16 +217,7 @@ async fn a_claim_under_a_lease_no_longer_held_is_refused_and_claims_nothing() {
     };
     let now = chrono::Utc::now().timestamp_millis();
     let app_id = uuid::Uuid::now_v7().to_string();
-    let app = AppRecord::new(
-        &app_id,
-        "app",
-        "http://127.0.0.1:9/scim/v2",
-        ("bearer".into(), vec![0]),
-        AppSettings::default(),
-        now,
-        now,
-    );
-    store.insert_app(&app).await.unwrap();
+    insert_app(&store, &app_id, now).await;
     let job = |id: &str| Job {
         seq: 0,
         id: id.into(),
@@ -256,5 +261,72 @@ async fn a_claim_under_a_lease_no_longer_held_is_refused_and_claims_nothing() {
     let waiting = store.runnable_jobs(&app_id, now, 10).await.unwrap();
     assert!(waiting.is_empty(), "both in flight: {waiting:?}");
 
+    drop_database(store, &server, &name).await;
+}
+
+/// The intake does not announce work whose lease this replica holds (`Store::act_as`): it wakes
+/// that itself. What another replica holds is announced, and everything once this process no
+/// longer acts under its leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_intake_announces_only_the_work_another_replica_holds() {
+    let Some((store, server, name)) = fresh_store().await else {
+        return;
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let (mine, theirs) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string());
+    for (app_id, holder) in [(&mine, "r-1"), (&theirs, "r-2")] {
+        insert_app(&store, app_id, now).await;
+        let assignment = Assignment {
+            app_id: app_id.clone(),
+            group_id: "g-1".into(),
+            target_display_name: "T".into(),
+            created_at: now,
+        };
+        store.put_assignment(&assignment).await.unwrap();
+        let lease = format!("app:{app_id}");
+        store
+            .acquire_lease(&lease, holder, 30_000)
+            .await
+            .unwrap()
+            .expect("granted");
+    }
+    let at = crate::clock::to_rfc3339(now);
+    let activation = |id: &str, principal: &str| {
+        event(
+            serde_json::json!({
+                "id": id, "action": "selfActivate", "accessId": "member", "principalId": principal,
+                "groupId": "g-1", "status": "Provisioned", "createdDateTime": at,
+                "scheduleInfo": {"startDateTime": at, "expiration": {"type": "afterDuration", "duration": "PT8H"}},
+                "principal": {"userPrincipalName": format!("{principal}@example.test")},
+            }),
+            now,
+        )
+    };
+    let mut listener = store.listen_work().await.unwrap().expect("a listener");
+    // Everything one commit announced: the apps' notifications come before the expiry's.
+    let mut heard_until_expiry = async || {
+        let mut heard = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), listener.next())
+                .await
+                .expect("a notification within 10 s")
+                .expect("the connection held");
+            if next == "expiry" {
+                return heard;
+            }
+            heard.push(next);
+        }
+    };
+
+    store.act_as(Some("r-1"));
+    store.accept_events(&[activation("req-1", "p-1")], now).await.unwrap();
+    assert_eq!(heard_until_expiry().await, [format!("app:{theirs}")]);
+
+    store.act_as(None);
+    store.accept_events(&[activation("req-2", "p-2")], now).await.unwrap();
+    let mut both = vec![format!("app:{mine}"), format!("app:{theirs}")];
+    both.sort();
+    assert_eq!(heard_until_expiry().await, both);
+    drop(listener);
     drop_database(store, &server, &name).await;
 }
