@@ -928,24 +928,10 @@ pub async fn provision_on_demand(
             "the principal is not entitled to this group, and the bridge provisioned nothing to remove",
         ));
     }
+    let kind = if entitled { "add" } else { "remove" };
     let job = Job {
-        seq: 0,
-        id: uuid::Uuid::now_v7().to_string(),
-        app_id: app.id.clone(),
-        event_id: None,
-        principal_id,
-        group_id,
-        kind: if entitled { "add".into() } else { "remove".into() },
-        trigger: "on_demand".into(),
-        state: "pending".into(),
-        not_before: now,
-        received_at: now,
-        deferred_until: None,
-        attempt: 0,
-        flag: None,
-        admitted_at: None,
-        target_display_name: None,
         trace_context: crate::trace::current_traceparent(),
+        ..Job::pending(&app.id, &principal_id, &group_id, kind, "on_demand", now, now)
     };
     ctx.audited(
         &caller,

@@ -1076,23 +1076,9 @@ impl Cycle {
                     None => self.source_group_of(ctx, app, &member.target_display_name).await?,
                 };
                 let job = Job {
-                    seq: 0,
-                    id: uuid::Uuid::now_v7().to_string(),
-                    app_id: app.id.clone(),
-                    event_id: None,
-                    principal_id: member.principal_id.clone(),
-                    group_id,
-                    kind: "remove".into(),
-                    trigger: "sync".into(),
-                    state: "pending".into(),
-                    not_before: at,
-                    received_at: now,
-                    deferred_until: None,
-                    attempt: 0,
-                    flag: None,
-                    admitted_at: None,
                     target_display_name: Some(member.target_display_name.clone()),
                     trace_context: crate::trace::current_traceparent(),
+                    ..Job::pending(&app.id, &member.principal_id, &group_id, "remove", "sync", at, now)
                 };
                 tracing::warn!(app_id = %app.id, cycle_id = %self.record.id, error = %e, retry_at = at,
                     "a cycle's removal failed: retried on the clock as a job of its own");

@@ -174,25 +174,11 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?;
                 for app_id in apps {
+                    // No target group of its own: it removes where the event's group put the member.
                     let job = Job {
-                        seq: 0,
-                        id: uuid::Uuid::now_v7().to_string(),
-                        app_id: app_id.clone(),
                         event_id: event_id.clone(),
-                        principal_id: m.principal_id.clone(),
-                        group_id: m.group_id.clone(),
-                        kind: "remove".into(),
-                        trigger: "expiry".into(),
-                        state: "pending".into(),
-                        not_before: now,
-                        received_at: m.end_at,
-                        deferred_until: None,
-                        attempt: 0,
-                        flag: None,
-                        admitted_at: None,
-                        // No target group of its own: it removes where the event's group put the member.
-                        target_display_name: None,
                         trace_context: trace_context.clone(),
+                        ..Job::pending(&app_id, &m.principal_id, &m.group_id, "remove", "expiry", now, m.end_at)
                     };
                     insert_job_in!(db, &mut *tx, &job, Some(m.event_seq), now)?;
                     // Access ended at the scheduled end (SPEC §8): its record is born here.

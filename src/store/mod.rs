@@ -422,6 +422,38 @@ pub struct Job {
 }
 
 impl Job {
+    /// A new job waiting to be sent, never tried, with an id of its own: no event, no target
+    /// group of its own, no trace context (the caller sets what it has).
+    pub fn pending(
+        app_id: &str,
+        principal_id: &str,
+        group_id: &str,
+        kind: &str,
+        trigger: &str,
+        not_before: Millis,
+        received_at: Millis,
+    ) -> Self {
+        Self {
+            seq: 0,
+            id: uuid::Uuid::now_v7().to_string(),
+            app_id: app_id.to_string(),
+            event_id: None,
+            principal_id: principal_id.to_string(),
+            group_id: group_id.to_string(),
+            kind: kind.to_string(),
+            trigger: trigger.to_string(),
+            state: "pending".into(),
+            not_before,
+            received_at,
+            deferred_until: None,
+            attempt: 0,
+            flag: None,
+            admitted_at: None,
+            target_display_name: None,
+            trace_context: None,
+        }
+    }
+
     pub fn is_removal(&self) -> bool {
         self.kind == "remove"
     }

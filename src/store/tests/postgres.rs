@@ -218,27 +218,10 @@ async fn a_claim_under_a_lease_no_longer_held_is_refused_and_claims_nothing() {
     let now = chrono::Utc::now().timestamp_millis();
     let app_id = uuid::Uuid::now_v7().to_string();
     insert_app(&store, &app_id, now).await;
-    let job = |id: &str| Job {
-        seq: 0,
-        id: id.into(),
-        app_id: app_id.clone(),
-        event_id: None,
-        principal_id: "p-1".into(),
-        group_id: "g-1".into(),
-        kind: "add".into(),
-        trigger: "on_demand".into(),
-        state: "pending".into(),
-        not_before: now,
-        received_at: now,
-        deferred_until: None,
-        attempt: 0,
-        flag: None,
-        admitted_at: None,
-        target_display_name: None,
-        trace_context: None,
-    };
-    store.insert_job(&job("j-1"), now).await.unwrap();
-    store.insert_job(&job("j-2"), now).await.unwrap();
+    let job = || Job::pending(&app_id, "p-1", "g-1", "add", "on_demand", now, now);
+    let (first, second) = (job(), job());
+    store.insert_job(&first, now).await.unwrap();
+    store.insert_job(&second, now).await.unwrap();
     let lease = format!("app:{app_id}");
     let grant = store
         .acquire_lease(&lease, "r-1", 30_000)
@@ -247,16 +230,16 @@ async fn a_claim_under_a_lease_no_longer_held_is_refused_and_claims_nothing() {
         .expect("granted");
     let fence = |token| crate::lease::Fence::new(&lease, "r-1", token, Instant::now(), Duration::from_secs(30));
 
-    let stale = crate::lease::scope(fence(grant.token + 1), store.claim_job("j-1", now, true, "T")).await;
+    let stale = crate::lease::scope(fence(grant.token + 1), store.claim_job(&first.id, now, true, "T")).await;
     assert!(matches!(&stale, Err(StoreError::Fenced(n)) if *n == lease), "{stale:?}");
     let waiting = store.runnable_jobs(&app_id, now, 10).await.unwrap();
     assert_eq!(waiting.len(), 2, "the refused claim claimed nothing");
 
-    let held = crate::lease::scope(fence(grant.token), store.claim_job("j-1", now, true, "T")).await;
+    let held = crate::lease::scope(fence(grant.token), store.claim_job(&first.id, now, true, "T")).await;
     assert!(matches!(held, Ok(Some(_))), "{held:?}");
-    let again = crate::lease::scope(fence(grant.token), store.claim_job("j-1", now, true, "T")).await;
+    let again = crate::lease::scope(fence(grant.token), store.claim_job(&first.id, now, true, "T")).await;
     assert!(matches!(again, Ok(None)), "claimed once: {again:?}");
-    let outside = store.claim_job("j-2", now, false, "T").await;
+    let outside = store.claim_job(&second.id, now, false, "T").await;
     assert!(matches!(outside, Ok(Some(_))), "{outside:?}");
     let waiting = store.runnable_jobs(&app_id, now, 10).await.unwrap();
     assert!(waiting.is_empty(), "both in flight: {waiting:?}");
