@@ -41,8 +41,8 @@
 //!   numbers what is left first, `order_commits`); both no-ops on SQLite, whose `seq` is the rowid;
 //! - a write of one statement under a lease (the job's claim, `claim_job`): on PostgreSQL the
 //!   fence is part of the statement (`PostgresDb::fenced`: `WITH fence AS (SELECT 1 FROM leases
-//!   ... FOR SHARE), claimed AS (<the write, with {fenced $N}>) SELECT <fence held> AS held, c.* FROM
-//!   (SELECT 1) one LEFT JOIN claimed c ON TRUE`), one round trip instead of `BEGIN`, the fence,
+//!   ... FOR SHARE), written AS (<the write, with {fenced $N}>) SELECT <fence held> AS held, w.* FROM
+//!   (SELECT 1) one LEFT JOIN written w ON TRUE`), one round trip instead of `BEGIN`, the fence,
 //!   the write and `COMMIT`; SQLite's single writer needs none (`SqliteDb::fenced` answers
 //!   `TRUE AS held` with the write's own row);
 //! - app ids: `PostgresDb::app_key` answers `None` for a string no `uuid` column can hold, so the

@@ -56,7 +56,7 @@ const STATE: &str = concat!(
     ") AS o FROM principals
          WHERE principal_id IN (SELECT {field 0 text} FROM {rows $2}) {for_update}) q) AS principals,
       (SELECT {json_agg q.o} FROM (SELECT {object}('principal_id', principal_id, 'group_id', group_id,
-           'access_id', access_id, 'active', CASE WHEN active THEN 1 ELSE 0 END, 'source', source,
+           'access_id', access_id, 'active', active, 'source', source,
            'start_at', {ms start_at}, 'end_at', {ms end_at}, 'event_created', {ms event_created},
            'expired_at', {ms expired_at}, 'grant_request_id', grant_request_id) AS o
          FROM memberships WHERE (principal_id, group_id, access_id) IN

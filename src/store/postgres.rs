@@ -125,9 +125,9 @@ impl PostgresDb {
         format!(
             "WITH fence AS (SELECT 1 FROM leases WHERE name = ${name} AND holder = ${holder} AND token = ${token}
                AND NOT released AND expires_at > now() FOR SHARE),
-             claimed AS ({write})
-             SELECT (${name}::text IS NULL OR EXISTS (SELECT 1 FROM fence)) AS held, c.*
-             FROM (SELECT 1) AS one LEFT JOIN claimed c ON TRUE"
+             written AS ({write})
+             SELECT (${name}::text IS NULL OR EXISTS (SELECT 1 FROM fence)) AS held, w.*
+             FROM (SELECT 1) AS one LEFT JOIN written w ON TRUE"
         )
     }
 
