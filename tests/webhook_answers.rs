@@ -266,6 +266,67 @@ async fn body_over_one_mebibyte_is_a_413() {
     );
 }
 
+/// One HTTP/1.1 answer read off a raw connection: its status line, headers and body.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut read = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.expect("the answer");
+        assert!(
+            n > 0,
+            "the connection closed before an answer: {}",
+            String::from_utf8_lossy(&read)
+        );
+        read.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&read).to_string();
+        let Some(end) = text.find("\r\n\r\n") else { continue };
+        let length: usize = text[..end]
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        if read.len() >= end + 4 + length {
+            return text;
+        }
+    }
+}
+
+/// A client that sends the whole of a body over the limit reads its 413, and its connection
+/// still takes the next request: the refused body is read and dropped while the answer goes out,
+/// not left unread (a connection closed with data unread is reset, and the sender sees the reset
+/// instead of the 413).
+#[tokio::test]
+async fn a_body_over_the_limit_sent_whole_reads_its_413_and_the_connection_takes_the_next_request() {
+    use tokio::io::AsyncWriteExt;
+    let bridge = Bridge::start().await;
+    let address = bridge
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    let body = vec![b'x'; 2 * 1024 * 1024];
+    let head = format!(
+        "POST /v1/webhooks/pim HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("the head is taken");
+    stream.write_all(&body).await.expect("the whole body is taken");
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    stream
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await
+        .expect("the next request is taken");
+    let next = read_answer(&mut stream).await;
+    assert!(next.starts_with("HTTP/1.1 200"), "{next}");
+}
+
 #[tokio::test]
 async fn non_json_content_type_is_a_415() {
     let bridge = Bridge::start().await;
