@@ -109,7 +109,7 @@ pub async fn take_in(engine: &Arc<Engine>, raws: &[Value], source: Source) -> St
         let (acceptable, results) = commit_and_wake(engine, acceptable, now).await?;
         for ((slot, (event, _)), acceptance) in slots.iter().zip(&acceptable).zip(results) {
             verdicts[*slot] = Some(match acceptance {
-                Acceptance::Accepted { jobs } => {
+                Acceptance::Accepted { jobs, .. } => {
                     tracing::info!(event_id = %event.id, status = %event.status, action = %event.action_name,
                         jobs = jobs.len(), source = ?source, "event accepted");
                     Verdict::Accepted(jobs)
@@ -150,11 +150,14 @@ async fn commit_and_wake(
         };
         if let Ok(results) = &results {
             for acceptance in results {
-                if let Acceptance::Accepted { jobs } = acceptance {
+                if let Acceptance::Accepted { jobs, ends_at } = acceptance {
                     for (_, app_id) in jobs {
                         engine.wake_local(app_id);
                     }
-                    engine.wake_expiry();
+                    // The timer learns the end as written: no read of the store.
+                    if let Some(end) = ends_at {
+                        engine.expiry_due_by(*end);
+                    }
                 }
             }
         }

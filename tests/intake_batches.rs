@@ -75,7 +75,7 @@ async fn apps_assigned(store: &SharedStore, group: &str, count: usize, now: i64)
 
 fn jobs_of(answer: &Acceptance) -> &[(String, String)] {
     match answer {
-        Acceptance::Accepted { jobs } | Acceptance::Duplicate { jobs } => jobs,
+        Acceptance::Accepted { jobs, .. } | Acceptance::Duplicate { jobs } => jobs,
         Acceptance::Conflict => panic!("a conflict where none was sent"),
     }
 }
@@ -168,7 +168,7 @@ async fn events_of_one_batch_are_judged_in_order_against_what_the_earlier_ones_w
         panic!("four answers: {answers:?}")
     };
     assert!(
-        matches!(activated, Acceptance::Accepted { jobs } if jobs.len() == 2),
+        matches!(activated, Acceptance::Accepted { jobs, .. } if jobs.len() == 2),
         "{activated:?}"
     );
     assert_eq!(
@@ -179,7 +179,7 @@ async fn events_of_one_batch_are_judged_in_order_against_what_the_earlier_ones_w
     );
     assert_eq!(conflict, &Acceptance::Conflict);
     assert!(
-        matches!(removed, Acceptance::Accepted { jobs } if jobs.len() == 2),
+        matches!(removed, Acceptance::Accepted { jobs, .. } if jobs.len() == 2),
         "{removed:?}"
     );
     assert!(!active(&store, &apps[0], "p-1", "g-1", now + 600_000).await);
@@ -213,7 +213,7 @@ async fn one_single_event_webhook_costs_one_commit_and_a_fixed_number_of_stateme
     let before = store::store_counts();
     let answers = store.accept_events(&[item], now).await.expect("accepted");
     let spent = store::store_counts() - before;
-    assert!(matches!(answers.as_slice(), [Acceptance::Accepted { jobs }] if jobs.len() == 3));
+    assert!(matches!(answers.as_slice(), [Acceptance::Accepted { jobs, .. }] if jobs.len() == 3));
 
     // Both stores read what the batch needs in one statement (the stored events and their jobs,
     // the principals, the memberships, the assigned apps and the revoked request ids), then write

@@ -546,6 +546,35 @@ async fn an_extension_moves_the_end_of_an_activation() {
     stack.target.assert_members_eventually(&target_name, &[]).await;
 }
 
+/// The expiry timer learns an activation's end from the intake (without reading the store): an
+/// end that comes before the timer's next look (a minute at the most) still removes the member
+/// at that end, not at the look.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_activation_ending_before_the_expirys_next_look_is_removed_at_its_end() {
+    let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
+        return;
+    };
+    let (group, target_name) = stack.assigned_group().await;
+    let ps = principals(1);
+    // Five minutes from a start 4 min 50 s ago: it ends in 10 s.
+    let start = stack.bridge.now() - chrono::Duration::seconds(290);
+    let event = Event::activation(&ps[0], &group).starting(start).duration("PT5M");
+    stack.bridge.deliver(&[&event]).await;
+    stack.target.assert_members_eventually(&target_name, &upns(&ps)).await;
+
+    stack.bridge.advance(Duration::from_secs(11)).await;
+    stack.target.assert_members_eventually(&target_name, &[]).await;
+    let removal = stack
+        .bridge
+        .wait_for_log(
+            &[("appId", stack.app_id.as_str()), ("trigger", "expiry")],
+            |e| e["status"] == "success",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(removal["action"], "remove_member", "{removal}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn assigning_a_group_later_provisions_its_activations_at_the_next_cycle_and_unassigning_removes_them() {
     let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {

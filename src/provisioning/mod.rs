@@ -21,7 +21,7 @@ use crate::clock::{Millis, SharedClock};
 use crate::config::{Config, RateLimit, Secret};
 use crate::crypto::Sealer;
 use crate::scim::{Auth, ScimClient, ScimError};
-use crate::store::{AppRecord, Assignment, Job, LogEntry, SharedStore};
+use crate::store::{AppRecord, Assignment, Job, LogEntry, SharedStore, StoreResult};
 
 pub(crate) use cluster::GRAPH as GRAPH_LEASE;
 pub use push::{MappedUser, PushResult, map_user};
@@ -199,7 +199,7 @@ pub struct Engine {
     cluster: Option<Arc<cluster::Cluster>>,
     /// The expiry and retention tasks, while this process runs the cluster's timers.
     timers: Mutex<Option<(CancellationToken, Vec<JoinHandle<()>>)>>,
-    expiry_wake: Arc<Notify>,
+    expiry_wake: Arc<ExpiryWake>,
     stop: CancellationToken,
     background: Mutex<Vec<JoinHandle<()>>>,
     /// When the last signed webhook came in (this process; 0: none yet).
@@ -219,7 +219,7 @@ impl Engine {
             dispatchers: Mutex::new(HashMap::new()),
             cluster,
             timers: Mutex::new(None),
-            expiry_wake: Arc::new(Notify::new()),
+            expiry_wake: Arc::new(ExpiryWake::default()),
             stop: CancellationToken::new(),
             background: Mutex::new(Vec::new()),
             last_webhook_at: std::sync::atomic::AtomicI64::new(0),
@@ -429,15 +429,21 @@ impl Engine {
         for h in self.dispatchers.lock().expect("lock").values() {
             h.wake.notify_one();
         }
-        self.expiry_wake.notify_one();
+        self.expiry_wake.read();
         if let Some(cluster) = &self.cluster {
             cluster.nudge.notify_one();
         }
     }
 
-    /// A membership with an end time changed: the expiry task recomputes its timer.
+    /// Memberships' ends may have changed: the expiry task reads the next end again.
     pub fn wake_expiry(&self) {
-        self.expiry_wake.notify_one();
+        self.expiry_wake.read();
+    }
+
+    /// An active membership now ends at `end` (the intake wrote it): the expiry task's next look
+    /// comes no later, without a read.
+    pub fn expiry_due_by(&self, end: Millis) {
+        self.expiry_wake.end_at(end);
     }
 
     /// A signed webhook came in.
@@ -481,12 +487,57 @@ impl Engine {
     }
 }
 
+/// What wakes the expiry task, and what it learns by it.
+#[derive(Default)]
+struct ExpiryWake {
+    notify: Notify,
+    news: Mutex<ExpiryNews>,
+}
+
+#[derive(Default, Clone, Copy)]
+enum ExpiryNews {
+    #[default]
+    Nothing,
+    /// Ends were written, the earliest at this time: the next look comes no later.
+    EndAt(Millis),
+    /// Ends may have changed anywhere (another replica's intake, lost notifications): read.
+    Unknown,
+}
+
+impl ExpiryWake {
+    fn read(&self) {
+        *self.news.lock().expect("lock") = ExpiryNews::Unknown;
+        self.notify.notify_one();
+    }
+
+    fn end_at(&self, end: Millis) {
+        let mut news = self.news.lock().expect("lock");
+        *news = match *news {
+            ExpiryNews::Nothing => ExpiryNews::EndAt(end),
+            ExpiryNews::EndAt(earlier) => ExpiryNews::EndAt(earlier.min(end)),
+            ExpiryNews::Unknown => ExpiryNews::Unknown,
+        };
+        drop(news);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> ExpiryNews {
+        std::mem::take(&mut *self.news.lock().expect("lock"))
+    }
+}
+
 /// Turns memberships whose end has come into removal jobs, at the end time.
-async fn expiry_loop(ctx: Arc<Ctx>, engine: std::sync::Weak<Engine>, wake: Arc<Notify>, stop: CancellationToken) {
+async fn expiry_loop(ctx: Arc<Ctx>, engine: std::sync::Weak<Engine>, wake: Arc<ExpiryWake>, stop: CancellationToken) {
+    // The next end, when a wake told it (`None`: read it).
+    let mut told: Option<StoreResult<Option<Millis>>> = None;
     loop {
         let now = ctx.now();
-        // Most wakes (an event that set an end) find nothing due: one read, no write.
-        let mut next = ctx.store.next_expiry().await;
+        // Most wakes (an event that set an end) find nothing due: no read when the intake told
+        // the end, one read and no write otherwise.
+        let mut next = match told.take() {
+            Some(next) => next,
+            None => ctx.store.next_expiry().await,
+        };
         if !matches!(next, Ok(None)) && !matches!(next, Ok(Some(t)) if t > now) {
             match ctx.store.expire_due(now).await {
                 Ok(apps) => {
@@ -500,14 +551,20 @@ async fn expiry_loop(ctx: Arc<Ctx>, engine: std::sync::Weak<Engine>, wake: Arc<N
             }
             next = ctx.store.next_expiry().await;
         }
-        let next = match next {
+        let deadline = match next {
             Ok(Some(t)) => t.min(now + 60_000),
             _ => now + 60_000,
         };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = wake.notified() => {}
-            _ = ctx.clock.sleep_until(next) => {}
+            _ = wake.notify.notified() => {
+                // A written end only brings the next look forward; anything else is read.
+                told = match (wake.take(), next) {
+                    (ExpiryNews::EndAt(end), Ok(next)) => Some(Ok(Some(next.map_or(end, |n| n.min(end))))),
+                    _ => None,
+                };
+            }
+            _ = ctx.clock.sleep_until(deadline) => {}
         }
     }
 }

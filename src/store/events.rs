@@ -393,6 +393,9 @@ impl<'a> State<'a> {
 
         let index = plan.events.len();
         plan.events.push((item, intake.outcome, intake.reason));
+        // The end the event wrote, as the expiry reads ends (`next_expiry`): of an active
+        // membership not expired.
+        let mut ends_at = None;
         match intake.membership {
             None => {}
             Some(MembershipWrite::Set {
@@ -414,6 +417,7 @@ impl<'a> State<'a> {
                     expired_at: None,
                     grant_request_id,
                 };
+                ends_at = row.end_at.filter(|_| row.active);
                 self.memberships.insert(
                     membership_key,
                     Membership {
@@ -431,6 +435,7 @@ impl<'a> State<'a> {
                         m.row.expired_at = None;
                     }
                     m.written_by = Some(index);
+                    ends_at = end_at.filter(|_| m.row.active && m.row.expired_at.is_none());
                 }
             }
         }
@@ -453,7 +458,7 @@ impl<'a> State<'a> {
                 jobs: jobs.clone(),
             },
         );
-        Acceptance::Accepted { jobs }
+        Acceptance::Accepted { jobs, ends_at }
     }
 }
 

@@ -565,8 +565,15 @@ pub struct SourceState {
 /// What the store made of one webhook event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acceptance {
-    Accepted { jobs: Vec<(String, String)> },
-    Duplicate { jobs: Vec<(String, String)> },
+    /// Taken in: the jobs it queued (id, app), and the end its membership now has, if the
+    /// membership is active and ends (the expiry timer's next look may have to come sooner).
+    Accepted {
+        jobs: Vec<(String, String)>,
+        ends_at: Option<Millis>,
+    },
+    Duplicate {
+        jobs: Vec<(String, String)>,
+    },
     Conflict,
 }
 

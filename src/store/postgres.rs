@@ -236,28 +236,27 @@ impl PostgresDb {
     }
 
     /// The replicas that dispatch for the apps of the accepted jobs hear of them when the batch
-    /// commits; the one that runs the timers hears of every accepted event, since one may have
-    /// moved an end closer (a shortened extension queues no job, but its expiry is due sooner).
+    /// commits; the one that runs the timers hears of every accepted event that left an active
+    /// membership with an end, since one may have moved an end closer (a shortened extension
+    /// queues no job, but its expiry is due sooner).
     /// This replica is not told what it holds the lease of (`act_as`).
     pub(super) async fn announce_intake(&self, tx: &mut Tx, answers: &[Acceptance]) -> StoreResult<()> {
-        let accepted: Vec<&Vec<(String, String)>> = answers
-            .iter()
-            .filter_map(|a| match a {
-                Acceptance::Accepted { jobs } => Some(jobs),
-                _ => None,
-            })
-            .collect();
-        if accepted.is_empty() {
-            return Ok(());
+        let mut wakes: Vec<String> = Vec::new();
+        let mut ends = false;
+        for answer in answers {
+            if let Acceptance::Accepted { jobs, ends_at } = answer {
+                wakes.extend(jobs.iter().map(|(_, app_id)| format!("app:{app_id}")));
+                ends |= ends_at.is_some();
+            }
         }
-        let mut wakes: Vec<String> = accepted
-            .into_iter()
-            .flatten()
-            .map(|(_, app_id)| format!("app:{app_id}"))
-            .collect();
         wakes.sort();
         wakes.dedup();
-        wakes.push("expiry".into());
+        if ends {
+            wakes.push("expiry".into());
+        }
+        if wakes.is_empty() {
+            return Ok(());
+        }
         // What this replica holds the lease of (`app:<id>`, and `timers` for the expiry), it
         // wakes itself after the commit (`intake::commit_and_wake`): announced, it would run a
         // second, empty pass. The lease row is locked until the commit, so a replica taking the

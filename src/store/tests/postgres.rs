@@ -143,7 +143,15 @@ async fn an_accepted_extension_that_queues_no_job_still_wakes_the_expiry_timer()
         .accept_events(&[event(shorten, now + 1_000)], now + 1_000)
         .await
         .unwrap();
-    assert_eq!(answers, [Acceptance::Accepted { jobs: Vec::new() }]);
+    // The end as written: the accepting replica's own timer learns it from the answer.
+    let ends_at = Some(now + 10 * 60_000);
+    assert_eq!(
+        answers,
+        [Acceptance::Accepted {
+            jobs: Vec::new(),
+            ends_at
+        }]
+    );
     let heard = tokio::time::timeout(Duration::from_secs(10), listener.next())
         .await
         .expect("a notification within 10 s");
