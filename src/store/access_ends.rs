@@ -205,7 +205,8 @@ impl Store {
                 q.push(" OR (ended_at = ").push(open).push_bind(*ended_at).push(close);
                 q.push(" AND id < ").push_bind(id.clone()).push("))");
             }
-            q.push(" ORDER BY ended_at DESC, id DESC LIMIT ").push_bind(f.limit);
+            let (open, close) = db.dialect().wrap("limit");
+            q.push(" ORDER BY ended_at DESC, id DESC ").push(open).push_bind(f.limit).push(close);
             q.build_query_as().fetch_all(&db.pool).await?
         }))
     }

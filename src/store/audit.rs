@@ -40,7 +40,7 @@ impl Store {
             sqlx::query_as(sql!(
                 db,
                 "SELECT seq, {ms time} AS time, actor, action, target, detail FROM audit
-                 WHERE {numbered} AND ({bigint $1} IS NULL OR seq < $1) ORDER BY seq DESC LIMIT $2"
+                 WHERE {numbered} AND ({bigint $1} IS NULL OR seq < $1) ORDER BY seq DESC {limit $2}"
             ))
             .bind(before_seq)
             .bind(limit)

@@ -38,7 +38,7 @@ impl Store {
                 "SELECT ",
                 cycle_columns!(),
                 " FROM sync_cycles WHERE app_id = {uuid $1}
-                 ORDER BY sync_cycles.started_at DESC, {pos} DESC LIMIT $2"
+                 ORDER BY sync_cycles.started_at DESC, {pos} DESC {limit $2}"
             ),
             app_id, limit))
     }

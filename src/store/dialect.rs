@@ -17,6 +17,7 @@
 //! | `{json_agg X}` | `COALESCE(jsonb_agg(X), '[]'::jsonb)` | `json_group_array(json(X))` | JSON values (`{object}(...)` of a subquery) as one JSON array, `[]` for none |
 //! | `{object}` | `jsonb_build_object` | `json_object` | a JSON object of keys and values: `{object}('k', v, ...)` |
 //! | `{fenced X}` | `AND (X::text IS NULL OR EXISTS (SELECT 1 FROM fence))` | nothing | the condition of a write fenced in its own statement (`fenced`, below); `X` the lease's name, `NULL` outside a lease |
+//! | `{limit X}` | `LIMIT X` | `LIMIT (X + 0)` | a bound row limit: SQLite plans a bare `LIMIT ?` with the value bound, so each new binding makes it prepare the statement again (measured: a dispatcher's pass read cost a re-prepare per run) |
 //! | `{binary X}` | `X COLLATE "C"` | `X` | text ordered by its bytes (SQLite's BINARY collation) |
 //! | `{pos}` | `pos` | `rowid` | insertion order |
 //! | `{for_update}` | `FOR UPDATE` | nothing | a row lock (SQLite's writers take turns anyway) |
@@ -201,6 +202,10 @@ impl Dialect {
             (Postgres, "jsonb") => ("", "::jsonb"),
             (Postgres, "bigint") => ("", "::bigint"),
             (Postgres, "binary") => ("", " COLLATE \"C\""),
+            // SQLite (3.4x) plans a bare bound LIMIT with its value, so binding one expires the
+            // statement and every run prepares it again; an expression it does not read.
+            (Sqlite, "limit") => ("LIMIT (", " + 0)"),
+            (Postgres, "limit") => ("LIMIT ", ""),
             (Sqlite, "each") => ("(SELECT value FROM json_each(", "))"),
             (Sqlite, "members") => (
                 "(SELECT json_extract(value, '$.t') AS t, json_extract(value, '$.p') AS p, \

@@ -74,7 +74,7 @@ macro_rules! runnable {
              AND e.principal_id = j.principal_id AND e.group_id = j.group_id AND e.seq < j.seq
              AND e.state = 'pending' AND e.not_before > {ts $2}
              AND NOT (j.kind = 'remove' AND e.kind = 'add') AND e.target_display_name IS NULL)
-         ORDER BY j.seq LIMIT $3"
+         ORDER BY j.seq {limit $3}"
     };
 }
 pub(super) use runnable;

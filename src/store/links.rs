@@ -23,7 +23,7 @@ impl Store {
                 concat!(
                     "SELECT ", link_columns!(), " FROM target_users tu
                      WHERE tu.app_id = {uuid $1} AND ({text $2} IS NULL OR {binary tu.principal_id} > $2)
-                     ORDER BY {binary tu.principal_id} LIMIT $3"
+                     ORDER BY {binary tu.principal_id} {limit $3}"
                 )
             ))
             .bind(app_id)

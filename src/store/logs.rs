@@ -125,7 +125,8 @@ impl Store {
             if let Some(cursor) = f.before_seq {
                 q.push(" AND seq < ").push_bind(cursor);
             }
-            q.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
+            let (open, close) = db.dialect().wrap("limit");
+            q.push(" ORDER BY seq DESC ").push(open).push_bind(f.limit).push(close);
             q.build_query_as().fetch_all(&db.pool).await?
         }))
     }
@@ -148,12 +149,12 @@ impl Store {
                 Trail::Logs => sql!(
                     db,
                     "DELETE FROM provisioning_logs WHERE {pos} IN (SELECT {pos} FROM provisioning_logs
-                     WHERE time < {ts $1} ORDER BY {pos} LIMIT $2)"
+                     WHERE time < {ts $1} ORDER BY {pos} {limit $2})"
                 ),
                 Trail::Audit => sql!(
                     db,
                     "DELETE FROM audit WHERE {pos} IN (SELECT {pos} FROM audit
-                     WHERE time < {ts $1} ORDER BY {pos} LIMIT $2)"
+                     WHERE time < {ts $1} ORDER BY {pos} {limit $2})"
                 ),
             };
             sqlx::query(delete)

@@ -18,7 +18,7 @@ impl Store {
                     sql!(
                         db,
                         "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state IN ('done', 'failed', 'cancelled')
-                           AND updated_at < {ts $1} ORDER BY seq LIMIT $2)"
+                           AND updated_at < {ts $1} ORDER BY seq {limit $2})"
                     ),
                     older_than,
                 ),
@@ -31,7 +31,7 @@ impl Store {
                            WHERE m.active = FALSE AND COALESCE(m.end_at, {ts 0}) < {ts $1}
                              AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.principal_id = m.principal_id
                                AND j.group_id = m.group_id AND j.state IN ('pending', 'in_flight', 'deferred'))
-                           LIMIT $2)"
+                           {limit $2})"
                     ),
                     older_than,
                 ),
@@ -42,7 +42,7 @@ impl Store {
                         "DELETE FROM events WHERE seq IN (SELECT e.seq FROM events e WHERE e.received_at < {ts $1}
                            AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.event_seq = e.seq)
                            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_seq = e.seq)
-                           ORDER BY e.seq LIMIT $2)"
+                           ORDER BY e.seq {limit $2})"
                     ),
                     older_than,
                 ),
@@ -52,7 +52,7 @@ impl Store {
                     sql!(
                         db,
                         "DELETE FROM access_ends WHERE id IN (SELECT id FROM access_ends
-                           WHERE ended_at < {ts $1} AND status NOT IN ('pending', 'failed', 'held') LIMIT $2)"
+                           WHERE ended_at < {ts $1} AND status NOT IN ('pending', 'failed', 'held') {limit $2})"
                     ),
                     older_than,
                 ),
@@ -60,7 +60,7 @@ impl Store {
                     sql!(
                         db,
                         "DELETE FROM sync_cycles WHERE id IN (SELECT id FROM sync_cycles WHERE ended_at IS NOT NULL
-                           AND ended_at < {ts $1} LIMIT $2)"
+                           AND ended_at < {ts $1} {limit $2})"
                     ),
                     older_than,
                 ),
@@ -73,7 +73,7 @@ impl Store {
                            WHERE (r.end_at IS NOT NULL AND r.end_at <= {ts $1})
                               OR (r.end_at IS NULL AND NOT EXISTS (SELECT 1 FROM memberships m
                                     WHERE m.principal_id = r.principal_id AND m.group_id = r.group_id))
-                           LIMIT $2)"
+                           {limit $2})"
                     ),
                     now,
                 ),
@@ -93,7 +93,7 @@ impl Store {
                                   AND NOT EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = t.app_id
                                                     AND p.principal_id = t.principal_id)
                                   AND NOT EXISTS (SELECT 1 FROM revoked_requests r WHERE r.principal_id = t.principal_id))
-                           LIMIT $2)"
+                           {limit $2})"
                     ),
                     older_than,
                 ),
@@ -111,7 +111,7 @@ impl Store {
                                                WHERE v.principal_id = p.principal_id AND a.deleted_at IS NULL)
                              AND NOT EXISTS (SELECT 1 FROM revoked_requests r WHERE r.principal_id = p.principal_id)
                              AND NOT EXISTS (SELECT 1 FROM target_users t WHERE t.principal_id = p.principal_id)
-                           LIMIT $2)"
+                           {limit $2})"
                     ),
                     older_than,
                 ),

@@ -5,16 +5,16 @@ use super::Dialect;
 #[test]
 fn fragments_are_written_out_for_each_database() {
     let text = "SELECT {ms created_at} AS created_at FROM t WHERE id = {uuid $1} AND at < {ts $2}
-         ORDER BY {binary name}, {pos} {for_update}";
+         ORDER BY {binary name}, {pos} {limit $3} {for_update}";
     assert_eq!(
         Dialect::Postgres.expand(text),
         "SELECT to_ms(created_at) AS created_at FROM t WHERE id = $1::uuid AND at < from_ms($2)
-         ORDER BY name COLLATE \"C\", pos FOR UPDATE"
+         ORDER BY name COLLATE \"C\", pos LIMIT $3 FOR UPDATE"
     );
     assert_eq!(
         Dialect::Sqlite.expand(text),
         "SELECT created_at AS created_at FROM t WHERE id = $1 AND at < $2
-         ORDER BY name, rowid "
+         ORDER BY name, rowid LIMIT ($3 + 0) "
     );
 }
 

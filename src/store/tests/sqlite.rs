@@ -105,3 +105,54 @@ async fn a_group_commit_goes_on_when_the_webhook_that_leads_it_is_dropped() {
     stored.sort();
     assert_eq!(stored, ["follower", "leader"]);
 }
+
+/// A dispatcher's pass reads its due jobs at every pass: SQLite must not prepare that statement
+/// again each time. (A bare `LIMIT $N` made it: SQLite plans such a limit with the value bound,
+/// so each new binding expired the statement; `{limit $N}` writes an expression it does not
+/// read.)
+#[tokio::test]
+async fn the_due_jobs_read_is_prepared_once_however_its_bindings_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteDb::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let text: &'static str = Dialect::Sqlite
+        .expand(concat!("SELECT j.seq ", crate::store::jobs::runnable!()))
+        .leak();
+    let mut conn = store.pool.acquire().await.unwrap();
+    for (now, limit) in [(1_000_i64, 100_i64), (2_000, 50), (3_000, 100)] {
+        let seqs: Vec<i64> = sqlx::query_scalar(text)
+            .bind("app-1")
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        assert!(seqs.is_empty());
+    }
+    let mut handle = conn.lock_handle().await.unwrap();
+    let db = handle.as_raw_handle().as_ptr();
+    let mut reprepared = None;
+    // SAFETY: the connection is locked for this thread; the statements walked are its own and
+    // stay alive while the lock is held.
+    unsafe {
+        let mut stmt = libsqlite3_sys::sqlite3_next_stmt(db, std::ptr::null_mut());
+        while !stmt.is_null() {
+            let sql = std::ffi::CStr::from_ptr(libsqlite3_sys::sqlite3_sql(stmt)).to_string_lossy();
+            if sql == text {
+                reprepared = Some(libsqlite3_sys::sqlite3_stmt_status(
+                    stmt,
+                    libsqlite3_sys::SQLITE_STMTSTATUS_REPREPARE,
+                    0,
+                ));
+            }
+            stmt = libsqlite3_sys::sqlite3_next_stmt(db, stmt);
+        }
+    }
+    assert_eq!(
+        reprepared,
+        Some(0),
+        "the statement, kept by the connection, was prepared again"
+    );
+}
