@@ -15,18 +15,22 @@ fn event(id: &str, principal: &str, now: Millis) -> (Event, Effect) {
     (event, effect)
 }
 
+/// A migrated store in its file `t.db` of `dir`.
+async fn migrated(dir: &tempfile::TempDir) -> SqliteDb {
+    let store = SqliteDb::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
 /// Concurrent webhooks are committed in groups, each answered as if alone: every event is
 /// stored once, and of two copies of one event sent at once, one is accepted and one is a
 /// duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_webhooks_committed_together_are_each_answered_as_if_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteDb::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
-            .await
-            .unwrap(),
-    );
-    store.migrate().await.unwrap();
+    let store = Arc::new(migrated(&dir).await);
     let now = chrono::Utc::now().timestamp_millis();
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -61,9 +65,7 @@ async fn concurrent_webhooks_committed_together_are_each_answered_as_if_alone() 
 async fn a_group_commit_goes_on_when_the_webhook_that_leads_it_is_dropped() {
     use sqlx::Connection;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db");
-    let store = Arc::new(SqliteDb::open(&format!("sqlite://{}", path.display())).await.unwrap());
-    store.migrate().await.unwrap();
+    let store = Arc::new(migrated(&dir).await);
     let now = chrono::Utc::now().timestamp_millis();
 
     // Both webhooks queue while the turn is taken, so that the first commits them together.
@@ -81,7 +83,7 @@ async fn a_group_commit_goes_on_when_the_webhook_that_leads_it_is_dropped() {
         tokio::task::yield_now().await;
     }
     // Another writer holds the database, so the group's commit waits once it has begun.
-    let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+    let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
         .await
         .unwrap();
     sqlx::query("BEGIN EXCLUSIVE").execute(&mut holder).await.unwrap();
@@ -113,10 +115,7 @@ async fn a_group_commit_goes_on_when_the_webhook_that_leads_it_is_dropped() {
 #[tokio::test]
 async fn the_due_jobs_read_is_prepared_once_however_its_bindings_change() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteDb::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated(&dir).await;
     let text: &'static str = Dialect::Sqlite
         .expand(concat!("SELECT j.seq ", crate::store::jobs::runnable!()))
         .leak();
