@@ -251,6 +251,8 @@ impl PostgresDb {
         }
         wakes.sort();
         wakes.dedup();
+        // Last, as its lease (`timers`) sorts after every `app:` one: the lease rows are locked
+        // in name order, as everywhere several are (`renew_leases`).
         if ends {
             wakes.push("expiry".into());
         }
@@ -403,9 +405,14 @@ impl Store {
         let Backend::Postgres(db) = &self.backend else {
             return Ok(Vec::new());
         };
+        // Row locks on leases are taken in name order, here and wherever several are (the
+        // intake's announcement, `release_leases`): in the table's order, a renewal and an
+        // intake announcing two of its leases deadlocked.
         Ok(sqlx::query_as(
             "UPDATE leases SET expires_at = now() + $2 * interval '1 millisecond'
-             WHERE holder = $1 AND NOT released AND expires_at > now() RETURNING name, token",
+             WHERE name IN (SELECT name FROM leases WHERE holder = $1 AND NOT released AND expires_at > now()
+                            ORDER BY name FOR UPDATE)
+             RETURNING name, token",
         )
         .bind(holder)
         .bind(ttl as f64)
@@ -419,10 +426,13 @@ impl Store {
         let Backend::Postgres(db) = &self.backend else {
             return Ok(());
         };
+        // Locked in name order (see `renew_leases`).
         let sql = if forget {
-            "DELETE FROM leases WHERE holder = $1 AND name = ANY($2)"
+            "DELETE FROM leases WHERE name IN (SELECT name FROM leases WHERE holder = $1 AND name = ANY($2)
+               ORDER BY name FOR UPDATE)"
         } else {
-            "UPDATE leases SET released = TRUE, expires_at = now() WHERE holder = $1 AND name = ANY($2)"
+            "UPDATE leases SET released = TRUE, expires_at = now()
+             WHERE name IN (SELECT name FROM leases WHERE holder = $1 AND name = ANY($2) ORDER BY name FOR UPDATE)"
         };
         sqlx::query(sql).bind(holder).bind(names).execute(&db.pool).await?;
         Ok(())

@@ -321,3 +321,45 @@ async fn the_intake_announces_only_the_work_another_replica_holds() {
     drop(listener);
     drop_database(store, &server, &name).await;
 }
+
+/// Lease rows are locked in name order wherever several are. A renewal of a replica's leases,
+/// while a transaction holds one of them and then takes another in name order (as the intake's
+/// announcement does), waits for that transaction and renews both; taken in the table's order
+/// (`timers` is written first here), the two deadlocked and PostgreSQL aborted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_beside_an_announcement_holding_two_leases_waits_and_does_not_deadlock() {
+    let Some((store, server, name)) = fresh_store().await else {
+        return;
+    };
+    for lease in ["timers", "app:a"] {
+        store
+            .acquire_lease(lease, "r-1", 30_000)
+            .await
+            .unwrap()
+            .expect("granted");
+    }
+    let store = Arc::new(store);
+    let share = "SELECT 1 FROM leases WHERE name = $1 FOR SHARE";
+    let mut tx = pg(&store).pool.begin().await.unwrap();
+    sqlx::query(share).bind("app:a").execute(&mut *tx).await.unwrap();
+    let renewal = tokio::spawn({
+        let store = store.clone();
+        async move { store.renew_leases("r-1", 30_000).await }
+    });
+    until_someone_waits_for_a_lock(pg(&store)).await;
+    let second = sqlx::query(share).bind("timers").execute(&mut *tx).await;
+    assert!(second.is_ok(), "the announcement's second lease: {second:?}");
+    tx.commit().await.unwrap();
+    let mut renewed: Vec<String> = renewal
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    renewed.sort();
+    assert_eq!(renewed, ["app:a", "timers"]);
+
+    let store = Arc::into_inner(store).expect("the renewal is done");
+    drop_database(store, &server, &name).await;
+}
