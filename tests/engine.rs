@@ -36,6 +36,45 @@ async fn cycles(bridge: &Bridge, app_id: &str) -> Vec<Value> {
     body["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// An app registered with `registration`, a group assigned to it, one member pushed by an
+/// activation (to be revoked during the cycle) and `standing` standing members for its next cycle.
+struct CycleAhead {
+    app_id: String,
+    group: SourceGroup,
+    target_name: String,
+    leaving: Principal,
+    activation: Event,
+    standing: Vec<Principal>,
+}
+
+async fn cycle_ahead(bridge: &Bridge, registration: Value, standing: usize) -> CycleAhead {
+    let (status, app) = bridge.admin(Method::POST, "/v1/apps", Some(registration)).await;
+    assert_eq!(status, StatusCode::CREATED, "{app}");
+    let app_id = common::app_id(&app);
+    let group = SourceGroup::new();
+    let target_name = format!("Cycle {}", short_id());
+    bridge.assign_group(&app_id, &group.id, &target_name).await;
+
+    let leaving = Principal::new();
+    let activation = Event::activation(&leaving, &group);
+    bridge.deliver(&[&activation]).await;
+    bridge
+        .wait_for_event_log(&activation, "success", Some("add_member"))
+        .await;
+    let standing: Vec<Principal> = (0..standing).map(|_| Principal::new()).collect();
+    for p in &standing {
+        put_standing(bridge, &group, p).await;
+    }
+    CycleAhead {
+        app_id,
+        group,
+        target_name,
+        leaving,
+        activation,
+        standing,
+    }
+}
+
 /// The cycle once it has ended, polled in real time; `None` if it is still running after `timeout`.
 async fn cycle_ended(bridge: &Bridge, app_id: &str, cycle_id: &str, timeout: Duration) -> Option<Value> {
     let deadline = Instant::now() + timeout;
@@ -102,23 +141,14 @@ async fn a_revocation_and_an_activation_reach_the_target_within_seconds_while_a_
     // Two requests a second: 60 standing members take the cycle well over 30 s.
     let mut registration = target.app_registration(&format!("slow-{}", short_id()));
     registration["pacing"] = json!({"requestsPerSecond": 2});
-    let (status, app) = bridge.admin(Method::POST, "/v1/apps", Some(registration)).await;
-    assert_eq!(status, StatusCode::CREATED, "{app}");
-    let app_id = common::app_id(&app);
-    let group = SourceGroup::new();
-    let target_name = format!("Cycle {}", short_id());
-    bridge.assign_group(&app_id, &group.id, &target_name).await;
-
-    let leaving = Principal::new();
-    let activation = Event::activation(&leaving, &group);
-    bridge.deliver(&[&activation]).await;
-    bridge
-        .wait_for_event_log(&activation, "success", Some("add_member"))
-        .await;
-    let standing: Vec<Principal> = (0..60).map(|_| Principal::new()).collect();
-    for p in &standing {
-        put_standing(&bridge, &group, p).await;
-    }
+    let CycleAhead {
+        app_id,
+        group,
+        target_name,
+        leaving,
+        activation,
+        standing,
+    } = cycle_ahead(&bridge, registration, 60).await;
 
     let (status, answer) = bridge
         .admin(Method::POST, &format!("/v1/apps/{app_id}/sync"), None)
@@ -177,6 +207,78 @@ async fn a_revocation_and_an_activation_reach_the_target_within_seconds_while_a_
     expected.push(arriving.user_principal_name.clone());
     expected.sort();
     assert_eq!(target.group_member_user_names(&target_name).await, expected);
+}
+
+/// Between a cycle's user steps the dispatcher keeps its last read of the app and its queue (a
+/// user step changes neither), but a revocation's wake makes it read before the next step: the
+/// removal goes out while the user steps go on, not once they are done. Unpaced, so the steps run
+/// back to back; the proxy holds each user request 100 ms, so the 40 user steps take 4 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_during_a_cycles_unpaced_user_steps_goes_out_before_the_next_step() {
+    let Some(target) = target(Kind::Scim2Server).await else {
+        return;
+    };
+    let Some(proxy) = FaultProxy::start(&target).await else {
+        return;
+    };
+    let bridge = Bridge::start().await;
+    let mut registration = target.app_registration(&format!("kept-{}", short_id()));
+    registration["scimBaseUrl"] = json!(proxy.base_url_for(&target));
+    registration["pacing"] = json!({"requestsPerSecond": 1_000_000});
+    let CycleAhead {
+        app_id,
+        target_name,
+        leaving,
+        activation,
+        ..
+    } = cycle_ahead(&bridge, registration, 40).await;
+    proxy
+        .arm(json!({"mode": "delay", "ms": 100, "count": -1, "match": {"pathContains": "/Users"}}))
+        .await;
+    let seen_before = proxy.seen().await.len();
+    let (status, answer) = bridge
+        .admin(Method::POST, &format!("/v1/apps/{app_id}/sync"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let user_requests = |seen: &[Value]| {
+        seen.iter()
+            .filter(|r| r["path"].as_str().unwrap_or("").contains("/Users"))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            user_requests(&proxy.seen().await[seen_before..]) >= 3
+        })
+        .await,
+        "the cycle's user steps began"
+    );
+
+    let revocation = activation.deactivation();
+    bridge.deliver(&[&revocation]).await;
+    bridge
+        .wait_for_event_log(&revocation, "success", Some("remove_member"))
+        .await;
+    let cycle_id = answer["cycleId"].as_str().expect("cycleId");
+    let ended = cycle_ended(&bridge, &app_id, cycle_id, Duration::from_secs(60))
+        .await
+        .expect("the cycle ended within a minute");
+    assert_eq!(ended["counts"]["added"], 40, "{ended}");
+
+    // In the order the target got them: the removal (the first group PATCH of the cycle's time;
+    // the chunk's add comes after every user step), then user steps still to go.
+    let seen = proxy.seen().await;
+    let cycle_seen = &seen[seen_before..];
+    let removal = cycle_seen
+        .iter()
+        .position(|r| r["method"] == "PATCH" && r["path"].as_str().unwrap_or("").contains("/Groups"))
+        .expect("the removal's PATCH went through the proxy");
+    let users_after = user_requests(&cycle_seen[removal..]);
+    assert!(
+        users_after >= 10,
+        "the removal went out while the user steps went on ({users_after} user requests after it): {cycle_seen:?}"
+    );
+    let names = target.group_member_user_names(&target_name).await;
+    assert!(!names.contains(&leaving.user_principal_name), "{names:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -131,6 +131,9 @@ async fn one_push_costs_three_commits_and_a_counted_number_of_statements() {
 /// often as one that adds one: the request, its claim, the cycle's record, the chunk's in-flight
 /// mark and outcome, the drift check, the user check, the look for a merged request and the end.
 /// (Before, each member's user step committed twice: 12 commits for one member, 22 for six.)
+/// Each member more costs one statement: its user step's read, just before the step sends. The
+/// dispatcher's pass before a user step keeps the read of the pass before it (the app, no job
+/// due), which a user step cannot change (before, each pass read it again: two statements).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cycles_commits_do_not_grow_with_the_members_of_a_chunk() {
     show_the_bridges_log();
@@ -150,23 +153,40 @@ async fn a_cycles_commits_do_not_grow_with_the_members_of_a_chunk() {
         let target_name = format!("Chunk {}", common::short_id());
         stack.bridge.assign_group(&app_id, &group.id, &target_name).await;
 
+        // Counted from the request to the cycle's end, read at the target and then by the
+        // counts settling, not through the bridge's API (whose reads would be counted).
         let before = settled_counts().await;
-        let cycle = stack.bridge.sync_and_wait(&app_id, false).await;
-        let after = settled_counts().await;
-        assert_eq!(cycle["counts"]["added"], members, "{cycle}");
+        let (status, answer) = stack
+            .bridge
+            .admin(reqwest::Method::POST, &format!("/v1/apps/{app_id}/sync"), None)
+            .await;
+        assert_eq!(status, reqwest::StatusCode::ACCEPTED, "POST sync: {answer}");
         let upns: Vec<&str> = principals.iter().map(Principal::upn).collect();
         stack.target.assert_members_eventually(&target_name, &upns).await;
-        costs.push((members, after.0 - before.0));
+        let after = settled_counts().await;
+        let cycle_id = answer["cycleId"].as_str().expect("cycleId").to_string();
+        let cycle = stack
+            .bridge
+            .wait_for_cycle(&app_id, |c| c["id"] == cycle_id.as_str())
+            .await;
+        assert_eq!(cycle["counts"]["added"], members, "{cycle}");
+        costs.push((members, after.0 - before.0, after.1 - before.1));
     }
     assert_eq!(
         costs[0].1, costs[1].1,
-        "commits of a cycle adding (members, commits): {costs:?}"
+        "commits of a cycle adding (members, commits, statements): {costs:?}"
     );
     assert_eq!(
         costs[0].1, CYCLE_COMMITS_ONE_CHUNK,
         "commits of a cycle adding one chunk: {costs:?}"
     );
+    assert_eq!(
+        costs[1].2 - costs[0].2,
+        5 * CYCLE_STATEMENTS_PER_MEMBER,
+        "statements of a cycle adding (members, commits, statements): {costs:?}"
+    );
 }
 
 /// See `a_cycles_commits_do_not_grow_with_the_members_of_a_chunk`.
 const CYCLE_COMMITS_ONE_CHUNK: u64 = 9;
+const CYCLE_STATEMENTS_PER_MEMBER: u64 = 1;

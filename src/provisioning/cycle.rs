@@ -198,6 +198,11 @@ impl Cycle {
         self.not_before
     }
 
+    /// The next step is a user step (`CycleStep::User`): it takes and queues no job.
+    pub fn next_step_is_user(&self) -> bool {
+        matches!(self.steps.front(), Some(CycleStep::User { .. }))
+    }
+
     /// The next step talks to the target (and so is paced).
     pub fn next_step_sends(&self) -> bool {
         !matches!(
@@ -1346,11 +1351,12 @@ impl Cycle {
     async fn check_users(&mut self, ctx: &Ctx, app: &AppRecord, mapping: &AppMapping) -> anyhow::Result<Done> {
         let store = &ctx.store;
         let mut stale = Vec::new();
+        let known = store.app_users_attributes(&app.id).await?;
         for (principal, user) in store.target_users(&app.id).await? {
-            let Some(attributes) = store.principal_attributes(&principal).await? else {
+            let Some(attributes) = known.get(&principal) else {
                 continue;
             };
-            let Ok(mapped) = push::map_user(mapping, &principal, &attributes) else {
+            let Ok(mapped) = push::map_user(mapping, &principal, attributes) else {
                 continue; // an empty userName: the push of that user says so
             };
             let print = mapped.always.to_string();

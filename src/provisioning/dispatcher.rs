@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -52,6 +53,26 @@ struct Dispatcher {
     hold_until: Millis,
     /// A push broke off in flight and could not be put back in line: the next pass does it.
     in_flight_left: bool,
+    /// What the last pass read, while nothing can have changed it (`Unchanged`).
+    unchanged: Option<Box<Unchanged>>,
+}
+
+/// The app as a pass read it, with no job due, kept for the cycle's next user step. Between a
+/// chunk's user steps (one per member, each checked in its own read) nothing the pass reads can
+/// change unseen: a user step takes and queues no job; every change of the app, every job queued
+/// and every cycle asked for wakes the dispatcher (a woken pass reads again); and the only job
+/// that comes due on the clock is the first one not due at the read (`due_at`).
+struct Unchanged {
+    app: AppRecord,
+    due_at: Option<Millis>,
+}
+
+impl Unchanged {
+    /// Whether a pass at `now` may take this read instead of reading: it was not woken since,
+    /// no job has come due, and its step is a user step.
+    fn holds(&self, woken: bool, now: Millis, user_step_next: bool) -> bool {
+        !woken && user_step_next && self.due_at.is_none_or(|at| now < at)
+    }
 }
 
 /// Runs the app's dispatcher until `stop`. `takeover`: another replica held the app and
@@ -64,11 +85,13 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         return;
     };
     tracing::info!(app_id, "dispatcher started");
+    // Whether the dispatcher was woken since its last pass (a pass not woken may keep its read).
+    let mut woken = true;
     loop {
         if stop.is_cancelled() {
             break;
         }
-        let next = match Box::pin(d.pass(&stop)).await {
+        let next = match Box::pin(d.pass(&stop, woken)).await {
             Ok(Some(next)) => next,
             Ok(None) => break,
             Err(e) if is_fenced(&e) => {
@@ -87,12 +110,13 @@ pub(super) async fn run(ctx: Arc<Ctx>, app_id: String, wake: Arc<Notify>, stop: 
         if next <= ctx.now() {
             // More to do at once (the next cycle step): let other tasks run, then go on.
             tokio::task::yield_now().await;
+            woken = wake.notified().now_or_never().is_some();
             continue;
         }
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = wake.notified() => {}
-            _ = ctx.clock.sleep_until(next) => {}
+            _ = wake.notified() => woken = true,
+            _ = ctx.clock.sleep_until(next) => woken = false,
         }
     }
     if let Some(cycle) = &mut d.cycle {
@@ -161,6 +185,7 @@ async fn start(ctx: &Arc<Ctx>, app_id: &str, stop: &CancellationToken, takeover:
         removal_failed_with: None,
         hold_until,
         in_flight_left: false,
+        unchanged: None,
     };
     match ctx.store.recover_in_flight(app_id, now).await {
         Ok(ids) if !ids.is_empty() => {
@@ -264,9 +289,14 @@ impl Dispatcher {
 
     /// One look at everything the app has to do: its immediate queue first, then one step of
     /// its cycle. Answers when to look again (`None`: the app is gone).
-    async fn pass(&mut self, stop: &CancellationToken) -> anyhow::Result<Option<Millis>> {
+    async fn pass(&mut self, stop: &CancellationToken, woken: bool) -> anyhow::Result<Option<Millis>> {
         let store = self.ctx.store.clone();
         let pass_started = self.ctx.now();
+        let user_step_next = self.cycle.as_ref().is_some_and(Cycle::next_step_is_user);
+        let unchanged = self
+            .unchanged
+            .take()
+            .filter(|u| u.holds(woken, pass_started, user_step_next));
         if pass_started < self.hold_until {
             return Ok(Some(self.hold_until));
         }
@@ -277,15 +307,27 @@ impl Dispatcher {
             self.in_flight_left = false;
         }
         // The app, its jobs due and whether a cycle was asked for, in one read: a pass with
-        // nothing queued (most of them: each step of a cycle is one) reads no more.
+        // nothing queued (most of them: each step of a cycle is one) reads no more. Before a
+        // user step of a cycle, what the last pass read still holds (`Unchanged`): no read.
+        let work = match unchanged {
+            Some(u) => Some(AppWork {
+                app: u.app,
+                jobs: Vec::new(),
+                cycle_asked: false,
+                next_job_at: u.due_at,
+            }),
+            None => store.app_and_work(&self.app_id, pass_started, BATCH).await?,
+        };
         let Some(AppWork {
             mut app,
             mut jobs,
             cycle_asked,
-        }) = store.app_and_work(&self.app_id, pass_started, BATCH).await?
+            next_job_at,
+        }) = work
         else {
             return Ok(None);
         };
+        let none_due = jobs.is_empty();
         let (limit, span) = self.ctx.rate_limit(&app);
         self.window.reconfigure(limit, span);
         self.removal_waiting = false;
@@ -350,10 +392,18 @@ impl Dispatcher {
                     Ok(()) => {
                         let cycle = self.cycle.as_mut().expect("a cycle");
                         let sent_before = client.requests_sent();
+                        let user_step = cycle.next_step_is_user();
                         let ended = cycle.step(&self.ctx, &app, &mapping, &client).await?;
                         self.charge_requests(&app, &client, sent_before);
                         if ended {
                             self.cycle = None;
+                        } else if user_step && none_due {
+                            // A user step changes nothing the read holds: the next user step
+                            // keeps it, unless a wake or a job's time says otherwise.
+                            self.unchanged = Some(Box::new(Unchanged {
+                                app,
+                                due_at: next_job_at,
+                            }));
                         }
                         // Serve the immediate queue before the next step.
                         return Ok(Some(self.ctx.now()));
@@ -1159,5 +1209,37 @@ fn action_of(job: &Job) -> &'static str {
         "remove_member"
     } else {
         "add_member"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(due_at: Option<Millis>) -> Unchanged {
+        let app = AppRecord::new(
+            "app",
+            "App",
+            "http://target.test/scim/v2",
+            ("bearer".into(), Vec::new()),
+            Default::default(),
+            0,
+            0,
+        );
+        Unchanged { app, due_at }
+    }
+
+    #[test]
+    fn a_kept_read_serves_only_an_unwoken_user_step_before_the_next_job_is_due() {
+        // No job waiting on the clock: any later user step not woken keeps the read.
+        assert!(kept(None).holds(false, 1_000, true));
+        // A wake (a job queued, the app changed, a cycle asked for) reads again.
+        assert!(!kept(None).holds(true, 1_000, true));
+        // Any other step may take or queue jobs: it reads.
+        assert!(!kept(None).holds(false, 1_000, false));
+        // A job due on the clock: kept before its time, read again from it on.
+        assert!(kept(Some(2_000)).holds(false, 1_999, true));
+        assert!(!kept(Some(2_000)).holds(false, 2_000, true));
+        assert!(!kept(Some(2_000)).holds(false, 5_000, true));
     }
 }

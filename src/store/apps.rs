@@ -191,7 +191,9 @@ impl Store {
                     job_object!(),
                     ") AS job ",
                     runnable!(),
-                    ") q) AS jobs
+                    ") q) AS jobs,
+                       (SELECT {ms MIN(j.not_before)} FROM jobs j WHERE j.app_id = apps.id AND j.state = 'pending'
+                          AND j.not_before > {ts $2}) AS next_job_at
                      FROM apps WHERE id = {uuid $1} AND deleted_at IS NULL"
                 )
             ))

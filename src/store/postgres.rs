@@ -64,8 +64,13 @@ impl PostgresDb {
         // webhook answers 503 and its sender retries, instead of hanging.
         let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([("lock_timeout", "10s")]);
         let port = options.get_port();
+        // No ping before each acquire: sqlx's default test costs a round trip per statement on
+        // the push path. A connection is tested when it goes back to the pool (sqlx pings it
+        // there and drops a broken one); one broken meanwhile fails its statement, as any
+        // transient database error does (503 to the webhook, the dispatcher's pass retried).
         let pool = PgPoolOptions::new()
             .max_connections(16)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |_, _| {
                 no_delay(port);

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::dialect::{RowsConn, db_run, db_tx, execute_chunked, read, sql};
+use super::dialect::{RowsConn, app_read, db_run, db_tx, execute_chunked, read, sql};
 use super::memberships::entitles;
 use super::*;
 use crate::rules::StoredAttributes;
@@ -235,6 +235,23 @@ impl Store {
     ) -> StoreResult<Option<serde_json::Map<String, Value>>> {
         let row = self.principal_row(principal_id).await?;
         Ok(row.map(|r| r.attributes().values()))
+    }
+
+    /// `principal_attributes` of every principal with a user at the app, in one read.
+    pub async fn app_users_attributes(
+        &self,
+        app_id: &str,
+    ) -> StoreResult<BTreeMap<String, serde_json::Map<String, Value>>> {
+        let rows: Vec<PrincipalRow> = app_read!(self, query_as fetch_all, else Vec::new(),
+            concat!(
+                principal_columns!(),
+                " WHERE principal_id IN (SELECT principal_id FROM target_users WHERE app_id = {uuid $1})"
+            ),
+            app_id);
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.principal_id.clone(), r.attributes().values()))
+            .collect())
     }
 
     pub async fn put_standing_member(
