@@ -5,6 +5,11 @@ use clap::{Parser, Subcommand};
 use scim_bridge::config::Config;
 use serde_json::json;
 
+/// mimalloc, not the system allocator: a cycle's profile put a sixth of the bridge's CPU in
+/// glibc's malloc and free (many short-lived allocations across the runtime's threads).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "scim-bridge",
