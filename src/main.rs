@@ -10,6 +10,12 @@ use serde_json::json;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in the bundled mimalloc's `mimalloc.h` (v3; its Rust bindings name no
+/// constant for it): freed memory goes back to the system at once, not 10 ms later, so a log
+/// export's peak memory stays where it was with glibc (28.9 MiB against 39.4 MiB measured), at
+/// no measurable cost to a cycle.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 #[derive(Parser)]
 #[command(
     name = "scim-bridge",
@@ -242,6 +248,8 @@ fn principal_id_from_upn(upn: &str) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // SAFETY: sets one of mimalloc's documented options, a plain integer it reads when it purges.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     // A usage error exits 1, as every other error: `apply` keeps 2 for "a dry run found changes".
     let cli = Cli::try_parse().unwrap_or_else(|e| {
         let _ = e.print();
