@@ -55,9 +55,12 @@ struct Dispatcher {
     in_flight_left: bool,
     /// What the last pass read, while nothing can have changed it (`Unchanged`).
     unchanged: Option<Box<Unchanged>>,
+    /// Jobs taken so far (`take`): a pass that took one, from its queue or the deferred ones it
+    /// drains, keeps no read (its outcome may have queued a retry the read does not know).
+    taken: u64,
 }
 
-/// The app as a pass read it, with no job due, kept for the cycle's next user step. Between a
+/// The app as a pass read it, kept for the cycle's next user step when that pass took no job. Between a
 /// chunk's user steps (one per member, each checked in its own read) nothing the pass reads can
 /// change unseen: a user step takes and queues no job; every change of the app, every job queued
 /// and every cycle asked for wakes the dispatcher (a woken pass reads again); and the only job
@@ -186,6 +189,7 @@ async fn start(ctx: &Arc<Ctx>, app_id: &str, stop: &CancellationToken, takeover:
         hold_until,
         in_flight_left: false,
         unchanged: None,
+        taken: 0,
     };
     match ctx.store.recover_in_flight(app_id, now).await {
         Ok(ids) if !ids.is_empty() => {
@@ -327,7 +331,7 @@ impl Dispatcher {
         else {
             return Ok(None);
         };
-        let none_due = jobs.is_empty();
+        let taken_before = self.taken;
         let (limit, span) = self.ctx.rate_limit(&app);
         self.window.reconfigure(limit, span);
         self.removal_waiting = false;
@@ -397,7 +401,7 @@ impl Dispatcher {
                         self.charge_requests(&app, &client, sent_before);
                         if ended {
                             self.cycle = None;
-                        } else if user_step && none_due {
+                        } else if user_step && self.taken == taken_before {
                             // A user step changes nothing the read holds: the next user step
                             // keeps it, unless a wake or a job's time says otherwise.
                             self.unchanged = Some(Box::new(Unchanged {
@@ -692,6 +696,7 @@ impl Dispatcher {
         client: &ScimClient,
         job: &Job,
     ) -> anyhow::Result<Option<Millis>> {
+        self.taken += 1;
         let span = tracing::info_span!(target: crate::trace::TARGET, parent: None, "admission",
             app.id = %app.id, job.id = %job.id, event.id = tracing::field::Empty);
         if let Some(event_id) = &job.event_id {
