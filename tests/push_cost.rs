@@ -133,7 +133,8 @@ async fn one_push_costs_three_commits_and_a_counted_number_of_statements() {
 /// (Before, each member's user step committed twice: 12 commits for one member, 22 for six.)
 /// Each member more costs one statement: its user step's read, just before the step sends. The
 /// dispatcher's pass before a user step keeps the read of the pass before it (the app, no job
-/// due), which a user step cannot change (before, each pass read it again: two statements).
+/// due), which a user step cannot change, with the first queued job's time, read once when the
+/// read is first kept (before, each pass read it again: two statements).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cycles_commits_do_not_grow_with_the_members_of_a_chunk() {
     show_the_bridges_log();

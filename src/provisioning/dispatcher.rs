@@ -64,7 +64,8 @@ struct Dispatcher {
 /// chunk's user steps (one per member, each checked in its own read) nothing the pass reads can
 /// change unseen: a user step takes and queues no job; every change of the app, every job queued
 /// and every cycle asked for wakes the dispatcher (a woken pass reads again); and the only job
-/// that comes due on the clock is the first one not due at the read (`due_at`).
+/// that comes due on the clock is the first one not due at the read (`due_at`, read once, when
+/// the read is first kept).
 struct Unchanged {
     app: AppRecord,
     due_at: Option<Millis>,
@@ -313,12 +314,13 @@ impl Dispatcher {
         // The app, its jobs due and whether a cycle was asked for, in one read: a pass with
         // nothing queued (most of them: each step of a cycle is one) reads no more. Before a
         // user step of a cycle, what the last pass read still holds (`Unchanged`): no read.
+        // A kept read goes on with the due time read when it was first kept.
+        let kept_due_at = unchanged.as_ref().map(|u| u.due_at);
         let work = match unchanged {
             Some(u) => Some(AppWork {
                 app: u.app,
                 jobs: Vec::new(),
                 cycle_asked: false,
-                next_job_at: u.due_at,
             }),
             None => store.app_and_work(&self.app_id, pass_started, BATCH).await?,
         };
@@ -326,7 +328,6 @@ impl Dispatcher {
             mut app,
             mut jobs,
             cycle_asked,
-            next_job_at,
         }) = work
         else {
             return Ok(None);
@@ -404,10 +405,11 @@ impl Dispatcher {
                         } else if user_step && self.taken == taken_before {
                             // A user step changes nothing the read holds: the next user step
                             // keeps it, unless a wake or a job's time says otherwise.
-                            self.unchanged = Some(Box::new(Unchanged {
-                                app,
-                                due_at: next_job_at,
-                            }));
+                            let due_at = match kept_due_at {
+                                Some(due_at) => due_at,
+                                None => store.next_job_time(&app.id, pass_started).await?,
+                            };
+                            self.unchanged = Some(Box::new(Unchanged { app, due_at }));
                         }
                         // Serve the immediate queue before the next step.
                         return Ok(Some(self.ctx.now()));

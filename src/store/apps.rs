@@ -191,9 +191,7 @@ impl Store {
                     job_object!(),
                     ") AS job ",
                     runnable!(),
-                    ") q) AS jobs,
-                       (SELECT {ms MIN(j.not_before)} FROM jobs j WHERE j.app_id = apps.id AND j.state = 'pending'
-                          AND j.not_before > {ts $2}) AS next_job_at
+                    ") q) AS jobs
                      FROM apps WHERE id = {uuid $1} AND deleted_at IS NULL"
                 )
             ))

@@ -723,8 +723,6 @@ pub struct AppWork {
     pub jobs: Vec<Job>,
     /// A cycle was asked for (`request_cycle`) and not taken yet.
     pub cycle_asked: bool,
-    /// When the first job not due yet comes due (`next_job_time`, read with the rest).
-    pub next_job_at: Option<Millis>,
 }
 
 /// What a cycle's user step reads before it sends anything (`Store::user_step`), in one read.
