@@ -281,6 +281,79 @@ async fn a_revocation_during_a_cycles_unpaced_user_steps_goes_out_before_the_nex
     assert!(!names.contains(&leaving.user_principal_name), "{names:?}");
 }
 
+/// Each of a cycle's user steps reads the member just before it acts (for an app with groups as
+/// well: an account is access at many apps even outside the group). A member the directory
+/// removed while the chunk's earlier user steps ran, which queues no job and wakes nothing, gets
+/// no account. The member sorts last in the chunk; each user request is held 100 ms, so its
+/// step comes seconds after the removal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_the_directory_removes_during_a_cycles_user_steps_gets_no_account() {
+    let Some(target) = target(Kind::Scim2Server).await else {
+        return;
+    };
+    let Some(proxy) = FaultProxy::start(&target).await else {
+        return;
+    };
+    let bridge = Bridge::start().await;
+    let mut registration = target.app_registration(&format!("late-{}", short_id()));
+    registration["scimBaseUrl"] = json!(proxy.base_url_for(&target));
+    registration["pacing"] = json!({"requestsPerSecond": 1_000_000});
+    let CycleAhead {
+        app_id,
+        group,
+        target_name,
+        ..
+    } = cycle_ahead(&bridge, registration, 20).await;
+    // Last in the chunk: the cycle adds members in the order of their ids.
+    let late = Principal {
+        id: format!("ffffffff{}", &uuid::Uuid::new_v4().to_string()[8..]),
+        ..Principal::new()
+    };
+    put_standing(&bridge, &group, &late).await;
+    proxy
+        .arm(json!({"mode": "delay", "ms": 100, "count": -1, "match": {"pathContains": "/Users"}}))
+        .await;
+    let seen_before = proxy.seen().await.len();
+    let (status, answer) = bridge
+        .admin(Method::POST, &format!("/v1/apps/{app_id}/sync"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            proxy.seen().await[seen_before..]
+                .iter()
+                .filter(|r| r["path"].as_str().unwrap_or("").contains("/Users"))
+                .count()
+                >= 3
+        })
+        .await,
+        "the cycle's user steps began"
+    );
+    let (status, body) = bridge
+        .admin(
+            Method::DELETE,
+            &format!("/v1/groups/{}/members/{}", group.id, late.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "directory DELETE: {body}");
+    let cycle_id = answer["cycleId"].as_str().expect("cycleId");
+    let ended = cycle_ended(&bridge, &app_id, cycle_id, Duration::from_secs(60))
+        .await
+        .expect("the cycle ended within a minute");
+    assert_eq!(ended["counts"]["added"], 20, "{ended}");
+    assert!(
+        target.user_by_user_name(late.upn()).await.is_none(),
+        "no account for the member the directory removed before its step"
+    );
+    assert!(
+        !target
+            .group_member_user_names(&target_name)
+            .await
+            .contains(&late.user_principal_name)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn five_activations_then_a_removal_on_an_idle_app_keep_arrival_order_and_nothing_is_deferred() {
     let Some(stack) = Stack::start_clocked(Kind::Scim2Server, |_| {}).await else {
