@@ -281,11 +281,11 @@ async fn a_revocation_during_a_cycles_unpaced_user_steps_goes_out_before_the_nex
     assert!(!names.contains(&leaving.user_principal_name), "{names:?}");
 }
 
-/// Each of a cycle's user steps reads the member just before it acts (for an app with groups as
-/// well: an account is access at many apps even outside the group). A member the directory
-/// removed while the chunk's earlier user steps ran, which queues no job and wakes nothing, gets
-/// no account. The member sorts last in the chunk; each user request is held 100 ms, so its
-/// step comes seconds after the removal.
+/// An app with groups has its chunk's user steps read at once, with the first; a later step
+/// takes its part only while the dispatcher was not woken. A member the directory removes while
+/// the chunk's earlier steps run (no job is queued: the removal wakes the dispatchers of the
+/// group's apps) is read again before its step, and gets no account. The member sorts last in the
+/// chunk; each user request is held 100 ms, so its step comes seconds after the removal.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_the_directory_removes_during_a_cycles_user_steps_gets_no_account() {
     let Some(target) = target(Kind::Scim2Server).await else {

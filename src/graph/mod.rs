@@ -493,6 +493,8 @@ impl Poller {
         let attributes = self.principal_attributes().await.join(",");
         // Every member the listing names, when it is a fresh one that names the group.
         let mut listed: Option<Vec<String>> = None;
+        // Whether a standing member was removed: the apps' dispatchers are woken once, at the end.
+        let mut removed = false;
         for group in listing
             .items
             .iter()
@@ -516,7 +518,7 @@ impl Poller {
                     .and_then(Value::as_str)
                     .is_none_or(|t| t == "#microsoft.graph.user");
                 if member.get("@removed").is_some() {
-                    store
+                    removed |= store
                         .delete_standing_member(&self.group_id, principal_id, self.ctx().now())
                         .await
                         .map_err(store_error)?;
@@ -546,6 +548,10 @@ impl Poller {
                 .await
                 .map_err(store_error)?;
             tracing::info!(group_id = %self.group_id, listed = listed.len(), gone, "group delta read afresh");
+            removed |= gone > 0;
+        }
+        if removed {
+            self.engine.wake_group(&self.group_id).await;
         }
         if let Some(link) = listing.delta_link {
             state.delta_link = Some(link);

@@ -77,5 +77,6 @@ pub async fn delete_member(
     if !deleted {
         return Err(ApiError::NotFound);
     }
+    ctx.engine.wake_group(&group_id).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -20,7 +20,7 @@ use crate::mapping::AppMapping;
 use crate::scim::{ScimClient, ScimError};
 use crate::store::{
     AppRecord, CycleCounts, CycleRecord, DriftRepair, Job, JobChange, LogEntry, MemberChange, OnAccessEnd, OutOfScope,
-    Outcome, TargetMember, TargetUser,
+    Outcome, TargetMember, TargetUser, UserStep,
 };
 use crate::types::Step;
 
@@ -186,6 +186,9 @@ pub(super) struct Cycle {
     /// What the user steps since the last commit did (the users they matched or created, the
     /// failures they logged): written with the cycle's next commit, their chunk's.
     carried: StepResult,
+    /// For an app with groups: what the chunk's user steps still to come read, all at once
+    /// (`user`), taken while nothing has changed since (`quiet`).
+    user_reads: HashMap<TargetMember, UserStep>,
 }
 
 impl Cycle {
@@ -229,6 +232,7 @@ impl Cycle {
             app_name: String::new(),
             standing: HashSet::new(),
             carried: StepResult::default(),
+            user_reads: HashMap::new(),
         }
     }
 
@@ -532,12 +536,16 @@ impl Cycle {
     }
 
     /// Sends the next step and records what it did. Answers whether the cycle has ended.
+    /// `quiet`: the dispatcher kept its last read: it was not woken since (a job queued, the
+    /// app changed, a cycle asked for, a standing member of an assigned group removed) and no job
+    /// was taken or came due.
     pub async fn step(
         &mut self,
         ctx: &Ctx,
         app: &AppRecord,
         mapping: &AppMapping,
         client: &ScimClient,
+        quiet: bool,
     ) -> anyhow::Result<bool> {
         let Some(step) = self.steps.front().cloned() else {
             return Ok(true);
@@ -563,7 +571,7 @@ impl Cycle {
                 CycleStep::Finish => unreachable!("handled above"),
                 CycleStep::Hold { hold, newly, release } => self.hold(ctx, hold, &newly, release).await,
                 CycleStep::Settle { target } => self.settle(ctx, app, client, &target).await,
-                CycleStep::User { member } => self.user(ctx, app, mapping, client, &member).await,
+                CycleStep::User { member } => self.user(ctx, app, mapping, client, &member, quiet).await,
                 CycleStep::Add {
                     target,
                     principals,
@@ -794,12 +802,9 @@ impl Cycle {
         mapping: &AppMapping,
         client: &ScimClient,
         member: &TargetMember,
+        quiet: bool,
     ) -> anyhow::Result<Done> {
-        // Everything the step reads, in one read.
-        let read = ctx
-            .store
-            .user_step(&app.id, member, app.settings.provisions_groups(), ctx.now())
-            .await?;
+        let read = self.user_read(ctx, app, member, quiet).await?;
         self.upn
             .entry(member.principal_id.clone())
             .or_insert(read.user_principal_name);
@@ -842,6 +847,43 @@ impl Cycle {
                     .await
             }
         }
+    }
+
+    /// What the member's user step reads before it sends anything. Without groups the account is
+    /// the access and nothing checks it again: each step reads just before it acts. With groups
+    /// the chunk's PATCH checks each member again just before it is sent (`add`), so the chunk's
+    /// user steps from this one on are read at once, and a later step takes its part while the
+    /// dispatcher was not woken (`quiet`) and no membership of the principal has ended since;
+    /// otherwise it reads the rest of the chunk again.
+    async fn user_read(
+        &mut self,
+        ctx: &Ctx,
+        app: &AppRecord,
+        member: &TargetMember,
+        quiet: bool,
+    ) -> anyhow::Result<UserStep> {
+        let now = ctx.now();
+        let groups = app.settings.provisions_groups();
+        if let Some(read) = self.user_reads.remove(member)
+            && quiet
+            && read.changes_at.is_none_or(|at| now < at)
+        {
+            return Ok(read);
+        }
+        let members: Vec<TargetMember> = if groups {
+            self.steps
+                .iter()
+                .map_while(|step| match step {
+                    CycleStep::User { member } => Some(member.clone()),
+                    _ => None,
+                })
+                .collect()
+        } else {
+            vec![member.clone()]
+        };
+        let reads = ctx.store.user_steps(&app.id, &members, groups, now).await?;
+        self.user_reads = members.into_iter().zip(reads).collect();
+        Ok(self.user_reads.remove(member).unwrap_or_default())
     }
 
     async fn add(

@@ -398,7 +398,8 @@ impl Dispatcher {
                         let cycle = self.cycle.as_mut().expect("a cycle");
                         let sent_before = client.requests_sent();
                         let user_step = cycle.next_step_is_user();
-                        let ended = cycle.step(&self.ctx, &app, &mapping, &client).await?;
+                        let quiet = kept_due_at.is_some() && self.taken == taken_before;
+                        let ended = cycle.step(&self.ctx, &app, &mapping, &client, quiet).await?;
                         self.charge_requests(&app, &client, sent_before);
                         if ended {
                             self.cycle = None;

@@ -406,6 +406,17 @@ impl Engine {
         }
     }
 
+    /// Wakes the dispatchers of the apps the group is assigned to: the directory changed its
+    /// members without queuing a job (a removal ends an entitlement the apps' cycles act on; a
+    /// cycle's user steps read again after a wake).
+    pub async fn wake_group(&self, group_id: &str) {
+        match self.ctx.store.apps_of_group(group_id).await {
+            Ok(apps) => apps.iter().for_each(|app_id| self.wake(app_id)),
+            // A lost wake only delays: the apps' next cycle acts on the change.
+            Err(e) => tracing::warn!(group_id, error = %e, "could not read the group's apps to wake them"),
+        }
+    }
+
     /// Like `wake`, for work whose transaction already told the other replicas.
     pub fn wake_local(&self, app_id: &str) {
         if !self.wake_running(app_id) && self.cluster.is_none() {

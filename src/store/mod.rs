@@ -725,11 +725,13 @@ pub struct AppWork {
     pub cycle_asked: bool,
 }
 
-/// What a cycle's user step reads before it sends anything (`Store::user_step`), in one read.
+/// What a cycle's user step reads before it sends anything (`Store::user_steps`).
 #[derive(Debug, Clone, Default)]
 pub struct UserStep {
-    /// Still to be added: entitled now, and not confirmed at the target.
+    /// Still to be added: entitled at the read, and not confirmed at the target.
     pub wanted: bool,
+    /// When a membership of the principal ends next: from then on `wanted` may no longer hold.
+    pub changes_at: Option<Millis>,
     /// The principal's user at the app, as last recorded (`Store::target_user`).
     pub user: Option<TargetUser>,
     pub user_principal_name: Option<String>,

@@ -1,7 +1,7 @@
 //! Principals: what the events and the directory feed told of each user (field by field, each
 //! with the time of the newest event that carried it), and the standing members the feed lists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::dialect::{RowsConn, app_read, db_run, db_tx, execute_chunked, read, sql};
 use super::memberships::entitles;
@@ -132,12 +132,15 @@ enum Listed {
     SeenRequests,
 }
 
-/// What a cycle's user step reads (`Store::user_step`): the checks, the stored user's columns
-/// and the principal's row, each `NULL` where there is none.
+/// What a cycle's user step reads (`Store::user_steps`), a row per member: the checks, the
+/// stored user's columns and the principal's row, each `NULL` where there is none.
 #[derive(sqlx::FromRow)]
 struct UserStepRow {
+    t: String,
+    p: String,
     entitled: bool,
     confirmed: bool,
+    changes_at: Option<Millis>,
     target_user_id: Option<String>,
     fingerprint: Option<String>,
     created_by_us: Option<bool>,
@@ -152,6 +155,47 @@ struct UserStepRow {
     attributes: Option<String>,
 }
 
+impl UserStepRow {
+    /// The member read and what its step reads, `wanted` as of the read.
+    fn into_step(self) -> (TargetMember, UserStep) {
+        let member = TargetMember {
+            target_display_name: self.t,
+            principal_id: self.p,
+        };
+        let user = self.target_user_id.map(|target_user_id| TargetUser {
+            target_user_id,
+            fingerprint: self.fingerprint.unwrap_or_default(),
+            created_by_us: self.created_by_us.unwrap_or(false),
+            disabled: self.disabled.unwrap_or(false),
+            enabled_by_us: self.enabled_by_us.unwrap_or(false),
+        });
+        let principal = self
+            .principal_id
+            .zip(self.user_principal_name)
+            .map(|(principal_id, user_principal_name)| PrincipalRow {
+                principal_id,
+                user_principal_name,
+                display_name: self.display_name,
+                given_name: self.given_name,
+                surname: self.surname,
+                mail: self.mail,
+                attributes: self.attributes,
+            });
+        let stored = principal.map(|p| p.attributes());
+        let step = UserStep {
+            wanted: self.entitled && !self.confirmed,
+            changes_at: self.changes_at,
+            user,
+            user_principal_name: stored
+                .as_ref()
+                .and_then(|a| a.principal())
+                .map(|p| p.user_principal_name),
+            attributes: stored.map(|a| a.values()),
+        };
+        (member, step)
+    }
+}
+
 impl Store {
     async fn principal_row(&self, principal_id: &str) -> StoreResult<Option<PrincipalRow>> {
         Ok(read!(self, query_as fetch_optional,
@@ -159,67 +203,59 @@ impl Store {
             principal_id))
     }
 
-    /// What a cycle's user step for the member reads before it sends anything, in one read:
-    /// whether it is still to be added (entitled now, to the target group or, for an app without
-    /// groups, to the app; and not confirmed there), the principal's stored user at the app, and
-    /// what is known of the principal.
-    pub async fn user_step(&self, app_id: &str, m: &TargetMember, groups: bool, now: Millis) -> StoreResult<UserStep> {
-        let row: UserStepRow = db_run!(self, db => {
+    /// What the cycle's user steps for these members read before they send anything, in one
+    /// read: for each, whether it is still to be added (entitled now, to the target group or, for
+    /// an app without groups, to the app; and not confirmed there), when a membership of the
+    /// principal ends next (the answer may change then), the principal's stored user at the app,
+    /// and what is known of the principal. In the order given.
+    pub async fn user_steps(
+        &self,
+        app_id: &str,
+        members: &[TargetMember],
+        groups: bool,
+        now: Millis,
+    ) -> StoreResult<Vec<UserStep>> {
+        let given: Vec<Value> = members
+            .iter()
+            .map(|m| serde_json::json!({"t": m.target_display_name, "p": m.principal_id}))
+            .collect();
+        let rows: Vec<UserStepRow> = db_run!(self, db => {
             // An app id no stored app can have (`app_key`) is bound as NULL: nothing entitled.
             sqlx::query_as(sql!(
                 db,
                 concat!(
-                    "SELECT EXISTS (SELECT 1 FROM group_assignments ga WHERE ga.app_id = {uuid $1}
-                         AND (ga.target_display_name = $2 OR NOT $5) AND ",
-                    entitles!("$3", "$4"),
+                    "SELECT v.t, v.p,
+                       EXISTS (SELECT 1 FROM group_assignments ga WHERE ga.app_id = {uuid $1}
+                         AND (ga.target_display_name = v.t OR NOT $4) AND ",
+                    entitles!("v.p", "$3"),
                     ") AS entitled,
-                       EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = $2
-                              AND p.principal_id = $3 AND p.confirmed = TRUE) AS confirmed,
+                       EXISTS (SELECT 1 FROM provisioned p WHERE p.app_id = {uuid $1} AND p.target_display_name = v.t
+                              AND p.principal_id = v.p AND p.confirmed = TRUE) AS confirmed,
+                       (SELECT {ms MIN(m.end_at)} FROM memberships m WHERE m.principal_id = v.p AND m.active = TRUE
+                          AND m.end_at > {ts $3}) AS changes_at,
                        t.target_user_id, t.fingerprint, t.created_by_us, t.disabled, t.enabled_by_us,
                        pr.principal_id, pr.user_principal_name, pr.display_name, pr.given_name, pr.surname, pr.mail,
                        {text pr.attributes} AS attributes
-                     FROM (SELECT 1 AS one) one
-                     LEFT JOIN target_users t ON t.app_id = {uuid $1} AND t.principal_id = $3
-                     LEFT JOIN principals pr ON pr.principal_id = $3"
+                     FROM {members $2} v
+                     LEFT JOIN target_users t ON t.app_id = {uuid $1} AND t.principal_id = v.p
+                     LEFT JOIN principals pr ON pr.principal_id = v.p"
                 )
             ))
             .bind(db.app_key(app_id))
-            .bind(&m.target_display_name)
-            .bind(&m.principal_id)
+            .bind(to_json(&given))
             .bind(now)
             .bind(groups)
-            .fetch_one(&db.pool)
+            .fetch_all(&db.pool)
             .await?
         });
-        let user = row.target_user_id.map(|target_user_id| TargetUser {
-            target_user_id,
-            fingerprint: row.fingerprint.unwrap_or_default(),
-            created_by_us: row.created_by_us.unwrap_or(false),
-            disabled: row.disabled.unwrap_or(false),
-            enabled_by_us: row.enabled_by_us.unwrap_or(false),
-        });
-        let principal = row
-            .principal_id
-            .zip(row.user_principal_name)
-            .map(|(principal_id, user_principal_name)| PrincipalRow {
-                principal_id,
-                user_principal_name,
-                display_name: row.display_name,
-                given_name: row.given_name,
-                surname: row.surname,
-                mail: row.mail,
-                attributes: row.attributes,
-            });
-        let stored = principal.map(|p| p.attributes());
-        Ok(UserStep {
-            wanted: row.entitled && !row.confirmed,
-            user,
-            user_principal_name: stored
-                .as_ref()
-                .and_then(|a| a.principal())
-                .map(|p| p.user_principal_name),
-            attributes: stored.map(|a| a.values()),
-        })
+        let mut read: HashMap<TargetMember, UserStep> = rows.into_iter().map(UserStepRow::into_step).collect();
+        members
+            .iter()
+            .map(|m| {
+                read.remove(m)
+                    .ok_or_else(|| StoreError::Corrupt(format!("no user step read for {}", m.principal_id)))
+            })
+            .collect()
     }
 
     pub async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {

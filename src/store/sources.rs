@@ -33,6 +33,14 @@ impl Store {
         Ok(done > 0)
     }
 
+    /// The apps (not deleted) the source group is assigned to.
+    pub async fn apps_of_group(&self, group_id: &str) -> StoreResult<Vec<String>> {
+        Ok(read!(self, query_scalar fetch_all,
+            "SELECT DISTINCT {text g.app_id} FROM group_assignments g JOIN apps a ON a.id = g.app_id
+             WHERE g.group_id = $1 AND a.deleted_at IS NULL",
+            group_id))
+    }
+
     /// Every source group assigned to an app that is not deleted.
     pub async fn assigned_group_ids(&self) -> StoreResult<Vec<String>> {
         Ok(read!(self, query_scalar fetch_all,
