@@ -209,42 +209,38 @@ async fn a_revocation_and_an_activation_reach_the_target_within_seconds_while_a_
     assert_eq!(target.group_member_user_names(&target_name).await, expected);
 }
 
-/// Between a cycle's user steps the dispatcher keeps its last read of the app and its queue (a
-/// user step changes neither), but a revocation's wake makes it read before the next step: the
-/// removal goes out while the user steps go on, not once they are done. Unpaced, so the steps run
-/// back to back; the proxy holds each user request 100 ms, so the 40 user steps take 4 s.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_revocation_during_a_cycles_unpaced_user_steps_goes_out_before_the_next_step() {
-    let Some(target) = target(Kind::Scim2Server).await else {
-        return;
-    };
-    let Some(proxy) = FaultProxy::start(&target).await else {
-        return;
-    };
+/// An unpaced app behind the fault proxy, which holds each user request 100 ms, with its cycle
+/// ahead (`cycle_ahead`: `standing` standing members, and `late` too if given), asked for and
+/// under way: three user requests seen.
+struct CycleUnderWay {
+    target: common::Target,
+    proxy: FaultProxy,
+    bridge: Bridge,
+    ahead: CycleAhead,
+    cycle_id: String,
+    /// The proxy's log before the cycle was asked for.
+    seen_before: usize,
+}
+
+async fn cycle_under_way(name: &str, standing: usize, late: Option<&Principal>) -> Option<CycleUnderWay> {
+    let target = target(Kind::Scim2Server).await?;
+    let proxy = FaultProxy::start(&target).await?;
     let bridge = Bridge::start().await;
-    let mut registration = target.app_registration(&format!("kept-{}", short_id()));
+    let mut registration = target.app_registration(&format!("{name}-{}", short_id()));
     registration["scimBaseUrl"] = json!(proxy.base_url_for(&target));
     registration["pacing"] = json!({"requestsPerSecond": 1_000_000});
-    let CycleAhead {
-        app_id,
-        target_name,
-        leaving,
-        activation,
-        ..
-    } = cycle_ahead(&bridge, registration, 40).await;
+    let ahead = cycle_ahead(&bridge, registration, standing).await;
+    if let Some(late) = late {
+        put_standing(&bridge, &ahead.group, late).await;
+    }
     proxy
         .arm(json!({"mode": "delay", "ms": 100, "count": -1, "match": {"pathContains": "/Users"}}))
         .await;
     let seen_before = proxy.seen().await.len();
     let (status, answer) = bridge
-        .admin(Method::POST, &format!("/v1/apps/{app_id}/sync"), None)
+        .admin(Method::POST, &format!("/v1/apps/{}/sync", ahead.app_id), None)
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    let user_requests = |seen: &[Value]| {
-        seen.iter()
-            .filter(|r| r["path"].as_str().unwrap_or("").contains("/Users"))
-            .count()
-    };
     assert!(
         wait_until(Duration::from_secs(10), || async {
             user_requests(&proxy.seen().await[seen_before..]) >= 3
@@ -252,14 +248,54 @@ async fn a_revocation_during_a_cycles_unpaced_user_steps_goes_out_before_the_nex
         .await,
         "the cycle's user steps began"
     );
+    Some(CycleUnderWay {
+        target,
+        proxy,
+        bridge,
+        ahead,
+        cycle_id: answer["cycleId"].as_str().expect("cycleId").to_string(),
+        seen_before,
+    })
+}
+
+/// The user requests in a part of the proxy's log.
+fn user_requests(seen: &[Value]) -> usize {
+    seen.iter()
+        .filter(|r| r["path"].as_str().unwrap_or("").contains("/Users"))
+        .count()
+}
+
+/// Between a cycle's user steps the dispatcher keeps its last read of the app and its queue (a
+/// user step changes neither), but a revocation's wake makes it read before the next step: the
+/// removal goes out while the user steps go on, not once they are done. Unpaced, so the steps run
+/// back to back; the proxy holds each user request 100 ms, so the 40 user steps take 4 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_during_a_cycles_unpaced_user_steps_goes_out_before_the_next_step() {
+    let Some(CycleUnderWay {
+        target,
+        proxy,
+        bridge,
+        ahead:
+            CycleAhead {
+                app_id,
+                target_name,
+                leaving,
+                activation,
+                ..
+            },
+        cycle_id,
+        seen_before,
+    }) = cycle_under_way("kept", 40, None).await
+    else {
+        return;
+    };
 
     let revocation = activation.deactivation();
     bridge.deliver(&[&revocation]).await;
     bridge
         .wait_for_event_log(&revocation, "success", Some("remove_member"))
         .await;
-    let cycle_id = answer["cycleId"].as_str().expect("cycleId");
-    let ended = cycle_ended(&bridge, &app_id, cycle_id, Duration::from_secs(60))
+    let ended = cycle_ended(&bridge, &app_id, &cycle_id, Duration::from_secs(60))
         .await
         .expect("the cycle ended within a minute");
     assert_eq!(ended["counts"]["added"], 40, "{ended}");
@@ -288,47 +324,28 @@ async fn a_revocation_during_a_cycles_unpaced_user_steps_goes_out_before_the_nex
 /// chunk; each user request is held 100 ms, so its step comes seconds after the removal.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_the_directory_removes_during_a_cycles_user_steps_gets_no_account() {
-    let Some(target) = target(Kind::Scim2Server).await else {
-        return;
-    };
-    let Some(proxy) = FaultProxy::start(&target).await else {
-        return;
-    };
-    let bridge = Bridge::start().await;
-    let mut registration = target.app_registration(&format!("late-{}", short_id()));
-    registration["scimBaseUrl"] = json!(proxy.base_url_for(&target));
-    registration["pacing"] = json!({"requestsPerSecond": 1_000_000});
-    let CycleAhead {
-        app_id,
-        group,
-        target_name,
-        ..
-    } = cycle_ahead(&bridge, registration, 20).await;
     // Last in the chunk: the cycle adds members in the order of their ids.
     let late = Principal {
         id: format!("ffffffff{}", &uuid::Uuid::new_v4().to_string()[8..]),
         ..Principal::new()
     };
-    put_standing(&bridge, &group, &late).await;
-    proxy
-        .arm(json!({"mode": "delay", "ms": 100, "count": -1, "match": {"pathContains": "/Users"}}))
-        .await;
-    let seen_before = proxy.seen().await.len();
-    let (status, answer) = bridge
-        .admin(Method::POST, &format!("/v1/apps/{app_id}/sync"), None)
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            proxy.seen().await[seen_before..]
-                .iter()
-                .filter(|r| r["path"].as_str().unwrap_or("").contains("/Users"))
-                .count()
-                >= 3
-        })
-        .await,
-        "the cycle's user steps began"
-    );
+    let Some(CycleUnderWay {
+        target,
+        // Kept to the end: the app's requests go through it.
+        proxy: _proxy,
+        bridge,
+        ahead: CycleAhead {
+            app_id,
+            group,
+            target_name,
+            ..
+        },
+        cycle_id,
+        ..
+    }) = cycle_under_way("late", 20, Some(&late)).await
+    else {
+        return;
+    };
     let (status, body) = bridge
         .admin(
             Method::DELETE,
@@ -337,8 +354,7 @@ async fn a_member_the_directory_removes_during_a_cycles_user_steps_gets_no_accou
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "directory DELETE: {body}");
-    let cycle_id = answer["cycleId"].as_str().expect("cycleId");
-    let ended = cycle_ended(&bridge, &app_id, cycle_id, Duration::from_secs(60))
+    let ended = cycle_ended(&bridge, &app_id, &cycle_id, Duration::from_secs(60))
         .await
         .expect("the cycle ended within a minute");
     assert_eq!(ended["counts"]["added"], 20, "{ended}");
@@ -352,6 +368,38 @@ async fn a_member_the_directory_removes_during_a_cycles_user_steps_gets_no_accou
             .await
             .contains(&late.user_principal_name)
     );
+}
+
+/// Pausing an app in the middle of its cycle's user steps ends the cycle at its next step: no
+/// further step is sent, and the cycle is recorded as ended (what is left goes to the next cycle).
+#[tokio::test(flavor = "multi_thread")]
+async fn pausing_an_app_during_its_cycles_user_steps_ends_the_cycle_at_the_next_step() {
+    let Some(CycleUnderWay {
+        proxy,
+        bridge,
+        ahead: CycleAhead { app_id, .. },
+        cycle_id,
+        ..
+    }) = cycle_under_way("pause", 20, None).await
+    else {
+        return;
+    };
+    let (status, app) = bridge
+        .admin(
+            Method::PATCH,
+            &format!("/v1/apps/{app_id}"),
+            Some(json!({"status": "paused"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{app}");
+    let ended = cycle_ended(&bridge, &app_id, &cycle_id, Duration::from_secs(30))
+        .await
+        .expect("the paused app's cycle was recorded as ended");
+    assert!(ended["counts"]["added"].as_i64().unwrap_or(0) < 20, "{ended}");
+    // Nothing more goes to the target once the cycle has ended.
+    let seen_at_end = proxy.seen().await.len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(proxy.seen().await.len(), seen_at_end, "no step after the cycle's end");
 }
 
 #[tokio::test(flavor = "multi_thread")]

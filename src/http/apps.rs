@@ -712,6 +712,8 @@ pub async fn put_group(
         engine.store.put_assignment(&a),
     )
     .await?;
+    // A new target group's name ends the entitlement to the old one: a running cycle reads again.
+    ctx.engine.wake(&app.id);
     Ok(Json(Assignment {
         app_id: Some(app.id),
         group_id,
@@ -765,6 +767,8 @@ pub async fn delete_group(
     if !deleted {
         return Err(ApiError::NotFound);
     }
+    // The group's members may no longer be entitled: a running cycle reads again.
+    ctx.engine.wake(&app.id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -77,6 +77,8 @@ pub async fn delete_member(
     if !deleted {
         return Err(ApiError::NotFound);
     }
-    ctx.engine.wake_group(&group_id).await;
+    // In a task of its own: the removal is committed, and a caller gone now does not lose it.
+    let engine = ctx.engine.clone();
+    tokio::spawn(async move { engine.wake_group(&group_id).await });
     Ok(StatusCode::NO_CONTENT)
 }

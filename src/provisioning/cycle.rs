@@ -31,6 +31,10 @@ const DEFAULT_MEMBERS_PER_PATCH: usize = 100;
 /// Attempts of one step (5xx, 429, network) before it is counted as failed. A removal is never
 /// counted so: one that fails is handed on as a job of its own, retried on the clock.
 const MAX_STEP_ATTEMPTS: i64 = 5;
+/// How long a chunk's user steps may go on with what they read at once (`Cycle::user_read`),
+/// however quiet: what a wake lost between replicas (or a change that wakes nothing) leaves
+/// unseen is seen at the latest this much later.
+const USER_READS_MAX_AGE_MS: Millis = 1_000;
 /// A scheduled cycle that broke off is tried again this much later.
 const RETRY_BROKEN_CYCLE_MS: Millis = 5 * 60_000;
 
@@ -186,9 +190,9 @@ pub(super) struct Cycle {
     /// What the user steps since the last commit did (the users they matched or created, the
     /// failures they logged): written with the cycle's next commit, their chunk's.
     carried: StepResult,
-    /// For an app with groups: what the chunk's user steps still to come read, all at once
-    /// (`user`), taken while nothing has changed since (`quiet`).
-    user_reads: HashMap<TargetMember, UserStep>,
+    /// Once the chunk's user steps have read (`user_read`): when, and what those still to come
+    /// read (for an app with groups). `None` before the chunk's first user step.
+    user_reads: Option<(Millis, HashMap<TargetMember, UserStep>)>,
 }
 
 impl Cycle {
@@ -232,7 +236,7 @@ impl Cycle {
             app_name: String::new(),
             standing: HashSet::new(),
             carried: StepResult::default(),
-            user_reads: HashMap::new(),
+            user_reads: None,
         }
     }
 
@@ -547,14 +551,16 @@ impl Cycle {
         client: &ScimClient,
         quiet: bool,
     ) -> anyhow::Result<bool> {
-        let Some(step) = self.steps.front().cloned() else {
+        let Some(mut step) = self.steps.front().cloned() else {
             return Ok(true);
         };
         if app.status == "paused" && !self.record.dry_run && !matches!(step, CycleStep::Finish) {
-            // Pausing stops every push, the cycle's too: what is left goes to the next cycle.
+            // Pausing stops every push, the cycle's too: what is left goes to the next cycle,
+            // and this step is the cycle's end.
             self.steps.clear();
             self.steps.push_back(CycleStep::Finish);
             self.record.progress = Some("stopped: the app was paused".into());
+            step = CycleStep::Finish;
         }
         let span = tracing::info_span!(target: crate::trace::TARGET, parent: &self.trace, "cycle.step",
             cycle.id = %self.record.id, app.id = %self.record.app_id);
@@ -566,6 +572,10 @@ impl Cycle {
             return self.finish(ctx, app).instrument(span).await;
         }
         let user_step = matches!(step, CycleStep::User { .. });
+        if !user_step {
+            // The chunk's user steps are done: the next chunk's first reads afresh.
+            self.user_reads = None;
+        }
         let result = async {
             match step {
                 CycleStep::Finish => unreachable!("handled above"),
@@ -852,9 +862,11 @@ impl Cycle {
     /// What the member's user step reads before it sends anything. Without groups the account is
     /// the access and nothing checks it again: each step reads just before it acts. With groups
     /// the chunk's PATCH checks each member again just before it is sent (`add`), so the chunk's
-    /// user steps from this one on are read at once, and a later step takes its part while the
-    /// dispatcher was not woken (`quiet`) and no membership of the principal has ended since;
-    /// otherwise it reads the rest of the chunk again.
+    /// user steps are read at once, with the first, and a step takes its part only while the
+    /// dispatcher was not woken (`quiet`: a change it would be woken for, and a wake lost between
+    /// replicas, are bounded by `USER_READS_MAX_AGE_MS`) and no membership of the principal has
+    /// ended since. A step woken in the middle of the chunk reads its member alone (under a stream
+    /// of wakes a step reads no more than one member); the next quiet step reads the rest.
     async fn user_read(
         &mut self,
         ctx: &Ctx,
@@ -864,13 +876,18 @@ impl Cycle {
     ) -> anyhow::Result<UserStep> {
         let now = ctx.now();
         let groups = app.settings.provisions_groups();
-        if let Some(read) = self.user_reads.remove(member)
+        let chunk_read = self.user_reads.take();
+        let mid_chunk = chunk_read.is_some();
+        if let Some((read_at, mut reads)) = chunk_read
             && quiet
+            && now < read_at + USER_READS_MAX_AGE_MS
+            && let Some(read) = reads.remove(member)
             && read.changes_at.is_none_or(|at| now < at)
         {
+            self.user_reads = Some((read_at, reads));
             return Ok(read);
         }
-        let members: Vec<TargetMember> = if groups {
+        let members: Vec<TargetMember> = if groups && (quiet || !mid_chunk) {
             self.steps
                 .iter()
                 .map_while(|step| match step {
@@ -881,9 +898,16 @@ impl Cycle {
         } else {
             vec![member.clone()]
         };
-        let reads = ctx.store.user_steps(&app.id, &members, groups, now).await?;
-        self.user_reads = members.into_iter().zip(reads).collect();
-        Ok(self.user_reads.remove(member).unwrap_or_default())
+        let mut reads: HashMap<TargetMember, UserStep> = members
+            .iter()
+            .cloned()
+            .zip(ctx.store.user_steps(&app.id, &members, groups, now).await?)
+            .collect();
+        let read = reads
+            .remove(member)
+            .ok_or_else(|| anyhow::anyhow!("the user step of {} is not the cycle's next step", member.principal_id))?;
+        self.user_reads = Some((now, reads));
+        Ok(read)
     }
 
     async fn add(

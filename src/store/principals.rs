@@ -248,11 +248,12 @@ impl Store {
             .fetch_all(&db.pool)
             .await?
         });
-        let mut read: HashMap<TargetMember, UserStep> = rows.into_iter().map(UserStepRow::into_step).collect();
+        let read: HashMap<TargetMember, UserStep> = rows.into_iter().map(UserStepRow::into_step).collect();
         members
             .iter()
             .map(|m| {
-                read.remove(m)
+                read.get(m)
+                    .cloned()
                     .ok_or_else(|| StoreError::Corrupt(format!("no user step read for {}", m.principal_id)))
             })
             .collect()
