@@ -33,8 +33,10 @@ const DEFAULT_MEMBERS_PER_PATCH: usize = 100;
 const MAX_STEP_ATTEMPTS: i64 = 5;
 /// How long a chunk's user steps may go on with what they read at once (`Cycle::user_read`),
 /// however quiet: what a wake lost between replicas (or a change that wakes nothing) leaves
-/// unseen is seen at the latest this much later.
-const USER_READS_MAX_AGE_MS: Millis = 1_000;
+/// unseen is seen at the latest this much later. Each time it runs out the rest of the chunk is
+/// read again, so it is long against a chunk's steps: at 1,000 apps cycling at once, each app's
+/// chunk of 100 took about 15 s in the benchmark (a second cost it a read of the rest per second).
+const USER_READS_MAX_AGE_MS: Millis = 10_000;
 /// A scheduled cycle that broke off is tried again this much later.
 const RETRY_BROKEN_CYCLE_MS: Millis = 5 * 60_000;
 
