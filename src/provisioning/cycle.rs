@@ -900,11 +900,7 @@ impl Cycle {
         } else {
             vec![member.clone()]
         };
-        let mut reads: HashMap<TargetMember, UserStep> = members
-            .iter()
-            .cloned()
-            .zip(ctx.store.user_steps(&app.id, &members, groups, now).await?)
-            .collect();
+        let mut reads = ctx.store.user_steps(&app.id, &members, groups, now).await?;
         let read = reads
             .remove(member)
             .ok_or_else(|| anyhow::anyhow!("the user step of {} is not the cycle's next step", member.principal_id))?;

@@ -4,6 +4,7 @@
 use super::access_ends::insert_access_end;
 use super::dialect::{app_read, db_run, db_tx, read, sql};
 use super::jobs::insert_job_in;
+use super::sources::APPS_OF_GROUP;
 use super::*;
 
 /// Whether the source group of the assignment `ga` entitles the principal (the SQL expression
@@ -165,11 +166,7 @@ impl Store {
                     Some((id, context)) => (Some(id), context),
                     None => (None, None),
                 };
-                let apps: Vec<String> = sqlx::query_scalar(sql!(
-                    db,
-                    "SELECT {text ga.app_id} FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
-                     WHERE ga.group_id = $1 AND a.deleted_at IS NULL"
-                ))
+                let apps: Vec<String> = sqlx::query_scalar(sql!(db, APPS_OF_GROUP))
                 .bind(&m.group_id)
                 .fetch_all(&mut *tx)
                 .await?;

@@ -207,14 +207,14 @@ impl Store {
     /// read: for each, whether it is still to be added (entitled now, to the target group or, for
     /// an app without groups, to the app; and not confirmed there), when a membership of the
     /// principal ends next (the answer may change then), the principal's stored user at the app,
-    /// and what is known of the principal. In the order given.
+    /// and what is known of the principal. By member.
     pub async fn user_steps(
         &self,
         app_id: &str,
         members: &[TargetMember],
         groups: bool,
         now: Millis,
-    ) -> StoreResult<Vec<UserStep>> {
+    ) -> StoreResult<HashMap<TargetMember, UserStep>> {
         let given: Vec<Value> = members
             .iter()
             .map(|m| serde_json::json!({"t": m.target_display_name, "p": m.principal_id}))
@@ -248,15 +248,7 @@ impl Store {
             .fetch_all(&db.pool)
             .await?
         });
-        let read: HashMap<TargetMember, UserStep> = rows.into_iter().map(UserStepRow::into_step).collect();
-        members
-            .iter()
-            .map(|m| {
-                read.get(m)
-                    .cloned()
-                    .ok_or_else(|| StoreError::Corrupt(format!("no user step read for {}", m.principal_id)))
-            })
-            .collect()
+        Ok(rows.into_iter().map(UserStepRow::into_step).collect())
     }
 
     pub async fn principal(&self, principal_id: &str) -> StoreResult<Option<Principal>> {

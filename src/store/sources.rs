@@ -14,6 +14,11 @@ macro_rules! source_columns {
     };
 }
 
+/// The apps (not deleted) source group `$1` is assigned to (an app holds a group once).
+pub(super) const APPS_OF_GROUP: &str =
+    "SELECT {text ga.app_id} FROM group_assignments ga JOIN apps a ON a.id = ga.app_id
+     WHERE ga.group_id = $1 AND a.deleted_at IS NULL";
+
 impl Store {
     pub async fn delete_standing_member(&self, group_id: &str, principal: &str, now: Millis) -> StoreResult<bool> {
         let done = db_tx!(self, db, tx => {
@@ -35,10 +40,7 @@ impl Store {
 
     /// The apps (not deleted) the source group is assigned to.
     pub async fn apps_of_group(&self, group_id: &str) -> StoreResult<Vec<String>> {
-        Ok(read!(self, query_scalar fetch_all,
-            "SELECT DISTINCT {text g.app_id} FROM group_assignments g JOIN apps a ON a.id = g.app_id
-             WHERE g.group_id = $1 AND a.deleted_at IS NULL",
-            group_id))
+        Ok(read!(self, query_scalar fetch_all, APPS_OF_GROUP, group_id))
     }
 
     /// Every source group assigned to an app that is not deleted.
